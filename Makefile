@@ -1,0 +1,41 @@
+# pushauth developer commands. Everything runs from the repo-local virtualenv in .venv/.
+#   make test    install redis-server if missing, then run the test suite (real Redis, started by the tests)
+#   make lint    ruff + mypy (strict; configured in pyproject.toml)
+#   make demo    run the local demo
+#   make bench   run the challenge-cycle benchmark
+#   make clean   remove the virtualenv, caches and build artifacts
+
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Rebuilt only when pyproject.toml changes (or the venv is gone).
+STAMP := $(VENV)/.installed
+# Extra pytest arguments, e.g. make test PYTEST_ARGS="-k redis -x"
+PYTEST_ARGS ?=
+
+.PHONY: venv test lint demo bench ensure-redis clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV) && $(BIN)/pip install -q --upgrade pip && $(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+ensure-redis:
+	scripts/ensure-redis
+
+test: venv ensure-redis
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check . && $(BIN)/mypy
+
+demo: venv
+	$(BIN)/pushauth demo
+
+bench: venv ensure-redis
+	$(BIN)/python bench/cycle.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

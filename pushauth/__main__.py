@@ -1,0 +1,5 @@
+import sys
+
+from pushauth.cli import main
+
+sys.exit(main())

@@ -1,0 +1,259 @@
+"""The challenge lifecycle: create -> (device fetch) -> respond | cancel | expire, and the waiting login flow.
+
+    pending --approve (right number)--> approved   (login flow gets a signed assertion)
+    pending --deny / wrong number-----> denied     (reason: not_me | mistake | wrong_number)
+    pending --login flow cancels------> cancelled
+    pending --exp passes--------------> expired    (computed on read: no timer can be lost)
+
+Every transition is one Lua script (`store.scripts`), which re-checks everything that could invalidate it
+and publishes the decision in the same step. Of any number of concurrent answers exactly one decides.
+
+What the phone sees is a challenge JWS signed on demand with the current server key (`aud` = device),
+which carries a 128-bit nonce the answer must echo, and never the number: the number is shown only on the
+login page, so a phone approving without seeing that page (push bombing, MFA fatigue) cannot know it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+import msgspec
+import redis.asyncio as aioredis
+
+from pushauth import ids
+from pushauth.clock import rfc3339
+from pushauth.config import Application, Settings
+from pushauth.crypto import jws, secrets
+from pushauth.crypto.keys import KeyRing
+from pushauth.devices import AuthedDevice, Devices, raise_gate_failure
+from pushauth.errors import Conflict, Forbidden, NotFound, Unprocessable
+from pushauth.store import KeySpace, reads
+from pushauth.store import scripts as lua
+from pushauth.store.events import ChallengeEvents, Decision
+
+CHALLENGE_TYP = "pushauth-challenge+jwt"
+ASSERTION_TYP = "pushauth-assertion+jwt"
+# An assertion is for the login flow to consume at once; five minutes covers slow redirects.
+ASSERTION_LIFE_S = 300
+NONCE_BYTES = 16  # 128 bits, the contract's minimum
+DENY_REASONS = ("not_me", "mistake")
+
+_encode = msgspec.json.Encoder().encode
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Created:
+    id: str
+    expires_at: int
+    number: str | None
+
+    def __repr__(self) -> str:  # the number is shown to the login page only
+        return f"Created(id={self.id!r})"
+
+
+class Challenges:
+    def __init__(self, redis: aioredis.Redis, keyspace: KeySpace, settings: Settings,
+                 keyring: Callable[[], KeyRing], devices: Devices, events: ChallengeEvents) -> None:
+        self._r = redis
+        self._ks = keyspace
+        self._s = settings
+        self._keyring = keyring
+        self._devices = devices
+        self._events = events
+        self._app_names: Mapping[str, str] = {a.id: a.name for a in settings.applications}
+
+    # -- login flow ---------------------------------------------------------------------------------------
+
+    async def create(self, app: Application, user: str, context: dict[str, str] | None,
+                     ttl_s: int | None) -> Created:
+        cfg = self._s.challenges
+        ttl = cfg.default_ttl_s if ttl_s is None else ttl_s
+        if not 10 <= ttl <= cfg.max_ttl_s:
+            raise Unprocessable(f"ttl_s must be between 10 and {cfg.max_ttl_s}", code="invalid_ttl")
+        uid = await self._devices.uid_for(user)
+        if uid is None:
+            raise Forbidden("no phone is enrolled for this user", code="not_enrolled")
+        cid = ids.new_challenge_id(uid)
+        now = int(time.time())
+        exp = now + ttl
+        number = secrets.number(cfg.number_digits) if cfg.number_matching else ""
+        fields: list[str | int] = [
+            "app", app.id, "user", user, "st", "pending", "iat", now, "exp", exp,
+            "nonce", secrets.nonce(NONCE_BYTES), "num", number,
+        ]
+        if context:
+            fields += ["ctx", _encode(context).decode()]
+        res = await lua.CREATE_CHALLENGE(
+            self._r,
+            [self._ks.user(uid), self._ks.devices(uid), self._ks.challenge(uid, cid), self._ks.pending(uid)],
+            [now, exp, exp + cfg.retention_s, cid, *fields])
+        if res[0] == "locked":
+            raise Forbidden("this account is locked; the security team can unlock it", code="locked")
+        if res[0] == "not_enrolled":
+            raise Forbidden("no phone is enrolled for this user", code="not_enrolled")
+        return Created(cid, exp, number or None)
+
+    async def status(self, app: Application, cid: str, wait_s: float) -> dict[str, Any]:
+        key = self._challenge_key(cid)
+        if wait_s <= 0:
+            return self._view(app, cid, await reads.hgetall(self._r, key), int(time.time()))
+        decision: Decision | None = None
+        # Watch before reading: a decision published between our read and our wait is not lost.
+        with self._events.watch(cid) as fut:
+            h = await reads.hgetall(self._r, key)
+            now = int(time.time())
+            view = self._view(app, cid, h, now)
+            if view["status"] != "pending":
+                return view
+            timeout = min(wait_s, int(h["exp"]) - time.time())
+            with contextlib.suppress(TimeoutError):
+                decision = await asyncio.wait_for(fut, timeout)
+        if decision is not None and decision.status != "pending":
+            h.update(st=decision.status, dat=str(decision.decided_at), dev=decision.device_id or "",
+                     rsn=decision.reason or "")
+            return self._view(app, cid, h, int(time.time()))
+        return self._view(app, cid, await reads.hgetall(self._r, key), int(time.time()))
+
+    async def cancel(self, app: Application, cid: str) -> None:
+        uid = ids.challenge_uid(cid)
+        if uid is None:
+            raise NotFound("no such challenge")
+        res = await lua.CANCEL(self._r, [self._ks.challenge(uid, cid), self._ks.pending(uid)],
+                               [int(time.time()), cid, app.id, self._ks.events])
+        _raise_transition_failure(res)
+
+    # -- device -------------------------------------------------------------------------------------------
+
+    async def device_pending(self, dev: AuthedDevice) -> list[str]:
+        cids = await self._devices.gate(dev, self._ks.pending(dev.uid), "pending")
+        if not cids:
+            return []
+        pipe = self._r.pipeline(transaction=False)
+        for cid in cids:
+            pipe.hgetall(self._ks.challenge(dev.uid, cid))
+        now = int(time.time())
+        out = []
+        for cid, h in zip(cids, cast(list[dict[str, str]], await pipe.execute()), strict=True):
+            if h and h["st"] == "pending" and int(h["exp"]) > now and _targets(h, dev.device_id):
+                out.append(self._sign_challenge(cid, h, dev.device_id))
+        return out
+
+    async def device_get(self, dev: AuthedDevice, cid: str) -> str:
+        if ids.challenge_uid(cid) != dev.uid:
+            raise NotFound("no such challenge")
+        flat = await self._devices.gate(dev, self._ks.challenge(dev.uid, cid), "challenge")
+        h = dict(zip(flat[::2], flat[1::2], strict=True))
+        if not h or not _targets(h, dev.device_id):
+            raise NotFound("no such challenge")
+        if h["st"] != "pending":
+            raise Conflict(f"this sign-in request is already {h['st']}", code="not_pending")
+        if int(h["exp"]) <= int(time.time()):
+            raise Conflict("this sign-in request has expired", code="expired")
+        return self._sign_challenge(cid, h, dev.device_id)
+
+    async def respond(self, dev: AuthedDevice, cid: str, *, nonce: str, decision: str, reason: str | None,
+                      number: str | None, remote_ip: str | None) -> str:
+        if ids.challenge_uid(cid) != dev.uid:
+            raise NotFound("no such challenge")
+        key = self._challenge_key(cid)
+        # The gate first (replay cache, device still active), like every device request: a replayed or
+        # revoked request is refused as such before anything about its content is looked at.
+        flat = await self._devices.gate(dev, key, "challenge")
+        h = dict(zip(flat[::2], flat[1::2], strict=True))
+        if not h or not _targets(h, dev.device_id):
+            raise NotFound("no such challenge")
+        # nonce and number never change after creation, so checking them before the script is safe; the
+        # script re-checks everything that can change.
+        if not secrets.equal(nonce, h["nonce"]):
+            raise Unprocessable("nonce does not match this challenge", code="bad_nonce")
+        if decision == "approve":
+            if reason is not None:
+                raise Unprocessable("reason is only for deny", code="invalid")
+            if h["num"]:
+                if number is None:
+                    raise Unprocessable("this sign-in uses number matching: send the number",
+                                        code="number_required")
+                ok = secrets.equal(number, h["num"])
+                status, why = ("approved", "-") if ok else ("denied", "wrong_number")
+            else:
+                status, why = "approved", "-"
+        else:
+            status, why = "denied", reason or "mistake"
+        res = await lua.RESPOND(
+            self._r, [key, self._ks.pending(dev.uid), self._ks.device(dev.uid, dev.device_id),
+                      self._ks.user(dev.uid)],
+            [int(time.time()), cid, dev.device_id, status, why, self._ks.events, remote_ip or "-"])
+        if res[0] == "revoked":
+            raise_gate_failure(res[0])
+        _raise_transition_failure(res)
+        return status
+
+    # -- views and tokens -----------------------------------------------------------------------------------
+
+    def _challenge_key(self, cid: str) -> str:
+        uid = ids.challenge_uid(cid)
+        if uid is None:
+            raise NotFound("no such challenge")
+        return self._ks.challenge(uid, cid)
+
+    def _view(self, app: Application, cid: str, h: dict[str, str], now: int) -> dict[str, Any]:
+        # Another application's challenge is indistinguishable from one that does not exist.
+        if not h or h.get("app") != app.id:
+            raise NotFound("no such challenge")
+        status, exp = h["st"], int(h["exp"])
+        if status == "pending" and now >= exp:
+            status = "expired"
+        out: dict[str, Any] = {"id": cid, "user": h["user"], "status": status,
+                               "created_at": rfc3339(int(h["iat"])), "expires_at": rfc3339(exp)}
+        if h.get("dat"):
+            out["decided_at"] = rfc3339(int(h["dat"]))
+        if status == "approved":
+            out["device"] = h["dev"]
+            out["assertion"] = self._assertion(app, cid, h["user"], h["dev"], int(h["dat"]), now)
+        elif status == "denied":
+            out["device"] = h["dev"]
+            out["reason"] = h["rsn"]
+        return out
+
+    def _assertion(self, app: Application, cid: str, user: str, device: str, decided_at: int,
+                   now: int) -> str:
+        ring = self._keyring()
+        claims = {"iss": self._s.server.base_url, "aud": app.id, "sub": user, "jti": cid, "iat": now,
+                  "exp": now + ASSERTION_LIFE_S, "auth_time": decided_at, "result": "approved",
+                  "device": device}
+        return jws.sign(claims, ring.current.key, typ=ASSERTION_TYP, kid=ring.current.kid)
+
+    def _sign_challenge(self, cid: str, h: Mapping[str, str], did: str) -> str:
+        ring = self._keyring()
+        claims: dict[str, Any] = {
+            "iss": self._s.server.base_url, "aud": did, "sub": h["user"], "jti": cid, "nonce": h["nonce"],
+            "iat": int(h["iat"]), "exp": int(h["exp"]), "app": self._app_names.get(h["app"], h["app"]),
+            "number_matching": bool(h["num"]),
+        }
+        if h.get("ctx"):
+            claims["ctx"] = msgspec.json.decode(h["ctx"])
+        return jws.sign(claims, ring.current.key, typ=CHALLENGE_TYP, kid=ring.current.kid)
+
+
+def _targets(h: Mapping[str, str], did: str) -> bool:
+    return did in h.get("devs", "").split(",")
+
+
+def _raise_transition_failure(res: list[Any]) -> None:
+    what = res[0]
+    if what == "ok":
+        return
+    if what == "not_found":
+        raise NotFound("no such challenge")
+    if what == "expired":
+        raise Conflict("this sign-in request has expired", code="expired")
+    if what == "locked":
+        raise Forbidden("this account is locked", code="locked")
+    if what == "conflict":
+        raise Conflict(f"this sign-in request is already {res[1]}", code="already_decided")
+    raise RuntimeError(f"unexpected script result {res!r}")

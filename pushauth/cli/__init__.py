@@ -1,0 +1,51 @@
+"""The `pushauth` command.
+
+    pushauth serve                     run the API server
+    pushauth keys generate|rotate|list|retire KID
+    pushauth apps new-key APP_ID       make an API key for a login flow (prints the config line)
+    pushauth admin new-token           make an admin token for the security team
+    pushauth enroll USER               make an enrollment code and show its QR code
+    pushauth phone ...                 the phone simulator (reference device)
+    pushauth demo                      everything on the embedded store, end to end
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pushauth import __version__
+from pushauth.cli import demo, enroll_cmd, keys_cmd, phone_cmd, serve_cmd
+from pushauth.errors import PushAuthError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pushauth", description="Push sign-in approval server")
+    parser.add_argument("--version", action="version", version=f"pushauth {__version__}")
+    parser.add_argument("-c", "--config", type=Path, default=None,
+                        help="TOML config file (default: $PUSHAUTH_CONFIG, else built-in defaults)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve_cmd.register(sub)
+    keys_cmd.register(sub)
+    enroll_cmd.register(sub)
+    phone_cmd.register(sub)
+    demo.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except PushAuthError as exc:
+        print(f"pushauth: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

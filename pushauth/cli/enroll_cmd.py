@@ -1,0 +1,74 @@
+"""`pushauth enroll USER`: an enrollment code for a user, as a URI and a QR code.
+
+Talks to the store named in the config directly (run it on a server host), or to a running server's API
+with `--server URL` and an admin token in $PUSHAUTH_ADMIN_TOKEN (the only way with the embedded store,
+which lives inside the server process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from pathlib import Path
+
+import aiohttp
+import segno
+
+from pushauth.config import load_settings
+from pushauth.devices import Devices
+from pushauth.errors import ConfigError, PushAuthError
+from pushauth.store import KeySpace, open_redis
+from pushauth.users import canonical
+from pushauth.web.keyring import KeyRingHolder
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("enroll", help="make an enrollment code and QR code for a user")
+    p.add_argument("user")
+    p.add_argument("--server", help="call this running server's API instead of the store")
+    p.add_argument("--svg", type=Path, help="also write the QR code as SVG")
+    p.add_argument("--png", type=Path, help="also write the QR code as PNG")
+    p.set_defaults(func=run)
+
+
+async def _via_api(server: str, user: str) -> tuple[str, str]:
+    token = os.environ.get("PUSHAUTH_ADMIN_TOKEN")
+    if not token:
+        raise ConfigError("set PUSHAUTH_ADMIN_TOKEN to an admin token to use --server")
+    async with aiohttp.ClientSession() as http, http.post(
+            f"{server.rstrip('/')}/v1/enrollments", json={"user": user},
+            headers={"Authorization": f"Bearer {token}"}) as resp:
+        body = await resp.json()
+        if resp.status != 201:
+            raise PushAuthError(f"server refused: {resp.status} {body.get('error')}: {body.get('message')}")
+        return str(body["uri"]), str(body["expires_at"])
+
+
+async def _via_store(args: argparse.Namespace) -> tuple[str, str]:
+    settings = load_settings(args.config)
+    if settings.embedded:
+        raise ConfigError("no store.redis_url: the embedded store lives inside the server process; "
+                          "use --server URL with PUSHAUTH_ADMIN_TOKEN")
+    redis = open_redis(settings.store)
+    try:
+        devices = Devices(redis, KeySpace(settings.store.prefix), settings,
+                          KeyRingHolder.from_settings(settings.keys))
+        e = await devices.create_enrollment(canonical(args.user), requested_by="cli")
+        from pushauth.clock import rfc3339
+        return e.uri, rfc3339(e.expires_at)
+    finally:
+        await redis.aclose()
+
+
+def run(args: argparse.Namespace) -> int:
+    uri, expires = asyncio.run(_via_api(args.server, args.user) if args.server else _via_store(args))
+    qr = segno.make(uri, error="m")
+    qr.terminal(compact=True)
+    print(f"\nEnrollment URI (single use, expires {expires}):\n{uri}")
+    for path in (args.svg, args.png):
+        if path:
+            qr.save(str(path), scale=6)
+            os.chmod(path, 0o600)  # the code in it is a secret until used
+            print(f"QR code written to {path}")
+    return 0

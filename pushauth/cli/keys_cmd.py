@@ -1,0 +1,79 @@
+"""`pushauth keys ...` and the secret generators `apps new-key` / `admin new-token`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pushauth.config import load_settings
+from pushauth.crypto.keys import KeyStore
+from pushauth.crypto.secrets import new_secret, sha256_hex
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    keys = sub.add_parser("keys", help="manage the server signing keys in keys/")
+    keys.add_argument("--path", type=Path, default=None, help="keys folder (default: keys.path from config)")
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    ksub.add_parser("generate", help="create the first key").set_defaults(func=_generate)
+    ksub.add_parser("rotate", help="add a new current key; old keys keep verifying").set_defaults(
+        func=_rotate)
+    ksub.add_parser("list", help="list keys").set_defaults(func=_list)
+    retire = ksub.add_parser("retire", help="stop publishing and accepting an old key")
+    retire.add_argument("kid")
+    retire.set_defaults(func=_retire)
+
+    apps = sub.add_parser("apps", help="login-flow application credentials")
+    asub = apps.add_subparsers(dest="apps_command", required=True)
+    new_key = asub.add_parser("new-key", help="generate an API key for an application")
+    new_key.add_argument("app_id")
+    new_key.set_defaults(func=_new_app_key)
+
+    admin = sub.add_parser("admin", help="security-team credentials")
+    adsub = admin.add_subparsers(dest="admin_command", required=True)
+    adsub.add_parser("new-token", help="generate an admin token").set_defaults(func=_new_admin_token)
+
+
+def _store(args: argparse.Namespace) -> KeyStore:
+    return KeyStore(args.path or Path(load_settings(args.config).keys.path))
+
+
+def _generate(args: argparse.Namespace) -> int:
+    key = _store(args).generate()
+    print(f"generated {key.kid} (current)")
+    return 0
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    key = _store(args).rotate()
+    print(f"rotated: {key.kid} is now current; older keys still verify until retired")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    for info in _store(args).list():
+        flag = "current" if info.current else info.status
+        retired = f" retired {info.retired_at:%Y-%m-%dT%H:%M:%SZ}" if info.retired_at else ""
+        print(f"{info.kid}  {flag:8}  created {info.created_at:%Y-%m-%dT%H:%M:%SZ}{retired}")
+    return 0
+
+
+def _retire(args: argparse.Namespace) -> int:
+    _store(args).retire(args.kid)
+    print(f"retired {args.kid}")
+    return 0
+
+
+def _new_app_key(args: argparse.Namespace) -> int:
+    key = new_secret(32)
+    print(f"API key for {args.app_id} (give it to the login flow; it is not stored anywhere):\n  {key}\n")
+    print("Add to config.toml:\n"
+          f'  [[applications]]\n  id = "{args.app_id}"\n  name = "..."\n'
+          f'  api_key_sha256 = ["{sha256_hex(key)}"]')
+    return 0
+
+
+def _new_admin_token(args: argparse.Namespace) -> int:
+    token = new_secret(32)
+    print(f"Admin token (give it to the security team; it is not stored anywhere):\n  {token}\n")
+    print(f'Add to config.toml under [admin]:\n  token_sha256 = ["{sha256_hex(token)}"]')
+    return 0

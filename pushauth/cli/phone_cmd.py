@@ -1,0 +1,159 @@
+"""`pushauth phone ...`: the phone simulator on the command line, with its state (device key) in a file.
+
+    pushauth phone enroll 'pushauth://enroll?v=1&server=...&code=...&jkt=...'
+    pushauth phone list
+    pushauth phone approve <challenge id> --number 42
+    pushauth phone deny <challenge id> --reason not_me
+    pushauth phone unenroll
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from pushauth.phone import Challenge, Phone, PhoneError, ServerRejected
+
+DEFAULT_STATE = "phone.json"
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    phone = sub.add_parser("phone", help="simulate a phone: enroll, list, approve, deny, unenroll",
+                           description="A simulated phone, the reference device implementation.")
+    state = argparse.ArgumentParser(add_help=False)
+    state.add_argument("--state", type=Path, default=Path(DEFAULT_STATE), metavar="FILE",
+                       help=f"phone state file holding the device key (default: ./{DEFAULT_STATE})")
+    cmds = phone.add_subparsers(dest="phone_command", metavar="COMMAND", required=True)
+
+    p = cmds.add_parser("enroll", parents=[state], help="enroll from a pushauth://enroll URI (the QR code)")
+    p.add_argument("uri", metavar="URI")
+    p.add_argument("--name", default="Simulated phone", help="device name shown to the security team")
+    p.add_argument("--platform", choices=["ios", "android", "other"], default="other")
+    p.add_argument("--server-override", metavar="URL",
+                   help="send HTTP requests here instead of the URI's server (e.g. through a proxy)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing state file")
+    p.set_defaults(func=run_enroll)
+
+    p = cmds.add_parser("list", parents=[state], help="list pending sign-in requests")
+    p.set_defaults(func=run_list)
+
+    p = cmds.add_parser("approve", parents=[state], help="approve a sign-in request")
+    p.add_argument("id", metavar="ID", help="challenge id (from `pushauth phone list`)")
+    p.add_argument("--number", help="the number shown on the login page (number matching)")
+    p.set_defaults(func=run_approve)
+
+    p = cmds.add_parser("deny", parents=[state], help="deny a sign-in request")
+    p.add_argument("id", metavar="ID", help="challenge id (from `pushauth phone list`)")
+    p.add_argument("--reason", choices=["not_me", "mistake"], default="not_me",
+                   help="not_me (someone else is signing in: alerts the security team) or mistake")
+    p.set_defaults(func=run_deny)
+
+    p = cmds.add_parser("unenroll", parents=[state],
+                        help="remove this phone from the server and delete its state file")
+    p.set_defaults(func=run_unenroll)
+
+
+def _run(coro: Callable[[], Awaitable[int]]) -> int:
+    async def main() -> int:
+        return await coro()
+
+    try:
+        return asyncio.run(main())
+    except ServerRejected as exc:
+        print(f"error: server answered {exc.status} {exc.error}: {exc.message}", file=sys.stderr)
+    except PhoneError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    return 1
+
+
+def _load(args: argparse.Namespace) -> Phone:
+    path: Path = args.state
+    if not path.exists():
+        raise PhoneError(f"no phone state at {path}: run `pushauth phone enroll URI` first")
+    return Phone.load(path)
+
+
+def _describe(ch: Challenge) -> list[str]:
+    left = max(0, ch.exp - int(time.time()))
+    lines = [f"{ch.id}  app: {ch.app}  user: {ch.user}  expires in {left} s"]
+    ctx = ch.context or {}
+    for label, key in (("from", "ip"), ("location", "location"), ("browser", "user_agent")):
+        if ctx.get(key):
+            lines.append(f"    {label}: {ctx[key]}")
+    if ch.number_matching:
+        lines.append("    needs the number shown on the login page (--number N)")
+    return lines
+
+
+def run_enroll(args: argparse.Namespace) -> int:
+    path: Path = args.state
+    if path.exists() and not args.force:
+        print(f"error: {path} already holds an enrolled phone: unenroll it, or use --state FILE or --force",
+              file=sys.stderr)
+        return 1
+
+    async def go() -> int:
+        phone = await Phone.enroll(args.uri, name=args.name, platform=args.platform,
+                                   server_override=args.server_override)
+        await phone.close()
+        phone.save(path)
+        print(f"enrolled device {phone.device_id} for user {phone.user} at {phone.server}")
+        print(f"state saved to {path} (it holds the device private key)")
+        return 0
+
+    return _run(go)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    async def go() -> int:
+        async with _load(args) as phone:
+            challenges = await phone.pending()
+        if not challenges:
+            print("no pending sign-in requests")
+        for ch in challenges:
+            print("\n".join(_describe(ch)))
+        return 0
+
+    return _run(go)
+
+
+def run_approve(args: argparse.Namespace) -> int:
+    async def go() -> int:
+        async with _load(args) as phone:
+            ch = await phone.fetch(args.id)
+            if ch.number_matching and args.number is None:
+                raise PhoneError("this sign-in uses number matching: pass --number with the number shown "
+                                 "on the login page")
+            status = await phone.approve(ch, number=args.number)
+        print(f"{ch.id}: {status}")
+        return 0 if status == "approved" else 1
+
+    return _run(go)
+
+
+def run_deny(args: argparse.Namespace) -> int:
+    async def go() -> int:
+        async with _load(args) as phone:
+            status = await phone.deny(args.id, reason=args.reason)
+        print(f"{args.id}: {status}")
+        return 0
+
+    return _run(go)
+
+
+def run_unenroll(args: argparse.Namespace) -> int:
+    async def go() -> int:
+        async with _load(args) as phone:
+            await phone.unenroll()
+        print(f"unenrolled device {phone.device_id}")
+        return 0
+
+    code = _run(go)
+    if code == 0:
+        args.state.unlink(missing_ok=True)
+        print(f"removed {args.state}")
+    return code

@@ -1,0 +1,224 @@
+"""Settings: TOML file, then `PUSHAUTH_*` environment overrides, validated once at start.
+
+Every setting is documented in `config.example.toml`. Environment variables address nested keys with a
+double underscore: `PUSHAUTH_STORE__REDIS_URL=redis://...` sets `[store] redis_url`. Values from the
+environment are parsed as TOML values when they look like one (numbers, booleans, arrays) and as plain
+strings otherwise.
+
+Validation is msgspec's: unknown keys and wrong types are errors, and the message names the dotted key
+(`store.socket_timeout_s: Expected float, got str`), so an operator never has to guess.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from pushauth.errors import ConfigError
+
+ENV_PREFIX = "PUSHAUTH_"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_APP_ID = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class ServerSettings(_Section, frozen=True):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # The address phones use to reach this server. It goes into enrollment URIs and is the `iss` of every
+    # challenge, so it must be the public URL behind any load balancer, not the bind address.
+    base_url: str = "http://127.0.0.1:8080"
+    max_body_bytes: int = 16384
+    # Longest `wait` a login flow may ask for on GET /v1/challenges/{id}.
+    max_wait_s: int = 30
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*[^/\s?#])?", self.base_url):
+            raise ValueError("base_url must be an http(s) URL without a trailing slash, query or fragment")
+        if not 1 <= self.port <= 65535:
+            raise ValueError("port must be 1..65535")
+        if not 1024 <= self.max_body_bytes <= 1 << 20:
+            raise ValueError("max_body_bytes must be between 1024 and 1048576")
+        if not 0 <= self.max_wait_s <= 30:
+            raise ValueError("max_wait_s must be 0..30 (the contract caps wait at 30)")
+
+
+class StoreSettings(_Section, frozen=True):
+    # Empty: the embedded in-process store. Nothing survives a restart; for trying pushauth on one machine.
+    redis_url: str = ""
+    # Every key starts with this, so one Redis can serve several deployments.
+    prefix: str = "pa"
+    # Short timeouts are what make "fail closed" fast: a stopped Redis turns into a 503 within this time
+    # instead of a login flow hanging.
+    socket_timeout_s: float = 2.0
+    connect_timeout_s: float = 1.0
+    max_connections: int = 128
+
+    def __post_init__(self) -> None:
+        if self.redis_url and not re.match(r"(redis|rediss|unix)://", self.redis_url):
+            raise ValueError("redis_url must start with redis://, rediss:// or unix://")
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,16}", self.prefix):
+            raise ValueError("prefix must be 1..16 of A-Z a-z 0-9 _ -")
+        if not (0 < self.socket_timeout_s <= 60 and 0 < self.connect_timeout_s <= 60):
+            raise ValueError("timeouts must be in (0, 60] seconds")
+        if self.max_connections < 2:
+            raise ValueError("max_connections must be at least 2")
+
+
+class KeySettings(_Section, frozen=True):
+    path: str = "keys"
+    # Generate a throw-away key in memory instead of reading `path` (the demo and tests only).
+    ephemeral: bool = False
+    # How often a running server looks for a rotated keyring on disk.
+    reload_interval_s: float = 5.0
+
+
+class ChallengeSettings(_Section, frozen=True):
+    default_ttl_s: int = 60
+    max_ttl_s: int = 600
+    number_matching: bool = True
+    # 2 is what Microsoft and Okta show; NIST SP 800-63B rev 4 profiles may ask for more (up to 8).
+    number_digits: int = 2
+    # How long a decided or expired challenge stays readable by the login flow.
+    retention_s: int = 900
+
+    def __post_init__(self) -> None:
+        if not 10 <= self.default_ttl_s <= self.max_ttl_s <= 600:
+            raise ValueError("need 10 <= default_ttl_s <= max_ttl_s <= 600")
+        if not 1 <= self.number_digits <= 8:
+            raise ValueError("number_digits must be 1..8")
+        if not 60 <= self.retention_s <= 86400:
+            raise ValueError("retention_s must be 60..86400")
+
+
+class DeviceAuthSettings(_Section, frozen=True):
+    # Accepted clock difference between phone and server for the signed `iat`.
+    max_skew_s: int = 60
+
+    def __post_init__(self) -> None:
+        if not 5 <= self.max_skew_s <= 300:
+            raise ValueError("max_skew_s must be 5..300")
+
+
+class EnrollmentSettings(_Section, frozen=True):
+    code_ttl_s: int = 600
+
+    def __post_init__(self) -> None:
+        if not 60 <= self.code_ttl_s <= 86400:
+            raise ValueError("code_ttl_s must be 60..86400")
+
+
+class Application(_Section, frozen=True):
+    id: str
+    name: str
+    # SHA-256 (hex) of the API key; the key itself is never stored. `pushauth apps new-key` makes one.
+    api_key_sha256: list[str]
+
+    def __post_init__(self) -> None:
+        if not _APP_ID.fullmatch(self.id):
+            raise ValueError("application id must be lower-case a-z 0-9 _ . - (max 64)")
+        if not self.name.strip():
+            raise ValueError("application name must not be empty")
+        if not self.api_key_sha256 or not all(_HEX64.fullmatch(h) for h in self.api_key_sha256):
+            raise ValueError("api_key_sha256 must be a list of 64-char lower-case hex SHA-256 digests")
+
+
+class AdminSettings(_Section, frozen=True):
+    token_sha256: list[str] = []
+
+    def __post_init__(self) -> None:
+        if not all(_HEX64.fullmatch(h) for h in self.token_sha256):
+            raise ValueError("token_sha256 must be 64-char lower-case hex SHA-256 digests")
+
+
+class LoggingSettings(_Section, frozen=True):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    # auto: pretty on a terminal, JSON lines otherwise.
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class Settings(_Section, frozen=True):
+    server: ServerSettings = ServerSettings()
+    store: StoreSettings = StoreSettings()
+    keys: KeySettings = KeySettings()
+    challenges: ChallengeSettings = ChallengeSettings()
+    device_auth: DeviceAuthSettings = DeviceAuthSettings()
+    enrollment: EnrollmentSettings = EnrollmentSettings()
+    applications: list[Application] = []
+    admin: AdminSettings = AdminSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    def __post_init__(self) -> None:
+        ids = [a.id for a in self.applications]
+        if len(ids) != len(set(ids)):
+            raise ValueError("application ids must be unique")
+        hashes = [h for a in self.applications for h in a.api_key_sha256] + list(self.admin.token_sha256)
+        if len(hashes) != len(set(hashes)):
+            raise ValueError("an API key or admin token hash is listed twice")
+
+    @property
+    def embedded(self) -> bool:
+        return not self.store.redis_url
+
+
+def _env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+            continue
+        path = name[len(ENV_PREFIX):].lower().split("__")
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{name}: {'.'.join(path[:-1])} is not a section")
+            node = child
+        node[path[-1]] = _env_value(raw)
+
+
+def _dotted(message: str) -> str:
+    # msgspec says "... - at `$.store.port`"; operators think in "store.port".
+    m = re.search(r" - at `\$((?:\.[^`]*|\[\d+\])*)`$", message)
+    if not m:
+        return message
+    where = m.group(1).lstrip(".")
+    return f"{where}: {message[: m.start()]}" if where else message[: m.start()]
+
+
+def from_mapping(data: Mapping[str, Any]) -> Settings:
+    try:
+        return msgspec.convert(dict(data), Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid setting {_dotted(str(exc))}") from None
+
+
+def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read `path` (or $PUSHAUTH_CONFIG; no file means all defaults), apply env overrides, validate."""
+    env = os.environ if env is None else env
+    if path is None and env.get(ENV_PREFIX + "CONFIG"):
+        path = Path(env[ENV_PREFIX + "CONFIG"])
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    _apply_env(data, env)
+    return from_mapping(data)

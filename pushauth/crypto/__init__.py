@@ -1,0 +1,1 @@
+"""Crypto: strict ES256 JWS, server keys, device request authentication, secrets and hashing."""

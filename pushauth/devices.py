@@ -1,0 +1,219 @@
+"""Phones: enrollment codes, registration with proof of possession, request authentication, revocation.
+
+Enrollment is two steps. The security team or the login flow asks for a one-time code for a user
+(`create_enrollment`); the code travels to the phone in a QR code. The phone makes a P-256 key pair and
+registers (`register`) with a request signed by the new key, carrying the public key in the JWS `jwk`
+header: the signature proves the phone holds the private key, and `bh` binds the code to that key. Only
+the SHA-256 of a code is stored, and it is consumed (GETDEL) before anything else is checked, so a code
+works once even if the request carrying it fails.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+import msgspec
+import redis.asyncio as aioredis
+from joserfc.jwk import ECKey
+
+from pushauth import ids
+from pushauth.clock import rfc3339
+from pushauth.config import Settings
+from pushauth.crypto import device_auth, jws
+from pushauth.crypto.device_auth import BadDeviceRequest
+from pushauth.crypto.keys import KeyRing
+from pushauth.crypto.secrets import new_secret
+from pushauth.errors import NotFound, Unauthorized
+from pushauth.store import KeySpace, reads
+from pushauth.store import scripts as lua
+
+ENROLL_URI_SCHEME = "pushauth://enroll"
+_KEY_CACHE_MAX = 50_000
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Enrollment:
+    id: str
+    user: str
+    code: str
+    uri: str
+    expires_at: int
+
+    def __repr__(self) -> str:  # the code is a secret
+        return f"Enrollment(id={self.id!r}, user={self.user!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Registered:
+    device_id: str
+    user: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuthedDevice:
+    """A device request whose signature verified. Not yet gated: `jti` is recorded and the device's status
+    checked by the script that serves the request."""
+
+    device_id: str
+    uid: str
+    jti: str
+
+
+class Devices:
+    def __init__(self, redis: aioredis.Redis, keyspace: KeySpace, settings: Settings,
+                 keyring: Callable[[], KeyRing]) -> None:
+        self._r = redis
+        self._ks = keyspace
+        self._settings = settings
+        self._keyring = keyring
+        # Device public keys never change, so a verified key can be cached; status is always read live.
+        self._keys: dict[str, ECKey] = {}
+
+    @property
+    def _jti_ttl(self) -> int:
+        # A jti must be remembered as long as a request carrying it could still pass the iat check.
+        return 2 * self._settings.device_auth.max_skew_s + 5
+
+    # -- users -------------------------------------------------------------------------------------------
+
+    async def uid_for(self, user: str, *, create: bool = False) -> str | None:
+        key = self._ks.user_index(user)
+        if create:
+            await self._r.set(key, ids.new_uid(), nx=True)
+        return await reads.get(self._r, key)
+
+    # -- enrollment --------------------------------------------------------------------------------------
+
+    async def create_enrollment(self, user: str, *, requested_by: str) -> Enrollment:
+        code = new_secret(32)
+        eid = ids.new_enrollment_id()
+        ttl = self._settings.enrollment.code_ttl_s
+        expires_at = int(time.time()) + ttl
+        # One MULTI: a code must never exist without its expiry.
+        pipe = self._r.pipeline(transaction=True)
+        pipe.hset(self._ks.enrollment(code), mapping={"id": eid, "user": user, "exp": expires_at,
+                                                      "by": requested_by})
+        pipe.expire(self._ks.enrollment(code), ttl)
+        await pipe.execute()
+        query = urlencode({"v": "1", "server": self._settings.server.base_url, "code": code,
+                           "jkt": self._keyring().current.kid})
+        return Enrollment(eid, user, code, f"{ENROLL_URI_SCHEME}?{query}", expires_at)
+
+    async def register(self, *, token: str, method: str, path_qs: str, body: bytes, code: str, name: str,
+                       platform: str, push_provider: str, push_token: str | None,
+                       remote_ip: str | None) -> Registered:
+        # Consume first: the contract says a code is spent even if the request later fails.
+        pipe = self._r.pipeline(transaction=True)
+        pipe.hgetall(self._ks.enrollment(code))
+        pipe.delete(self._ks.enrollment(code))
+        enrollment, _ = await pipe.execute()
+        now = int(time.time())
+        if not enrollment or int(enrollment["exp"]) <= now:
+            raise Unauthorized("enrollment code is unknown, used or expired", code="invalid_code")
+        header = jws.read_header(token, typ=device_auth.REQUEST_TYP, allow_jwk=True)
+        if "jwk" not in header:
+            raise BadDeviceRequest("enrollment must carry the new public key as a jwk header")
+        key = jws.import_public_jwk(header["jwk"])
+        req = device_auth.verify_request(token, key, method=method, path_qs=path_qs, body=body, now=now,
+                                         max_skew_s=self._settings.device_auth.max_skew_s)
+        jkt = jws.thumbprint(key)
+        if not await self._r.set(self._ks.enrollment_jti(jkt, req.jti), "1", nx=True, ex=self._jti_ttl):
+            raise BadDeviceRequest("request replayed (jti seen before)", code="replayed")
+        user = enrollment["user"]
+        uid = await self.uid_for(user, create=True)
+        assert uid is not None
+        did = ids.new_device_id(uid)
+        public = key.as_dict(private=False)
+        fields: dict[str, Any] = {
+            "st": "active", "user": user, "jwk": msgspec.json.encode(
+                {k: public[k] for k in ("kty", "crv", "x", "y")}).decode(),
+            "jkt": jkt, "name": name, "platform": platform, "pprov": push_provider,
+            "ptok": push_token or "", "created": now, "eid": enrollment["id"],
+            "enroll_ip": remote_ip or "",
+        }
+        await lua.REGISTER_DEVICE(
+            self._r, [self._ks.devices(uid), self._ks.device(uid, did), self._ks.user(uid)],
+            [did, user, *[x for kv in fields.items() for x in kv]])
+        self._keys[did] = key
+        return Registered(did, user)
+
+    # -- authenticated device requests --------------------------------------------------------------------
+
+    async def _public_key(self, did: str, uid: str) -> ECKey:
+        key = self._keys.get(did)
+        if key is None:
+            raw = await reads.hget(self._r, self._ks.device(uid, did), "jwk")
+            if raw is None:
+                raise BadDeviceRequest("unknown device", code="unknown_device")
+            key = jws.import_public_jwk(msgspec.json.decode(raw))
+            if len(self._keys) >= _KEY_CACHE_MAX:
+                self._keys.pop(next(iter(self._keys)))
+            self._keys[did] = key
+        return key
+
+    async def authenticate(self, authorization: str | None, *, method: str, path_qs: str,
+                           body: bytes) -> AuthedDevice:
+        token = device_auth.token_from_header(authorization)
+        header = jws.read_header(token, typ=device_auth.REQUEST_TYP)
+        did = header["kid"]
+        uid = ids.device_uid(did)
+        if uid is None:
+            raise BadDeviceRequest("unknown device", code="unknown_device")
+        key = await self._public_key(did, uid)
+        req = device_auth.verify_request(token, key, method=method, path_qs=path_qs, body=body,
+                                         now=int(time.time()),
+                                         max_skew_s=self._settings.device_auth.max_skew_s)
+        return AuthedDevice(did, uid, req.jti)
+
+    async def gate(self, dev: AuthedDevice, target: str, mode: str) -> list[Any]:
+        """Record the jti and check the device is active, then read `target` (see DEVICE_GATE)."""
+        jti_key = self._ks.jti(dev.uid, dev.device_id, dev.jti)
+        dev_key = self._ks.device(dev.uid, dev.device_id)
+        res = await lua.DEVICE_GATE(self._r, [jti_key, dev_key, target],
+                                    [self._jti_ttl, mode, int(time.time())])
+        raise_gate_failure(res[0])
+        return list(res[1])
+
+    async def update_push_token(self, dev: AuthedDevice, provider: str, token: str) -> None:
+        await self.gate(dev, self._ks.device(dev.uid, dev.device_id), "challenge")
+        res = await lua.UPDATE_PUSH_TOKEN(self._r, [self._ks.device(dev.uid, dev.device_id)],
+                                          [provider, token, int(time.time())])
+        if res[0] != "ok":
+            raise BadDeviceRequest("device revoked", code="device_revoked")
+
+    async def revoke(self, uid: str, did: str, *, by: str) -> None:
+        res = await lua.REVOKE_DEVICE(self._r, [self._ks.devices(uid), self._ks.device(uid, did)],
+                                      [did, int(time.time()), by])
+        if res[0] != "ok":
+            raise NotFound("no such active device")
+
+    async def unenroll(self, dev: AuthedDevice) -> None:
+        await self.gate(dev, self._ks.device(dev.uid, dev.device_id), "challenge")
+        await self.revoke(dev.uid, dev.device_id, by="device")
+
+    async def list_devices(self, uid: str) -> list[dict[str, Any]]:
+        dids = sorted(await reads.smembers(self._r, self._ks.devices(uid)))
+        pipe = self._r.pipeline(transaction=False)
+        for did in dids:
+            pipe.hgetall(self._ks.device(uid, did))
+        out = []
+        for did, h in zip(dids, await pipe.execute(), strict=True):
+            d = h
+            out.append({"id": did, "name": d.get("name"), "platform": d.get("platform"),
+                        "push": {"provider": d.get("pprov"), "stale": d.get("ptok_stale") == "1"},
+                        "created_at": rfc3339(int(d.get("created", 0)))})
+        return out
+
+
+def raise_gate_failure(status: str) -> None:
+    if status == "ok":
+        return
+    if status == "replay":
+        raise BadDeviceRequest("request replayed (jti seen before)", code="replayed")
+    if status == "revoked":
+        raise BadDeviceRequest("device revoked", code="device_revoked")
+    raise BadDeviceRequest("device request refused")

@@ -1,0 +1,41 @@
+"""structlog set-up: JSON lines when not on a terminal, a readable console on one.
+
+Nothing secret is ever passed to a logger in the first place (codes, keys, tokens, numbers, nonces);
+`redact` is a second line of defence that masks values under names that usually hold secrets.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+_SECRET_NAMES = frozenset({"code", "token", "api_key", "authorization", "number", "nonce", "secret",
+                           "password", "push_token", "private_key", "remember_token"})
+
+
+def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for name in _SECRET_NAMES.intersection(event):
+        event[name] = "[redacted]"
+    return event
+
+
+def configure(level: str = "info", fmt: str = "auto") -> None:
+    json_lines = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    renderer: Any = structlog.processors.JSONRenderer() if json_lines else structlog.dev.ConsoleRenderer()
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            redact,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )

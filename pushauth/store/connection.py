@@ -1,0 +1,51 @@
+"""Opening the Redis client: a real server, or the embedded in-process store."""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+import redis.exceptions as rex
+import structlog
+
+from pushauth.config import StoreSettings
+
+log = structlog.get_logger(__name__)
+
+# Errors that mean "Redis is not there right now" (stopped, restarting, failing over, loading its AOF).
+# Every one of them fails closed: the caller gets a 503 and nothing is approved.
+STORE_DOWN_ERRORS: tuple[type[Exception], ...] = (
+    rex.ConnectionError,
+    rex.TimeoutError,
+    rex.BusyLoadingError,
+    rex.ReadOnlyError,
+    rex.TryAgainError,
+    rex.ClusterDownError,
+    ConnectionError,
+    TimeoutError,
+    OSError,
+)
+
+EMBEDDED_WARNING = (
+    "EMBEDDED STORE: no [store] redis_url is set, so all state (enrolled phones, challenges) lives in this "
+    "process and is LOST ON RESTART. Fine for trying pushauth on one machine; set store.redis_url for "
+    "anything real."
+)
+
+
+def open_redis(settings: StoreSettings) -> aioredis.Redis:
+    if not settings.redis_url:
+        import fakeredis  # imported lazily: production installs never need it at run time
+
+        log.warning("embedded_store", message=EMBEDDED_WARNING)
+        return fakeredis.FakeAsyncRedis(decode_responses=True)
+    # No retries inside the client: a request that finds Redis down should fail fast and closed, and the
+    # next request simply opens a new connection (that is the "recovers by itself").
+    return aioredis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.socket_timeout_s,
+        socket_connect_timeout=settings.connect_timeout_s,
+        max_connections=settings.max_connections,
+        decode_responses=True,
+        health_check_interval=30,
+        retry_on_timeout=False,
+        retry=None,
+    )

@@ -1,0 +1,80 @@
+"""The app factory. One cleanup context per resource, unwound in reverse on shutdown:
+
+    redis_ctx     the Redis client (or the embedded store)
+    keyring_ctx   the server signing keys, and the task that reloads them after a rotation
+    events_ctx    the pub/sub listener that wakes waiting login flows
+    services_ctx  the domain services (devices, challenges), built from the above
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import redis.asyncio as aioredis
+import structlog
+from aiohttp import web
+
+from pushauth.challenges import Challenges
+from pushauth.config import Settings
+from pushauth.devices import Devices
+from pushauth.store import KeySpace, open_redis
+from pushauth.store.events import ChallengeEvents
+from pushauth.web import device, login_flow, wellknown
+from pushauth.web.auth import Credentials
+from pushauth.web.keyring import KeyRingHolder
+from pushauth.web.middleware import error_boundary, request_context
+from pushauth.web.state import CHALLENGES, CREDENTIALS, DEVICES, KEYRING, SETTINGS
+
+log = structlog.get_logger(__name__)
+
+REDIS = web.AppKey("redis", aioredis.Redis)
+EVENTS = web.AppKey("events", ChallengeEvents)
+
+
+def create_app(settings: Settings, *, keyring: KeyRingHolder | None = None,
+               redis: aioredis.Redis | None = None) -> web.Application:
+    """Build the server. `keyring` and `redis` may be injected (the embedded demo shares one in-process
+    store between the server and its workers); otherwise they come from `settings`."""
+    app = web.Application(middlewares=[request_context, error_boundary],
+                          client_max_size=settings.server.max_body_bytes)
+    app[SETTINGS] = settings
+    app[CREDENTIALS] = Credentials(settings)
+    app[KEYRING] = keyring or KeyRingHolder.from_settings(settings.keys)
+
+    async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
+        app[REDIS] = redis if redis is not None else open_redis(settings.store)
+        yield
+        if redis is None:
+            await app[REDIS].aclose()
+
+    async def keyring_ctx(app: web.Application) -> AsyncIterator[None]:
+        async with app[KEYRING].watching(settings.keys.reload_interval_s):
+            yield
+
+    async def events_ctx(app: web.Application) -> AsyncIterator[None]:
+        events = ChallengeEvents(app[REDIS], KeySpace(settings.store.prefix).events)
+        app[EVENTS] = events
+        task = asyncio.create_task(events.run(), name="challenge-events")
+        # Do not take traffic before the subscription exists, or an early answer could be missed by a
+        # waiter (it would still see it at its deadline, but late). Redis down at start: start anyway,
+        # fail closed per request, and subscribe when Redis is back.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(events.connected.wait(), 5)
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def services_ctx(app: web.Application) -> AsyncIterator[None]:
+        keyspace = KeySpace(settings.store.prefix)
+        app[DEVICES] = Devices(app[REDIS], keyspace, settings, app[KEYRING])
+        app[CHALLENGES] = Challenges(app[REDIS], keyspace, settings, app[KEYRING], app[DEVICES], app[EVENTS])
+        yield
+
+    app.cleanup_ctx.extend([redis_ctx, keyring_ctx, events_ctx, services_ctx])
+    app.add_routes(wellknown.routes)
+    app.add_routes(login_flow.routes)
+    app.add_routes(device.routes)
+    return app

@@ -1,0 +1,75 @@
+"""The phone (device) API. Every call but registration is authenticated by `Authorization: PushAuth`."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from pushauth.crypto.device_auth import token_from_header
+from pushauth.devices import AuthedDevice
+from pushauth.errors import Unprocessable
+from pushauth.web import io
+from pushauth.web.schemas import DeviceAnswer, RegisterDevice, UpdatePushToken
+from pushauth.web.state import CHALLENGES, DEVICES, KEYRING
+
+routes = web.RouteTableDef()
+
+
+async def _authenticate(request: web.Request, body: bytes = b"") -> AuthedDevice:
+    return await request.app[DEVICES].authenticate(
+        request.headers.get("Authorization"), method=request.method, path_qs=request.raw_path, body=body)
+
+
+@routes.post("/v1/devices")
+async def register_device(request: web.Request) -> web.Response:
+    raw = await io.read_body(request)
+    token = token_from_header(request.headers.get("Authorization"))
+    body = io.decode(raw, RegisterDevice)
+    if body.push.provider != "none" and not body.push.token:
+        raise Unprocessable("push.token is required for fcm and apns", code="invalid")
+    registered = await request.app[DEVICES].register(
+        token=token, method=request.method, path_qs=request.raw_path, body=raw, code=body.code,
+        name=body.name, platform=body.platform, push_provider=body.push.provider,
+        push_token=body.push.token, remote_ip=request.remote)
+    return io.json({"device_id": registered.device_id, "user": registered.user,
+                    "server_keys": request.app[KEYRING].ring.jwks()}, status=201)
+
+
+@routes.get("/v1/device/challenges")
+async def list_challenges(request: web.Request) -> web.Response:
+    dev = await _authenticate(request)
+    return io.json({"challenges": await request.app[CHALLENGES].device_pending(dev)})
+
+
+@routes.get("/v1/device/challenges/{id}")
+async def get_challenge(request: web.Request) -> web.Response:
+    dev = await _authenticate(request)
+    return io.json({"challenge": await request.app[CHALLENGES].device_get(dev, request.match_info["id"])})
+
+
+@routes.post("/v1/device/challenges/{id}/response")
+async def respond(request: web.Request) -> web.Response:
+    raw = await io.read_body(request)
+    dev = await _authenticate(request, raw)
+    body = io.decode(raw, DeviceAnswer)
+    status = await request.app[CHALLENGES].respond(
+        dev, request.match_info["id"], nonce=body.nonce, decision=body.decision, reason=body.reason,
+        number=body.number, remote_ip=request.remote)
+    return io.json({"status": status})
+
+
+@routes.put("/v1/device/push-token")
+async def update_push_token(request: web.Request) -> web.Response:
+    raw = await io.read_body(request)
+    dev = await _authenticate(request, raw)
+    body = io.decode(raw, UpdatePushToken)
+    if body.provider != "none" and not body.token:
+        raise Unprocessable("token is required for fcm and apns", code="invalid")
+    await request.app[DEVICES].update_push_token(dev, body.provider, body.token or "")
+    return io.json({"status": "updated"})
+
+
+@routes.delete("/v1/device")
+async def unenroll(request: web.Request) -> web.Response:
+    dev = await _authenticate(request)
+    await request.app[DEVICES].unenroll(dev)
+    return io.json({"status": "revoked"})

@@ -1,0 +1,53 @@
+"""The login flow (relying party) API: challenges and enrollments."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from pushauth.clock import rfc3339
+from pushauth.users import canonical
+from pushauth.web import io
+from pushauth.web.auth import Admin
+from pushauth.web.schemas import CreateChallenge, CreateEnrollment
+from pushauth.web.state import CHALLENGES, CREDENTIALS, DEVICES, SETTINGS
+
+routes = web.RouteTableDef()
+
+
+@routes.post("/v1/challenges")
+async def create_challenge(request: web.Request) -> web.Response:
+    app = request.app[CREDENTIALS].application(request)
+    body = io.decode(await io.read_body(request), CreateChallenge)
+    ctx = None
+    if body.context is not None:
+        ctx = {k: v for k, v in (("ip", body.context.ip), ("user_agent", body.context.user_agent),
+                                 ("location", body.context.location)) if v}
+    created = await request.app[CHALLENGES].create(app, canonical(body.user), ctx, body.ttl_s)
+    out = {"id": created.id, "status": "pending", "expires_at": rfc3339(created.expires_at)}
+    if created.number is not None:
+        out["number"] = created.number
+    return io.json(out, status=201)
+
+
+@routes.get("/v1/challenges/{id}")
+async def get_challenge(request: web.Request) -> web.Response:
+    app = request.app[CREDENTIALS].application(request)
+    wait = io.int_query(request, "wait", default=0, low=0, high=request.app[SETTINGS].server.max_wait_s)
+    return io.json(await request.app[CHALLENGES].status(app, request.match_info["id"], wait))
+
+
+@routes.delete("/v1/challenges/{id}")
+async def cancel_challenge(request: web.Request) -> web.Response:
+    app = request.app[CREDENTIALS].application(request)
+    await request.app[CHALLENGES].cancel(app, request.match_info["id"])
+    return io.json({"status": "cancelled"})
+
+
+@routes.post("/v1/enrollments")
+async def create_enrollment(request: web.Request) -> web.Response:
+    who = request.app[CREDENTIALS].identify(request)
+    body = io.decode(await io.read_body(request), CreateEnrollment)
+    by = f"admin:{who.token_hash_prefix}" if isinstance(who, Admin) else f"app:{who.id}"
+    enrollment = await request.app[DEVICES].create_enrollment(canonical(body.user), requested_by=by)
+    return io.json({"id": enrollment.id, "user": enrollment.user, "code": enrollment.code,
+                    "uri": enrollment.uri, "expires_at": rfc3339(enrollment.expires_at)}, status=201)

@@ -1,0 +1,61 @@
+"""Request bodies, validated by msgspec: wrong types, missing or unknown fields are a 422 naming the field.
+
+Unknown fields are refused rather than ignored: in a security API a misspelt `ttl_s` silently ignored is a
+policy the caller thinks it set and did not.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+Short = Annotated[str, msgspec.Meta(max_length=256)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+PushToken = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+Secret = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
+
+
+class _Body(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    pass
+
+
+class LoginContext(_Body, frozen=True):
+    ip: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    user_agent: Annotated[str, msgspec.Meta(max_length=512)] | None = None
+    location: Short | None = None
+
+
+class CreateChallenge(_Body, frozen=True):
+    user: Short
+    context: LoginContext | None = None
+    remember_token: Secret | None = None
+    ttl_s: int | None = None
+
+
+class CreateEnrollment(_Body, frozen=True):
+    user: Short
+
+
+class PushRegistration(_Body, frozen=True):
+    provider: Literal["fcm", "apns", "none"]
+    token: PushToken | None = None
+
+
+class RegisterDevice(_Body, frozen=True):
+    code: Secret
+    name: Name
+    platform: Literal["ios", "android", "other"]
+    push: PushRegistration
+
+
+class DeviceAnswer(_Body, frozen=True):
+    nonce: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    decision: Literal["approve", "deny"]
+    reason: Literal["not_me", "mistake"] | None = None
+    number: Annotated[str, msgspec.Meta(max_length=16)] | None = None
+
+
+class UpdatePushToken(_Body, frozen=True):
+    provider: Literal["fcm", "apns", "none"]
+    token: PushToken | None = None

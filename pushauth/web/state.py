@@ -1,0 +1,17 @@
+"""Typed application state keys (aiohttp `AppKey`), shared by the factory and the handlers."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from pushauth.challenges import Challenges
+from pushauth.config import Settings
+from pushauth.devices import Devices
+from pushauth.web.auth import Credentials
+from pushauth.web.keyring import KeyRingHolder
+
+SETTINGS = web.AppKey("settings", Settings)
+CREDENTIALS = web.AppKey("credentials", Credentials)
+KEYRING = web.AppKey("keyring", KeyRingHolder)
+DEVICES = web.AppKey("devices", Devices)
+CHALLENGES = web.AppKey("challenges", Challenges)

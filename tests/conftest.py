@@ -1,0 +1,92 @@
+"""Shared pytest fixtures.
+
+Sections: Redis (a real redis-server per test session) below. App fixtures go in their own section.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+import redis
+
+# tests/ is not a package; pytest's default --import-mode=prepend puts it on sys.path.
+from redis_server import RedisServer
+from support import LoginFlow, RunningServer, free_port, make_settings, start_server
+
+from pushauth.crypto.keys import KeyRing
+from pushauth.phone import Phone
+from pushauth.web.keyring import KeyRingHolder
+
+# ---------------------------------------------------------------------------
+# Redis
+#
+# redis_server   (session)  one real redis-server shared by the whole run (no persistence).
+# redis_url      (function) URL of that server, emptied with FLUSHALL before each test.
+# private_redis  (function) a redis-server of the test's own, appendonly=True, for tests that
+#                           stop / kill / restart Redis; stopped afterwards.
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    if not redis_server.running:  # a test stopped the shared server by mistake: bring it back
+        redis_server.start()
+    with redis.Redis.from_url(redis_server.url) as client:
+        client.flushall()
+    return redis_server.url
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    with RedisServer(tmp_path / "private-redis", appendonly=True) as server:
+        yield server
+
+
+# ---------------------------------------------------------------------------
+# pushauth servers
+#
+# keyring   (session)  one ephemeral server signing key shared by every server in the run
+# server    (function) a real pushauth server on 127.0.0.1 backed by the shared real Redis
+# http      (function) an aiohttp client session
+# login     (function) the login flow (application "webmail") talking to `server`
+# phone     (function) a simulated phone enrolled for user "alice@nhs.net" on `server`
+# ---------------------------------------------------------------------------
+
+USER = "alice@nhs.net"
+
+
+@pytest.fixture(scope="session")
+def keyring() -> KeyRingHolder:
+    return KeyRingHolder(KeyRing.ephemeral())
+
+
+@pytest.fixture
+async def server(redis_url: str, keyring: KeyRingHolder) -> AsyncIterator[RunningServer]:
+    running = await start_server(make_settings(redis_url, free_port()), keyring)
+    yield running
+    await running.close()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+def login(http: aiohttp.ClientSession, server: RunningServer) -> LoginFlow:
+    return LoginFlow(http, server.url)
+
+
+@pytest.fixture
+async def phone(login: LoginFlow, http: aiohttp.ClientSession) -> Phone:
+    return await Phone.enroll(await login.enroll_uri(USER), session=http)

@@ -1,0 +1,89 @@
+"""Running real pushauth servers in tests: settings, a server on a free port, login-flow calls."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from pushauth.config import Settings, from_mapping
+from pushauth.crypto.secrets import sha256_hex
+from pushauth.web import create_app
+from pushauth.web.keyring import KeyRingHolder
+
+API_KEY = "test-api-key-for-the-webmail-application-0001"
+OTHER_API_KEY = "test-api-key-for-another-application-000002"
+ADMIN_TOKEN = "test-admin-token-for-the-security-team-0003"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_settings(redis_url: str, port: int, **sections: dict[str, Any]) -> Settings:
+    data: dict[str, Any] = {
+        "server": {"host": "127.0.0.1", "port": port, "base_url": f"http://127.0.0.1:{port}"},
+        "store": {"redis_url": redis_url, "socket_timeout_s": 1.0, "connect_timeout_s": 0.5},
+        "keys": {"ephemeral": True},
+        "applications": [
+            {"id": "webmail", "name": "NHSmail webmail", "api_key_sha256": [sha256_hex(API_KEY)]},
+            {"id": "other", "name": "Other app", "api_key_sha256": [sha256_hex(OTHER_API_KEY)]},
+        ],
+        "admin": {"token_sha256": [sha256_hex(ADMIN_TOKEN)]},
+    }
+    for name, values in sections.items():
+        data[name] = {**data.get(name, {}), **values}
+    return from_mapping(data)
+
+
+@dataclass
+class RunningServer:
+    url: str
+    settings: Settings
+    app: web.Application
+    runner: web.AppRunner
+
+    async def close(self) -> None:
+        await self.runner.cleanup()
+
+
+async def start_server(settings: Settings, keyring: KeyRingHolder) -> RunningServer:
+    app = create_app(settings, keyring=keyring)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.server.host, settings.server.port)
+    await site.start()
+    return RunningServer(settings.server.base_url, settings, app, runner)
+
+
+class LoginFlow:
+    """What an identity provider does: create challenges, wait for them, cancel them, enroll users."""
+
+    def __init__(self, http: aiohttp.ClientSession, url: str, api_key: str = API_KEY) -> None:
+        self.http = http
+        self.url = url
+        self.headers = {"Authorization": f"Bearer {api_key}"}
+
+    async def call(self, method: str, path: str, json: Any = None) -> tuple[int, Any]:
+        async with self.http.request(method, self.url + path, json=json, headers=self.headers) as resp:
+            return resp.status, await resp.json()
+
+    async def enroll_uri(self, user: str) -> str:
+        status, body = await self.call("POST", "/v1/enrollments", {"user": user})
+        assert status == 201, body
+        return str(body["uri"])
+
+    async def create(self, user: str, **extra: Any) -> dict[str, Any]:
+        status, body = await self.call("POST", "/v1/challenges", {"user": user, **extra})
+        assert status == 201, body
+        return dict(body)
+
+    async def status(self, cid: str, wait: int = 0) -> dict[str, Any]:
+        status, body = await self.call("GET", f"/v1/challenges/{cid}?wait={wait}")
+        assert status == 200, body
+        return dict(body)
