@@ -18,6 +18,7 @@ PYTEST_ARGS ?=
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
+	PY=$(PY) scripts/ensure-venv
 	$(PY) -m venv $(VENV) && $(BIN)/pip install -q --upgrade pip && $(BIN)/pip install -q -e '.[dev]'
 	touch $@
 

@@ -32,7 +32,8 @@ from pushauth.store import KeySpace, reads
 from pushauth.store import scripts as lua
 
 ENROLL_URI_SCHEME = "pushauth://enroll"
-_KEY_CACHE_MAX = 50_000
+# Bounded in-process caches of immutable facts (device public keys, user uids); oldest dropped first.
+_CACHE_MAX = 50_000
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -72,6 +73,7 @@ class Devices:
         self._keyring = keyring
         # Device public keys never change, so a verified key can be cached; status is always read live.
         self._keys: dict[str, ECKey] = {}
+        self._uids: dict[str, str] = {}
 
     @property
     def _jti_ttl(self) -> int:
@@ -81,10 +83,20 @@ class Devices:
     # -- users -------------------------------------------------------------------------------------------
 
     async def uid_for(self, user: str, *, create: bool = False) -> str | None:
+        """The user's uid. The mapping is written once (SET NX) and never changed or deleted, so a uid
+        once read can be cached in-process without any risk of serving a stale one."""
+        uid = self._uids.get(user)
+        if uid is not None:
+            return uid
         key = self._ks.user_index(user)
         if create:
             await self._r.set(key, ids.new_uid(), nx=True)
-        return await reads.get(self._r, key)
+        uid = await reads.get(self._r, key)
+        if uid is not None:
+            if len(self._uids) >= _CACHE_MAX:
+                self._uids.pop(next(iter(self._uids)))
+            self._uids[user] = uid
+        return uid
 
     # -- enrollment --------------------------------------------------------------------------------------
 
@@ -150,7 +162,7 @@ class Devices:
             if raw is None:
                 raise BadDeviceRequest("unknown device", code="unknown_device")
             key = jws.import_public_jwk(msgspec.json.decode(raw))
-            if len(self._keys) >= _KEY_CACHE_MAX:
+            if len(self._keys) >= _CACHE_MAX:
                 self._keys.pop(next(iter(self._keys)))
             self._keys[did] = key
         return key

@@ -1,0 +1,65 @@
+"""Secrets, device tokens and codes never appear in logs or reprs.
+
+A full enrollment and sign-in runs with every log event captured; then no captured event may contain any
+secret that passed through the server: the enrollment code, the API key, the admin token, the push token,
+the challenge nonce, the number, or any signed token."""
+
+from __future__ import annotations
+
+import aiohttp
+from structlog.testing import capture_logs
+from support import ADMIN_TOKEN, API_KEY, LoginFlow, RunningServer
+
+from pushauth.challenges import Created
+from pushauth.crypto.keys import KeyRing
+from pushauth.devices import Enrollment
+from pushauth.phone import Phone, parse_enroll_uri
+
+PUSH_TOKEN = "fcm-device-token-that-must-never-be-logged-0123456789"
+
+
+async def test_full_flow_logs_no_secret(server: RunningServer, http: aiohttp.ClientSession) -> None:
+    login = LoginFlow(http, server.url)
+    with capture_logs() as events:
+        admin = LoginFlow(http, server.url, api_key=ADMIN_TOKEN)
+        uri = await admin.enroll_uri("carol@nhs.net")
+        phone = await Phone.enroll(uri, push_provider="fcm", push_token=PUSH_TOKEN, session=http)
+        created = await login.create("carol@nhs.net", context={"ip": "192.0.2.7"})
+        challenge = (await phone.pending())[0]
+        await phone.approve(challenge, number=created["number"])
+        approved = await login.status(created["id"])
+        # and some refusals, whose messages must not echo what was sent
+        await login.call("POST", "/v1/challenges", {"user": "carol@nhs.net", "remember_token": "rt-secret-x"})
+        await phone.signed_request("POST", f"/v1/device/challenges/{created['id']}/response",
+                                   {"nonce": challenge.nonce, "decision": "approve", "number": "00"})
+    assert approved["status"] == "approved"
+    assert len(events) >= 6, "the server should log one line per request"
+    text = "\n".join(repr(e) for e in events)
+    secrets = {
+        "enrollment code": parse_enroll_uri(uri).code, "API key": API_KEY, "admin token": ADMIN_TOKEN,
+        "push token": PUSH_TOKEN, "nonce": challenge.nonce, "challenge JWS": challenge.token,
+        "assertion": approved["assertion"], "remember token": "rt-secret-x",
+    }
+    for what, value in secrets.items():
+        assert value not in text, f"{what} appears in the logs"
+    numbers = [e for e in events for v in e.values() if v == created["number"]]
+    assert not numbers, "the number appears in the logs"
+
+
+def test_reprs_hide_secrets() -> None:
+    e = Enrollment("e1", "alice", "the-code-123", "pushauth://enroll?code=the-code-123", 0)
+    assert "the-code-123" not in repr(e)
+    assert "the-code-123" not in str(e)
+    c = Created("c1", 0, "42")
+    assert "42" not in repr(c)
+    ring = KeyRing.ephemeral()
+    d = str(ring.current.key.as_dict(private=True)["d"])
+    for shown in (repr(ring), repr(ring.current), str(ring.current)):
+        assert d not in shown
+
+
+def test_redaction_processor_masks_secret_fields() -> None:
+    from pushauth.logs import redact
+
+    event = redact(None, "info", {"event": "x", "code": "abc", "token": "t", "user": "alice"})
+    assert event == {"event": "x", "code": "[redacted]", "token": "[redacted]", "user": "alice"}
