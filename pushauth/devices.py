@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode
 
 import msgspec
@@ -115,14 +115,19 @@ class Devices:
                            "jkt": self._keyring().current.kid})
         return Enrollment(eid, user, code, f"{ENROLL_URI_SCHEME}?{query}", expires_at)
 
-    async def register(self, *, token: str, method: str, path_qs: str, body: bytes, code: str, name: str,
-                       platform: str, push_provider: str, push_token: str | None,
-                       remote_ip: str | None) -> Registered:
-        # Consume first: the contract says a code is spent even if the request later fails.
+    async def consume_enrollment(self, code: str) -> dict[str, str] | None:
+        """Spend an enrollment code, whatever happens next: the contract says a code is consumed even if
+        the request carrying it fails, because a code seen in any request may have been exposed."""
         pipe = self._r.pipeline(transaction=True)
         pipe.hgetall(self._ks.enrollment(code))
         pipe.delete(self._ks.enrollment(code))
         enrollment, _ = await pipe.execute()
+        return cast(dict[str, str], enrollment) or None
+
+    async def register(self, enrollment: dict[str, str] | None, *, token: str, method: str, path_qs: str,
+                       body: bytes, name: str, platform: str, push_provider: str, push_token: str | None,
+                       remote_ip: str | None) -> Registered:
+        """Register a device for the user of an enrollment already consumed by `consume_enrollment`."""
         now = int(time.time())
         if not enrollment or int(enrollment["exp"]) <= now:
             raise Unauthorized("enrollment code is unknown, used or expired", code="invalid_code")

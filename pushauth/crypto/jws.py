@@ -90,7 +90,7 @@ def read_header(token: str, *, typ: str, allow_jwk: bool = False) -> dict[str, A
         raise InvalidJWS("not a compact JWS")
     try:
         header = _decode_json(b64url_decode(token.split(".", 1)[0]))
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:  # RecursionError: hostile nesting depth
         raise InvalidJWS("JWS header is not JSON") from exc
     if not isinstance(header, dict):
         raise InvalidJWS("JWS header is not an object")
@@ -121,7 +121,7 @@ def verify(token: str, key: ECKey) -> dict[str, Any]:
         raise InvalidJWS("signature does not verify") from exc
     try:
         claims = _decode_json(obj.payload)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise InvalidJWS("JWS payload is not JSON") from exc
     if not isinstance(claims, dict):
         raise InvalidJWS("JWS payload is not an object")

@@ -22,12 +22,16 @@ async def _authenticate(request: web.Request, body: bytes = b"") -> AuthedDevice
 @routes.post("/v1/devices")
 async def register_device(request: web.Request) -> web.Response:
     raw = await io.read_body(request)
+    devices = request.app[DEVICES]
+    # The code is spent before anything else about the request is checked (see consume_enrollment).
+    code = io.peek_str(raw, "code")
+    enrollment = await devices.consume_enrollment(code) if code else None
     token = token_from_header(request.headers.get("Authorization"))
     body = io.decode(raw, RegisterDevice)
     if body.push.provider != "none" and not body.push.token:
         raise Unprocessable("push.token is required for fcm and apns", code="invalid")
-    registered = await request.app[DEVICES].register(
-        token=token, method=request.method, path_qs=request.raw_path, body=raw, code=body.code,
+    registered = await devices.register(
+        enrollment, token=token, method=request.method, path_qs=request.raw_path, body=raw,
         name=body.name, platform=body.platform, push_provider=body.push.provider,
         push_token=body.push.token, remote_ip=request.remote)
     return io.json({"device_id": registered.device_id, "user": registered.user,

@@ -24,8 +24,19 @@ def decode(body: bytes, type_: type[T]) -> T:
         return msgspec.json.decode(body, type=type_)
     except msgspec.ValidationError as exc:
         raise Unprocessable(_field_message(str(exc)), code="invalid") from None
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         raise BadRequest("body is not valid JSON", code="bad_json") from None
+
+
+def peek_str(body: bytes, field: str) -> str | None:
+    """A top-level string field of a JSON object body, or None; never raises. For reading the one field
+    that must be acted on before the body as a whole is validated (the enrollment code)."""
+    try:
+        data = msgspec.json.decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    value = data.get(field) if isinstance(data, dict) else None
+    return value if isinstance(value, str) and value else None
 
 
 def _field_message(msg: str) -> str:
@@ -40,7 +51,8 @@ def int_query(request: web.Request, name: str, *, default: int, low: int, high: 
     raw = request.query.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    # isascii: str.isdigit() also accepts "²" and "①", which int() then refuses.
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 6) or not low <= int(raw) <= high:
         raise BadRequest(f"{name} must be an integer from {low} to {high}", code="bad_query")
     return int(raw)
 
