@@ -26,7 +26,7 @@ ensure-redis:
 	scripts/ensure-redis
 
 test: venv ensure-redis
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check . && $(BIN)/mypy

@@ -102,22 +102,26 @@ class Challenges:
         key = self._challenge_key(cid)
         if wait_s <= 0:
             return self._view(app, cid, await reads.hgetall(self._r, key), int(time.time()))
-        decision: Decision | None = None
-        # Watch before reading: a decision published between our read and our wait is not lost.
-        with self._events.watch(cid) as fut:
-            h = await reads.hgetall(self._r, key)
-            now = int(time.time())
-            view = self._view(app, cid, h, now)
-            if view["status"] != "pending":
-                return view
-            timeout = min(wait_s, int(h["exp"]) - time.time())
-            with contextlib.suppress(TimeoutError):
-                decision = await asyncio.wait_for(fut, timeout)
-        if decision is not None and decision.status != "pending":
-            h.update(st=decision.status, dat=str(decision.decided_at), dev=decision.device_id or "",
-                     rsn=decision.reason or "")
-            return self._view(app, cid, h, int(time.time()))
-        return self._view(app, cid, await reads.hgetall(self._r, key), int(time.time()))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while True:
+            decision: Decision | None = None
+            # Watch before reading: a decision published between our read and our wait is not lost.
+            with self._events.watch(cid) as fut:
+                h = await reads.hgetall(self._r, key)
+                now = time.time()
+                view = self._view(app, cid, h, int(now))
+                remaining = min(deadline - loop.time(), int(h.get("exp", 0)) - now)
+                if view["status"] != "pending" or remaining <= 0:
+                    return view
+                with contextlib.suppress(TimeoutError):
+                    decision = await asyncio.wait_for(fut, remaining)
+            if decision is not None:
+                h.update(st=decision.status, dat=str(decision.decided_at), dev=decision.device_id or "",
+                         rsn=decision.reason or "")
+                return self._view(app, cid, h, int(time.time()))
+            # Woken without a decision: the listener lost its subscription and may have missed one. Read
+            # again (fails closed with 503 if Redis is still down) and keep waiting until the deadline.
 
     async def cancel(self, app: Application, cid: str) -> None:
         uid = ids.challenge_uid(cid)

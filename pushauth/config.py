@@ -3,7 +3,8 @@
 Every setting is documented in `config.example.toml`. Environment variables address nested keys with a
 double underscore: `PUSHAUTH_STORE__REDIS_URL=redis://...` sets `[store] redis_url`. Values from the
 environment are parsed as TOML values when they look like one (numbers, booleans, arrays) and as plain
-strings otherwise.
+strings otherwise (quote a string that looks like a number: PUSHAUTH_STORE__PREFIX='"2024"').
+Only names with a double underscore are settings.
 
 Validation is msgspec's: unknown keys and wrong types are errors, and the message names the dotted key
 (`store.socket_timeout_s: Expected float, got str`), so an operator never has to guess.
@@ -80,6 +81,10 @@ class KeySettings(_Section, frozen=True):
     ephemeral: bool = False
     # How often a running server looks for a rotated keyring on disk.
     reload_interval_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not 0.1 <= self.reload_interval_s <= 3600:
+            raise ValueError("reload_interval_s must be 0.1..3600")
 
 
 class ChallengeSettings(_Section, frozen=True):
@@ -179,7 +184,9 @@ def _env_value(raw: str) -> Any:
 
 def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
     for name, raw in env.items():
-        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+        # Settings are always <SECTION>__<KEY>; other PUSHAUTH_* variables (PUSHAUTH_CONFIG, the CLI's
+        # PUSHAUTH_ADMIN_TOKEN) are not settings.
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
         path = name[len(ENV_PREFIX):].lower().split("__")
         node = data

@@ -35,8 +35,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _kid_is_positional(argv: list[str]) -> list[str]:
+    """A kid is base64url, so one in 64 starts with "-", which argparse would take for an option:
+    `keys retire -Ab3...` gets a `--` inserted before the kid."""
+    if "retire" in argv and "keys" in argv[:argv.index("retire")]:
+        i = argv.index("retire") + 1
+        if i < len(argv) and argv[i].startswith("-") and argv[i] not in ("-h", "--help", "--"):
+            return [*argv[:i], "--", *argv[i:]]
+    return argv
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_kid_is_positional(list(sys.argv[1:] if argv is None else argv)))
     try:
         code: int = args.func(args)
     except PushAuthError as exc:

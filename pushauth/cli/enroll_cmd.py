@@ -66,9 +66,14 @@ def run(args: argparse.Namespace) -> int:
     qr = segno.make(uri, error="m")
     qr.terminal(compact=True)
     print(f"\nEnrollment URI (single use, expires {expires}):\n{uri}")
-    for path in (args.svg, args.png):
+    for path, kind in ((args.svg, "svg"), (args.png, "png")):
         if path:
-            qr.save(str(path), scale=6)
-            os.chmod(path, 0o600)  # the code in it is a secret until used
+            # Created 0600 from the first byte: the code in it is a secret until used.
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            except OSError as exc:
+                raise PushAuthError(f"cannot write {path}: {exc.strerror}") from None
+            with os.fdopen(fd, "wb") as out:
+                qr.save(out, kind=kind, scale=6)
             print(f"QR code written to {path}")
     return 0

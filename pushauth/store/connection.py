@@ -5,6 +5,7 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 import redis.exceptions as rex
 import structlog
+from redis.maint_notifications import MaintNotificationsConfig
 
 from pushauth.config import StoreSettings
 
@@ -48,4 +49,8 @@ def open_redis(settings: StoreSettings) -> aioredis.Redis:
         health_check_interval=30,
         retry_on_timeout=False,
         retry=None,
+        # With maintenance notifications on ("auto"), redis-py skips its check that a pooled connection is
+        # still alive, so after a Redis restart every pooled connection fails once before being replaced:
+        # spurious 503s after recovery. We do not use the notifications (a Redis Enterprise feature).
+        maint_notifications_config=MaintNotificationsConfig(enabled=False),
     )

@@ -7,8 +7,9 @@ local waiters for that challenge. The message carries the decision, so a woken w
 Redis read.
 
 If the subscription drops (Redis restart, failover), every local waiter is woken with `None` and re-reads
-the challenge itself; the listener reconnects with backoff. A waiter never depends on the message alone:
-it always has a deadline and reads the state when it expires.
+the challenge itself; the listener reconnects with backoff (at most 1 s) and wakes every waiter again once
+subscribed, since a decision published in between reached nobody. A waiter never depends on the message
+alone: it always has a deadline and reads the state when woken without a decision.
 """
 
 from __future__ import annotations
@@ -89,6 +90,9 @@ class ChallengeEvents:
             try:
                 await pubsub.subscribe(self._channel)
                 self.connected.set()
+                # Decisions published while we were not subscribed are lost to us: wake every waiter so
+                # each reads its challenge again now that we listen.
+                self._wake_all()
                 backoff = 0.1
                 while True:
                     msg = await pubsub.get_message(timeout=5.0)
@@ -102,7 +106,8 @@ class ChallengeEvents:
                 self._wake_all()
                 log.warning("events_disconnected", error=type(exc).__name__, retry_in_s=backoff)
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                # Short cap: while unsubscribed, waiters can only learn of decisions by reading.
+                backoff = min(backoff * 2, 1.0)
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]

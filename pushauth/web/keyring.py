@@ -40,10 +40,10 @@ class KeyRingHolder:
     def reload_if_changed(self) -> bool:
         if self._store is None:
             return False
-        fp = self._store.fingerprint()
-        if fp == self._fingerprint:
-            return False
         try:
+            fp = self._store.fingerprint()
+            if fp == self._fingerprint:
+                return False
             ring = self._store.load()
         except KeyStoreError as exc:
             # Keep signing with the keys we have: a half-copied folder must not take the service down.
@@ -58,7 +58,10 @@ class KeyRingHolder:
         async def loop() -> None:
             while True:
                 await asyncio.sleep(interval_s)
-                await asyncio.to_thread(self.reload_if_changed)
+                try:
+                    await asyncio.to_thread(self.reload_if_changed)
+                except Exception:  # the watcher must outlive any one bad read of the folder
+                    log.exception("keyring_watch_failed")
 
         task = asyncio.create_task(loop()) if self._store else None
         try:
