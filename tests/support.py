@@ -19,6 +19,20 @@ OTHER_API_KEY = "test-api-key-for-another-application-000002"
 ADMIN_TOKEN = "test-admin-token-for-the-security-team-0003"
 
 
+def assert_error(status: int, body: Any, expected_status: int, code: str | None = None) -> None:
+    """The contract's error shape: exactly `{"error": <code>, "message": <str>}`."""
+    assert status == expected_status, body
+    assert isinstance(body, dict), body
+    assert set(body) == {"error", "message"}, body
+    assert isinstance(body["error"], str), body
+    assert body["error"], body
+    assert isinstance(body["message"], str), body
+    assert body["message"], body
+    assert "Traceback" not in body["message"], body
+    if code is not None:
+        assert body["error"] == code, body
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from joserfc.jwk import ECKey
-from support import LoginFlow, RunningServer
+from support import LoginFlow, RunningServer, assert_error
 
 from pushauth.crypto import device_auth, jws
 from pushauth.phone import Challenge, Phone, ServerRejected
@@ -31,20 +31,6 @@ REQ_TYP = device_auth.REQUEST_TYP
 
 
 # -- helpers ------------------------------------------------------------------------------------------------
-
-
-def assert_error(status: int, body: Any, expected_status: int, code: str | None = None) -> None:
-    """The contract's error shape: exactly `{"error": <code>, "message": <str>}`."""
-    assert status == expected_status, body
-    assert isinstance(body, dict), body
-    assert set(body) == {"error", "message"}, body
-    assert isinstance(body["error"], str), body
-    assert body["error"], body
-    assert isinstance(body["message"], str), body
-    assert body["message"], body
-    assert "Traceback" not in body["message"], body
-    if code is not None:
-        assert body["error"] == code, body
 
 
 def jti() -> str:

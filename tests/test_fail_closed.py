@@ -37,12 +37,8 @@ async def server(private_redis: RedisServer, keyring: KeyRingHolder) -> AsyncIte
 
 
 @pytest.fixture
-def login(http: aiohttp.ClientSession, server: RunningServer) -> LoginFlow:
-    return LoginFlow(http, server.url)
-
-
-@pytest.fixture
 async def phone(login: LoginFlow, http: aiohttp.ClientSession) -> Phone:
+    """Enrolled for this module's USER (conftest's `login` already talks to the `server` above)."""
     return await Phone.enroll(await login.enroll_uri(USER), session=http)
 
 

@@ -16,7 +16,7 @@ import aiohttp
 import msgspec
 import pytest
 from joserfc.jwk import ECKey
-from support import ADMIN_TOKEN, OTHER_API_KEY, LoginFlow, RunningServer
+from support import ADMIN_TOKEN, OTHER_API_KEY, LoginFlow, RunningServer, assert_error
 
 from pushauth.crypto import jws
 from pushauth.phone import Phone, ServerRejected
@@ -37,20 +37,6 @@ async def call(http: aiohttp.ClientSession, method: str, url: str, *, headers: d
         status = resp.status
     assert b"Traceback" not in raw, raw[:500]
     return status, (msgspec.json.decode(raw) if raw else None)
-
-
-def assert_error(status: int, body: Any, expected_status: int, code: str | None = None) -> None:
-    """The contract's error shape: exactly `{"error": <code>, "message": <str>}`."""
-    assert status == expected_status, body
-    assert isinstance(body, dict), body
-    assert set(body) == {"error", "message"}, body
-    assert isinstance(body["error"], str), body
-    assert body["error"], body
-    assert isinstance(body["message"], str), body
-    assert body["message"], body
-    assert "Traceback" not in body["message"], body
-    if code is not None:
-        assert body["error"] == code, body
 
 
 def parse_rfc3339_z(text: str) -> float:
