@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import time
 
 
 def rfc3339(ts: int) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # time.strftime on a struct_time: several times cheaper than building a datetime, and this runs
+    # several times per request.
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))

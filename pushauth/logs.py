@@ -11,6 +11,7 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any
 
+import msgspec
 import structlog
 
 _SECRET_NAMES = frozenset({"code", "token", "api_key", "authorization", "number", "nonce", "secret",
@@ -23,9 +24,21 @@ def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[s
     return event
 
 
+def _json_bytes(event: Any, **_: Any) -> bytes:
+    # msgspec renders a log line in about half the time of the stdlib json module (bench/README.md);
+    # default=str keeps an unexpected value type from ever failing a log call.
+    return _ENCODE(event) + b"\n"
+
+
+_ENCODE = msgspec.json.Encoder(enc_hook=str).encode
+
+
 def configure(level: str = "info", fmt: str = "auto") -> None:
     json_lines = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
-    renderer: Any = structlog.processors.JSONRenderer() if json_lines else structlog.dev.ConsoleRenderer()
+    renderer: Any = (structlog.processors.JSONRenderer(serializer=_json_bytes) if json_lines
+                     else structlog.dev.ConsoleRenderer())
+    factory: Any = (structlog.BytesLoggerFactory(file=sys.stderr.buffer) if json_lines
+                    else structlog.PrintLoggerFactory(file=sys.stderr))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -36,6 +49,6 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=factory,
         cache_logger_on_first_use=True,
     )

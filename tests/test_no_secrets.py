@@ -63,3 +63,24 @@ def test_redaction_processor_masks_secret_fields() -> None:
 
     event = redact(None, "info", {"event": "x", "code": "abc", "token": "t", "user": "alice"})
     assert event == {"event": "x", "code": "[redacted]", "token": "[redacted]", "user": "alice"}
+
+
+def test_json_log_lines_are_json_and_redacted() -> None:
+    """The production renderer (JSON lines on a non-terminal), run in a child process so the global
+    structlog configuration of this test run is left alone."""
+    import json
+    import subprocess
+    import sys
+
+    code = ("from pushauth.logs import configure; import structlog; configure('info', 'auto'); "
+            "structlog.get_logger().info('enrolled', user='alice', code='s3cret-code', token='t0k', "
+            "n=object())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True, timeout=30)
+    line = json.loads(out.stderr.decode().strip())
+    assert line["event"] == "enrolled"
+    assert line["level"] == "info"
+    assert line["user"] == "alice"
+    assert line["code"] == "[redacted]"
+    assert line["token"] == "[redacted]"
+    assert b"s3cret-code" not in out.stderr
+    assert b"t0k" not in out.stderr
