@@ -30,6 +30,7 @@ from pushauth.clock import rfc3339
 from pushauth.config import Application, Settings
 from pushauth.crypto import jws, secrets
 from pushauth.crypto.keys import KeyRing
+from pushauth.delivery import PushQueue, delivery_view
 from pushauth.devices import AuthedDevice, Devices, raise_gate_failure
 from pushauth.errors import Conflict, Forbidden, NotFound, Unprocessable
 from pushauth.store import KeySpace, reads
@@ -58,13 +59,15 @@ class Created:
 
 class Challenges:
     def __init__(self, redis: aioredis.Redis, keyspace: KeySpace, settings: Settings,
-                 keyring: Callable[[], KeyRing], devices: Devices, events: ChallengeEvents) -> None:
+                 keyring: Callable[[], KeyRing], devices: Devices, events: ChallengeEvents,
+                 push: PushQueue | None = None) -> None:
         self._r = redis
         self._ks = keyspace
         self._s = settings
         self._keyring = keyring
         self._devices = devices
         self._events = events
+        self._push = push
         self._app_names: Mapping[str, str] = {a.id: a.name for a in settings.applications}
 
     # -- login flow ---------------------------------------------------------------------------------------
@@ -96,6 +99,8 @@ class Challenges:
             raise Forbidden("this account is locked; the security team can unlock it", code="locked")
         if res[0] == "not_enrolled":
             raise Forbidden("no phone is enrolled for this user", code="not_enrolled")
+        if self._push is not None:
+            await self._push.enqueue(cid)
         return Created(cid, exp, number or None)
 
     async def status(self, app: Application, cid: str, wait_s: float) -> dict[str, Any]:
@@ -222,6 +227,8 @@ class Challenges:
         elif status == "denied":
             out["device"] = h["dev"]
             out["reason"] = h["rsn"]
+        if self._push is not None:
+            out["delivery"] = delivery_view(h)
         return out
 
     def _assertion(self, app: Application, cid: str, user: str, device: str, decided_at: int,

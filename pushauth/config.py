@@ -122,6 +122,76 @@ class EnrollmentSettings(_Section, frozen=True):
             raise ValueError("code_ttl_s must be 60..86400")
 
 
+class FcmSettings(_Section, frozen=True):
+    enabled: bool = False
+    # Firebase service-account JSON (Project settings > Service accounts). Read once at worker start.
+    service_account_file: str = ""
+    # Most sends in flight at once to FCM from one worker.
+    concurrency: int = 200
+
+    def __post_init__(self) -> None:
+        if self.enabled and not self.service_account_file:
+            raise ValueError("service_account_file is required when fcm is enabled")
+        if not 1 <= self.concurrency <= 10000:
+            raise ValueError("concurrency must be 1..10000")
+
+
+class ApnsSettings(_Section, frozen=True):
+    enabled: bool = False
+    # Token-based auth (recommended): the .p8 signing key from the Apple developer account, its key id
+    # and the team id.
+    key_file: str = ""
+    key_id: str = ""
+    team_id: str = ""
+    # Certificate-based auth instead: one PEM file holding the certificate and its private key.
+    cert_file: str = ""
+    # The app's bundle id (apns-topic).
+    topic: str = ""
+    # true: api.sandbox.push.apple.com (development builds of the app).
+    sandbox: bool = False
+    # Connections to Apple (HTTP/2; each carries many pushes) and most sends in flight at once.
+    connections: int = 4
+    concurrency: int = 200
+
+    def __post_init__(self) -> None:
+        if not self.enabled:
+            return
+        if not self.topic:
+            raise ValueError("topic (the app's bundle id) is required when apns is enabled")
+        token_auth = bool(self.key_file or self.key_id or self.team_id)
+        if token_auth == bool(self.cert_file):
+            raise ValueError("give either key_file + key_id + team_id (token auth) or cert_file")
+        if token_auth and not (self.key_file and self.key_id and self.team_id):
+            raise ValueError("token auth needs key_file, key_id and team_id")
+        if not (1 <= self.connections <= 64 and 1 <= self.concurrency <= 10000):
+            raise ValueError("connections must be 1..64 and concurrency 1..10000")
+
+
+class PushSettings(_Section, frozen=True):
+    fcm: FcmSettings = FcmSettings()
+    apns: ApnsSettings = ApnsSettings()
+    # Retries of transient failures: exponential backoff with full jitter from base to max, never past
+    # the challenge's expiry, and at most this many attempts per device.
+    max_attempts: int = 6
+    backoff_base_s: float = 0.25
+    backoff_max_s: float = 10.0
+    # A stream entry delivered this many times without being acknowledged (a worker crashed on it each
+    # time) goes to the dead-letter stream instead.
+    dead_letter_after: int = 5
+    # Entries a crashed worker left unacknowledged are reclaimed by another after this idle time.
+    reclaim_idle_s: float = 15.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.fcm.enabled or self.apns.enabled
+
+    def __post_init__(self) -> None:
+        if not (1 <= self.max_attempts <= 50 and 0 < self.backoff_base_s <= self.backoff_max_s <= 300):
+            raise ValueError("need 1 <= max_attempts <= 50 and 0 < backoff_base_s <= backoff_max_s <= 300")
+        if not (1 <= self.dead_letter_after <= 100 and 1 <= self.reclaim_idle_s <= 3600):
+            raise ValueError("dead_letter_after must be 1..100 and reclaim_idle_s 1..3600")
+
+
 class Application(_Section, frozen=True):
     id: str
     name: str
@@ -158,6 +228,7 @@ class Settings(_Section, frozen=True):
     challenges: ChallengeSettings = ChallengeSettings()
     device_auth: DeviceAuthSettings = DeviceAuthSettings()
     enrollment: EnrollmentSettings = EnrollmentSettings()
+    push: PushSettings = PushSettings()
     applications: list[Application] = []
     admin: AdminSettings = AdminSettings()
     logging: LoggingSettings = LoggingSettings()

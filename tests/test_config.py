@@ -63,12 +63,14 @@ def test_every_setting_is_documented_in_the_example() -> None:
 def test_example_parses_to_the_defaults() -> None:
     assert load_settings(EXAMPLE, env={}) == Settings()
     # Key by key, so a wrong value in the example names itself.
-    defaults = Settings()
-    raw = tomllib.loads(EXAMPLE.read_text(encoding="utf-8"))
-    for section, values in raw.items():
-        assert isinstance(values, dict), section
+    def check(defaults: object, values: dict[str, Any], where: str) -> None:
         for key, value in values.items():
-            assert getattr(getattr(defaults, section), key) == value, f"{section}.{key}"
+            if isinstance(value, dict):  # a nested table such as [push.fcm]
+                check(getattr(defaults, key), value, f"{where}{key}.")
+            else:
+                assert getattr(defaults, key) == value, f"{where}{key}"
+
+    check(Settings(), tomllib.loads(EXAMPLE.read_text(encoding="utf-8")), "")
 
 
 def test_commented_application_block_is_valid_when_uncommented() -> None:

@@ -4,6 +4,7 @@
     keyring_ctx   the server signing keys, and the task that reloads them after a rotation
     events_ctx    the pub/sub listener that wakes waiting login flows
     services_ctx  the domain services (devices, challenges), built from the above
+    push_ctx      embedded mode only: the push worker runs inside the server (one process, one store)
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from aiohttp import web
 
 from pushauth.challenges import Challenges
 from pushauth.config import Settings
+from pushauth.delivery import PushDelivery, PushQueue
 from pushauth.devices import Devices
+from pushauth.push.registry import close_providers, open_providers
 from pushauth.store import KeySpace, open_redis
 from pushauth.store.events import ChallengeEvents
 from pushauth.web import device, login_flow, wellknown
@@ -70,10 +73,28 @@ def create_app(settings: Settings, *, keyring: KeyRingHolder | None = None,
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         keyspace = KeySpace(settings.store.prefix)
         app[DEVICES] = Devices(app[REDIS], keyspace, settings, app[KEYRING])
-        app[CHALLENGES] = Challenges(app[REDIS], keyspace, settings, app[KEYRING], app[DEVICES], app[EVENTS])
+        push = PushQueue(app[REDIS], settings.store.prefix) if settings.push.enabled else None
+        app[CHALLENGES] = Challenges(app[REDIS], keyspace, settings, app[KEYRING], app[DEVICES], app[EVENTS],
+                                     push)
         yield
 
-    app.cleanup_ctx.extend([redis_ctx, keyring_ctx, events_ctx, services_ctx])
+    async def push_ctx(app: web.Application) -> AsyncIterator[None]:
+        # With a real Redis the push workers are separate processes (workers/push.py); the embedded store
+        # lives in this process, so here the worker must too.
+        if not (settings.embedded and settings.push.enabled):
+            yield
+            return
+        providers = open_providers(settings.push)
+        delivery = PushDelivery(app[REDIS], KeySpace(settings.store.prefix), settings.push,
+                                settings.server.base_url, providers)
+        stop = asyncio.Event()
+        task = asyncio.create_task(delivery.consumer_for("embedded").run(stop), name="push-worker")
+        yield
+        stop.set()
+        await task
+        await close_providers(providers)
+
+    app.cleanup_ctx.extend([redis_ctx, keyring_ctx, events_ctx, services_ctx, push_ctx])
     app.add_routes(wellknown.routes)
     app.add_routes(login_flow.routes)
     app.add_routes(device.routes)

@@ -1,0 +1,64 @@
+"""The contract every push provider implements, and what a send can come back as.
+
+A provider maps every vendor answer to one `OutcomeKind`, in one commented table per provider, because
+the kind drives what the worker does next:
+
+    SENT           the provider accepted the push: record it, never send it again
+    RETRY          transient (429, 5xx, timeout, connection error): retry with backoff, honouring
+                   `retry_after_s`, never after the challenge has expired
+    INVALID_TOKEN  the token is dead or not ours: mark the device's token stale; the phone falls back to
+                   polling until it registers a new token
+    AUTH_ERROR     our credentials are wrong (bad key, expired provider token, wrong project): no retry
+                   storm; a loud operational log and metric
+    FAILED         anything else permanent (payload rejected): record and give up
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class OutcomeKind(enum.Enum):
+    SENT = "sent"
+    RETRY = "retry"
+    INVALID_TOKEN = "invalid_token"  # noqa: S105 (an outcome name, not a secret)
+    AUTH_ERROR = "auth_error"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    kind: OutcomeKind
+    # A short machine word for the delivery state and metrics: "Unregistered", "UNAVAILABLE", "timeout".
+    reason: str = ""
+    # Seconds the provider asked us to wait (Retry-After), if it said.
+    retry_after_s: float | None = None
+    # The provider's id for an accepted message (FCM message name, apns-id), for support cases.
+    provider_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PushMessage:
+    """Everything a push carries. The payload is exactly `{"type": "challenge", "challenge_id", "server"}`:
+    no user data passes through Google or Apple. `expires_at` (Unix seconds) bounds the provider-side
+    life of the message (FCM ttl, apns-expiration) so it never outlives the challenge."""
+
+    challenge_id: str
+    server: str
+    expires_at: int
+
+    def data(self) -> dict[str, str]:
+        return {"type": "challenge", "challenge_id": self.challenge_id, "server": self.server}
+
+
+class PushProvider(Protocol):
+    """One push service. `send` never raises for a vendor or network failure: it returns an Outcome.
+    Implementations cap their own concurrency and own their client; `aclose` releases it."""
+
+    name: str
+
+    async def send(self, token: str, message: PushMessage) -> Outcome: ...
+
+    async def aclose(self) -> None: ...

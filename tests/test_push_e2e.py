@@ -1,0 +1,188 @@
+"""The real push worker process (`python -m workers.push`) with the real firebase-admin client, against
+the fake FCM, a real Redis and a real server: end to end, and `kill -9` in the middle of a batch.
+
+The worker runs in the sandbox (tests/fakes/sandbox.py): its own mount namespace maps fcm.googleapis.com
+to the fake and trusts the test CA; nothing in the client is patched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from fakes import fcm, sandbox
+from fakes.fcm import FakeFCM
+from fakes.sandbox import PrivateHosts, TestCA
+from support import LoginFlow, RunningServer, free_port, make_settings, start_server
+
+from pushauth.phone import Phone
+from pushauth.web.keyring import KeyRingHolder
+
+REPO = Path(__file__).resolve().parent.parent
+
+if (why := sandbox.available()) is not None:
+    pytest.skip(why, allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[TestCA, PrivateHosts]:
+    folder = tmp_path_factory.mktemp("push-sandbox")
+    ca = TestCA.create(folder)
+    return ca, PrivateHosts.create(folder, ca)
+
+
+@pytest.fixture
+async def fake(tls: tuple[TestCA, PrivateHosts]) -> AsyncIterator[FakeFCM]:
+    async with FakeFCM(tls[0]) as running:
+        yield running
+
+
+@pytest.fixture
+def service_account(fake: FakeFCM, tmp_path: Path) -> Path:
+    return fake.write_service_account(tmp_path / "service-account.json")
+
+
+@pytest.fixture
+async def server(redis_url: str, keyring: KeyRingHolder,
+                 service_account: Path) -> AsyncIterator[RunningServer]:
+    push = {"fcm": {"enabled": True, "service_account_file": str(service_account)}, "reclaim_idle_s": 1}
+    running = await start_server(make_settings(redis_url, free_port(), push=push), keyring)
+    yield running
+    await running.close()
+
+
+class Worker:
+    """One `python -m workers.push` process in the sandbox."""
+
+    def __init__(self, hosts: PrivateHosts, config: Path, name: str, log: Path) -> None:
+        env = hosts.env()
+        env["PYTHONPATH"] = str(REPO)
+        self.log = log
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(
+                hosts.command([sys.executable, "-m", "workers.push", "-c", str(config), "--name", name]),
+                env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+
+    def kill9(self) -> None:
+        # `unshare` and `sh -c 'exec ...'` both exec, so this pid is the worker's Python process itself.
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+class WorkerPool:
+    """The worker processes a test starts; all stopped afterwards."""
+
+    def __init__(self, hosts: PrivateHosts, config: Path, logs: Path) -> None:
+        self.hosts, self.config, self.logs = hosts, config, logs
+        self.started: list[Worker] = []
+
+    def start(self, name: str) -> Worker:
+        worker = Worker(self.hosts, self.config, name, self.logs / f"{name}.log")
+        self.started.append(worker)
+        return worker
+
+    def __getitem__(self, i: int) -> Worker:
+        return self.started[i]
+
+
+@pytest.fixture
+def workers(server: RunningServer, tls: tuple[TestCA, PrivateHosts], service_account: Path,
+            redis_url: str, tmp_path: Path) -> Iterator[WorkerPool]:
+    config = tmp_path / "worker.toml"
+    config.write_text(f"""
+[server]
+base_url = "{server.url}"
+[store]
+redis_url = "{redis_url}"
+[push]
+reclaim_idle_s = 1
+[push.fcm]
+enabled = true
+service_account_file = "{service_account}"
+[logging]
+format = "json"
+""")
+    pool = WorkerPool(tls[1], config, tmp_path)
+    pool.start("w1")
+    yield pool
+    for worker in pool.started:
+        worker.stop()
+
+
+async def states(login: LoginFlow, ids: list[str]) -> dict[str, str]:
+    out = {}
+    for cid in ids:
+        body = await login.status(cid)
+        [(_, state)] = body["delivery"].items()
+        out[cid] = state["state"]
+    return out
+
+
+async def wait_for(predicate_states: list[str], login: LoginFlow, ids: list[str], within_s: float,
+                   count: int | None = None) -> dict[str, str]:
+    deadline = time.time() + within_s
+    while True:
+        now = await states(login, ids)
+        done = sum(1 for s in now.values() if s in predicate_states)
+        if done >= (count if count is not None else len(ids)) or time.time() > deadline:
+            return now
+        await asyncio.sleep(0.1)
+
+
+async def test_worker_pushes_and_the_phone_answers_from_the_push(
+        login: LoginFlow, http: aiohttp.ClientSession, fake: FakeFCM, workers: WorkerPool) -> None:
+    phone = await Phone.enroll(await login.enroll_uri("erin@nhs.net"), session=http, platform="android",
+                               push_provider="fcm", push_token="tok-erin")
+    created = await login.create("erin@nhs.net")
+    final = await wait_for(["sent"], login, [created["id"]], within_s=20)
+    assert final == {created["id"]: "sent"}, workers[0].log.read_text()[-2000:]
+    [record] = fake.sends_to("tok-erin")
+    assert record.data == {"type": "challenge", "challenge_id": created["id"], "server": login.url}
+    # what the app does with the push: fetch the challenge it names, show it, answer it
+    challenge = await phone.fetch(record.data["challenge_id"])
+    await phone.approve(challenge, number=created["number"])
+    assert (await login.status(created["id"]))["status"] == "approved"
+
+
+async def test_kill_9_mid_batch_loses_nothing_and_repeats_nothing_acknowledged(
+        login: LoginFlow, http: aiohttp.ClientSession, fake: FakeFCM, workers: WorkerPool) -> None:
+    users = [f"user{i}@nhs.net" for i in range(24)]
+    for i, user in enumerate(users):
+        await Phone.enroll(await login.enroll_uri(user), session=http, push_provider="fcm",
+                           push_token=f"tok-{i}")
+        if i >= 8:  # the provider answers these slowly: they are in flight when the worker dies
+            fake.script(f"tok-{i}", fcm.slow(4.0))
+    created = [await login.create(user) for user in users]
+    ids = [c["id"] for c in created]
+    # the fast third is acknowledged (state "sent" recorded), the rest are on the wire
+    before = await wait_for(["sent"], login, ids, within_s=20, count=8)
+    acknowledged = [cid for cid, state in before.items() if state == "sent"]
+    assert len(acknowledged) >= 8, before
+    workers[0].kill9()
+    workers.start("w2")
+    after = await wait_for(["sent"], login, ids, within_s=30)
+    assert set(after.values()) == {"sent"}, f"lost pushes: {after}\n{workers[1].log.read_text()[-3000:]}"
+    for i, cid in enumerate(ids):
+        sends = fake.sends_to(f"tok-{i}")
+        assert sends, f"push for {cid} never reached the provider"
+        if cid in acknowledged:
+            assert len(sends) == 1, f"tok-{i} was acknowledged before the crash but pushed again"
+        assert all(s.data["challenge_id"] == cid for s in sends)
