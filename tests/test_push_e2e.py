@@ -21,8 +21,9 @@ import pytest
 from fakes import fcm, sandbox
 from fakes.fcm import FakeFCM
 from fakes.sandbox import PrivateHosts, TestCA
-from support import LoginFlow, RunningServer, free_port, make_settings, start_server
+from support import API_KEY, LoginFlow, RunningServer, free_port, make_settings, start_server
 
+from pushauth.crypto.secrets import sha256_hex
 from pushauth.phone import Phone
 from pushauth.web.keyring import KeyRingHolder
 
@@ -59,17 +60,16 @@ async def server(redis_url: str, keyring: KeyRingHolder,
     await running.close()
 
 
-class Worker:
-    """One `python -m workers.push` process in the sandbox."""
+class SandboxProcess:
+    """One pushauth process (a push worker, or `pushauth serve`) started in the sandbox."""
 
-    def __init__(self, hosts: PrivateHosts, config: Path, name: str, log: Path) -> None:
+    def __init__(self, hosts: PrivateHosts, args: list[str], log: Path) -> None:
         env = hosts.env()
         env["PYTHONPATH"] = str(REPO)
         self.log = log
         with open(log, "ab") as out:
-            self.proc = subprocess.Popen(
-                hosts.command([sys.executable, "-m", "workers.push", "-c", str(config), "--name", name]),
-                env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+            self.proc = subprocess.Popen(hosts.command([sys.executable, *args]), env=env, cwd=REPO,
+                                         stdin=subprocess.DEVNULL, stdout=out, stderr=out)
 
     def kill9(self) -> None:
         # `unshare` and `sh -c 'exec ...'` both exec, so this pid is the worker's Python process itself.
@@ -92,14 +92,15 @@ class WorkerPool:
 
     def __init__(self, hosts: PrivateHosts, config: Path, logs: Path) -> None:
         self.hosts, self.config, self.logs = hosts, config, logs
-        self.started: list[Worker] = []
+        self.started: list[SandboxProcess] = []
 
-    def start(self, name: str) -> Worker:
-        worker = Worker(self.hosts, self.config, name, self.logs / f"{name}.log")
+    def start(self, name: str) -> SandboxProcess:
+        worker = SandboxProcess(self.hosts, ["-m", "workers.push", "-c", str(self.config), "--name", name],
+                                self.logs / f"{name}.log")
         self.started.append(worker)
         return worker
 
-    def __getitem__(self, i: int) -> Worker:
+    def __getitem__(self, i: int) -> SandboxProcess:
         return self.started[i]
 
 
@@ -186,3 +187,48 @@ async def test_kill_9_mid_batch_loses_nothing_and_repeats_nothing_acknowledged(
         if cid in acknowledged:
             assert len(sends) == 1, f"tok-{i} was acknowledged before the crash but pushed again"
         assert all(s.data["challenge_id"] == cid for s in sends)
+
+
+async def test_embedded_server_runs_the_push_worker_itself(
+        tls: tuple[TestCA, PrivateHosts], fake: FakeFCM, service_account: Path, http: aiohttp.ClientSession,
+        tmp_path: Path) -> None:
+    """One process, embedded store: `pushauth serve` must push without any worker process."""
+    port = free_port()
+    config = tmp_path / "embedded.toml"
+    config.write_text(f"""
+[server]
+port = {port}
+base_url = "http://127.0.0.1:{port}"
+[keys]
+ephemeral = true
+[push.fcm]
+enabled = true
+service_account_file = "{service_account}"
+[[applications]]
+id = "webmail"
+name = "Webmail"
+api_key_sha256 = ["{sha256_hex(API_KEY)}"]
+""")
+    serve = SandboxProcess(tls[1], ["-m", "pushauth", "-c", str(config), "serve"], tmp_path / "serve.log")
+    log = serve.log
+    try:
+        url = f"http://127.0.0.1:{port}"
+        login = LoginFlow(http, url)
+        for _ in range(100):  # wait for the server to listen
+            try:
+                uri = await login.enroll_uri("frank@nhs.net")
+                break
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.1)
+        else:
+            pytest.fail(f"server did not start:\n{log.read_text()[-2000:]}")
+        phone = await Phone.enroll(uri, session=http, push_provider="fcm", push_token="tok-frank")
+        created = await login.create("frank@nhs.net")
+        final = await wait_for(["sent"], login, [created["id"]], within_s=20)
+        assert final == {created["id"]: "sent"}, log.read_text()[-2000:]
+        [record] = fake.sends_to("tok-frank")
+        assert record.data["challenge_id"] == created["id"]
+        assert phone.device_id in (await login.status(created["id"]))["delivery"]
+        assert b"EMBEDDED STORE" in log.read_bytes(), "the embedded store must say nothing survives a restart"
+    finally:
+        assert serve.stop() == 0, "the server must shut down cleanly on SIGTERM"
