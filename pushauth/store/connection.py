@@ -40,17 +40,23 @@ def open_redis(settings: StoreSettings) -> aioredis.Redis:
         return fakeredis.FakeAsyncRedis(decode_responses=True)
     # No retries inside the client: a request that finds Redis down should fail fast and closed, and the
     # next request simply opens a new connection (that is the "recovers by itself").
-    return aioredis.Redis.from_url(
+    #
+    # A blocking pool: when all max_connections are busy, a command waits (up to the socket timeout) for
+    # one to come free. redis-py's default pool raises "Too many connections" at once instead, which
+    # under a burst (a push worker's backlog, hundreds of concurrent logins) turned plain load into
+    # errors, 503s, and re-sent pushes.
+    pool = aioredis.BlockingConnectionPool.from_url(
         settings.redis_url,
+        max_connections=settings.max_connections,
+        timeout=settings.socket_timeout_s,
         socket_timeout=settings.socket_timeout_s,
         socket_connect_timeout=settings.connect_timeout_s,
-        max_connections=settings.max_connections,
-        decode_responses=True,
         health_check_interval=30,
-        retry_on_timeout=False,
+        decode_responses=True,
         retry=None,
         # With maintenance notifications on ("auto"), redis-py skips its check that a pooled connection is
         # still alive, so after a Redis restart every pooled connection fails once before being replaced:
         # spurious 503s after recovery. We do not use the notifications (a Redis Enterprise feature).
         maint_notifications_config=MaintNotificationsConfig(enabled=False),
     )
+    return aioredis.Redis(connection_pool=pool)
