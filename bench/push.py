@@ -81,6 +81,7 @@ from bench.cycle import (  # noqa: E402
     PREFIX,
     Child,
     Load,
+    _short,
     calibrate,
     core_jiffies,
     find_pyspy,
@@ -836,19 +837,6 @@ def analyse_profile(raw: Path, top: int) -> dict[str, Any]:
             "self": [(f, share(n)) for f, n in self_c.most_common(top)],
             "inclusive": [(f, share(n)) for f, n in incl.most_common(top * 3)
                           if not f.startswith(skip)][:top]}
-
-
-def _short(frame: str) -> str:
-    i = frame.rfind(" (")
-    if i < 0:
-        return frame
-    path = frame[i + 2:].rstrip(")")
-    for marker in ("site-packages/", "/lib/python3.11/", "/work/main/"):
-        j = path.find(marker)
-        if j >= 0:
-            path = path[j + len(marker):]
-            break
-    return f"{frame[:i]} ({path})"
 
 
 def stop_pyspy(spy: Child) -> None:
