@@ -23,7 +23,9 @@ The fakes share a core with the rest, so a worker figure is a lower bound when C
 output says which core was busy.
 
 The fakes listen on loopback addresses of their own (127.0.0.23 FCM, 127.0.0.22 APNs; port 443), not the
-tests' 127.0.0.2/3, so a test run on the same machine does not collide with this benchmark.
+tests' 127.0.0.2/3, so a test run on the same machine does not collide with this benchmark. `--profile` adds
+a py-spy-sampled throughput run per provider; `--worker-experiment` runs the worker patched (WORKER_PATCH
+below) to measure a suggested change before anyone makes it.
 See bench/README.md ("Push delivery").
 """
 
@@ -32,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import math
 import os
@@ -242,6 +245,7 @@ class Worker:
         self.child: Child | None = None
         self.starts = 0
         self.extra_path: list[str] = []
+        self.extra_env: dict[str, str] = {}
 
     @property
     def argv(self) -> list[str]:
@@ -251,6 +255,7 @@ class Worker:
     def start(self) -> Child:
         env = self.hosts.env()
         env["PYTHONPATH"] = os.pathsep.join([*self.extra_path, str(REPO)])
+        env.update(self.extra_env)
         env = {k: v for k, v in env.items() if not k.startswith("PUSHAUTH_")}
         self.starts += 1
         # `unshare` and `sh -c 'exec ...'` both exec: the child's pid is the worker's Python process.
@@ -464,7 +469,8 @@ class Bench:
         self.server_on(REST_CPU)
         expected = Counter(s.device.provider for s in cids.values())
         print(f"  {name}: created {len(cids)} challenges through the API in {create_s:.1f} s "
-              f"({len(cids) / create_s:.0f}/s, server on CPU {WORKER_CPU} meanwhile)"
+              f"({len(cids) / create_s:.0f}/s"
+              + (f", server on CPU {WORKER_CPU} meanwhile)" if self.args.pin else ")")
               + (f"; ERRORS {dict(errors)}" if errors else ""))
         if self.fakes.apns:
             self.fakes.apns.reset_records()
@@ -481,7 +487,8 @@ class Bench:
         series: list[tuple[float, int]] = []
         a: Snap | None = None
         b: Snap | None = None
-        first_count = 0
+        first_count = gc_mark = 0
+        bench_gc: list[float] = []
         last_count, last_change = 0, now()
         spy: Child | None = None
         spy_out = self.tmp / f"pyspy-{name.replace(' ', '-')}.txt"
@@ -492,12 +499,14 @@ class Bench:
                 series.append((t, c))
                 last_count, last_change = c, t
             if a is None and c > 0:
+                gc_mark = len(BENCH_GC.pauses)
                 a = await self.snap()
                 first_count = c
                 if profile:
                     spy = self.start_pyspy(spy_out)
             if c >= total:
                 b = await self.snap()
+                bench_gc = [round(ms, 1) for _, ms in BENCH_GC.pauses[gc_mark:]]
                 break
             if t - last_change > 30 or (a is None and t - started > 60):
                 self.check_alive()
@@ -549,6 +558,7 @@ class Bench:
                                    "apns": None},  # the APNs fake answers inline: always 1
             "apns_connections": self.fakes.apns.connections if self.fakes.apns else None,
             "worker_core_es256_sign_us": [cal_before, cal_after],
+            "bench_full_gc_ms_in_window": bench_gc,
         }
         if spy is not None:
             out["profile_file"] = str(spy_out)
@@ -614,10 +624,21 @@ class Bench:
 
         if warmup > 0:
             await open_loop(warmup, 0)
-        a = await self.snap()
-        base_pushes = self.fakes.pushes()
-        sent, lateness = await open_loop(duration, int(rate * warmup))
-        b = await self.snap()
+        # The fakes stamp each receipt on this process's event loop: a garbage collection here would show up
+        # as push latency. So: collect and freeze what exists, and no collection during the window.
+        gc.collect()
+        gc.freeze()
+        gc.disable()
+        pauses_before = len(BENCH_GC.pauses)
+        try:
+            a = await self.snap()
+            base_pushes = self.fakes.pushes()
+            sent, lateness = await open_loop(duration, int(rate * warmup))
+            b = await self.snap()
+        finally:
+            gc.enable()
+            gc.unfreeze()
+        bench_pauses = BENCH_GC.pauses[pauses_before:]
         # Wait for the last pushes (and a little longer, for duplicates).
         deadline = now() + 15
         while now() < deadline and len(self.receipts(set(sent))) < len(sent):  # noqa: ASYNC110 (polling a fake)
@@ -665,6 +686,7 @@ class Bench:
             "start_lateness_ms": {"p50": percentile(late, 50) * 1000, "p99": percentile(late, 99) * 1000,
                                   "max": late[-1] * 1000 if late else math.nan},
             "payload": self.payload_sizes(), "slowest_1pct_sent_at_s": slow,
+            "bench_gc_pauses_in_window": len(bench_pauses),
         }
 
     def receipts(self, wanted: set[str]) -> dict[str, list[float]]:
@@ -690,6 +712,24 @@ class Bench:
         if self.fakes.apns and self.fakes.apns.requests:
             out["apns"] = apns_sizes(self.fakes.apns.requests, self.fakes.apns.body_sizes)
         return out
+
+
+class _GcPauses:
+    """This process's garbage-collection pauses (the fakes run here, so they delay the fakes too)."""
+
+    def __init__(self) -> None:
+        self.pauses: list[tuple[float, float]] = []  # (time.time() at start, ms)
+        self._t = 0.0
+        gc.callbacks.append(self._cb)
+
+    def _cb(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._t = time.perf_counter()
+        elif info.get("generation") == 2:
+            self.pauses.append((time.time(), (time.perf_counter() - self._t) * 1000))
+
+
+BENCH_GC = _GcPauses()
 
 
 def mid_rate(series: list[tuple[float, int]], total: int) -> float:
@@ -894,6 +934,9 @@ def print_throughput_notes(p: dict[str, Any]) -> None:
     print(f"    worker core speed: ES256 sign {before:.0f} us before the run (~{NORMAL_SIGN_US:.0f} on this "
           f"machine when undisturbed), {after:.0f} us after (informational: the settling worker disturbs it)"
           + ("  SLOW CORE: figure not comparable" if slow_core(p) else ""))
+    if p["bench_full_gc_ms_in_window"]:
+        print(f"    this process (the fakes) paused for full garbage collections in the window: "
+              f"{p['bench_full_gc_ms_in_window']} ms")
     if p["create_errors"]:
         print(f"    create errors: {p['create_errors']}")
     if u["worker_util"] < 0.9 and u["core_busy"].get(REST_CPU, 0) > 0.9:
@@ -969,6 +1012,268 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
+# -- experiments ---------------------------------------------------------------------------------------------
+
+# Experiments, not pushauth code: with --worker-experiment the worker starts with this file as its
+# sitecustomize.py (first on its PYTHONPATH), which patches the running worker to try a change before anyone
+# makes it (as bench/cycle.py's SERVER_WRAPPER does for the server). Each name switches one change on.
+EXPERIMENTS = ("bp", "hc", "reads", "ack", "fcmhttp", "oldpool", "gcstats", "gcfreeze")
+WORKER_PATCH = """'''
+EXPERIMENT ONLY (not pushauth code): patches the push worker process at start-up, to measure what the
+changes suggested in bench/README.md would gain. Enabled per change by PUSH_EXP (comma list):
+
+  bp     O(1) back-pressure in StreamConsumer._read_loop (an Event set by the done callback) instead of
+         asyncio.wait() over the whole in-flight set after every completion
+  hc     health_check_interval=0 on the worker's Redis pool (no PING/check per command)
+  reads  the challenge hash and its device hashes in ONE Lua call (2 round trips -> 1)
+  ack    XACKs batched (every 5 ms or 256 ids, one command) instead of one XACK per entry
+  fcmhttp  FCM's HTTP v1 request sent with aiohttp instead of firebase-admin's send_each_async (httpx);
+         token from the same google-auth credential; success path only
+  oldpool  the worker's Redis pool as before 169166a (non-blocking; use with --worker-max-connections 1024)
+  gcstats  record the worker's garbage-collector pauses (printed at exit)
+  gcfreeze gc.collect(); gc.freeze() once the worker has started (implies gcstats)
+'''
+import os
+
+EXP = set(filter(None, os.environ.get("PUSH_EXP", "").split(",")))
+
+if EXP:
+    import asyncio
+    import contextlib
+    import time
+
+    import pushauth.store as store
+    from pushauth import ids
+    from pushauth.delivery import PushDelivery
+    from pushauth.push.base import PushMessage
+    from pushauth.store.scripts import Script
+    from pushauth.store.streams import StreamConsumer
+    from pushauth.store.connection import STORE_DOWN_ERRORS
+    import structlog
+
+    if "hc" in EXP:
+        _open = store.open_redis
+
+        def open_redis(settings):
+            client = _open(settings)
+            client.connection_pool.connection_kwargs["health_check_interval"] = 0
+            return client
+
+        store.open_redis = open_redis
+
+    if "bp" in EXP:
+        def _start(self, entry_id, fields):
+            task = asyncio.create_task(self._handle(entry_id, fields))
+            self._inflight.add(task)
+            task.add_done_callback(self._exp_done)
+
+        def _exp_done(self, task):
+            self._inflight.discard(task)
+            room = getattr(self, "_exp_room", None)
+            if room is not None and len(self._inflight) < 4 * self._batch:
+                room.set()
+
+        async def _read_loop(self, stop):
+            await self.ensure_group()
+            self._exp_room = asyncio.Event()
+            while not stop.is_set():
+                reply = await self._r.xreadgroup(self.names.group, self.consumer, {self.names.stream: ">"},
+                                                 count=self._batch, block=self._block_ms)
+                for _stream, entries in reply or []:
+                    for entry_id, fields in entries:
+                        self._start(entry_id, fields)
+                while len(self._inflight) >= 4 * self._batch:
+                    self._exp_room.clear()
+                    await self._exp_room.wait()
+
+        StreamConsumer._start = _start
+        StreamConsumer._exp_done = _exp_done
+        StreamConsumer._read_loop = _read_loop
+
+    if "ack" in EXP:
+        async def _handle(self, entry_id, fields):
+            structlog.contextvars.bind_contextvars(stream_entry=entry_id)
+            try:
+                await self._handler(entry_id, fields)
+            except STORE_DOWN_ERRORS:
+                return
+            except Exception:
+                structlog.get_logger().exception("stream_handler_failed", entry=entry_id)
+                return
+            acks = self.__dict__.setdefault("_exp_acks", [])
+            acks.append(entry_id)
+            if len(acks) >= 256:
+                await self._exp_flush()
+            elif getattr(self, "_exp_timer", None) is None:
+                self._exp_timer = asyncio.get_running_loop().call_later(
+                    0.005, lambda: asyncio.ensure_future(self._exp_flush()))
+
+        async def _exp_flush(self):
+            self._exp_timer = None
+            acks, self._exp_acks = self.__dict__.get("_exp_acks", []), []
+            if acks:
+                with contextlib.suppress(*STORE_DOWN_ERRORS):
+                    await self._r.xack(self.names.stream, self.names.group, *acks)
+
+        StreamConsumer._handle = _handle
+        StreamConsumer._exp_flush = _exp_flush
+
+    if "reads" in EXP:
+        # KEYS: challenge   ARGV: device key prefix ("<p>:{uid}:dev:")
+        READ_BOTH = Script("exp_read_both", '''
+local c = redis.call('HGETALL', KEYS[1])
+local out = {c}
+local devs = redis.call('HGET', KEYS[1], 'devs')
+if devs then
+  for did in string.gmatch(devs, '[^,]+') do
+    out[#out + 1] = did
+    out[#out + 1] = redis.call('HGETALL', ARGV[1] .. did)
+  end
+end
+return out
+''')
+
+        def _pairs(flat):
+            return dict(zip(flat[0::2], flat[1::2]))
+
+        async def handle(self, entry_id, fields):
+            cid = fields["c"]
+            uid = ids.challenge_uid(cid)
+            if uid is None:
+                raise ValueError("not a challenge id")
+            key = self._ks.challenge(uid, cid)
+            reply = await READ_BOTH(self._r, [key], [self._ks.device(uid, "")])
+            h = _pairs(reply[0])
+            devs = {reply[i]: _pairs(reply[i + 1]) for i in range(1, len(reply), 2)}
+            now = time.time()
+            if not h or h.get("st") != "pending" or int(h["exp"]) <= now:
+                return
+            attempt = int(fields.get("n", "1"))
+            targets = [fields["d"]] if "d" in fields else list(filter(None, h.get("devs", "").split(",")))
+            message = PushMessage(cid, self._server, int(h["exp"]))
+            for did in targets:
+                if h.get(f"pd:{did}", "").startswith("sent"):
+                    continue
+                dev = devs.get(did, {})
+                provider = self._providers.get(dev.get("pprov", ""))
+                if dev.get("st") != "active" or not dev.get("ptok") or dev.get("ptok_stale") == "1":
+                    await self._record(key, did, "polling")
+                    continue
+                if provider is None:
+                    await self._record(key, did, "polling", "provider_not_configured")
+                    continue
+                outcome = await provider.send(dev["ptok"], message)
+                await self._after(uid, key, did, dev["ptok"], message, attempt, outcome)
+
+        PushDelivery.handle = handle
+
+    if "fcmhttp" in EXP:
+        # The same HTTP v1 request (the body firebase-admin builds: message.token, data, android priority +
+        # ttl), sent with aiohttp instead of firebase-admin's send_each_async/httpx; the OAuth2 token still
+        # comes from the provider's google-auth credential. Success path only (errors -> FAILED http_<n>).
+        import aiohttp
+        from pushauth.push.base import Outcome, OutcomeKind
+        from pushauth.push.fcm import FcmProvider
+
+        async def send(self, token, message):
+            if time.time() >= message.expires_at:
+                return Outcome(OutcomeKind.FAILED, "expired")
+            session = self.__dict__.get("_exp_session")
+            if session is None:
+                session = self._exp_session = aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(limit=self._slots._value))
+                self._exp_url = f"https://fcm.googleapis.com/v1/projects/{self._project_id}/messages:send"
+            await self._fresh_token()
+            body = {"message": {"token": token, "data": message.data(),
+                                "android": {"priority": "high",
+                                            "ttl": f"{max(0, int(message.expires_at - time.time()))}s"}}}
+            async with self._slots:
+                async with session.post(self._exp_url, json=body, headers={
+                        "Authorization": f"Bearer {self._google_credential.token}"}) as resp:
+                    data = await resp.read()
+            if resp.status == 200:
+                return Outcome(OutcomeKind.SENT)
+            return Outcome(OutcomeKind.FAILED, f"http_{resp.status}")
+
+        _aclose = FcmProvider.aclose
+
+        async def aclose(self):
+            session = self.__dict__.get("_exp_session")
+            if session is not None:
+                await session.close()
+            await _aclose(self)
+
+        FcmProvider.send = send
+        FcmProvider.aclose = aclose
+
+    if "oldpool" in EXP:
+        # The worker's Redis client as committed at f234446 (before the BlockingConnectionPool change):
+        # redis-py's default pool, which raises MaxConnectionsError at once when all are busy.
+        import redis.asyncio as aioredis
+        from redis.maint_notifications import MaintNotificationsConfig
+
+        def open_redis_old(settings):
+            return aioredis.Redis.from_url(
+                settings.redis_url, socket_timeout=settings.socket_timeout_s,
+                socket_connect_timeout=settings.connect_timeout_s, max_connections=settings.max_connections,
+                decode_responses=True, health_check_interval=30, retry_on_timeout=False, retry=None,
+                maint_notifications_config=MaintNotificationsConfig(enabled=False))
+
+        store.open_redis = open_redis_old
+
+    if "gcstats" in EXP or "gcfreeze" in EXP:
+        import atexit
+        import gc
+        import json as _json
+        import sys as _sys
+
+        _gc = {g: {"n": 0, "total_ms": 0.0, "max_ms": 0.0} for g in (0, 1, 2)}
+        _t = [0.0]
+
+        def _cb(phase, info):
+            if phase == "start":
+                _t[0] = time.perf_counter()
+                return
+            ms = (time.perf_counter() - _t[0]) * 1000
+            st = _gc[info["generation"]]
+            st["n"] += 1
+            st["total_ms"] += ms
+            st["max_ms"] = max(st["max_ms"], ms)
+
+        gc.callbacks.append(_cb)
+        atexit.register(lambda: _sys.stderr.write("BENCH-GC " + _json.dumps(
+            {**_gc, "tracked": len(gc.get_objects())}) + "\\n"))
+
+        if "gcfreeze" in EXP:
+            _run = StreamConsumer.run
+
+            async def run(self, stop):
+                # what the worker could do once its providers and clients exist: move everything alive out
+                # of the collector's reach, so a full collection only walks what pushes created since
+                gc.collect()
+                gc.freeze()
+                for st in _gc.values():  # count only the pauses after the freeze
+                    st.update(n=0, total_ms=0.0, max_ms=0.0)
+                return await _run(self, stop)
+
+            StreamConsumer.run = run
+"""
+
+
+def report_gc(worker_log: Path) -> list[dict[str, Any]]:
+    """The worker's garbage-collector pauses (experiment gcstats), one entry per worker process."""
+    out = []
+    for line in worker_log.read_text(errors="replace").splitlines():
+        if line.startswith("BENCH-GC "):
+            out.append(json.loads(line.removeprefix("BENCH-GC ")))
+    for i, st in enumerate(out, 1):
+        print(f"  worker process {i}: " + "; ".join(
+            f"gen {g}: {st[g]['n']} collections, {st[g]['total_ms']:.0f} ms total, "
+            f"max pause {st[g]['max_ms']:.1f} ms" for g in ("0", "1", "2"))
+            + f"; {st['tracked']} GC-tracked objects at exit")
+    return out
+
+
 # -- orchestration -------------------------------------------------------------------------------------------
 
 
@@ -1038,10 +1343,14 @@ async def run_with_fakes(ctx: Ctx, providers: list[str], fakes: Fakes, hosts: Pr
     base = f"http://{HOST}:{port}"
     wait_http(base + "/.well-known/jwks.json", server)
     worker = ctx.worker = Worker(hosts, worker_cfg, tmp, args.pin)
-    if args.worker_pythonpath:
-        worker.extra_path = [str(args.worker_pythonpath)]
-        print(f"EXPERIMENT: the worker's PYTHONPATH starts with {args.worker_pythonpath} (a sitecustomize.py "
-              f"there may patch it); PUSH_EXP={os.environ.get('PUSH_EXP', '')!r}")
+    if args.worker_experiment:
+        patch_dir = tmp / "worker-experiment"
+        patch_dir.mkdir()
+        (patch_dir / "sitecustomize.py").write_text(WORKER_PATCH)
+        worker.extra_path = [str(patch_dir)]
+        worker.extra_env = {"PUSH_EXP": ",".join(args.worker_experiment)}
+        print(f"EXPERIMENT: the worker runs patched ({', '.join(args.worker_experiment)}; see WORKER_PATCH "
+              "in bench/push.py): these figures are not pushauth's as committed")
     print(f"server: {sys.executable} -m pushauth -c {cfg} serve (pid {server.pid}), "
           f"log level {args.log_level}")
     print(f"redis: 127.0.0.1:{redis_port} (pid {redis_child.pid}), --save '' --appendonly no")
@@ -1119,6 +1428,19 @@ async def run_with_fakes(ctx: Ctx, providers: list[str], fakes: Fakes, hosts: Pr
                 profiles[p] = prof
                 print_profile(p, prof, tp["worker_cpu_ms_per_push"] * 1000)
     await r.aclose()
+    if "gcstats" in args.worker_experiment or "gcfreeze" in args.worker_experiment:
+        worker.stop()
+        print("\n== worker garbage collector (experiment gcstats" + (", after gc.freeze()" if "gcfreeze" in
+              args.worker_experiment else "") + ")")
+        results["worker_gc"] = report_gc(tmp / "worker.log")
+
+
+def _experiments(value: str) -> list[str]:
+    names = [n for n in value.split(",") if n]
+    unknown = sorted(set(names) - set(EXPERIMENTS))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown experiment(s) {unknown}; known: {', '.join(EXPERIMENTS)}")
+    return names
 
 
 CODE_FILES = ("pushauth/delivery.py", "pushauth/store/streams.py", "pushauth/store/connection.py",
@@ -1221,10 +1543,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--apns-concurrency", type=int, default=200, help="push.apns.concurrency (default 200)")
     ap.add_argument("--worker-max-connections", type=int, default=0,
                     help="the worker's store.max_connections (default 0: pushauth's default, 128)")
-    ap.add_argument("--worker-pythonpath", type=Path, default=None,
-                    help="experiments: put this directory first on the worker's PYTHONPATH (a "
-                         "sitecustomize.py there can patch the worker to try a change before making it; see "
-                         "bench/README.md)")
+    ap.add_argument("--worker-experiment", type=_experiments, default=[], metavar="NAME[,NAME...]",
+                    help="experiment: run the worker patched with these changes (" + ", ".join(EXPERIMENTS)
+                         + "; see WORKER_PATCH and bench/README.md)")
     ap.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="warning",
                     help="server and worker log level (default warning)")
     ap.add_argument("--profile", action="store_true",
