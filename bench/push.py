@@ -48,7 +48,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -84,12 +84,14 @@ from bench.cycle import (  # noqa: E402
     PREFIX,
     Child,
     Load,
+    _jsonable,
     _short,
     calibrate,
     core_jiffies,
     find_pyspy,
     fmt,
     free_port,
+    now,
     percentile,
     print_calibration,
     proc_cpu_s,
@@ -118,10 +120,6 @@ BAR_P99_MS = 50.0
 # ES256 sign (pushauth.crypto.jws) on an undisturbed core of the machine these figures come from; a run whose
 # calibration is > 25% slower is flagged.
 NORMAL_SIGN_US = 40.0
-
-
-def now() -> float:
-    return time.perf_counter()
 
 
 # -- the fakes, with what the benchmark needs on top ---------------------------------------------------------
@@ -998,18 +996,6 @@ def print_payload(name: str, sizes: dict[str, Any]) -> None:
                   f"{fmt(s['data_frame_bytes_median'], 0)} B")
             print(f"    body: {s['example_body']}")
             print(f"    headers: {', '.join(s['header_names'])}")
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
-        return None
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
-    if hasattr(x, "__dataclass_fields__"):
-        return _jsonable(asdict(x))
-    return x
 
 
 # -- experiments ---------------------------------------------------------------------------------------------
