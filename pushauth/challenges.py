@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -25,14 +24,16 @@ from typing import Any, cast
 import msgspec
 import redis.asyncio as aioredis
 
-from pushauth import ids
+from pushauth import clock, ids
+from pushauth.alerts.store import AlertStore
 from pushauth.clock import rfc3339
 from pushauth.config import Application, Settings
 from pushauth.crypto import jws, secrets
 from pushauth.crypto.keys import KeyRing
 from pushauth.delivery import PushQueue, delivery_view
+from pushauth.detection import network_of
 from pushauth.devices import AuthedDevice, Devices, raise_gate_failure
-from pushauth.errors import Conflict, Forbidden, NotFound, Unprocessable
+from pushauth.errors import Conflict, Forbidden, NotFound, RateLimited, Unprocessable
 from pushauth.store import KeySpace, reads
 from pushauth.store import scripts as lua
 from pushauth.store.events import ChallengeEvents, Decision
@@ -60,13 +61,14 @@ class Created:
 class Challenges:
     def __init__(self, redis: aioredis.Redis, keyspace: KeySpace, settings: Settings,
                  keyring: Callable[[], KeyRing], devices: Devices, events: ChallengeEvents,
-                 push: PushQueue | None = None) -> None:
+                 alerts: AlertStore, push: PushQueue | None = None) -> None:
         self._r = redis
         self._ks = keyspace
         self._s = settings
         self._keyring = keyring
         self._devices = devices
         self._events = events
+        self._alerts = alerts
         self._push = push
         self._app_names: Mapping[str, str] = {a.id: a.name for a in settings.applications}
 
@@ -82,31 +84,46 @@ class Challenges:
         if uid is None:
             raise Forbidden("no phone is enrolled for this user", code="not_enrolled")
         cid = ids.new_challenge_id(uid)
-        now = int(time.time())
+        now = clock.now()
         exp = now + ttl
         number = secrets.number(cfg.number_digits) if cfg.number_matching else ""
         fields: list[str | int] = [
             "app", app.id, "user", user, "st", "pending", "iat", now, "exp", exp,
             "nonce", secrets.nonce(NONCE_BYTES), "num", number,
         ]
-        if context:
-            fields += ["ctx", _encode(context).decode()]
+        ctx_json = _encode(context).decode() if context else ""
+        if ctx_json:
+            fields += ["ctx", ctx_json]
+        network = network_of(context["ip"]) if context and context.get("ip") else ""
+        location = (context or {}).get("location", "")[:128]
         res = await lua.CREATE_CHALLENGE(
-            self._r,
-            [self._ks.user(uid), self._ks.devices(uid), self._ks.challenge(uid, cid), self._ks.pending(uid)],
-            [now, exp, exp + cfg.retention_s, cid, *fields])
-        if res[0] == "locked":
+            self._r, [self._ks.user(uid)],
+            [*self._alerts.ledger_args(uid, user, now), exp, exp + cfg.retention_s, cid, network, location,
+             ctx_json, app.id, *fields])
+        await self._alerts.announce(uid, res[1])
+        what = res[0]
+        if what == "locked":
             raise Forbidden("this account is locked; the security team can unlock it", code="locked")
-        if res[0] == "not_enrolled":
+        if what == "suspended":
+            raise Forbidden("sign-in prompts for this account are suspended; contact the security team",
+                            code="suspended")
+        if what == "not_enrolled":
             raise Forbidden("no phone is enrolled for this user", code="not_enrolled")
+        if what == "rate_limited":
+            raise RateLimited("too many sign-in prompts for this user; try again later",
+                              retry_after_s=int(res[2]))
+        pipe = self._r.pipeline(transaction=False)
+        # The expiry worker settles unanswered prompts (ignored_prompts, lockout) soon after they expire.
+        pipe.zadd(self._ks.expiry_due, {cid: exp})
         if self._push is not None:
-            await self._push.enqueue(cid)
+            self._push.enqueue_in(pipe, cid)
+        await pipe.execute()
         return Created(cid, exp, number or None)
 
     async def status(self, app: Application, cid: str, wait_s: float) -> dict[str, Any]:
         key = self._challenge_key(cid)
         if wait_s <= 0:
-            return self._view(app, cid, await reads.hgetall(self._r, key), int(time.time()))
+            return self._view(app, cid, await reads.hgetall(self._r, key), clock.now())
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         while True:
@@ -114,7 +131,7 @@ class Challenges:
             # Watch before reading: a decision published between our read and our wait is not lost.
             with self._events.watch(cid) as fut:
                 h = await reads.hgetall(self._r, key)
-                now = time.time()
+                now = clock.now()
                 view = self._view(app, cid, h, int(now))
                 remaining = min(deadline - loop.time(), int(h.get("exp", 0)) - now)
                 if view["status"] != "pending" or remaining <= 0:
@@ -124,7 +141,7 @@ class Challenges:
             if decision is not None:
                 h.update(st=decision.status, dat=str(decision.decided_at), dev=decision.device_id or "",
                          rsn=decision.reason or "")
-                return self._view(app, cid, h, int(time.time()))
+                return self._view(app, cid, h, clock.now())
             # Woken without a decision: the listener lost its subscription and may have missed one. Read
             # again (fails closed with 503 if Redis is still down) and keep waiting until the deadline.
 
@@ -133,7 +150,7 @@ class Challenges:
         if uid is None:
             raise NotFound("no such challenge")
         res = await lua.CANCEL(self._r, [self._ks.challenge(uid, cid), self._ks.pending(uid)],
-                               [int(time.time()), cid, app.id, self._ks.events])
+                               [clock.now(), cid, app.id, self._ks.events])
         _raise_transition_failure(res)
 
     # -- device -------------------------------------------------------------------------------------------
@@ -145,7 +162,7 @@ class Challenges:
         pipe = self._r.pipeline(transaction=False)
         for cid in cids:
             pipe.hgetall(self._ks.challenge(dev.uid, cid))
-        now = int(time.time())
+        now = clock.now()
         out = []
         for cid, h in zip(cids, cast(list[dict[str, str]], await pipe.execute()), strict=True):
             if h and h["st"] == "pending" and int(h["exp"]) > now and _targets(h, dev.device_id):
@@ -161,7 +178,7 @@ class Challenges:
             raise NotFound("no such challenge")
         if h["st"] != "pending":
             raise Conflict(f"this sign-in request is already {h['st']}", code="not_pending")
-        if int(h["exp"]) <= int(time.time()):
+        if int(h["exp"]) <= clock.now():
             raise Conflict("this sign-in request has expired", code="expired")
         return self._sign_challenge(cid, h, dev.device_id)
 
@@ -194,9 +211,10 @@ class Challenges:
         else:
             status, why = "denied", reason or "mistake"
         res = await lua.RESPOND(
-            self._r, [key, self._ks.pending(dev.uid), self._ks.device(dev.uid, dev.device_id),
-                      self._ks.user(dev.uid)],
-            [int(time.time()), cid, dev.device_id, status, why, self._ks.events, remote_ip or "-"])
+            self._r, [self._ks.user(dev.uid)],
+            [*self._alerts.ledger_args(dev.uid, h["user"], clock.now()), cid, dev.device_id, status, why,
+             remote_ip or "-"])
+        await self._alerts.announce(dev.uid, res[1])
         if res[0] == "revoked":
             raise_gate_failure(res[0])
         _raise_transition_failure(res)
@@ -225,7 +243,8 @@ class Challenges:
             out["device"] = h["dev"]
             out["assertion"] = self._assertion(app, cid, h["user"], h["dev"], int(h["dat"]), now)
         elif status == "denied":
-            out["device"] = h["dev"]
+            if h.get("dev"):  # a denial by containment (suspended, locked) has no device
+                out["device"] = h["dev"]
             out["reason"] = h["rsn"]
         if self._push is not None:
             out["delivery"] = delivery_view(h)
@@ -256,6 +275,7 @@ def _targets(h: Mapping[str, str], did: str) -> bool:
 
 
 def _raise_transition_failure(res: list[Any]) -> None:
+    """Scripts answer {result, NOTES, detail?}."""
     what = res[0]
     if what == "ok":
         return
@@ -265,6 +285,8 @@ def _raise_transition_failure(res: list[Any]) -> None:
         raise Conflict("this sign-in request has expired", code="expired")
     if what == "locked":
         raise Forbidden("this account is locked", code="locked")
+    if what == "suspended":
+        raise Forbidden("sign-in prompts for this account are suspended", code="suspended")
     if what == "conflict":
-        raise Conflict(f"this sign-in request is already {res[1]}", code="already_decided")
+        raise Conflict(f"this sign-in request is already {res[-1]}", code="already_decided")
     raise RuntimeError(f"unexpected script result {res!r}")

@@ -21,6 +21,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from pushauth.alerts.settings import SinkSettings
+from pushauth.detection import ContainmentSettings, DetectionSettings
 from pushauth.errors import ConfigError
 
 ENV_PREFIX = "PUSHAUTH_"
@@ -215,6 +217,36 @@ class AdminSettings(_Section, frozen=True):
             raise ValueError("token_sha256 must be 64-char lower-case hex SHA-256 digests")
 
 
+class AlertSettings(_Section, frozen=True):
+    # Delivery retries after the first attempt fails, in seconds: Svix's published Standard Webhooks
+    # schedule (5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h: about 27.6 hours in all). A receiver down for a
+    # day still gets the alert; then it goes to the dead letter, where the security team can replay it.
+    retry_schedule_s: list[int] = msgspec.field(default_factory=lambda: [5, 300, 1800, 7200, 18000, 36000,
+                                                                         36000])
+    # Link to put in chat and mail messages (the console, issue 6), e.g. https://pushauth.example.org/console
+    console_url: str = ""
+    # How often the alert worker re-announces alerts a crashed server wrote but did not announce (those
+    # older than two intervals).
+    sweep_interval_s: float = 30.0
+    # A crashed alert worker's deliveries are taken over by another after this idle time. Longer than any
+    # sink's timeout_s, or a slow delivery would be taken over while it still runs.
+    reclaim_idle_s: float = 60.0
+    # Where alerts go: [[alerts.sinks]] tables (pushauth/alerts/settings.py, config.example.toml).
+    sinks: list[SinkSettings] = []
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.retry_schedule_s) <= 30 or not all(1 <= s <= 7 * 86400
+                                                               for s in self.retry_schedule_s):
+            raise ValueError("retry_schedule_s must list 1..30 delays of 1..604800 seconds")
+        if not 1 <= self.sweep_interval_s <= 3600:
+            raise ValueError("sweep_interval_s must be 1..3600")
+        if not 1 <= self.reclaim_idle_s <= 3600:
+            raise ValueError("reclaim_idle_s must be 1..3600")
+        names = [s.name for s in self.sinks]
+        if len(names) != len(set(names)):
+            raise ValueError("alert sink names must be unique")
+
+
 class LoggingSettings(_Section, frozen=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
     # auto: pretty on a terminal, JSON lines otherwise.
@@ -231,6 +263,9 @@ class Settings(_Section, frozen=True):
     push: PushSettings = PushSettings()
     applications: list[Application] = []
     admin: AdminSettings = AdminSettings()
+    detection: DetectionSettings = DetectionSettings()
+    containment: ContainmentSettings = ContainmentSettings()
+    alerts: AlertSettings = AlertSettings()
     logging: LoggingSettings = LoggingSettings()
 
     def __post_init__(self) -> None:

@@ -77,6 +77,10 @@ class PushQueue:
     async def enqueue(self, challenge_id: str) -> None:
         await self._r.xadd(self._names.stream, {"c": challenge_id}, maxlen=1_000_000, approximate=True)
 
+    def enqueue_in(self, pipe: Any, challenge_id: str) -> None:
+        """The same, as part of the caller's pipeline (one round trip with its other writes)."""
+        pipe.xadd(self._names.stream, {"c": challenge_id}, maxlen=1_000_000, approximate=True)
+
 
 class PushDelivery:
     """The consuming side: the handler a push worker runs for each stream entry."""

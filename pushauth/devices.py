@@ -10,7 +10,6 @@ works once even if the request carrying it fails.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -20,7 +19,7 @@ import msgspec
 import redis.asyncio as aioredis
 from joserfc.jwk import ECKey
 
-from pushauth import ids
+from pushauth import clock, ids
 from pushauth.clock import rfc3339
 from pushauth.config import Settings
 from pushauth.crypto import device_auth, jws
@@ -104,7 +103,7 @@ class Devices:
         code = new_secret(32)
         eid = ids.new_enrollment_id()
         ttl = self._settings.enrollment.code_ttl_s
-        expires_at = int(time.time()) + ttl
+        expires_at = clock.now() + ttl
         # One MULTI: a code must never exist without its expiry.
         pipe = self._r.pipeline(transaction=True)
         pipe.hset(self._ks.enrollment(code), mapping={"id": eid, "user": user, "exp": expires_at,
@@ -128,7 +127,7 @@ class Devices:
                        body: bytes, name: str, platform: str, push_provider: str, push_token: str | None,
                        remote_ip: str | None) -> Registered:
         """Register a device for the user of an enrollment already consumed by `consume_enrollment`."""
-        now = int(time.time())
+        now = clock.now()
         if not enrollment or int(enrollment["exp"]) <= now:
             raise Unauthorized("enrollment code is unknown, used or expired", code="invalid_code")
         header = jws.read_header(token, typ=device_auth.REQUEST_TYP, allow_jwk=True)
@@ -182,7 +181,7 @@ class Devices:
             raise BadDeviceRequest("unknown device", code="unknown_device")
         key = await self._public_key(did, uid)
         req = device_auth.verify_request(token, key, method=method, path_qs=path_qs, body=body,
-                                         now=int(time.time()),
+                                         now=clock.now(),
                                          max_skew_s=self._settings.device_auth.max_skew_s)
         return AuthedDevice(did, uid, req.jti)
 
@@ -191,20 +190,20 @@ class Devices:
         jti_key = self._ks.jti(dev.uid, dev.device_id, dev.jti)
         dev_key = self._ks.device(dev.uid, dev.device_id)
         res = await lua.DEVICE_GATE(self._r, [jti_key, dev_key, target],
-                                    [self._jti_ttl, mode, int(time.time())])
+                                    [self._jti_ttl, mode, clock.now()])
         raise_gate_failure(res[0])
         return list(res[1])
 
     async def update_push_token(self, dev: AuthedDevice, provider: str, token: str) -> None:
         await self.gate(dev, self._ks.device(dev.uid, dev.device_id), "challenge")
         res = await lua.UPDATE_PUSH_TOKEN(self._r, [self._ks.device(dev.uid, dev.device_id)],
-                                          [provider, token, int(time.time())])
+                                          [provider, token, clock.now()])
         if res[0] != "ok":
             raise BadDeviceRequest("device revoked", code="device_revoked")
 
     async def revoke(self, uid: str, did: str, *, by: str) -> None:
         res = await lua.REVOKE_DEVICE(self._r, [self._ks.devices(uid), self._ks.device(uid, did)],
-                                      [did, int(time.time()), by])
+                                      [did, clock.now(), by])
         if res[0] != "ok":
             raise NotFound("no such active device")
 

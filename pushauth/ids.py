@@ -18,6 +18,7 @@ _B32 = "[a-z2-7]"
 UID_LEN = 16  # 10 random bytes
 _CHALLENGE = re.compile(rf"c({_B32}{{{UID_LEN}}}){_B32}{{26}}")  # + 16 random bytes: 128 bits
 _DEVICE = re.compile(rf"d({_B32}{{{UID_LEN}}}){_B32}{{16}}")  # + 10 random bytes
+_ALERT = re.compile(rf"a({_B32}{{{UID_LEN}}}){_B32}{{16}}")  # + 10 random bytes
 _JTI = re.compile(r"[A-Za-z0-9_-]{16,64}")
 
 
@@ -37,6 +38,10 @@ def new_device_id(uid: str) -> str:
     return f"d{uid}{_b32(10)}"
 
 
+def new_alert_id(uid: str) -> str:
+    return f"a{uid}{_b32(10)}"
+
+
 def new_enrollment_id() -> str:
     return f"e{_b32(10)}"
 
@@ -49,6 +54,11 @@ def challenge_uid(challenge_id: str) -> str | None:
 
 def device_uid(device_id: str) -> str | None:
     m = _DEVICE.fullmatch(device_id)
+    return m.group(1) if m else None
+
+
+def alert_uid(alert_id: str) -> str | None:
+    m = _ALERT.fullmatch(alert_id)
     return m.group(1) if m else None
 
 

@@ -12,7 +12,6 @@ import os
 import re
 import secrets
 import tempfile
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import ECKey
 from yarl import URL
 
+from pushauth import clock
 from pushauth.crypto import device_auth, jws
 from pushauth.errors import PushAuthError
 
@@ -167,7 +167,7 @@ class Phone:
         raw = msgspec.json.encode({"code": parsed.code, "name": name, "platform": platform, "push": push})
         path = "/v1/devices"
         token = device_auth.sign_request(key, method="POST", path_qs=path, body=raw, jti=_jti(),
-                                         iat=int(time.time()), jwk=_public_jwk(key))
+                                         iat=clock.now(), jwk=_public_jwk(key))
         try:
             status, data = await phone.signed_request("POST", path, raw_body=raw, token=token)
             data = _ok(status, data)
@@ -221,7 +221,7 @@ class Phone:
         return self._challenge_from_claims(claims, token)
 
     def _challenge_from_claims(self, claims: dict[str, Any], token: str) -> Challenge:
-        now = int(time.time())
+        now = clock.now()
         if claims.get("iss") != self.server:
             raise PhoneError("challenge issuer is not the enrolled server")
         if claims.get("aud") != self.device_id:
@@ -294,7 +294,7 @@ class Phone:
         if token is None:
             token = device_auth.sign_request(
                 self._key, method=method, path_qs=path_qs, body=raw, jti=jti or _jti(),
-                iat=int(time.time()) if iat is None else iat, kid=self.device_id)
+                iat=clock.now() if iat is None else iat, kid=self.device_id)
         headers = {"Authorization": f"{device_auth.SCHEME} {token}"}
         has_body = body is not None or raw_body is not None
         if has_body:

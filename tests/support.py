@@ -39,7 +39,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def make_settings(redis_url: str, port: int, **sections: dict[str, Any]) -> Settings:
+# The lifecycle tests create many prompts for one user and deny with "not_me" freely; with the
+# production defaults the detection rules would (rightly) rate-limit, suspend and lock that user. Those
+# tests run with containment out of the way; tests/test_detection.py runs the defaults.
+QUIET_DETECTION: dict[str, dict[str, Any]] = {
+    "detection": {"push_bombing_max": 1000},
+    "containment": {"suspend_on_not_me": False, "lockout_after_failures": 0},
+}
+
+
+def make_settings(redis_url: str, port: int, *, quiet_detection: bool = True,
+                  **sections: Any) -> Settings:
     data: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": port, "base_url": f"http://127.0.0.1:{port}"},
         "store": {"redis_url": redis_url, "socket_timeout_s": 1.0, "connect_timeout_s": 0.5},
@@ -49,6 +59,7 @@ def make_settings(redis_url: str, port: int, **sections: dict[str, Any]) -> Sett
             {"id": "other", "name": "Other app", "api_key_sha256": [sha256_hex(OTHER_API_KEY)]},
         ],
         "admin": {"token_sha256": [sha256_hex(ADMIN_TOKEN)]},
+        **(QUIET_DETECTION if quiet_detection else {}),
     }
     for name, values in sections.items():
         data[name] = {**data.get(name, {}), **values}

@@ -192,7 +192,7 @@ MakeServer = Callable[..., Awaitable[RunningServer]]
 async def make_server(redis_url: str, keyring: KeyRingHolder) -> AsyncIterator[MakeServer]:
     started: list[RunningServer] = []
 
-    async def make(**sections: dict[str, Any]) -> RunningServer:
+    async def make(**sections: Any) -> RunningServer:
         running = await start_server(make_settings(redis_url, free_port(), **sections), keyring)
         started.append(running)
         return running

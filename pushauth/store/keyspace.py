@@ -7,11 +7,28 @@
     {p}:{<uid>}:ch:<cid>          hash  challenge
     {p}:{<uid>}:pending           zset  pending challenge ids scored by expiry
     {p}:{<uid>}:jti:<did>:<jti>   str   device-request replay cache, lives 2 x skew window
+    {p}:{<uid>}:recent            zset  the user's recent challenge ids by creation (evidence, admin view)
+    {p}:{<uid>}:hist              zset  security history for the detection windows ("<seq>:<kind>:<cid>")
+    {p}:{<uid>}:seen              hash  networks ("n:<net>") and locations ("l:<loc>") of approved sign-ins
+    {p}:{<uid>}:alert:<aid>       hash  an alert (incident) and its evidence
+    {p}:{<uid>}:alerts            zset  the user's alert ids by creation
+    {p}:{<uid>}:incident          str   the open incident new events join (expires with the window)
+    {p}:{<uid>}:aout              zset  alert versions not yet handed to the alert stream (outbox)
+    {p}:{<uid>}:remembered        hash  remembered browsers (revoked by containment)
     {p}:enr:<sha256(code)>        hash  unused enrollment code (own slot; GETDEL consumes it)
     {p}:jti:enr:<jkt>:<jti>       str   replay cache for enrollment requests (no uid yet)
     {p}:events                    pub/sub channel for challenge decisions
+    {p}:{alerts}:index            zset  every alert ("<uid>/<aid>") by creation: the security team's list
+    {p}:{alerts}:open             zset  the same for alerts not yet acknowledged
+    {p}:{alerts}:stream|delayed|dead    the alert delivery stream (store.streams), its retries, dead letter
+    {p}:{alerts}:disabled         hash  alert sinks disabled by a 410, and when
+    {p}:{expiry}:due              zset  challenge ids by expiry, for the expiry worker
 
-The `{uid}` hash tag puts all of one user's keys in one Cluster slot.
+The `{uid}` hash tag puts all of one user's keys in one Cluster slot, so one script can change a
+challenge, the user's counters and the alert it raises together. The `{alerts}` and `{expiry}` keys are
+global; what links a user's slot to them is the per-user outbox (`aout`): an alert is written with its
+cause, announced to the global stream right after, and re-announced by the alert worker's sweep if the
+server died in between (see pushauth/alerts/store.py).
 """
 
 from __future__ import annotations
@@ -22,11 +39,37 @@ from pushauth.crypto.secrets import sha256_hex
 
 
 class KeySpace:
-    __slots__ = ("events", "p")
+    __slots__ = ("alert_index", "alert_open", "alert_sinks_disabled", "events", "expiry_due", "p")
 
     def __init__(self, prefix: str) -> None:
         self.p = prefix
         self.events = f"{prefix}:events"
+        self.alert_index = f"{prefix}:{{alerts}}:index"
+        self.alert_open = f"{prefix}:{{alerts}}:open"
+        self.alert_sinks_disabled = f"{prefix}:{{alerts}}:disabled"
+        self.expiry_due = f"{prefix}:{{expiry}}:due"
+
+    def user_prefix(self, uid: str) -> str:
+        """What the Lua ledger builds a user's other keys from (same hash tag)."""
+        return f"{self.p}:{{{uid}}}:"
+
+    def alert(self, uid: str, aid: str) -> str:
+        return f"{self.p}:{{{uid}}}:alert:{aid}"
+
+    def alerts(self, uid: str) -> str:
+        return f"{self.p}:{{{uid}}}:alerts"
+
+    def alert_outbox(self, uid: str) -> str:
+        return f"{self.p}:{{{uid}}}:aout"
+
+    def incident(self, uid: str) -> str:
+        return f"{self.p}:{{{uid}}}:incident"
+
+    def recent(self, uid: str) -> str:
+        return f"{self.p}:{{{uid}}}:recent"
+
+    def remembered(self, uid: str) -> str:
+        return f"{self.p}:{{{uid}}}:remembered"
 
     def user_index(self, canonical_user: str) -> str:
         return f"{self.p}:u:{hashlib.sha256(canonical_user.encode()).hexdigest()}"

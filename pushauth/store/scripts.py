@@ -21,6 +21,8 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.exceptions as rex
 
+from pushauth.detection import LEDGER
+
 KeyT = str
 ArgT = str | int | float | bytes
 
@@ -44,21 +46,83 @@ class Script:
         return f"Script({self.name})"
 
 
-# KEYS: user, devs, challenge, pending
-# ARGV: now, exp, expire_at, cid, then field/value pairs for the challenge hash
-# -> {"ok", "<comma-joined device ids>"} | {"locked"} | {"not_enrolled"}
-CREATE_CHALLENGE = Script("create_challenge", """
-local now = tonumber(ARGV[1])
-if redis.call('HGET', KEYS[1], 'locked') == '1' then return {'locked'} end
-local devs = redis.call('SMEMBERS', KEYS[2])
-if #devs == 0 then return {'not_enrolled'} end
+# The scripts below that evaluate detection rules include the ledger (`pushauth.detection.LEDGER`). They
+# share one calling convention: KEYS[1] = the user hash (it routes the call to the user's slot; every
+# other key is built from UP and shares its hash tag), ARGV[1..6] = UP, NOW, CFG, AID, USER (empty: read
+# it from the user hash), CHAN, then their own arguments. Each returns {result, NOTES, ...}: NOTES are the
+# alerts to announce (`pushauth.alerts.store.AlertStore.announce`).
+_LEDGER_HEADER = """
+local UP, NOW, CFG = ARGV[1], tonumber(ARGV[2]), cjson.decode(ARGV[3])
+local AID, USER, CHAN = ARGV[4], ARGV[5], ARGV[6]
+if USER == '' then USER = redis.call('HGET', KEYS[1], 'name') or '' end
+"""
+
+
+def with_ledger(name: str, body: str) -> Script:
+    return Script(name, _LEDGER_HEADER + LEDGER + body)
+
+
+# A login flow asks for a prompt. Expired prompts are settled first (ignored_prompts, lockout), then lock
+# and suspension, then push bombing (refused: 429), then new_context; then the challenge is written.
+# ARGV[7..]: exp, expire_at, cid, network, location, context JSON, app, then field/value pairs
+# -> {"ok", NOTES, "<comma-joined device ids>"} | {"locked"|"suspended"|"not_enrolled", NOTES}
+#    | {"rate_limited", NOTES, retry_after_s}
+CREATE_CHALLENGE = with_ledger("create_challenge", """
+local exp, expire_at, cid, net, loc, ctxjson, app = tonumber(ARGV[7]), ARGV[8], ARGV[9], ARGV[10],
+  ARGV[11], ARGV[12], ARGV[13]
+local login = nil
+if ctxjson ~= '' then login = cjson.decode(ctxjson) end
+settle()
+local locked, suspended = gate_state()
+if locked or suspended then
+  local what = locked and 'locked' or 'suspended'
+  -- a prompt the account cannot take: evidence for an open incident, never a page of its own
+  if redis.call('EXISTS', uk('incident')) == 1 then
+    raise('blocked_prompt', 'info', {reason = what, app = app, login = login})
+  end
+  return {what, NOTES}
+end
+local devs = redis.call('SMEMBERS', uk('devs'))
+if #devs == 0 then return {'not_enrolled', NOTES} end
+local n, found = hist_count(CFG.bomb_win, {prompt = true})
+if n >= CFG.bomb_max then
+  raise('push_bombing', 'high', {app = app, login = login, prompts = found, refused = true})
+  local retry = 1
+  if found[1] then retry = math.max(1, found[1].at + CFG.bomb_win - NOW) end
+  return {'rate_limited', NOTES, retry}
+end
+if CFG.ctx_s > 0 and (net ~= '' or loc ~= '') and redis.call('HGET', uk('user'), 'approvals') then
+  local seen = false
+  for _, f in ipairs({net ~= '' and ('n:' .. net) or false, loc ~= '' and ('l:' .. loc) or false}) do
+    if f then
+      local t = tonumber(redis.call('HGET', uk('seen'), f) or '0')
+      if NOW - t <= CFG.ctx_s then seen = true end
+    end
+  end
+  if not seen then
+    raise('new_context', 'low', {challenge_id = cid, app = app, login = login,
+                                 network = net ~= '' and net or nil})
+  end
+end
 table.sort(devs)
 local joined = table.concat(devs, ',')
-redis.call('HSET', KEYS[3], 'devs', joined, unpack(ARGV, 5))
-redis.call('EXPIREAT', KEYS[3], ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
-redis.call('ZADD', KEYS[4], ARGV[2], ARGV[4])
-return {'ok', joined}
+local ckey = uk('ch:' .. cid)
+redis.call('HSET', ckey, 'devs', joined, 'net', net, 'loc', loc, unpack(ARGV, 14))
+redis.call('EXPIREAT', ckey, expire_at)
+redis.call('ZADD', uk('pending'), exp, cid)
+redis.call('ZADD', uk('recent'), NOW, cid)
+redis.call('ZREMRANGEBYSCORE', uk('recent'), '-inf', NOW - 7 * 86400)
+redis.call('ZREMRANGEBYRANK', uk('recent'), 0, -201)
+hist_add('prompt', cid)
+return {'ok', NOTES, joined}
+""")
+
+# Expired prompts of one user, settled by the expiry worker (the user's next event would do it too).
+# -> {"ok", NOTES, settled count}
+SETTLE = with_ledger("settle", """
+local n = settle()
+gate_state()
+return {'ok', NOTES, n}
 """)
 
 # The gate every authenticated device read passes: record the request's jti (replay cache) and check the
@@ -78,24 +142,78 @@ return {'ok', redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. ARGV[3], '+inf')}
 # A device answers a challenge (its request already passed DEVICE_GATE, which recorded the jti).
 # Everything that could make the answer invalid is re-checked here, at the moment of the transition, so
 # nothing can change between the check and the write: the device revoked meanwhile, the challenge
-# decided by a concurrent answer, expired, or the account locked.
-# KEYS: challenge, pending, device, user
-# ARGV: now, cid, did, status ('approved'|'denied'), reason, channel, answer_ip
-# -> {"ok"} | {"revoked"} | {"not_found"} | {"expired"} | {"locked"} | {"conflict", status}
-RESPOND = Script("respond", """
-local now = tonumber(ARGV[1])
-if redis.call('HGET', KEYS[3], 'st') ~= 'active' then return {'revoked'} end
-local c = redis.call('HMGET', KEYS[1], 'st', 'exp', 'devs')
-if not c[1] then return {'not_found'} end
-if not string.find(',' .. c[3] .. ',', ',' .. ARGV[3] .. ',', 1, true) then return {'not_found'} end
-if c[1] ~= 'pending' then return {'conflict', c[1]} end
-if tonumber(c[2]) <= now then return {'expired'} end
-if ARGV[4] == 'approved' and redis.call('HGET', KEYS[4], 'locked') == '1' then return {'locked'} end
-redis.call('HSET', KEYS[1], 'st', ARGV[4], 'dat', ARGV[1], 'dev', ARGV[3], 'rsn', ARGV[5], 'aip', ARGV[7])
-redis.call('ZREM', KEYS[2], ARGV[2])
-redis.call('PUBLISH', ARGV[6],
-           ARGV[2] .. ' ' .. ARGV[4] .. ' ' .. ARGV[1] .. ' ' .. ARGV[3] .. ' ' .. ARGV[5])
-return {'ok'}
+# decided by a concurrent answer, expired, or the account locked or suspended. The rules run in the same
+# step: an alert and the decision it is about are written together.
+# ARGV[7..]: cid, did, status ('approved'|'denied'), reason, answer_ip
+# -> {"ok", NOTES} | {"revoked"|"not_found"|"expired"|"locked"|"suspended", NOTES}
+#    | {"conflict", NOTES, status}
+RESPOND = with_ledger("respond", """
+local cid, did, status, reason, aip = ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11]
+local ckey = uk('ch:' .. cid)
+if redis.call('HGET', uk('dev:' .. did), 'st') ~= 'active' then return {'revoked', NOTES} end
+local c = redis.call('HMGET', ckey, 'st', 'exp', 'devs', 'net', 'loc', 'late')
+if not c[1] then return {'not_found', NOTES} end
+if not string.find(',' .. c[3] .. ',', ',' .. did .. ',', 1, true) then return {'not_found', NOTES} end
+if c[1] ~= 'pending' then return {'conflict', NOTES, c[1]} end
+if tonumber(c[2]) <= NOW then
+  -- An answer nobody is waiting for. Counted once per challenge; a late "not me" is still the user
+  -- saying someone else is signing in, and is treated as such.
+  if c[6] then return {'expired', NOTES} end
+  settle()
+  redis.call('HSET', ckey, 'late', status .. ':' .. reason, 'late_at', NOW, 'late_dev', did, 'aip', aip)
+  if status == 'denied' and reason == 'not_me' then
+    on_denial(cid, 'denied_not_me', 'critical')
+    if CFG.suspend then suspend('not_me') end
+    fail()
+  else
+    local ev = ch_evidence(cid)
+    ev.answer = status
+    ev.answer_reason = reason ~= '-' and reason or nil
+    ev.device_id = did
+    raise('late_response', 'medium', ev)
+  end
+  return {'expired', NOTES}
+end
+settle()
+local locked, suspended = gate_state()
+if status == 'approved' and (locked or suspended) then
+  local what = locked and 'locked' or 'suspended'
+  if redis.call('EXISTS', uk('incident')) == 1 then
+    local ev = ch_evidence(cid)
+    ev.reason = what
+    ev.device_id = did
+    ev.phone_ip = aip ~= '-' and aip or nil
+    raise('blocked_approval', 'info', ev)
+  end
+  return {what, NOTES}
+end
+redis.call('HSET', ckey, 'st', status, 'dat', NOW, 'dev', did, 'rsn', reason, 'aip', aip)
+redis.call('ZREM', uk('pending'), cid)
+redis.call('PUBLISH', CHAN, cid .. ' ' .. status .. ' ' .. NOW .. ' ' .. did .. ' ' .. reason)
+if status == 'approved' then
+  local n, found = hist_count(CFG.aad_win, {deny = true, wrong = true, ignored = true})
+  if n >= CFG.aad_n then
+    local ev = ch_evidence(cid)
+    ev.failures = found
+    raise('approved_after_denials', 'critical', ev)
+  end
+  hist_add('approve', cid)
+  redis.call('HSET', uk('user'), 'fails', 0)
+  redis.call('HINCRBY', uk('user'), 'approvals', 1)
+  if c[4] and c[4] ~= '' then redis.call('HSET', uk('seen'), 'n:' .. c[4], NOW) end
+  if c[5] and c[5] ~= '' then redis.call('HSET', uk('seen'), 'l:' .. c[5], NOW) end
+else
+  if reason == 'not_me' then
+    on_denial(cid, 'denied_not_me', 'critical')
+    if CFG.suspend then suspend('not_me') end
+  elseif reason == 'wrong_number' then
+    on_denial(cid, 'wrong_number', 'high')
+  else
+    on_denial(cid, 'denied', 'low')
+  end
+  fail()
+end
+return {'ok', NOTES}
 """)
 
 # The login flow gives up on a pending challenge.
@@ -142,5 +260,41 @@ UPDATE_PUSH_TOKEN = Script("update_push_token", """
 if redis.call('HGET', KEYS[1], 'st') ~= 'active' then return {'not_found'} end
 redis.call('HSET', KEYS[1], 'pprov', ARGV[1], 'ptok', ARGV[2], 'ptok_at', ARGV[3])
 redis.call('HDEL', KEYS[1], 'ptok_stale')
+return {'ok'}
+""")
+
+
+# The security team unlocks a user: the lockout (and its failure count), the suspension, or both.
+# KEYS: user   ARGV: now, by, what ('all' | 'lock' | 'suspension')
+# -> {was_locked, was_suspended} as 0/1
+UNLOCK_USER = Script("unlock_user", """
+local u = redis.call('HMGET', KEYS[1], 'locked', 'suspended')
+local was_locked, was_suspended = 0, 0
+if ARGV[3] ~= 'suspension' then
+  if u[1] == '1' then was_locked = 1 end
+  redis.call('HSET', KEYS[1], 'locked', '0', 'fails', 0, 'unlocked_at', ARGV[1], 'unlocked_by', ARGV[2])
+end
+if ARGV[3] ~= 'lock' then
+  if u[2] == '1' then was_suspended = 1 end
+  redis.call('HSET', KEYS[1], 'suspended', '0', 'lifted_at', ARGV[1], 'lifted_by', ARGV[2])
+end
+return {was_locked, was_suspended}
+""")
+
+# The security team locks a user by hand: pending prompts are denied at once ("locked").
+# ARGV[7]: why (who locked it)   -> {"ok", NOTES}
+LOCK_USER = with_ledger("lock_user", """
+lock(ARGV[7])
+return {'ok', NOTES}
+""")
+
+# Acknowledge an alert. Its incident closes: later events open a new alert.
+# KEYS: alert, incident   ARGV: now, by, aid  -> {"ok"} | {"not_found"} | {"already"}
+ACK_ALERT = Script("ack_alert", """
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return {'not_found'} end
+if st == 'acked' then return {'already'} end
+redis.call('HSET', KEYS[1], 'status', 'acked', 'acked_at', ARGV[1], 'acked_by', ARGV[2])
+if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
 return {'ok'}
 """)

@@ -5,6 +5,7 @@
     events_ctx    the pub/sub listener that wakes waiting login flows
     services_ctx  the domain services (devices, challenges), built from the above
     push_ctx      embedded mode only: the push worker runs inside the server (one process, one store)
+    embedded_workers_ctx  embedded mode only: the expiry and alert workers, likewise
 """
 
 from __future__ import annotations
@@ -17,18 +18,32 @@ import redis.asyncio as aioredis
 import structlog
 from aiohttp import web
 
-from pushauth.challenges import Challenges
+from pushauth.accounts import Accounts
+from pushauth.alerts.delivery import AlertDelivery, DeadLetters, sweep_loop
+from pushauth.alerts.sinks import close_sinks, open_sinks
+from pushauth.alerts.store import AlertStore
+from pushauth.challenges import ASSERTION_LIFE_S, Challenges
 from pushauth.config import Settings
 from pushauth.delivery import PushDelivery, PushQueue
 from pushauth.devices import Devices
+from pushauth.expiry import ExpirySweeper
 from pushauth.push.registry import close_providers, open_providers
 from pushauth.store import KeySpace, open_redis
 from pushauth.store.events import ChallengeEvents
-from pushauth.web import device, login_flow, wellknown
+from pushauth.web import admin, device, login_flow, wellknown
 from pushauth.web.auth import Credentials
 from pushauth.web.keyring import KeyRingHolder
 from pushauth.web.middleware import error_boundary, request_context
-from pushauth.web.state import CHALLENGES, CREDENTIALS, DEVICES, KEYRING, SETTINGS
+from pushauth.web.state import (
+    ACCOUNTS,
+    ALERTS,
+    CHALLENGES,
+    CREDENTIALS,
+    DEAD_LETTERS,
+    DEVICES,
+    KEYRING,
+    SETTINGS,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -74,9 +89,36 @@ def create_app(settings: Settings, *, keyring: KeyRingHolder | None = None,
         keyspace = KeySpace(settings.store.prefix)
         app[DEVICES] = Devices(app[REDIS], keyspace, settings, app[KEYRING])
         push = PushQueue(app[REDIS], settings.store.prefix) if settings.push.enabled else None
+        app[ALERTS] = AlertStore(app[REDIS], keyspace, settings.detection, settings.containment,
+                                 assertion_life_s=ASSERTION_LIFE_S)
         app[CHALLENGES] = Challenges(app[REDIS], keyspace, settings, app[KEYRING], app[DEVICES], app[EVENTS],
-                                     push)
+                                     app[ALERTS], push)
+        app[ACCOUNTS] = Accounts(app[REDIS], keyspace, app[DEVICES], app[ALERTS])
+        app[DEAD_LETTERS] = DeadLetters(app[REDIS], keyspace, app[ALERTS])
         yield
+
+    async def embedded_workers_ctx(app: web.Application) -> AsyncIterator[None]:
+        # With a real Redis, expiry and alert delivery are separate processes (workers/expiry.py,
+        # workers/alerts.py); with the embedded store they must run in this process.
+        if not settings.embedded:
+            yield
+            return
+        stop = asyncio.Event()
+        keyspace = KeySpace(settings.store.prefix)
+        tasks = [asyncio.create_task(ExpirySweeper(app[REDIS], keyspace, app[ALERTS]).run(stop),
+                                     name="expiry-worker")]
+        sinks = open_sinks(settings.alerts.sinks, console_url=settings.alerts.console_url)
+        if sinks:
+            delivery = AlertDelivery(app[REDIS], keyspace, app[ALERTS], settings.alerts, sinks,
+                                     {s.name: s for s in settings.alerts.sinks})
+            tasks.append(asyncio.create_task(delivery.consumer_for("embedded").run(stop),
+                                             name="alert-worker"))
+            tasks.append(asyncio.create_task(sweep_loop(app[ALERTS], settings.alerts.sweep_interval_s, stop),
+                                             name="alert-sweep"))
+        yield
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await close_sinks(sinks)
 
     async def push_ctx(app: web.Application) -> AsyncIterator[None]:
         # With a real Redis the push workers are separate processes (workers/push.py); the embedded store
@@ -94,8 +136,9 @@ def create_app(settings: Settings, *, keyring: KeyRingHolder | None = None,
         await task
         await close_providers(providers)
 
-    app.cleanup_ctx.extend([redis_ctx, keyring_ctx, events_ctx, services_ctx, push_ctx])
+    app.cleanup_ctx.extend([redis_ctx, keyring_ctx, events_ctx, services_ctx, push_ctx, embedded_workers_ctx])
     app.add_routes(wellknown.routes)
     app.add_routes(login_flow.routes)
     app.add_routes(device.routes)
+    app.add_routes(admin.routes)
     return app

@@ -43,6 +43,12 @@ class Credentials:
         raise Unauthorized("unknown API key or admin token",
                            headers={"WWW-Authenticate": 'Bearer realm="pushauth", error="invalid_token"'})
 
+    def admin(self, request: web.Request) -> Admin:
+        who = self.identify(request)
+        if not isinstance(who, Admin):
+            raise Forbidden("this call needs a security-team admin token")
+        return who
+
     def application(self, request: web.Request) -> Application:
         who = self.identify(request)
         if not isinstance(who, Application):

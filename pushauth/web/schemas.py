@@ -59,3 +59,8 @@ class DeviceAnswer(_Body, frozen=True):
 class UpdatePushToken(_Body, frozen=True):
     provider: Literal["fcm", "apns", "none"]
     token: PushToken | None = None
+
+
+class Unlock(_Body, frozen=True):
+    # all: the lockout and the suspension; lock or suspension: only that one.
+    what: Literal["all", "lock", "suspension"] = "all"

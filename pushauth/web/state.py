@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from pushauth.accounts import Accounts
+from pushauth.alerts.delivery import DeadLetters
+from pushauth.alerts.store import AlertStore
 from pushauth.challenges import Challenges
 from pushauth.config import Settings
 from pushauth.devices import Devices
@@ -15,3 +18,6 @@ CREDENTIALS = web.AppKey("credentials", Credentials)
 KEYRING = web.AppKey("keyring", KeyRingHolder)
 DEVICES = web.AppKey("devices", Devices)
 CHALLENGES = web.AppKey("challenges", Challenges)
+ALERTS = web.AppKey("alerts", AlertStore)
+ACCOUNTS = web.AppKey("accounts", Accounts)
+DEAD_LETTERS = web.AppKey("dead_letters", DeadLetters)

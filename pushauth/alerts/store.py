@@ -1,0 +1,208 @@
+"""Alert records: how they are written, announced, listed and acknowledged.
+
+An alert is written by the Lua script of the transition that caused it, in the user's slot (see
+pushauth/detection.py), together with an outbox entry `{uid}:aout` = "<aid>|<version>". The server then
+announces it (`announce`): one script in the global `{alerts}` slot adds it to the security team's index
+and appends a pointer to the alert stream, which the alert worker consumes. The two steps cannot be one
+atomic step on Redis Cluster (different slots), so the outbox closes the gap: if the server dies between
+them, or Redis fails over, the alert worker's sweep (`sweep`) finds outbox entries older than a minute and
+announces them again. Announcing twice is harmless: the index add is idempotent and the worker delivers
+each alert version to each sink once (`dl:<sink>:<version>` on the alert).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, cast
+
+import msgspec
+import redis.asyncio as aioredis
+import structlog
+
+from pushauth import ids
+from pushauth.clock import rfc3339
+from pushauth.detection import ContainmentSettings, DetectionSettings, ledger_config
+from pushauth.errors import Conflict, NotFound
+from pushauth.store import KeySpace, reads
+from pushauth.store import scripts as lua
+from pushauth.store.connection import STORE_DOWN_ERRORS
+from pushauth.store.scripts import Script
+from pushauth.store.streams import StreamNames
+
+log = structlog.get_logger(__name__)
+
+STREAM = "alerts"
+STREAM_MAXLEN = 1_000_000
+# Outbox entries older than this are announced again by the sweep.
+SWEEP_AGE_S = 60
+
+# KEYS: index, open index, stream   ARGV: uid, now, maxlen, then "<aid>|<version>" notes
+RING = Script("ring_alerts", """
+for i = 4, #ARGV do
+  local aid, ver = string.match(ARGV[i], '^([^|]+)|(%d+)$')
+  if aid then
+    redis.call('ZADD', KEYS[1], 'NX', ARGV[2], ARGV[1] .. '/' .. aid)
+    if ver == '1' then redis.call('ZADD', KEYS[2], 'NX', ARGV[2], ARGV[1] .. '/' .. aid) end
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'u', ARGV[1], 'a', aid, 'v', ver)
+  end
+end
+return #ARGV - 3
+""")
+
+_decode = msgspec.json.Decoder().decode
+_TIME_KEYS = {"at": "at", "created": "created_at", "decided": "decided_at"}
+
+
+def _times(value: Any) -> Any:
+    """The ledger stores Unix seconds; the alert object says RFC 3339 (as the contract does everywhere)."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            if k in _TIME_KEYS and isinstance(v, int | float):
+                out[_TIME_KEYS[k]] = rfc3339(int(v))
+            else:
+                out[k] = _times(v)
+        return out
+    if isinstance(value, list):
+        return [_times(v) for v in value]
+    return value
+
+
+def _json_list(raw: str | None) -> list[Any]:
+    if not raw:
+        return []
+    value = _decode(raw)
+    # cjson encodes an empty table as {}: an empty list either way.
+    return value if isinstance(value, list) else []
+
+
+def alert_view(h: Mapping[str, str]) -> dict[str, Any]:
+    """The contract's alert object from an alert hash."""
+    events = _times(_json_list(h.get("events")))
+    kinds = _decode(h["kinds"]) if h.get("kinds") else {}
+    out: dict[str, Any] = {
+        "id": h["id"], "kind": h["kind"], "severity": h["sev"], "user": h["user"],
+        "created_at": rfc3339(int(h["created"])),
+        "updated_at": rfc3339(int(h.get("updated") or h["created"])),
+        "status": h["status"], "version": int(h.get("ver", "1")),
+    }
+    if h.get("cid"):
+        out["challenge_id"] = h["cid"]
+    if h.get("did"):
+        out["device_id"] = h["did"]
+    if h.get("ctx"):
+        out["context"] = _decode(h["ctx"])
+    out["evidence"] = {
+        "event_count": int(h.get("n", "0")),
+        "kinds": kinds if isinstance(kinds, dict) else {},
+        "events": events,
+        "containment": _times(_json_list(h.get("contained"))),
+    }
+    if h.get("acked_at"):
+        out["acked_at"] = rfc3339(int(h["acked_at"]))
+        out["acked_by"] = h.get("acked_by", "")
+    return out
+
+
+class AlertStore:
+    def __init__(self, redis: aioredis.Redis, keyspace: KeySpace, detection: DetectionSettings,
+                 containment: ContainmentSettings, *, assertion_life_s: int) -> None:
+        self._r = redis
+        self._ks = keyspace
+        self._cfg = ledger_config(detection, containment, assertion_life_s=assertion_life_s)
+        self.names = StreamNames.for_(keyspace.p, STREAM)
+
+    # -- what the transition scripts need ------------------------------------------------------------------
+
+    def ledger_args(self, uid: str, user: str, now: int) -> list[str | int]:
+        """ARGV[1..6] of every script that includes the ledger (store.scripts.with_ledger)."""
+        return [self._ks.user_prefix(uid), now, self._cfg, ids.new_alert_id(uid), user, self._ks.events]
+
+    async def announce(self, uid: str, notes: Sequence[str]) -> None:
+        """Hand new alert versions to the alert stream. Never raises for a Redis outage: the alert is
+        already durable in the user's slot and the sweep announces it when Redis is back."""
+        if not notes:
+            return
+        try:
+            await RING(self._r, [self._ks.alert_index, self._ks.alert_open, self.names.stream],
+                       [uid, int(time.time()), STREAM_MAXLEN, *notes])
+        except STORE_DOWN_ERRORS as exc:
+            log.warning("alert_announce_deferred", error=type(exc).__name__, alerts=len(notes))
+
+    async def sweep(self, older_than_s: float = SWEEP_AGE_S) -> int:
+        """Announce again every outbox entry older than `older_than_s` (the server died between writing an
+        alert and announcing it, or the worker has not got to it). Returns how many were announced."""
+        pattern = f"{self._ks.p}:{{*}}:aout"
+        cutoff = time.time() - older_than_s
+        announced = 0
+        async for key in self._r.scan_iter(match=pattern, count=1000, _type="zset"):
+            uid = str(key)[len(self._ks.p) + 2:].split("}", 1)[0]
+            stale = cast(list[str], await self._r.zrangebyscore(key, "-inf", cutoff))
+            if stale:
+                await self.announce(uid, stale)
+                announced += len(stale)
+        return announced
+
+    async def delivered(self, uid: str, aid: str, version: int) -> None:
+        """The worker has handled this version (delivered, scheduled or dead-lettered for every sink)."""
+        await self._r.zrem(self._ks.alert_outbox(uid), f"{aid}|{version}")
+
+    # -- reading -------------------------------------------------------------------------------------------
+
+    async def raw(self, aid: str) -> dict[str, str] | None:
+        uid = ids.alert_uid(aid)
+        if uid is None:
+            return None
+        h = await reads.hgetall(self._r, self._ks.alert(uid, aid))
+        return h or None
+
+    async def get(self, aid: str) -> dict[str, Any]:
+        h = await self.raw(aid)
+        if h is None:
+            raise NotFound("no such alert")
+        return alert_view(h)
+
+    async def alerts(self, *, status: str | None, uid: str | None, limit: int) -> list[dict[str, Any]]:
+        """Newest first: one user's alerts, or everyone's. Open alerts come from their own index, so an old
+        open alert is never buried under newer acknowledged ones; the status is checked on the record
+        itself either way (an index entry can lag an acknowledgement by one command)."""
+        if uid is not None:
+            key = self._ks.alerts(uid)
+        else:
+            key = self._ks.alert_open if status == "open" else self._ks.alert_index
+        # With a status filter on a list that mixes both, look further back.
+        span = limit if status is None or (status == "open" and uid is None) else min(5000, limit * 20)
+        page = cast(list[str], await self._r.zrevrange(key, 0, span - 1))
+        if uid is not None:
+            refs = [(uid, aid) for aid in page]
+        else:
+            refs = [(ref.split("/", 1)[0], ref.split("/", 1)[1]) for ref in page if "/" in ref]
+        return await self._read_many(refs, status, limit)
+
+    async def _read_many(self, refs: Iterable[tuple[str, str]], status: str | None,
+                         limit: int) -> list[dict[str, Any]]:
+        refs = list(refs)
+        pipe = self._r.pipeline(transaction=False)
+        for uid, aid in refs:
+            pipe.hgetall(self._ks.alert(uid, aid))
+        out = []
+        for h in cast(list[dict[str, str]], await pipe.execute()):
+            if h and (status is None or h.get("status") == status):
+                out.append(alert_view(h))
+                if len(out) >= limit:
+                    break
+        return out
+
+    async def ack(self, aid: str, by: str) -> dict[str, Any]:
+        uid = ids.alert_uid(aid)
+        if uid is None:
+            raise NotFound("no such alert")
+        res = await lua.ACK_ALERT(self._r, [self._ks.alert(uid, aid), self._ks.incident(uid)],
+                                  [int(time.time()), by, aid])
+        if res[0] == "not_found":
+            raise NotFound("no such alert")
+        if res[0] == "already":
+            raise Conflict("this alert is already acknowledged", code="already_acked")
+        await self._r.zrem(self._ks.alert_open, f"{uid}/{aid}")
+        return await self.get(aid)

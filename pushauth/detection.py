@@ -1,0 +1,385 @@
+"""Detection rules and containment: what turns a sign-in event into a possible-compromise alert, and what
+pushauth does about it before anyone picks up a phone.
+
+Every rule is in `RULES` below with its severity, its thresholds (settings in `[detection]` and
+`[containment]`) and where its default comes from. They are evaluated inside Redis, in the same Lua
+script as the transition that caused them (`LEDGER`, included by the challenge scripts), so an alert and
+the state change it is about are written together or not at all, and the counters the rules read cannot
+change between the read and the decision.
+
+    event                               rule fired                      severity   containment
+    deny "not_me"                       denied_not_me                   critical   suspend prompts, revoke
+                                                                                   remembered browsers, deny
+                                                                                   pending and just-approved
+                                                                                   challenges
+    deny "mistake"                      denied                          low
+    approve with the wrong number       wrong_number                    high
+    a prompt beyond N in a window       push_bombing                    high       the prompt is refused (429)
+    N denials/wrong numbers in window   repeated_denials                high
+    approval after N failures           approved_after_denials          critical
+    N prompts expired unanswered        ignored_prompts                 medium
+    answer after expiry                 late_response                   medium     (a late not_me is still
+                                                                                   denied_not_me, contained)
+    prompt from a network and location  new_context                     low
+      not seen for the user recently
+    N consecutive failures              account_locked                  high       lock; deny pending and
+                                                                                   just-approved challenges
+    prompt while suspended / locked     blocked_prompt (event only)     info
+
+Alerts are incidents: every event for a user within `incident_window_s` of the previous one joins the
+open incident (its `evidence.events`), so a push-bombing run is one alert with many events, not fifty
+pages. An incident is re-announced (`alert.updated`) only when its severity rises.
+
+Failures (denials, wrong numbers, ignored prompts) count toward the lockout; an approval resets the count;
+a new challenge never does. Expired prompts are counted when the expiry worker or the user's next event
+settles them, whichever comes first (`SETTLE`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Final
+
+import msgspec
+
+SEVERITIES: Final = ("info", "low", "medium", "high", "critical")
+
+
+def severity_rank(name: str) -> int:
+    return SEVERITIES.index(name) + 1 if name in SEVERITIES else 0
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    kind: str
+    severity: str
+    what: str
+    default_source: str
+
+
+RULES: Final = (
+    Rule("denied_not_me", "critical", "the user denied a prompt saying they did not request it",
+         "Microsoft Entra 'report suspicious activity' marks the user high risk; Duo's fraud report can lock "
+         "the user out. A person denying a prompt they did not cause is the strongest signal there is."),
+    Rule("denied", "low", "the user denied a prompt by mistake",
+         "the mission: every denial is escalated, at low severity when the user says it was a mistake"),
+    Rule("wrong_number", "high", "an approval carried the wrong number",
+         "CISA 'Implementing number matching in MFA applications' (2022): a wrong number means someone "
+         "approved without seeing the login page"),
+    Rule("push_bombing", "high", "more than `push_bombing_max` prompts for one user within the window",
+         "the issue's 5 prompts in 5 minutes; Microsoft Authenticator and Okta Verify also throttle "
+         "repeated prompts to one user"),
+    Rule("repeated_denials", "high", "`repeated_denials_count` denials or wrong numbers within the window",
+         "3 in 15 minutes: a person who mistypes once does not deny three times"),
+    Rule("approved_after_denials", "critical",
+         "an approval after `approved_after_failures` failures (denials, wrong numbers, ignored prompts) "
+         "within the window: MFA fatigue that worked",
+         "the Uber (2022) and Cisco (2022) breaches: approval after a run of rejected prompts"),
+    Rule("ignored_prompts", "medium", "`ignored_prompts_count` prompts expired unanswered within the window",
+         "3 in 15 minutes: unanswered prompts the user did not cause are the quiet form of push bombing"),
+    Rule("late_response", "medium", "an answer arrived after the challenge expired",
+         "an approval nobody is waiting for: the user may be approving a prompt they did not cause"),
+    Rule("new_context", "low", "a prompt from a network (/24, /48) and location not seen in an approved "
+         "sign-in for `new_context_days`",
+         "30 days, as Microsoft Entra's 'unfamiliar sign-in properties' learns a user's usual locations; "
+         "quiet until the user has one approved sign-in"),
+    Rule("account_locked", "high", "`lockout_after_failures` consecutive failures locked the account",
+         "NIST SP 800-63B 5.2.2: at most 100 consecutive failed attempts; 10 is the common default "
+         "(Microsoft Entra smart lockout)"),
+)
+
+
+class DetectionSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    # Events for a user within this time of the previous one join the same incident (one alert).
+    incident_window_s: int = 900
+    push_bombing_max: int = 5
+    push_bombing_window_s: int = 300
+    repeated_denials_count: int = 3
+    repeated_denials_window_s: int = 900
+    approved_after_failures: int = 3
+    approved_after_window_s: int = 900
+    ignored_prompts_count: int = 3
+    ignored_prompts_window_s: int = 900
+    # 0 turns new_context off.
+    new_context_days: int = 30
+    # Most events kept in one alert's evidence (the count keeps counting).
+    max_events: int = 50
+
+    def __post_init__(self) -> None:
+        if not 60 <= self.incident_window_s <= 86400:
+            raise ValueError("incident_window_s must be 60..86400")
+        for name in ("push_bombing_max", "repeated_denials_count", "approved_after_failures",
+                     "ignored_prompts_count"):
+            if not 1 <= getattr(self, name) <= 1000:
+                raise ValueError(f"{name} must be 1..1000")
+        for name in ("push_bombing_window_s", "repeated_denials_window_s", "approved_after_window_s",
+                     "ignored_prompts_window_s"):
+            if not 10 <= getattr(self, name) <= 86400:
+                raise ValueError(f"{name} must be 10..86400")
+        if not 0 <= self.new_context_days <= 365:
+            raise ValueError("new_context_days must be 0..365")
+        if not 5 <= self.max_events <= 500:
+            raise ValueError("max_events must be 5..500")
+
+
+class ContainmentSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    # After a "not_me" denial: refuse further prompts for the user ...
+    suspend_on_not_me: bool = True
+    # ... for this long (0: until the security team lifts it).
+    suspend_for_s: int = 0
+    # ... and revoke every remembered browser of the user.
+    revoke_remembered_on_not_me: bool = True
+    # Lock after this many consecutive failures (denials, wrong numbers, ignored prompts). NIST SP 800-63B
+    # allows at most 100. 0 turns lockout off.
+    lockout_after_failures: int = 10
+    # Unlock by itself after this long (0: only the security team unlocks).
+    auto_unlock_after_s: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.lockout_after_failures <= 100:
+            raise ValueError("lockout_after_failures must be 0..100 (NIST SP 800-63B: at most 100)")
+        if not (0 <= self.suspend_for_s <= 90 * 86400 and 0 <= self.auto_unlock_after_s <= 90 * 86400):
+            raise ValueError("suspend_for_s and auto_unlock_after_s must be 0..7776000")
+
+
+def ledger_config(detection: DetectionSettings, containment: ContainmentSettings, *,
+                  assertion_life_s: int) -> str:
+    """The thresholds as the JSON the Lua ledger decodes (one ARGV, built once per process)."""
+    d, c = detection, containment
+    keep = max(d.push_bombing_window_s, d.repeated_denials_window_s, d.approved_after_window_s,
+               d.ignored_prompts_window_s, d.incident_window_s)
+    return msgspec.json.encode({
+        "incident_window_s": d.incident_window_s, "max_events": d.max_events,
+        "bomb_max": d.push_bombing_max, "bomb_win": d.push_bombing_window_s,
+        "rep_n": d.repeated_denials_count, "rep_win": d.repeated_denials_window_s,
+        "aad_n": d.approved_after_failures, "aad_win": d.approved_after_window_s,
+        "ign_n": d.ignored_prompts_count, "ign_win": d.ignored_prompts_window_s,
+        "ctx_s": d.new_context_days * 86400, "hist_keep_s": keep,
+        "suspend": c.suspend_on_not_me, "suspend_for_s": c.suspend_for_s,
+        "revoke_remembered": c.revoke_remembered_on_not_me,
+        "lock_n": c.lockout_after_failures, "unlock_s": c.auto_unlock_after_s,
+        "assertion_life_s": assertion_life_s,
+    }).decode()
+
+
+def network_of(ip: str) -> str:
+    """The network a login IP belongs to for `new_context`: /24 for IPv4, /48 for IPv6 (what one site or
+    one home connection usually spans). Not an IP: empty (the rule then looks at the location only)."""
+    try:
+        addr = ipaddress.ip_address(ip.strip())
+    except ValueError:
+        return ""
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    prefix = 24 if addr.version == 4 else 48
+    return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False))
+
+
+# The ledger: Lua functions the transition scripts include (see `store.scripts.with_ledger`). The
+# including script sets, before calling any of them:
+#   UP    the user's key prefix "<p>:{<uid>}:" (every key below shares the user's hash tag, so this works
+#         unchanged on Redis Cluster)
+#   NOW   integer Unix seconds        CFG   the decoded `ledger_config`
+#   AID   a fresh alert id, used if an event opens a new incident
+#   USER  the canonical user name     CHAN  the pub/sub channel that wakes waiting login flows
+# and returns NOTES (the "<alert id>|<version>" pairs to announce) with its result.
+LEDGER = r"""
+local SEV = {info = 1, low = 2, medium = 3, high = 4, critical = 5}
+local NOTES = {}
+local CONTAINED = {}
+
+local function uk(s) return UP .. s end
+
+local function hist_add(kind, cid)
+  local seq = redis.call('HINCRBY', uk('user'), 'seq', 1)
+  redis.call('ZADD', uk('hist'), NOW, seq .. ':' .. kind .. ':' .. (cid or '-'))
+  redis.call('ZREMRANGEBYSCORE', uk('hist'), '-inf', NOW - CFG.hist_keep_s - 1)
+end
+
+-- {kind -> count} and the matching entries of the user's history within `window` seconds
+local function hist_count(window, kinds)
+  local n, found = 0, {}
+  local items = redis.call('ZRANGEBYSCORE', uk('hist'), NOW - window, '+inf', 'WITHSCORES')
+  for i = 1, #items, 2 do
+    local _, _, kind, cid = string.find(items[i], '^%d+:([%a_]+):(.*)$')
+    if kind and kinds[kind] then
+      n = n + 1
+      found[#found + 1] = {kind = kind, challenge_id = cid, at = tonumber(items[i + 1])}
+    end
+  end
+  return n, found
+end
+
+local function ch_evidence(cid)
+  local c = redis.call('HMGET', uk('ch:' .. cid), 'app', 'iat', 'ctx', 'st', 'rsn', 'dev', 'aip', 'dat')
+  local e = {challenge_id = cid, app = c[1] or nil, created = tonumber(c[2]), status = c[4] or nil,
+             reason = c[5] or nil, device_id = c[6] or nil, phone_ip = c[7] or nil, decided = tonumber(c[8])}
+  if e.reason == '-' or e.reason == '' then e.reason = nil end
+  if e.device_id == '-' or e.device_id == '' then e.device_id = nil end
+  if e.phone_ip == '-' or e.phone_ip == '' then e.phone_ip = nil end
+  if c[3] and c[3] ~= '' then e.login = cjson.decode(c[3]) end
+  return e
+end
+
+local function raise(kind, sev, ev)
+  ev.kind = kind
+  ev.severity = sev
+  ev.at = NOW
+  local aid = redis.call('GET', uk('incident'))
+  local akey
+  if aid then
+    -- the window is judged on NOW, not on the key's TTL (which only collects the pointer)
+    akey = uk('alert:' .. aid)
+    local a = redis.call('HMGET', akey, 'status', 'updated')
+    if a[1] ~= 'open' or NOW - tonumber(a[2] or '0') > CFG.incident_window_s then aid = nil end
+  end
+  if not aid then
+    aid = AID
+    akey = uk('alert:' .. aid)
+    redis.call('HSET', akey, 'id', aid, 'kind', kind, 'sev', sev, 'user', USER, 'created', NOW,
+               'status', 'open', 'ver', 1, 'n', 0, 'events', '[]', 'kinds', '{}', 'contained', '[]')
+    if ev.challenge_id then redis.call('HSET', akey, 'cid', ev.challenge_id) end
+    if ev.device_id then redis.call('HSET', akey, 'did', ev.device_id) end
+    if ev.login then redis.call('HSET', akey, 'ctx', cjson.encode(ev.login)) end
+    redis.call('ZADD', uk('alerts'), NOW, aid)
+    redis.call('ZADD', uk('aout'), NOW, aid .. '|1')
+    NOTES[#NOTES + 1] = aid .. '|1'
+  else
+    local cur = redis.call('HMGET', akey, 'sev')
+    if SEV[sev] > (SEV[cur[1]] or 0) then
+      local ver = redis.call('HINCRBY', akey, 'ver', 1)
+      redis.call('HSET', akey, 'kind', kind, 'sev', sev)
+      if ev.challenge_id then redis.call('HSET', akey, 'cid', ev.challenge_id) end
+      if ev.device_id then redis.call('HSET', akey, 'did', ev.device_id) end
+      redis.call('ZADD', uk('aout'), NOW, aid .. '|' .. ver)
+      NOTES[#NOTES + 1] = aid .. '|' .. ver
+    end
+  end
+  local events = cjson.decode(redis.call('HGET', akey, 'events'))
+  events[#events + 1] = ev
+  while #events > CFG.max_events do table.remove(events, 1) end
+  local kinds = cjson.decode(redis.call('HGET', akey, 'kinds'))
+  if type(kinds) ~= 'table' then kinds = {} end
+  kinds[kind] = (kinds[kind] or 0) + 1
+  redis.call('HSET', akey, 'events', cjson.encode(events), 'kinds', cjson.encode(kinds), 'updated', NOW)
+  redis.call('HINCRBY', akey, 'n', 1)
+  redis.call('SET', uk('incident'), aid, 'EX', CFG.incident_window_s)
+  return aid
+end
+
+-- Record a containment action on the open incident (the alert says what was done about it).
+local function contained(action)
+  CONTAINED[#CONTAINED + 1] = action
+  local aid = redis.call('GET', uk('incident'))
+  if not aid then return end
+  local akey = uk('alert:' .. aid)
+  local list = cjson.decode(redis.call('HGET', akey, 'contained') or '[]')
+  if type(list) ~= 'table' then list = {} end
+  list[#list + 1] = {action = action, at = NOW}
+  redis.call('HSET', akey, 'contained', cjson.encode(list))
+end
+
+-- Deny the user's pending challenges (and, when `since` is given, approvals decided since then, whose
+-- assertions a login flow may not have collected yet), waking their waiting login flows.
+local function deny_open(reason, since)
+  for _, cid in ipairs(redis.call('ZRANGE', uk('pending'), 0, -1)) do
+    local key = uk('ch:' .. cid)
+    if redis.call('HGET', key, 'st') == 'pending' then
+      redis.call('HSET', key, 'st', 'denied', 'dat', NOW, 'rsn', reason)
+      redis.call('PUBLISH', CHAN, cid .. ' denied ' .. NOW .. ' - ' .. reason)
+    end
+  end
+  redis.call('DEL', uk('pending'))
+  if since then
+    for _, cid in ipairs(redis.call('ZRANGEBYSCORE', uk('recent'), since - 600, '+inf')) do
+      local key = uk('ch:' .. cid)
+      local c = redis.call('HMGET', key, 'st', 'dat')
+      if c[1] == 'approved' and tonumber(c[2]) >= since then
+        redis.call('HSET', key, 'st', 'denied', 'rsn', reason, 'revoked_at', NOW)
+        redis.call('PUBLISH', CHAN, cid .. ' denied ' .. NOW .. ' - ' .. reason)
+      end
+    end
+  end
+end
+
+local function suspend(why)
+  local untl = 0
+  if CFG.suspend_for_s > 0 then untl = NOW + CFG.suspend_for_s end
+  redis.call('HSET', uk('user'), 'suspended', '1', 'susp_at', NOW, 'susp_why', why, 'susp_until', untl)
+  contained('prompts_suspended')
+  if CFG.revoke_remembered then
+    redis.call('DEL', uk('remembered'))
+    contained('remembered_browsers_revoked')
+  end
+  deny_open('suspended', NOW - CFG.assertion_life_s)
+end
+
+local function lock(why)
+  local untl = 0
+  if CFG.unlock_s > 0 then untl = NOW + CFG.unlock_s end
+  redis.call('HSET', uk('user'), 'locked', '1', 'locked_at', NOW, 'locked_why', why, 'locked_until', untl)
+  deny_open('locked', NOW - CFG.assertion_life_s)
+end
+
+-- A failure (denial, wrong number, ignored prompt): count it toward the lockout.
+local function fail()
+  local n = redis.call('HINCRBY', uk('user'), 'fails', 1)
+  if CFG.lock_n > 0 and n >= CFG.lock_n and redis.call('HGET', uk('user'), 'locked') ~= '1' then
+    raise('account_locked', 'high', {failures = n})
+    lock('failures')
+    contained('account_locked')
+  end
+end
+
+-- Lock and suspension as they stand now, lifting those whose time is up.
+local function gate_state()
+  local u = redis.call('HMGET', uk('user'), 'locked', 'locked_until', 'suspended', 'susp_until')
+  local locked, suspended = u[1] == '1', u[3] == '1'
+  if locked and tonumber(u[2] or '0') > 0 and NOW >= tonumber(u[2]) then
+    redis.call('HSET', uk('user'), 'locked', '0', 'fails', 0, 'unlocked_at', NOW, 'unlocked_by', 'auto')
+    locked = false
+  end
+  if suspended and tonumber(u[4] or '0') > 0 and NOW >= tonumber(u[4]) then
+    redis.call('HSET', uk('user'), 'suspended', '0', 'lifted_at', NOW, 'lifted_by', 'auto')
+    suspended = false
+  end
+  return locked, suspended
+end
+
+-- Prompts that expired unanswered: each is a failure; several in the window are ignored_prompts.
+local function settle()
+  local due = redis.call('ZRANGEBYSCORE', uk('pending'), '-inf', NOW)
+  if #due == 0 then return 0 end
+  local n = 0
+  for _, cid in ipairs(due) do
+    redis.call('ZREM', uk('pending'), cid)
+    local key = uk('ch:' .. cid)
+    if redis.call('HGET', key, 'st') == 'pending' then
+      redis.call('HSET', key, 'ign', '1')
+      hist_add('ignored', cid)
+      n = n + 1
+      local count, found = hist_count(CFG.ign_win, {ignored = true})
+      if count >= CFG.ign_n then
+        local ev = ch_evidence(cid)
+        ev.ignored = found
+        raise('ignored_prompts', 'medium', ev)
+      end
+      fail()
+    end
+  end
+  return n
+end
+
+-- A denial or a wrong number: the per-event rule, then repeated_denials, then the lockout count.
+local function on_denial(cid, kind, sev)
+  hist_add(kind == 'wrong_number' and 'wrong' or 'deny', cid)
+  raise(kind, sev, ch_evidence(cid))
+  local count, found = hist_count(CFG.rep_win, {deny = true, wrong = true})
+  if count >= CFG.rep_n then
+    local ev = ch_evidence(cid)
+    ev.denials = found
+    raise('repeated_denials', 'high', ev)
+  end
+end
+"""

@@ -1,0 +1,67 @@
+"""Settling expired prompts soon after they expire, so `ignored_prompts` and the lockout count do not wait
+for the user's next sign-in.
+
+A challenge's expiry is computed on read (no timer can be lost); what needs doing when a prompt expires
+unanswered is counting it (detection rules, lockout). Every new challenge is indexed in `{expiry}:due`;
+the sweeper claims the due ones (one script: read and remove together, so several sweepers never claim
+the same one) and runs SETTLE for each user. SETTLE is idempotent and the user's next event runs it too, so
+an index entry lost in a crash only delays the count; it never loses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import redis.asyncio as aioredis
+import structlog
+
+from pushauth import clock, ids
+from pushauth.alerts.store import AlertStore
+from pushauth.store import KeySpace
+from pushauth.store import scripts as lua
+from pushauth.store.connection import STORE_DOWN_ERRORS
+from pushauth.store.scripts import Script
+
+log = structlog.get_logger(__name__)
+
+# KEYS: due   ARGV: now, max  -> the claimed challenge ids
+CLAIM_DUE = Script("claim_due", """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+if #due > 0 then redis.call('ZREM', KEYS[1], unpack(due)) end
+return due
+""")
+
+
+class ExpirySweeper:
+    def __init__(self, redis: aioredis.Redis, keyspace: KeySpace, alerts: AlertStore, *,
+                 interval_s: float = 1.0, batch: int = 500) -> None:
+        self._r = redis
+        self._ks = keyspace
+        self._alerts = alerts
+        self._interval = interval_s
+        self._batch = batch
+
+    async def settle_due(self) -> int:
+        """One pass: settle the users whose prompts are due. Returns the number of prompts claimed."""
+        now = clock.now()
+        due = list(await CLAIM_DUE(self._r, [self._ks.expiry_due], [now, self._batch]))
+        uids = {uid for uid in map(ids.challenge_uid, due) if uid is not None}
+        for uid in uids:
+            res = await lua.SETTLE(self._r, [self._ks.user(uid)], self._alerts.ledger_args(uid, "", now))
+            await self._alerts.announce(uid, res[1])
+        return len(due)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        backoff = self._interval
+        while not stop.is_set():
+            try:
+                claimed = await self.settle_due()
+                backoff = self._interval
+                if claimed >= self._batch:
+                    continue  # more are due: no pause
+            except STORE_DOWN_ERRORS as exc:
+                log.warning("expiry_store_unavailable", error=type(exc).__name__)
+                backoff = min(backoff * 2, 5.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), backoff)

@@ -1,0 +1,121 @@
+"""The security team's API: alerts, users (view, lock, unlock, revoke a device), and alert delivery
+(dead letter, disabled sinks). Every call needs an admin token; every action records which token acted
+(`admin:<first 12 hex digits of its SHA-256>`)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from pushauth.errors import NotFound, Unprocessable
+from pushauth.users import canonical
+from pushauth.web import io
+from pushauth.web.auth import Admin
+from pushauth.web.schemas import Unlock
+from pushauth.web.state import ACCOUNTS, ALERTS, CREDENTIALS, DEAD_LETTERS, DEVICES, SETTINGS
+
+routes = web.RouteTableDef()
+
+MAX_LIST = 500
+
+
+def _admin(request: web.Request) -> Admin:
+    return request.app[CREDENTIALS].admin(request)
+
+
+def _by(admin: Admin) -> str:
+    return f"admin:{admin.token_hash_prefix}"
+
+
+@routes.get("/v1/alerts")
+async def list_alerts(request: web.Request) -> web.Response:
+    _admin(request)
+    status = request.query.get("status") or None
+    if status not in (None, "open", "acked"):
+        raise Unprocessable("status must be open or acked", code="invalid_query")
+    limit = io.int_query(request, "limit", default=100, low=1, high=MAX_LIST)
+    uid = None
+    if request.query.get("user"):
+        uid = await request.app[DEVICES].uid_for(canonical(request.query["user"]))
+        if uid is None:
+            return io.json({"alerts": []})
+    return io.json({"alerts": await request.app[ALERTS].alerts(status=status, uid=uid, limit=limit)})
+
+
+@routes.get("/v1/alerts/{id}")
+async def get_alert(request: web.Request) -> web.Response:
+    _admin(request)
+    return io.json(await request.app[ALERTS].get(request.match_info["id"]))
+
+
+@routes.post("/v1/alerts/{id}/ack")
+async def ack_alert(request: web.Request) -> web.Response:
+    admin = _admin(request)
+    return io.json(await request.app[ALERTS].ack(request.match_info["id"], _by(admin)))
+
+
+@routes.get("/v1/users/{user}")
+async def get_user(request: web.Request) -> web.Response:
+    _admin(request)
+    return io.json(await request.app[ACCOUNTS].view(canonical(request.match_info["user"])))
+
+
+@routes.post("/v1/users/{user}/unlock")
+async def unlock_user(request: web.Request) -> web.Response:
+    admin = _admin(request)
+    body = await io.read_body(request)
+    what = io.decode(body, Unlock).what if body.strip() else "all"
+    user = canonical(request.match_info["user"])
+    cleared = await request.app[ACCOUNTS].unlock(user, by=_by(admin), what=what)
+    return io.json({"user": user, "locked": False if what != "suspension" else None,
+                    "suspended": False if what != "lock" else None, **cleared})
+
+
+@routes.post("/v1/users/{user}/lock")
+async def lock_user(request: web.Request) -> web.Response:
+    admin = _admin(request)
+    user = canonical(request.match_info["user"])
+    await request.app[ACCOUNTS].lock(user, by=_by(admin))
+    return io.json({"user": user, "locked": True})
+
+
+@routes.delete("/v1/users/{user}/devices/{device_id}")
+async def revoke_device(request: web.Request) -> web.Response:
+    admin = _admin(request)
+    user = canonical(request.match_info["user"])
+    await request.app[ACCOUNTS].revoke_device(user, request.match_info["device_id"], by=_by(admin))
+    return io.json({"user": user, "device_id": request.match_info["device_id"], "status": "revoked"})
+
+
+@routes.get("/v1/alert-deliveries/dead")
+async def list_dead(request: web.Request) -> web.Response:
+    _admin(request)
+    limit = io.int_query(request, "limit", default=100, low=1, high=MAX_LIST)
+    return io.json({"dead": await request.app[DEAD_LETTERS].entries(limit)})
+
+
+@routes.post("/v1/alert-deliveries/dead/{entry}/replay")
+async def replay_dead(request: web.Request) -> web.Response:
+    _admin(request)
+    entry = request.match_info["entry"]
+    if not entry.replace("-", "").isdigit() or entry.count("-") != 1:
+        raise NotFound("no such dead-letter entry")
+    if not await request.app[DEAD_LETTERS].replay(entry):
+        raise NotFound("no such dead-letter entry")
+    return io.json({"id": entry, "status": "replayed"})
+
+
+@routes.get("/v1/alert-sinks")
+async def list_sinks(request: web.Request) -> web.Response:
+    _admin(request)
+    configured = {s.name: s for s in request.app[SETTINGS].alerts.sinks}
+    return io.json({"sinks": await request.app[DEAD_LETTERS].sinks(configured)})
+
+
+@routes.post("/v1/alert-sinks/{name}/enable")
+async def enable_sink(request: web.Request) -> web.Response:
+    _admin(request)
+    name = request.match_info["name"]
+    if name not in {s.name for s in request.app[SETTINGS].alerts.sinks}:
+        raise NotFound("no such alert sink")
+    was_disabled = await request.app[DEAD_LETTERS].enable(name)
+    return io.json({"name": name, "enabled": True, "was_disabled": was_disabled})
