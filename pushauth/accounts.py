@@ -76,6 +76,8 @@ class Accounts:
                 item["context"] = _decode(c["ctx"])
             if c.get("aip") and c["aip"] != "-":
                 item["phone_ip"] = c["aip"]
+            if c.get("revoked"):
+                item["revoked"] = c["revoked"]
             if c.get("late"):
                 item["late_answer"] = c["late"].split(":", 1)[0]
             recent.append(item)

@@ -235,6 +235,11 @@ class Challenges:
         status, exp = h["st"], int(h["exp"])
         if status == "pending" and now >= exp:
             status = "expired"
+        if status == "approved" and h.get("revoked"):
+            # Approved, then revoked by containment (the user said "not me" to another prompt, or the
+            # account was locked) before the login flow collected it: no assertion.
+            h = {**h, "rsn": h["revoked"]}
+            status = "denied"
         out: dict[str, Any] = {"id": cid, "user": h["user"], "status": status,
                                "created_at": rfc3339(int(h["iat"])), "expires_at": rfc3339(exp)}
         if h.get("dat"):

@@ -296,7 +296,8 @@ local function deny_open(reason, since)
       local key = uk('ch:' .. cid)
       local c = redis.call('HMGET', key, 'st', 'dat')
       if c[1] == 'approved' and tonumber(c[2]) >= since then
-        redis.call('HSET', key, 'st', 'denied', 'rsn', reason, 'revoked_at', NOW)
+        -- the record keeps what the user did; the login flow gets no assertion from it any more
+        redis.call('HSET', key, 'revoked', reason, 'revoked_at', NOW)
         redis.call('PUBLISH', CHAN, cid .. ' denied ' .. NOW .. ' - ' .. reason)
       end
     end

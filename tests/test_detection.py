@@ -160,6 +160,10 @@ async def test_not_me_raises_critical_alert_with_evidence_and_contains(
     assert view["suspended_reason"] == "not_me"
     assert not view["locked"]
     assert view["open_alerts"] == [alert["id"]]
+    # The record keeps what the user did; the approval is marked revoked, not rewritten.
+    recent = {c["id"]: c for c in view["recent_challenges"]}
+    assert (recent[approved["id"]]["status"], recent[approved["id"]]["revoked"]) == ("approved", "suspended")
+    assert (recent[attack["id"]]["status"], recent[attack["id"]]["reason"]) == ("denied", "not_me")
 
     # The security team lifts the suspension: prompts work again.
     status, body = await admin.call("POST", f"/v1/users/{USER}/unlock", {"what": "suspension"})

@@ -2,14 +2,20 @@
 
 Starts a server, enrolls a simulated phone from a QR-code URI, then plays two sign-ins as a login page
 would see them: one the user approves by typing the number shown, one the user denies with "I didn't
-request this". Nothing is written to disk; nothing survives the process.
+request this". The denial reaches the security team as a signed Standard Webhooks alert (a small
+receiver in this process plays their SIEM), the account's prompts are suspended, and the team lifts the
+suspension through the admin API. Nothing is written to disk; nothing survives the process.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import hashlib
+import hmac
 import socket
+import time
 from typing import Any
 
 import aiohttp
@@ -54,12 +60,16 @@ def _say(title: str, **fields: Any) -> None:
 async def _demo(port: int, *, show_qr: bool) -> None:
     port = port or _free_port()
     api_key, admin_token = new_secret(), new_secret()
+    siem = _Siem("whsec_" + base64.b64encode(new_secret().encode()[:32]).decode())
+    siem_runner = await siem.start()
     settings = from_mapping({
         "server": {"host": "127.0.0.1", "port": port, "base_url": f"http://127.0.0.1:{port}"},
         "keys": {"ephemeral": True},
         "applications": [{"id": "webmail", "name": "NHSmail webmail",
                           "api_key_sha256": [sha256_hex(api_key)]}],
         "admin": {"token_sha256": [sha256_hex(admin_token)]},
+        "alerts": {"sinks": [{"name": "siem", "kind": "webhook", "url": siem.url, "secret": siem.secret,
+                              "timeout_s": 5}]},
     })
     runner = web.AppRunner(create_app(settings), access_log=None)
     await runner.setup()
@@ -86,8 +96,10 @@ async def _demo(port: int, *, show_qr: bool) -> None:
             jwks = await call("GET", "/.well-known/jwks.json")
             await _sign_in(call, phone, jwks, approve=True)
             await _sign_in(call, phone, jwks, approve=False)
+            await _security_team(call, siem, {"Authorization": f"Bearer {admin_token}"})
     finally:
         await runner.cleanup()
+        await siem_runner.cleanup()
 
 
 async def _sign_in(call: Any, phone: Phone, jwks: dict[str, Any], *, approve: bool) -> None:
@@ -117,3 +129,68 @@ async def _sign_in(call: Any, phone: Phone, jwks: dict[str, Any], *, approve: bo
         claims = jws.verify(seen["assertion"], jws.import_public_jwk(key))
         print(f"   assertion verified with the JWKS: sub={claims['sub']} aud={claims['aud']} "
               f"result={claims['result']} device={claims['device']}")
+
+
+class _Siem:
+    """The security team's receiver: checks each webhook's Standard Webhooks signature as any receiver
+    must (HMAC-SHA256 over "<webhook-id>.<webhook-timestamp>.<body>" with the shared secret)."""
+
+    def __init__(self, secret: str) -> None:
+        self.secret = secret
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}/pushauth-alerts"
+        self.received: asyncio.Queue[tuple[bool, dict[str, str], Any, float]] = asyncio.Queue()
+
+    async def start(self) -> web.AppRunner:
+        app = web.Application()
+        app.router.add_post("/pushauth-alerts", self._receive)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", self.port).start()
+        return runner
+
+    async def _receive(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        h = request.headers
+        key = base64.b64decode(self.secret.removeprefix("whsec_"))
+        signed = f"{h['webhook-id']}.{h['webhook-timestamp']}.".encode() + body
+        expected = "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+        valid = any(hmac.compare_digest(expected, sig) for sig in h["webhook-signature"].split())
+        await self.received.put((valid, dict(h), await request.json(), time.monotonic()))
+        return web.Response(status=204 if valid else 401)
+
+
+def _describe(challenge: dict[str, Any]) -> str:
+    text = str(challenge["status"]) + (f" ({challenge['reason']})" if challenge.get("reason") else "")
+    if challenge.get("revoked"):  # approved minutes before the "not me": no assertion is issued from it
+        text += f", revoked ({challenge['revoked']})"
+    return text
+
+
+async def _security_team(call: Any, siem: _Siem, admin: dict[str, str]) -> None:
+    # The attack came from a network Alice never signed in from (new_context, low), then she said "not
+    # me": the same incident, escalated to critical and announced again (alert.updated).
+    while True:
+        valid, headers, body, _ = await asyncio.wait_for(siem.received.get(), 10)
+        alert = body["data"]
+        if alert["severity"] == "critical":
+            break
+    _say("Security team's SIEM receives the alert (Standard Webhooks)", signature="valid" if valid
+         else "INVALID", webhook_id=headers["webhook-id"], type=body["type"], kind=alert["kind"],
+         severity=alert["severity"].upper(), user=alert["user"])
+    for event in alert["evidence"]["events"]:
+        login = event.get("login", {})
+        print(f"   event {event['kind']:<14} at {event['at']}  login from {login.get('ip', '-')} "
+              f"({login.get('location', '-')}, {login.get('user_agent', '-')})  phone at "
+              f"{event.get('phone_ip', '-')}")
+    print("   contained: " + ", ".join(c["action"] for c in alert["evidence"]["containment"]))
+    user = await call("GET", f"/v1/users/{alert['user']}", headers=admin)
+    _say("Security team looks the user up", suspended=user["suspended"], reason=user["suspended_reason"],
+         locked=user["locked"], devices=len(user["devices"]),
+         recent="; ".join(_describe(c) for c in user["recent_challenges"]))
+    blocked = await call("POST", "/v1/challenges", {"user": alert["user"]})
+    print(f"   a new sign-in attempt now gets: {blocked['error']}")
+    await call("POST", f"/v1/alerts/{alert['id']}/ack", headers=admin)
+    cleared = await call("POST", f"/v1/users/{alert['user']}/unlock", {"what": "suspension"}, headers=admin)
+    _say("After a call with the user, the team acknowledges the alert and lifts the suspension",
+         was_suspended=cleared["was_suspended"])
