@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.utils
 import time
 
 
@@ -15,3 +16,18 @@ def now() -> int:
     """Integer Unix seconds: the one clock every decision about a challenge, a signature's `iat` or a
     detection window reads (called as `clock.now()`, so a test can move time by replacing it)."""
     return int(time.time())
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """Seconds to wait from an HTTP Retry-After header: delta seconds or an HTTP date (RFC 9110 10.2.3).
+    None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())

@@ -129,7 +129,8 @@ class AlertDelivery:
             log.error("alert_delivery_gave_up", **fields)
             await self._dead(key, uid, aid, version, name, f"retries_exhausted:{outcome.reason}")
             return
-        delay = max(float(schedule[attempt]), outcome.retry_after_s or 0.0)
+        # A receiver's Retry-After is honoured, but never beyond the longest step of the schedule.
+        delay = max(float(schedule[attempt]), min(outcome.retry_after_s or 0.0, float(max(schedule))))
         retry = {"u": uid, "a": aid, "v": str(version), "s": name, "n": str(attempt + 1)}
         await self.consumer.schedule(retry, time.time() + delay)
         await MARK(self._r, [key], [f"dls:{name}:{version}", f"retrying:{attempt + 1}:{outcome.reason}"])

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import email.utils
 import itertools
 import re
 import time
@@ -51,6 +50,7 @@ import structlog
 from firebase_admin import credentials, exceptions, messaging
 from google.auth import exceptions as auth_errors
 
+from pushauth.clock import retry_after_s
 from pushauth.config import FcmSettings
 from pushauth.errors import ConfigError
 from pushauth.push.base import Outcome, OutcomeKind, PushMessage
@@ -159,18 +159,8 @@ def _retry_after(chain: list[BaseException]) -> float | None:
     """Seconds from a `Retry-After` header (delta-seconds or HTTP date) on the error's HTTP response."""
     for exc in reversed(chain):
         response = getattr(exc, "http_response", None) or getattr(exc, "response", None)
-        if not isinstance(response, httpx.Response):
-            continue
-        value = response.headers.get("retry-after", "").strip()
-        if not value:
-            return None
-        if value.isdigit():
-            return float(value)
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        return max(0.0, when.timestamp() - time.time())
+        if isinstance(response, httpx.Response):
+            return retry_after_s(response.headers.get("retry-after"))
     return None
 
 

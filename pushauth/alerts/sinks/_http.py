@@ -11,10 +11,8 @@ credential, and aiohttp puts the full URL into some exception messages (connecti
 
 from __future__ import annotations
 
-import email.utils
 import re
 import ssl
-import time
 from collections.abc import Mapping
 
 import aiohttp
@@ -23,6 +21,7 @@ import structlog
 from pushauth import __version__
 from pushauth.alerts.settings import url_origin
 from pushauth.alerts.sinks.base import DELIVERED, SinkOutcome, SinkOutcomeKind, retry
+from pushauth.clock import retry_after_s
 
 log = structlog.get_logger(__name__)
 
@@ -30,20 +29,6 @@ USER_AGENT = f"pushauth/{__version__}"
 # Enough of an error answer to tell "no_service" from "invalid_blocks"; the rest is not read.
 _DETAIL_BYTES = 200
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]+")
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a Retry-After header: delta seconds or an HTTP date (RFC 9110 10.2.3)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def tls_context(ca_file: str) -> ssl.SSLContext:
@@ -79,7 +64,7 @@ class HttpTarget:
                     log.debug("alert_sink_delivered", sink=self._sink, kind=self._kind, target=self.origin,
                               status=resp.status)
                     return DELIVERED
-                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                retry_after = retry_after_s(resp.headers.get("Retry-After"))
                 status = resp.status
         except TimeoutError as exc:
             return self._failed("timeout", exc)
