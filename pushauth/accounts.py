@@ -1,8 +1,11 @@
-"""What the security team sees of a user and does to one: the user view, lock, unlock (and lift a
-suspension), revoke a device. Every action names who took it (the admin token's hash prefix)."""
+"""What the security team (and, for a few signals, the login flow) sees of a user and does to one: the
+user view, lock, unlock (and lift a suspension), revoke a device, account policy flags (exempt, shared),
+remembered browsers, temporary access codes. Every action is audited with who took it (the admin token's
+hash prefix, or the application)."""
 
 from __future__ import annotations
 
+import secrets
 from typing import Any, cast
 
 import msgspec
@@ -10,9 +13,12 @@ import redis.asyncio as aioredis
 
 from pushauth import clock, ids
 from pushauth.alerts.store import AlertStore
+from pushauth.audit import Audit
 from pushauth.clock import rfc3339
+from pushauth.config import Settings
+from pushauth.crypto.secrets import sha256_hex
 from pushauth.devices import Devices
-from pushauth.errors import NotFound, Unprocessable
+from pushauth.errors import NotFound, RateLimited, Unprocessable
 from pushauth.store import KeySpace, reads
 from pushauth.store import scripts as lua
 
@@ -25,12 +31,14 @@ def _time(raw: str | None) -> str | None:
 
 
 class Accounts:
-    def __init__(self, redis: aioredis.Redis, keyspace: KeySpace, devices: Devices,
-                 alerts: AlertStore) -> None:
+    def __init__(self, redis: aioredis.Redis, keyspace: KeySpace, settings: Settings, devices: Devices,
+                 alerts: AlertStore, audit: Audit) -> None:
         self._r = redis
         self._ks = keyspace
+        self._s = settings
         self._devices = devices
         self._alerts = alerts
+        self._audit = audit
 
     async def _uid(self, user: str) -> str:
         uid = await self._devices.uid_for(user)
@@ -82,6 +90,8 @@ class Accounts:
                 item["late_answer"] = c["late"].split(":", 1)[0]
             recent.append(item)
         open_alerts = await self._alerts.alerts(status="open", uid=uid, limit=50)
+        remembered = await self._remembered(uid)
+        paused_until = int(u.get("paused_until", "0") or 0)
         locked = u.get("locked") == "1"
         suspended = u.get("suspended") == "1"
         return {
@@ -93,6 +103,10 @@ class Accounts:
             "suspended_reason": u.get("susp_why") if suspended else None,
             "suspended_until": _time(u.get("susp_until")) if suspended else None,
             "consecutive_failures": int(u.get("fails", "0")),
+            "policy": self._s.policy.account_kind(user, u),
+            "paused_until": rfc3339(paused_until) if paused_until > now else None,
+            "prompts_refused_while_paused": int(u.get("paused_refused", "0")),
+            "remembered_browsers": remembered,
             "recent_challenges": recent,
             "open_alerts": [a["id"] for a in open_alerts],
         }
@@ -102,6 +116,8 @@ class Accounts:
             raise Unprocessable("what must be all, lock or suspension", code="invalid")
         uid = await self._uid(user)
         res = await lua.UNLOCK_USER(self._r, [self._ks.user(uid)], [clock.now(), by, what])
+        await self._audit.record("unlocked", user=user, who=by, why=what, was_locked=bool(res[0]),
+                                 was_suspended=bool(res[1]))
         return {"was_locked": bool(res[0]), "was_suspended": bool(res[1])}
 
     async def lock(self, user: str, *, by: str) -> None:
@@ -109,9 +125,101 @@ class Accounts:
         res = await lua.LOCK_USER(self._r, [self._ks.user(uid)],
                                   [*self._alerts.ledger_args(uid, user, clock.now()), by])
         await self._alerts.announce(uid, res[1])
+        await self._audit.record("locked", user=user, who=by, why="security team")
 
     async def revoke_device(self, user: str, device_id: str, *, by: str) -> None:
         uid = await self._uid(user)
         if ids.device_uid(device_id) != uid:
             raise NotFound("no such device for this user")
         await self._devices.revoke(uid, device_id, by=by)
+        await self._audit.record("device_revoked", user=user, who=by, why="lost or replaced phone",
+                                 device_id=device_id)
+
+    # -- account policy ----------------------------------------------------------------------------------
+
+    async def set_policy(self, user: str, *, exempt: bool | None, shared: bool | None, by: str) -> str | None:
+        uid = await self._devices.uid_for(user, create=True)
+        assert uid is not None
+        changes: dict[Any, Any] = {"name": user}
+        if exempt is not None:
+            changes["policy_exempt"] = "1" if exempt else "0"
+        if shared is not None:
+            changes["policy_shared"] = "1" if shared else "0"
+        await self._r.hset(self._ks.user(uid), mapping=changes)
+        await self._audit.record("policy_set", user=user, who=by, why="security team",
+                                 exempt=exempt, shared=shared)
+        return self._s.policy.account_kind(user, await reads.hgetall(self._r, self._ks.user(uid)))
+
+    # -- remembered browsers -----------------------------------------------------------------------------
+
+    async def _remembered(self, uid: str) -> list[dict[str, Any]]:
+        now = clock.now()
+        raw = await reads.hgetall(self._r, self._ks.remembered(uid))
+        out = []
+        for tid, value in sorted(raw.items()):
+            r = _decode(value)
+            if int(r.get("exp", 0)) > now:
+                out.append({"id": tid, "app": r.get("app"), "created_at": rfc3339(int(r["created"])),
+                            "expires_at": rfc3339(int(r["exp"]))})
+        return out
+
+    async def revoke_remembered(self, user: str, token_id: str | None, *, by: str, why: str) -> int:
+        """One remembered browser (`token_id`), or all of the user's. Returns how many were revoked."""
+        uid = await self._devices.uid_for(user)
+        if uid is None:
+            return 0
+        key = self._ks.remembered(uid)
+        n = int(await self._r.hdel(key, token_id)) if token_id else int(await self._r.hlen(key))
+        if token_id is None:
+            await self._r.delete(key)
+        await self._audit.record("remembered_revoked", user=user, who=by, why=why, token_id=token_id or "all",
+                                 revoked=n)
+        return n
+
+    # -- temporary access codes --------------------------------------------------------------------------
+
+    async def issue_access_code(self, user: str, *, by: str) -> tuple[str, int]:
+        uid = await self._uid(user)
+        code = access_code()
+        expires = clock.now() + self._s.policy.access_code_ttl_s
+        res = await lua.ISSUE_ACCESS_CODE(self._r, [self._ks.user(uid)],
+                                          [*self._alerts.ledger_args(uid, user, clock.now()),
+                                           sha256_hex(_normal(code)), expires, by])
+        await self._alerts.announce(uid, res[1])
+        await self._audit.record("access_code_issued", user=user, who=by, why="no phone at hand",
+                                 expires_at=rfc3339(expires))
+        return code, expires
+
+    async def verify_access_code(self, user: str, code: str, *, by: str) -> bool:
+        uid = await self._devices.uid_for(user)
+        if uid is None:
+            await self._audit.record("access_code_refused", user=user, who=by, why="unknown user")
+            return False
+        policy = self._s.policy
+        res = await lua.VERIFY_ACCESS_CODE(self._r, [self._ks.user(uid)],
+                                           [*self._alerts.ledger_args(uid, user, clock.now()),
+                                            sha256_hex(_normal(code)), policy.access_code_attempts,
+                                            policy.access_code_window_s])
+        await self._alerts.announce(uid, res[1])
+        what = res[0]
+        await self._audit.record("access_code_used" if what == "valid" else "access_code_refused",
+                                 user=user, who=by, why=what)
+        if what == "rate_limited":
+            raise RateLimited("too many wrong access codes for this user; try again later",
+                              retry_after_s=int(res[2]))
+        return bool(what == "valid")
+
+
+# Easy to read out over a phone: no 0/O, 1/I/L; 12 characters of 31 is ~59 bits, for a code that lives an
+# hour, works once, and is locked out after a handful of wrong tries.
+_CODE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
+
+
+def access_code() -> str:
+    raw = "".join(secrets.choice(_CODE_ALPHABET) for _ in range(12))
+    return f"{raw[:4]}-{raw[4:8]}-{raw[8:]}"
+
+
+def _normal(code: str) -> str:
+    """What a person types: any case, with or without the dashes and spaces."""
+    return code.replace("-", "").replace(" ", "").upper()

@@ -26,10 +26,12 @@ import redis.asyncio as aioredis
 
 from pushauth import clock, ids
 from pushauth.alerts.store import AlertStore
+from pushauth.audit import Audit
 from pushauth.clock import rfc3339
 from pushauth.config import Application, Settings
 from pushauth.crypto import jws, secrets
 from pushauth.crypto.keys import KeyRing
+from pushauth.crypto.secrets import sha256_hex
 from pushauth.delivery import PushQueue, delivery_view
 from pushauth.detection import network_of
 from pushauth.devices import AuthedDevice, Devices, raise_gate_failure
@@ -40,12 +42,23 @@ from pushauth.store.events import ChallengeEvents, Decision
 
 CHALLENGE_TYP = "pushauth-challenge+jwt"
 ASSERTION_TYP = "pushauth-assertion+jwt"
+REMEMBER_TYP = "pushauth-remember+jwt"
 # An assertion is for the login flow to consume at once; five minutes covers slow redirects.
 ASSERTION_LIFE_S = 300
 NONCE_BYTES = 16  # 128 bits, the contract's minimum
 DENY_REASONS = ("not_me", "mistake")
 
 _encode = msgspec.json.Encoder().encode
+
+
+@dataclass(frozen=True, slots=True)
+class Allowed:
+    """No prompt needed: reason "exempt" (account: "exempt" or "shared"), "remembered", or "grace"
+    (enroll_by: the enforcement date)."""
+
+    reason: str
+    account: str | None = None
+    enroll_by: int | None = None
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -61,7 +74,7 @@ class Created:
 class Challenges:
     def __init__(self, redis: aioredis.Redis, keyspace: KeySpace, settings: Settings,
                  keyring: Callable[[], KeyRing], devices: Devices, events: ChallengeEvents,
-                 alerts: AlertStore, push: PushQueue | None = None) -> None:
+                 alerts: AlertStore, audit: Audit, push: PushQueue | None = None) -> None:
         self._r = redis
         self._ks = keyspace
         self._s = settings
@@ -69,20 +82,33 @@ class Challenges:
         self._devices = devices
         self._events = events
         self._alerts = alerts
+        self._audit = audit
         self._push = push
         self._app_names: Mapping[str, str] = {a.id: a.name for a in settings.applications}
 
     # -- login flow ---------------------------------------------------------------------------------------
 
     async def create(self, app: Application, user: str, context: dict[str, str] | None,
-                     ttl_s: int | None) -> Created:
+                     ttl_s: int | None, *, remember_token: str | None = None,
+                     browser_id: str | None = None) -> Created | Allowed:
+        """A prompt for `user`, or the policy's reason why none is needed (pushauth/policy.py); every
+        outcome but a plain prompt is audited."""
         cfg = self._s.challenges
         ttl = cfg.default_ttl_s if ttl_s is None else ttl_s
         if not 10 <= ttl <= cfg.max_ttl_s:
             raise Unprocessable(f"ttl_s must be between 10 and {cfg.max_ttl_s}", code="invalid_ttl")
+        who = f"app:{app.id}"
+        ip = (context or {}).get("ip", "")
+        # Shared mailbox or exempt account by the configured patterns (the flags the admin API sets on an
+        # account are read by the script): no prompt, and it is on the record.
+        kind = self._s.policy.account_kind(user, {})
+        if kind is not None:
+            await self._audit.record("allowed", user=user, who=who, why=kind, reason="exempt", ip=ip)
+            return Allowed("exempt", account=kind)
         uid = await self._devices.uid_for(user)
         if uid is None:
-            raise Forbidden("no phone is enrolled for this user", code="not_enrolled")
+            return await self._not_enrolled(app, user, ip)
+        rtid, rbid = self._remembered(app, user, remember_token, browser_id)
         cid = ids.new_challenge_id(uid)
         now = clock.now()
         exp = now + ttl
@@ -94,14 +120,30 @@ class Challenges:
         ctx_json = _encode(context).decode() if context else ""
         if ctx_json:
             fields += ["ctx", ctx_json]
+        if browser_id and self._s.policy.remember_days > 0:
+            fields += ["rmb", sha256_hex(browser_id)]  # an approval then remembers this browser
         network = network_of(context["ip"]) if context and context.get("ip") else ""
         location = (context or {}).get("location", "")[:128]
         res = await lua.CREATE_CHALLENGE(
             self._r, [self._ks.user(uid)],
             [*self._alerts.ledger_args(uid, user, now), exp, exp + cfg.retention_s, cid, network, location,
-             ctx_json, app.id, *fields])
+             ctx_json, app.id, rtid, rbid, *fields])
         await self._alerts.announce(uid, res[1])
         what = res[0]
+        if what == "exempt":
+            await self._audit.record("allowed", user=user, who=who, why=res[2], reason="exempt", ip=ip)
+            return Allowed("exempt", account=str(res[2]))
+        if what == "remembered":
+            await self._audit.record("allowed", user=user, who=who, why="remembered browser",
+                                     reason="remembered", token_id=rtid, ip=ip)
+            return Allowed("remembered")
+        if what == "not_enrolled":
+            return await self._not_enrolled(app, user, ip)
+        if what != "ok":
+            await self._audit.record("refused", user=user, who=who, why=what, ip=ip)
+        if what == "paused":
+            raise Forbidden(f"the user's phone has paused sign-in prompts until {rfc3339(int(res[2]))}",
+                            code="suspended")
         if what == "locked":
             raise Forbidden("this account is locked; the security team can unlock it", code="locked")
         if what == "suspended":
@@ -119,6 +161,48 @@ class Challenges:
             self._push.enqueue_in(pipe, cid)
         await pipe.execute()
         return Created(cid, exp, number or None)
+
+    async def _not_enrolled(self, app: Application, user: str, ip: str) -> Allowed:
+        """No phone: allowed until the enforcement date that applies (`grace`), refused after it."""
+        enforced = self._s.policy.enforced_from(app.id, user)
+        if clock.now() < enforced:
+            await self._audit.record("allowed", user=user, who=f"app:{app.id}", why="before enforcement date",
+                                     reason="grace", enroll_by=rfc3339(enforced), ip=ip)
+            return Allowed("grace", enroll_by=enforced)
+        await self._audit.record("refused", user=user, who=f"app:{app.id}", why="not_enrolled", ip=ip)
+        raise Forbidden("no phone is enrolled for this user", code="not_enrolled")
+
+    def _remembered(self, app: Application, user: str, token: str | None,
+                    browser_id: str | None) -> tuple[str, str]:
+        """(token id, browser hash) of a valid remember token for this user, application and browser, or
+        ("", ""): a token that does not verify only means the user is prompted. Whether it was revoked is
+        for the script to say, atomically with the lock and suspension checks."""
+        if not token or not browser_id or self._s.policy.remember_days == 0:
+            return "", ""
+        try:
+            header = jws.read_header(token, typ=REMEMBER_TYP)
+            claims = jws.verify(token, self._keyring().verifying_key(header["kid"]))
+        except jws.InvalidJWS:
+            return "", ""
+        bid = sha256_hex(browser_id)
+        tid, exp = claims.get("jti"), claims.get("exp")
+        if (claims.get("iss") != self._s.server.base_url or claims.get("aud") != app.id
+                or claims.get("sub") != user or not isinstance(tid, str) or type(exp) is not int
+                or exp <= clock.now() or not secrets.equal(str(claims.get("bid", "")), bid)):
+            return "", ""
+        return tid, bid
+
+    def remember_token_owner(self, app: Application, token: str) -> tuple[str, str] | None:
+        """(user, token id) of a remember token this server signed for `app`, whatever its browser."""
+        try:
+            header = jws.read_header(token, typ=REMEMBER_TYP)
+            claims = jws.verify(token, self._keyring().verifying_key(header["kid"]))
+        except jws.InvalidJWS:
+            return None
+        sub, tid = claims.get("sub"), claims.get("jti")
+        if claims.get("aud") != app.id or not isinstance(sub, str) or not isinstance(tid, str):
+            return None
+        return sub, tid
 
     async def status(self, app: Application, cid: str, wait_s: float) -> dict[str, Any]:
         key = self._challenge_key(cid)
@@ -247,6 +331,9 @@ class Challenges:
         if status == "approved":
             out["device"] = h["dev"]
             out["assertion"] = self._assertion(app, cid, h["user"], h["dev"], int(h["dat"]), now)
+            if h.get("rmb") and self._s.policy.remember_days > 0:
+                out["remember_token"] = self._remember_token(app, cid, h["user"], h["rmb"],
+                                                             int(h["dat"]))
         elif status == "denied":
             if h.get("dev"):  # a denial by containment (suspended, locked) has no device
                 out["device"] = h["dev"]
@@ -262,6 +349,16 @@ class Challenges:
                   "exp": now + ASSERTION_LIFE_S, "auth_time": decided_at, "result": "approved",
                   "device": device}
         return jws.sign(claims, ring.current.key, typ=ASSERTION_TYP, kid=ring.current.kid)
+
+    def _remember_token(self, app: Application, cid: str, user: str, browser_hash: str,
+                        decided_at: int) -> str:
+        """Signed, so the server needs to store no secret: the id (`r<cid>`) is what the user's remembered
+        list holds and what revocation removes."""
+        ring = self._keyring()
+        claims = {"iss": self._s.server.base_url, "aud": app.id, "sub": user, "jti": f"r{cid}",
+                  "bid": browser_hash, "iat": decided_at,
+                  "exp": decided_at + self._s.policy.remember_days * 86400}
+        return jws.sign(claims, ring.current.key, typ=REMEMBER_TYP, kid=ring.current.kid)
 
     def _sign_challenge(self, cid: str, h: Mapping[str, str], did: str) -> str:
         ring = self._keyring()

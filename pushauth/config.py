@@ -24,6 +24,7 @@ import msgspec
 from pushauth.alerts.settings import SinkSettings
 from pushauth.detection import ContainmentSettings, DetectionSettings
 from pushauth.errors import ConfigError
+from pushauth.policy import PolicySettings
 
 ENV_PREFIX = "PUSHAUTH_"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -266,6 +267,7 @@ class Settings(_Section, frozen=True):
     detection: DetectionSettings = DetectionSettings()
     containment: ContainmentSettings = ContainmentSettings()
     alerts: AlertSettings = AlertSettings()
+    policy: PolicySettings = PolicySettings()
     logging: LoggingSettings = LoggingSettings()
 
     def __post_init__(self) -> None:

@@ -144,11 +144,12 @@ class ContainmentSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
 
 
 def ledger_config(detection: DetectionSettings, containment: ContainmentSettings, *,
-                  assertion_life_s: int) -> str:
-    """The thresholds as the JSON the Lua ledger decodes (one ARGV, built once per process)."""
+                  assertion_life_s: int, remember_s: int = 0, other_windows_s: int = 0) -> str:
+    """The thresholds as the JSON the Lua ledger decodes (one ARGV, built once per process).
+    `other_windows_s`: the longest window another user of the history needs (access-code attempts)."""
     d, c = detection, containment
     keep = max(d.push_bombing_window_s, d.repeated_denials_window_s, d.approved_after_window_s,
-               d.ignored_prompts_window_s, d.incident_window_s)
+               d.ignored_prompts_window_s, d.incident_window_s, other_windows_s)
     return msgspec.json.encode({
         "incident_window_s": d.incident_window_s, "max_events": d.max_events,
         "bomb_max": d.push_bombing_max, "bomb_win": d.push_bombing_window_s,
@@ -159,7 +160,7 @@ def ledger_config(detection: DetectionSettings, containment: ContainmentSettings
         "suspend": c.suspend_on_not_me, "suspend_for_s": c.suspend_for_s,
         "revoke_remembered": c.revoke_remembered_on_not_me,
         "lock_n": c.lockout_after_failures, "unlock_s": c.auto_unlock_after_s,
-        "assertion_life_s": assertion_life_s,
+        "assertion_life_s": assertion_life_s, "remember_s": remember_s,
     }).decode()
 
 
@@ -309,11 +310,16 @@ local function suspend(why)
   if CFG.suspend_for_s > 0 then untl = NOW + CFG.suspend_for_s end
   redis.call('HSET', uk('user'), 'suspended', '1', 'susp_at', NOW, 'susp_why', why, 'susp_until', untl)
   contained('prompts_suspended')
+  deny_open('suspended', NOW - CFG.assertion_life_s)
+end
+
+-- "I didn't request this": each containment as configured
+local function not_me()
+  if CFG.suspend then suspend('not_me') end
   if CFG.revoke_remembered then
     redis.call('DEL', uk('remembered'))
     contained('remembered_browsers_revoked')
   end
-  deny_open('suspended', NOW - CFG.assertion_life_s)
 end
 
 local function lock(why)

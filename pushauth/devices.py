@@ -20,13 +20,15 @@ import redis.asyncio as aioredis
 from joserfc.jwk import ECKey
 
 from pushauth import clock, ids
+from pushauth.alerts.store import AlertStore
+from pushauth.audit import Audit
 from pushauth.clock import rfc3339
 from pushauth.config import Settings
 from pushauth.crypto import device_auth, jws
 from pushauth.crypto.device_auth import BadDeviceRequest
 from pushauth.crypto.keys import KeyRing
 from pushauth.crypto.secrets import new_secret
-from pushauth.errors import NotFound, Unauthorized
+from pushauth.errors import Forbidden, NotFound, Unauthorized, Unprocessable
 from pushauth.store import KeySpace, reads
 from pushauth.store import scripts as lua
 
@@ -65,11 +67,15 @@ class AuthedDevice:
 
 class Devices:
     def __init__(self, redis: aioredis.Redis, keyspace: KeySpace, settings: Settings,
-                 keyring: Callable[[], KeyRing]) -> None:
+                 keyring: Callable[[], KeyRing], alerts: AlertStore | None = None,
+                 audit: Audit | None = None) -> None:
         self._r = redis
         self._ks = keyspace
         self._settings = settings
         self._keyring = keyring
+        # Both needed to register devices (the server); the CLI only creates enrollment codes.
+        self._alerts = alerts
+        self._audit = audit
         # Device public keys never change, so a verified key can be cached; status is always read live.
         self._keys: dict[str, ECKey] = {}
         self._uids: dict[str, str] = {}
@@ -99,7 +105,23 @@ class Devices:
 
     # -- enrollment --------------------------------------------------------------------------------------
 
+    async def account_flags(self, user: str) -> tuple[str | None, dict[str, str]]:
+        """The user's uid (None: never enrolled, no flags) and the hash holding its policy flags."""
+        uid = await self.uid_for(user)
+        if uid is None:
+            return None, {}
+        return uid, await reads.hgetall(self._r, self._ks.user(uid))
+
+    async def _refuse_shared(self, user: str, by: str) -> None:
+        _, flags = await self.account_flags(user)
+        if self._settings.policy.account_kind(user, flags) == "shared":
+            if self._audit is not None:
+                await self._audit.record("enrollment_refused", user=user, who=by, why="shared_account")
+            raise Forbidden("this is a shared mailbox: shared mailboxes must not set up MFA",
+                            code="shared_account")
+
     async def create_enrollment(self, user: str, *, requested_by: str) -> Enrollment:
+        await self._refuse_shared(user, requested_by)
         code = new_secret(32)
         eid = ids.new_enrollment_id()
         ttl = self._settings.enrollment.code_ttl_s
@@ -140,6 +162,8 @@ class Devices:
         if not await self._r.set(self._ks.enrollment_jti(jkt, req.jti), "1", nx=True, ex=self._jti_ttl):
             raise BadDeviceRequest("request replayed (jti seen before)", code="replayed")
         user = enrollment["user"]
+        # Marked shared after the code was made: still refused (the code is spent either way).
+        await self._refuse_shared(user, "device")
         uid = await self.uid_for(user, create=True)
         assert uid is not None
         did = ids.new_device_id(uid)
@@ -151,10 +175,17 @@ class Devices:
             "ptok": push_token or "", "created": now, "eid": enrollment["id"],
             "enroll_ip": remote_ip or "",
         }
-        await lua.REGISTER_DEVICE(
-            self._r, [self._ks.devices(uid), self._ks.device(uid, did), self._ks.user(uid)],
-            [did, user, *[x for kv in fields.items() for x in kv]])
+        if self._alerts is None:
+            raise RuntimeError("Devices was built without an AlertStore and cannot register devices")
+        res = await lua.REGISTER_DEVICE(
+            self._r, [self._ks.user(uid)],
+            [*self._alerts.ledger_args(uid, user, now), did, *[x for kv in fields.items() for x in kv]])
+        await self._alerts.announce(uid, res[1])
         self._keys[did] = key
+        if self._audit is not None:
+            await self._audit.record("device_enrolled", user=user, who=f"enrollment:{enrollment['id']}",
+                                     why="remembered browsers revoked", device_id=did,
+                                     other_devices=len(res[2]))
         return Registered(did, user)
 
     # -- authenticated device requests --------------------------------------------------------------------
@@ -210,6 +241,58 @@ class Devices:
     async def unenroll(self, dev: AuthedDevice) -> None:
         await self.gate(dev, self._ks.device(dev.uid, dev.device_id), "challenge")
         await self.revoke(dev.uid, dev.device_id, by="device")
+
+    # -- the phone's own account actions -------------------------------------------------------------------
+
+    async def pause(self, dev: AuthedDevice, duration_s: int) -> int:
+        """Pause the user's prompts (holiday) for `duration_s`; prompts meanwhile are refused (`suspended`)
+        and counted. Returns the time they resume."""
+        max_s = self._settings.policy.max_pause_s
+        if duration_s > max_s:
+            raise Unprocessable(f"duration_s must be at most {max_s}", code="invalid")
+        await self.gate(dev, self._ks.device(dev.uid, dev.device_id), "challenge")
+        until = clock.now() + duration_s
+        await lua.PAUSE_PROMPTS(self._r, [self._ks.user(dev.uid)], [until, dev.device_id, clock.now()])
+        await self._audit_device(dev, "prompts_paused", until=rfc3339(until))
+        return until
+
+    async def resume(self, dev: AuthedDevice) -> None:
+        await self.gate(dev, self._ks.device(dev.uid, dev.device_id), "challenge")
+        await lua.PAUSE_PROMPTS(self._r, [self._ks.user(dev.uid)], [0, dev.device_id, clock.now()])
+        await self._audit_device(dev, "prompts_resumed")
+
+    async def revoke_other(self, dev: AuthedDevice, other: str) -> None:
+        """A lost or replaced phone, revoked from another phone of the same user."""
+        if ids.device_uid(other) != dev.uid or other == dev.device_id:
+            raise NotFound("no such other device of this user")
+        await self.gate(dev, self._ks.device(dev.uid, dev.device_id), "challenge")
+        await self.revoke(dev.uid, other, by=f"device:{dev.device_id}")
+        await self._audit_device(dev, "device_revoked", device_id=other, why="lost or replaced phone")
+
+    async def notices(self, dev: AuthedDevice) -> list[dict[str, Any]]:
+        """What happened to the account that this phone should tell its user (a new phone was added)."""
+        await self.gate(dev, self._ks.device(dev.uid, dev.device_id), "challenge")
+        key = f"{self._ks.user_prefix(dev.uid)}notices:{dev.device_id}"
+        pipe = self._r.pipeline(transaction=True)
+        pipe.lrange(key, 0, -1)
+        pipe.delete(key)
+        raw, _ = await pipe.execute()
+        out = []
+        for item in cast(list[str], raw):
+            notice = msgspec.json.decode(item)
+            notice["at"] = rfc3339(int(notice.get("at", 0)))
+            out.append(notice)
+        return out
+
+    async def own_devices(self, dev: AuthedDevice) -> list[dict[str, Any]]:
+        await self.gate(dev, self._ks.device(dev.uid, dev.device_id), "challenge")
+        return [{**d, "this_device": d["id"] == dev.device_id} for d in await self.list_devices(dev.uid)]
+
+    async def _audit_device(self, dev: AuthedDevice, what: str, *, why: str = "", **details: Any) -> None:
+        if self._audit is not None:
+            user = await reads.hget(self._r, self._ks.user(dev.uid), "name") or ""
+            await self._audit.record(what, user=user, who=f"device:{dev.device_id}", why=why or "the user",
+                                     **details)
 
     async def list_devices(self, uid: str) -> list[dict[str, Any]]:
         dids = sorted(await reads.smembers(self._r, self._ks.devices(uid)))

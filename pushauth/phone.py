@@ -275,6 +275,26 @@ class Phone:
     async def unenroll(self) -> None:
         _ok(*await self.signed_request("DELETE", "/v1/device"))
 
+    async def pause(self, duration_s: int) -> str:
+        """Pause the user's prompts (holiday). Returns when they resume (RFC 3339)."""
+        return str(_ok(*await self.signed_request("POST", "/v1/device/pause",
+                                                  {"duration_s": duration_s}))["paused_until"])
+
+    async def resume(self) -> None:
+        _ok(*await self.signed_request("DELETE", "/v1/device/pause"))
+
+    async def devices(self) -> list[dict[str, Any]]:
+        """The user's phones, this one included (`this_device`)."""
+        return list(_ok(*await self.signed_request("GET", "/v1/device/devices"))["devices"])
+
+    async def revoke_device(self, device_id: str) -> None:
+        """Revoke another phone of the same user (lost or replaced)."""
+        _ok(*await self.signed_request("DELETE", f"/v1/device/devices/{device_id}"))
+
+    async def notices(self) -> list[dict[str, Any]]:
+        """What the server asks this phone to tell its user (a new phone was added), once."""
+        return list(_ok(*await self.signed_request("GET", "/v1/device/notices"))["notices"])
+
     async def refresh_server_keys(self) -> None:
         """Replace the known server keys with the JWKS served by the pinned server (after a rotation)."""
         status, data = await self._send("GET", "/.well-known/jwks.json", None, {})

@@ -43,8 +43,7 @@ async def run(config: Path | None, name: str | None) -> None:
         raise PushAuthError("no alert sink is configured ([[alerts.sinks]])")
     redis = open_redis(settings.store)
     keyspace = KeySpace(settings.store.prefix)
-    store = AlertStore(redis, keyspace, settings.detection, settings.containment,
-                       assertion_life_s=ASSERTION_LIFE_S)
+    store = AlertStore(redis, keyspace, settings, assertion_life_s=ASSERTION_LIFE_S)
     delivery = AlertDelivery(redis, keyspace, store, settings.alerts, sinks,
                              {s.name: s for s in settings.alerts.sinks})
     consumer_name = name or f"{socket.gethostname()}-{os.getpid()}"

@@ -33,8 +33,7 @@ async def run(config: Path | None) -> None:
                             "runs it itself")
     redis = open_redis(settings.store)
     keyspace = KeySpace(settings.store.prefix)
-    store = AlertStore(redis, keyspace, settings.detection, settings.containment,
-                       assertion_life_s=ASSERTION_LIFE_S)
+    store = AlertStore(redis, keyspace, settings, assertion_life_s=ASSERTION_LIFE_S)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -22,7 +22,8 @@ import structlog
 
 from pushauth import ids
 from pushauth.clock import rfc3339
-from pushauth.detection import ContainmentSettings, DetectionSettings, ledger_config
+from pushauth.config import Settings
+from pushauth.detection import ledger_config
 from pushauth.errors import Conflict, NotFound
 from pushauth.store import KeySpace, reads
 from pushauth.store import scripts as lua
@@ -106,11 +107,14 @@ def alert_view(h: Mapping[str, str]) -> dict[str, Any]:
 
 
 class AlertStore:
-    def __init__(self, redis: aioredis.Redis, keyspace: KeySpace, detection: DetectionSettings,
-                 containment: ContainmentSettings, *, assertion_life_s: int) -> None:
+    def __init__(self, redis: aioredis.Redis, keyspace: KeySpace, settings: Settings, *,
+                 assertion_life_s: int) -> None:
         self._r = redis
         self._ks = keyspace
-        self._cfg = ledger_config(detection, containment, assertion_life_s=assertion_life_s)
+        policy = settings.policy
+        self._cfg = ledger_config(settings.detection, settings.containment, assertion_life_s=assertion_life_s,
+                                  remember_s=policy.remember_days * 86400,
+                                  other_windows_s=policy.access_code_window_s)
         self.names = StreamNames.for_(keyspace.p, STREAM)
 
     # -- what the transition scripts need ------------------------------------------------------------------

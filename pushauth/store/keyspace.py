@@ -14,7 +14,7 @@
     {p}:{<uid>}:alerts            zset  the user's alert ids by creation
     {p}:{<uid>}:incident          str   the open incident new events join (expires with the window)
     {p}:{<uid>}:aout              zset  alert versions not yet handed to the alert stream (outbox)
-    {p}:{<uid>}:remembered        hash  remembered browsers (revoked by containment)
+    {p}:{<uid>}:remembered        hash  remembered browsers: token id -> {app, browser hash, exp}
     {p}:enr:<sha256(code)>        hash  unused enrollment code (own slot; GETDEL consumes it)
     {p}:jti:enr:<jkt>:<jti>       str   replay cache for enrollment requests (no uid yet)
     {p}:events                    pub/sub channel for challenge decisions
@@ -23,6 +23,8 @@
     {p}:{alerts}:stream|delayed|dead    the alert delivery stream (store.streams), its retries, dead letter
     {p}:{alerts}:disabled         hash  alert sinks disabled by a 410, and when
     {p}:{expiry}:due              zset  challenge ids by expiry, for the expiry worker
+    {p}:{audit}:stream            stream the audit trail (pushauth/audit.py)
+    {p}:{<uid>}:acode             hash  the user's temporary access code (hashed) and its expiry
 
 The `{uid}` hash tag puts all of one user's keys in one Cluster slot, so one script can change a
 challenge, the user's counters and the alert it raises together. The `{alerts}` and `{expiry}` keys are
@@ -39,7 +41,7 @@ from pushauth.crypto.secrets import sha256_hex
 
 
 class KeySpace:
-    __slots__ = ("alert_index", "alert_open", "alert_sinks_disabled", "events", "expiry_due", "p")
+    __slots__ = ("alert_index", "alert_open", "alert_sinks_disabled", "audit", "events", "expiry_due", "p")
 
     def __init__(self, prefix: str) -> None:
         self.p = prefix
@@ -48,6 +50,7 @@ class KeySpace:
         self.alert_open = f"{prefix}:{{alerts}}:open"
         self.alert_sinks_disabled = f"{prefix}:{{alerts}}:disabled"
         self.expiry_due = f"{prefix}:{{expiry}}:due"
+        self.audit = f"{prefix}:{{audit}}:stream"
 
     def user_prefix(self, uid: str) -> str:
         """What the Lua ledger builds a user's other keys from (same hash tag)."""
@@ -67,6 +70,9 @@ class KeySpace:
 
     def recent(self, uid: str) -> str:
         return f"{self.p}:{{{uid}}}:recent"
+
+    def access_code(self, uid: str) -> str:
+        return f"{self.p}:{{{uid}}}:acode"
 
     def remembered(self, uid: str) -> str:
         return f"{self.p}:{{{uid}}}:remembered"

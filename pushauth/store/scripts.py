@@ -63,13 +63,21 @@ def with_ledger(name: str, body: str) -> Script:
 
 
 # A login flow asks for a prompt. Expired prompts are settled first (ignored_prompts, lockout), then lock
-# and suspension, then push bombing (refused: 429), then new_context; then the challenge is written.
-# ARGV[7..]: exp, expire_at, cid, network, location, context JSON, app, then field/value pairs
-# -> {"ok", NOTES, "<comma-joined device ids>"} | {"locked"|"suspended"|"not_enrolled", NOTES}
-#    | {"rate_limited", NOTES, retry_after_s}
+# and suspension, then the phone's own pause, then a remembered browser (no prompt), then push bombing
+# (refused: 429), then new_context; then the challenge is written.
+# ARGV[7..]: exp, expire_at, cid, network, location, context JSON, app, remembered token id, browser hash,
+#            then field/value pairs
+# -> {"ok", NOTES, "<comma-joined device ids>"} | {"locked"|"suspended"|"not_enrolled"|"remembered", NOTES}
+#    | {"rate_limited", NOTES, retry_after_s} | {"paused", NOTES, until}
+#    | {"exempt", NOTES, "shared"|"exempt"}
 CREATE_CHALLENGE = with_ledger("create_challenge", """
 local exp, expire_at, cid, net, loc, ctxjson, app = tonumber(ARGV[7]), ARGV[8], ARGV[9], ARGV[10],
   ARGV[11], ARGV[12], ARGV[13]
+local rtid, rbid = ARGV[14], ARGV[15]
+-- accounts the security team marked shared (a mailbox) or exempt: no prompt, nothing else applies
+local flags = redis.call('HMGET', uk('user'), 'policy_shared', 'policy_exempt')
+if flags[1] == '1' then return {'exempt', NOTES, 'shared'} end
+if flags[2] == '1' then return {'exempt', NOTES, 'exempt'} end
 local login = nil
 if ctxjson ~= '' then login = cjson.decode(ctxjson) end
 settle()
@@ -81,6 +89,20 @@ if locked or suspended then
     raise('blocked_prompt', 'info', {reason = what, app = app, login = login})
   end
   return {what, NOTES}
+end
+-- the phone paused its own prompts (holiday): refused, and counted
+local paused = tonumber(redis.call('HGET', uk('user'), 'paused_until') or '0')
+if paused > NOW then
+  redis.call('HINCRBY', uk('user'), 'paused_refused', 1)
+  hist_add('paused', '-')
+  return {'paused', NOTES, paused}
+end
+if rtid ~= '' then
+  local raw = redis.call('HGET', uk('remembered'), rtid)
+  if raw then
+    local r = cjson.decode(raw)
+    if r.app == app and r.bid == rbid and tonumber(r.exp) > NOW then return {'remembered', NOTES} end
+  end
 end
 local devs = redis.call('SMEMBERS', uk('devs'))
 if #devs == 0 then return {'not_enrolled', NOTES} end
@@ -107,7 +129,7 @@ end
 table.sort(devs)
 local joined = table.concat(devs, ',')
 local ckey = uk('ch:' .. cid)
-redis.call('HSET', ckey, 'devs', joined, 'net', net, 'loc', loc, unpack(ARGV, 14))
+redis.call('HSET', ckey, 'devs', joined, 'net', net, 'loc', loc, unpack(ARGV, 16))
 redis.call('EXPIREAT', ckey, expire_at)
 redis.call('ZADD', uk('pending'), exp, cid)
 redis.call('ZADD', uk('recent'), NOW, cid)
@@ -163,7 +185,7 @@ if tonumber(c[2]) <= NOW then
   redis.call('HSET', ckey, 'late', status .. ':' .. reason, 'late_at', NOW, 'late_dev', did, 'aip', aip)
   if status == 'denied' and reason == 'not_me' then
     on_denial(cid, 'denied_not_me', 'critical')
-    if CFG.suspend then suspend('not_me') end
+    not_me()
     fail()
   else
     local ev = ch_evidence(cid)
@@ -200,12 +222,24 @@ if status == 'approved' then
   hist_add('approve', cid)
   redis.call('HSET', uk('user'), 'fails', 0)
   redis.call('HINCRBY', uk('user'), 'approvals', 1)
+  -- remember this browser for this application, if the login flow named it and remembering is on
+  local rm = redis.call('HMGET', ckey, 'rmb', 'app')
+  if CFG.remember_s > 0 and rm[1] and rm[1] ~= '' then
+    redis.call('HSET', uk('remembered'), 'r' .. cid,
+               cjson.encode({app = rm[2], bid = rm[1], created = NOW, exp = NOW + CFG.remember_s}))
+    if redis.call('HLEN', uk('remembered')) > 100 then
+      local all = redis.call('HGETALL', uk('remembered'))
+      for i = 1, #all, 2 do
+        if tonumber(cjson.decode(all[i + 1]).exp) <= NOW then redis.call('HDEL', uk('remembered'), all[i]) end
+      end
+    end
+  end
   if c[4] and c[4] ~= '' then redis.call('HSET', uk('seen'), 'n:' .. c[4], NOW) end
   if c[5] and c[5] ~= '' then redis.call('HSET', uk('seen'), 'l:' .. c[5], NOW) end
 else
   if reason == 'not_me' then
     on_denial(cid, 'denied_not_me', 'critical')
-    if CFG.suspend then suspend('not_me') end
+    not_me()
   elseif reason == 'wrong_number' then
     on_denial(cid, 'wrong_number', 'high')
   else
@@ -232,14 +266,30 @@ redis.call('PUBLISH', ARGV[4], ARGV[2] .. ' cancelled ' .. ARGV[1] .. ' - -')
 return {'ok'}
 """)
 
-# Register a new device for a user.
-# KEYS: devs, device, user
-# ARGV: did, user name, then field/value pairs for the device hash
-REGISTER_DEVICE = Script("register_device", """
-redis.call('HSET', KEYS[2], unpack(ARGV, 3))
-redis.call('SADD', KEYS[1], ARGV[1])
-redis.call('HSETNX', KEYS[3], 'name', ARGV[2])
-return {'ok'}
+# Register a new device for a user. A new phone revokes the user's remembered browsers (whoever enrolled
+# it may be signing in from one), and, when the user had a phone before, raises an info alert and leaves
+# a notice for the other phones ("a new phone was added to your account").
+# ARGV[7..]: did, then field/value pairs for the device hash   -> {"ok", NOTES, other active device ids}
+REGISTER_DEVICE = with_ledger("register_device", """
+local did = ARGV[7]
+local others = redis.call('SMEMBERS', uk('devs'))
+local before = tonumber(redis.call('HGET', uk('user'), 'enrolled') or '0')
+redis.call('HSET', uk('dev:' .. did), unpack(ARGV, 8))
+redis.call('SADD', uk('devs'), did)
+redis.call('HSETNX', uk('user'), 'name', USER)
+redis.call('HINCRBY', uk('user'), 'enrolled', 1)
+redis.call('DEL', uk('remembered'))
+if before > 0 then
+  local d = redis.call('HMGET', uk('dev:' .. did), 'name', 'platform', 'enroll_ip')
+  raise('device_enrolled', 'info', {device_id = did, device_name = d[1] or nil, platform = d[2] or nil,
+                                    phone_ip = (d[3] ~= '' and d[3]) or nil, other_devices = #others})
+  for _, other in ipairs(others) do
+    redis.call('LPUSH', uk('notices:' .. other), cjson.encode({type = 'device_added', device_id = did,
+                                                                name = d[1], at = NOW}))
+    redis.call('LTRIM', uk('notices:' .. other), 0, 49)
+  end
+end
+return {'ok', NOTES, others}
 """)
 
 # Revoke a device: it leaves the active set at once, so it gets no new challenges, and every later
@@ -296,5 +346,54 @@ if not st then return {'not_found'} end
 if st == 'acked' then return {'already'} end
 redis.call('HSET', KEYS[1], 'status', 'acked', 'acked_at', ARGV[1], 'acked_by', ARGV[2])
 if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
+return {'ok'}
+""")
+
+
+# The security team issues a temporary access code (stored hashed, one per user: a new one replaces the
+# old). Raises an info alert so its use is visible.
+# ARGV[7..]: sha256(code), expires_at, by   -> {"ok", NOTES}
+ISSUE_ACCESS_CODE = with_ledger("issue_access_code", """
+redis.call('HSET', uk('acode'), 'h', ARGV[7], 'exp', ARGV[8], 'by', ARGV[9], 'at', NOW)
+redis.call('EXPIREAT', uk('acode'), ARGV[8])
+raise('access_code_issued', 'info', {by = ARGV[9], expires = tonumber(ARGV[8])})
+return {'ok', NOTES}
+""")
+
+# The login flow checks an access code. Single use; wrong codes are rate limited per user and count
+# toward the lockout like any failed authentication. Comparing SHA-256 digests in Lua is not a timing
+# oracle for the code: an attacker learns at most a prefix of the digest of their own guess.
+# ARGV[7..]: sha256(code presented), attempts, window_s   -> {"valid"|"invalid"|"locked"|"suspended", NOTES}
+#    | {"rate_limited", NOTES, retry_after_s}
+VERIFY_ACCESS_CODE = with_ledger("verify_access_code", """
+settle()
+local locked, suspended = gate_state()
+local n, found = hist_count(tonumber(ARGV[9]), {acode_fail = true})
+if n >= tonumber(ARGV[8]) then
+  return {'rate_limited', NOTES, math.max(1, found[1].at + tonumber(ARGV[9]) - NOW)}
+end
+if locked then return {'locked', NOTES} end
+if suspended then return {'suspended', NOTES} end
+local a = redis.call('HMGET', uk('acode'), 'h', 'exp')
+if a[1] and tonumber(a[2]) > NOW and a[1] == ARGV[7] then
+  redis.call('DEL', uk('acode'))
+  hist_add('acode_ok', '-')
+  redis.call('HSET', uk('user'), 'fails', 0)
+  raise('access_code_used', 'info', {})
+  return {'valid', NOTES}
+end
+hist_add('acode_fail', '-')
+fail()
+return {'invalid', NOTES}
+""")
+
+# A phone pauses its user's prompts (holiday) until a time, or resumes them (until = 0).
+# KEYS: user   ARGV: until, did, now
+PAUSE_PROMPTS = Script("pause_prompts", """
+if tonumber(ARGV[1]) > 0 then
+  redis.call('HSET', KEYS[1], 'paused_until', ARGV[1], 'paused_by', ARGV[2], 'paused_at', ARGV[3])
+else
+  redis.call('HDEL', KEYS[1], 'paused_until', 'paused_by', 'paused_at')
+end
 return {'ok'}
 """)

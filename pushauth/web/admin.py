@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from pushauth.clock import rfc3339
 from pushauth.errors import NotFound, Unprocessable
 from pushauth.users import canonical
 from pushauth.web import io
 from pushauth.web.auth import Admin
-from pushauth.web.schemas import Unlock
-from pushauth.web.state import ACCOUNTS, ALERTS, CREDENTIALS, DEAD_LETTERS, DEVICES, SETTINGS
+from pushauth.web.schemas import AccountPolicy, Unlock
+from pushauth.web.state import ACCOUNTS, ALERTS, AUDIT, CREDENTIALS, DEAD_LETTERS, DEVICES, SETTINGS
 
 routes = web.RouteTableDef()
 
@@ -119,3 +120,54 @@ async def enable_sink(request: web.Request) -> web.Response:
         raise NotFound("no such alert sink")
     was_disabled = await request.app[DEAD_LETTERS].enable(name)
     return io.json({"name": name, "enabled": True, "was_disabled": was_disabled})
+
+
+@routes.put("/v1/users/{user}/policy")
+async def set_policy(request: web.Request) -> web.Response:
+    admin = _admin(request)
+    body = io.decode(await io.read_body(request), AccountPolicy)
+    user = canonical(request.match_info["user"])
+    kind = await request.app[ACCOUNTS].set_policy(user, exempt=body.exempt, shared=body.shared, by=_by(admin))
+    return io.json({"user": user, "policy": kind})
+
+
+@routes.post("/v1/users/{user}/access-codes")
+async def issue_access_code(request: web.Request) -> web.Response:
+    admin = _admin(request)
+    user = canonical(request.match_info["user"])
+    code, expires = await request.app[ACCOUNTS].issue_access_code(user, by=_by(admin))
+    return io.json({"code": code, "expires_at": rfc3339(expires)}, status=201)
+
+
+@routes.get("/v1/users/{user}/remembered")
+async def list_remembered(request: web.Request) -> web.Response:
+    _admin(request)
+    view = await request.app[ACCOUNTS].view(canonical(request.match_info["user"]))
+    return io.json({"remembered": view["remembered_browsers"]})
+
+
+@routes.delete("/v1/users/{user}/remembered")
+async def revoke_all_remembered(request: web.Request) -> web.Response:
+    admin = _admin(request)
+    user = canonical(request.match_info["user"])
+    n = await request.app[ACCOUNTS].revoke_remembered(user, None, by=_by(admin), why="security team")
+    return io.json({"user": user, "revoked": n})
+
+
+@routes.delete("/v1/users/{user}/remembered/{token_id}")
+async def revoke_one_remembered(request: web.Request) -> web.Response:
+    admin = _admin(request)
+    user = canonical(request.match_info["user"])
+    n = await request.app[ACCOUNTS].revoke_remembered(user, request.match_info["token_id"], by=_by(admin),
+                                                       why="security team")
+    if not n:
+        raise NotFound("no such remembered browser")
+    return io.json({"user": user, "revoked": n})
+
+
+@routes.get("/v1/audit")
+async def audit_trail(request: web.Request) -> web.Response:
+    _admin(request)
+    limit = io.int_query(request, "limit", default=100, low=1, high=MAX_LIST)
+    user = canonical(request.query["user"]) if request.query.get("user") else None
+    return io.json({"entries": await request.app[AUDIT].entries(user=user, limit=limit)})

@@ -22,6 +22,7 @@ from pushauth.accounts import Accounts
 from pushauth.alerts.delivery import AlertDelivery, DeadLetters, sweep_loop
 from pushauth.alerts.sinks import close_sinks, open_sinks
 from pushauth.alerts.store import AlertStore
+from pushauth.audit import Audit
 from pushauth.challenges import ASSERTION_LIFE_S, Challenges
 from pushauth.config import Settings
 from pushauth.delivery import PushDelivery, PushQueue
@@ -37,6 +38,7 @@ from pushauth.web.middleware import error_boundary, request_context
 from pushauth.web.state import (
     ACCOUNTS,
     ALERTS,
+    AUDIT,
     CHALLENGES,
     CREDENTIALS,
     DEAD_LETTERS,
@@ -87,13 +89,13 @@ def create_app(settings: Settings, *, keyring: KeyRingHolder | None = None,
 
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         keyspace = KeySpace(settings.store.prefix)
-        app[DEVICES] = Devices(app[REDIS], keyspace, settings, app[KEYRING])
         push = PushQueue(app[REDIS], settings.store.prefix) if settings.push.enabled else None
-        app[ALERTS] = AlertStore(app[REDIS], keyspace, settings.detection, settings.containment,
-                                 assertion_life_s=ASSERTION_LIFE_S)
+        app[ALERTS] = AlertStore(app[REDIS], keyspace, settings, assertion_life_s=ASSERTION_LIFE_S)
+        app[AUDIT] = Audit(app[REDIS], keyspace)
+        app[DEVICES] = Devices(app[REDIS], keyspace, settings, app[KEYRING], app[ALERTS], app[AUDIT])
         app[CHALLENGES] = Challenges(app[REDIS], keyspace, settings, app[KEYRING], app[DEVICES], app[EVENTS],
-                                     app[ALERTS], push)
-        app[ACCOUNTS] = Accounts(app[REDIS], keyspace, app[DEVICES], app[ALERTS])
+                                     app[ALERTS], app[AUDIT], push)
+        app[ACCOUNTS] = Accounts(app[REDIS], keyspace, settings, app[DEVICES], app[ALERTS], app[AUDIT])
         app[DEAD_LETTERS] = DeadLetters(app[REDIS], keyspace, app[ALERTS])
         yield
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from pushauth.clock import rfc3339
 from pushauth.crypto.device_auth import token_from_header
 from pushauth.devices import AuthedDevice
 from pushauth.errors import Unprocessable
 from pushauth.web import io
-from pushauth.web.schemas import DeviceAnswer, RegisterDevice, UpdatePushToken
+from pushauth.web.schemas import DeviceAnswer, Pause, RegisterDevice, UpdatePushToken
 from pushauth.web.state import CHALLENGES, DEVICES, KEYRING
 
 routes = web.RouteTableDef()
@@ -77,3 +78,38 @@ async def unenroll(request: web.Request) -> web.Response:
     dev = await _authenticate(request)
     await request.app[DEVICES].unenroll(dev)
     return io.json({"status": "revoked"})
+
+
+@routes.post("/v1/device/pause")
+async def pause(request: web.Request) -> web.Response:
+    raw = await io.read_body(request)
+    dev = await _authenticate(request, raw)
+    body = io.decode(raw, Pause)
+    until = await request.app[DEVICES].pause(dev, body.duration_s)
+    return io.json({"status": "paused", "paused_until": rfc3339(until)})
+
+
+@routes.delete("/v1/device/pause")
+async def resume(request: web.Request) -> web.Response:
+    dev = await _authenticate(request)
+    await request.app[DEVICES].resume(dev)
+    return io.json({"status": "resumed"})
+
+
+@routes.get("/v1/device/devices")
+async def own_devices(request: web.Request) -> web.Response:
+    dev = await _authenticate(request)
+    return io.json({"devices": await request.app[DEVICES].own_devices(dev)})
+
+
+@routes.delete("/v1/device/devices/{device_id}")
+async def revoke_other(request: web.Request) -> web.Response:
+    dev = await _authenticate(request)
+    await request.app[DEVICES].revoke_other(dev, request.match_info["device_id"])
+    return io.json({"device_id": request.match_info["device_id"], "status": "revoked"})
+
+
+@routes.get("/v1/device/notices")
+async def notices(request: web.Request) -> web.Response:
+    dev = await _authenticate(request)
+    return io.json({"notices": await request.app[DEVICES].notices(dev)})

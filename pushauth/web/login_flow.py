@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
+from pushauth.challenges import Allowed
 from pushauth.clock import rfc3339
 from pushauth.users import canonical
 from pushauth.web import io
 from pushauth.web.auth import Admin
-from pushauth.web.schemas import CreateChallenge, CreateEnrollment
-from pushauth.web.state import CHALLENGES, CREDENTIALS, DEVICES, SETTINGS
+from pushauth.web.schemas import (
+    CreateChallenge,
+    CreateEnrollment,
+    RevokeRemembered,
+    UserSignal,
+    VerifyAccessCode,
+)
+from pushauth.web.state import ACCOUNTS, CHALLENGES, CREDENTIALS, DEVICES, SETTINGS
 
 routes = web.RouteTableDef()
 
@@ -22,7 +31,16 @@ async def create_challenge(request: web.Request) -> web.Response:
     if body.context is not None:
         ctx = {k: v for k, v in (("ip", body.context.ip), ("user_agent", body.context.user_agent),
                                  ("location", body.context.location)) if v}
-    created = await request.app[CHALLENGES].create(app, canonical(body.user), ctx, body.ttl_s)
+    created = await request.app[CHALLENGES].create(app, canonical(body.user), ctx, body.ttl_s,
+                                                   remember_token=body.remember_token,
+                                                   browser_id=body.browser_id)
+    if isinstance(created, Allowed):
+        allowed: dict[str, Any] = {"status": "allowed", "reason": created.reason}
+        if created.account:
+            allowed["account"] = created.account
+        if created.enroll_by is not None:
+            allowed["enroll_by"] = rfc3339(created.enroll_by)
+        return io.json(allowed)
     out = {"id": created.id, "status": "pending", "expires_at": rfc3339(created.expires_at)}
     if created.number is not None:
         out["number"] = created.number
@@ -51,3 +69,35 @@ async def create_enrollment(request: web.Request) -> web.Response:
     enrollment = await request.app[DEVICES].create_enrollment(canonical(body.user), requested_by=by)
     return io.json({"id": enrollment.id, "user": enrollment.user, "code": enrollment.code,
                     "uri": enrollment.uri, "expires_at": rfc3339(enrollment.expires_at)}, status=201)
+
+
+@routes.post("/v1/access-codes/verify")
+async def verify_access_code(request: web.Request) -> web.Response:
+    app = request.app[CREDENTIALS].application(request)
+    body = io.decode(await io.read_body(request), VerifyAccessCode)
+    valid = await request.app[ACCOUNTS].verify_access_code(canonical(body.user), body.code,
+                                                           by=f"app:{app.id}")
+    return io.json({"valid": valid})
+
+
+@routes.post("/v1/remembered/revoke")
+async def revoke_remembered(request: web.Request) -> web.Response:
+    """The login flow forgets one browser (the user signed out with "forget this browser")."""
+    app = request.app[CREDENTIALS].application(request)
+    body = io.decode(await io.read_body(request), RevokeRemembered)
+    found = request.app[CHALLENGES].remember_token_owner(app, body.remember_token)
+    if found is None:
+        return io.json({"revoked": 0})
+    user, token_id = found
+    n = await request.app[ACCOUNTS].revoke_remembered(user, token_id, by=f"app:{app.id}",
+                                                      why="forget browser")
+    return io.json({"revoked": n})
+
+
+@routes.post("/v1/signals/password-reset")
+async def password_reset(request: web.Request) -> web.Response:
+    """The user's password was reset: every remembered browser must prompt again."""
+    app = request.app[CREDENTIALS].application(request)
+    user = canonical(io.decode(await io.read_body(request), UserSignal).user)
+    n = await request.app[ACCOUNTS].revoke_remembered(user, None, by=f"app:{app.id}", why="password reset")
+    return io.json({"user": user, "revoked": n})

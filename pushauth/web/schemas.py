@@ -29,7 +29,10 @@ class LoginContext(_Body, frozen=True):
 class CreateChallenge(_Body, frozen=True):
     user: Short
     context: LoginContext | None = None
-    remember_token: Secret | None = None
+    remember_token: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)] | None = None
+    # The login flow's own identifier of this browser or device (a cookie it set, hashed or not): an
+    # approval remembers it, and only it, for the application.
+    browser_id: Short | None = None
     ttl_s: int | None = None
 
 
@@ -64,3 +67,25 @@ class UpdatePushToken(_Body, frozen=True):
 class Unlock(_Body, frozen=True):
     # all: the lockout and the suspension; lock or suspension: only that one.
     what: Literal["all", "lock", "suspension"] = "all"
+
+
+class AccountPolicy(_Body, frozen=True):
+    exempt: bool | None = None
+    shared: bool | None = None
+
+
+class VerifyAccessCode(_Body, frozen=True):
+    user: Short
+    code: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+
+
+class RevokeRemembered(_Body, frozen=True):
+    remember_token: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
+
+
+class UserSignal(_Body, frozen=True):
+    user: Short
+
+
+class Pause(_Body, frozen=True):
+    duration_s: Annotated[int, msgspec.Meta(ge=60)]

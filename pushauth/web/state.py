@@ -7,6 +7,7 @@ from aiohttp import web
 from pushauth.accounts import Accounts
 from pushauth.alerts.delivery import DeadLetters
 from pushauth.alerts.store import AlertStore
+from pushauth.audit import Audit
 from pushauth.challenges import Challenges
 from pushauth.config import Settings
 from pushauth.devices import Devices
@@ -21,3 +22,4 @@ CHALLENGES = web.AppKey("challenges", Challenges)
 ALERTS = web.AppKey("alerts", AlertStore)
 ACCOUNTS = web.AppKey("accounts", Accounts)
 DEAD_LETTERS = web.AppKey("dead_letters", DeadLetters)
+AUDIT = web.AppKey("audit", Audit)

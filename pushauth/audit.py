@@ -1,0 +1,71 @@
+"""The audit trail: every policy decision and every security-team action, as who, what, when, why.
+
+One Redis stream (`{audit}:stream`, capped), newest read first by the admin API (`GET /v1/audit`), and the
+same record as a structured log line (`audit`) for whoever ships logs to a SIEM. Records never hold a
+secret: codes and tokens are named by what they are for, never by their value.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import msgspec
+import redis.asyncio as aioredis
+import structlog
+
+from pushauth import clock
+from pushauth.clock import rfc3339
+from pushauth.store import KeySpace
+from pushauth.store.connection import STORE_DOWN_ERRORS
+
+log = structlog.get_logger("pushauth.audit")
+
+MAXLEN = 1_000_000
+# How far back a filtered read looks.
+SCAN_LIMIT = 20_000
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder().decode
+
+
+class Audit:
+    def __init__(self, redis: aioredis.Redis, keyspace: KeySpace) -> None:
+        self._r = redis
+        self._key = keyspace.audit
+
+    async def record(self, what: str, *, user: str, who: str, why: str = "", **details: Any) -> None:
+        """Write one record. A Redis outage does not fail the request it describes (the decision itself
+        was taken, or refused, already): the record then exists only as the log line."""
+        at = clock.now()
+        log.info("audit", what=what, user=user, who=who, why=why, **details)
+        entry: dict[Any, Any] = {"at": at, "what": what, "user": user, "who": who, "why": why}
+        if details:
+            entry["details"] = _encode(details)
+        try:
+            await self._r.xadd(self._key, entry, maxlen=MAXLEN, approximate=True)
+        except STORE_DOWN_ERRORS as exc:
+            log.warning("audit_store_unavailable", what=what, error=type(exc).__name__)
+
+    async def entries(self, *, user: str | None, limit: int) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        last = "+"
+        scanned = 0
+        while len(out) < limit and scanned < SCAN_LIMIT:
+            rows = cast(list[tuple[str, dict[str, str]]],
+                        await self._r.xrevrange(self._key, max=last, count=500))
+            if last != "+" and rows and rows[0][0] == last:
+                rows = rows[1:]
+            if not rows:
+                break
+            scanned += len(rows)
+            for entry_id, f in rows:
+                if user is None or f.get("user") == user:
+                    item: dict[str, Any] = {"id": entry_id, "at": rfc3339(int(f.get("at", "0"))),
+                                            "what": f.get("what", ""), "user": f.get("user", ""),
+                                            "who": f.get("who", ""), "why": f.get("why", "")}
+                    if f.get("details"):
+                        item["details"] = _decode(f["details"])
+                    out.append(item)
+                    if len(out) >= limit:
+                        break
+            last = rows[-1][0]
+        return out
