@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -24,7 +25,7 @@ from typing import Any, cast
 import msgspec
 import redis.asyncio as aioredis
 
-from pushauth import clock, ids
+from pushauth import clock, ids, metrics
 from pushauth.alerts.store import AlertStore
 from pushauth.audit import Audit
 from pushauth.clock import rfc3339
@@ -104,6 +105,7 @@ class Challenges:
         kind = self._s.policy.account_kind(user, {})
         if kind is not None:
             await self._audit.record("allowed", user=user, who=who, why=kind, reason="exempt", ip=ip)
+            metrics.CHALLENGES.labels(app.id, "allowed_exempt").inc()
             return Allowed("exempt", account=kind)
         uid = await self._devices.uid_for(user)
         if uid is None:
@@ -130,6 +132,8 @@ class Challenges:
              ctx_json, app.id, rtid, rbid, *fields])
         await self._alerts.announce(uid, res[1])
         what = res[0]
+        if what in ("exempt", "remembered", "ok"):
+            metrics.CHALLENGES.labels(app.id, "created" if what == "ok" else f"allowed_{what}").inc()
         if what == "exempt":
             await self._audit.record("allowed", user=user, who=who, why=res[2], reason="exempt", ip=ip)
             return Allowed("exempt", account=str(res[2]))
@@ -141,6 +145,7 @@ class Challenges:
             return await self._not_enrolled(app, user, ip)
         if what != "ok":
             await self._audit.record("refused", user=user, who=who, why=what, ip=ip)
+            metrics.CHALLENGES.labels(app.id, f"refused_{what}").inc()
         if what == "paused":
             raise Forbidden(f"the user's phone has paused sign-in prompts until {rfc3339(int(res[2]))}",
                             code="suspended")
@@ -168,8 +173,10 @@ class Challenges:
         if clock.now() < enforced:
             await self._audit.record("allowed", user=user, who=f"app:{app.id}", why="before enforcement date",
                                      reason="grace", enroll_by=rfc3339(enforced), ip=ip)
+            metrics.CHALLENGES.labels(app.id, "allowed_grace").inc()
             return Allowed("grace", enroll_by=enforced)
         await self._audit.record("refused", user=user, who=f"app:{app.id}", why="not_enrolled", ip=ip)
+        metrics.CHALLENGES.labels(app.id, "refused_not_enrolled").inc()
         raise Forbidden("no phone is enrolled for this user", code="not_enrolled")
 
     def _remembered(self, app: Application, user: str, token: str | None,
@@ -223,6 +230,8 @@ class Challenges:
                 with contextlib.suppress(TimeoutError):
                     decision = await asyncio.wait_for(fut, remaining)
             if decision is not None:
+                if decision.published_at is not None:
+                    metrics.TIME_TO_NOTIFY.observe(max(0.0, time.time() - decision.published_at))
                 h.update(st=decision.status, dat=str(decision.decided_at), dev=decision.device_id or "",
                          rsn=decision.reason or "")
                 return self._view(app, cid, h, clock.now())
@@ -236,6 +245,7 @@ class Challenges:
         res = await lua.CANCEL(self._r, [self._ks.challenge(uid, cid), self._ks.pending(uid)],
                                [clock.now(), cid, app.id, self._ks.events])
         _raise_transition_failure(res)
+        metrics.CHALLENGES.labels(app.id, "cancelled").inc()
 
     # -- device -------------------------------------------------------------------------------------------
 
@@ -302,6 +312,8 @@ class Challenges:
         if res[0] == "revoked":
             raise_gate_failure(res[0])
         _raise_transition_failure(res)
+        metrics.CHALLENGES.labels(h["app"], status if status == "approved" else f"denied_{why}").inc()
+        metrics.TIME_TO_ANSWER.observe(max(0, clock.now() - int(h["iat"])))
         return status
 
     # -- views and tokens -----------------------------------------------------------------------------------

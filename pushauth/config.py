@@ -248,6 +248,16 @@ class AlertSettings(_Section, frozen=True):
             raise ValueError("alert sink names must be unique")
 
 
+class MetricsSettings(_Section, frozen=True):
+    # SHA-256 of tokens allowed to scrape /metrics (Authorization: Bearer). Empty: /metrics is open (put it
+    # behind the network's own controls then). `pushauth admin new-token` makes a token and its hash.
+    token_sha256: list[str] = []
+
+    def __post_init__(self) -> None:
+        if not all(_HEX64.fullmatch(h) for h in self.token_sha256):
+            raise ValueError("token_sha256 must be 64-char lower-case hex SHA-256 digests")
+
+
 class LoggingSettings(_Section, frozen=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
     # auto: pretty on a terminal, JSON lines otherwise.
@@ -268,6 +278,7 @@ class Settings(_Section, frozen=True):
     containment: ContainmentSettings = ContainmentSettings()
     alerts: AlertSettings = AlertSettings()
     policy: PolicySettings = PolicySettings()
+    metrics: MetricsSettings = MetricsSettings()
     logging: LoggingSettings = LoggingSettings()
 
     def __post_init__(self) -> None:

@@ -16,7 +16,7 @@ import contextlib
 import redis.asyncio as aioredis
 import structlog
 
-from pushauth import clock, ids
+from pushauth import clock, ids, metrics
 from pushauth.alerts.store import AlertStore
 from pushauth.store import KeySpace
 from pushauth.store import scripts as lua
@@ -50,6 +50,7 @@ class ExpirySweeper:
         for uid in uids:
             res = await lua.SETTLE(self._r, [self._ks.user(uid)], self._alerts.ledger_args(uid, "", now))
             await self._alerts.announce(uid, res[1])
+            metrics.IGNORED_PROMPTS.inc(int(res[2]))
         return len(due)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -62,6 +63,7 @@ class ExpirySweeper:
                     continue  # more are due: no pause
             except STORE_DOWN_ERRORS as exc:
                 log.warning("expiry_store_unavailable", error=type(exc).__name__)
+                metrics.REDIS_ERRORS.labels("expiry").inc()
                 backoff = min(backoff * 2, 5.0)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), backoff)

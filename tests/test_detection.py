@@ -254,7 +254,7 @@ async def test_ignored_prompts_settled_by_the_expiry_worker(rp: LoginFlow, bob: 
 
 
 def _redis(server: RunningServer) -> aioredis.Redis:
-    from pushauth.web.app import REDIS
+    from pushauth.web.state import REDIS
     return server.app[REDIS]
 
 

@@ -1,4 +1,4 @@
-"""The alert delivery worker: `python -m workers.alerts [-c config.toml]`.
+"""The alert delivery worker: `python -m workers.alerts [-c config.toml] [--name N] [--metrics-port P]`.
 
 Consumes the alert stream (pushauth/alerts/delivery.py) and delivers every alert to every configured sink
 ([[alerts.sinks]]), at least once, retrying on the hours-long schedule in `alerts.retry_schedule_s`.
@@ -10,13 +10,8 @@ exits; anything unfinished stays pending and is reclaimed.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
-import signal
-import socket
 import sys
-from pathlib import Path
 
 import structlog
 
@@ -28,12 +23,13 @@ from pushauth.config import load_settings
 from pushauth.errors import PushAuthError
 from pushauth.logs import configure
 from pushauth.store import KeySpace, open_redis
+from workers._common import WorkerArgs, heartbeat, main_for, stop_on_signals
 
 log = structlog.get_logger("workers.alerts")
 
 
-async def run(config: Path | None, name: str | None) -> None:
-    settings = load_settings(config)
+async def run(args: WorkerArgs) -> None:
+    settings = load_settings(args.config)
     configure(settings.logging.level, settings.logging.format)
     if settings.embedded:
         raise PushAuthError("the alert worker needs store.redis_url: with the embedded store the server "
@@ -46,32 +42,20 @@ async def run(config: Path | None, name: str | None) -> None:
     store = AlertStore(redis, keyspace, settings, assertion_life_s=ASSERTION_LIFE_S)
     delivery = AlertDelivery(redis, keyspace, store, settings.alerts, sinks,
                              {s.name: s for s in settings.alerts.sinks})
-    consumer_name = name or f"{socket.gethostname()}-{os.getpid()}"
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    log.info("alert_worker_started", consumer=consumer_name, sinks=sorted(sinks))
+    stop = stop_on_signals()
+    log.info("alert_worker_started", consumer=args.name, sinks=sorted(sinks))
     try:
-        await asyncio.gather(delivery.consumer_for(consumer_name).run(stop),
-                             sweep_loop(store, settings.alerts.sweep_interval_s, stop))
+        await asyncio.gather(delivery.consumer_for(args.name).run(stop),
+                             sweep_loop(store, settings.alerts.sweep_interval_s, stop),
+                             heartbeat(redis, keyspace, "alerts", args.name, stop))
     finally:
         await close_sinks(sinks)
         await redis.aclose()
-        log.info("alert_worker_stopped", consumer=consumer_name)
+        log.info("alert_worker_stopped", consumer=args.name)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m workers.alerts", description="pushauth alert worker")
-    parser.add_argument("-c", "--config", type=Path, default=None)
-    parser.add_argument("--name", default=None, help="consumer name (default: host-pid)")
-    args = parser.parse_args(argv)
-    try:
-        asyncio.run(run(args.config, args.name))
-    except PushAuthError as exc:
-        print(f"alert worker: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return main_for("alerts", "pushauth alert delivery worker", run, argv)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 import structlog
 
-from pushauth import ids
+from pushauth import ids, metrics
 from pushauth.alerts.settings import SinkSettings
 from pushauth.alerts.sinks import AlertSink, Notification, SinkOutcome, SinkOutcomeKind
 from pushauth.alerts.store import AlertStore, alert_view
@@ -112,6 +112,7 @@ class AlertDelivery:
         fields = {"sink": name, "alert": aid, "version": version, "attempt": attempt,
                   "outcome": outcome.kind.value, "reason": outcome.reason,
                   "ms": round((time.monotonic() - started) * 1000, 1)}
+        metrics.ALERT_DELIVERIES.labels(name, outcome.kind.value).inc()
         if outcome.kind is SinkOutcomeKind.DELIVERED:
             await MARK(self._r, [key], [mark, int(time.time())])
             log.info("alert_delivered", **fields)
@@ -143,6 +144,7 @@ class AlertDelivery:
         pipe.xadd(self._store.names.dead, dead, maxlen=100_000, approximate=True)
         await pipe.execute()
         await MARK(self._r, [key], [f"dl:{name}:{version}", f"dead:{why}"])
+        metrics.ALERT_DELIVERIES.labels(name, "dead_letter").inc()
         log.error("alert_dead_letter", sink=name, alert=aid, version=version, why=why)
 
 

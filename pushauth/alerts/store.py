@@ -20,7 +20,7 @@ import msgspec
 import redis.asyncio as aioredis
 import structlog
 
-from pushauth import ids
+from pushauth import ids, metrics
 from pushauth.clock import rfc3339
 from pushauth.config import Settings
 from pushauth.detection import ledger_config
@@ -131,8 +131,11 @@ class AlertStore:
         try:
             await RING(self._r, [self._ks.alert_index, self._ks.alert_open, self.names.stream],
                        [uid, int(time.time()), STREAM_MAXLEN, *notes])
+            for note in notes:
+                metrics.ALERTS_ANNOUNCED.labels("created" if note.endswith("|1") else "updated").inc()
         except STORE_DOWN_ERRORS as exc:
             log.warning("alert_announce_deferred", error=type(exc).__name__, alerts=len(notes))
+            metrics.REDIS_ERRORS.labels("alert_announce").inc()
 
     async def sweep(self, older_than_s: float = SWEEP_AGE_S) -> int:
         """Announce again every outbox entry older than `older_than_s` (the server died between writing an

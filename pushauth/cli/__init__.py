@@ -7,6 +7,7 @@
     pushauth enroll USER               make an enrollment code and show its QR code
     pushauth phone ...                 the phone simulator (reference device)
     pushauth demo                      everything on the embedded store, end to end
+    pushauth check                     exit non-zero when Redis, the keys or a worker is down
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pushauth import __version__
-from pushauth.cli import demo, enroll_cmd, keys_cmd, phone_cmd, serve_cmd
+from pushauth.cli import check_cmd, demo, enroll_cmd, keys_cmd, phone_cmd, serve_cmd
 from pushauth.errors import PushAuthError
 
 
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     enroll_cmd.register(sub)
     phone_cmd.register(sub)
     demo.register(sub)
+    check_cmd.register(sub)
     return parser
 
 

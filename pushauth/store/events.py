@@ -34,15 +34,24 @@ class Decision:
     decided_at: int
     device_id: str | None
     reason: str | None
+    # Redis's clock when the decision was published (answers only), for the time-to-notify metric.
+    published_at: float | None = None
 
     @classmethod
     def parse(cls, raw: bytes | str) -> Decision | None:
         text = raw.decode() if isinstance(raw, bytes) else raw
         parts = text.split(" ")
-        if len(parts) != 5 or not parts[2].isdigit():
+        if len(parts) not in (5, 6) or not parts[2].isdigit():
             return None
-        cid, status, at, dev, reason = parts
-        return cls(cid, status, int(at), None if dev == "-" else dev, None if reason == "-" else reason)
+        cid, status, at, dev, reason = parts[:5]
+        published = None
+        if len(parts) == 6:
+            try:
+                published = float(parts[5])
+            except ValueError:
+                return None
+        return cls(cid, status, int(at), None if dev == "-" else dev, None if reason == "-" else reason,
+                   published)
 
 
 class ChallengeEvents:

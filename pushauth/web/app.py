@@ -31,7 +31,7 @@ from pushauth.expiry import ExpirySweeper
 from pushauth.push.registry import close_providers, open_providers
 from pushauth.store import KeySpace, open_redis
 from pushauth.store.events import ChallengeEvents
-from pushauth.web import admin, device, login_flow, wellknown
+from pushauth.web import admin, device, login_flow, ops, wellknown
 from pushauth.web.auth import Credentials
 from pushauth.web.keyring import KeyRingHolder
 from pushauth.web.middleware import error_boundary, request_context
@@ -44,12 +44,12 @@ from pushauth.web.state import (
     DEAD_LETTERS,
     DEVICES,
     KEYRING,
+    REDIS,
     SETTINGS,
 )
 
 log = structlog.get_logger(__name__)
 
-REDIS = web.AppKey("redis", aioredis.Redis)
 EVENTS = web.AppKey("events", ChallengeEvents)
 
 
@@ -143,4 +143,5 @@ def create_app(settings: Settings, *, keyring: KeyRingHolder | None = None,
     app.add_routes(login_flow.routes)
     app.add_routes(device.routes)
     app.add_routes(admin.routes)
+    app.add_routes(ops.routes)
     return app

@@ -15,6 +15,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from pushauth import metrics
 from pushauth.errors import ApiError, StoreUnavailable
 from pushauth.store import STORE_DOWN_ERRORS
 
@@ -48,11 +49,13 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         response.headers["X-Request-Id"] = request_id
         return response
     finally:
-        route = request.match_info.route.resource
+        resource = request.match_info.route.resource
         # The route pattern, not the raw path: paths carry ids, never secrets, but patterns aggregate.
-        log.info("request", method=request.method,
-                 route=route.canonical if route is not None else "-", status=status,
-                 ms=round((time.perf_counter() - start) * 1000, 2))
+        route = resource.canonical if resource is not None else "-"
+        seconds = time.perf_counter() - start
+        log.info("request", method=request.method, route=route, status=status, ms=round(seconds * 1000, 2))
+        metrics.HTTP_REQUESTS.labels(route, request.method, str(status)).inc()
+        metrics.HTTP_SECONDS.labels(route).observe(seconds)
 
 
 @web.middleware
@@ -70,6 +73,7 @@ async def error_boundary(request: web.Request, handler: Handler) -> web.StreamRe
         return error_response(exc.status, code, message)
     except _STORE_DOWN as exc:
         log.error("store_unavailable", error=type(exc).__name__)
+        metrics.REDIS_ERRORS.labels("api").inc()
         return error_response(503, "unavailable", "pushauth cannot reach its store; try again shortly",
                               {"Retry-After": "2"})
     except Exception:

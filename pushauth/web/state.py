@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import redis.asyncio as aioredis
 from aiohttp import web
 
 from pushauth.accounts import Accounts
@@ -14,6 +15,7 @@ from pushauth.devices import Devices
 from pushauth.web.auth import Credentials
 from pushauth.web.keyring import KeyRingHolder
 
+REDIS = web.AppKey("redis", aioredis.Redis)
 SETTINGS = web.AppKey("settings", Settings)
 CREDENTIALS = web.AppKey("credentials", Credentials)
 KEYRING = web.AppKey("keyring", KeyRingHolder)

@@ -1,0 +1,109 @@
+"""Prometheus metrics: every metric pushauth exports, in one place.
+
+The API server serves them at `/metrics`; each worker at `--metrics-port` (prometheus-client's own HTTP
+server). Labels are bounded sets (application ids, route patterns, providers, sinks, outcome words): never
+a user, a device or a challenge id.
+
+Stream gauges (lag, pending) and worker heartbeats are read from Redis when scraped
+(`refresh_store_gauges`), so any instance reports the whole deployment's queues.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from prometheus_client import Counter, Gauge, Histogram
+
+from pushauth.store import KeySpace
+from pushauth.store.connection import STORE_DOWN_ERRORS
+from pushauth.store.streams import StreamNames
+
+# -- API ---------------------------------------------------------------------------------------------------
+
+HTTP_REQUESTS = Counter("pushauth_http_requests_total", "HTTP requests by route pattern and status",
+                        ["route", "method", "status"])
+HTTP_SECONDS = Histogram("pushauth_http_request_seconds", "HTTP request latency by route pattern", ["route"],
+                         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 30))
+CHALLENGES = Counter("pushauth_challenges_total",
+                     "Sign-in requests by application and outcome (created, allowed_*, refused_*, approved, "
+                     "denied_*, cancelled)", ["app", "outcome"])
+TIME_TO_ANSWER = Histogram("pushauth_time_to_answer_seconds", "From prompt to the phone's answer",
+                           buckets=(1, 2, 3, 5, 8, 13, 20, 30, 45, 60, 120, 300, 600))
+TIME_TO_NOTIFY = Histogram("pushauth_time_to_notify_seconds",
+                           "From the decision in Redis to the waiting login flow having it",
+                           buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1))
+IGNORED_PROMPTS = Counter("pushauth_prompts_expired_unanswered_total", "Prompts that expired unanswered")
+ALERTS_ANNOUNCED = Counter("pushauth_alerts_announced_total",
+                           "Alert versions handed to the alert stream (created: a new incident; updated: "
+                           "its severity rose)", ["change"])
+REDIS_ERRORS = Counter("pushauth_redis_errors_total", "Redis unreachable or timing out, by where", ["where"])
+
+# -- workers -----------------------------------------------------------------------------------------------
+
+PUSH_SENDS = Counter("pushauth_push_sends_total", "Push sends by provider and result", ["provider", "result"])
+PUSH_STALE_TOKENS = Counter("pushauth_push_stale_tokens_total", "Push tokens marked stale", ["provider"])
+PUSH_AUTH_ERRORS = Counter("pushauth_push_credential_errors_total",
+                           "Sends refused for our own credentials (fix the provider config)", ["provider"])
+ALERT_DELIVERIES = Counter("pushauth_alert_deliveries_total", "Alert deliveries by sink and result",
+                           ["sink", "result"])
+
+# -- read from Redis when scraped --------------------------------------------------------------------------
+
+STREAM_LAG = Gauge("pushauth_stream_lag", "Entries not yet read by the stream's consumer group", ["stream"])
+STREAM_PENDING = Gauge("pushauth_stream_pending", "Entries read but not acknowledged", ["stream"])
+STREAM_DELAYED = Gauge("pushauth_stream_delayed", "Entries waiting for a retry", ["stream"])
+STREAM_DEAD = Gauge("pushauth_stream_dead_letters", "Entries in the dead letter", ["stream"])
+WORKERS_ALIVE = Gauge("pushauth_workers_alive", "Workers with a fresh heartbeat", ["kind"])
+
+STREAMS = ("push", "alerts")
+WORKER_KINDS = ("push", "alerts", "expiry")
+HEARTBEAT_TTL_S = 30
+
+
+async def refresh_store_gauges(redis: aioredis.Redis, keyspace: KeySpace) -> None:
+    """Queue depths and live workers, for a scrape. A Redis outage leaves the last values."""
+    try:
+        for name in STREAMS:
+            names = StreamNames.for_(keyspace.p, name)
+            lag = pending = 0
+            if await redis.exists(names.stream):
+                # No consumer group yet (no worker ever started): every entry is unread.
+                lag = int(await redis.xlen(names.stream))
+                groups: list[dict[str, Any]] = await redis.xinfo_groups(names.stream)
+                for group in groups:
+                    if group.get("name") == names.group:
+                        lag = int(group.get("lag") or 0)
+                        pending = int(group.get("pending") or 0)
+            STREAM_LAG.labels(name).set(lag)
+            STREAM_PENDING.labels(name).set(pending)
+            STREAM_DELAYED.labels(name).set(int(await redis.zcard(names.delayed)))
+            STREAM_DEAD.labels(name).set(int(await redis.xlen(names.dead)))
+        for kind, alive in (await live_workers(redis, keyspace)).items():
+            WORKERS_ALIVE.labels(kind).set(len(alive))
+    except STORE_DOWN_ERRORS:
+        REDIS_ERRORS.labels("metrics").inc()
+
+
+def heartbeat_key(keyspace: KeySpace, kind: str) -> str:
+    return f"{keyspace.p}:{{workers}}:hb:{kind}"
+
+
+async def beat(redis: aioredis.Redis, keyspace: KeySpace, kind: str, name: str) -> None:
+    """A worker is alive: its entry in the kind's heartbeat hash (name -> Unix time)."""
+    await redis.hset(heartbeat_key(keyspace, kind), name, int(time.time()))
+
+
+async def live_workers(redis: aioredis.Redis, keyspace: KeySpace) -> dict[str, list[str]]:
+    """Worker names per kind whose heartbeat is fresh; entries older than a day are removed."""
+    now = time.time()
+    out: dict[str, list[str]] = {}
+    for kind in WORKER_KINDS:
+        key = heartbeat_key(keyspace, kind)
+        beats = cast(dict[str, str], await redis.hgetall(key))
+        out[kind] = sorted(n for n, t in beats.items() if now - int(t) <= HEARTBEAT_TTL_S)
+        old = [n for n, t in beats.items() if now - int(t) > 86400]
+        if old:
+            await redis.hdel(key, *old)
+    return out

@@ -1,0 +1,267 @@
+"""Operations (issue 7): metrics move as a scenario runs; readiness flips with Redis; `pushauth check`;
+SIGTERM under load loses no answer and no alert; a full run logs no secret."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import aiohttp
+from redis_server import RedisServer
+from support import ADMIN_TOKEN, API_KEY, LoginFlow, free_port, make_settings, start_server
+
+from pushauth.crypto.secrets import sha256_hex
+from pushauth.phone import Phone, PhoneError, ServerRejected
+from pushauth.web.keyring import KeyRingHolder
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """One sample's value from Prometheus text (0 if absent)."""
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        m = re.fullmatch(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)", line)
+        if m and m.group(1) == name:
+            got = ",".join(sorted(p for p in re.findall(r'\w+="[^"]*"', m.group(2) or "")))
+            if got == want:
+                return float(m.group(3))
+    return 0.0
+
+
+async def scrape(http: aiohttp.ClientSession, url: str) -> str:
+    async with http.get(url + "/metrics") as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/plain")
+        return await resp.text()
+
+
+async def test_metrics_move_as_the_scenario_runs(redis_url: str, keyring: KeyRingHolder,
+                                                 http: aiohttp.ClientSession) -> None:
+    running = await start_server(make_settings(redis_url, free_port(), quiet_detection=False), keyring)
+    try:
+        rp = LoginFlow(http, running.url)
+        before = await scrape(http, running.url)
+        phone = await Phone.enroll(await rp.enroll_uri("mo@nhs.net"), session=http)
+        c = await rp.create("mo@nhs.net")
+        waiter = asyncio.create_task(rp.status(c["id"], wait=10))
+        await asyncio.sleep(0.1)
+        await phone.approve(c["id"], number=c["number"])
+        assert (await waiter)["status"] == "approved"
+        d = await rp.create("mo@nhs.net")
+        await phone.deny(d["id"], reason="not_me")
+        after = await scrape(http, running.url)
+
+        def delta(name: str, **labels: str) -> float:
+            return sample(after, name, **labels) - sample(before, name, **labels)
+
+        assert delta("pushauth_challenges_total", app="webmail", outcome="created") == 2
+        assert delta("pushauth_challenges_total", app="webmail", outcome="approved") == 1
+        assert delta("pushauth_challenges_total", app="webmail", outcome="denied_not_me") == 1
+        assert delta("pushauth_time_to_answer_seconds_count") == 2
+        assert delta("pushauth_time_to_notify_seconds_count") == 1
+        assert delta("pushauth_alerts_announced_total", change="created") == 1
+        assert delta("pushauth_http_requests_total", route="/v1/challenges", method="POST", status="201") == 2
+        # the alert is queued for delivery (no alert worker runs here): lag 1 on the alert stream
+        assert sample(after, "pushauth_stream_lag", stream="alerts") == 1
+        assert "pushauth_workers_alive" in after
+        status, _ = await rp.call("POST", "/v1/challenges", {"user": "mo@nhs.net"})
+        assert status == 403  # suspended after "not me"
+        again = await scrape(http, running.url)
+        assert sample(again, "pushauth_challenges_total", app="webmail", outcome="refused_suspended") >= 1
+    finally:
+        await running.close()
+
+
+async def test_metrics_token(redis_url: str, keyring: KeyRingHolder, http: aiohttp.ClientSession) -> None:
+    settings = make_settings(redis_url, free_port(), metrics={"token_sha256": [sha256_hex("scraper-token")]})
+    running = await start_server(settings, keyring)
+    try:
+        async with http.get(running.url + "/metrics") as resp:
+            assert resp.status == 401
+        async with http.get(running.url + "/metrics",
+                            headers={"Authorization": "Bearer scraper-token"}) as resp:
+            assert resp.status == 200
+    finally:
+        await running.close()
+
+
+async def cli(*args: str, env: dict[str, str]) -> tuple[int, str]:
+    """Run `python -m ...` without blocking this event loop (the server under test runs on it)."""
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", *args, env=env, cwd=REPO,
+                                                stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
+async def _readyz(http: aiohttp.ClientSession, url: str) -> tuple[int, dict[str, Any]]:
+    async with http.get(url + "/readyz") as resp:
+        return resp.status, await resp.json()
+
+
+async def test_readiness_flips_with_redis_and_check_needs_the_workers(
+        private_redis: RedisServer, keyring: KeyRingHolder, http: aiohttp.ClientSession,
+        tmp_path: Path) -> None:
+    running = await start_server(make_settings(private_redis.url, free_port()), keyring)
+    config = tmp_path / "check.toml"
+    config.write_text(f'[store]\nredis_url = "{private_redis.url}"\n[keys]\nephemeral = true\n')
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    try:
+        async with http.get(running.url + "/healthz") as resp:
+            assert resp.status == 200
+        status, body = await _readyz(http, running.url)
+        # Redis and keys fine, but no expiry worker runs yet: ready for sign-ins, "degraded"
+        assert (status, body["status"], body["missing_workers"]) == (200, "degraded", ["expiry"])
+        rc, out = await cli("pushauth", "-c", str(config), "check", env=env)
+        assert rc == 1, out
+
+        worker = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "workers.expiry", "-c", str(config), "--name", "e1", env=env, cwd=REPO,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 15
+            while (await _readyz(http, running.url))[1]["status"] != "ready":
+                assert time.monotonic() < deadline, await _readyz(http, running.url)
+                await asyncio.sleep(0.2)
+            rc, out = await cli("pushauth", "-c", str(config), "check", env=env)
+            assert rc == 0, out
+            rc, out = await cli("pushauth", "check", "--url", running.url, env=env)
+            assert rc == 0, out
+
+            private_redis.stop()
+            status, body = await _readyz(http, running.url)
+            assert (status, body["status"]) == (503, "not ready"), body
+            assert body["checks"]["redis"].startswith("unreachable")
+            rc, out = await cli("pushauth", "-c", str(config), "check", env=env)
+            assert rc == 1, out
+
+            private_redis.start()
+            deadline = time.monotonic() + 20
+            while (await _readyz(http, running.url))[0] != 200:
+                assert time.monotonic() < deadline, "readiness did not come back with Redis"
+                await asyncio.sleep(0.2)
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(worker.wait(), 15) == 0
+    finally:
+        await running.close()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# SIGTERM during load
+# ---------------------------------------------------------------------------------------------------------
+
+
+def server_config(path: Path, redis_url: str, port: int) -> Path:
+    path.write_text(f"""
+[server]
+port = {port}
+base_url = "http://127.0.0.1:{port}"
+[store]
+redis_url = "{redis_url}"
+[keys]
+ephemeral = true
+[[applications]]
+id = "webmail"
+name = "Webmail"
+api_key_sha256 = ["{sha256_hex(API_KEY)}"]
+[admin]
+token_sha256 = ["{sha256_hex(ADMIN_TOKEN)}"]
+[detection]
+push_bombing_max = 1000
+[logging]
+level = "info"
+format = "json"
+""")
+    return path
+
+
+async def serve(config: Path, log: IO[bytes] | None) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pushauth", "-c", str(config), "serve", cwd=REPO,
+        stdout=log if log is not None else asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+async def wait_http(http: aiohttp.ClientSession, url: str, proc: asyncio.subprocess.Process) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        assert proc.returncode is None, "server exited at start"
+        try:
+            async with http.get(url + "/healthz") as resp:
+                if resp.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.1)
+    raise AssertionError("server did not start")
+
+
+async def test_sigterm_during_load_loses_no_answer_and_no_alert(redis_url: str, tmp_path: Path,
+                                                                http: aiohttp.ClientSession) -> None:
+    port = free_port()
+    config = server_config(tmp_path / "server.toml", redis_url, port)
+    url = f"http://127.0.0.1:{port}"
+    log = (tmp_path / "server.log").open("wb")
+    proc = await serve(config, log)
+    try:
+        await wait_http(http, url, proc)
+        rp = LoginFlow(http, url)
+        users = [f"load{i}@nhs.net" for i in range(40)]
+        phones = [await Phone.enroll(await rp.enroll_uri(u), session=http) for u in users]
+        created = [await rp.create(u) for u in users]
+        fetched = [await p.fetch(c["id"]) for p, c in zip(phones, created, strict=True)]
+        answered: dict[str, str] = {}
+
+        async def answer(i: int) -> None:
+            await asyncio.sleep(i * 0.01)
+            try:
+                if i % 2:
+                    answered[users[i]] = await phones[i].deny(fetched[i], reason="not_me")
+                else:
+                    answered[users[i]] = await phones[i].approve(fetched[i], number=created[i]["number"])
+            except (ServerRejected, PhoneError):  # refused, or the connection closed: not acknowledged
+                pass
+
+        tasks = [asyncio.create_task(answer(i)) for i in range(len(users))]
+        await asyncio.sleep(0.15)
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.gather(*tasks)
+        assert await asyncio.wait_for(proc.wait(), 40) == 0
+        assert answered, "no answer was acknowledged before the shutdown: the test proved nothing"
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        log.close()
+    # Every answer the server acknowledged is in Redis, and every acknowledged "not me" has its alert.
+    proc = await serve(config, None)
+    try:
+        await wait_http(http, url, proc)
+        rp = LoginFlow(http, url)
+        admin_headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        async with http.get(url + "/v1/alerts?limit=500", headers=admin_headers) as resp:
+            alerted = {a["user"] for a in (await resp.json())["alerts"]}
+        for i, user in enumerate(users):
+            if user not in answered:
+                continue
+            seen = await rp.status(created[i]["id"])
+            assert seen["status"] == answered[user], (user, seen)
+            if answered[user] == "denied":
+                assert user in alerted, user
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 40)
+    text = (tmp_path / "server.log").read_text()
+    assert API_KEY not in text
+    assert ADMIN_TOKEN not in text
