@@ -190,11 +190,13 @@ class Accounts:
                                  expires_at=rfc3339(expires))
         return code, expires
 
-    async def verify_access_code(self, user: str, code: str, *, by: str) -> bool:
+    async def verify_access_code(self, user: str, code: str, *, by: str) -> tuple[bool, str]:
+        """(valid, why): why is "" when valid, else "invalid" (wrong, used or expired), "locked",
+        "suspended" or "unknown_user"."""
         uid = await self._devices.uid_for(user)
         if uid is None:
             await self._audit.record("access_code_refused", user=user, who=by, why="unknown user")
-            return False
+            return False, "unknown_user"
         policy = self._s.policy
         res = await lua.VERIFY_ACCESS_CODE(self._r, [self._ks.user(uid)],
                                            [*self._alerts.ledger_args(uid, user, clock.now()),
@@ -207,7 +209,7 @@ class Accounts:
         if what == "rate_limited":
             raise RateLimited("too many wrong access codes for this user; try again later",
                               retry_after_s=int(res[2]))
-        return bool(what == "valid")
+        return (True, "") if what == "valid" else (False, str(what))
 
 
 # Easy to read out over a phone: no 0/O, 1/I/L; 12 characters of 31 is ~59 bits, for a code that lives an

@@ -225,7 +225,7 @@ class Challenges:
                 now = clock.now()
                 view = self._view(app, cid, h, int(now))
                 remaining = min(deadline - loop.time(), int(h.get("exp", 0)) - now)
-                if view["status"] != "pending" or remaining <= 0:
+                if view["status"] != "pending" or remaining <= 0 or self._events.closing:
                     return view
                 with contextlib.suppress(TimeoutError):
                     decision = await asyncio.wait_for(fut, remaining)
@@ -379,6 +379,9 @@ class Challenges:
             "iat": int(h["iat"]), "exp": int(h["exp"]), "app": self._app_names.get(h["app"], h["app"]),
             "number_matching": bool(h["num"]),
         }
+        if h["num"]:
+            # How many digits to ask for (never the digits): "4" for "04" would deny as a wrong number.
+            claims["number_length"] = len(h["num"])
         if h.get("ctx"):
             claims["ctx"] = msgspec.json.decode(h["ctx"])
         return jws.sign(claims, ring.current.key, typ=CHALLENGE_TYP, kid=ring.current.kid)

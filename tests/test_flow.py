@@ -230,7 +230,9 @@ async def test_challenge_jws_shape(server: RunningServer, http: aiohttp.ClientSe
     header = msgspec.json.decode(jws.b64url_decode(ch.token.split(".")[0]))
     assert header == {"alg": "ES256", "typ": "pushauth-challenge+jwt", "kid": jwks["keys"][0]["kid"]}
     claims = payload(ch.token)
-    assert set(claims) == {"iss", "aud", "sub", "jti", "nonce", "iat", "exp", "app", "ctx", "number_matching"}
+    assert set(claims) == {"iss", "aud", "sub", "jti", "nonce", "iat", "exp", "app", "ctx", "number_matching",
+                           "number_length"}
+    assert claims["number_length"] == 2  # how many digits to ask for, never the digits
     assert (claims["iss"], claims["aud"], claims["sub"], claims["jti"]) == (server.url, phone.device_id, USER,
                                                                             created["id"])
     assert claims["app"] == "NHSmail webmail"

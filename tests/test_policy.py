@@ -236,7 +236,7 @@ async def test_access_code_works_once_and_raises_an_info_alert(rp: LoginFlow, ph
     status, body = await rp.call("POST", "/v1/access-codes/verify", {"user": USER, "code": code.lower()})
     assert (status, body) == (200, {"valid": True})
     status, body = await rp.call("POST", "/v1/access-codes/verify", {"user": USER, "code": code})
-    assert (status, body) == (200, {"valid": False})  # single use
+    assert (status, body) == (200, {"valid": False, "reason": "invalid"})  # single use
     status, alerts = await admin.call("GET", "/v1/alerts")
     [alert] = alerts["alerts"]
     assert (alert["kind"], alert["severity"]) == ("access_code_issued", "info")
@@ -251,7 +251,7 @@ async def test_access_code_expires(rp: LoginFlow, phone: Phone, admin: Admin, cl
     _, issued = await admin.call("POST", f"/v1/users/{USER}/access-codes")
     clock.offset += 3601
     status, body = await rp.call("POST", "/v1/access-codes/verify", {"user": USER, "code": issued["code"]})
-    assert (status, body) == (200, {"valid": False})
+    assert (status, body) == (200, {"valid": False, "reason": "invalid"})
 
 
 async def test_access_code_brute_force_is_limited_and_locks(rp: LoginFlow, phone: Phone, admin: Admin,
@@ -260,7 +260,7 @@ async def test_access_code_brute_force_is_limited_and_locks(rp: LoginFlow, phone
     wrong = {"user": USER, "code": "AAAA-BBBB-CCCC"}
     for _ in range(5):
         status, body = await rp.call("POST", "/v1/access-codes/verify", wrong)
-        assert (status, body) == (200, {"valid": False})
+        assert (status, body) == (200, {"valid": False, "reason": "invalid"})
     status, body = await rp.call("POST", "/v1/access-codes/verify", wrong)
     assert_error(status, body, 429, "rate_limited")
     # Each wrong code counts toward the lockout (10): five more after the window, and the account locks.

@@ -60,6 +60,7 @@ class ChallengeEvents:
         self._channel = channel
         self._waiters: dict[str, set[asyncio.Future[Decision | None]]] = {}
         self.connected = asyncio.Event()
+        self.closing = False
 
     @contextlib.contextmanager
     def watch(self, challenge_id: str) -> Iterator[asyncio.Future[Decision | None]]:
@@ -75,6 +76,12 @@ class ChallengeEvents:
                 waiters.discard(fut)
                 if not waiters:
                     del self._waiters[challenge_id]
+
+    def close(self) -> None:
+        """Shutting down: wake every waiter now; they answer with the state they read (a login flow
+        whose answer is still pending asks again, and another instance takes it)."""
+        self.closing = True
+        self._wake_all()
 
     @property
     def waiting(self) -> int:
@@ -95,6 +102,16 @@ class ChallengeEvents:
         """The listener task, owned by the app's cleanup context. Runs until cancelled."""
         backoff = 0.1
         while True:
+            try:
+                # A Redis Cluster client must know the slot map before it can place a subscription.
+                initialize = getattr(self._redis, "initialize", None)
+                if initialize is not None:
+                    await initialize()
+            except STORE_DOWN_ERRORS as exc:
+                log.warning("events_disconnected", error=type(exc).__name__, retry_in_s=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+                continue
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self._channel)

@@ -75,9 +75,9 @@ async def create_enrollment(request: web.Request) -> web.Response:
 async def verify_access_code(request: web.Request) -> web.Response:
     app = request.app[CREDENTIALS].application(request)
     body = io.decode(await io.read_body(request), VerifyAccessCode)
-    valid = await request.app[ACCOUNTS].verify_access_code(canonical(body.user), body.code,
-                                                           by=f"app:{app.id}")
-    return io.json({"valid": valid})
+    valid, why = await request.app[ACCOUNTS].verify_access_code(canonical(body.user), body.code,
+                                                                by=f"app:{app.id}")
+    return io.json({"valid": True} if valid else {"valid": False, "reason": why})
 
 
 @routes.post("/v1/remembered/revoke")

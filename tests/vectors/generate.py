@@ -522,8 +522,10 @@ CHALLENGE_HEADER_TYP = {"alg": "ES256", "typ": CHALLENGE_TYP}
 def challenge_payload(**overrides: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"iss": SERVER, "aud": DEVICE_ID, "sub": USER, "jti": CHALLENGE_ID, "nonce": NONCE,
                            "iat": CHALLENGE_IAT, "exp": CHALLENGE_EXP, "app": APP_NAME,
-                           "number_matching": True, "ctx": CONTEXT}
+                           "number_matching": True, "number_length": len(NUMBER), "ctx": CONTEXT}
     out.update(overrides)
+    if not out["number_matching"]:
+        out.pop("number_length", None)
     return out
 
 
