@@ -2,6 +2,7 @@
 #   make test    install redis-server if missing, then run the test suite (real Redis, started by the tests)
 #   make lint    ruff + mypy (strict; configured in pyproject.toml)
 #   make demo    run the local demo
+#   make demo-live  the demo, then keep it running: console, sample login page, phone on this terminal
 #   make bench   run the challenge-cycle benchmark
 #   make clean   remove the virtualenv, caches and build artifacts
 
@@ -13,7 +14,7 @@ STAMP := $(VENV)/.installed
 # Extra pytest arguments, e.g. make test PYTEST_ARGS="-k redis -x"
 PYTEST_ARGS ?=
 
-.PHONY: venv test lint demo bench ensure-redis clean
+.PHONY: venv test lint demo demo-live bench ensure-redis clean
 
 venv: $(STAMP)
 
@@ -33,6 +34,9 @@ lint: venv
 
 demo: venv
 	$(BIN)/pushauth demo
+
+demo-live: venv
+	$(BIN)/pushauth demo --serve
 
 bench: venv ensure-redis
 	$(BIN)/python bench/cycle.py

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import msgspec
 
 from pushauth.alerts.settings import SinkSettings
+from pushauth.demo_settings import DemoSettings
 from pushauth.detection import ContainmentSettings, DetectionSettings
 from pushauth.errors import ConfigError
 from pushauth.policy import PolicySettings
@@ -59,6 +60,9 @@ class ServerSettings(_Section, frozen=True):
 class StoreSettings(_Section, frozen=True):
     # Empty: the embedded in-process store. Nothing survives a restart; for trying pushauth on one machine.
     redis_url: str = ""
+    # true: redis_url names one node of a Redis Cluster (the client discovers the others). Every multi-key
+    # change is one script within one hash tag, so nothing else changes.
+    cluster: bool = False
     # Every key starts with this, so one Redis can serve several deployments.
     prefix: str = "pa"
     # Short timeouts are what make "fail closed" fast: a stopped Redis turns into a 503 within this time
@@ -279,6 +283,7 @@ class Settings(_Section, frozen=True):
     alerts: AlertSettings = AlertSettings()
     policy: PolicySettings = PolicySettings()
     metrics: MetricsSettings = MetricsSettings()
+    demo: DemoSettings = DemoSettings()
     logging: LoggingSettings = LoggingSettings()
 
     def __post_init__(self) -> None:

@@ -16,6 +16,7 @@ import itertools
 import json
 import os
 import secrets
+import ssl
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -322,6 +323,93 @@ async def test_concurrency_is_capped(fake: FakeFCM, service_account: Path, hosts
     assert fake.sends == 200
     assert 10 <= fake.max_in_flight <= 20, fake.max_in_flight
     assert fake.token_requests == 1  # one OAuth2 token for all 200 sends
+
+
+async def test_sdk_sends_over_http2_on_one_connection(fake: FakeFCM, service_account: Path,
+                                                      hosts: PrivateHosts) -> None:
+    # As against fcm.googleapis.com: ALPN picks h2, and httpx multiplexes concurrent sends on one connection.
+    fake.delay_s = 0.3  # hold the sends so they overlap
+    requests = [push_request(device_token()) for _ in range(20)]
+    run = await run_driver(hosts, push_settings(service_account), requests)
+    assert [o["kind"] for o in run.outcomes] == ["sent"] * 20
+    assert {r.http_version for r in fake.requests} == {"2"}
+    assert len({r.connection for r in fake.requests}) == 1, fake.requests
+    assert fake.connections == 1
+    assert fake.max_in_flight >= 10, fake.max_in_flight
+    # The real HEADERS frames: the first request on the connection fills HPACK's dynamic table, later ones
+    # refer to it (the never-indexed Authorization header aside).
+    first, *later = sorted(fake.requests, key=lambda r: r.nth_on_connection)
+    assert first.nth_on_connection == 0
+    assert first.headers_frame_bytes is not None
+    assert fake.first_headers_frame_bytes == [first.headers_frame_bytes]
+    assert all(r.headers_frame_bytes is not None and r.headers_frame_bytes < first.headers_frame_bytes
+               for r in later), [r.headers_frame_bytes for r in fake.requests]
+    assert all(r.body_bytes == int(r.headers["content-length"]) for r in fake.requests)
+
+
+def _in_process_token(fake: FakeFCM) -> str:
+    """An access token from the fake's token endpoint, through google-auth as the SDK gets one."""
+    import google.auth.transport.requests
+    import requests
+    from google.oauth2 import service_account
+
+    credentials = service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
+        fake.service_account(), scopes=["https://www.googleapis.com/auth/firebase.messaging"])
+    with requests.Session() as session:
+        session.trust_env = False
+        credentials.refresh(google.auth.transport.requests.Request(session))
+    return str(credentials.token)
+
+
+@pytest.mark.parametrize("alpn", ["http/1.1", "h2"])
+async def test_http1_fallback_and_http2_answer_alike(fake: FakeFCM, test_ca: sandbox.TestCA,
+                                                     alpn: str) -> None:
+    # A client that offers only HTTP/1.1 (ALPN) gets it, on the same host and port, with the same checks
+    # and answers as over HTTP/2. In process: the fake's address, the real name for SNI and the certificate.
+    import httpx
+
+    token = await asyncio.to_thread(_in_process_token, fake)
+    ok, quota, slow = device_token(), device_token(), device_token()
+    fake.script(quota, fcm.quota_exceeded(7))
+    fake.script(slow, fcm.slow(30))
+    url = f"https://{fake.host}:{fake.port}/v1/projects/{fake.project_id}/messages:send"
+    sni = {"sni_hostname": sandbox.FCM_HOST}
+    auth = {"Authorization": f"Bearer {token}", "Host": sandbox.FCM_HOST}
+    tls = ssl.create_default_context(cafile=str(test_ca.ca_file))
+    version = {"http/1.1": "HTTP/1.1", "h2": "HTTP/2"}[alpn]
+
+    def message(device: str) -> dict[str, Any]:
+        return {"message": {"token": device, "data": {"type": "challenge"}, "android": {"priority": "high"}}}
+
+    async with httpx.AsyncClient(verify=tls, http1=alpn == "http/1.1", http2=alpn == "h2") as client:
+        sent = await client.post(url, json=message(ok), headers=auth, extensions=sni)
+        throttled = await client.post(url, json=message(quota), headers=auth, extensions=sni)
+        anonymous = await client.post(url, json=message(ok), extensions=sni)
+        bad = await client.post(url, json={"message": {"data": {"type": "challenge"}}}, headers=auth,
+                                extensions=sni)
+    assert sent.http_version == version
+    assert sent.status_code == 200, sent.text
+    assert sent.json()["name"].startswith(f"projects/{fake.project_id}/messages/0:")
+    assert throttled.status_code == 429
+    assert throttled.headers["retry-after"] == "7"
+    assert throttled.json()["error"]["details"][0]["errorCode"] == "QUOTA_EXCEEDED"
+    assert (anonymous.status_code, anonymous.json()["error"]["status"]) == (401, "UNAUTHENTICATED")
+    assert (bad.status_code, bad.json()["error"]["status"]) == (400, "INVALID_ARGUMENT")
+    assert fake.unauthenticated_sends == 1
+    assert [r.token for r in fake.requests] == [ok, quota]
+    assert {r.http_version for r in fake.requests} == {"1.1" if alpn == "http/1.1" else "2"}
+    assert len({r.connection for r in fake.requests}) == 1
+
+    # A client that gives up (here: closes its connection) cancels the fake's slow handler.
+    async with httpx.AsyncClient(verify=tls, http1=alpn == "http/1.1", http2=alpn == "h2") as client:
+        with pytest.raises(httpx.ReadTimeout):
+            await client.post(url, json=message(slow), headers=auth, extensions=sni, timeout=0.5)
+    for _ in range(100):
+        if fake.in_flight == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert fake.in_flight == 0
+    assert fake.attempts(slow) == 1
 
 
 # ---------------------------------------------------------------------------------------------------------

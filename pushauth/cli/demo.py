@@ -5,6 +5,10 @@ would see them: one the user approves by typing the number shown, one the user d
 request this". The denial reaches the security team as a signed Standard Webhooks alert (a small
 receiver in this process plays their SIEM), the account's prompts are suspended, and the team lifts the
 suspension through the admin API. Nothing is written to disk; nothing survives the process.
+
+`pushauth demo --serve` then keeps the server running for a person to try: the security team's console
+(with an admin token made for this run), the sample login page, and the simulated phone, which asks on
+this terminal whether to approve (type the number the login page shows) or deny.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import base64
 import hashlib
 import hmac
 import socket
+import sys
+import threading
 import time
 from typing import Any
 
@@ -22,11 +28,12 @@ import aiohttp
 import segno
 from aiohttp import web
 
+from pushauth import clock
 from pushauth.config import from_mapping
 from pushauth.crypto import jws
 from pushauth.crypto.secrets import new_secret, sha256_hex
 from pushauth.logs import configure
-from pushauth.phone import Phone
+from pushauth.phone import Challenge, Phone, PhoneError
 from pushauth.web import create_app
 
 USER = "alice.smith@nhs.net"
@@ -36,12 +43,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("demo", help="run an end-to-end demo on the embedded store")
     p.add_argument("--port", type=int, default=0, help="port for the demo server (default: any free one)")
     p.add_argument("--no-qr", action="store_true", help="do not draw the enrollment QR code")
+    p.add_argument("--serve", action="store_true",
+                   help="after the story keep the server running: the console, the sample login page, and "
+                        "the phone answering from this terminal (Ctrl-C stops)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     configure("warning", "console")
-    asyncio.run(_demo(args.port, show_qr=not args.no_qr))
+    try:
+        asyncio.run(_demo(args.port, show_qr=not args.no_qr, serve=args.serve))
+    except KeyboardInterrupt:
+        if not args.serve:
+            raise
+        print("\npushauth demo server stopped")
     return 0
 
 
@@ -57,7 +72,7 @@ def _say(title: str, **fields: Any) -> None:
         print(f"   {name:<14} {value}")
 
 
-async def _demo(port: int, *, show_qr: bool) -> None:
+async def _demo(port: int, *, show_qr: bool, serve: bool = False) -> None:
     port = port or _free_port()
     api_key, admin_token = new_secret(), new_secret()
     siem = _Siem("whsec_" + base64.b64encode(new_secret().encode()[:32]).decode())
@@ -70,6 +85,7 @@ async def _demo(port: int, *, show_qr: bool) -> None:
         "admin": {"token_sha256": [sha256_hex(admin_token)]},
         "alerts": {"sinks": [{"name": "siem", "kind": "webhook", "url": siem.url, "secret": siem.secret,
                               "timeout_s": 5}]},
+        "demo": {"enabled": serve, "application": "webmail"},
     })
     runner = web.AppRunner(create_app(settings), access_log=None)
     await runner.setup()
@@ -97,6 +113,8 @@ async def _demo(port: int, *, show_qr: bool) -> None:
             await _sign_in(call, phone, jwks, approve=True)
             await _sign_in(call, phone, jwks, approve=False)
             await _security_team(call, siem, {"Authorization": f"Bearer {admin_token}"})
+            if serve:
+                await _serve(base, admin_token, phone)
     finally:
         await runner.cleanup()
         await siem_runner.cleanup()
@@ -194,3 +212,64 @@ async def _security_team(call: Any, siem: _Siem, admin: dict[str, str]) -> None:
     cleared = await call("POST", f"/v1/users/{alert['user']}/unlock", {"what": "suspension"}, headers=admin)
     _say("After a call with the user, the team acknowledges the alert and lifts the suspension",
          was_suspended=cleared["was_suspended"])
+
+
+# -- pushauth demo --serve: a person tries it --------------------------------------------------------------
+
+
+async def _serve(base: str, admin_token: str, phone: Phone) -> None:
+    _say("The server keeps running (Ctrl-C stops it)", console=f"{base}/console",
+         admin_token=f"{admin_token}   (for this run only)", login_page=f"{base}/demo/login", user=USER)
+    print(f"   sign in on the login page as {USER}; the phone asks here, on this terminal")
+    lines = _stdin_lines()
+    seen: set[str] = set()
+    while True:
+        try:
+            fresh = [c for c in await phone.pending() if c.id not in seen]
+        except (aiohttp.ClientError, PhoneError) as exc:
+            print(f"   phone: {exc}")
+            fresh = []
+        for challenge in fresh:
+            seen.add(challenge.id)
+            await _ask(phone, challenge, lines)
+        await asyncio.sleep(1)
+
+
+async def _ask(phone: Phone, challenge: Challenge, lines: asyncio.Queue[str]) -> None:
+    ctx = challenge.context or {}
+    _say(f"Phone: sign in to {challenge.app}?", login_from=ctx.get("ip", "-"),
+         location=ctx.get("location", "-"), browser=ctx.get("user_agent", "-"))
+    print("   approve: type the number the login page shows; "
+          "deny: d (I didn't request this) or m (by mistake)")
+    while not lines.empty():  # nothing typed before the prompt counts as its answer
+        lines.get_nowait()
+    try:
+        answer = (await asyncio.wait_for(lines.get(), max(1, challenge.exp - clock.now()))).strip()
+    except TimeoutError:
+        print("   (no answer: the prompt expired)")
+        return
+    try:
+        if answer.lower() in ("d", "deny"):
+            result = await phone.deny(challenge, reason="not_me")
+        elif answer.lower() in ("m", "mistake"):
+            result = await phone.deny(challenge, reason="mistake")
+        else:
+            result = await phone.approve(challenge, number=answer or None)
+    except PhoneError as exc:
+        print(f"   the server refused the answer: {exc}")
+        return
+    print(f"   the server says: {result}")
+
+
+def _stdin_lines() -> asyncio.Queue[str]:
+    """Lines typed on the terminal, from a daemon thread (a blocked read never holds up the exit)."""
+    loop = asyncio.get_running_loop()
+    lines: asyncio.Queue[str] = asyncio.Queue()
+
+    def read() -> None:
+        for line in sys.stdin:
+            loop.call_soon_threadsafe(lines.put_nowait, line)
+        print("   (stdin closed: the phone can no longer be answered from here)")
+
+    threading.Thread(target=read, name="demo-stdin", daemon=True).start()
+    return lines

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import redis.asyncio as aioredis
 import redis.exceptions as rex
 import structlog
@@ -32,12 +34,19 @@ EMBEDDED_WARNING = (
 )
 
 
-def open_redis(settings: StoreSettings) -> aioredis.Redis:
+def open_redis(settings: StoreSettings, *, health_check_interval_s: int = 30) -> aioredis.Redis:
+    """`health_check_interval_s`: a pooled connection idle for longer is PINGed before its next command
+    (0: never). It is not what recovers from a Redis restart: the pool already replaces a connection whose
+    socket was closed when it hands it out (`ensure_connection`, which is why maintenance notifications are
+    off below), and a silently dead one fails its command within socket_timeout_s. The server keeps 30;
+    the push worker, which sends few commands per push and retries its writes, uses 0."""
     if not settings.redis_url:
         import fakeredis  # imported lazily: production installs never need it at run time
 
         log.warning("embedded_store", message=EMBEDDED_WARNING)
         return fakeredis.FakeAsyncRedis(decode_responses=True)
+    if settings.cluster:
+        return _open_cluster(settings)
     # No retries inside the client: a request that finds Redis down should fail fast and closed, and the
     # next request simply opens a new connection (that is the "recovers by itself").
     #
@@ -51,7 +60,7 @@ def open_redis(settings: StoreSettings) -> aioredis.Redis:
         timeout=settings.socket_timeout_s,
         socket_timeout=settings.socket_timeout_s,
         socket_connect_timeout=settings.connect_timeout_s,
-        health_check_interval=30,
+        health_check_interval=health_check_interval_s,
         decode_responses=True,
         retry=None,
         # With maintenance notifications on ("auto"), redis-py skips its check that a pooled connection is
@@ -60,3 +69,22 @@ def open_redis(settings: StoreSettings) -> aioredis.Redis:
         maint_notifications_config=MaintNotificationsConfig(enabled=False),
     )
     return aioredis.Redis(connection_pool=pool)
+
+
+def _open_cluster(settings: StoreSettings) -> aioredis.Redis:
+    """A Redis Cluster client. It follows MOVED/ASK redirects and refreshes the slot map when a node
+    fails (a replica promoted); a command that finds no live master for its slot fails like any outage
+    (fail closed, 503) until the cluster has failed over."""
+    from redis.asyncio.cluster import RedisCluster
+
+    client = RedisCluster.from_url(
+        settings.redis_url,
+        max_connections=settings.max_connections,
+        socket_timeout=settings.socket_timeout_s,
+        socket_connect_timeout=settings.connect_timeout_s,
+        decode_responses=True,
+        # Redirects and a topology refresh on a node failure; bounded, so an outage still fails fast.
+        cluster_error_retry_attempts=2,
+    )
+    # The cluster client speaks the same commands; the rest of pushauth types it as a plain client.
+    return cast(aioredis.Redis, client)

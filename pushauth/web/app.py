@@ -31,7 +31,7 @@ from pushauth.expiry import ExpirySweeper
 from pushauth.push.registry import close_providers, open_providers
 from pushauth.store import KeySpace, open_redis
 from pushauth.store.events import ChallengeEvents
-from pushauth.web import admin, device, login_flow, ops, wellknown
+from pushauth.web import admin, console, demo_page, device, login_flow, openapi, ops, wellknown
 from pushauth.web.auth import Credentials
 from pushauth.web.keyring import KeyRingHolder
 from pushauth.web.middleware import error_boundary, request_context
@@ -51,6 +51,10 @@ from pushauth.web.state import (
 log = structlog.get_logger(__name__)
 
 EVENTS = web.AppKey("events", ChallengeEvents)
+
+
+async def _close_events(events: ChallengeEvents) -> None:
+    events.close()
 
 
 def create_app(settings: Settings, *, keyring: KeyRingHolder | None = None,
@@ -82,6 +86,8 @@ def create_app(settings: Settings, *, keyring: KeyRingHolder | None = None,
         # fail closed per request, and subscribe when Redis is back.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(events.connected.wait(), 5)
+        # On shutdown, long-polls answer at once instead of holding the shutdown for up to 30 s.
+        app.on_shutdown.append(lambda _app: _close_events(events))
         yield
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -144,4 +150,7 @@ def create_app(settings: Settings, *, keyring: KeyRingHolder | None = None,
     app.add_routes(device.routes)
     app.add_routes(admin.routes)
     app.add_routes(ops.routes)
+    app.add_routes(openapi.routes)
+    console.setup(app)  # the security team's console: routes, sessions and the live alert feed
+    demo_page.setup(app, settings)  # the sample login page, when [demo] enabled
     return app

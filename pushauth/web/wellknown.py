@@ -16,8 +16,3 @@ async def jwks(request: web.Request) -> web.Response:
     # Short: after a rotation, verifiers should see the new key within a minute.
     response.headers["Cache-Control"] = "public, max-age=60"
     return response
-
-
-@routes.get("/healthz")
-async def healthz(request: web.Request) -> web.Response:
-    return io.json({"status": "ok"})

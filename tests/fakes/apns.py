@@ -15,6 +15,7 @@ It checks what Apple checks and answers the way Apple answers:
 
 What it answers once the request is valid is scripted per token (`script`), consumed in order, then
 `default` (200). `requests` records every request; `max_in_flight` the most requests it held at once.
+The HTTP/2 server itself (framing, flow control, cancellation) is fakes/h2server.py, shared with the FCM fake.
 """
 
 from __future__ import annotations
@@ -25,25 +26,14 @@ import json
 import ssl
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
-from h2.config import H2Configuration
-from h2.connection import H2Connection
-from h2.events import (
-    ConnectionTerminated,
-    DataReceived,
-    RequestReceived,
-    StreamEnded,
-    StreamReset,
-    WindowUpdated,
-)
-from h2.exceptions import H2Error
-from h2.settings import SettingCodes, Settings
 
+from fakes.h2server import H2App, H2Request, H2Response, H2ServerProtocol
 from fakes.sandbox import (
     APNS_ADDR,
     APNS_DEVELOPMENT_HOST,
@@ -110,20 +100,13 @@ class SeenRequest:
     reason: str
 
 
-@dataclass
-class _Stream:
-    headers: dict[str, str]
-    body: bytearray = field(default_factory=bytearray)
-    answered: bool = False
-
-
 class _Refused(Exception):
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
         self.status, self.reason = status, reason
 
 
-class FakeAPNs:
+class FakeAPNs(H2App):
     def __init__(self, ca: TestCA, *, topic: str, key_id: str = "", team_id: str = "",
                  public_key: ec.EllipticCurvePublicKey | None = None, client_ca: str | None = None,
                  host: str = APNS_ADDR, port: int = HTTPS_PORT, max_concurrent_streams: int = 1000) -> None:
@@ -141,7 +124,7 @@ class FakeAPNs:
         self._verified: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
         self._sni: dict[int, str | None] = {}
         self._server: asyncio.Server | None = None
-        self._live: set[_H2Server] = set()
+        self._live: set[H2ServerProtocol] = set()
 
     def script(self, token: str, *answers: Answer) -> None:
         self._scripts.setdefault(token, collections.deque()).extend(answers)
@@ -157,7 +140,8 @@ class FakeAPNs:
             ctx.verify_mode = ssl.CERT_OPTIONAL
         ctx.sni_callback = self._on_sni
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: _H2Server(self), self.host, self.port, ssl=ctx, reuse_address=True)
+            lambda: H2ServerProtocol(self, max_concurrent_streams=self.max_concurrent_streams),
+            self.host, self.port, ssl=ctx, reuse_address=True)
 
     async def stop(self) -> None:
         if self._server is None:
@@ -179,9 +163,46 @@ class FakeAPNs:
     def _on_sni(self, sslobj: ssl.SSLObject | ssl.SSLSocket, name: str | None, _ctx: ssl.SSLContext) -> None:
         self._sni[id(sslobj)] = name
 
+    # --- the HTTP/2 connections (fakes/h2server.py) ----------------------------------------------
+
+    def h2_connection_made(self, conn: H2ServerProtocol) -> None:
+        self.connections += 1
+        self._live.add(conn)
+        assert conn.transport is not None
+        sslobj = conn.transport.get_extra_info("ssl_object")
+        if sslobj is not None:
+            conn.server_name = self._sni.pop(id(sslobj), None)
+
+    def h2_connection_lost(self, conn: H2ServerProtocol) -> None:
+        self._live.discard(conn)
+
+    def h2_stream_opened(self, conn: H2ServerProtocol, request: H2Request) -> None:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def h2_stream_closed(self, conn: H2ServerProtocol, request: H2Request) -> None:
+        self.in_flight -= 1
+
+    def h2_flow_control_wait(self, conn: H2ServerProtocol, request: H2Request) -> None:
+        self.window_waits += 1
+
+    def h2_request(self, conn: H2ServerProtocol, request: H2Request) -> H2Response:
+        answer, seen = self._answer_for(conn, request)
+        # aioapns matches answers to requests by apns-id.
+        headers = [("apns-id", seen.headers.get("apns-id") or str(uuid.uuid4()))]
+        body = b""
+        if answer.status != 200:
+            error: dict[str, Any] = {"reason": answer.reason}
+            if answer.status == 410:
+                error["timestamp"] = int(time.time() * 1000)
+            headers.append(("content-type", "application/json"))
+            body = json.dumps(error, separators=(",", ":")).encode()
+        return H2Response(answer.status, headers, body, delay_s=answer.delay_s, hang=answer.hang,
+                          drop=answer.drop)
+
     # --- checking a request --------------------------------------------------------------------
 
-    def _answer_for(self, conn: _H2Server, stream: _Stream) -> tuple[Answer, SeenRequest]:
+    def _answer_for(self, conn: H2ServerProtocol, stream: H2Request) -> tuple[Answer, SeenRequest]:
         h = stream.headers
         token = h.get(":path", "").removeprefix("/3/device/")
         jwt_header: dict[str, Any] = {}
@@ -211,7 +232,7 @@ class FakeAPNs:
         self.requests.append(seen)
         return answer, seen
 
-    def _check_auth(self, conn: _H2Server, authorization: str | None
+    def _check_auth(self, conn: H2ServerProtocol, authorization: str | None
                     ) -> tuple[str, dict[str, Any], dict[str, Any]]:
         if authorization is None:
             if conn.client_cert:
@@ -259,137 +280,6 @@ class FakeAPNs:
                 raise _Refused(400, "BadMessageId") from None
 
 
-class _H2Server(asyncio.Protocol):
-    """One client connection."""
-
-    def __init__(self, fake: FakeAPNs) -> None:
-        self.fake = fake
-        self.transport: asyncio.Transport | None = None
-        self.conn = H2Connection(H2Configuration(client_side=False, header_encoding="utf-8"))
-        self.conn.local_settings = Settings(client=False, initial_values={
-            SettingCodes.MAX_CONCURRENT_STREAMS: fake.max_concurrent_streams,
-            SettingCodes.MAX_HEADER_LIST_SIZE: 65536,
-        })
-        self.streams: dict[int, _Stream] = {}
-        self.pending: dict[int, bytes] = {}  # answer bodies waiting for flow-control credit
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.server_name: str | None = None
-        self.alpn: str | None = None
-        self.client_cert = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        self.fake.connections += 1
-        self.fake._live.add(self)
-        sslobj = transport.get_extra_info("ssl_object")
-        if sslobj is not None:
-            self.server_name = self.fake._sni.pop(id(sslobj), None)
-            self.alpn = sslobj.selected_alpn_protocol()
-            self.client_cert = bool(sslobj.getpeercert())
-        self.conn.initiate_connection()
-        self.flush()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.fake._live.discard(self)
-        for task in self.tasks:
-            task.cancel()
-        self.fake.in_flight -= sum(1 for s in self.streams.values() if not s.answered)
-        self.streams.clear()
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-    def flush(self) -> None:
-        data = self.conn.data_to_send()
-        if data and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            events = self.conn.receive_data(data)
-        except H2Error:
-            self.flush()
-            self.close()
-            return
-        for event in events:
-            if isinstance(event, RequestReceived) and event.stream_id is not None:
-                self.streams[event.stream_id] = _Stream(dict(event.headers or []))  # type: ignore[arg-type]
-                self.fake.in_flight += 1
-                self.fake.max_in_flight = max(self.fake.max_in_flight, self.fake.in_flight)
-            elif isinstance(event, DataReceived) and event.stream_id is not None:
-                if event.stream_id in self.streams:
-                    self.streams[event.stream_id].body += event.data or b""
-                self.conn.acknowledge_received_data(event.flow_controlled_length or 0, event.stream_id)
-            elif isinstance(event, StreamEnded) and event.stream_id in self.streams:
-                self.request_complete(event.stream_id)
-            elif isinstance(event, StreamReset) and event.stream_id is not None:
-                self.pending.pop(event.stream_id, None)
-                stream = self.streams.pop(event.stream_id, None)
-                if stream is not None and not stream.answered:
-                    self.fake.in_flight -= 1
-            elif isinstance(event, WindowUpdated):
-                self.send_pending()
-            elif isinstance(event, ConnectionTerminated):
-                self.flush()
-                self.close()
-                return
-        self.flush()
-
-    def request_complete(self, stream_id: int) -> None:
-        answer, seen = self.fake._answer_for(self, self.streams[stream_id])
-        apns_id = seen.headers.get("apns-id") or str(uuid.uuid4())
-        if answer.drop:
-            assert self.transport is not None
-            self.transport.abort()
-        elif answer.hang:
-            pass
-        elif answer.delay_s:
-            task = asyncio.get_running_loop().create_task(self.answer_later(stream_id, answer, apns_id))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
-        else:
-            self.answer(stream_id, answer, apns_id)
-
-    async def answer_later(self, stream_id: int, answer: Answer, apns_id: str) -> None:
-        await asyncio.sleep(answer.delay_s)
-        if stream_id in self.streams and self.transport is not None and not self.transport.is_closing():
-            self.answer(stream_id, answer, apns_id)
-            self.flush()
-
-    def answer(self, stream_id: int, answer: Answer, apns_id: str) -> None:
-        headers = [(":status", str(answer.status)), ("apns-id", apns_id)]
-        if answer.status == 200:
-            self.conn.send_headers(stream_id, headers, end_stream=True)
-            self.done(stream_id)
-            return
-        error: dict[str, Any] = {"reason": answer.reason}
-        if answer.status == 410:
-            error["timestamp"] = int(time.time() * 1000)
-        self.conn.send_headers(stream_id, [*headers, ("content-type", "application/json")])
-        self.pending[stream_id] = json.dumps(error, separators=(",", ":")).encode()
-        if not self.send_pending():
-            self.fake.window_waits += 1
-
-    def send_pending(self) -> bool:
-        """Sends the waiting answer bodies the flow-control windows allow; False if any must wait."""
-        for stream_id, body in list(self.pending.items()):
-            try:
-                window = self.conn.local_flow_control_window(stream_id)
-            except H2Error:  # the client reset or closed the stream meanwhile
-                del self.pending[stream_id]
-                continue
-            if window < len(body):
-                continue
-            self.conn.send_data(stream_id, body, end_stream=True)
-            del self.pending[stream_id]
-            self.done(stream_id)
-        self.flush()
-        return not self.pending
-
-    def done(self, stream_id: int) -> None:
-        stream = self.streams.pop(stream_id, None)
-        if stream is not None and not stream.answered:
-            stream.answered = True
-            self.fake.in_flight -= 1
+# What bench/push.py's BenchAPNs names in its `_answer_for` override.
+_H2Server = H2ServerProtocol
+_Stream = H2Request

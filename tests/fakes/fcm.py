@@ -19,8 +19,13 @@ success. Errors use FCM v1's real error body:
 
 The module-level replies (UNREGISTERED, SENDER_ID_MISMATCH, ...) cover every error pushauth maps.
 
-ALPN: only "http/1.1" is offered (aiohttp does not speak HTTP/2); the SDK's httpx client asks for h2 and
-falls back to HTTP/1.1 when the server does not pick it.
+Protocols, as fcm.googleapis.com: one TLS listener whose ALPN offers "h2" first and "http/1.1" second.
+firebase-admin's httpx client (http2=True) gets HTTP/2 (fakes/h2server.py: one connection carries many
+sends, up to SETTINGS_MAX_CONCURRENT_STREAMS = 100 at once, as Google's front ends advertise); a client
+that offers only HTTP/1.1 (or no ALPN) gets aiohttp's HTTP/1.1 server on the same connection. Both hand the
+request to the same code (`_handle`), so checks and answers are the same; `SendRecord.http_version` and
+`.connection` say how each send arrived. A client that gives up on a send cancels its handler (slow replies
+stop sleeping): RST_STREAM or a closed connection on HTTP/2, a closed connection on HTTP/1.1.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import secrets
 import socket
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
@@ -44,7 +49,9 @@ from aiohttp import web
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from multidict import CIMultiDict, CIMultiDictProxy
 
+from fakes.h2server import H2App, H2Request, H2Response, H2ServerProtocol, next_connection_id
 from fakes.sandbox import FCM_ADDR, FCM_HOST, HTTPS_PORT, TestCA
 
 FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
@@ -55,6 +62,11 @@ JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 FCM_SCOPES = frozenset({"https://www.googleapis.com/auth/cloud-platform",
                         "https://www.googleapis.com/auth/firebase.messaging"})
 _TTL = re.compile(r"\d{1,12}(\.\d{1,9})?s")
+_SEND_PATH = re.compile(r"/v1/projects/([^/]+)/([^/]+)")
+MAX_BODY = 64 * 1024  # larger request bodies: 413
+# What Google's front ends advertise in SETTINGS.
+MAX_CONCURRENT_STREAMS = 100
+JSON_UTF8 = "application/json; charset=UTF-8"
 
 
 @dataclass(frozen=True)
@@ -128,7 +140,12 @@ class SendRecord:
     token: str | None
     message: dict[str, Any]
     validate_only: bool
-    headers: Mapping[str, str]
+    headers: Mapping[str, str]  # case-insensitive names (lower case as sent over HTTP/2); no pseudo-headers
+    http_version: str = "2"  # "2" or "1.1": what ALPN picked for its connection
+    connection: int = 0  # an id of its connection (unique in this process)
+    nth_on_connection: int = 0  # 0: the first request on its connection (HTTP/2 only; 0 over HTTP/1.1)
+    body_bytes: int = 0  # the request body as received
+    headers_frame_bytes: int | None = None  # HTTP/2: its HEADERS (+ CONTINUATION) frames on the wire
 
     @property
     def data(self) -> Any:
@@ -152,12 +169,49 @@ def _b64url_decode(part: str) -> bytes:
     return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
 
 
-def _error(status: int, grpc_status: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": status, "message": message, "status": grpc_status}},
-                             status=status)
+@dataclass(frozen=True)
+class _Answer:
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
 
 
-class FakeFCM:
+def _json_answer(status: int, text: str, headers: tuple[tuple[str, str], ...] = ()) -> _Answer:
+    return _Answer(status, (("Content-Type", JSON_UTF8), *headers), text.encode())
+
+
+def _error(status: int, grpc_status: str, message: str) -> _Answer:
+    error = {"error": {"code": status, "message": message, "status": grpc_status}}
+    return _json_answer(status, json.dumps(error))
+
+
+class _AlpnDispatch(asyncio.Protocol):
+    """The FCM listener's protocol until the TLS handshake is done: then it hands the connection to the
+    HTTP/2 server or to aiohttp's HTTP/1.1 server, by the protocol ALPN picked."""
+
+    def __init__(self, fake: FakeFCM) -> None:
+        self.fake = fake
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        sslobj = transport.get_extra_info("ssl_object")
+        alpn = sslobj.selected_alpn_protocol() if sslobj is not None else None
+        self.fake.connections += 1
+        protocol: asyncio.BaseProtocol
+        if alpn == "h2":
+            protocol = H2ServerProtocol(self.fake, max_concurrent_streams=MAX_CONCURRENT_STREAMS)
+        else:  # "http/1.1", or a client that offered no ALPN
+            runner = self.fake._fcm_runner
+            if runner is None or runner.server is None:  # stopping
+                transport.close()
+                return
+            handler = runner.server()
+            self.fake._http1_connections[id(handler)] = next_connection_id()
+            protocol = handler
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+
+
+class FakeFCM(H2App):
     """FCM HTTP v1 `messages:send` on (FCM_ADDR, 443) over TLS, and an OAuth2 token endpoint on 127.0.0.1.
 
         fake = FakeFCM(ca)
@@ -188,7 +242,15 @@ class FakeFCM:
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.private_key_id = secrets.token_hex(20)
         self.client_email = f"firebase-adminsdk-fake@{project_id}.iam.gserviceaccount.com"
-        self._fcm_runner: web.AppRunner | None = None
+        # TLS connections the FCM listener accepted (either protocol).
+        self.connections = 0
+        # The HEADERS frame bytes of the first request on each HTTP/2 connection (kept with keep_requests
+        # off too: the benchmark's records start after the worker's connection is open).
+        self.first_headers_frame_bytes: list[int] = []
+        self._fcm_runner: web.AppRunner | None = None  # HTTP/1.1 (aiohttp), on the same listener
+        self._fcm_server: asyncio.Server | None = None
+        self._h2_live: set[H2ServerProtocol] = set()
+        self._http1_connections: dict[int, int] = {}  # id(aiohttp RequestHandler) -> connection id
         self._oauth_runner: web.AppRunner | None = None
         self._oauth_port = 0
 
@@ -205,22 +267,31 @@ class FakeFCM:
         self._oauth_port = sock.getsockname()[1]
         await web.SockSite(self._oauth_runner, sock, backlog=1024).start()
 
-        fcm = web.Application(client_max_size=64 * 1024)
-        fcm.router.add_post("/v1/projects/{project}/{method}", self._send)
+        # HTTP/1.1: every request goes to _http1, which routes as _h2_send does (in _handle). The limit on
+        # the body is _handle's (MAX_BODY), the same for both protocols.
+        fcm = web.Application(client_max_size=4 * MAX_BODY)
+        fcm.router.add_route("*", "/{path:.*}", self._http1)
         # handler_cancellation: a client that gave up (timeout) cancels its slow handler, as on a real
         # server; shutdown_timeout: stop() does not wait for slow handlers.
         self._fcm_runner = web.AppRunner(fcm, access_log=None, handler_cancellation=True,
                                          shutdown_timeout=0.5)
         await self._fcm_runner.setup()
-        ssl_context = self.ca.server_context(FCM_HOST, alpn=["http/1.1"])
-        await web.TCPSite(self._fcm_runner, self.host, self.port, ssl_context=ssl_context,
-                          reuse_address=True, backlog=1024).start()
+        ssl_context = self.ca.server_context(FCM_HOST, alpn=["h2", "http/1.1"])
+        self._fcm_server = await asyncio.get_running_loop().create_server(
+            lambda: _AlpnDispatch(self), self.host, self.port, ssl=ssl_context, reuse_address=True,
+            backlog=1024)
 
     async def stop_fcm(self) -> None:
         """Stop the FCM listener only (sends get connection refused; tokens are still issued)."""
-        if self._fcm_runner is not None:
-            runner, self._fcm_runner = self._fcm_runner, None
-            await runner.cleanup()
+        if self._fcm_server is not None:
+            server, self._fcm_server = self._fcm_server, None
+            server.close()
+            for conn in list(self._h2_live):
+                conn.close()
+            if self._fcm_runner is not None:  # closes the HTTP/1.1 connections
+                runner, self._fcm_runner = self._fcm_runner, None
+                await runner.cleanup()
+            await server.wait_closed()
 
     async def stop_oauth(self) -> None:
         """Stop the token endpoint only (token requests get connection refused)."""
@@ -297,6 +368,11 @@ class FakeFCM:
     def max_in_flight(self) -> int:
         return self._counters.max_in_flight
 
+    @property
+    def in_flight(self) -> int:
+        """Requests being handled now (a client that gave up no longer counts)."""
+        return self._counters.in_flight
+
     def issued_tokens(self) -> frozenset[str]:
         return frozenset(self._issued)
 
@@ -354,39 +430,86 @@ class FakeFCM:
 
     # -- FCM messages:send -------------------------------------------------------------------------
 
-    async def _send(self, request: web.Request) -> web.Response:
+    # HTTP/2 (fakes/h2server.py calls these)
+
+    def h2_connection_made(self, conn: H2ServerProtocol) -> None:
+        self._h2_live.add(conn)
+
+    def h2_connection_lost(self, conn: H2ServerProtocol) -> None:
+        self._h2_live.discard(conn)
+
+    # In flight over HTTP/2: from a request's HEADERS to the end of its answer (or its reset), as aiohttp's
+    # handler runs from the request line to the answer.
+    def h2_stream_opened(self, conn: H2ServerProtocol, request: H2Request) -> None:
+        self._counters.in_flight += 1
+        self._counters.max_in_flight = max(self._counters.max_in_flight, self._counters.in_flight)
+
+    def h2_stream_closed(self, conn: H2ServerProtocol, request: H2Request) -> None:
+        self._counters.in_flight -= 1
+
+    def h2_request(self, conn: H2ServerProtocol, request: H2Request) -> Awaitable[H2Response]:
+        if request.index == 0:
+            self.first_headers_frame_bytes.append(request.headers_frame_bytes)
+        return self._h2_send(conn, request)
+
+    async def _h2_send(self, conn: H2ServerProtocol, request: H2Request) -> H2Response:
+        headers = CIMultiDict((k, v) for k, v in request.headers.items() if not k.startswith(":"))
+        via = _Via("2", conn.id, request.index, request.headers_frame_bytes)
+        answer = await self._handle(request.method, request.path, headers, bytes(request.body), via)
+        return H2Response(answer.status, answer.headers, answer.body)
+
+    # HTTP/1.1 (aiohttp)
+
+    async def _http1(self, request: web.Request) -> web.Response:
         counters = self._counters
         counters.in_flight += 1
         counters.max_in_flight = max(counters.max_in_flight, counters.in_flight)
         try:
-            return await self._answer_send(request)
+            body = await request.read()
+            via = _Via(f"{request.version.major}.{request.version.minor}",
+                       self._http1_connections.get(id(request.protocol), 0))
+            answer = await self._handle(request.method, request.raw_path, CIMultiDict(request.headers), body,
+                                        via)
         finally:
             counters.in_flight -= 1
+        return web.Response(status=answer.status, body=answer.body, headers=CIMultiDict(answer.headers))
 
-    async def _answer_send(self, request: web.Request) -> web.Response:
-        if request.match_info["method"] != "messages:send":
+    # Both
+
+    async def _handle(self, method: str, target: str, headers: CIMultiDict[str], body: bytes,
+                      via: _Via) -> _Answer:
+        route = _SEND_PATH.fullmatch(target.partition("?")[0])
+        if route is None:
+            return _error(404, "NOT_FOUND", "The requested URL was not found on this server.")
+        if method != "POST":
+            return _error(405, "METHOD_NOT_ALLOWED", f"Method {method} is not allowed.")
+        project, rpc = route.groups()
+        if rpc != "messages:send":
             return _error(404, "NOT_FOUND", "Method not found.")
-        auth = request.headers.get("Authorization", "")
+        auth = headers.get("Authorization", "")
         if not (auth.startswith("Bearer ") and auth[len("Bearer "):] in self._issued):
             self._counters.unauthenticated_sends += 1
             return _error(401, "UNAUTHENTICATED", UNAUTHENTICATED.message)
-        project = request.match_info["project"]
         if project != self.project_id:
             return _error(403, "PERMISSION_DENIED", PERMISSION_DENIED.message.format(project=project))
+        if len(body) > MAX_BODY:
+            return _error(413, "INVALID_ARGUMENT", "Request payload size exceeds the limit.")
         try:
-            body = await request.json()
+            parsed = json.loads(body)
         except ValueError:
             return _error(400, "INVALID_ARGUMENT", "Invalid JSON payload received.")
-        problem = _check_body(body)
+        problem = _check_body(parsed)
         if problem:
             return _error(400, "INVALID_ARGUMENT", problem)
-        message = body["message"]
+        message = parsed["message"]
         token = message.get("token")
         self.sends += 1
         if self.keep_requests:
-            self.requests.append(SendRecord(at=time.time(), project=project, token=token, message=message,
-                                            validate_only=bool(body.get("validate_only")),
-                                            headers=dict(request.headers)))
+            self.requests.append(SendRecord(
+                at=time.time(), project=project, token=token, message=message,
+                validate_only=bool(parsed.get("validate_only")), headers=CIMultiDictProxy(headers),
+                http_version=via.http_version, connection=via.connection, nth_on_connection=via.nth,
+                body_bytes=len(body), headers_frame_bytes=via.headers_frame_bytes))
         queue = self._scripts.get(token) if token else None
         reply = queue.popleft() if queue else OK
         delay = reply.delay_s + self.delay_s
@@ -394,8 +517,17 @@ class FakeFCM:
             await asyncio.sleep(delay)
         name = f"projects/{project}/messages/0:{next(self._message_ids)}%{secrets.token_hex(8)}"
         text = json.dumps(reply.body(name)).replace("{project}", project)
-        return web.Response(status=reply.status, text=text, content_type="application/json",
-                            headers=dict(reply.headers))
+        return _json_answer(reply.status, text, reply.headers)
+
+
+@dataclass(frozen=True)
+class _Via:
+    """How a request arrived."""
+
+    http_version: str
+    connection: int
+    nth: int = 0
+    headers_frame_bytes: int | None = None
 
 
 def _check_body(body: Any) -> str | None:
