@@ -335,7 +335,7 @@ class Phone:
             raise PhoneError(f"cannot reach the server at {self.api_base}: {exc!r}") from exc
         try:
             parsed: Any = msgspec.json.decode(content) if content else None
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, UnicodeDecodeError):
             parsed = content.decode("utf-8", "replace")
         return status, parsed
 

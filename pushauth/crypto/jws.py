@@ -34,6 +34,9 @@ _ALLOWED_JWK = frozenset({"kty", "crv", "x", "y", "kid", "use", "alg"})
 
 _encode_json = msgspec.json.Encoder().encode
 _decode_json = msgspec.json.Decoder().decode
+# What msgspec raises on bytes that are not JSON: DecodeError, but UnicodeDecodeError for bytes that are
+# not UTF-8 inside a string (`{"typ":"\xff"}`), and RecursionError for hostile nesting depth.
+_NOT_JSON = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 
 
 class InvalidJWS(Unauthorized):
@@ -90,7 +93,7 @@ def read_header(token: str, *, typ: str, allow_jwk: bool = False) -> dict[str, A
         raise InvalidJWS("not a compact JWS")
     try:
         header = _decode_json(b64url_decode(token.split(".", 1)[0]))
-    except (msgspec.DecodeError, RecursionError) as exc:  # RecursionError: hostile nesting depth
+    except _NOT_JSON as exc:
         raise InvalidJWS("JWS header is not JSON") from exc
     if not isinstance(header, dict):
         raise InvalidJWS("JWS header is not an object")
@@ -121,7 +124,7 @@ def verify(token: str, key: ECKey) -> dict[str, Any]:
         raise InvalidJWS("signature does not verify") from exc
     try:
         claims = _decode_json(obj.payload)
-    except (msgspec.DecodeError, RecursionError) as exc:
+    except _NOT_JSON as exc:
         raise InvalidJWS("JWS payload is not JSON") from exc
     if not isinstance(claims, dict):
         raise InvalidJWS("JWS payload is not an object")

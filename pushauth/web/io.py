@@ -2,19 +2,35 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TypeVar
 
 import msgspec
 from aiohttp import web
 
-from pushauth.errors import BadRequest, Unprocessable
+from pushauth.errors import ApiError, BadRequest, Unprocessable
 
 T = TypeVar("T")
 
 
+class ApiError408(ApiError):
+    status = 408
+    default_code = "request_timeout"
+
+
+# A client that sends its headers and then trickles the body (slowloris) holds a connection and a handler;
+# it gets this long for the whole body. aiohttp has no deadline of its own for headers: put a reverse
+# proxy with client timeouts in front for that (README, Deploying it).
+BODY_TIMEOUT_S = 10.0
+
+
 async def read_body(request: web.Request) -> bytes:
     # aiohttp enforces client_max_size (413) while reading.
-    return await request.read()
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT_S):
+            return await request.read()
+    except TimeoutError:
+        raise ApiError408("the request body did not arrive in time") from None
 
 
 def decode(body: bytes, type_: type[T]) -> T:
@@ -24,7 +40,8 @@ def decode(body: bytes, type_: type[T]) -> T:
         return msgspec.json.decode(body, type=type_)
     except msgspec.ValidationError as exc:
         raise Unprocessable(_field_message(str(exc)), code="invalid") from None
-    except (msgspec.DecodeError, RecursionError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        # msgspec raises UnicodeDecodeError (not DecodeError) for invalid UTF-8 inside a JSON string.
         raise BadRequest("body is not valid JSON", code="bad_json") from None
 
 
@@ -33,7 +50,7 @@ def peek_str(body: bytes, field: str) -> str | None:
     that must be acted on before the body as a whole is validated (the enrollment code)."""
     try:
         data = msgspec.json.decode(body)
-    except (msgspec.DecodeError, RecursionError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None
     value = data.get(field) if isinstance(data, dict) else None
     return value if isinstance(value, str) and value else None
