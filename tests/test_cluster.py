@@ -260,3 +260,102 @@ async def test_master_failover_during_sign_ins(cluster: RedisCluster, keyring: K
         await server.close()
         cluster.restart_node(victim)  # rejoins as a replica
         cluster.wait_ok()
+
+
+async def test_alerts_raised_during_a_failover_are_all_delivered(
+        cluster: RedisCluster, keyring: KeyRingHolder, tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    """Denials (each raising an alert) run through a master failover with an alert worker on the cluster:
+    every denial the server acknowledged has its alert, and every alert reaches the webhook."""
+    from aiohttp import web
+
+    received: set[str] = set()
+
+    async def hook(request: web.Request) -> web.Response:
+        received.add((await request.json())["data"]["id"])
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    hook_port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", hook_port).start()
+    secret = "whsec_" + "cHVzaGF1dGgtY2x1c3Rlci10ZXN0LXNlY3JldC0zMmI="
+    settings = cluster_settings(cluster, free_port())
+    server = await start_server(settings, keyring)
+    config = tmp_path / "worker.toml"
+    config.write_text(f"""
+[store]
+redis_url = "{cluster.url}"
+cluster = true
+prefix = "{settings.store.prefix}"
+socket_timeout_s = 1.0
+[alerts]
+retry_schedule_s = [1, 1, 1, 1, 1, 1, 1, 1]
+sweep_interval_s = 1.0
+reclaim_idle_s = 2.0
+[[alerts.sinks]]
+name = "hook"
+kind = "webhook"
+url = "http://127.0.0.1:{hook_port}/hook"
+secret = "{secret}"
+""")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    worker = await asyncio.create_subprocess_exec(sys.executable, "-m", "workers.alerts", "-c", str(config),
+                                                  "--name", "a1", env=env, cwd=REPO,
+                                                  stdout=asyncio.subprocess.DEVNULL,
+                                                  stderr=asyncio.subprocess.DEVNULL)
+    victim = 0
+    try:
+        rp = LoginFlow(http, server.url)
+        users = [f"d{i}@nhs.net" for i in range(40)]
+        uris = [await rp.enroll_uri(u) for u in users]
+        phones = await asyncio.gather(*(Phone.enroll(uri, session=http) for uri in uris))
+        prefix = settings.store.prefix
+        # the master holding the alert stream: killing it tests the worker's side too
+        victim = cluster.master_of(f"{prefix}:{{alerts}}:stream")
+        acknowledged: list[str] = []
+
+        async def deny(i: int) -> None:
+            await asyncio.sleep(i * 0.15)
+            for _ in range(100):  # retry through the failover, as a phone app would
+                status, c = await rp.call("POST", "/v1/challenges", {"user": users[i]})
+                if status == 503:
+                    await asyncio.sleep(0.2)
+                    continue
+                assert status == 201, (status, c)
+                try:
+                    await phones[i].deny(c["id"], reason="mistake")
+                except ServerRejected as exc:
+                    if exc.status != 503:
+                        raise
+                    await asyncio.sleep(0.2)
+                    continue
+                acknowledged.append(users[i])
+                return
+
+        denials = asyncio.gather(*(deny(i) for i in range(len(users))))
+        await asyncio.sleep(1.5)
+        cluster.kill(victim)
+        await asyncio.wait_for(denials, 60)
+        assert sorted(acknowledged) == sorted(users)
+        admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        deadline = time.monotonic() + 40
+        while True:
+            async with http.get(server.url + "/v1/alerts?limit=500", headers=admin) as resp:
+                if resp.status == 200:
+                    alerts = {a["id"]: a["user"] for a in (await resp.json())["alerts"]}
+                    if set(alerts.values()) == set(users) and set(alerts) <= received:
+                        break
+            assert time.monotonic() < deadline, (
+                f"{len(set(users) - set(alerts.values()))} denials without an alert, "
+                f"{len(set(alerts) - received)} alerts not delivered")
+            await asyncio.sleep(0.5)
+        print(f"failover with alerts: {len(users)} denials acknowledged, {len(alerts)} alerts, all delivered")
+    finally:
+        worker.terminate()
+        await asyncio.wait_for(worker.wait(), 15)
+        await server.close()
+        await runner.cleanup()
+        if victim and not cluster.running(victim):
+            cluster.restart_node(victim)
