@@ -76,6 +76,8 @@ def _open_cluster(settings: StoreSettings) -> aioredis.Redis:
     fails (a replica promoted); a command that finds no live master for its slot fails like any outage
     (fail closed, 503) until the cluster has failed over."""
     from redis.asyncio.cluster import RedisCluster
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff
 
     client = RedisCluster.from_url(
         settings.redis_url,
@@ -84,7 +86,7 @@ def _open_cluster(settings: StoreSettings) -> aioredis.Redis:
         socket_connect_timeout=settings.connect_timeout_s,
         decode_responses=True,
         # Redirects and a topology refresh on a node failure; bounded, so an outage still fails fast.
-        cluster_error_retry_attempts=2,
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 2),
     )
     # The cluster client speaks the same commands; the rest of pushauth types it as a plain client.
     return cast(aioredis.Redis, client)
