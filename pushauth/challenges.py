@@ -37,6 +37,7 @@ from pushauth.delivery import PushQueue, delivery_view
 from pushauth.detection import network_of
 from pushauth.devices import AuthedDevice, Devices, raise_gate_failure
 from pushauth.errors import Conflict, Forbidden, NotFound, RateLimited, Unprocessable
+from pushauth.expiry import ExpiryIndex
 from pushauth.store import KeySpace, reads
 from pushauth.store import scripts as lua
 from pushauth.store.events import ChallengeEvents, Decision
@@ -86,6 +87,7 @@ class Challenges:
         self._audit = audit
         self._push = push
         self._app_names: Mapping[str, str] = {a.id: a.name for a in settings.applications}
+        self._expiry_index = ExpiryIndex(redis, keyspace.expiry_due)
 
     # -- login flow ---------------------------------------------------------------------------------------
 
@@ -159,13 +161,14 @@ class Challenges:
         if what == "rate_limited":
             raise RateLimited("too many sign-in prompts for this user; try again later",
                               retry_after_s=int(res[2]))
-        pipe = self._r.pipeline(transaction=False)
-        # The expiry worker settles unanswered prompts (ignored_prompts, lockout) soon after they expire.
-        pipe.zadd(self._ks.expiry_due, {cid: exp})
         if self._push is not None:
-            self._push.enqueue_in(pipe, cid)
-        await pipe.execute()
+            await self._push.enqueue(cid)
+        self._expiry_index.add(cid, exp)
         return Created(cid, exp, number or None)
+
+    async def close(self) -> None:
+        """Shutdown: write the buffered expiry index."""
+        await self._expiry_index.flush()
 
     async def _not_enrolled(self, app: Application, user: str, ip: str) -> Allowed:
         """No phone: allowed until the enforcement date that applies (`grace`), refused after it."""

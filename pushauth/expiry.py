@@ -33,6 +33,44 @@ return due
 """)
 
 
+class ExpiryIndex:
+    """The API's side: new challenges go into `{expiry}:due`, batched (one ZADD per 50 ms per process
+    rather than a round trip per sign-in). The index only makes the count timely: an entry lost with a
+    crashed process is settled by the user's next event instead."""
+
+    FLUSH_S = 0.05
+
+    def __init__(self, redis: aioredis.Redis, key: str) -> None:
+        self._r = redis
+        self._key = key
+        self._due: dict[str, int] = {}
+        self._flushing: asyncio.Task[None] | None = None
+
+    def add(self, cid: str, exp: int) -> None:
+        self._due[cid] = exp
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.get_running_loop().create_task(self._flush())
+
+    async def flush(self) -> None:
+        """Write what is buffered now (shutdown)."""
+        if self._flushing is not None and not self._flushing.done():
+            self._flushing.cancel()
+        await self._write()
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(self.FLUSH_S)
+        await self._write()
+
+    async def _write(self) -> None:
+        due, self._due = self._due, {}
+        if not due:
+            return
+        try:
+            await self._r.zadd(self._key, {k: v for k, v in due.items()})
+        except STORE_DOWN_ERRORS as exc:
+            log.warning("expiry_index_deferred", prompts=len(due), error=type(exc).__name__)
+
+
 class ExpirySweeper:
     def __init__(self, redis: aioredis.Redis, keyspace: KeySpace, alerts: AlertStore, *,
                  interval_s: float = 1.0, batch: int = 500) -> None:

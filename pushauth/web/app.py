@@ -104,6 +104,7 @@ def create_app(settings: Settings, *, keyring: KeyRingHolder | None = None,
         app[ACCOUNTS] = Accounts(app[REDIS], keyspace, settings, app[DEVICES], app[ALERTS], app[AUDIT])
         app[DEAD_LETTERS] = DeadLetters(app[REDIS], keyspace, app[ALERTS])
         yield
+        await app[CHALLENGES].close()
 
     async def embedded_workers_ctx(app: web.Application) -> AsyncIterator[None]:
         # With a real Redis, expiry and alert delivery are separate processes (workers/expiry.py,
