@@ -11,8 +11,8 @@ What issue 3 asks for, measured against the local fakes (tests/fakes) with the r
                  per challenge t_sent (before POST /v1/challenges), t_201 (its 201 arrived) and
                  t_provider (the fake received the push naming that challenge id); percentiles of
                  t_provider - t_201 and t_provider - t_sent. Every challenge must get exactly one push.
-    payload      bytes of each push on the wire: FCM's JSON request body (Content-Length) and HTTP/1.1
-                 header block; APNs's JSON body (raw DATA bytes) and the HPACK header block.
+    payload      bytes of each push on the wire: FCM's JSON request body and its HTTP/2 HEADERS frames as
+                 the fake received them; APNs's JSON body (raw DATA bytes) and the HPACK header block.
 
 Processes: redis-server, one `pushauth serve` (the API: it only enqueues) and one push worker, in the
 sandbox of tests/fakes/sandbox.py (a private /etc/hosts maps fcm.googleapis.com and Apple's names to the
@@ -229,6 +229,10 @@ token_sha256 = ["{sha256_hex(ADMIN_TOKEN)}"]
 
 [push]
 {fcm}{apns}
+# A benchmark phone gets far more prompts than a person (push bombing: 5 in 5 minutes).
+[detection]
+push_bombing_max = 1000
+
 [logging]
 level = "{log_level}"
 format = "json"
@@ -706,7 +710,7 @@ class Bench:
     def payload_sizes(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         if self.fakes.fcm and self.fakes.fcm.requests:
-            out["fcm"] = fcm_sizes(self.fakes.fcm.requests)
+            out["fcm"] = fcm_sizes(self.fakes.fcm.requests, self.fakes.fcm.first_headers_frame_bytes)
         if self.fakes.apns and self.fakes.apns.requests:
             out["apns"] = apns_sizes(self.fakes.apns.requests, self.fakes.apns.body_sizes)
         return out
@@ -753,26 +757,23 @@ def hpack_sizes(header_lists: list[list[tuple[str, str]]]) -> list[int]:
     return sizes
 
 
-_HOP = frozenset({"host", "connection", "keep-alive", "transfer-encoding", "upgrade"})
-
-
-def fcm_sizes(records: list[SendRecord]) -> dict[str, Any]:
-    body = [int(r.headers.get("Content-Length", "0")) for r in records]
-    h1: list[int] = []
-    h2_lists: list[list[tuple[str, str]]] = []
-    for r in records:
-        path = f"/v1/projects/{r.project}/messages:send"
-        lines = f"POST {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in r.headers.items()) + "\r\n"
-        h1.append(len(lines.encode()))
-        h2_lists.append([(":method", "POST"), (":authority", FCM_HOST), (":scheme", "https"), (":path", path)]
-                        + [(k.lower(), v) for k, v in r.headers.items() if k.lower() not in _HOP])
-    h2 = hpack_sizes(h2_lists[:500])
+def fcm_sizes(records: list[SendRecord], first_frames: list[int]) -> dict[str, Any]:
+    """FCM's payload as the fake received it: the JSON body, and the HEADERS frames on the wire (9-byte frame
+    header + HPACK block as httpx's h2 encoder sent them; the fake measures them, see fakes/h2server.py):
+    the first request on each HTTP/2 connection (`first_frames`, which the fake keeps for every connection,
+    as the latency phase's records start after the worker's connection is open), then the rest."""
+    body = [r.body_bytes for r in records]
+    h2 = [r for r in records if r.http_version == "2" and r.headers_frame_bytes is not None]
+    steady = [int(r.headers_frame_bytes or 0) for r in h2 if r.nth_on_connection > 0]
+    first = first_frames or [int(r.headers_frame_bytes or 0) for r in h2 if r.nth_on_connection == 0]
     sample = records[-1]
     example = json.dumps({"message": sample.message}, separators=(",", ":"))
-    auth = len(sample.headers.get("Authorization", ""))
-    return {"body_bytes": dist(body), "http1_header_bytes": dist(h1),
-            "h2_headers_frame_first": h2[0], "h2_headers_frame_steady": dist(h2[1:]),
-            "authorization_header_bytes": auth, "header_names": [str(k) for k in sample.headers],
+    return {"body_bytes": dist(body), "http_versions": dict(Counter(r.http_version for r in records)),
+            "connections": len({r.connection for r in records}),
+            "h2_headers_frame_first": first[0] if first else None, "h2_headers_frame_first_all": dist(first),
+            "h2_headers_frame_steady": dist(steady),
+            "authorization_header_bytes": len(sample.headers.get("authorization", "")),
+            "header_names": [str(k) for k in sample.headers],
             "example_body_reconstructed": example, "example_body_reconstructed_bytes": len(example),
             "token_chars": len(sample.token or "")}
 
@@ -977,12 +978,13 @@ def print_payload(name: str, sizes: dict[str, Any]) -> None:
         b = s["body_bytes"]
         steady = s["h2_headers_frame_steady"]
         if prov == "fcm":
-            h1 = s["http1_header_bytes"]
-            print(f"  FCM ({name}): JSON request body (Content-Length) median {fmt(b['median'], 0)} B "
-                  f"(min {b['min']}, max {b['max']}); HTTP/1.1 request line + headers median "
-                  f"{fmt(h1['median'], 0)} B, of which Authorization {s['authorization_header_bytes']} B; "
-                  f"the same headers over HTTP/2 (as real FCM takes them; HPACK estimate): first request "
-                  f"{s['h2_headers_frame_first']} B, then median {fmt(steady.get('median'), 0)} B per push")
+            versions = ", ".join(f"HTTP/{v} {n}" for v, n in sorted(s["http_versions"].items()))
+            print(f"  FCM ({name}): JSON request body median {fmt(b['median'], 0)} B (min {b['min']}, max "
+                  f"{b['max']}); HEADERS frame as received (HPACK as httpx's h2 encodes it) first request on "
+                  f"a connection {s['h2_headers_frame_first']} B, then median {fmt(steady.get('median'), 0)} "
+                  f"B per push (min {steady.get('min')}, max {steady.get('max')}; the "
+                  f"{s['authorization_header_bytes']}-byte Authorization is never indexed); {versions} on "
+                  f"{s['connections']} connection(s)")
             print(f"    token {s['token_chars']} chars; body (reconstructed from the parsed record, "
                   f"{s['example_body_reconstructed_bytes']} B): {s['example_body_reconstructed']}")
             print(f"    headers: {', '.join(s['header_names'])}")
@@ -1003,155 +1005,26 @@ def print_payload(name: str, sizes: dict[str, Any]) -> None:
 # Experiments, not pushauth code: with --worker-experiment the worker starts with this file as its
 # sitecustomize.py (first on its PYTHONPATH), which patches the running worker to try a change before anyone
 # makes it (as bench/cycle.py's SERVER_WRAPPER does for the server). Each name switches one change on.
-EXPERIMENTS = ("bp", "hc", "reads", "ack", "fcmhttp", "oldpool", "gcstats", "gcfreeze")
+EXPERIMENTS = ("fcmhttp", "oldpool", "gcstats")
 WORKER_PATCH = """'''
-EXPERIMENT ONLY (not pushauth code): patches the push worker process at start-up, to measure what the
-changes suggested in bench/README.md would gain. Enabled per change by PUSH_EXP (comma list):
+EXPERIMENT ONLY (not pushauth code): patches the push worker process at start-up, to measure what a change
+would gain before anyone makes it. Enabled per change by PUSH_EXP (comma list):
 
-  bp     O(1) back-pressure in StreamConsumer._read_loop (an Event set by the done callback) instead of
-         asyncio.wait() over the whole in-flight set after every completion
-  hc     health_check_interval=0 on the worker's Redis pool (no PING/check per command)
-  reads  the challenge hash and its device hashes in ONE Lua call (2 round trips -> 1)
-  ack    XACKs batched (every 5 ms or 256 ids, one command) instead of one XACK per entry
   fcmhttp  FCM's HTTP v1 request sent with aiohttp instead of firebase-admin's send_each_async (httpx);
          token from the same google-auth credential; success path only
   oldpool  the worker's Redis pool as before 169166a (non-blocking; use with --worker-max-connections 1024)
-  gcstats  record the worker's garbage-collector pauses (printed at exit)
-  gcfreeze gc.collect(); gc.freeze() once the worker has started (implies gcstats)
+  gcstats  record the worker's garbage-collector pauses after its start-up gc.freeze() (printed at exit)
+
+(bp, hc, reads, ack and gcfreeze, measured here before, are now how the worker works: see bench/README.md.)
 '''
 import os
 
 EXP = set(filter(None, os.environ.get("PUSH_EXP", "").split(",")))
 
 if EXP:
-    import asyncio
-    import contextlib
     import time
 
     import pushauth.store as store
-    from pushauth import ids
-    from pushauth.delivery import PushDelivery
-    from pushauth.push.base import PushMessage
-    from pushauth.store.scripts import Script
-    from pushauth.store.streams import StreamConsumer
-    from pushauth.store.connection import STORE_DOWN_ERRORS
-    import structlog
-
-    if "hc" in EXP:
-        _open = store.open_redis
-
-        def open_redis(settings):
-            client = _open(settings)
-            client.connection_pool.connection_kwargs["health_check_interval"] = 0
-            return client
-
-        store.open_redis = open_redis
-
-    if "bp" in EXP:
-        def _start(self, entry_id, fields):
-            task = asyncio.create_task(self._handle(entry_id, fields))
-            self._inflight.add(task)
-            task.add_done_callback(self._exp_done)
-
-        def _exp_done(self, task):
-            self._inflight.discard(task)
-            room = getattr(self, "_exp_room", None)
-            if room is not None and len(self._inflight) < 4 * self._batch:
-                room.set()
-
-        async def _read_loop(self, stop):
-            await self.ensure_group()
-            self._exp_room = asyncio.Event()
-            while not stop.is_set():
-                reply = await self._r.xreadgroup(self.names.group, self.consumer, {self.names.stream: ">"},
-                                                 count=self._batch, block=self._block_ms)
-                for _stream, entries in reply or []:
-                    for entry_id, fields in entries:
-                        self._start(entry_id, fields)
-                while len(self._inflight) >= 4 * self._batch:
-                    self._exp_room.clear()
-                    await self._exp_room.wait()
-
-        StreamConsumer._start = _start
-        StreamConsumer._exp_done = _exp_done
-        StreamConsumer._read_loop = _read_loop
-
-    if "ack" in EXP:
-        async def _handle(self, entry_id, fields):
-            structlog.contextvars.bind_contextvars(stream_entry=entry_id)
-            try:
-                await self._handler(entry_id, fields)
-            except STORE_DOWN_ERRORS:
-                return
-            except Exception:
-                structlog.get_logger().exception("stream_handler_failed", entry=entry_id)
-                return
-            acks = self.__dict__.setdefault("_exp_acks", [])
-            acks.append(entry_id)
-            if len(acks) >= 256:
-                await self._exp_flush()
-            elif getattr(self, "_exp_timer", None) is None:
-                self._exp_timer = asyncio.get_running_loop().call_later(
-                    0.005, lambda: asyncio.ensure_future(self._exp_flush()))
-
-        async def _exp_flush(self):
-            self._exp_timer = None
-            acks, self._exp_acks = self.__dict__.get("_exp_acks", []), []
-            if acks:
-                with contextlib.suppress(*STORE_DOWN_ERRORS):
-                    await self._r.xack(self.names.stream, self.names.group, *acks)
-
-        StreamConsumer._handle = _handle
-        StreamConsumer._exp_flush = _exp_flush
-
-    if "reads" in EXP:
-        # KEYS: challenge   ARGV: device key prefix ("<p>:{uid}:dev:")
-        READ_BOTH = Script("exp_read_both", '''
-local c = redis.call('HGETALL', KEYS[1])
-local out = {c}
-local devs = redis.call('HGET', KEYS[1], 'devs')
-if devs then
-  for did in string.gmatch(devs, '[^,]+') do
-    out[#out + 1] = did
-    out[#out + 1] = redis.call('HGETALL', ARGV[1] .. did)
-  end
-end
-return out
-''')
-
-        def _pairs(flat):
-            return dict(zip(flat[0::2], flat[1::2]))
-
-        async def handle(self, entry_id, fields):
-            cid = fields["c"]
-            uid = ids.challenge_uid(cid)
-            if uid is None:
-                raise ValueError("not a challenge id")
-            key = self._ks.challenge(uid, cid)
-            reply = await READ_BOTH(self._r, [key], [self._ks.device(uid, "")])
-            h = _pairs(reply[0])
-            devs = {reply[i]: _pairs(reply[i + 1]) for i in range(1, len(reply), 2)}
-            now = time.time()
-            if not h or h.get("st") != "pending" or int(h["exp"]) <= now:
-                return
-            attempt = int(fields.get("n", "1"))
-            targets = [fields["d"]] if "d" in fields else list(filter(None, h.get("devs", "").split(",")))
-            message = PushMessage(cid, self._server, int(h["exp"]))
-            for did in targets:
-                if h.get(f"pd:{did}", "").startswith("sent"):
-                    continue
-                dev = devs.get(did, {})
-                provider = self._providers.get(dev.get("pprov", ""))
-                if dev.get("st") != "active" or not dev.get("ptok") or dev.get("ptok_stale") == "1":
-                    await self._record(key, did, "polling")
-                    continue
-                if provider is None:
-                    await self._record(key, did, "polling", "provider_not_configured")
-                    continue
-                outcome = await provider.send(dev["ptok"], message)
-                await self._after(uid, key, did, dev["ptok"], message, attempt, outcome)
-
-        PushDelivery.handle = handle
 
     if "fcmhttp" in EXP:
         # The same HTTP v1 request (the body firebase-admin builds: message.token, data, android priority +
@@ -1193,21 +1066,21 @@ return out
         FcmProvider.aclose = aclose
 
     if "oldpool" in EXP:
-        # The worker's Redis client as committed at f234446 (before the BlockingConnectionPool change):
+        # The worker's Redis pool as committed at f234446 (before the BlockingConnectionPool change):
         # redis-py's default pool, which raises MaxConnectionsError at once when all are busy.
         import redis.asyncio as aioredis
         from redis.maint_notifications import MaintNotificationsConfig
 
-        def open_redis_old(settings):
+        def open_redis_old(settings, *, health_check_interval_s=30):
             return aioredis.Redis.from_url(
                 settings.redis_url, socket_timeout=settings.socket_timeout_s,
                 socket_connect_timeout=settings.connect_timeout_s, max_connections=settings.max_connections,
-                decode_responses=True, health_check_interval=30, retry_on_timeout=False, retry=None,
-                maint_notifications_config=MaintNotificationsConfig(enabled=False))
+                decode_responses=True, health_check_interval=health_check_interval_s, retry_on_timeout=False,
+                retry=None, maint_notifications_config=MaintNotificationsConfig(enabled=False))
 
         store.open_redis = open_redis_old
 
-    if "gcstats" in EXP or "gcfreeze" in EXP:
+    if "gcstats" in EXP:
         import atexit
         import gc
         import json as _json
@@ -1230,19 +1103,16 @@ return out
         atexit.register(lambda: _sys.stderr.write("BENCH-GC " + _json.dumps(
             {**_gc, "tracked": len(gc.get_objects())}) + "\\n"))
 
-        if "gcfreeze" in EXP:
-            _run = StreamConsumer.run
+        _freeze = gc.freeze
 
-            async def run(self, stop):
-                # what the worker could do once its providers and clients exist: move everything alive out
-                # of the collector's reach, so a full collection only walks what pushes created since
-                gc.collect()
-                gc.freeze()
-                for st in _gc.values():  # count only the pauses after the freeze
-                    st.update(n=0, total_ms=0.0, max_ms=0.0)
-                return await _run(self, stop)
+        def freeze():
+            # workers/push.py calls gc.collect(); gc.freeze() once it has started: count only the pauses
+            # after that (the start-up collection walks every imported module once)
+            _freeze()
+            for st in _gc.values():
+                st.update(n=0, total_ms=0.0, max_ms=0.0)
 
-            StreamConsumer.run = run
+        gc.freeze = freeze
 """
 
 
@@ -1414,10 +1284,9 @@ async def run_with_fakes(ctx: Ctx, providers: list[str], fakes: Fakes, hosts: Pr
                 profiles[p] = prof
                 print_profile(p, prof, tp["worker_cpu_ms_per_push"] * 1000)
     await r.aclose()
-    if "gcstats" in args.worker_experiment or "gcfreeze" in args.worker_experiment:
+    if "gcstats" in args.worker_experiment:
         worker.stop()
-        print("\n== worker garbage collector (experiment gcstats" + (", after gc.freeze()" if "gcfreeze" in
-              args.worker_experiment else "") + ")")
+        print("\n== worker garbage collector (experiment gcstats, after the worker's gc.freeze())")
         results["worker_gc"] = report_gc(tmp / "worker.log")
 
 
@@ -1500,9 +1369,9 @@ def print_summary(results: dict[str, Any]) -> int:
         for prov, s in p["payload"].items():
             h = s["h2_headers_frame_steady"].get("median")
             if prov == "fcm":
-                print(f"  payload FCM: body {fmt(s['body_bytes']['median'], 0)} B, HTTP/1.1 headers "
-                      f"{fmt(s['http1_header_bytes']['median'], 0)} B (HPACK estimate over HTTP/2: "
-                      f"{s['h2_headers_frame_first']} B first, {fmt(h, 0)} B after)")
+                print(f"  payload FCM: body {fmt(s['body_bytes']['median'], 0)} B, HTTP/2 HEADERS frame "
+                      f"{s['h2_headers_frame_first']} B first on a connection, {fmt(h, 0)} B after "
+                      "(as received)")
             else:
                 print(f"  payload APNs: body {fmt(s['body_bytes']['median'], 0)} B, HEADERS frame "
                       f"{s['h2_headers_frame_first']} B first on a connection, {fmt(h, 0)} B after")

@@ -1,8 +1,7 @@
 """Push delivery: turning a new challenge into pushes, and recording what became of each.
 
 The API only enqueues (`PushQueue.enqueue`, one stream entry per challenge); it never waits on Google
-or Apple. A push worker (`workers/push.py`, or the server itself in embedded mode) runs `PushDelivery.handle`
-for each entry:
+or Apple. A push worker (`workers/push.py`, or the server itself in embedded mode) handles each entry:
 
     for each device the challenge targets:
         already sent                      -> skip (a reclaimed entry never pushes twice)
@@ -17,34 +16,45 @@ for each entry:
 
 Delivery state lives in the challenge hash (`pd:<device id>` = "<state>" or "<state>:<reason>"), so the
 login flow sees it in GET /v1/challenges/{id} as `"delivery"` and it expires with the challenge.
+
+A worker handles the entries of one XREADGROUP batch together (`handle_batch`, the stream consumer's
+batch handler): one pipeline reads every challenge with its targeted devices (READ_TARGETS, one Lua call
+per challenge), the sends run concurrently, and each outcome's writes (state, retry, stale token) are
+handed to the consumer, which stores them in batched pipelines and acks an entry only once all of its
+writes are stored: a push the provider accepted is recorded `sent` before its entry is acked, so a crash
+and a reclaim never push it again. `handle` is the same for one entry, writing before it returns.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 import structlog
 
-from pushauth import ids
+from pushauth import ids, metrics
 from pushauth.config import PushSettings
 from pushauth.push.base import Outcome, OutcomeKind, PushMessage, PushProvider
-from pushauth.store import KeySpace, reads
+from pushauth.store import KeySpace
 from pushauth.store.scripts import Script
-from pushauth.store.streams import Fields, StreamConsumer, StreamNames
+from pushauth.store.streams import Entry, Fields, StreamConsumer, StreamNames, schedule_command
 
 log = structlog.get_logger(__name__)
 
 STREAM = "push"
 
 # Record a device's delivery state on its challenge, but never create a stray hash for a challenge that
-# has already expired out of Redis.
+# has already expired out of Redis, and never take back a "sent" (a late or repeated write of an older
+# state, e.g. a pipeline re-sent after a lost connection).
 # KEYS: challenge   ARGV: field, value
 SET_DELIVERY = Script("set_delivery", """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if old and old ~= ARGV[2] and string.sub(old, 1, 4) == 'sent' then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """)
@@ -56,6 +66,35 @@ if redis.call('HGET', KEYS[1], 'ptok') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'ptok_stale', '1', 'ptok_stale_at', ARGV[2])
 return 1
 """)
+
+# Everything a push needs about one challenge, in one round trip: nothing when the challenge is gone,
+# decided or expired; else its expiry, then per targeted device (ARGV[3], or every device in `devs`) its
+# id, its delivery state so far, and the device's st, ptok, ptok_stale, pprov (false when missing).
+# The device keys are built here from ARGV[1] ("<prefix>:{<uid>}:dev:"): they share the challenge's hash
+# tag, so they live in its Cluster slot.
+# KEYS: challenge   ARGV: device key prefix, now, device id or ''
+READ_TARGETS = Script("read_targets", """
+local c = redis.call('HMGET', KEYS[1], 'st', 'exp', 'devs')
+local exp = tonumber(c[2])
+if c[1] ~= 'pending' or not exp or exp <= tonumber(ARGV[2]) then return {} end
+local out = {c[2]}
+local function add(did)
+  local d = redis.call('HMGET', ARGV[1] .. did, 'st', 'ptok', 'ptok_stale', 'pprov')
+  out[#out + 1] = did
+  out[#out + 1] = redis.call('HGET', KEYS[1], 'pd:' .. did)
+  out[#out + 1] = d[1]
+  out[#out + 1] = d[2]
+  out[#out + 1] = d[3]
+  out[#out + 1] = d[4]
+end
+if ARGV[3] ~= '' then
+  add(ARGV[3])
+else
+  for did in string.gmatch(c[3] or '', '[^,]+') do add(did) end
+end
+return out
+""")
+_PER_DEVICE = 6
 
 
 def delivery_view(h: Mapping[str, str]) -> dict[str, dict[str, str]]:
@@ -82,8 +121,46 @@ class PushQueue:
         pipe.xadd(self._names.stream, {"c": challenge_id}, maxlen=1_000_000, approximate=True)
 
 
+class _Sink(Protocol):
+    """Where outcomes go: the stream consumer (batched, acks after the writes), or `handle`'s own list."""
+
+    def write(self, entry_id: str, *command: str | int | float) -> None: ...
+
+    def done(self, entry_id: str) -> None: ...
+
+
+class _Writes:
+    """`handle`'s sink: the writes of one entry, stored by `handle` itself before it returns."""
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[str | int | float, ...]] = []
+        self.done_ids: set[str] = set()
+
+    def write(self, entry_id: str, *command: str | int | float) -> None:
+        self.commands.append(command)
+
+    def done(self, entry_id: str) -> None:
+        self.done_ids.add(entry_id)
+
+
+class _Job:
+    """One stream entry being delivered: sends still out, and whether one of them crashed."""
+
+    __slots__ = ("attempt", "cid", "entry_id", "failed", "key", "remaining", "target", "uid")
+
+    def __init__(self, entry_id: str, cid: str, uid: str, key: str, attempt: int, target: str) -> None:
+        self.entry_id = entry_id
+        self.cid = cid
+        self.uid = uid
+        self.key = key
+        self.attempt = attempt
+        self.target = target
+        self.remaining = 0
+        self.failed = False
+
+
 class PushDelivery:
-    """The consuming side: the handler a push worker runs for each stream entry."""
+    """The consuming side: what a push worker runs for the entries of the push stream."""
 
     def __init__(self, redis: aioredis.Redis, keyspace: KeySpace, settings: PushSettings, server: str,
                  providers: Mapping[str, PushProvider]) -> None:
@@ -92,69 +169,121 @@ class PushDelivery:
         self._s = settings
         self._server = server
         self._providers = providers
-        self.consumer: StreamConsumer | None = None  # set by `consumer()`; used to schedule retries
+        self._names = StreamNames.for_(keyspace.p, STREAM)
+        self.consumer: StreamConsumer | None = None  # set by `consumer_for()`
 
     def consumer_for(self, name: str) -> StreamConsumer:
-        self.consumer = StreamConsumer(self._r, StreamNames.for_(self._ks.p, STREAM), name, self.handle,
+        self.consumer = StreamConsumer(self._r, self._names, name, batch_handler=self.handle_batch,
                                        reclaim_idle_s=self._s.reclaim_idle_s,
                                        dead_letter_after=self._s.dead_letter_after)
         return self.consumer
 
+    async def handle_batch(self, entries: list[Entry]) -> None:
+        """The consumer's batch handler: each entry is reported `done` to the consumer once its pushes
+        have come back and their outcomes are queued as writes; an entry that cannot be handled (not a
+        challenge id, a failed read) is left pending (reclaimed, dead-lettered if it keeps failing)."""
+        assert self.consumer is not None
+        await self._deliver(entries, self.consumer)
+
     async def handle(self, entry_id: str, fields: Fields) -> None:
-        cid = fields["c"]
-        uid = ids.challenge_uid(cid)
-        if uid is None:
-            raise ValueError(f"not a challenge id: {cid[:64]!r}")  # poison: dead-lettered after retries
-        key = self._ks.challenge(uid, cid)
-        h = await reads.hgetall(self._r, key)
+        """One entry, on its own: returns once its outcomes are stored; raises if it could not be
+        handled (an entry a consumer must not ack)."""
+        sink = _Writes()
+        await self._deliver([(entry_id, fields)], sink)
+        if sink.commands:
+            pipe = self._r.pipeline(transaction=False)
+            for command in sink.commands:
+                pipe.execute_command(*command)
+            await pipe.execute()
+        if entry_id not in sink.done_ids:
+            raise ValueError(f"push stream entry {entry_id} could not be handled")
+
+    async def _deliver(self, entries: list[Entry], sink: _Sink) -> None:
         now = time.time()
-        if not h or h.get("st") != "pending" or int(h["exp"]) <= now:
-            return  # decided, cancelled or expired meanwhile: nothing to push
-        attempt = int(fields.get("n", "1"))
-        targets = [fields["d"]] if "d" in fields else list(filter(None, h.get("devs", "").split(",")))
-        message = PushMessage(cid, self._server, int(h["exp"]))
-        for did in targets:
-            await self._deliver(uid, key, h, did, message, attempt)
-
-    async def _deliver(self, uid: str, key: str, h: Mapping[str, str], did: str, message: PushMessage,
-                       attempt: int) -> None:
-        if h.get(f"pd:{did}", "").startswith("sent"):
-            return  # acknowledged by the provider before a crash: never push twice
-        dev = await reads.hgetall(self._r, self._ks.device(uid, did))
-        provider = self._providers.get(dev.get("pprov", ""))
-        if dev.get("st") != "active" or not dev.get("ptok") or dev.get("ptok_stale") == "1":
-            await self._record(key, did, "polling")
+        jobs: list[_Job] = []
+        pipe = self._r.pipeline(transaction=False)
+        for entry_id, fields in entries:
+            job = _job(entry_id, fields, self._ks)
+            if job is None:
+                log.error("push_entry_invalid", entry=entry_id, fields=str(fields)[:200])
+                continue  # poison: dead-lettered after dead_letter_after deliveries
+            pipe.execute_command("EVAL", READ_TARGETS.source, 1, job.key, self._ks.device(job.uid, ""), now,
+                                 job.target)
+            jobs.append(job)
+        if not jobs:
             return
-        if provider is None:
-            await self._record(key, did, "polling", "provider_not_configured")
-            return
-        outcome = await provider.send(dev["ptok"], message)
-        await self._after(uid, key, did, dev["ptok"], message, attempt, outcome)
+        replies = await pipe.execute(raise_on_error=False)
+        sends = []
+        for job, reply in zip(jobs, replies, strict=True):
+            if isinstance(reply, Exception):
+                log.error("push_read_failed", entry=job.entry_id, error=str(reply))
+                continue
+            if not reply:
+                sink.done(job.entry_id)  # decided, cancelled or expired meanwhile: nothing to push
+                continue
+            message = PushMessage(job.cid, self._server, int(reply[0]))
+            for i in range(1, len(reply), _PER_DEVICE):
+                did, state, st, token, stale, prov = reply[i:i + _PER_DEVICE]
+                if state and state.startswith("sent"):
+                    continue  # acknowledged by the provider before a crash: never push twice
+                provider = self._providers.get(prov or "")
+                if st != "active" or not token or stale == "1":
+                    sink.write(job.entry_id, *_state(job.key, did, "polling"))
+                elif provider is None:
+                    sink.write(job.entry_id, *_state(job.key, did, "polling", "provider_not_configured"))
+                else:
+                    job.remaining += 1
+                    sends.append(self._send(job, did, token, provider, message, sink))
+            if not job.remaining:
+                sink.done(job.entry_id)
+        if sends:
+            await asyncio.gather(*sends)
 
-    async def _after(self, uid: str, key: str, did: str, token: str, message: PushMessage, attempt: int,
-                     outcome: Outcome) -> None:
+    async def _send(self, job: _Job, did: str, token: str, provider: PushProvider, message: PushMessage,
+                    sink: _Sink) -> None:
+        try:
+            outcome = await provider.send(token, message)
+        except Exception:  # a provider must return an Outcome; if one raises, the entry is not finished
+            log.exception("push_send_crashed", entry=job.entry_id, device=did)
+            job.failed = True
+        else:
+            metrics.PUSH_SENDS.labels(provider.name, outcome.kind.value).inc()
+            if outcome.kind is OutcomeKind.INVALID_TOKEN:
+                metrics.PUSH_STALE_TOKENS.labels(provider.name).inc()
+            elif outcome.kind is OutcomeKind.AUTH_ERROR:
+                metrics.PUSH_AUTH_ERRORS.labels(provider.name).inc()
+            self._after(job, did, token, message, outcome, sink)
+        job.remaining -= 1
+        if not job.remaining and not job.failed:
+            sink.done(job.entry_id)
+
+    def _after(self, job: _Job, did: str, token: str, message: PushMessage, outcome: Outcome,
+               sink: _Sink) -> None:
         kind = outcome.kind
-        fields: dict[str, Any] = {"device": did, "outcome": kind.value, "reason": outcome.reason,
-                                  "attempt": attempt}
         if kind is OutcomeKind.SENT:
-            await self._record(key, did, "sent")
-        elif kind is OutcomeKind.RETRY:
+            sink.write(job.entry_id, *_state(job.key, did, "sent"))
+            return
+        attempt = job.attempt
+        fields: dict[str, Any] = {"entry": job.entry_id, "device": did, "outcome": kind.value,
+                                  "reason": outcome.reason, "attempt": attempt}
+        if kind is OutcomeKind.RETRY:
             due = self._retry_at(attempt, outcome.retry_after_s)
-            if attempt < self._s.max_attempts and due < message.expires_at and self.consumer is not None:
+            if attempt < self._s.max_attempts and due < message.expires_at:
+                sink.write(job.entry_id, *_state(job.key, did, "retrying", outcome.reason))
                 retry = {"c": message.challenge_id, "d": did, "n": str(attempt + 1)}
-                await self.consumer.schedule(retry, due)
-                await self._record(key, did, "retrying", outcome.reason)
+                sink.write(job.entry_id, *schedule_command(self._names, retry, due))
             else:
-                await self._record(key, did, "failed", outcome.reason or "retries_exhausted")
+                why = outcome.reason or "retries_exhausted"
+                sink.write(job.entry_id, *_state(job.key, did, "failed", why))
         elif kind is OutcomeKind.INVALID_TOKEN:
-            await MARK_STALE(self._r, [self._ks.device(uid, did)], [token, int(time.time())])
-            await self._record(key, did, "failed", "invalid_token")
+            sink.write(job.entry_id, "EVAL", MARK_STALE.source, 1, self._ks.device(job.uid, did), token,
+                       int(time.time()))
+            sink.write(job.entry_id, *_state(job.key, did, "failed", "invalid_token"))
         else:
             if kind is OutcomeKind.AUTH_ERROR:
                 log.error("push_provider_auth_error", **fields)
-            await self._record(key, did, "failed", outcome.reason or kind.value)
-        if kind is not OutcomeKind.SENT:
-            log.info("push_not_sent", **fields)
+            sink.write(job.entry_id, *_state(job.key, did, "failed", outcome.reason or kind.value))
+        log.info("push_not_sent", **fields)
 
     def _retry_at(self, attempt: int, retry_after_s: float | None) -> float:
         # Exponential backoff with full jitter, but never sooner than the provider asked.
@@ -162,5 +291,23 @@ class PushDelivery:
         delay = random.uniform(0, cap)  # noqa: S311 (jitter, not security)
         return time.time() + max(delay, retry_after_s or 0.0)
 
-    async def _record(self, key: str, did: str, state: str, reason: str = "") -> None:
-        await SET_DELIVERY(self._r, [key], [f"pd:{did}", f"{state}:{reason}" if reason else state])
+
+def _job(entry_id: str, fields: Fields, keyspace: KeySpace) -> _Job | None:
+    cid = fields.get("c", "")
+    uid = ids.challenge_uid(cid)
+    if uid is None:
+        return None
+    target = fields.get("d", "")
+    if target and ids.device_uid(target) != uid:  # a retry names one of the challenge user's devices
+        return None
+    try:
+        attempt = int(fields.get("n", "1"))
+    except ValueError:
+        return None
+    return _Job(entry_id, cid, uid, keyspace.challenge(uid, cid), attempt, target)
+
+
+def _state(key: str, did: str, state: str, reason: str = "") -> tuple[str | int, ...]:
+    """The SET_DELIVERY write. Sent as EVAL, not EVALSHA: in a pipeline a NOSCRIPT answer (the script
+    cache is empty after a Redis restart) would fail the write; Redis caches the compiled script anyway."""
+    return ("EVAL", SET_DELIVERY.source, 1, key, f"pd:{did}", f"{state}:{reason}" if reason else state)

@@ -1,6 +1,7 @@
 """The push pipeline against a real Redis: enqueue on create, delivery state, retries with backoff that
 honour Retry-After and stop at expiry, stale tokens falling back to polling, no double push, poison
-entries to the dead-letter stream.
+entries to the dead-letter stream, batches of challenges for many users and devices, a Redis outage
+while pushes are on the wire, and the worker on a Redis Cluster (its pipelines span every master).
 
 The provider here is a scripted implementation of pushauth's own `PushProvider` protocol, so the worker's
 decisions can be driven exactly; the real firebase-admin and aioapns clients are tested against protocol
@@ -11,20 +12,23 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import cast
 
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
+from redis_cluster import RedisCluster
+from redis_server import RedisServer
 from support import LoginFlow, RunningServer, free_port, make_settings, start_server
 
-from pushauth.config import PushSettings
-from pushauth.delivery import PushDelivery
+from pushauth import ids
+from pushauth.config import PushSettings, StoreSettings
+from pushauth.delivery import SET_DELIVERY, PushDelivery
 from pushauth.phone import Phone
 from pushauth.push import Outcome, OutcomeKind, PushMessage
-from pushauth.store import KeySpace
+from pushauth.store import KeySpace, open_redis
 from pushauth.store.streams import StreamNames
 from pushauth.web.keyring import KeyRingHolder
 
@@ -37,9 +41,13 @@ class ScriptedProvider:
     name: str = "fcm"
     script: dict[str, list[Outcome]] = field(default_factory=dict)
     sent: list[tuple[str, PushMessage, float]] = field(default_factory=list)
+    # a send to one of these tokens waits until its event is set (a push on the wire)
+    hold: dict[str, asyncio.Event] = field(default_factory=dict)
 
     async def send(self, token: str, message: PushMessage) -> Outcome:
         self.sent.append((token, message, time.time()))
+        if token in self.hold:
+            await self.hold[token].wait()
         queue = self.script.get(token)
         return queue.pop(0) if queue else Outcome(OutcomeKind.SENT, provider_id="m1")
 
@@ -93,6 +101,29 @@ async def delivery_of(login: LoginFlow, cid: str, device: str, want: str,
         if state["state"] == want or time.time() > deadline:
             return state
         await asyncio.sleep(0.05)
+
+
+async def until(check: Callable[[], Awaitable[bool]], within_s: float = 5.0) -> bool:
+    deadline = time.time() + within_s
+    while not await check():
+        if time.time() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def nothing_pending(redis: aioredis.Redis) -> bool:
+    """Every push stream entry is acked (within a few seconds: acks are batched)."""
+    names = StreamNames.for_("pa", "push")
+
+    async def none() -> bool:
+        return int((await redis.xpending(names.stream, names.group))["pending"]) == 0
+
+    return await until(none)
 
 
 async def test_push_sent_and_visible_to_the_login_flow(
@@ -216,3 +247,148 @@ def test_push_settings_defaults_are_sane() -> None:
     s = PushSettings()
     assert not s.enabled
     assert s.max_attempts >= 3
+
+
+async def test_a_batch_of_challenges_for_many_users_and_devices(
+        login: LoginFlow, http: aiohttp.ClientSession, worker: PushDelivery, provider: ScriptedProvider,
+        redis_url: str) -> None:
+    """Challenges created together are read and pushed as one batch: every device gets exactly one push,
+    a phone without push is marked polling, a user with two phones gets both pushed."""
+    users = [f"user{i}@nhs.net" for i in range(30)]
+    phones: dict[str, list[Phone]] = {}
+    for i, user in enumerate(users):
+        uri = await login.enroll_uri(user)
+        token = None if i == 7 else f"tok-{i}"
+        phones[user] = [await Phone.enroll(uri, session=http, push_provider="fcm" if token else "none",
+                                           push_token=token)]
+    phones[users[3]].append(await Phone.enroll(await login.enroll_uri(users[3]), session=http,
+                                               push_provider="fcm", push_token="tok-3b"))
+    created = await asyncio.gather(*(login.create(user) for user in users))
+    for user, challenge in zip(users, created, strict=True):
+        for phone in phones[user]:
+            want = "polling" if user == users[7] else "sent"
+            assert (await delivery_of(login, challenge["id"], phone.device_id, want))["state"] == want
+    tokens = sorted(token for token, _, _ in provider.sent)
+    assert tokens == sorted([f"tok-{i}" for i in range(30) if i != 7] + ["tok-3b"])
+    by_token = {token: message.challenge_id for token, message, _ in provider.sent}
+    assert by_token["tok-3b"] == by_token["tok-3"] == created[3]["id"]
+    redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    assert await nothing_pending(redis)
+    await redis.aclose()
+
+
+async def test_delivery_state_never_creates_a_stray_hash_nor_takes_back_sent(redis_url: str) -> None:
+    redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    gone = "pa:{aaaaaaaaaaaaaaaa}:ch:expired"
+    assert await SET_DELIVERY(redis, [gone], ["pd:d1", "sent"]) == 0
+    assert await redis.exists(gone) == 0, "state written for an expired challenge created a hash"
+    key = "pa:{aaaaaaaaaaaaaaaa}:ch:live"
+    await redis.hset(key, "st", "pending")
+    assert await SET_DELIVERY(redis, [key], ["pd:d1", "retrying:UNAVAILABLE"]) == 1
+    assert await SET_DELIVERY(redis, [key], ["pd:d1", "sent"]) == 1
+    assert await SET_DELIVERY(redis, [key], ["pd:d1", "retrying:UNAVAILABLE"]) == 0
+    assert await redis.hget(key, "pd:d1") == "sent"
+    await redis.aclose()
+
+
+async def test_retry_entry_naming_another_users_device_is_refused(
+        login: LoginFlow, http: aiohttp.ClientSession, server: RunningServer, provider: ScriptedProvider,
+        redis_url: str) -> None:
+    await enrolled(login, http)
+    created = await login.create(USER)
+    redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    delivery = PushDelivery(redis, KeySpace("pa"), server.settings.push, server.url, {"fcm": provider})
+    other = ids.new_device_id(ids.new_uid())
+    try:
+        with pytest.raises(ValueError, match="could not be handled"):
+            await delivery.handle("0-1", {"c": created["id"], "d": other, "n": "2"})
+        with pytest.raises(ValueError, match="could not be handled"):
+            await delivery.handle("0-2", {"c": created["id"], "n": "not-a-number"})
+    finally:
+        await redis.aclose()
+    assert provider.sent == []
+
+
+async def test_redis_outage_while_a_push_is_on_the_wire(private_redis: RedisServer, keyring: KeyRingHolder,
+                                                         http: aiohttp.ClientSession) -> None:
+    """Redis goes away while the provider is accepting a push: the worker keeps the outcome, stores it once
+    Redis is back, and only then acks the entry; the push is not sent twice and nothing is lost."""
+    running = await start_server(make_settings(private_redis.url, free_port(), push=PUSH), keyring)
+    login = LoginFlow(http, running.url)
+    redis = open_redis(StoreSettings(redis_url=private_redis.url, socket_timeout_s=1.0,
+                                     connect_timeout_s=0.5), health_check_interval_s=0)
+    provider = ScriptedProvider(hold={TOKEN: asyncio.Event()})
+    delivery = PushDelivery(redis, KeySpace("pa"), running.settings.push, running.url, {"fcm": provider})
+    stop = asyncio.Event()
+    task = asyncio.create_task(delivery.consumer_for("w1").run(stop))
+    try:
+        phone = await enrolled(login, http)
+        created = await login.create(USER)
+        assert await until(lambda: _true(bool(provider.sent)))
+        assert len(provider.sent) == 1
+        private_redis.stop()  # graceful: the AOF keeps the challenge and the pending entry
+        provider.hold[TOKEN].set()  # the provider accepts the push while Redis is away
+        await asyncio.sleep(1.0)
+        private_redis.start()
+        state = await delivery_of(login, created["id"], phone.device_id, "sent", within_s=10)
+        assert state == {"state": "sent"}
+        assert await nothing_pending(redis)
+        # the worker goes on pushing on its recovered connections
+        second = await login.create(USER)
+        state = await delivery_of(login, second["id"], phone.device_id, "sent", within_s=10)
+        assert state == {"state": "sent"}
+        assert [message.challenge_id for _, message, _ in provider.sent] == [created["id"], second["id"]]
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+        await redis.aclose()
+        await running.close()
+
+
+async def test_worker_on_a_redis_cluster(tmp_path_factory: pytest.TempPathFactory, keyring: KeyRingHolder,
+                                         http: aiohttp.ClientSession) -> None:
+    """The batched reads and writes are pipelines over keys of many hash tags (each user's {uid}, and the
+    stream's {push}): on a cluster they go to every master, and an ack still waits for its writes."""
+    with RedisCluster(tmp_path_factory.mktemp("push-cluster"), replicas_per_master=0) as cluster:
+        store = {"redis_url": cluster.url, "cluster": True, "socket_timeout_s": 1.0, "connect_timeout_s": 0.5,
+                 "prefix": "pc"}
+        settings = make_settings(cluster.url, free_port(), store=store, push=PUSH)
+        running = await start_server(settings, keyring)
+        login = LoginFlow(http, running.url)
+        redis = open_redis(settings.store, health_check_interval_s=0)
+        provider = ScriptedProvider()
+        delivery = PushDelivery(redis, KeySpace("pc"), settings.push, running.url, {"fcm": provider})
+        stop = asyncio.Event()
+        task = asyncio.create_task(delivery.consumer_for("w1").run(stop))
+        try:
+            users = [f"cluster{i}@nhs.net" for i in range(24)]
+            phones = [await Phone.enroll(await login.enroll_uri(user), session=http, push_provider="fcm",
+                                         push_token=f"tok-{i}") for i, user in enumerate(users)]
+            ks = KeySpace("pc")
+
+            def device_key(phone: Phone) -> str:
+                return ks.device(ids.device_uid(phone.device_id) or "", phone.device_id)
+
+            masters = {cluster.master_of(device_key(p)) for p in phones}
+            assert len(masters) > 1, "the users should live on several masters"
+            provider.script["tok-1"] = [Outcome(OutcomeKind.RETRY, "UNAVAILABLE")]  # a scheduled retry
+            provider.script["tok-2"] = [Outcome(OutcomeKind.INVALID_TOKEN, "UNREGISTERED")]  # a stale token
+            created = await asyncio.gather(*(login.create(user) for user in users))
+            for i, (phone, challenge) in enumerate(zip(phones, created, strict=True)):
+                want = "failed" if i == 2 else "sent"
+                state = await delivery_of(login, challenge["id"], phone.device_id, want, within_s=10)
+                assert state["state"] == want, (i, state)
+            names = StreamNames.for_("pc", "push")
+
+            async def none_pending() -> bool:
+                return int((await redis.xpending(names.stream, names.group))["pending"]) == 0
+
+            assert await until(none_pending)
+            want_tokens = [f"tok-{i}" for i in range(24)] + ["tok-1"]  # tok-1 twice: its retry
+            assert sorted(t for t, _, _ in provider.sent) == sorted(want_tokens)
+            assert await redis.hget(device_key(phones[2]), "ptok_stale") == "1"
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 20)
+            await redis.aclose()
+            await running.close()

@@ -52,6 +52,7 @@ from pushauth.crypto import device_auth, jws
 from pushauth.crypto.keys import KeyRing, ServerKey
 from pushauth.push import apns
 from pushauth.push.base import PushMessage
+from pushauth.store import KeySpace
 from pushauth.users import canonical
 
 HERE = Path(__file__).resolve().parent
@@ -200,7 +201,8 @@ def server_challenges(signing_key: str) -> Challenges:
     key = ServerKey(kid(signing_key), ec_key(signing_key), created)
     ring = KeyRing(key, {key.kid: key})
     nothing = cast(Any, None)
-    return Challenges(nothing, nothing, server_settings(), lambda: ring, nothing, nothing, nothing, nothing)
+    return Challenges(nothing, KeySpace("pa"), server_settings(), lambda: ring, nothing, nothing, nothing,
+                      nothing)
 
 
 def challenge_hash(**overrides: str) -> dict[str, str]:
