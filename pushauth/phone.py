@@ -169,6 +169,11 @@ class Phone:
         token = device_auth.sign_request(key, method="POST", path_qs=path, body=raw, jti=_jti(),
                                          iat=clock.now(), jwk=_public_jwk(key))
         try:
+            # The pin first: the one-time code goes only to a server that holds the key the QR code names.
+            jstatus, jwks = await phone._send("GET", "/.well-known/jwks.json", None, {})
+            served = _import_server_keys(_ok(jstatus, jwks))
+            if not any(jws.thumbprint(k) == parsed.jkt for k in served.values()):
+                raise PhoneError("server key does not match the QR code: the enrollment code was not sent")
             status, data = await phone.signed_request("POST", path, raw_body=raw, token=token)
             data = _ok(status, data)
             did, user = data.get("device_id"), data.get("user")

@@ -26,7 +26,7 @@ from joserfc.jwk import ECKey
 from support import ADMIN_TOKEN, OTHER_API_KEY, LoginFlow, RunningServer, assert_error
 
 from pushauth.crypto import device_auth, jws
-from pushauth.phone import Phone, ServerRejected
+from pushauth.phone import Phone, PhoneError, ServerRejected
 
 USER = "alice@nhs.net"
 REQ_TYP = device_auth.REQUEST_TYP
@@ -381,6 +381,19 @@ async def test_phone_enroll_checks_the_pin(server: RunningServer, http: aiohttp.
     assert jkt in [rfc7638(k) for k in jwks["keys"]]
     assert phone.device_id
     assert phone.user == USER
+
+
+async def test_phone_sends_no_code_to_a_server_without_the_pinned_key(
+        server: RunningServer, http: aiohttp.ClientSession, login: LoginFlow) -> None:
+    """A QR code naming a key the server does not hold (a look-alike server): the phone checks the JWKS
+    before it sends the code, so the code is still unspent for the real enrollment."""
+    uri, _ = await new_code(login)
+    jkt = dict(parse_qsl(urlsplit(uri).query))["jkt"]
+    forged = uri.replace(jkt, ("A" if jkt[0] != "A" else "B") + jkt[1:])
+    with pytest.raises(PhoneError, match="was not sent"):
+        await Phone.enroll(forged, session=http)
+    phone = await Phone.enroll(uri, session=http)  # the code was never spent
+    assert phone.device_id
 
 
 @pytest.mark.parametrize(("overrides", "field"), [
