@@ -14,8 +14,9 @@ import redis
 
 # tests/ is not a package; pytest's default --import-mode=prepend puts it on sys.path.
 from redis_server import RedisServer
-from support import LoginFlow, RunningServer, free_port, make_settings, start_server
+from support import Clock, LoginFlow, RunningServer, free_port, make_settings, start_server
 
+import pushauth.clock
 from pushauth.crypto.keys import KeyRing
 from pushauth.phone import Phone
 from pushauth.web.keyring import KeyRingHolder
@@ -90,3 +91,11 @@ def login(http: aiohttp.ClientSession, server: RunningServer) -> LoginFlow:
 @pytest.fixture
 async def phone(login: LoginFlow, http: aiohttp.ClientSession) -> Phone:
     return await Phone.enroll(await login.enroll_uri(USER), session=http)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """Time under the test's control: `clock.advance(seconds)`."""
+    c = Clock()
+    monkeypatch.setattr(pushauth.clock, "now", c.now)
+    return c

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,3 +113,45 @@ class LoginFlow:
         status, body = await self.call("GET", f"/v1/challenges/{cid}?wait={wait}")
         assert status == 200, body
         return dict(body)
+
+
+class Clock:
+    """Moves pushauth's one clock (`pushauth.clock.now`, which the simulated phone signs with too)."""
+
+    def __init__(self) -> None:
+        self.offset = 0
+
+    def now(self) -> int:
+        return int(time.time()) + self.offset
+
+    def advance(self, seconds: int) -> None:
+        self.offset += seconds
+
+
+class AdminClient:
+    """The security team's API, as a test drives it."""
+
+    def __init__(self, http: aiohttp.ClientSession, url: str) -> None:
+        self.http = http
+        self.url = url
+        self.headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+    async def call(self, method: str, path: str, json: Any = None) -> tuple[int, Any]:
+        async with self.http.request(method, self.url + path, json=json, headers=self.headers) as resp:
+            return resp.status, await resp.json()
+
+    async def alerts(self, **query: str) -> list[dict[str, Any]]:
+        qs = "&".join(f"{k}={v}" for k, v in query.items())
+        status, body = await self.call("GET", "/v1/alerts" + (f"?{qs}" if qs else ""))
+        assert status == 200, body
+        return list(body["alerts"])
+
+    async def user(self, user: str) -> dict[str, Any]:
+        status, body = await self.call("GET", f"/v1/users/{user}")
+        assert status == 200, body
+        return dict(body)
+
+    async def audit(self, user: str) -> list[dict[str, Any]]:
+        status, body = await self.call("GET", f"/v1/audit?user={user}")
+        assert status == 200, body
+        return list(body["entries"])

@@ -11,12 +11,13 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from redis_cluster import RedisCluster
 from support import (
     ADMIN_TOKEN,
@@ -33,6 +34,25 @@ from pushauth.store import KeySpace
 from pushauth.web.keyring import KeyRingHolder
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+SECRET = "whsec_" + "cHVzaGF1dGgtY2x1c3Rlci10ZXN0LXNlY3JldC0zMmI="
+
+
+async def webhook_receiver(record: Callable[[Any], object]) -> tuple[web.AppRunner, int]:
+    """A webhook endpoint on a free port that hands each alert body to `record` and answers 204."""
+
+    async def hook(request: web.Request) -> web.Response:
+        record(await request.json())
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, port
 
 
 def _transient(exc: ServerRejected) -> bool:
@@ -126,21 +146,9 @@ async def test_many_users_spread_over_every_master(
 async def test_workers_on_the_cluster(cluster: RedisCluster, keyring: KeyRingHolder, tmp_path: Path,
                                       http: aiohttp.ClientSession) -> None:
     """The alert worker delivers from the cluster; the expiry worker settles; both beat."""
-    from aiohttp import web
-
     got: list[dict[str, Any]] = []
-
-    async def hook(request: web.Request) -> web.Response:
-        got.append(await request.json())
-        return web.Response(status=204)
-
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    hook_port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", hook_port).start()
-    secret = "whsec_" + "cHVzaGF1dGgtY2x1c3Rlci10ZXN0LXNlY3JldC0zMmI="
+    runner, hook_port = await webhook_receiver(got.append)
+    secret = SECRET
     sinks = {"sinks": [{"name": "hook", "kind": "webhook", "url": f"http://127.0.0.1:{hook_port}/hook",
                         "secret": secret}]}
     settings = cluster_settings(cluster, free_port(), alerts=sinks)
@@ -273,21 +281,9 @@ async def test_alerts_raised_during_a_failover_are_all_delivered(
         cluster: RedisCluster, keyring: KeyRingHolder, tmp_path: Path, http: aiohttp.ClientSession) -> None:
     """Denials (each raising an alert) run through a master failover with an alert worker on the cluster:
     every denial the server acknowledged has its alert, and every alert reaches the webhook."""
-    from aiohttp import web
-
     received: set[str] = set()
-
-    async def hook(request: web.Request) -> web.Response:
-        received.add((await request.json())["data"]["id"])
-        return web.Response(status=204)
-
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    hook_port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", hook_port).start()
-    secret = "whsec_" + "cHVzaGF1dGgtY2x1c3Rlci10ZXN0LXNlY3JldC0zMmI="
+    runner, hook_port = await webhook_receiver(lambda body: received.add(body["data"]["id"]))
+    secret = SECRET
     settings = cluster_settings(cluster, free_port())
     server = await start_server(settings, keyring)
     config = tmp_path / "worker.toml"

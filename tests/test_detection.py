@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,8 +17,9 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 from support import (
-    ADMIN_TOKEN,
     API_KEY,
+    AdminClient,
+    Clock,
     LoginFlow,
     RunningServer,
     assert_error,
@@ -28,7 +28,6 @@ from support import (
     start_server,
 )
 
-import pushauth.clock
 from pushauth.alerts.store import AlertStore
 from pushauth.challenges import ASSERTION_LIFE_S
 from pushauth.expiry import ExpirySweeper
@@ -40,24 +39,6 @@ USER = "bob@nhs.net"
 OFFICE = {"ip": "10.1.2.15", "user_agent": "Firefox/128 (Windows)", "location": "Leeds, GB"}
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.offset = 0
-
-    def now(self) -> int:
-        return int(time.time()) + self.offset
-
-    def advance(self, seconds: int) -> None:
-        self.offset += seconds
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    c = Clock()
-    monkeypatch.setattr(pushauth.clock, "now", c.now)
-    return c
-
-
 @pytest.fixture
 async def detect(redis_url: str, keyring: KeyRingHolder) -> AsyncIterator[RunningServer]:
     """A server with the production defaults for detection and containment."""
@@ -66,31 +47,9 @@ async def detect(redis_url: str, keyring: KeyRingHolder) -> AsyncIterator[Runnin
     await running.close()
 
 
-class Admin:
-    def __init__(self, http: aiohttp.ClientSession, url: str) -> None:
-        self.http = http
-        self.url = url
-        self.headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-
-    async def call(self, method: str, path: str, json: Any = None) -> tuple[int, Any]:
-        async with self.http.request(method, self.url + path, json=json, headers=self.headers) as resp:
-            return resp.status, await resp.json()
-
-    async def alerts(self, **query: str) -> list[dict[str, Any]]:
-        qs = "&".join(f"{k}={v}" for k, v in query.items())
-        status, body = await self.call("GET", "/v1/alerts" + (f"?{qs}" if qs else ""))
-        assert status == 200, body
-        return list(body["alerts"])
-
-    async def user(self, user: str) -> dict[str, Any]:
-        status, body = await self.call("GET", f"/v1/users/{user}")
-        assert status == 200, body
-        return dict(body)
-
-
 @pytest.fixture
-def admin(http: aiohttp.ClientSession, detect: RunningServer) -> Admin:
-    return Admin(http, detect.url)
+def admin(http: aiohttp.ClientSession, detect: RunningServer) -> AdminClient:
+    return AdminClient(http, detect.url)
 
 
 @pytest.fixture
@@ -117,7 +76,7 @@ def kinds(alert: dict[str, Any]) -> dict[str, int]:
 
 
 async def test_not_me_raises_critical_alert_with_evidence_and_contains(
-        rp: LoginFlow, bob: Phone, admin: Admin, detect: RunningServer, redis_url: str) -> None:
+        rp: LoginFlow, bob: Phone, admin: AdminClient, detect: RunningServer, redis_url: str) -> None:
     approved = await prompt(rp)
     assert await bob.approve(approved["id"], number=approved["number"]) == "approved"
     other = await prompt(rp)
@@ -180,7 +139,7 @@ async def _uid(redis_url: str, user: str) -> str:
 
 
 async def test_deny_by_mistake_is_a_low_alert_without_containment(rp: LoginFlow, bob: Phone,
-                                                                  admin: Admin) -> None:
+                                                                  admin: AdminClient) -> None:
     c = await prompt(rp)
     assert await bob.deny(c["id"], reason="mistake") == "denied"
     [alert] = await admin.alerts()
@@ -189,7 +148,7 @@ async def test_deny_by_mistake_is_a_low_alert_without_containment(rp: LoginFlow,
     assert (await prompt(rp))["status"] == "pending"
 
 
-async def test_wrong_number_is_high(rp: LoginFlow, bob: Phone, admin: Admin) -> None:
+async def test_wrong_number_is_high(rp: LoginFlow, bob: Phone, admin: AdminClient) -> None:
     c = await prompt(rp)
     wrong = "00" if c["number"] != "00" else "01"
     assert await bob.approve(c["id"], number=wrong) == "denied"
@@ -199,7 +158,7 @@ async def test_wrong_number_is_high(rp: LoginFlow, bob: Phone, admin: Admin) -> 
 
 
 async def test_push_bombing_refuses_further_prompts_and_is_one_incident(rp: LoginFlow, bob: Phone,
-                                                                         admin: Admin) -> None:
+                                                                         admin: AdminClient) -> None:
     for _ in range(5):
         await prompt(rp)
     assert await admin.alerts() == []
@@ -216,7 +175,7 @@ async def test_push_bombing_refuses_further_prompts_and_is_one_incident(rp: Logi
     assert len(await bob.pending()) == 5  # the refused prompts never reached the phone
 
 
-async def test_repeated_denials_escalate_the_incident(rp: LoginFlow, bob: Phone, admin: Admin) -> None:
+async def test_repeated_denials_escalate_the_incident(rp: LoginFlow, bob: Phone, admin: AdminClient) -> None:
     for _ in range(3):
         c = await prompt(rp)
         await bob.deny(c["id"], reason="mistake")
@@ -226,7 +185,7 @@ async def test_repeated_denials_escalate_the_incident(rp: LoginFlow, bob: Phone,
     assert len(alert["evidence"]["events"][-1]["denials"]) == 3
 
 
-async def test_approval_after_denials_is_critical(rp: LoginFlow, bob: Phone, admin: Admin) -> None:
+async def test_approval_after_denials_is_critical(rp: LoginFlow, bob: Phone, admin: AdminClient) -> None:
     for _ in range(3):
         c = await prompt(rp)
         await bob.deny(c["id"], reason="mistake")
@@ -239,7 +198,7 @@ async def test_approval_after_denials_is_critical(rp: LoginFlow, bob: Phone, adm
     assert (await admin.user(USER))["consecutive_failures"] == 0  # an approval resets the count
 
 
-async def test_ignored_prompts_settled_by_the_expiry_worker(rp: LoginFlow, bob: Phone, admin: Admin,
+async def test_ignored_prompts_settled_by_the_expiry_worker(rp: LoginFlow, bob: Phone, admin: AdminClient,
                                                             detect: RunningServer, clock: Clock) -> None:
     for _ in range(3):
         await prompt(rp, ttl_s=10)
@@ -264,7 +223,7 @@ def _alerts(server: RunningServer) -> AlertStore:
     return server.app[ALERTS]
 
 
-async def test_ignored_prompts_also_counted_at_the_next_event(rp: LoginFlow, bob: Phone, admin: Admin,
+async def test_ignored_prompts_also_counted_at_the_next_event(rp: LoginFlow, bob: Phone, admin: AdminClient,
                                                               clock: Clock) -> None:
     """No expiry worker ran: the next prompt settles the expired ones first."""
     for _ in range(3):
@@ -275,8 +234,8 @@ async def test_ignored_prompts_also_counted_at_the_next_event(rp: LoginFlow, bob
     assert alert["kind"] == "ignored_prompts"
 
 
-async def test_late_approval_is_refused_and_raises_late_response(rp: LoginFlow, bob: Phone, admin: Admin,
-                                                                 clock: Clock) -> None:
+async def test_late_approval_is_refused_and_raises_late_response(
+        rp: LoginFlow, bob: Phone, admin: AdminClient, clock: Clock) -> None:
     c = await prompt(rp, ttl_s=10)
     fetched = await bob.fetch(c["id"])
     clock.advance(12)
@@ -292,7 +251,7 @@ async def test_late_approval_is_refused_and_raises_late_response(rp: LoginFlow, 
     assert (await admin.alerts())[0]["evidence"]["event_count"] == alert["evidence"]["event_count"]
 
 
-async def test_late_not_me_still_escalates_and_contains(rp: LoginFlow, bob: Phone, admin: Admin,
+async def test_late_not_me_still_escalates_and_contains(rp: LoginFlow, bob: Phone, admin: AdminClient,
                                                         clock: Clock) -> None:
     c = await prompt(rp, ttl_s=10)
     fetched = await bob.fetch(c["id"])
@@ -304,7 +263,7 @@ async def test_late_not_me_still_escalates_and_contains(rp: LoginFlow, bob: Phon
     assert (await admin.user(USER))["suspended"]
 
 
-async def test_new_context_after_a_baseline(rp: LoginFlow, bob: Phone, admin: Admin) -> None:
+async def test_new_context_after_a_baseline(rp: LoginFlow, bob: Phone, admin: AdminClient) -> None:
     first = await prompt(rp)  # the first sign-in is the baseline: nothing to compare with
     await bob.approve(first["id"], number=first["number"])
     same_site = await prompt(rp, {**OFFICE, "ip": "10.1.2.200"})
@@ -316,7 +275,7 @@ async def test_new_context_after_a_baseline(rp: LoginFlow, bob: Phone, admin: Ad
     assert alert["evidence"]["events"][0]["network"] == "203.0.113.0/24"
 
 
-async def test_lockout_after_ten_failures_then_unlock(rp: LoginFlow, bob: Phone, admin: Admin,
+async def test_lockout_after_ten_failures_then_unlock(rp: LoginFlow, bob: Phone, admin: AdminClient,
                                                       clock: Clock) -> None:
     for i in range(10):
         c = await prompt(rp)
@@ -340,7 +299,7 @@ async def test_lockout_after_ten_failures_then_unlock(rp: LoginFlow, bob: Phone,
     assert (await prompt(rp))["status"] == "pending"
 
 
-async def test_a_new_challenge_never_resets_the_failure_count(rp: LoginFlow, bob: Phone, admin: Admin,
+async def test_a_new_challenge_never_resets_the_failure_count(rp: LoginFlow, bob: Phone, admin: AdminClient,
                                                               clock: Clock) -> None:
     c = await prompt(rp)
     await bob.deny(c["id"], reason="mistake")
@@ -380,7 +339,7 @@ async def test_locked_users_concurrent_approvals_yield_no_assertion(
                              detection={"push_bombing_max": 1000})
     running = await start_server(settings, keyring)
     try:
-        rp, admin = LoginFlow(http, running.url), Admin(http, running.url)
+        rp, admin = LoginFlow(http, running.url), AdminClient(http, running.url)
         phone = await Phone.enroll(await rp.enroll_uri(USER), session=http)
         for _round in range(5):
             created = [await prompt(rp) for _ in range(20)]
@@ -410,7 +369,7 @@ async def test_locked_users_concurrent_approvals_yield_no_assertion(
         await running.close()
 
 
-async def test_not_me_racing_approvals_on_another_phone(rp: LoginFlow, bob: Phone, admin: Admin,
+async def test_not_me_racing_approvals_on_another_phone(rp: LoginFlow, bob: Phone, admin: AdminClient,
                                                         http: aiohttp.ClientSession) -> None:
     """One phone says "not me" while another approves other prompts: whichever commits first, no
     approval of the last ASSERTION_LIFE_S seconds keeps its assertion once the user is suspended."""
@@ -442,8 +401,8 @@ async def test_not_me_racing_approvals_on_another_phone(rp: LoginFlow, bob: Phon
 # ---------------------------------------------------------------------------------------------------------
 
 
-async def test_a_normal_week_raises_nothing(rp: LoginFlow, bob: Phone, admin: Admin, detect: RunningServer,
-                                            clock: Clock) -> None:
+async def test_a_normal_week_raises_nothing(rp: LoginFlow, bob: Phone, admin: AdminClient,
+                                            detect: RunningServer, clock: Clock) -> None:
     rng = random.Random(7)
     sweeper = ExpirySweeper(_redis(detect), KeySpace("pa"), _alerts(detect))
     for _day in range(7):
@@ -468,7 +427,7 @@ async def test_a_normal_week_raises_nothing(rp: LoginFlow, bob: Phone, admin: Ad
 # ---------------------------------------------------------------------------------------------------------
 
 
-async def test_admin_api_filters_acks_and_refuses_others(rp: LoginFlow, bob: Phone, admin: Admin,
+async def test_admin_api_filters_acks_and_refuses_others(rp: LoginFlow, bob: Phone, admin: AdminClient,
                                                          http: aiohttp.ClientSession, clock: Clock) -> None:
     c = await prompt(rp)
     await bob.deny(c["id"], reason="mistake")
@@ -506,7 +465,7 @@ async def test_admin_api_filters_acks_and_refuses_others(rp: LoginFlow, bob: Pho
             assert_error(resp.status, await resp.json(), expected)
 
 
-async def test_admin_revokes_a_lost_phone(rp: LoginFlow, bob: Phone, admin: Admin) -> None:
+async def test_admin_revokes_a_lost_phone(rp: LoginFlow, bob: Phone, admin: AdminClient) -> None:
     c = await prompt(rp)
     fetched = await bob.fetch(c["id"])
     status, body = await admin.call("DELETE", f"/v1/users/{USER}/devices/{bob.device_id}")

@@ -12,8 +12,9 @@ from typing import Any
 import aiohttp
 import pytest
 from support import (
-    ADMIN_TOKEN,
     OTHER_API_KEY,
+    AdminClient,
+    Clock,
     LoginFlow,
     RunningServer,
     assert_error,
@@ -22,29 +23,11 @@ from support import (
     start_server,
 )
 
-import pushauth.clock
 from pushauth.phone import Phone, ServerRejected
 from pushauth.web.keyring import KeyRingHolder
 
 USER = "nurse.jones@nhs.net"
 OFFICE = {"ip": "10.20.30.40", "user_agent": "Edge", "location": "Leeds, GB"}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.offset = 0
-
-    def now(self) -> int:
-        return int(time.time()) + self.offset
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    c = Clock()
-    monkeypatch.setattr(pushauth.clock, "now", c.now)
-    return c
-
-
 POLICY = {"shared": ["shared.*@nhs.net"], "exempt": ["svc-*@nhs.net"],
           "enforcement_date": "2030-01-01",
           "enforcement": [{"date": "2020-01-01", "applications": ["other"]}]}
@@ -58,29 +41,14 @@ async def server(redis_url: str, keyring: KeyRingHolder) -> AsyncIterator[Runnin
     await running.close()
 
 
-class Admin:
-    def __init__(self, http: aiohttp.ClientSession, url: str) -> None:
-        self.http, self.url = http, url
-        self.headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-
-    async def call(self, method: str, path: str, json: Any = None) -> tuple[int, Any]:
-        async with self.http.request(method, self.url + path, json=json, headers=self.headers) as resp:
-            return resp.status, await resp.json()
-
-    async def audit(self, user: str) -> list[dict[str, Any]]:
-        status, body = await self.call("GET", f"/v1/audit?user={user}")
-        assert status == 200, body
-        return list(body["entries"])
-
-
 @pytest.fixture
 def rp(http: aiohttp.ClientSession, server: RunningServer) -> LoginFlow:
     return LoginFlow(http, server.url)
 
 
 @pytest.fixture
-def admin(http: aiohttp.ClientSession, server: RunningServer) -> Admin:
-    return Admin(http, server.url)
+def admin(http: aiohttp.ClientSession, server: RunningServer) -> AdminClient:
+    return AdminClient(http, server.url)
 
 
 @pytest.fixture
@@ -105,9 +73,9 @@ async def approve_and_remember(rp: LoginFlow, phone: Phone, browser: str) -> str
 # -- "asked each time you log in from a different device or browser" -----------------------------------------
 
 
-async def test_new_browser_prompts_remembered_browser_does_not(rp: LoginFlow, phone: Phone, admin: Admin,
-                                                               http: aiohttp.ClientSession,
-                                                               server: RunningServer) -> None:
+async def test_new_browser_prompts_remembered_browser_does_not(
+        rp: LoginFlow, phone: Phone, admin: AdminClient, http: aiohttp.ClientSession,
+        server: RunningServer) -> None:
     token = await approve_and_remember(rp, phone, "browser-A")
     status, body = await sign_in(rp, browser_id="browser-A", remember_token=token)
     assert (status, body) == (200, {"status": "allowed", "reason": "remembered"})
@@ -130,7 +98,7 @@ async def test_remembered_browser_expires(rp: LoginFlow, phone: Phone, clock: Cl
     assert (await sign_in(rp, browser_id="browser-A", remember_token=token))[0] == 201
 
 
-async def test_not_me_revokes_remembered_browsers(rp: LoginFlow, phone: Phone, admin: Admin) -> None:
+async def test_not_me_revokes_remembered_browsers(rp: LoginFlow, phone: Phone, admin: AdminClient) -> None:
     token = await approve_and_remember(rp, phone, "browser-A")
     status, attack = await sign_in(rp)
     await phone.deny(attack["id"], reason="not_me")
@@ -141,7 +109,7 @@ async def test_not_me_revokes_remembered_browsers(rp: LoginFlow, phone: Phone, a
 
 @pytest.mark.parametrize("how", ["new_phone", "password_reset", "security_team_one", "security_team_all",
                                  "login_flow_forget"])
-async def test_remembered_browsers_revoked(how: str, rp: LoginFlow, phone: Phone, admin: Admin,
+async def test_remembered_browsers_revoked(how: str, rp: LoginFlow, phone: Phone, admin: AdminClient,
                                            http: aiohttp.ClientSession) -> None:
     token = await approve_and_remember(rp, phone, "browser-A")
     if how == "new_phone":
@@ -168,7 +136,7 @@ async def test_remembered_browsers_revoked(how: str, rp: LoginFlow, phone: Phone
 
 
 async def test_shared_mailbox_refused_at_enrollment_and_allowed_without_prompt(rp: LoginFlow,
-                                                                               admin: Admin) -> None:
+                                                                               admin: AdminClient) -> None:
     mailbox = "shared.ward7@nhs.net"
     status, body = await rp.call("POST", "/v1/enrollments", {"user": mailbox})
     assert_error(status, body, 403, "shared_account")
@@ -181,7 +149,7 @@ async def test_shared_mailbox_refused_at_enrollment_and_allowed_without_prompt(r
 
 
 async def test_security_team_marks_an_account_shared_or_exempt(
-        rp: LoginFlow, phone: Phone, admin: Admin, http: aiohttp.ClientSession) -> None:
+        rp: LoginFlow, phone: Phone, admin: AdminClient, http: aiohttp.ClientSession) -> None:
     uri = await rp.enroll_uri("ward9@nhs.net")  # a code made before the account is marked shared
     status, body = await admin.call("PUT", "/v1/users/ward9@nhs.net/policy", {"shared": True})
     assert (status, body["policy"]) == (200, "shared"), body
@@ -198,7 +166,7 @@ async def test_security_team_marks_an_account_shared_or_exempt(
     assert_error(status, body, 422)
 
 
-async def test_exempt_pattern_audited_on_every_use(rp: LoginFlow, admin: Admin) -> None:
+async def test_exempt_pattern_audited_on_every_use(rp: LoginFlow, admin: AdminClient) -> None:
     for _ in range(3):
         assert (await sign_in(rp, "svc-backup@nhs.net"))[1]["reason"] == "exempt"
     assert len(await admin.audit("svc-backup@nhs.net")) == 3
@@ -207,7 +175,7 @@ async def test_exempt_pattern_audited_on_every_use(rp: LoginFlow, admin: Admin) 
 # -- "from 30 June 2024 you will need to use MFA" ------------------------------------------------------------
 
 
-async def test_enforcement_date_grace_then_not_enrolled(rp: LoginFlow, clock: Clock, admin: Admin,
+async def test_enforcement_date_grace_then_not_enrolled(rp: LoginFlow, clock: Clock, admin: AdminClient,
                                                         http: aiohttp.ClientSession,
                                                         server: RunningServer) -> None:
     status, body = await sign_in(rp, "new.starter@nhs.net")
@@ -228,7 +196,7 @@ async def test_enforcement_date_grace_then_not_enrolled(rp: LoginFlow, clock: Cl
 
 
 async def test_access_code_works_once_and_raises_an_info_alert(rp: LoginFlow, phone: Phone,
-                                                               admin: Admin) -> None:
+                                                               admin: AdminClient) -> None:
     status, issued = await admin.call("POST", f"/v1/users/{USER}/access-codes")
     assert status == 201, issued
     code = issued["code"]
@@ -247,14 +215,14 @@ async def test_access_code_works_once_and_raises_an_info_alert(rp: LoginFlow, ph
     assert code not in str(await admin.audit(USER))
 
 
-async def test_access_code_expires(rp: LoginFlow, phone: Phone, admin: Admin, clock: Clock) -> None:
+async def test_access_code_expires(rp: LoginFlow, phone: Phone, admin: AdminClient, clock: Clock) -> None:
     _, issued = await admin.call("POST", f"/v1/users/{USER}/access-codes")
     clock.offset += 3601
     status, body = await rp.call("POST", "/v1/access-codes/verify", {"user": USER, "code": issued["code"]})
     assert (status, body) == (200, {"valid": False, "reason": "invalid"})
 
 
-async def test_access_code_brute_force_is_limited_and_locks(rp: LoginFlow, phone: Phone, admin: Admin,
+async def test_access_code_brute_force_is_limited_and_locks(rp: LoginFlow, phone: Phone, admin: AdminClient,
                                                             clock: Clock) -> None:
     await admin.call("POST", f"/v1/users/{USER}/access-codes")
     wrong = {"user": USER, "code": "AAAA-BBBB-CCCC"}
@@ -276,7 +244,7 @@ async def test_access_code_brute_force_is_limited_and_locks(rp: LoginFlow, phone
 # -- lost or replaced phone ----------------------------------------------------------------------------------
 
 
-async def test_lost_phone_revoked_by_the_other_phone(rp: LoginFlow, phone: Phone, admin: Admin,
+async def test_lost_phone_revoked_by_the_other_phone(rp: LoginFlow, phone: Phone, admin: AdminClient,
                                                      http: aiohttp.ClientSession) -> None:
     new = await Phone.enroll(await rp.enroll_uri(USER), session=http)
     # The old phone hears that a phone was added; the security team gets an info alert.
@@ -306,7 +274,7 @@ async def test_lost_phone_revoked_by_the_other_phone(rp: LoginFlow, phone: Phone
 
 
 async def test_pause_refuses_and_counts_prompts_then_resume(rp: LoginFlow, phone: Phone,
-                                                            admin: Admin) -> None:
+                                                            admin: AdminClient) -> None:
     await phone.pause(7 * 86400)
     for _ in range(2):
         status, body = await sign_in(rp)
