@@ -66,9 +66,6 @@ from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from fakes.apns import Answer, FakeAPNs, SeenRequest, _H2Server, _Stream  # noqa: E402
 from fakes.fcm import FakeFCM, SendRecord  # noqa: E402
 from fakes.sandbox import (  # noqa: E402
-    APNS_PRODUCTION_HOST,
-    APNS_SANDBOX_HOST,
-    FCM_HOST,
     HTTPS_PORT,
     PrivateHosts,
     TestCA,
@@ -162,12 +159,8 @@ class Fakes:
 
 
 def bench_hosts(folder: Path, ca: TestCA) -> PrivateHosts:
-    """Like PrivateHosts.create, but the names point at this benchmark's own loopback addresses."""
-    hosts = folder / "hosts"
-    hosts.write_text("127.0.0.1 localhost\n"
-                     f"{FCM_ADDR} {FCM_HOST}\n"
-                     f"{APNS_ADDR} {APNS_SANDBOX_HOST} {APNS_PRODUCTION_HOST} {APNS_DEVELOPMENT_HOST}\n")
-    return PrivateHosts(hosts, ca.ca_file)
+    """PrivateHosts with the names pointing at this benchmark's own loopback addresses."""
+    return PrivateHosts.create(folder, ca, fcm_addr=FCM_ADDR, apns_addr=APNS_ADDR)
 
 
 # -- processes -----------------------------------------------------------------------------------------------

@@ -31,7 +31,6 @@ from fakes.apns import (
     SUCCESS,
     Answer,
     FakeAPNs,
-    route_apns,
 )
 from fakes.sandbox import APNS_DEVELOPMENT_HOST, APNS_PRODUCTION_HOST, PrivateHosts
 
@@ -86,14 +85,13 @@ def ca(tmp_path: Path) -> sandbox.TestCA:
 
 
 @pytest.fixture
-def apns_addr() -> str:
-    # A loopback address of this test's own, so runs in parallel never meet each other's fake on 443.
-    return f"127.{secrets.randbelow(250) + 1}.{secrets.randbelow(256)}.{secrets.randbelow(254) + 1}"
+def hosts(tmp_path: Path, ca: sandbox.TestCA) -> PrivateHosts:
+    return PrivateHosts.create(tmp_path, ca)
 
 
 @pytest.fixture
-def hosts(tmp_path: Path, ca: sandbox.TestCA, apns_addr: str) -> PrivateHosts:
-    return route_apns(PrivateHosts.create(tmp_path, ca), apns_addr)
+def apns_addr(hosts: PrivateHosts) -> str:
+    return hosts.apns_addr
 
 
 @pytest.fixture

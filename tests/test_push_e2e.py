@@ -42,7 +42,7 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[TestCA, PrivateHosts]
 
 @pytest.fixture
 async def fake(tls: tuple[TestCA, PrivateHosts]) -> AsyncIterator[FakeFCM]:
-    async with FakeFCM(tls[0]) as running:
+    async with FakeFCM(tls[0], host=tls[1].fcm_addr) as running:
         yield running
 
 

@@ -59,8 +59,8 @@ def hosts(tmp_path_factory: pytest.TempPathFactory, test_ca: sandbox.TestCA) -> 
 
 
 @pytest.fixture
-async def fake(test_ca: sandbox.TestCA) -> AsyncIterator[FakeFCM]:
-    async with FakeFCM(test_ca) as running:
+async def fake(test_ca: sandbox.TestCA, hosts: PrivateHosts) -> AsyncIterator[FakeFCM]:
+    async with FakeFCM(test_ca, host=hosts.fcm_addr) as running:
         yield running
 
 
@@ -193,7 +193,7 @@ def batch(test_ca: sandbox.TestCA, hosts: PrivateHosts, tmp_path_factory: pytest
     folder = tmp_path_factory.mktemp("fcm-batch")
 
     async def scenario() -> Batch:
-        async with FakeFCM(test_ca) as running:
+        async with FakeFCM(test_ca, host=hosts.fcm_addr) as running:
             account = running.write_service_account(folder / "service-account.json")
             requests = {name: push_request(device_token(), case.ttl_s) for name, case in CASES.items()}
             for name, case in CASES.items():

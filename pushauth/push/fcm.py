@@ -60,6 +60,8 @@ log = structlog.get_logger(__name__)
 # The longest one `send` may take, all included (slot, token, the SDK's internal retries). Also the SDK's
 # per-request httpx timeout. Bounded further by the challenge's expiry.
 SEND_TIMEOUT_S = 10.0
+# Taken off the FCM ttl for the request's trip to Google (see `send`).
+TRANSIT_MARGIN_S = 1.0
 # The longest one OAuth2 token request may take (google-auth's own default is 120 s).
 TOKEN_TIMEOUT_S = 10.0
 
@@ -233,9 +235,11 @@ class FcmProvider:
             async with asyncio.timeout(deadline):
                 await self._fresh_token()
                 async with self._slots:
-                    # The ttl is taken when the message leaves, after any wait for a slot, and rounded
-                    # down: FCM never holds the message past the challenge's expiry.
-                    ttl = max(0, int(message.expires_at - time.time()))
+                    # The ttl is taken when the message leaves, after any wait for a slot. FCM counts it
+                    # from when the message reaches Google, so one second for the trip comes off, and it is
+                    # rounded down: FCM never holds the message past the challenge's expiry. (Without the
+                    # margin a 44 s ttl taken at 44.02 s left arrived with 43.97 s left.)
+                    ttl = max(0, int(message.expires_at - time.time() - TRANSIT_MARGIN_S))
                     fcm_message = messaging.Message(
                         token=token, data=message.data(),
                         android=messaging.AndroidConfig(priority="high", ttl=dt.timedelta(seconds=ttl)))

@@ -136,4 +136,4 @@ class ChallengeEvents:
                 backoff = min(backoff * 2, 1.0)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()

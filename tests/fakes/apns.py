@@ -1,4 +1,5 @@
-"""A fake APNs: HTTP/2 over TLS on (APNS_ADDR, 443), for the real aioapns client in a sandboxed child.
+"""A fake APNs: HTTP/2 over TLS on (PrivateHosts.apns_addr, 443), for the real aioapns client in a sandboxed
+child.
 
 It checks what Apple checks and answers the way Apple answers:
 
@@ -34,29 +35,10 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from fakes.h2server import H2App, H2Request, H2Response, H2ServerProtocol
-from fakes.sandbox import (
-    APNS_ADDR,
-    APNS_DEVELOPMENT_HOST,
-    APNS_PRODUCTION_HOST,
-    APNS_SANDBOX_HOST,
-    HTTPS_PORT,
-    PrivateHosts,
-    TestCA,
-)
+from fakes.sandbox import APNS_HOSTS, HTTPS_PORT, TestCA
 
 MAX_PAYLOAD = 4096
 JWT_MAX_AGE_S = 3600
-
-
-def route_apns(hosts: PrivateHosts, addr: str = APNS_ADDR) -> PrivateHosts:
-    """Make the sandbox resolve all three APNs names to `addr` (aioapns's `use_sandbox` connects to
-    api.development.push.apple.com). A loopback address of the test's own (127.x.y.z) lets concurrent
-    test runs each have a fake on 443."""
-    names = (APNS_SANDBOX_HOST, APNS_PRODUCTION_HOST, APNS_DEVELOPMENT_HOST)
-    lines = [line for line in hosts.hosts_file.read_text().splitlines()
-             if not set(line.split()[1:]) & set(names)]
-    hosts.hosts_file.write_text("\n".join([*lines, f"{addr} {' '.join(names)}"]) + "\n")
-    return hosts
 
 
 @dataclass(frozen=True)
@@ -109,7 +91,7 @@ class _Refused(Exception):
 class FakeAPNs(H2App):
     def __init__(self, ca: TestCA, *, topic: str, key_id: str = "", team_id: str = "",
                  public_key: ec.EllipticCurvePublicKey | None = None, client_ca: str | None = None,
-                 host: str = APNS_ADDR, port: int = HTTPS_PORT, max_concurrent_streams: int = 1000) -> None:
+                 host: str, port: int = HTTPS_PORT, max_concurrent_streams: int = 1000) -> None:
         self.ca, self.topic, self.key_id, self.team_id = ca, topic, key_id, team_id
         self.public_key, self.client_ca = public_key, client_ca
         self.host, self.port, self.max_concurrent_streams = host, port, max_concurrent_streams
@@ -133,8 +115,7 @@ class FakeAPNs(H2App):
         return [r for r in self.requests if r.token == token]
 
     async def start(self) -> None:
-        ctx = self.ca.server_context(APNS_SANDBOX_HOST, APNS_PRODUCTION_HOST, APNS_DEVELOPMENT_HOST,
-                                     alpn=["h2"])
+        ctx = self.ca.server_context(*APNS_HOSTS, alpn=["h2"])
         if self.client_ca:
             ctx.load_verify_locations(self.client_ca)
             ctx.verify_mode = ssl.CERT_OPTIONAL

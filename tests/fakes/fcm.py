@@ -1,9 +1,9 @@
 """A protocol-faithful fake of Firebase Cloud Messaging (HTTP v1) and of Google's OAuth2 token endpoint.
 
 The real firebase-admin client reaches it unchanged (see sandbox.py): `POST https://fcm.googleapis.com/v1/
-projects/{project}/messages:send` lands on FCM_ADDR:443 over TLS with a test-CA certificate, and the OAuth2
-service-account flow (RFC 7523 JWT bearer grant) goes to the `token_uri` of the service-account file this
-fake writes, a plain-HTTP listener on 127.0.0.1.
+projects/{project}/messages:send` lands on PrivateHosts.fcm_addr:443 over TLS with a test-CA certificate,
+and the OAuth2 service-account flow (RFC 7523 JWT bearer grant) goes to the `token_uri` of the
+service-account file this fake writes, a plain-HTTP listener on 127.0.0.1.
 
 What it checks, as Google does: the token request's JWT assertion (RS256, signed with the service account's
 key, right `iss`/`aud`/`scope`, not expired); `Authorization: Bearer <a token it issued>` on every send
@@ -52,7 +52,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from fakes.h2server import H2App, H2Request, H2Response, H2ServerProtocol, next_connection_id
-from fakes.sandbox import FCM_ADDR, FCM_HOST, HTTPS_PORT, TestCA
+from fakes.sandbox import FCM_HOST, HTTPS_PORT, TestCA
 
 FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
 BAD_REQUEST_TYPE = "type.googleapis.com/google.rpc.BadRequest"
@@ -212,9 +212,10 @@ class _AlpnDispatch(asyncio.Protocol):
 
 
 class FakeFCM(H2App):
-    """FCM HTTP v1 `messages:send` on (FCM_ADDR, 443) over TLS, and an OAuth2 token endpoint on 127.0.0.1.
+    """FCM HTTP v1 `messages:send` on (PrivateHosts.fcm_addr, 443) over TLS, and an OAuth2 token endpoint on
+    127.0.0.1.
 
-        fake = FakeFCM(ca)
+        fake = FakeFCM(ca, host=hosts.fcm_addr)
         async with fake:                      # or: await fake.start() ... await fake.stop()
             fake.write_service_account(path)  # a service account whose token_uri is this fake
             fake.script("tok-1", fcm.UNAVAILABLE, fcm.UNAVAILABLE)   # then success
@@ -222,7 +223,7 @@ class FakeFCM(H2App):
             fake.requests, fake.attempts("tok-1"), fake.token_requests, fake.max_in_flight, fake.sends
     """
 
-    def __init__(self, ca: TestCA, *, project_id: str = "pushauth-test", host: str = FCM_ADDR,
+    def __init__(self, ca: TestCA, *, host: str, project_id: str = "pushauth-test",
                  port: int = HTTPS_PORT, keep_requests: bool = True) -> None:
         self.ca = ca
         # False for benchmarks: count sends (`sends`) without keeping a record of each.

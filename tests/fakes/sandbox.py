@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import secrets
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +26,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 FCM_HOST = "fcm.googleapis.com"
-FCM_ADDR = "127.0.0.3"
 APNS_SANDBOX_HOST = "api.sandbox.push.apple.com"
 APNS_PRODUCTION_HOST = "api.push.apple.com"
 # What aioapns actually connects to when use_sandbox=True (Apple's newer name for the sandbox).
 APNS_DEVELOPMENT_HOST = "api.development.push.apple.com"
-APNS_ADDR = "127.0.0.2"
+APNS_HOSTS = (APNS_SANDBOX_HOST, APNS_PRODUCTION_HOST, APNS_DEVELOPMENT_HOST)
 HTTPS_PORT = 443
 
 
@@ -107,20 +107,32 @@ class TestCA:
         return ctx
 
 
+def loopback_address() -> str:
+    """A random 127.x.y.z (never 127.0.0.x): each fake gets an address of its own on port 443, so test
+    runs and benchmarks on one machine at the same time never meet each other's fakes."""
+    return f"127.{secrets.randbelow(250) + 1}.{secrets.randbelow(256)}.{secrets.randbelow(254) + 1}"
+
+
 @dataclass(frozen=True)
 class PrivateHosts:
-    """Runs commands that resolve the push services' names to the fakes and trust the test CA."""
+    """Runs commands that resolve the push services' names to the fakes and trust the test CA. The fakes
+    listen on `fcm_addr` and `apns_addr` (port 443)."""
 
     hosts_file: Path
     ca_file: Path
+    fcm_addr: str
+    apns_addr: str
 
     @classmethod
-    def create(cls, folder: Path, ca: TestCA) -> PrivateHosts:
+    def create(cls, folder: Path, ca: TestCA, *, fcm_addr: str | None = None,
+               apns_addr: str | None = None) -> PrivateHosts:
+        fcm_addr = fcm_addr or loopback_address()
+        apns_addr = apns_addr or loopback_address()
         hosts = folder / "hosts"
         hosts.write_text("127.0.0.1 localhost\n"
-                         f"{FCM_ADDR} {FCM_HOST}\n"
-                         f"{APNS_ADDR} {APNS_SANDBOX_HOST} {APNS_DEVELOPMENT_HOST} {APNS_PRODUCTION_HOST}\n")
-        return cls(hosts, ca.ca_file)
+                         f"{fcm_addr} {FCM_HOST}\n"
+                         f"{apns_addr} {' '.join(APNS_HOSTS)}\n")
+        return cls(hosts, ca.ca_file, fcm_addr, apns_addr)
 
     def command(self, argv: list[str]) -> list[str]:
         # --propagation private: the bind mount never leaks back to the host's mount namespace.
