@@ -21,6 +21,7 @@ from pushauth.devices import Devices
 from pushauth.errors import NotFound, RateLimited, Unprocessable
 from pushauth.store import KeySpace, reads
 from pushauth.store import scripts as lua
+from pushauth.store.durability import ReplicaAcks
 
 RECENT_CHALLENGES = 20
 _decode = msgspec.json.Decoder().decode
@@ -34,6 +35,7 @@ class Accounts:
     def __init__(self, redis: aioredis.Redis, keyspace: KeySpace, settings: Settings, devices: Devices,
                  alerts: AlertStore, audit: Audit) -> None:
         self._r = redis
+        self._acks = ReplicaAcks.from_settings(settings.store)
         self._ks = keyspace
         self._s = settings
         self._devices = devices
@@ -115,7 +117,8 @@ class Accounts:
         if what not in ("all", "lock", "suspension"):
             raise Unprocessable("what must be all, lock or suspension", code="invalid")
         uid = await self._uid(user)
-        res = await lua.UNLOCK_USER(self._r, [self._ks.user(uid)], [clock.now(), by, what])
+        res = await lua.UNLOCK_USER(self._r, [self._ks.user(uid)], [clock.now(), by, what],
+                                    acks=self._acks)
         await self._audit.record("unlocked", user=user, who=by, why=what, was_locked=bool(res[0]),
                                  was_suspended=bool(res[1]))
         return {"was_locked": bool(res[0]), "was_suspended": bool(res[1])}
@@ -123,7 +126,7 @@ class Accounts:
     async def lock(self, user: str, *, by: str) -> None:
         uid = await self._uid(user)
         res = await lua.LOCK_USER(self._r, [self._ks.user(uid)],
-                                  [*self._alerts.ledger_args(uid, user, clock.now()), by])
+                                  [*self._alerts.ledger_args(uid, user, clock.now()), by], acks=self._acks)
         await self._alerts.announce(uid, res[1])
         await self._audit.record("locked", user=user, who=by, why="security team")
 
@@ -184,7 +187,7 @@ class Accounts:
         expires = clock.now() + self._s.policy.access_code_ttl_s
         res = await lua.ISSUE_ACCESS_CODE(self._r, [self._ks.user(uid)],
                                           [*self._alerts.ledger_args(uid, user, clock.now()),
-                                           sha256_hex(_normal(code)), expires, by])
+                                           sha256_hex(_normal(code)), expires, by], acks=self._acks)
         await self._alerts.announce(uid, res[1])
         await self._audit.record("access_code_issued", user=user, who=by, why="no phone at hand",
                                  expires_at=rfc3339(expires))
@@ -201,7 +204,7 @@ class Accounts:
         res = await lua.VERIFY_ACCESS_CODE(self._r, [self._ks.user(uid)],
                                            [*self._alerts.ledger_args(uid, user, clock.now()),
                                             sha256_hex(_normal(code)), policy.access_code_attempts,
-                                            policy.access_code_window_s])
+                                            policy.access_code_window_s], acks=self._acks)
         await self._alerts.announce(uid, res[1])
         what = res[0]
         await self._audit.record("access_code_used" if what == "valid" else "access_code_refused",

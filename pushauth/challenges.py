@@ -40,6 +40,7 @@ from pushauth.errors import Conflict, Forbidden, NotFound, RateLimited, Unproces
 from pushauth.expiry import ExpiryIndex
 from pushauth.store import KeySpace, reads
 from pushauth.store import scripts as lua
+from pushauth.store.durability import ReplicaAcks
 from pushauth.store.events import ChallengeEvents, Decision
 
 CHALLENGE_TYP = "pushauth-challenge+jwt"
@@ -78,6 +79,7 @@ class Challenges:
                  keyring: Callable[[], KeyRing], devices: Devices, events: ChallengeEvents,
                  alerts: AlertStore, audit: Audit, push: PushQueue | None = None) -> None:
         self._r = redis
+        self._acks = ReplicaAcks.from_settings(settings.store)
         self._ks = keyspace
         self._s = settings
         self._keyring = keyring
@@ -131,7 +133,7 @@ class Challenges:
         res = await lua.CREATE_CHALLENGE(
             self._r, [self._ks.user(uid)],
             [*self._alerts.ledger_args(uid, user, now), exp, exp + cfg.retention_s, cid, network, location,
-             ctx_json, app.id, rtid, rbid, *fields])
+             ctx_json, app.id, rtid, rbid, *fields], acks=self._acks)
         await self._alerts.announce(uid, res[1])
         what = res[0]
         if what in ("exempt", "remembered", "ok"):
@@ -246,7 +248,7 @@ class Challenges:
         if uid is None:
             raise NotFound("no such challenge")
         res = await lua.CANCEL(self._r, [self._ks.challenge(uid, cid), self._ks.pending(uid)],
-                               [clock.now(), cid, app.id, self._ks.events])
+                               [clock.now(), cid, app.id, self._ks.events], acks=self._acks)
         _raise_transition_failure(res)
         metrics.CHALLENGES.labels(app.id, "cancelled").inc()
 
@@ -310,7 +312,7 @@ class Challenges:
         res = await lua.RESPOND(
             self._r, [self._ks.user(dev.uid)],
             [*self._alerts.ledger_args(dev.uid, h["user"], clock.now()), cid, dev.device_id, status, why,
-             remote_ip or "-"])
+             remote_ip or "-"], acks=self._acks)
         await self._alerts.announce(dev.uid, res[1])
         if res[0] == "revoked":
             raise_gate_failure(res[0])

@@ -70,8 +70,23 @@ class StoreSettings(_Section, frozen=True):
     socket_timeout_s: float = 2.0
     connect_timeout_s: float = 1.0
     max_connections: int = 128
+    # Durability through a failover (pushauth/store/durability.py). Redis replicates asynchronously, so a
+    # change the primary acknowledged is lost if it dies before a replica has it: a "not me" with its
+    # alert and suspension, a lock, a spent access code. With replica_acks = N every change a client is
+    # answered about first waits (Redis WAIT) until N replicas hold it, at most replica_ack_timeout_ms.
+    # 0: off (a Redis without replicas). 1 with Sentinel or Cluster.
+    replica_acks: int = 0
+    replica_ack_timeout_ms: int = 250
+    # Fewer replicas in time: "refuse" answers 503 (the client sends it again; nothing acknowledged is
+    # lost, but changes stop while a primary has no replica: run two replicas per primary), "warn" answers
+    # anyway, logs and counts it (available while a replica is down, at the old risk).
+    replica_ack_shortfall: Literal["refuse", "warn"] = "refuse"
 
     def __post_init__(self) -> None:
+        if self.replica_acks and not self.redis_url:
+            raise ValueError("replica_acks needs redis_url: the embedded store has no replicas")
+        if not (0 <= self.replica_acks <= 5 and 10 <= self.replica_ack_timeout_ms <= 5000):
+            raise ValueError("replica_acks must be 0..5 and replica_ack_timeout_ms 10..5000")
         if self.redis_url and not re.match(r"(redis|rediss|unix)://", self.redis_url):
             raise ValueError("redis_url must start with redis://, rediss:// or unix://")
         if not re.fullmatch(r"[A-Za-z0-9_-]{1,16}", self.prefix):

@@ -31,6 +31,7 @@ from pushauth.crypto.secrets import new_secret
 from pushauth.errors import Forbidden, NotFound, Unauthorized, Unprocessable
 from pushauth.store import KeySpace, reads
 from pushauth.store import scripts as lua
+from pushauth.store.durability import ReplicaAcks
 
 ENROLL_URI_SCHEME = "pushauth://enroll"
 # Bounded in-process caches of immutable facts (device public keys, user uids); oldest dropped first.
@@ -70,6 +71,7 @@ class Devices:
                  keyring: Callable[[], KeyRing], alerts: AlertStore | None = None,
                  audit: Audit | None = None) -> None:
         self._r = redis
+        self._acks = ReplicaAcks.from_settings(settings.store)
         self._ks = keyspace
         self._settings = settings
         self._keyring = keyring
@@ -179,7 +181,8 @@ class Devices:
             raise RuntimeError("Devices was built without an AlertStore and cannot register devices")
         res = await lua.REGISTER_DEVICE(
             self._r, [self._ks.user(uid)],
-            [*self._alerts.ledger_args(uid, user, now), did, *[x for kv in fields.items() for x in kv]])
+            [*self._alerts.ledger_args(uid, user, now), did, *[x for kv in fields.items() for x in kv]],
+            acks=self._acks)
         await self._alerts.announce(uid, res[1])
         self._keys[did] = key
         if self._audit is not None:
@@ -228,13 +231,13 @@ class Devices:
     async def update_push_token(self, dev: AuthedDevice, provider: str, token: str) -> None:
         await self.gate(dev, self._ks.device(dev.uid, dev.device_id), "challenge")
         res = await lua.UPDATE_PUSH_TOKEN(self._r, [self._ks.device(dev.uid, dev.device_id)],
-                                          [provider, token, clock.now()])
+                                          [provider, token, clock.now()], acks=self._acks)
         if res[0] != "ok":
             raise BadDeviceRequest("device revoked", code="device_revoked")
 
     async def revoke(self, uid: str, did: str, *, by: str) -> None:
         res = await lua.REVOKE_DEVICE(self._r, [self._ks.devices(uid), self._ks.device(uid, did)],
-                                      [did, clock.now(), by])
+                                      [did, clock.now(), by], acks=self._acks)
         if res[0] != "ok":
             raise NotFound("no such active device")
 
@@ -252,13 +255,15 @@ class Devices:
             raise Unprocessable(f"duration_s must be at most {max_s}", code="invalid")
         await self.gate(dev, self._ks.device(dev.uid, dev.device_id), "challenge")
         until = clock.now() + duration_s
-        await lua.PAUSE_PROMPTS(self._r, [self._ks.user(dev.uid)], [until, dev.device_id, clock.now()])
+        await lua.PAUSE_PROMPTS(self._r, [self._ks.user(dev.uid)], [until, dev.device_id, clock.now()],
+                                acks=self._acks)
         await self._audit_device(dev, "prompts_paused", until=rfc3339(until))
         return until
 
     async def resume(self, dev: AuthedDevice) -> None:
         await self.gate(dev, self._ks.device(dev.uid, dev.device_id), "challenge")
-        await lua.PAUSE_PROMPTS(self._r, [self._ks.user(dev.uid)], [0, dev.device_id, clock.now()])
+        await lua.PAUSE_PROMPTS(self._r, [self._ks.user(dev.uid)], [0, dev.device_id, clock.now()],
+                                acks=self._acks)
         await self._audit_device(dev, "prompts_resumed")
 
     async def revoke_other(self, dev: AuthedDevice, other: str) -> None:

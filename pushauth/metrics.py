@@ -38,6 +38,10 @@ IGNORED_PROMPTS = Counter("pushauth_prompts_expired_unanswered_total", "Prompts 
 ALERTS_ANNOUNCED = Counter("pushauth_alerts_announced_total",
                            "Alert versions handed to the alert stream (created: a new incident; updated: "
                            "its severity rose)", ["change"])
+REPLICA_ACK_SHORTFALLS = Counter(
+    "pushauth_replica_ack_shortfalls_total",
+    "Changes fewer replicas acknowledged in time than store.replica_acks, by what was done (refuse, warn)",
+    ["action"])
 REDIS_ERRORS = Counter("pushauth_redis_errors_total", "Redis unreachable or timing out, by where", ["where"])
 
 # -- workers -----------------------------------------------------------------------------------------------

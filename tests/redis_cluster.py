@@ -108,7 +108,7 @@ class RedisCluster:
 
     def master_of(self, key: str) -> int:
         """The port of the master serving `key`'s slot."""
-        slot = int(_cli(self.ports[0], "CLUSTER", "KEYSLOT", key))
+        slot = int(_cli(self.alive_port(), "CLUSTER", "KEYSLOT", key))
         for line in _cli(self.alive_port(), "CLUSTER", "NODES").splitlines():
             parts = line.split()
             if "master" not in parts[2] or "fail" in parts[2]:
@@ -118,6 +118,16 @@ class RedisCluster:
                 if lo.isdigit() and int(lo) <= slot <= int(hi or lo):
                     return int(parts[1].split("@")[0].rsplit(":", 1)[1])
         raise RuntimeError(f"no master for slot {slot}")
+
+    def replicas_of(self, master_port: int) -> list[int]:
+        """The ports of the live replicas of the master on `master_port`."""
+        lines = [line.split() for line in _cli(self.alive_port(), "CLUSTER", "NODES").splitlines()]
+        ids = [p[0] for p in lines if p[1].split("@")[0].endswith(f":{master_port}")]
+        return [int(p[1].split("@")[0].rsplit(":", 1)[1]) for p in lines
+                if ids and p[3] == ids[0] and "fail" not in p[2]]
+
+    def pid(self, port: int) -> int:
+        return self.procs[port].pid
 
     def alive_port(self) -> int:
         return next(p for p in self.ports if self.running(p))

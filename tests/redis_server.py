@@ -108,8 +108,11 @@ def _stop_all() -> None:
 class RedisServer:
     """A ``redis-server`` child process bound to 127.0.0.1 with its data in ``tmpdir``."""
 
-    def __init__(self, tmpdir: Path, *, appendonly: bool = False, port: int | None = None) -> None:
+    def __init__(self, tmpdir: Path, *, appendonly: bool = False, port: int | None = None,
+                 replica_of: RedisServer | None = None) -> None:
         self._proc: subprocess.Popen[bytes] | None = None
+        # A replica of that (running) server: what a primary with a replica, the Sentinel set-up, looks like.
+        self.replica_of = replica_of
         self.tmpdir = Path(tmpdir).resolve()
         self.appendonly = appendonly
         self._port = port
@@ -253,6 +256,8 @@ class RedisServer:
             # fsync every write so that kill() (SIGKILL) never loses an acknowledged
             # write: crash tests must be deterministic.
             cmd += ["--appendfsync", "always"]
+        if self.replica_of is not None:
+            cmd += ["--replicaof", HOST, str(self.replica_of.port)]
         return cmd
 
     def _launch(self, binary: str) -> None:

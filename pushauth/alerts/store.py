@@ -28,6 +28,7 @@ from pushauth.errors import Conflict, NotFound
 from pushauth.store import KeySpace, reads
 from pushauth.store import scripts as lua
 from pushauth.store.connection import STORE_DOWN_ERRORS
+from pushauth.store.durability import ReplicaAcks
 from pushauth.store.scripts import Script
 from pushauth.store.streams import StreamNames
 
@@ -110,6 +111,7 @@ class AlertStore:
     def __init__(self, redis: aioredis.Redis, keyspace: KeySpace, settings: Settings, *,
                  assertion_life_s: int) -> None:
         self._r = redis
+        self._acks = ReplicaAcks.from_settings(settings.store)
         self._ks = keyspace
         policy = settings.policy
         self._cfg = ledger_config(settings.detection, settings.containment, assertion_life_s=assertion_life_s,
@@ -206,7 +208,7 @@ class AlertStore:
         if uid is None:
             raise NotFound("no such alert")
         res = await lua.ACK_ALERT(self._r, [self._ks.alert(uid, aid), self._ks.incident(uid)],
-                                  [int(time.time()), by, aid])
+                                  [int(time.time()), by, aid], acks=self._acks)
         if res[0] == "not_found":
             raise NotFound("no such alert")
         if res[0] == "already":

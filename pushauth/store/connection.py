@@ -72,12 +72,12 @@ def open_redis(settings: StoreSettings, *, health_check_interval_s: int = 30) ->
 
 
 def _open_cluster(settings: StoreSettings) -> aioredis.Redis:
-    """A Redis Cluster client. It follows MOVED/ASK redirects and refreshes the slot map when a node
-    fails (a replica promoted); a command that finds no live master for its slot fails like any outage
-    (fail closed, 503) until the cluster has failed over."""
+    """A Redis Cluster client. It follows MOVED/ASK redirects (inside each command, whatever the retry
+    setting) and refreshes the slot map when a node fails (a replica promoted); a command that finds no
+    live master for its slot fails like any outage (fail closed, 503) until the cluster has failed over."""
     from redis.asyncio.cluster import RedisCluster
     from redis.asyncio.retry import Retry
-    from redis.backoff import ExponentialBackoff
+    from redis.backoff import NoBackoff
 
     client = RedisCluster.from_url(
         settings.redis_url,
@@ -85,8 +85,11 @@ def _open_cluster(settings: StoreSettings) -> aioredis.Redis:
         socket_timeout=settings.socket_timeout_s,
         socket_connect_timeout=settings.connect_timeout_s,
         decode_responses=True,
-        # Redirects and a topology refresh on a node failure; bounded, so an outage still fails fast.
-        retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 2),
+        # No retries of a command whose connection broke, as on a single Redis. The command may already
+        # have run on the dying master: a re-run script found its own effects (a device request's jti
+        # already recorded) and answered "replayed" to a genuine phone. The client gets a 503 instead,
+        # signs a new request, and the slot map is refreshed before the next command.
+        retry=Retry(NoBackoff(), 0),
     )
     # The cluster client speaks the same commands; the rest of pushauth types it as a plain client.
     return cast(aioredis.Redis, client)

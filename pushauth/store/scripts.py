@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 import redis.exceptions as rex
 
 from pushauth.detection import LEDGER
+
+if TYPE_CHECKING:
+    from pushauth.store.durability import ReplicaAcks
 
 KeyT = str
 ArgT = str | int | float | bytes
@@ -36,7 +39,12 @@ class Script:
         # SHA-1 because that is how Redis names cached scripts (EVALSHA), not for security.
         self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
 
-    async def __call__(self, redis: aioredis.Redis, keys: Sequence[KeyT], args: Sequence[ArgT]) -> Any:
+    async def __call__(self, redis: aioredis.Redis, keys: Sequence[KeyT], args: Sequence[ArgT], *,
+                       acks: ReplicaAcks | None = None) -> Any:
+        """Run the script. With `acks`, the change is answered only once replicas hold it
+        (`pushauth.store.durability`): what the API calls for every change it answers a client about."""
+        if acks is not None:
+            return await acks.run(redis, self, keys, args)
         try:
             return await redis.evalsha(self.sha, len(keys), *keys, *args)
         except rex.NoScriptError:
