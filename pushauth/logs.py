@@ -33,7 +33,30 @@ def _json_bytes(event: Any, **_: Any) -> bytes:
 _ENCODE = msgspec.json.Encoder(enc_hook=str).encode
 
 
+class _BadHttpFilter(logging.Filter):
+    """aiohttp logs every request its HTTP parser refuses (a scanner's garbage, an oversized header) as
+    "Error handling request" at ERROR with a full traceback, on the stdlib logger `aiohttp.server`. That
+    is a client's mistake, answered 400 by aiohttp itself: log it as one warning line without the
+    traceback (the client's bytes are not logged either), and keep real errors as they are."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        structlog.get_logger("pushauth.access").warning("bad_http_request", status=exc.code,
+                                                        error=type(exc).__name__)
+        return False
+
+
+_BAD_HTTP_FILTER = _BadHttpFilter()
+
+
 def configure(level: str = "info", fmt: str = "auto") -> None:
+    server_log = logging.getLogger("aiohttp.server")
+    if _BAD_HTTP_FILTER not in server_log.filters:
+        server_log.addFilter(_BAD_HTTP_FILTER)
     json_lines = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     renderer: Any = (structlog.processors.JSONRenderer(serializer=_json_bytes) if json_lines
                      else structlog.dev.ConsoleRenderer())

@@ -16,9 +16,11 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
+import structlog
 from support import API_KEY, LoginFlow, RunningServer, assert_error, free_port, make_settings, start_server
 
 from pushauth.crypto import device_auth, jws
+from pushauth.logs import configure
 from pushauth.phone import Phone, parse_enroll_uri
 from pushauth.web.app import EVENTS
 from pushauth.web.keyring import KeyRingHolder
@@ -279,6 +281,29 @@ async def test_malformed_http_error_has_the_contract_shape(server: RunningServer
     head, _, body = raw.partition(b"\r\n\r\n")
     assert b"application/json" in head.lower(), raw[:300]
     assert_error(int(head.split(b" ")[1]), msgspec.json.decode(body), 400)
+
+
+async def test_malformed_http_is_one_warning_line_without_a_traceback(
+        server: RunningServer, capfd: pytest.CaptureFixture[str]) -> None:
+    configure("info", "json")  # as `pushauth serve` does at start
+    structlog.configure(cache_logger_on_first_use=False)  # see test_alert_sinks: reset afterwards
+    try:
+        capfd.readouterr()
+        for request in MALFORMED_HTTP.values():
+            await _raw_exchange(server.settings.server.port, request)
+        await asyncio.sleep(0.1)
+    finally:
+        structlog.reset_defaults()
+    logs = capfd.readouterr().err
+    lines = [msgspec.json.decode(line) for line in logs.splitlines() if '"bad_http_request"' in line]
+    # TLS (or other non-HTTP bytes) as a connection's first request: aiohttp itself logs that at debug,
+    # as internet noise, so it makes no line here.
+    assert len(lines) == len(MALFORMED_HTTP) - 1, logs
+    assert {line["level"] for line in lines} == {"warning"}
+    assert all(str(line["status"]).startswith("4") for line in lines), lines
+    assert "Traceback" not in logs, logs
+    assert "Error handling request" not in logs, logs
+    assert "aaaaaaaa" not in logs  # the client's bytes are not logged
 
 
 # -- a flood of waiting login flows ------------------------------------------------------------------------
