@@ -63,6 +63,11 @@ class StoreSettings(_Section, frozen=True):
     # true: redis_url names one node of a Redis Cluster (the client discovers the others). Every multi-key
     # change is one script within one hash tag, so nothing else changes.
     cluster: bool = False
+    # Redis Sentinel instead of a fixed primary: the sentinels ("host:port") and the name of the primary
+    # they watch. The client asks them where the primary is and follows a failover. redis_url still gives
+    # the database, user, password and TLS (rediss://) of the data connections; its host is not used.
+    sentinels: list[str] = []
+    sentinel_service: str = ""
     # Every key starts with this, so one Redis can serve several deployments.
     prefix: str = "pa"
     # Short timeouts are what make "fail closed" fast: a stopped Redis turns into a 503 within this time
@@ -83,6 +88,12 @@ class StoreSettings(_Section, frozen=True):
     replica_ack_shortfall: Literal["refuse", "warn"] = "refuse"
 
     def __post_init__(self) -> None:
+        if self.sentinels:
+            if not (self.redis_url and self.sentinel_service) or self.cluster:
+                raise ValueError("sentinels need redis_url (database, password, TLS) and sentinel_service, "
+                                 "and exclude cluster")
+            if not all(re.fullmatch(r"[^\s:]+:\d{1,5}", s) for s in self.sentinels):
+                raise ValueError("sentinels must be host:port")
         if self.replica_acks and not self.redis_url:
             raise ValueError("replica_acks needs redis_url: the embedded store has no replicas")
         if not (0 <= self.replica_acks <= 5 and 10 <= self.replica_ack_timeout_ms <= 5000):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 import redis.exceptions as rex
 import structlog
+from redis.asyncio.connection import parse_url
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.maint_notifications import MaintNotificationsConfig
 
 from pushauth.config import StoreSettings
@@ -47,6 +49,8 @@ def open_redis(settings: StoreSettings, *, health_check_interval_s: int = 30) ->
         return fakeredis.FakeAsyncRedis(decode_responses=True)
     if settings.cluster:
         return _open_cluster(settings)
+    if settings.sentinels:
+        return _open_sentinel(settings, health_check_interval_s)
     # No retries inside the client: a request that finds Redis down should fail fast and closed, and the
     # next request simply opens a new connection (that is the "recovers by itself").
     #
@@ -69,6 +73,31 @@ def open_redis(settings: StoreSettings, *, health_check_interval_s: int = 30) ->
         maint_notifications_config=MaintNotificationsConfig(enabled=False),
     )
     return aioredis.Redis(connection_pool=pool)
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
+    """Sentinel's pool (it asks the sentinels where the primary is, and drops connections to a demoted
+    one) that waits for a free connection as the single-Redis pool does (see open_redis)."""
+
+
+def _open_sentinel(settings: StoreSettings, health_check_interval_s: int) -> aioredis.Redis:
+    """The primary that the sentinels name, followed through a failover: a new connection asks them again,
+    and one that finds its server demoted (READONLY) is dropped. While no primary is known, commands fail
+    like any outage (fail closed, 503)."""
+    data: dict[str, Any] = dict(parse_url(settings.redis_url))
+    data.pop("host", None)
+    data.pop("port", None)
+    if data.pop("connection_class", None) is not None:  # rediss://
+        data["ssl"] = True
+    sentinels = [(host, int(port)) for host, _, port in (s.rpartition(":") for s in settings.sentinels)]
+    timeouts: dict[str, Any] = {"socket_timeout": settings.socket_timeout_s,
+                                "socket_connect_timeout": settings.connect_timeout_s}
+    manager = Sentinel(sentinels, sentinel_kwargs=timeouts)
+    return cast(aioredis.Redis, manager.master_for(
+        settings.sentinel_service, connection_pool_class=_BlockingSentinelPool,
+        max_connections=settings.max_connections, timeout=settings.socket_timeout_s,
+        health_check_interval=health_check_interval_s, decode_responses=True, retry=None,
+        maint_notifications_config=MaintNotificationsConfig(enabled=False), **timeouts, **data))
 
 
 def _open_cluster(settings: StoreSettings) -> aioredis.Redis:
