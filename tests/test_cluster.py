@@ -11,7 +11,7 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,12 +60,6 @@ def _transient(exc: ServerRejected) -> bool:
     401 "replayed" when the cluster client re-ran the request's gate after the connection to the dying
     master broke (its jti was recorded the first time). Both refuse; neither approves anything."""
     return exc.status == 503 or (exc.status == 401 and exc.error == "replayed")
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
-    with RedisCluster(tmp_path_factory.mktemp("cluster")) as c:
-        yield c
 
 
 def cluster_settings(cluster: RedisCluster, port: int, **extra: Any) -> Any:
