@@ -129,6 +129,9 @@ async def test_worker_pushes_and_the_phone_answers_from_the_push(
     challenge = await phone.fetch(record.data["challenge_id"])
     await phone.approve(challenge, number=created["number"])
     assert (await login.status(created["id"]))["status"] == "approved"
+    # the worker beats like the others: /readyz (and `pushauth check`) see it alive
+    async with http.get(login.url + "/readyz") as resp:
+        assert (await resp.json())["workers"]["push"] == ["w1"]
 
 
 async def test_kill_9_mid_batch_loses_nothing_and_repeats_nothing_acknowledged(
