@@ -216,6 +216,10 @@ class Topology:
 
         return await eventually(arrived, within_s, f"a push of {cid} to {token}")
 
+    async def notified(self, i: int) -> float:
+        """How many waiting login flows server `i` has woken with a decision published to it."""
+        return sample(await scrape(self.http, self.urls[i % 3]), "pushauth_time_to_notify_seconds_count")
+
     async def get(self, i: int, path: str) -> tuple[int, Any]:
         async with self.http.get(self.urls[i % 3] + path) as resp:
             return resp.status, await resp.json()
@@ -325,7 +329,7 @@ async def test_the_whole_deployment_as_processes(topology: Topology, keys_dir: P
 
     # -- 2. a sign-in created on S3, waited for on S1, fetched on S2, approved on S3 ------------------------
     t = time.monotonic()
-    notified_before = sample(await scrape(top.http, top.urls[S1]), "pushauth_time_to_notify_seconds_count")
+    notified_before = await top.notified(S1)
     created = await top.login(S3).create(ALICE, context=CONTEXT)
     cid = created["id"]
     waiter = asyncio.create_task(top.login(S1).status(cid, wait=10))
@@ -346,7 +350,7 @@ async def test_the_whole_deployment_as_processes(topology: Topology, keys_dir: P
     assert (claims["iss"], claims["aud"], claims["sub"], claims["jti"], claims["result"], claims["device"]) \
         == (PUBLIC, "webmail", ALICE, cid, "approved", android.device_id)
     # S1's waiter was parked and woken by the decision S3 published (not by reading it at its start)
-    notified = sample(await scrape(top.http, top.urls[S1]), "pushauth_time_to_notify_seconds_count")
+    notified = await top.notified(S1)
     assert notified - notified_before == 1
 
     async def both_sent() -> dict[str, Any] | None:
@@ -360,7 +364,7 @@ async def test_the_whole_deployment_as_processes(topology: Topology, keys_dir: P
 
     # -- 3. "not me" on S3 while the login flow waits on S2; alert on S1; suspended everywhere -------------
     t = time.monotonic()
-    notified_before = sample(await scrape(top.http, top.urls[S2]), "pushauth_time_to_notify_seconds_count")
+    notified_before = await top.notified(S2)
     created = await top.login(S1).create(ALICE, context=CONTEXT)
     cid = created["id"]
     waiter = asyncio.create_task(top.login(S2).status(cid, wait=10))
@@ -370,7 +374,7 @@ async def test_the_whole_deployment_as_processes(topology: Topology, keys_dir: P
     seen = await asyncio.wait_for(waiter, 12)
     assert (seen["status"], seen["reason"]) == ("denied", "not_me"), seen
     assert "assertion" not in seen
-    notified = sample(await scrape(top.http, top.urls[S2]), "pushauth_time_to_notify_seconds_count")
+    notified = await top.notified(S2)
     assert notified - notified_before == 1  # woken by the denial S3 published
     [alert] = await top.admin(S1).alerts(user=ALICE)
     assert (alert["kind"], alert["severity"], alert["status"]) == ("denied_not_me", "critical", "open"), alert
