@@ -13,6 +13,7 @@ import pytest
 import redis
 
 # tests/ is not a package; pytest's default --import-mode=prepend puts it on sys.path.
+from redis_cluster import RedisCluster
 from redis_server import RedisServer
 from support import Clock, LoginFlow, RunningServer, free_port, make_settings, start_server
 
@@ -28,6 +29,8 @@ from pushauth.web.keyring import KeyRingHolder
 # redis_url      (function) URL of that server, emptied with FLUSHALL before each test.
 # private_redis  (function) a redis-server of the test's own, appendonly=True, for tests that
 #                           stop / kill / restart Redis; stopped afterwards.
+# cluster        (module)   a real Redis Cluster, 3 masters and 3 replicas (tests/redis_cluster.py);
+#                           a module of its own each, as the failover tests kill and restart nodes.
 # ---------------------------------------------------------------------------
 
 
@@ -50,6 +53,12 @@ def redis_url(redis_server: RedisServer) -> str:
 def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
     with RedisServer(tmp_path / "private-redis", appendonly=True) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    with RedisCluster(tmp_path_factory.mktemp("cluster")) as c:
+        yield c
 
 
 # ---------------------------------------------------------------------------

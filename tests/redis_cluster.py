@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Self
 
+from processes import pdeathsig_preexec
+
 HOST = "127.0.0.1"
 
 
@@ -61,7 +63,8 @@ class RedisCluster:
              "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", str(self.node_timeout_ms),
              "--appendonly", "yes", "--save", "", "--protected-mode", "no",
              "--logfile", str(d / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            preexec_fn=pdeathsig_preexec())  # killed by the kernel if the test process dies
         deadline = time.monotonic() + 10
         while _cli(port, "PING") != "PONG":
             if time.monotonic() > deadline:

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Self
 
 import redis
-from redis_server import HOST, RedisServer, _free_port, _set_pdeathsig
+from processes import pdeathsig_preexec
+from redis_server import HOST, RedisServer, _free_port
 
 SERVICE = "pushauth"
 
@@ -56,7 +57,7 @@ class RedisSentinelSet:
                             f"sentinel failover-timeout {SERVICE} 5000\n"
                             f"sentinel parallel-syncs {SERVICE} 1\n")
             self._procs.append(subprocess.Popen([binary, str(conf), "--sentinel"], stdout=subprocess.DEVNULL,
-                                                stderr=subprocess.DEVNULL, preexec_fn=_set_pdeathsig))
+                                                stderr=subprocess.DEVNULL, preexec_fn=pdeathsig_preexec()))
             self.sentinel_ports.append(port)
         deadline = time.monotonic() + 15
         while not all(self._sentinel_sees_replica(p) for p in self.sentinel_ports):

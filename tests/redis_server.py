@@ -20,14 +20,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
-import threading
 import time
 import weakref
-from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Self
+
+from processes import pdeathsig_preexec
 
 __all__ = ["RedisNotInstalledError", "RedisServer", "RedisServerError"]
 
@@ -68,29 +67,6 @@ def _find_binary() -> str:
             "yourself: `sudo apt-get install redis-server`."
         )
     return binary
-
-
-def _load_prctl() -> Callable[..., int] | None:
-    """libc's prctl(), resolved in the parent (nothing may be imported after fork)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
-        return prctl
-    except (OSError, AttributeError):
-        return None
-
-
-_PRCTL = _load_prctl()
-_PR_SET_PDEATHSIG = 1
-
-
-def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child process
-    """Linux only: have the kernel SIGKILL redis-server if the test process dies."""
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
 
 
 # Last-resort cleanup: every server that is still running at interpreter exit
@@ -261,11 +237,6 @@ class RedisServer:
         return cmd
 
     def _launch(self, binary: str) -> None:
-        # PR_SET_PDEATHSIG fires when the *thread* that forked dies, so only use it
-        # from the main thread. The pre-exec hook only calls an already-resolved
-        # libc function: no imports, no locks.
-        on_main_thread = threading.current_thread() is threading.main_thread()
-        use_pdeathsig = on_main_thread and _PRCTL is not None
         # Startup errors (bad flags) go to stderr, not to the logfile: keep them.
         # The child has its own copy of the fd, so the parent's can be closed at once.
         with open(self.tmpdir / "redis.stderr", "ab") as output:
@@ -275,7 +246,7 @@ class RedisServer:
                 stdin=subprocess.DEVNULL,
                 stdout=output,
                 stderr=output,
-                preexec_fn=_set_pdeathsig if use_pdeathsig else None,
+                preexec_fn=pdeathsig_preexec(),  # killed by the kernel if the test process dies
             )
         _LIVE.add(self)
         deadline = time.monotonic() + START_TIMEOUT

@@ -1,19 +1,28 @@
-"""Running real pushauth servers in tests: settings, a server on a free port, login-flow calls."""
+"""Running real pushauth servers in tests: settings, a server on a free port, login-flow calls, what a
+relying party checks (assertions), metrics samples, waiting for something to become true."""
 
 from __future__ import annotations
 
+import asyncio
+import re
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
 
 from pushauth.config import Settings, from_mapping
+from pushauth.crypto import jws
 from pushauth.crypto.secrets import sha256_hex
+from pushauth.phone import Phone
 from pushauth.web import create_app
 from pushauth.web.keyring import KeyRingHolder
+
+T = TypeVar("T")
+ASSERTION_TYP = "pushauth-assertion+jwt"
 
 API_KEY = "test-api-key-for-the-webmail-application-0001"
 OTHER_API_KEY = "test-api-key-for-another-application-000002"
@@ -155,3 +164,49 @@ class AdminClient:
         status, body = await self.call("GET", f"/v1/audit?user={user}")
         assert status == 200, body
         return list(body["entries"])
+
+
+def verify_assertion(token: str, jwks: dict[str, Any]) -> dict[str, Any]:
+    """What a relying party does with an assertion: pick the key by `kid` from the server's JWKS and verify
+    (raises jws.InvalidJWS). Returns the claims."""
+    header = jws.read_header(token, typ=ASSERTION_TYP)
+    [jwk] = [k for k in jwks["keys"] if k["kid"] == header["kid"]]
+    return jws.verify(token, jws.import_public_jwk(jwk))
+
+
+def phone_via(phone: Phone, url: str, session: aiohttp.ClientSession) -> Phone:
+    """The same phone (same key, device id and pinned server) sending its requests to `url`: one instance
+    behind the load balancer."""
+    return Phone.from_dict({**phone.to_dict(), "server_override": url}, session=session)
+
+
+async def eventually(probe: Callable[[], Awaitable[T | None]], within_s: float, what: str,
+                     every_s: float = 0.05) -> T:
+    """`probe()`'s first result that is not None, polled until `within_s` has passed (then fails naming
+    `what`)."""
+    deadline = time.monotonic() + within_s
+    while (result := await probe()) is None:
+        assert time.monotonic() < deadline, f"not within {within_s} s: {what}"
+        await asyncio.sleep(every_s)
+    return result
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """One sample's value from Prometheus text (0 if absent)."""
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        m = re.fullmatch(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)", line)
+        if m and m.group(1) == name:
+            got = ",".join(sorted(p for p in re.findall(r'\w+="[^"]*"', m.group(2) or "")))
+            if got == want:
+                return float(m.group(3))
+    return 0.0
+
+
+async def scrape(http: aiohttp.ClientSession, url: str) -> str:
+    async with http.get(url + "/metrics") as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/plain")
+        return await resp.text()

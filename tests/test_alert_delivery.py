@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -24,6 +21,7 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
+from processes import Child
 from redis_server import RedisServer
 from standardwebhooks.webhooks import Webhook
 from support import ADMIN_TOKEN, LoginFlow, RunningServer, free_port, make_settings, start_server
@@ -32,7 +30,6 @@ from pushauth.phone import Phone
 from pushauth.store.streams import StreamNames
 from pushauth.web.keyring import KeyRingHolder
 
-REPO = Path(__file__).resolve().parent.parent
 SECRET = "whsec_" + base64.b64encode(b"pushauth-test-webhook-secret-32b").decode()
 SINK = "siem-hook"
 
@@ -95,26 +92,19 @@ class Workers:
     def __init__(self, config: Path, logs: Path) -> None:
         self.config = config
         self.logs = logs
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.procs: list[Child] = []
 
-    def start(self, name: str) -> subprocess.Popen[bytes]:
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        with (self.logs / f"{name}.log").open("ab") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "workers.alerts", "-c", str(self.config),
-                                     "--name", name], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    def start(self, name: str) -> Child:
+        proc = Child.python(["-m", "workers.alerts", "-c", str(self.config), "--name", name],
+                            self.logs / f"{name}.log")
         self.procs.append(proc)
         return proc
 
     def stop_all(self) -> None:
         for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+            proc.signal(signal.SIGTERM)
         for proc in self.procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            proc.stop(10)
 
     def log_text(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.logs.glob("*.log")))
@@ -253,8 +243,7 @@ async def test_kill_9_at_random_points_loses_nothing(
     kills = 0
     for round_ in range(12):
         await asyncio.sleep(rng.uniform(0.05, 0.6))
-        workers.procs[-1].send_signal(signal.SIGKILL)
-        workers.procs[-1].wait()
+        workers.procs[-1].kill9()
         kills += 1
         workers.start(f"w{round_ + 1}")
     aids = await raising

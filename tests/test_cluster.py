@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,12 +62,6 @@ def _transient(exc: ServerRejected) -> bool:
     Never 401 "replayed": the cluster client must not re-run a request's gate after the connection to the
     dying master broke (its jti was recorded the first time; pushauth/store/connection.py)."""
     return exc.status == 503
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
-    with RedisCluster(tmp_path_factory.mktemp("cluster")) as c:
-        yield c
 
 
 def cluster_settings(cluster: RedisCluster, port: int, *, store: dict[str, Any] | None = None,

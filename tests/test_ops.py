@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 import sys
 import time
@@ -14,34 +13,13 @@ from typing import IO, Any
 
 import aiohttp
 from redis_server import RedisServer
-from support import ADMIN_TOKEN, API_KEY, LoginFlow, free_port, make_settings, start_server
+from support import ADMIN_TOKEN, API_KEY, LoginFlow, free_port, make_settings, sample, scrape, start_server
 
 from pushauth.crypto.secrets import sha256_hex
 from pushauth.phone import Phone, PhoneError, ServerRejected, parse_enroll_uri
 from pushauth.web.keyring import KeyRingHolder
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def sample(text: str, name: str, **labels: str) -> float:
-    """One sample's value from Prometheus text (0 if absent)."""
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        m = re.fullmatch(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)", line)
-        if m and m.group(1) == name:
-            got = ",".join(sorted(p for p in re.findall(r'\w+="[^"]*"', m.group(2) or "")))
-            if got == want:
-                return float(m.group(3))
-    return 0.0
-
-
-async def scrape(http: aiohttp.ClientSession, url: str) -> str:
-    async with http.get(url + "/metrics") as resp:
-        assert resp.status == 200
-        assert resp.headers["Content-Type"].startswith("text/plain")
-        return await resp.text()
 
 
 async def test_metrics_move_as_the_scenario_runs(redis_url: str, keyring: KeyRingHolder,

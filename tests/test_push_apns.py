@@ -31,6 +31,7 @@ from fakes.apns import (
     SUCCESS,
     Answer,
     FakeAPNs,
+    write_p8,
 )
 from fakes.sandbox import APNS_DEVELOPMENT_HOST, APNS_PRODUCTION_HOST, PrivateHosts
 
@@ -46,12 +47,6 @@ SERVER = "https://auth.example.org"
 
 _why_not = sandbox.available()
 needs_sandbox = pytest.mark.skipif(_why_not is not None, reason=_why_not or "")
-
-
-def write_p8(path: Path, key: Any) -> Path:
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
-    return path
 
 
 def new_token() -> str:

@@ -8,10 +8,6 @@ to the fake and trusts the test CA; nothing in the client is patched.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,13 +17,12 @@ import pytest
 from fakes import fcm, sandbox
 from fakes.fcm import FakeFCM
 from fakes.sandbox import PrivateHosts, TestCA
+from processes import Child
 from support import API_KEY, LoginFlow, RunningServer, free_port, make_settings, start_server
 
 from pushauth.crypto.secrets import sha256_hex
 from pushauth.phone import Phone
 from pushauth.web.keyring import KeyRingHolder
-
-REPO = Path(__file__).resolve().parent.parent
 
 if (why := sandbox.available()) is not None:
     pytest.skip(why, allow_module_level=True)
@@ -60,47 +55,20 @@ async def server(redis_url: str, keyring: KeyRingHolder,
     await running.close()
 
 
-class SandboxProcess:
-    """One pushauth process (a push worker, or `pushauth serve`) started in the sandbox."""
-
-    def __init__(self, hosts: PrivateHosts, args: list[str], log: Path) -> None:
-        env = hosts.env()
-        env["PYTHONPATH"] = str(REPO)
-        self.log = log
-        with open(log, "ab") as out:
-            self.proc = subprocess.Popen(hosts.command([sys.executable, *args]), env=env, cwd=REPO,
-                                         stdin=subprocess.DEVNULL, stdout=out, stderr=out)
-
-    def kill9(self) -> None:
-        # `unshare` and `sh -c 'exec ...'` both exec, so this pid is the worker's Python process itself.
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
-
-
 class WorkerPool:
     """The worker processes a test starts; all stopped afterwards."""
 
     def __init__(self, hosts: PrivateHosts, config: Path, logs: Path) -> None:
         self.hosts, self.config, self.logs = hosts, config, logs
-        self.started: list[SandboxProcess] = []
+        self.started: list[Child] = []
 
-    def start(self, name: str) -> SandboxProcess:
-        worker = SandboxProcess(self.hosts, ["-m", "workers.push", "-c", str(self.config), "--name", name],
-                                self.logs / f"{name}.log")
+    def start(self, name: str) -> Child:
+        worker = Child.python(["-m", "workers.push", "-c", str(self.config), "--name", name],
+                              self.logs / f"{name}.log", hosts=self.hosts)
         self.started.append(worker)
         return worker
 
-    def __getitem__(self, i: int) -> SandboxProcess:
+    def __getitem__(self, i: int) -> Child:
         return self.started[i]
 
 
@@ -161,6 +129,9 @@ async def test_worker_pushes_and_the_phone_answers_from_the_push(
     challenge = await phone.fetch(record.data["challenge_id"])
     await phone.approve(challenge, number=created["number"])
     assert (await login.status(created["id"]))["status"] == "approved"
+    # the worker beats like the others: /readyz (and `pushauth check`) see it alive
+    async with http.get(login.url + "/readyz") as resp:
+        assert (await resp.json())["workers"]["push"] == ["w1"]
 
 
 async def test_kill_9_mid_batch_loses_nothing_and_repeats_nothing_acknowledged(
@@ -209,7 +180,7 @@ id = "webmail"
 name = "Webmail"
 api_key_sha256 = ["{sha256_hex(API_KEY)}"]
 """)
-    serve = SandboxProcess(tls[1], ["-m", "pushauth", "-c", str(config), "serve"], tmp_path / "serve.log")
+    serve = Child.python(["-m", "pushauth", "-c", str(config), "serve"], tmp_path / "serve.log", hosts=tls[1])
     log = serve.log
     try:
         url = f"http://127.0.0.1:{port}"

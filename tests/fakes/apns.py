@@ -28,10 +28,12 @@ import ssl
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import jwt
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from fakes.h2server import H2App, H2Request, H2Response, H2ServerProtocol
@@ -39,6 +41,13 @@ from fakes.sandbox import APNS_HOSTS, HTTPS_PORT, TestCA
 
 MAX_PAYLOAD = 4096
 JWT_MAX_AGE_S = 3600
+
+
+def write_p8(path: Path, key: Any) -> Path:
+    """A private key as an unencrypted PKCS8 PEM file, the form of Apple's AuthKey_<key id>.p8."""
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    return path
 
 
 @dataclass(frozen=True)
