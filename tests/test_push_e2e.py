@@ -134,6 +134,31 @@ async def test_worker_pushes_and_the_phone_answers_from_the_push(
         assert (await resp.json())["workers"]["push"] == ["w1"]
 
 
+@pytest.mark.parametrize("provider", ["hanging", "failing"])
+async def test_a_slow_or_failing_provider_never_holds_up_a_login(
+        login: LoginFlow, http: aiohttp.ClientSession, fake: FakeFCM, workers: WorkerPool,
+        provider: str) -> None:
+    """FCM hangs (answers after 30 s) or fails (503 on every attempt, the SDK's own retries included): the
+    login page learns the push is not there, and the user opens the app, which finds the prompt by polling;
+    the login completes while the push worker is still stuck on, or retrying, the push."""
+    phone = await Phone.enroll(await login.enroll_uri("fay@nhs.net"), session=http, platform="android",
+                               push_provider="fcm", push_token="tok-fay")
+    fake.script("tok-fay", *((fcm.slow(30.0),) if provider == "hanging" else (fcm.UNAVAILABLE,) * 50))
+    created = await login.create("fay@nhs.net", ttl_s=60)
+    start = time.monotonic()
+    await asyncio.sleep(1.0)  # the worker has the push by now, on the wire or between retries
+    [delivery] = (await login.status(created["id"]))["delivery"].values()
+    assert delivery["state"] in ("queued", "retrying"), delivery  # what the login page tells the user
+    [pending] = await phone.pending()  # the app, opened by the user, polls
+    assert pending.id == created["id"]
+    waiter = asyncio.create_task(login.status(created["id"], wait=10))
+    assert await phone.approve(pending, number=created["number"]) == "approved"
+    seen = await asyncio.wait_for(waiter, 5)
+    assert seen["status"] == "approved"
+    assert "assertion" in seen
+    assert time.monotonic() - start < 5, "the login waited on the push provider"
+
+
 async def test_kill_9_mid_batch_loses_nothing_and_repeats_nothing_acknowledged(
         login: LoginFlow, http: aiohttp.ClientSession, fake: FakeFCM, workers: WorkerPool) -> None:
     users = [f"user{i}@nhs.net" for i in range(24)]
