@@ -12,6 +12,7 @@ Validation is msgspec's: unknown keys and wrong types are errors, and the messag
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -45,6 +46,10 @@ class ServerSettings(_Section, frozen=True):
     max_body_bytes: int = 16384
     # Longest `wait` a login flow may ask for on GET /v1/challenges/{id}.
     max_wait_s: int = 30
+    # Networks (CIDR) of the reverse proxies / load balancers in front of pushauth. A request whose peer is
+    # one of them is taken to come from the right-most X-Forwarded-For address that is not (see
+    # pushauth.netaddr.TrustedProxies). Empty: trust nobody; the peer is the client.
+    trusted_proxies: list[str] = []
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*[^/\s?#])?", self.base_url):
@@ -55,6 +60,11 @@ class ServerSettings(_Section, frozen=True):
             raise ValueError("max_body_bytes must be between 1024 and 1048576")
         if not 0 <= self.max_wait_s <= 30:
             raise ValueError("max_wait_s must be 0..30 (the contract caps wait at 30)")
+        for network in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(network)
+            except ValueError as exc:
+                raise ValueError(f"trusted_proxies: {exc}") from None
 
 
 class StoreSettings(_Section, frozen=True):

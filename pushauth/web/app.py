@@ -28,6 +28,7 @@ from pushauth.config import Settings
 from pushauth.delivery import PushDelivery, PushQueue
 from pushauth.devices import Devices
 from pushauth.expiry import ExpirySweeper
+from pushauth.netaddr import TrustedProxies
 from pushauth.push.registry import close_providers, open_providers
 from pushauth.store import KeySpace, open_redis
 from pushauth.store.events import ChallengeEvents
@@ -44,6 +45,7 @@ from pushauth.web.state import (
     DEAD_LETTERS,
     DEVICES,
     KEYRING,
+    PROXIES,
     REDIS,
     SETTINGS,
 )
@@ -65,6 +67,7 @@ def create_app(settings: Settings, *, keyring: KeyRingHolder | None = None,
                           client_max_size=settings.server.max_body_bytes)
     app[SETTINGS] = settings
     app[CREDENTIALS] = Credentials(settings)
+    app[PROXIES] = TrustedProxies(settings.server.trusted_proxies)
     app[KEYRING] = keyring or KeyRingHolder.from_settings(settings.keys)
 
     async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
