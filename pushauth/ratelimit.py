@@ -56,13 +56,14 @@ _MESSAGES: Final = {
 
 
 def address_bucket(ip: str | None) -> str:
-    """What one client address is counted as: an IPv4 address (as its /32), or the /64 of an IPv6 one: a
-    single host is routinely given a whole /64, and counting its addresses one by one would let it rotate
-    through them freely."""
+    """What one client address is counted as: an IPv4 address, or the /64 of an IPv6 one: a single host is
+    routinely given a whole /64, and counting its addresses one by one would let it rotate through them
+    freely."""
     addr = parse_ip(ip)
     if addr is None:
         return "unknown"  # no TCP peer (a Unix socket): every such client shares one bucket
-    return network_of(addr, v4=32, v6=64)
+    # str() rather than a /32 network for IPv4: this runs on every request, and parsing a network is not free
+    return str(addr) if addr.version == 4 else network_of(addr, v4=32, v6=64)
 
 
 class RateLimiter:

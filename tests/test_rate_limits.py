@@ -272,7 +272,7 @@ def test_address_buckets() -> None:
     """IPv6 is counted per /64, so one host cannot rotate through its own addresses."""
     assert address_bucket("2001:db8:1:2::1") == address_bucket("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
     assert address_bucket("2001:db8:1:3::1") != address_bucket("2001:db8:1:2::1")
-    assert address_bucket("192.0.2.7") == address_bucket("::ffff:192.0.2.7") == "192.0.2.7/32"
+    assert address_bucket("192.0.2.7") == address_bucket("::ffff:192.0.2.7") == "192.0.2.7"
     assert address_bucket(None) == address_bucket("") == "unknown"
 
 

@@ -25,8 +25,8 @@
     {p}:{expiry}:due              zset  challenge ids by expiry, for the expiry worker
     {p}:{audit}:stream            stream the audit trail (pushauth/audit.py)
     {p}:{<uid>}:acode             hash  the user's temporary access code (hashed) and its expiry
-    {p}:rl:ip:<address>/<prefix>  hash  rate-limit bucket of a client address (IPv6: its /64); lives a
-                                        window at most (pushauth/ratelimit.py)
+    {p}:rl:ip:<address>           hash  rate-limit bucket of a client address (IPv6: its /64, as
+                                        "<network>/64"); lives a window at most (pushauth/ratelimit.py)
     {p}:rl:a:<application id>     hash  rate-limit bucket of an application
 
 The `{uid}` hash tag puts all of one user's keys in one Cluster slot, so one script can change a
