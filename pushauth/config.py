@@ -12,6 +12,7 @@ Validation is msgspec's: unknown keys and wrong types are errors, and the messag
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -45,6 +46,10 @@ class ServerSettings(_Section, frozen=True):
     max_body_bytes: int = 16384
     # Longest `wait` a login flow may ask for on GET /v1/challenges/{id}.
     max_wait_s: int = 30
+    # Networks (CIDR) of the reverse proxies / load balancers in front of pushauth. A request whose peer is
+    # one of them is taken to come from the right-most X-Forwarded-For address that is not (see
+    # pushauth.netaddr.TrustedProxies). Empty: trust nobody; the peer is the client.
+    trusted_proxies: list[str] = []
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*[^/\s?#])?", self.base_url):
@@ -55,6 +60,11 @@ class ServerSettings(_Section, frozen=True):
             raise ValueError("max_body_bytes must be between 1024 and 1048576")
         if not 0 <= self.max_wait_s <= 30:
             raise ValueError("max_wait_s must be 0..30 (the contract caps wait at 30)")
+        for network in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(network)
+            except ValueError as exc:
+                raise ValueError(f"trusted_proxies: {exc}") from None
 
 
 class StoreSettings(_Section, frozen=True):
@@ -225,11 +235,45 @@ class PushSettings(_Section, frozen=True):
             raise ValueError("dead_letter_after must be 1..100 and reclaim_idle_s 1..3600")
 
 
+_MAX_QUOTA = 10_000_000
+
+
+class RateLimitSettings(_Section, frozen=True):
+    """pushauth/ratelimit.py says what each limit counts and why it is keyed so; config.example.toml
+    why each default is what it is."""
+
+    # The window the request quotas are per (GCRA: a whole quota may come as one burst).
+    window_s: int = 60
+    # Requests per window from one client address (IPv6: one /64), for every call not made with an
+    # application's API key. 0: off.
+    ip_requests: int = 12_000
+    # Requests per window made with one application's API keys, from any address; an application's own
+    # `rate_limit` overrides it. 0: off.
+    application_requests: int = 12_000
+    # Failed authentications (API key, admin token, device signature, enrollment code) from one client
+    # address after which it is refused for the rest of auth_failures_window_s. 0: off.
+    auth_failures: int = 50
+    auth_failures_window_s: int = 300
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.window_s <= 3600:
+            raise ValueError("window_s must be 1..3600")
+        if not (0 <= self.ip_requests <= _MAX_QUOTA and 0 <= self.application_requests <= _MAX_QUOTA):
+            raise ValueError(f"ip_requests and application_requests must be 0..{_MAX_QUOTA}")
+        if not 0 <= self.auth_failures <= 100_000:
+            raise ValueError("auth_failures must be 0..100000")
+        if not 10 <= self.auth_failures_window_s <= 86400:
+            raise ValueError("auth_failures_window_s must be 10..86400")
+
+
 class Application(_Section, frozen=True):
     id: str
     name: str
     # SHA-256 (hex) of the API key; the key itself is never stored. `pushauth apps new-key` makes one.
     api_key_sha256: list[str]
+    # Requests per rate_limits.window_s with this application's keys. Unset: rate_limits.application_requests;
+    # 0: not limited.
+    rate_limit: int | None = None
 
     def __post_init__(self) -> None:
         if not _APP_ID.fullmatch(self.id):
@@ -238,6 +282,8 @@ class Application(_Section, frozen=True):
             raise ValueError("application name must not be empty")
         if not self.api_key_sha256 or not all(_HEX64.fullmatch(h) for h in self.api_key_sha256):
             raise ValueError("api_key_sha256 must be a list of 64-char lower-case hex SHA-256 digests")
+        if self.rate_limit is not None and not 0 <= self.rate_limit <= _MAX_QUOTA:
+            raise ValueError(f"rate_limit must be 0..{_MAX_QUOTA} (requests per rate_limits.window_s)")
 
 
 class AdminSettings(_Section, frozen=True):
@@ -309,6 +355,7 @@ class Settings(_Section, frozen=True):
     alerts: AlertSettings = AlertSettings()
     policy: PolicySettings = PolicySettings()
     metrics: MetricsSettings = MetricsSettings()
+    rate_limits: RateLimitSettings = RateLimitSettings()
     demo: DemoSettings = DemoSettings()
     logging: LoggingSettings = LoggingSettings()
 

@@ -37,11 +37,13 @@ settles them, whichever comes first (`SETTLE`).
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from typing import Final
 
 import msgspec
+
+from pushauth import netaddr
+from pushauth.netaddr import parse_ip
 
 SEVERITIES: Final = ("info", "low", "medium", "high", "critical")
 
@@ -167,14 +169,8 @@ def ledger_config(detection: DetectionSettings, containment: ContainmentSettings
 def network_of(ip: str) -> str:
     """The network a login IP belongs to for `new_context`: /24 for IPv4, /48 for IPv6 (what one site or
     one home connection usually spans). Not an IP: empty (the rule then looks at the location only)."""
-    try:
-        addr = ipaddress.ip_address(ip.strip())
-    except ValueError:
-        return ""
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    prefix = 24 if addr.version == 4 else 48
-    return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False))
+    addr = parse_ip(ip)
+    return "" if addr is None else netaddr.network_of(addr, v4=24, v6=48)
 
 
 # The ledger: Lua functions the transition scripts include (see `store.scripts.with_ledger`). The

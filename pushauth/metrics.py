@@ -42,6 +42,9 @@ REPLICA_ACK_SHORTFALLS = Counter(
     "pushauth_replica_ack_shortfalls_total",
     "Changes fewer replicas acknowledged in time than store.replica_acks, by what was done (refuse, warn)",
     ["action"])
+RATE_LIMITED = Counter("pushauth_rate_limited_total",
+                       "Requests refused with 429 by a rate limit (pushauth/ratelimit.py), by scope "
+                       "(ip, application, auth_failures)", ["scope"])
 REDIS_ERRORS = Counter("pushauth_redis_errors_total", "Redis unreachable or timing out, by where", ["where"])
 
 # -- workers -----------------------------------------------------------------------------------------------

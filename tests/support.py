@@ -129,9 +129,14 @@ class Clock:
 
     def __init__(self) -> None:
         self.offset = 0
+        self.frozen_at: int | None = None
 
     def now(self) -> int:
-        return int(time.time()) + self.offset
+        return (int(time.time()) if self.frozen_at is None else self.frozen_at) + self.offset
+
+    def freeze(self) -> None:
+        """From now on time moves only by `advance`: for exact windows and Retry-After values."""
+        self.frozen_at = int(time.time())
 
     def advance(self, seconds: int) -> None:
         self.offset += seconds

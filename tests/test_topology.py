@@ -38,6 +38,7 @@ from processes import Child
 from support import (
     ADMIN_TOKEN,
     API_KEY,
+    OTHER_API_KEY,
     AdminClient,
     LoginFlow,
     assert_error,
@@ -66,6 +67,8 @@ SINK = "soc-hook"
 KEY_ID, TEAM_ID, TOPIC = "TOPO123456", "TEAMTOPO12", "org.pushauth.app"
 # A small push-bombing limit: more than this many prompts for one user in 5 minutes are refused (429).
 BOMB_MAX = 6
+# A second application with a small quota of its own (calls per minute), for the per-application limit.
+BATCH_QUOTA = 4
 USERS = 50
 ALICE = "alice@nhs.net"
 IVY = "ivy@nhs.net"  # leaves three prompts unanswered: the expiry worker settles them
@@ -156,6 +159,11 @@ sandbox = true
 id = "webmail"
 name = "{APP_NAME}"
 api_key_sha256 = ["{sha256_hex(API_KEY)}"]
+[[applications]]
+id = "batch"
+name = "Batch sign-in"
+api_key_sha256 = ["{sha256_hex(OTHER_API_KEY)}"]
+rate_limit = {BATCH_QUOTA}
 [admin]
 token_sha256 = ["{sha256_hex(ADMIN_TOKEN)}"]
 [detection]
@@ -418,9 +426,15 @@ async def test_the_whole_deployment_as_processes(topology: Topology, keys_dir: P
             assert_error(resp.status, body, 429, "rate_limited")
             refused.append(int(resp.headers["Retry-After"]))
     assert all(1 <= r <= 300 for r in refused), refused
-    # TODO(per-IP and per-application rate limits, being built on another branch): once they exist, drive
-    # them here the same way, round-robin over S1, S2, S3, and assert that one shared count refuses with
-    # 429 rate_limited and Retry-After on every server.
+    # The per-application limit is one count across the processes too: BATCH_QUOTA calls in all, round
+    # robin, then each server refuses the next with 429 and Retry-After. (Per-address limits are shared the
+    # same way: tests/test_rate_limits.py.)
+    batch = []
+    for n in range(BATCH_QUOTA + 3):
+        async with top.http.get(top.urls[n % 3] + "/v1/challenges/none",
+                                headers={"Authorization": f"Bearer {OTHER_API_KEY}"}) as resp:
+            batch.append((resp.status, resp.headers.get("Retry-After", "").isdigit()))
+    assert batch == [(404, False)] * BATCH_QUOTA + [(429, True)] * 3, batch
     for n, pending in enumerate(allowed):  # the prompts that were sent reached both phones once; cancel
         await top.push(fcm_token, pending)
         await top.push(apns_token, pending)

@@ -25,6 +25,9 @@
     {p}:{expiry}:due              zset  challenge ids by expiry, for the expiry worker
     {p}:{audit}:stream            stream the audit trail (pushauth/audit.py)
     {p}:{<uid>}:acode             hash  the user's temporary access code (hashed) and its expiry
+    {p}:rl:ip:<address>           hash  rate-limit bucket of a client address (IPv6: its /64, as
+                                        "<network>/64"); lives a window at most (pushauth/ratelimit.py)
+    {p}:rl:a:<application id>     hash  rate-limit bucket of an application
 
 The `{uid}` hash tag puts all of one user's keys in one Cluster slot, so one script can change a
 challenge, the user's counters and the alert it raises together. The `{alerts}` and `{expiry}` keys are
@@ -103,3 +106,7 @@ class KeySpace:
 
     def enrollment_jti(self, jkt: str, jti: str) -> str:
         return f"{self.p}:jti:enr:{jkt}:{jti}"
+
+    def rate_bucket(self, kind: str, subject: str) -> str:
+        # No hash tag: each bucket is the only key its scripts touch, so any slot will do.
+        return f"{self.p}:rl:{kind}:{subject}"

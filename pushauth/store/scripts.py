@@ -408,3 +408,41 @@ else
 end
 return {'ok'}
 """)
+
+
+# A rate-limit check (pushauth/ratelimit.py): the one round trip a limited request costs.
+# KEYS[1]: the bucket, a hash: t = theoretical arrival time of its next request (GCRA), fn = auth failures
+#          counted in the window that closes at fe (client addresses only)
+# ARGV: now, quota (requests per window; 0: not metered), window_s, auth failures allowed (0: not checked)
+# -> {"ok"} | {"requests", retry_after_s} | {"auth_failures", retry_after_s}
+RATE_LIMIT = Script("rate_limit", """
+local now, quota, win, fmax = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local b = redis.call('HMGET', KEYS[1], 't', 'fn', 'fe')
+local fe = tonumber(b[3] or '0')
+if fmax > 0 and tonumber(b[2] or '0') >= fmax and fe > now then return {'auth_failures', fe - now} end
+if quota == 0 then return {'ok'} end
+-- a burst of the whole quota conforms; beyond it, one request per win/quota seconds
+local tat = math.max(tonumber(b[1] or '0'), now) + win / quota
+if tat - now > win then return {'requests', math.ceil(tat - now - win)} end
+-- %.17g: the exact double; Lua's own tostring keeps 14 digits, too few for the fraction
+redis.call('HSET', KEYS[1], 't', string.format('%.17g', tat))
+redis.call('EXPIRE', KEYS[1], math.max(math.ceil(tat - now), fe - now))
+return {'ok'}
+""")
+
+# An authentication failure from a client address (its RATE_LIMIT bucket). The first one opens a window;
+# RATE_LIMIT refuses the address once the count reaches its limit, until the window closes.
+# KEYS[1]: the bucket   ARGV: now, window_s   -> the failures counted in the open window
+RATE_AUTH_FAILURE = Script("rate_auth_failure", """
+local now, win = tonumber(ARGV[1]), tonumber(ARGV[2])
+local fe = tonumber(redis.call('HGET', KEYS[1], 'fe') or '0')
+local n = 1
+if fe <= now then
+  fe = now + win
+  redis.call('HSET', KEYS[1], 'fn', 1, 'fe', fe)
+else
+  n = redis.call('HINCRBY', KEYS[1], 'fn', 1)
+end
+if redis.call('TTL', KEYS[1]) < fe - now then redis.call('EXPIRE', KEYS[1], fe - now) end
+return n
+""")

@@ -3,7 +3,7 @@
     redis_ctx     the Redis client (or the embedded store)
     keyring_ctx   the server signing keys, and the task that reloads them after a rotation
     events_ctx    the pub/sub listener that wakes waiting login flows
-    services_ctx  the domain services (devices, challenges), built from the above
+    services_ctx  the domain services (devices, challenges, the rate limiter), built from the above
     push_ctx      embedded mode only: the push worker runs inside the server (one process, one store)
     embedded_workers_ctx  embedded mode only: the expiry and alert workers, likewise
 """
@@ -28,12 +28,15 @@ from pushauth.config import Settings
 from pushauth.delivery import PushDelivery, PushQueue
 from pushauth.devices import Devices
 from pushauth.expiry import ExpirySweeper
+from pushauth.netaddr import TrustedProxies
 from pushauth.push.registry import close_providers, open_providers
+from pushauth.ratelimit import RateLimiter
 from pushauth.store import KeySpace, open_redis
 from pushauth.store.events import ChallengeEvents
 from pushauth.web import admin, console, demo_page, device, login_flow, openapi, ops, wellknown
 from pushauth.web.auth import Credentials
 from pushauth.web.keyring import KeyRingHolder
+from pushauth.web.limits import rate_limit
 from pushauth.web.middleware import error_boundary, request_context
 from pushauth.web.state import (
     ACCOUNTS,
@@ -44,6 +47,8 @@ from pushauth.web.state import (
     DEAD_LETTERS,
     DEVICES,
     KEYRING,
+    LIMITER,
+    PROXIES,
     REDIS,
     SETTINGS,
 )
@@ -61,10 +66,11 @@ def create_app(settings: Settings, *, keyring: KeyRingHolder | None = None,
                redis: aioredis.Redis | None = None) -> web.Application:
     """Build the server. `keyring` and `redis` may be injected (the embedded demo shares one in-process
     store between the server and its workers); otherwise they come from `settings`."""
-    app = web.Application(middlewares=[request_context, error_boundary],
+    app = web.Application(middlewares=[request_context, error_boundary, rate_limit],
                           client_max_size=settings.server.max_body_bytes)
     app[SETTINGS] = settings
     app[CREDENTIALS] = Credentials(settings)
+    app[PROXIES] = TrustedProxies(settings.server.trusted_proxies)
     app[KEYRING] = keyring or KeyRingHolder.from_settings(settings.keys)
 
     async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -103,6 +109,7 @@ def create_app(settings: Settings, *, keyring: KeyRingHolder | None = None,
                                      app[ALERTS], app[AUDIT], push)
         app[ACCOUNTS] = Accounts(app[REDIS], keyspace, settings, app[DEVICES], app[ALERTS], app[AUDIT])
         app[DEAD_LETTERS] = DeadLetters(app[REDIS], keyspace, app[ALERTS])
+        app[LIMITER] = RateLimiter(app[REDIS], keyspace, settings)
         yield
         await app[CHALLENGES].close()
 

@@ -43,6 +43,7 @@ from pushauth.errors import ApiError, Conflict, Forbidden, NotFound, Unauthorize
 from pushauth.store import STORE_DOWN_ERRORS
 from pushauth.users import canonical
 from pushauth.web import console_html as ui
+from pushauth.web import io
 from pushauth.web.auth import Admin
 from pushauth.web.state import ACCOUNTS, ALERTS, CREDENTIALS, REDIS, SETTINGS
 
@@ -339,11 +340,11 @@ async def login(request: web.Request) -> web.StreamResponse:
     try:
         admin = request.app[CREDENTIALS].admin(request)
     except (Unauthorized, Forbidden):
-        log.warning("console_sign_in_refused", ip=request.remote)
+        log.warning("console_sign_in_refused", ip=io.client_ip(request))
         return web.Response(status=401, text="That is not an admin token of this server.",
                             headers=ui.SECURITY_HEADERS)
     session = await request.app[SESSIONS].create(admin)
-    log.info("console_signed_in", who=session.who, ip=request.remote)
+    log.info("console_signed_in", who=session.who, ip=io.client_ip(request))
     response = web.Response(status=204, headers=ui.SECURITY_HEADERS)
     response.set_cookie(COOKIE, session.sid, path="/console", httponly=True, samesite="Strict",
                         secure=secure(request))

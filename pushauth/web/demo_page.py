@@ -74,7 +74,7 @@ async def create(request: web.Request) -> web.StreamResponse:
     if not (same_origin(request) and cookie and header and equal(cookie, header)):
         raise Forbidden("reload the sign-in page and try again", code="csrf")
     body = io.decode(await io.read_body(request), DemoSignIn)
-    context = {k: v for k, v in (("ip", (request.remote or "")[:64]),
+    context = {k: v for k, v in (("ip", (io.client_ip(request) or "")[:64]),
                                  ("user_agent", request.headers.get("User-Agent", "")[:512]),
                                  ("location", "sample login page")) if v}
     created = await request.app[CHALLENGES].create(request.app[DEMO_APP], canonical(body.user), context, None)

@@ -34,7 +34,7 @@ async def register_device(request: web.Request) -> web.Response:
     registered = await devices.register(
         enrollment, token=token, method=request.method, path_qs=request.raw_path, body=raw,
         name=body.name, platform=body.platform, push_provider=body.push.provider,
-        push_token=body.push.token, remote_ip=request.remote)
+        push_token=body.push.token, remote_ip=io.client_ip(request))
     return io.json({"device_id": registered.device_id, "user": registered.user,
                     "server_keys": request.app[KEYRING].ring.jwks()}, status=201)
 
@@ -58,7 +58,7 @@ async def respond(request: web.Request) -> web.Response:
     body = io.decode(raw, DeviceAnswer)
     status = await request.app[CHALLENGES].respond(
         dev, request.match_info["id"], nonce=body.nonce, decision=body.decision, reason=body.reason,
-        number=body.number, remote_ip=request.remote)
+        number=body.number, remote_ip=io.client_ip(request))
     return io.json({"status": status})
 
 

@@ -9,8 +9,11 @@ import msgspec
 from aiohttp import web
 
 from pushauth.errors import ApiError, BadRequest, Unprocessable
+from pushauth.web.state import PROXIES
 
 T = TypeVar("T")
+
+_CLIENT_IP: web.RequestKey[str | None] = web.RequestKey("client_ip")
 
 
 class ApiError408(ApiError):
@@ -72,6 +75,16 @@ def int_query(request: web.Request, name: str, *, default: int, low: int, high: 
     if not (raw.isascii() and raw.isdigit() and len(raw) <= 6) or not low <= int(raw) <= high:
         raise BadRequest(f"{name} must be an integer from {low} to {high}", code="bad_query")
     return int(raw)
+
+
+def client_ip(request: web.Request) -> str | None:
+    """The client's address: the peer, or behind a trusted proxy the address it forwarded
+    (`server.trusted_proxies`, pushauth.netaddr.TrustedProxies). Worked out once per request: the rate
+    limits, the evidence of a phone's answer and the logs must agree on who asked."""
+    if _CLIENT_IP not in request:
+        request[_CLIENT_IP] = request.app[PROXIES].client(
+            request.remote, request.headers.getall("X-Forwarded-For", ()))
+    return request[_CLIENT_IP]
 
 
 def json(data: object, status: int = 200) -> web.Response:

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from pushauth import __version__
 from pushauth.web import schemas as s
+from pushauth.web.ops import UNLIMITED
 
 routes = web.RouteTableDef()
 
@@ -52,7 +53,7 @@ OPERATIONS: tuple[Op, ...] = (
     Op("GET", "/openapi.json", "operations", "This document"),
     # -- login flow ------------------------------------------------------------------------------------
     Op("POST", "/v1/challenges", "login flow", "Ask for a sign-in prompt (or learn that none is needed)",
-       APP_KEY, s.CreateChallenge, 201, (*_COMMON, 403, 429)),
+       APP_KEY, s.CreateChallenge, 201, (*_COMMON, 403)),
     Op("GET", "/v1/challenges/{id}", "login flow", "Challenge status; `wait` long-polls up to 30 s", APP_KEY,
        errors=_COMMON),
     Op("DELETE", "/v1/challenges/{id}", "login flow", "Cancel a pending challenge", APP_KEY,
@@ -60,7 +61,7 @@ OPERATIONS: tuple[Op, ...] = (
     Op("POST", "/v1/enrollments", "login flow", "One-time enrollment code and QR URI for a user",
        APP_KEY, s.CreateEnrollment, 201, (*_COMMON, 403)),
     Op("POST", "/v1/access-codes/verify", "login flow", "Check a temporary access code (single use)",
-       APP_KEY, s.VerifyAccessCode, 200, (*_COMMON, 429)),
+       APP_KEY, s.VerifyAccessCode, 200, _COMMON),
     Op("POST", "/v1/remembered/revoke", "login flow", "Forget one remembered browser", APP_KEY,
        s.RevokeRemembered, 200, _COMMON),
     Op("POST", "/v1/signals/password-reset", "login flow", "The user's password was reset: forget every "
@@ -151,10 +152,14 @@ PAGES: tuple[Op, ...] = (
 
 _ERROR = {"type": "object", "required": ["error", "message"], "additionalProperties": False,
           "properties": {"error": {"type": "string"}, "message": {"type": "string"}}}
+_RETRY_AFTER = {"required": True, "description": "Seconds to wait before trying again",
+                "schema": {"type": "integer", "minimum": 1}}
 _STATUS_TEXT = {200: "OK", 201: "Created", 400: "Malformed request", 401: "Missing or bad credentials",
                 403: "Not allowed (locked, suspended, not_enrolled, shared_account, ...)",
                 404: "Unknown, or not yours", 409: "State conflict (already decided, expired)",
-                413: "Body too large", 422: "Well-formed but invalid", 429: "Rate limited (Retry-After)",
+                413: "Body too large", 422: "Well-formed but invalid",
+                429: "Rate limited: per client address, per application, or after failed authentications; "
+                     "or a per-user limit (push bombing, access-code attempts)",
                 503: "Redis unreachable: failing closed"}
 
 
@@ -178,9 +183,13 @@ def document() -> dict[str, Any]:
                 "schema": {"$ref": f"#/components/schemas/{op.body.__name__}"}}}}
         responses: dict[str, Any] = {str(op.ok): {"description": _STATUS_TEXT.get(op.ok, "OK"),
                                                   "content": {op.content: {}}}}
-        for status in op.errors:
+        # Every route but the health checks and metrics is under a rate limit (pushauth/web/limits.py).
+        errors = op.errors if op.path in UNLIMITED else (*op.errors, 429)
+        for status in sorted(set(errors)):
             responses[str(status)] = {"description": _STATUS_TEXT[status], "content": {
                 "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+            if status in (429, 503):
+                responses[str(status)]["headers"] = {"Retry-After": _RETRY_AFTER}
         item["responses"] = responses
         paths.setdefault(op.path, {})[op.method.lower()] = item
     return {

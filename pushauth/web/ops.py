@@ -31,6 +31,9 @@ routes = web.RouteTableDef()
 
 _DOWN: tuple[type[BaseException], ...] = (TimeoutError, *STORE_DOWN_ERRORS)
 
+# Never rate limited (pushauth/web/limits.py): a load balancer or Prometheus polling them from one address
+# must never be refused, or a 429 on /readyz would take a healthy server out of the balancer.
+UNLIMITED = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 def expected_workers(settings: Settings) -> list[str]:

@@ -12,6 +12,8 @@ from pushauth.audit import Audit
 from pushauth.challenges import Challenges
 from pushauth.config import Settings
 from pushauth.devices import Devices
+from pushauth.netaddr import TrustedProxies
+from pushauth.ratelimit import RateLimiter
 from pushauth.web.auth import Credentials
 from pushauth.web.keyring import KeyRingHolder
 
@@ -25,3 +27,5 @@ ALERTS = web.AppKey("alerts", AlertStore)
 ACCOUNTS = web.AppKey("accounts", Accounts)
 DEAD_LETTERS = web.AppKey("dead_letters", DeadLetters)
 AUDIT = web.AppKey("audit", Audit)
+PROXIES = web.AppKey("trusted_proxies", TrustedProxies)
+LIMITER = web.AppKey("rate_limiter", RateLimiter)

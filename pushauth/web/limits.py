@@ -1,0 +1,61 @@
+"""The rate limits (pushauth/ratelimit.py) as a middleware: which limit a request is under, checked before
+its handler runs, and which 401s count as failed authentications.
+
+It sits inside the error boundary, so a 429 and a Redis outage (503, fail closed) are rendered like every
+other error, and in front of every handler, so a refused request has read no body, verified no signature
+and changed nothing. A request is counted against one bucket:
+
+    /healthz, /readyz, /metrics     none: a load balancer's health checks must never take a server out
+    Bearer <a valid API key>        its application's, never its address's: an identity provider sends a
+                                    whole organisation's sign-ins from a few addresses
+    anything else                   its client address's, which also holds the address's auth failures
+
+Telling an API key from anything else here costs a SHA-256 and a dict lookup, no Redis, so a request
+costs one round trip at most for the check. A failed authentication costs a second one, after the fact.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from pushauth.errors import Unauthorized
+from pushauth.web.io import client_ip
+from pushauth.web.ops import UNLIMITED
+from pushauth.web.state import CREDENTIALS, LIMITER
+
+# 401s that are no guess at a credential: the phone's signature verified, so its sender holds the phone's
+# key (a wrong clock, a retried request, a phone revoked since, a proxy that rewrites paths). Counting
+# them would let a few such phones behind one NAT address block every phone of a hospital.
+_NOT_A_GUESS: Final = frozenset({"stale_request", "replayed", "device_revoked", "bad_request_signature"})
+
+
+def _failed_authentication(request: web.Request, code: str | None) -> bool:
+    # Without an Authorization header nothing was guessed: a browser's event stream reconnecting after its
+    # console session ended, say. The request limit covers those.
+    return "Authorization" in request.headers and code not in _NOT_A_GUESS
+
+
+@web.middleware
+async def rate_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+    resource = request.match_info.route.resource
+    if resource is not None and resource.canonical in UNLIMITED:
+        return await handler(request)
+    limiter = request.app[LIMITER]
+    application = request.app[CREDENTIALS].application_of(request)
+    if application is not None:
+        await limiter.application(application.id)
+    else:
+        await limiter.address(client_ip(request))
+    try:
+        response = await handler(request)
+    except Unauthorized as exc:
+        if _failed_authentication(request, exc.code):
+            await limiter.auth_failed(client_ip(request))
+        raise
+    # The console's sign-in answers a bad admin token with a page of its own, not an exception.
+    if response.status == 401 and _failed_authentication(request, None):
+        await limiter.auth_failed(client_ip(request))
+    return response
