@@ -17,6 +17,7 @@ from support import ADMIN_TOKEN, API_KEY, LoginFlow, free_port, make_settings, s
 
 from pushauth.crypto.secrets import sha256_hex
 from pushauth.phone import Phone, PhoneError, ServerRejected, parse_enroll_uri
+from pushauth.web.app import _stop
 from pushauth.web.keyring import KeyRingHolder
 
 REPO = Path(__file__).resolve().parent.parent
@@ -278,3 +279,27 @@ async def test_sigterm_answers_long_polls_at_once(redis_url: str, tmp_path: Path
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_shutdown_stops_a_task_that_swallowed_its_cancellation() -> None:
+    """The pub/sub listener once held a shutdown for 180 s: redis-py turned the cancellation into a read
+    timeout and the loop went on reading. The app's stop helper cancels again until the task is done."""
+    reads = 0
+
+    async def listener() -> None:
+        nonlocal reads
+        swallowed = False
+        while True:
+            try:
+                await asyncio.sleep(0.05)
+                reads += 1
+            except asyncio.CancelledError:
+                if swallowed:
+                    raise
+                swallowed = True  # what the library did with the first one
+
+    task = asyncio.create_task(listener())
+    await asyncio.sleep(0.1)
+    await asyncio.wait_for(_stop(task), 3)
+    assert task.cancelled()
+    assert reads >= 1

@@ -62,6 +62,16 @@ async def _close_events(events: ChallengeEvents) -> None:
     events.close()
 
 
+async def _stop(task: asyncio.Task[None]) -> None:
+    """Cancel `task` and wait for it, cancelling again every half second: a cancellation a library turns
+    into something else (redis-py's pub/sub read, as its timeout fires) must not hold a shutdown forever."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.5)
+    with contextlib.suppress(asyncio.CancelledError):
+        task.result()
+
+
 def create_app(settings: Settings, *, keyring: KeyRingHolder | None = None,
                redis: aioredis.Redis | None = None) -> web.Application:
     """Build the server. `keyring` and `redis` may be injected (the embedded demo shares one in-process
@@ -95,9 +105,8 @@ def create_app(settings: Settings, *, keyring: KeyRingHolder | None = None,
         # On shutdown, long-polls answer at once instead of holding the shutdown for up to 30 s.
         app.on_shutdown.append(lambda _app: _close_events(events))
         yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        events.closing = True
+        await _stop(task)
 
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         keyspace = KeySpace(settings.store.prefix)
