@@ -1,5 +1,5 @@
-"""A real Redis Sentinel set-up for tests: a primary and a replica (tests/redis_server.py) watched by three
-`redis-server --sentinel` processes (quorum 2), all on 127.0.0.1, started and stopped by the test.
+"""A real Redis Sentinel set-up for tests: a primary and one or more replicas (tests/redis_server.py) watched
+by three `redis-server --sentinel` processes (quorum 2), all on 127.0.0.1, started and stopped by the test.
 
 Failover is tuned to be quick, down after 2 s. (With 1 s the sentinels took the new primary, briefly slow
 on this busy 2-core machine, for dead and failed back to the old one while it was still resyncing: 400
@@ -22,17 +22,18 @@ SERVICE = "pushauth"
 
 
 class RedisSentinelSet:
-    def __init__(self, tmpdir: Path, *, sentinels: int = 3) -> None:
+    def __init__(self, tmpdir: Path, *, sentinels: int = 3, replicas: int = 1) -> None:
         self.tmpdir = Path(tmpdir)
         self.first = RedisServer(self.tmpdir / "a", appendonly=True)
-        self.second: RedisServer | None = None
+        self.replica_count = replicas
+        self.others: list[RedisServer] = []
         self.sentinel_ports: list[int] = []
         self.sentinel_count = sentinels
         self._procs: list[subprocess.Popen[bytes]] = []
 
     @property
     def servers(self) -> list[RedisServer]:
-        return [s for s in (self.first, self.second) if s is not None]
+        return [self.first, *self.others]
 
     @property
     def sentinels(self) -> list[str]:
@@ -44,7 +45,8 @@ class RedisSentinelSet:
 
     def start(self) -> Self:
         self.first.start()
-        self.second = RedisServer(self.tmpdir / "b", appendonly=True, replica_of=self.first).start()
+        self.others = [RedisServer(self.tmpdir / f"r{i}", appendonly=True, replica_of=self.first).start()
+                       for i in range(self.replica_count)]
         self.wait_synced()
         binary = shutil.which("redis-server") or "redis-server"
         for i in range(self.sentinel_count):
@@ -62,14 +64,14 @@ class RedisSentinelSet:
         deadline = time.monotonic() + 15
         while not all(self._sentinel_sees_replica(p) for p in self.sentinel_ports):
             if time.monotonic() > deadline:
-                raise RuntimeError("the sentinels did not discover the primary and its replica")
+                raise RuntimeError("the sentinels did not discover the primary and its replicas")
             time.sleep(0.1)
         return self
 
     def _sentinel_sees_replica(self, port: int) -> bool:
         try:
             with redis.Redis(host=HOST, port=port, decode_responses=True, socket_timeout=1) as s:
-                return int(s.sentinel_master(SERVICE).get("num-slaves", 0)) >= 1
+                return int(s.sentinel_master(SERVICE).get("num-slaves", 0)) >= self.replica_count
         except (redis.RedisError, OSError):
             return False
 
@@ -80,12 +82,10 @@ class RedisSentinelSet:
             _, port = s.sentinel_get_master_addr_by_name(SERVICE)
         return next(srv for srv in self.servers if srv.port == int(port))
 
-    def replica(self) -> RedisServer:
-        primary = self.primary()
-        return next(srv for srv in self.servers if srv is not primary)
 
     def wait_synced(self, timeout: float = 20) -> None:
-        """Every running non-primary server has finished syncing from the primary."""
+        """Every running server but one is a replica that has finished syncing from the primary (a
+        restarted old primary counts once Sentinel has made it a replica)."""
         deadline = time.monotonic() + timeout
         while True:
             roles = []
@@ -94,8 +94,9 @@ class RedisSentinelSet:
                     with redis.Redis(port=srv.port, decode_responses=True, socket_timeout=1) as r:
                         roles.append(r.info("replication"))
             replicas = [i for i in roles if i.get("role") == "slave"]
-            if replicas and all(i.get("master_link_status") == "up" and not i.get("master_sync_in_progress")
-                                for i in replicas):
+            if len(replicas) == len(roles) - 1 and all(
+                    i.get("master_link_status") == "up" and not i.get("master_sync_in_progress")
+                    for i in replicas):
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError("the replica did not sync")
