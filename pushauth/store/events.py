@@ -100,9 +100,9 @@ class ChallengeEvents:
 
     async def run(self) -> None:
         """The listener task, owned by the app's cleanup context. Runs until cancelled, or until `close()`
-        once the message it waits for (at most 5 s) comes: redis-py can turn a cancellation that lands as
-        its read times out into a timeout (seen once in 900 test runs as a 180 s hang at shutdown), so
-        the owner cancels again until the task is done, and the loops stop when closing."""
+        once the read it waits on (at most 5 s) returns. A cancellation was once lost inside redis-py's
+        pub/sub read (most likely landing as its own timeout fired; a 180 s hang at shutdown, once in
+        ~900 tests), so the owner cancels again until the task is done, and the loops stop when closing."""
         backoff = 0.1
         while not self.closing:
             try:
