@@ -17,7 +17,7 @@ from aiohttp import web
 from pushauth.config import Settings, from_mapping
 from pushauth.crypto import jws
 from pushauth.crypto.secrets import sha256_hex
-from pushauth.phone import Phone
+from pushauth.phone import Phone, ServerRejected
 from pushauth.web import create_app
 from pushauth.web.keyring import KeyRingHolder
 
@@ -215,3 +215,47 @@ async def scrape(http: aiohttp.ClientSession, url: str) -> str:
         assert resp.status == 200
         assert resp.headers["Content-Type"].startswith("text/plain")
         return await resp.text()
+
+
+class ApprovalLoad:
+    """Sign-ins approved one after another while a Redis primary fails over: what a failover test keeps
+    running until `stop` is set. Only a 503 may be refused (`_transient` in tests/test_cluster.py says
+    why), counted in `refused` (the time each attempt started). `acknowledged` holds (start time,
+    challenge id) of every approval the phone was told about; `lost()` reads them back afterwards."""
+
+    def __init__(self, rp: LoginFlow, phone: Phone, user: str, *, pause_s: float = 0.0) -> None:
+        self.rp, self.phone, self.user, self.pause_s = rp, phone, user, pause_s
+        self.refused: list[float] = []
+        self.acknowledged: list[tuple[float, str]] = []
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            t = time.monotonic()
+            status, c = await self.rp.call("POST", "/v1/challenges", {"user": self.user})
+            if status == 503:
+                self.refused.append(t)
+                await asyncio.sleep(0.05)
+                continue
+            assert status == 201, (status, c)
+            try:
+                assert await self.phone.approve(c["id"], number=c["number"]) == "approved"
+            except ServerRejected as exc:
+                if exc.status != 503:
+                    raise
+                self.refused.append(t)
+                continue
+            self.acknowledged.append((t, c["id"]))
+            await asyncio.sleep(self.pause_s)
+
+    async def lost(self) -> list[tuple[str, int, Any]]:
+        """The acknowledged approvals that do not read back as approved with their assertion (an
+        assertion without the approval is never acceptable)."""
+        lost = []
+        for _, cid in self.acknowledged:
+            status, seen = await self.rp.call("GET", f"/v1/challenges/{cid}")
+            approved = status == 200 and seen["status"] == "approved"
+            if not approved:
+                assert "assertion" not in seen  # never an assertion without the approval
+            if not (approved and "assertion" in seen):
+                lost.append((cid, status, seen))
+        return lost

@@ -23,6 +23,7 @@ from aiohttp import web
 from redis_cluster import RedisCluster
 from support import (
     ADMIN_TOKEN,
+    ApprovalLoad,
     LoginFlow,
     RunningServer,
     assert_error,
@@ -326,29 +327,10 @@ async def test_no_acknowledged_answer_is_lost_in_a_failover_with_replica_acks(
         phone = await Phone.enroll(await rp.enroll_uri("frank@nhs.net"), session=http)
         key = KeySpace(server.settings.store.prefix).user((await rp.create("frank@nhs.net"))["id"][1:17])
         victim = cluster.master_of(key)
-        acknowledged: list[str] = []
-        refused = 0
+        load = ApprovalLoad(rp, phone, "frank@nhs.net")
+        acknowledged = load.acknowledged
         stop = asyncio.Event()
-
-        async def sign_ins() -> None:
-            nonlocal refused
-            while not stop.is_set():
-                status, c = await rp.call("POST", "/v1/challenges", {"user": "frank@nhs.net"})
-                if status == 503:
-                    refused += 1
-                    await asyncio.sleep(0.05)
-                    continue
-                assert status == 201, (status, c)
-                try:
-                    assert await phone.approve(c["id"], number=c["number"]) == "approved"
-                except ServerRejected as exc:
-                    if not _transient(exc):
-                        raise
-                    refused += 1
-                    continue
-                acknowledged.append(c["id"])
-
-        task = asyncio.create_task(sign_ins())
+        task = asyncio.create_task(load.run(stop))
         await asyncio.sleep(1.0)
         cluster.kill(victim)
         deadline = time.monotonic() + 20
@@ -366,13 +348,9 @@ async def test_no_acknowledged_answer_is_lost_in_a_failover_with_replica_acks(
             await asyncio.sleep(0.2)
         stop.set()
         await asyncio.wait_for(task, 30)
-        lost = []
-        for cid in acknowledged:
-            status, seen = await rp.call("GET", f"/v1/challenges/{cid}")
-            if status != 200 or seen["status"] != "approved" or "assertion" not in seen:
-                lost.append((cid, status, seen))
+        lost = await load.lost()
         print(f"failover with replica_acks=1: {len(acknowledged)} approvals acknowledged, {len(lost)} lost, "
-              f"{refused} attempts refused (503)")
+              f"{len(load.refused)} attempts refused (503)")
         assert not lost, lost
     finally:
         await server.close()
