@@ -18,7 +18,7 @@ from pushauth.clock import rfc3339
 from pushauth.config import Settings
 from pushauth.crypto.secrets import sha256_hex
 from pushauth.devices import Devices
-from pushauth.errors import NotFound, RateLimited, Unprocessable
+from pushauth.errors import Conflict, NotFound, RateLimited, Unprocessable
 from pushauth.store import KeySpace, reads
 from pushauth.store import scripts as lua
 from pushauth.store.durability import ReplicaAcks
@@ -96,6 +96,7 @@ class Accounts:
         paused_until = int(u.get("paused_until", "0") or 0)
         locked = u.get("locked") == "1"
         suspended = u.get("suspended") == "1"
+        pending_devices = await self._pending_devices(uid)
         return {
             "user": user, "devices": devices, "locked": locked, "suspended": suspended,
             "locked_at": _time(u.get("locked_at")) if locked else None,
@@ -111,20 +112,86 @@ class Accounts:
             "remembered_browsers": remembered,
             "recent_challenges": recent,
             "open_alerts": [a["id"] for a in open_alerts],
+            "pending_devices": pending_devices,
+            "blocks": await self._blocks(uid, u, now),
         }
 
+    async def _pending_devices(self, uid: str) -> list[dict[str, Any]]:
+        """Further phones waiting for approval on one of the user's phones (their records expire)."""
+        dids = sorted(await reads.smembers(self._r, self._ks.new_devices(uid)))
+        pipe = self._r.pipeline(transaction=False)
+        for did in dids:
+            pipe.hgetall(self._ks.device(uid, did))
+        out = []
+        for did, d in zip(dids, cast(list[dict[str, str]], await pipe.execute()), strict=True):
+            if d.get("st") == "pending":
+                out.append({"id": did, "name": d.get("name", ""), "platform": d.get("platform", ""),
+                            "created_at": _time(d.get("created")),
+                            "enrolled_from_ip": d.get("enroll_ip") or None,
+                            "approval_challenge_id": d.get("appr")})
+        return out
+
+    async def _blocks(self, uid: str, u: dict[str, str], now: int) -> list[dict[str, Any]]:
+        """Everything that refuses the user now, each with its end (null: until the security team acts):
+        the lock, the suspension, the phone's own pause, the push-bombing window, the wrong-access-code
+        window. What `unlock` ends (all but the pause) is what a service desk needs to see."""
+        blocks: list[dict[str, Any]] = []
+        if u.get("locked") == "1":
+            blocks.append({"kind": "locked", "since": _time(u.get("locked_at")),
+                           "until": _time(u.get("locked_until")), "reason": u.get("locked_why") or None})
+        if u.get("suspended") == "1":
+            blocks.append({"kind": "suspended", "since": _time(u.get("susp_at")),
+                           "until": _time(u.get("susp_until")), "reason": u.get("susp_why") or None})
+        paused = int(u.get("paused_until", "0") or 0)
+        if paused > now:
+            blocks.append({"kind": "paused", "since": _time(u.get("paused_at")), "until": rfc3339(paused),
+                           "reason": "paused by the user's phone"})
+        detection, policy = self._s.detection, self._s.policy
+        pipe = self._r.pipeline(transaction=False)
+        pipe.zrangebyscore(self._ks.history(uid), now - max(detection.push_bombing_window_s,
+                                                             policy.access_code_window_s), "+inf",
+                           withscores=True)
+        pipe.exists(self._ks.access_code(uid))
+        history, has_code = await pipe.execute()
+        windows = (("push_bombing", "prompt", detection.push_bombing_window_s, detection.push_bombing_max,
+                    "bomb_reset", "too many sign-in prompts"),
+                   ("access_code_attempts", "acode_fail", policy.access_code_window_s,
+                    policy.access_code_attempts, "acode_reset", "too many wrong access codes"))
+        for kind, entry, window, limit, reset, reason in windows:
+            if kind == "access_code_attempts" and not has_code:
+                continue  # wrong codes only count while a code exists
+            # as the ledger's hist_count counts: in the window, and after the team's reset mark
+            low, after = now - window, int(u.get(reset, "0") or 0)
+            times = sorted(int(at) for member, at in history if at >= low
+                           and _history_entry(member) == entry and int(member.split(":")[0]) > after)
+            if len(times) >= limit:
+                blocks.append({"kind": kind, "since": rfc3339(times[limit - 1]),
+                               "until": rfc3339(times[len(times) - limit] + window), "reason": reason})
+        return blocks
+
     async def unlock(self, user: str, *, by: str, what: str = "all") -> dict[str, bool]:
+        """Lift the lock, the suspension or both, and end the blocks that would refuse the user at once
+        afterwards (the push-bombing window, the wrong-access-code window): the audit trail says which."""
         if what not in ("all", "lock", "suspension"):
             raise Unprocessable("what must be all, lock or suspension", code="invalid")
         uid = await self._uid(user)
-        res = await lua.UNLOCK_USER(self._r, [self._ks.user(uid)], [clock.now(), by, what],
+        policy = self._s.policy
+        res = await lua.UNLOCK_USER(self._r, [self._ks.user(uid)],
+                                    [*self._alerts.ledger_args(uid, user, clock.now()), by, what,
+                                     policy.access_code_window_s, policy.access_code_attempts],
                                     acks=self._acks)
-        await self._audit.record("unlocked", user=user, who=by, why=what, was_locked=bool(res[0]),
-                                 was_suspended=bool(res[1]))
-        return {"was_locked": bool(res[0]), "was_suspended": bool(res[1])}
+        cleared = {"was_locked": bool(res[2]), "was_suspended": bool(res[3]),
+                   "push_bombing_block_ended": bool(res[4]), "access_code_block_ended": bool(res[5])}
+        await self._audit.record("unlocked", user=user, who=by, why=what, **cleared,
+                                 counters_reset="push-bombing window, wrong access codes")
+        return cleared
 
     async def lock(self, user: str, *, by: str) -> None:
-        uid = await self._uid(user)
+        """Lock now: pending prompts are denied, and nothing signs the user in (no policy, no exemption)
+        until the security team unlocks them. A user who never enrolled (a shared mailbox, say) can be
+        locked too."""
+        uid = await self._devices.uid_for(user, create=True)
+        assert uid is not None
         res = await lua.LOCK_USER(self._r, [self._ks.user(uid)],
                                   [*self._alerts.ledger_args(uid, user, clock.now()), by], acks=self._acks)
         await self._alerts.announce(uid, res[1])
@@ -138,19 +205,41 @@ class Accounts:
         await self._audit.record("device_revoked", user=user, who=by, why="lost or replaced phone",
                                  device_id=device_id)
 
+    async def allow_revoke(self, user: str, device_id: str, *, by: str) -> None:
+        """Let a phone still inside its cool-down revoke the user's older phones (a replaced phone whose
+        owner the service desk has checked)."""
+        uid = await self._uid(user)
+        if ids.device_uid(device_id) != uid:
+            raise NotFound("no such device for this user")
+        await self._devices.allow_revoke(uid, device_id)
+        await self._audit.record("device_may_revoke", user=user, who=by, why="security team",
+                                 device_id=device_id)
+
     # -- account policy ----------------------------------------------------------------------------------
 
-    async def set_policy(self, user: str, *, exempt: bool | None, shared: bool | None, by: str) -> str | None:
+    async def set_policy(self, user: str, *, exempt: bool | None, shared: bool | None, by: str,
+                         force: bool = False) -> str | None:
+        """Mark or clear exempt / shared. Refused (409 `containment_active`) while the account is locked,
+        suspended, push-bombed or has an open critical alert, unless `force` (which raises a high alert)."""
         uid = await self._devices.uid_for(user, create=True)
         assert uid is not None
-        changes: dict[Any, Any] = {"name": user}
-        if exempt is not None:
-            changes["policy_exempt"] = "1" if exempt else "0"
-        if shared is not None:
-            changes["policy_shared"] = "1" if shared else "0"
-        await self._r.hset(self._ks.user(uid), mapping=changes)
-        await self._audit.record("policy_set", user=user, who=by, why="security team",
-                                 exempt=exempt, shared=shared)
+
+        def flag(value: bool | None) -> str:
+            return "" if value is None else "1" if value else "0"
+
+        res = await lua.SET_POLICY(self._r, [self._ks.user(uid)],
+                                   [*self._alerts.ledger_args(uid, user, clock.now()), flag(exempt),
+                                    flag(shared), "1" if force else "", by], acks=self._acks)
+        await self._alerts.announce(uid, res[1])
+        active = [a for a in str(res[2]).split(",") if a]
+        if res[0] == "refused":
+            await self._audit.record("policy_refused", user=user, who=by, why="containment active",
+                                     exempt=exempt, shared=shared, active=active)
+            raise Conflict(f"the account is contained ({', '.join(active)}): marking it exempt or shared now "
+                           "would lift that. Deal with the incident first, or send force: true (raises a "
+                           "high alert)", code="containment_active")
+        await self._audit.record("policy_set", user=user, who=by, why="security team", exempt=exempt,
+                                 shared=shared, forced_over=active or None)
         return self._s.policy.account_kind(user, await reads.hgetall(self._r, self._ks.user(uid)))
 
     # -- remembered browsers -----------------------------------------------------------------------------
@@ -182,7 +271,9 @@ class Accounts:
     # -- temporary access codes --------------------------------------------------------------------------
 
     async def issue_access_code(self, user: str, *, by: str) -> tuple[str, int]:
-        uid = await self._uid(user)
+        # Staff who never had a phone are who access codes are for: no enrollment needed first.
+        uid = await self._devices.uid_for(user, create=True)
+        assert uid is not None
         code = access_code()
         expires = clock.now() + self._s.policy.access_code_ttl_s
         res = await lua.ISSUE_ACCESS_CODE(self._r, [self._ks.user(uid)],
@@ -190,7 +281,7 @@ class Accounts:
                                            sha256_hex(_normal(code)), expires, by], acks=self._acks)
         await self._alerts.announce(uid, res[1])
         await self._audit.record("access_code_issued", user=user, who=by, why="no phone at hand",
-                                 expires_at=rfc3339(expires))
+                                 expires_at=rfc3339(expires), counters_reset="wrong access codes")
         return code, expires
 
     async def verify_access_code(self, user: str, code: str, *, by: str) -> tuple[bool, str]:
@@ -204,7 +295,8 @@ class Accounts:
         res = await lua.VERIFY_ACCESS_CODE(self._r, [self._ks.user(uid)],
                                            [*self._alerts.ledger_args(uid, user, clock.now()),
                                             sha256_hex(_normal(code)), policy.access_code_attempts,
-                                            policy.access_code_window_s], acks=self._acks)
+                                            policy.access_code_window_s,
+                                            self._s.enrollment.access_code_grant_s], acks=self._acks)
         await self._alerts.announce(uid, res[1])
         what = res[0]
         await self._audit.record("access_code_used" if what == "valid" else "access_code_refused",
@@ -213,6 +305,12 @@ class Accounts:
             raise RateLimited("too many wrong access codes for this user; try again later",
                               retry_after_s=int(res[2]))
         return (True, "") if what == "valid" else (False, str(what))
+
+
+def _history_entry(member: str) -> str:
+    """The kind of a detection-history entry ("<seq>:<kind>:<challenge id>")."""
+    parts = member.split(":", 2)
+    return parts[1] if len(parts) == 3 and parts[0].isdigit() else ""
 
 
 # Easy to read out over a phone: no 0/O, 1/I/L; 12 characters of 31 is ~59 bits, for a code that lives an

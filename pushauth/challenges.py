@@ -2,15 +2,22 @@
 
     pending --approve (right number)--> approved   (login flow gets a signed assertion)
     pending --deny / wrong number-----> denied     (reason: not_me | mistake | wrong_number)
-    pending --login flow cancels------> cancelled
+    pending --login flow cancels------> cancelled  (counted as ignored if it reached a phone)
     pending --exp passes--------------> expired    (computed on read: no timer can be lost)
+
+    expired | cancelled --"not me"----> unchanged, but the report is recorded, alerted and contained
+                                        exactly as on a pending prompt
+
+A challenge with purpose "add_device" asks the user's existing phones to approve a new one (devices.py):
+it has no login flow (no application sees it or can cancel it), and its approval activates the new phone.
 
 Every transition is one Lua script (`store.scripts`), which re-checks everything that could invalidate it
 and publishes the decision in the same step. Of any number of concurrent answers exactly one decides.
 
 What the phone sees is a challenge JWS signed on demand with the current server key (`aud` = device),
 which carries a 128-bit nonce the answer must echo, and never the number: the number is shown only on the
-login page, so a phone approving without seeing that page (push bombing, MFA fatigue) cannot know it.
+login page, so a phone approving without seeing that page (push bombing, MFA fatigue) cannot know it. Nor
+does it carry any free text from the login flow: its `ctx` is `login_context.for_phone`'s reduction.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from typing import Any, cast
 import msgspec
 import redis.asyncio as aioredis
 
-from pushauth import clock, ids, metrics
+from pushauth import clock, ids, login_context, metrics
 from pushauth.alerts.store import AlertStore
 from pushauth.audit import Audit
 from pushauth.clock import rfc3339
@@ -50,6 +57,9 @@ REMEMBER_TYP = "pushauth-remember+jwt"
 ASSERTION_LIFE_S = 300
 NONCE_BYTES = 16  # 128 bits, the contract's minimum
 DENY_REASONS = ("not_me", "mistake")
+ADD_DEVICE = "add_device"
+# Denials after which the user is told what to do next (`policy.user_message`).
+USER_MESSAGE_REASONS = frozenset({"not_me", "suspended", "locked"})
 
 _encode = msgspec.json.Encoder().encode
 
@@ -62,6 +72,16 @@ class Allowed:
     reason: str
     account: str | None = None
     enroll_by: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """A phone's answer, taken. `user_message` is set when the user must be told what to do next (after
+    "not me"); `notify` lists the phones to push a `device_added` notice to (an approved new phone)."""
+
+    status: str
+    user_message: str | None = None
+    notify: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -105,13 +125,14 @@ class Challenges:
         who = f"app:{app.id}"
         ip = (context or {}).get("ip", "")
         # Shared mailbox or exempt account by the configured patterns (the flags the admin API sets on an
-        # account are read by the script): no prompt, and it is on the record.
+        # account are read by the script). An account never seen (no uid) cannot be locked: no prompt, and
+        # it is on the record. Any other goes through the script, where a lock or suspension wins.
         kind = self._s.policy.account_kind(user, {})
-        if kind is not None:
+        uid = await self._devices.uid_for(user)
+        if uid is None and kind is not None:
             await self._audit.record("allowed", user=user, who=who, why=kind, reason="exempt", ip=ip)
             metrics.CHALLENGES.labels(app.id, "allowed_exempt").inc()
             return Allowed("exempt", account=kind)
-        uid = await self._devices.uid_for(user)
         if uid is None:
             return await self._not_enrolled(app, user, ip)
         rtid, rbid = self._remembered(app, user, remember_token, browser_id)
@@ -125,7 +146,8 @@ class Challenges:
         ]
         ctx_json = _encode(context).decode() if context else ""
         if ctx_json:
-            fields += ["ctx", ctx_json]
+            # what the phone will be shown of it, reduced once here rather than at every fetch
+            fields += ["ctx", ctx_json, "pctx", _encode(login_context.for_phone(context or {})).decode()]
         if browser_id and self._s.policy.remember_days > 0:
             fields += ["rmb", sha256_hex(browser_id)]  # an approval then remembers this browser
         network = network_of(context["ip"]) if context and context.get("ip") else ""
@@ -133,7 +155,7 @@ class Challenges:
         res = await lua.CREATE_CHALLENGE(
             self._r, [self._ks.user(uid)],
             [*self._alerts.ledger_args(uid, user, now), exp, exp + cfg.retention_s, cid, network, location,
-             ctx_json, app.id, rtid, rbid, *fields], acks=self._acks)
+             ctx_json, app.id, rtid, rbid, kind or "", *fields], acks=self._acks)
         await self._alerts.announce(uid, res[1])
         what = res[0]
         if what in ("exempt", "remembered", "ok"):
@@ -154,9 +176,9 @@ class Challenges:
             raise Forbidden(f"the user's phone has paused sign-in prompts until {rfc3339(int(res[2]))}",
                             code="suspended")
         if what == "locked":
-            raise Forbidden("this account is locked; the security team can unlock it", code="locked")
+            raise Forbidden(f"this account is locked. {self._user_message}", code="locked")
         if what == "suspended":
-            raise Forbidden("sign-in prompts for this account are suspended; contact the security team",
+            raise Forbidden(f"sign-in prompts for this account are suspended. {self._user_message}",
                             code="suspended")
         if what == "not_enrolled":
             raise Forbidden("no phone is enrolled for this user", code="not_enrolled")
@@ -167,6 +189,10 @@ class Challenges:
             await self._push.enqueue(cid)
         self._expiry_index.add(cid, exp)
         return Created(cid, exp, number or None)
+
+    @property
+    def _user_message(self) -> str:
+        return self._s.policy.user_message
 
     async def close(self) -> None:
         """Shutdown: write the buffered expiry index."""
@@ -247,15 +273,17 @@ class Challenges:
         uid = ids.challenge_uid(cid)
         if uid is None:
             raise NotFound("no such challenge")
-        res = await lua.CANCEL(self._r, [self._ks.challenge(uid, cid), self._ks.pending(uid)],
-                               [clock.now(), cid, app.id, self._ks.events], acks=self._acks)
+        res = await lua.CANCEL(self._r, [self._ks.user(uid)],
+                               [*self._alerts.ledger_args(uid, "", clock.now()), cid, app.id],
+                               acks=self._acks)
+        await self._alerts.announce(uid, res[1])
         _raise_transition_failure(res)
         metrics.CHALLENGES.labels(app.id, "cancelled").inc()
 
     # -- device -------------------------------------------------------------------------------------------
 
     async def device_pending(self, dev: AuthedDevice) -> list[str]:
-        cids = await self._devices.gate(dev, self._ks.pending(dev.uid), "pending")
+        cids = await self._devices.gate(dev, self._ks.pending(dev.uid), "pending")  # marks them seen
         if not cids:
             return []
         pipe = self._r.pipeline(transaction=False)
@@ -271,7 +299,7 @@ class Challenges:
     async def device_get(self, dev: AuthedDevice, cid: str) -> str:
         if ids.challenge_uid(cid) != dev.uid:
             raise NotFound("no such challenge")
-        flat = await self._devices.gate(dev, self._ks.challenge(dev.uid, cid), "challenge")
+        flat = await self._devices.gate(dev, self._ks.challenge(dev.uid, cid), "fetch")  # marks it seen
         h = dict(zip(flat[::2], flat[1::2], strict=True))
         if not h or not _targets(h, dev.device_id):
             raise NotFound("no such challenge")
@@ -282,7 +310,7 @@ class Challenges:
         return self._sign_challenge(cid, h, dev.device_id)
 
     async def respond(self, dev: AuthedDevice, cid: str, *, nonce: str, decision: str, reason: str | None,
-                      number: str | None, remote_ip: str | None) -> str:
+                      number: str | None, remote_ip: str | None) -> Answered:
         if ids.challenge_uid(cid) != dev.uid:
             raise NotFound("no such challenge")
         key = self._challenge_key(cid)
@@ -316,10 +344,19 @@ class Challenges:
         await self._alerts.announce(dev.uid, res[1])
         if res[0] == "revoked":
             raise_gate_failure(res[0])
-        _raise_transition_failure(res)
+        if res[0] in ("expired", "conflict") and res[-1] == "recorded":
+            # Too late to decide anything, but the "not me" was taken, alerted and contained.
+            what = "expired" if res[0] == "expired" else "was cancelled"
+            raise Conflict(f"this sign-in request {what}; your report that you did not request it was "
+                           f"recorded and the security team alerted. {self._user_message}",
+                           code="expired" if res[0] == "expired" else "already_decided")
+        _raise_transition_failure(res, self._user_message)
         metrics.CHALLENGES.labels(h["app"], status if status == "approved" else f"denied_{why}").inc()
         metrics.TIME_TO_ANSWER.observe(max(0, clock.now() - int(h["iat"])))
-        return status
+        notify = tuple(filter(None, str(res[2]).split(","))) if len(res) > 2 else ()
+        if notify and self._push is not None:  # a new phone was approved: tell the user's other phones
+            await self._push.enqueue_notice(dev.uid, notify)
+        return Answered(status, self._user_message if why == "not_me" else None, notify)
 
     # -- views and tokens -----------------------------------------------------------------------------------
 
@@ -330,8 +367,9 @@ class Challenges:
         return self._ks.challenge(uid, cid)
 
     def _view(self, app: Application, cid: str, h: dict[str, str], now: int) -> dict[str, Any]:
-        # Another application's challenge is indistinguishable from one that does not exist.
-        if not h or h.get("app") != app.id:
+        # Another application's challenge is indistinguishable from one that does not exist; so is a prompt
+        # to add a phone, which no login flow waits for.
+        if not h or h.get("app") != app.id or h.get("purp"):
             raise NotFound("no such challenge")
         status, exp = h["st"], int(h["exp"])
         if status == "pending" and now >= exp:
@@ -355,6 +393,8 @@ class Challenges:
             if h.get("dev"):  # a denial by containment (suspended, locked) has no device
                 out["device"] = h["dev"]
             out["reason"] = h["rsn"]
+            if h["rsn"] in USER_MESSAGE_REASONS:
+                out["user_message"] = self._user_message
         if self._push is not None:
             out["delivery"] = delivery_view(h)
         return out
@@ -379,16 +419,26 @@ class Challenges:
 
     def _sign_challenge(self, cid: str, h: Mapping[str, str], did: str) -> str:
         ring = self._keyring()
+        app_name = self._app_names.get(h["app"], h["app"])
         claims: dict[str, Any] = {
             "iss": self._s.server.base_url, "aud": did, "sub": h["user"], "jti": cid, "nonce": h["nonce"],
-            "iat": int(h["iat"]), "exp": int(h["exp"]), "app": self._app_names.get(h["app"], h["app"]),
-            "number_matching": bool(h["num"]),
+            "iat": int(h["iat"]), "exp": int(h["exp"]), "app": app_name, "number_matching": bool(h["num"]),
         }
         if h["num"]:
             # How many digits to ask for (never the digits): "4" for "04" would deny as a wrong number.
             claims["number_length"] = len(h["num"])
-        if h.get("ctx"):
-            claims["ctx"] = msgspec.json.decode(h["ctx"])
+        if h.get("purp") == ADD_DEVICE:
+            # A phone that does not know `purpose` still shows something true in `app`.
+            claims["purpose"] = ADD_DEVICE
+            claims["app"] = f"{app_name}: add a new phone to your account"
+            claims["new_device"] = {"platform": h.get("ndp", "other")}
+        phone_ctx: dict[str, str] | None = None
+        if "pctx" in h:
+            phone_ctx = msgspec.json.decode(h["pctx"]) if h["pctx"] else None
+        elif h.get("ctx"):  # written by a server from before the phone's context was reduced
+            phone_ctx = login_context.for_phone(msgspec.json.decode(h["ctx"]))
+        if phone_ctx:
+            claims["ctx"] = phone_ctx
         return jws.sign(claims, ring.current.key, typ=CHALLENGE_TYP, kid=ring.current.kid)
 
 
@@ -396,8 +446,8 @@ def _targets(h: Mapping[str, str], did: str) -> bool:
     return did in h.get("devs", "").split(",")
 
 
-def _raise_transition_failure(res: list[Any]) -> None:
-    """Scripts answer {result, NOTES, detail?}."""
+def _raise_transition_failure(res: list[Any], user_message: str = "") -> None:
+    """Scripts answer {result, NOTES, detail?}. `user_message` follows a refusal the user must act on."""
     what = res[0]
     if what == "ok":
         return
@@ -406,9 +456,10 @@ def _raise_transition_failure(res: list[Any]) -> None:
     if what == "expired":
         raise Conflict("this sign-in request has expired", code="expired")
     if what == "locked":
-        raise Forbidden("this account is locked", code="locked")
+        raise Forbidden(f"this account is locked. {user_message}".strip(), code="locked")
     if what == "suspended":
-        raise Forbidden("sign-in prompts for this account are suspended", code="suspended")
+        raise Forbidden(f"sign-in prompts for this account are suspended. {user_message}".strip(),
+                        code="suspended")
     if what == "conflict":
         raise Conflict(f"this sign-in request is already {res[-1]}", code="already_decided")
     raise RuntimeError(f"unexpected script result {res!r}")

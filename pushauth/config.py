@@ -159,10 +159,26 @@ class DeviceAuthSettings(_Section, frozen=True):
 
 class EnrollmentSettings(_Section, frozen=True):
     code_ttl_s: int = 600
+    # A further phone an application enrolls for a user who already has one stays inactive until one of
+    # the user's phones approves it (a prompt with the number the new phone shows); the prompt lives this
+    # long. An admin-issued enrollment, or one made soon after a temporary access code, needs no approval.
+    approval_ttl_s: int = 300
+    # After a valid temporary access code, the user may add a phone without approval for this long (the
+    # code proved them to the service desk; their old phone may be lost). 0: never.
+    access_code_grant_s: int = 3600
+    # A phone activated less than this ago cannot revoke an older phone (the security team can allow it,
+    # or revoke the old phone itself). 0: no cool-down.
+    revoke_cooldown_s: int = 86400
 
     def __post_init__(self) -> None:
         if not 60 <= self.code_ttl_s <= 86400:
             raise ValueError("code_ttl_s must be 60..86400")
+        if not 30 <= self.approval_ttl_s <= 600:
+            raise ValueError("approval_ttl_s must be 30..600")
+        if not 0 <= self.access_code_grant_s <= 86400:
+            raise ValueError("access_code_grant_s must be 0..86400")
+        if not 0 <= self.revoke_cooldown_s <= 30 * 86400:
+            raise ValueError("revoke_cooldown_s must be 0..2592000")
 
 
 class FcmSettings(_Section, frozen=True):

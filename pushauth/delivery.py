@@ -17,6 +17,11 @@ or Apple. A push worker (`workers/push.py`, or the server itself in embedded mod
 Delivery state lives in the challenge hash (`pd:<device id>` = "<state>" or "<state>:<reason>"), so the
 login flow sees it in GET /v1/challenges/{id} as `"delivery"` and it expires with the challenge.
 
+The same stream carries account notices (`t` = "notice", one entry per phone: a new phone was added to
+the user's account): a push `{"type": "notice", "server"}` that makes the phone read its notices. Retried
+like a prompt (for a day at most); a phone without push reads them when its app opens, so nothing is
+recorded beyond logs and metrics.
+
 A worker handles the entries of one XREADGROUP batch together (`handle_batch`, the stream consumer's
 batch handler): one pipeline reads every challenge with its targeted devices (READ_TARGETS, one Lua call
 per challenge), the sends run concurrently, and each outcome's writes (state, retry, stale token) are
@@ -30,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
@@ -46,6 +51,8 @@ from pushauth.store.streams import Entry, Fields, StreamConsumer, StreamNames, s
 log = structlog.get_logger(__name__)
 
 STREAM = "push"
+# A notice push is worth retrying for a day; after that the phone has surely been opened.
+NOTICE_LIFE_S = 86400
 
 # Record a device's delivery state on its challenge, but never create a stray hash for a challenge that
 # has already expired out of Redis, and never take back a "sent" (a late or repeated write of an older
@@ -119,6 +126,15 @@ class PushQueue:
     def enqueue_in(self, pipe: Any, challenge_id: str) -> None:
         """The same, as part of the caller's pipeline (one round trip with its other writes)."""
         pipe.xadd(self._names.stream, {"c": challenge_id}, maxlen=1_000_000, approximate=True)
+
+    async def enqueue_notice(self, uid: str, device_ids: Sequence[str]) -> None:
+        """A notice push to each of these phones of one user (their notices are already written)."""
+        expires = str(int(time.time()) + NOTICE_LIFE_S)
+        pipe = self._r.pipeline(transaction=False)
+        for did in device_ids:
+            pipe.xadd(self._names.stream, {"t": "notice", "u": uid, "d": did, "x": expires},
+                      maxlen=1_000_000, approximate=True)
+        await pipe.execute()
 
 
 class _Sink(Protocol):
@@ -199,6 +215,12 @@ class PushDelivery:
             raise ValueError(f"push stream entry {entry_id} could not be handled")
 
     async def _deliver(self, entries: list[Entry], sink: _Sink) -> None:
+        notices = [(entry_id, fields) for entry_id, fields in entries if fields.get("t") == "notice"]
+        if notices:
+            await self._deliver_notices(notices, sink)
+            entries = [e for e in entries if e[1].get("t") != "notice"]
+            if not entries:
+                return
         now = time.time()
         jobs: list[_Job] = []
         pipe = self._r.pipeline(transaction=False)
@@ -284,6 +306,60 @@ class PushDelivery:
                 log.error("push_provider_auth_error", **fields)
             sink.write(job.entry_id, *_state(job.key, did, "failed", outcome.reason or kind.value))
         log.info("push_not_sent", **fields)
+
+    async def _deliver_notices(self, entries: list[Entry], sink: _Sink) -> None:
+        """Notice pushes: read each phone's token, send, retry transient failures, mark dead tokens."""
+        targets: list[tuple[str, Fields, str, str, int]] = []
+        pipe = self._r.pipeline(transaction=False)
+        for entry_id, fields in entries:
+            uid, did, raw_expires = fields.get("u", ""), fields.get("d", ""), fields.get("x", "")
+            if not (ids.device_uid(did) == uid and uid and raw_expires.isdigit()):
+                log.error("push_entry_invalid", entry=entry_id, fields=str(fields)[:200])
+                continue  # poison: dead-lettered after dead_letter_after deliveries
+            pipe.hmget(self._ks.device(uid, did), "st", "ptok", "ptok_stale", "pprov")
+            targets.append((entry_id, fields, uid, did, int(raw_expires)))
+        if not targets:
+            return
+        rows = await pipe.execute(raise_on_error=False)
+        sends = []
+        for (entry_id, fields, uid, did, expires), row in zip(targets, rows, strict=True):
+            if isinstance(row, Exception):
+                log.error("push_read_failed", entry=entry_id, error=str(row))
+                continue
+            st, token, stale, prov = row
+            provider = self._providers.get(prov or "")
+            if st != "active" or not token or stale == "1" or provider is None or time.time() >= expires:
+                sink.done(entry_id)  # the phone reads its notices when its app opens
+                continue
+            message = PushMessage("", self._server, expires, kind="notice")
+            sends.append(self._send_notice(entry_id, fields, uid, did, token, provider, message, sink))
+        if sends:
+            await asyncio.gather(*sends)
+
+    async def _send_notice(self, entry_id: str, fields: Fields, uid: str, did: str, token: str,
+                           provider: PushProvider, message: PushMessage, sink: _Sink) -> None:
+        try:
+            outcome = await provider.send(token, message)
+        except Exception:  # a provider must return an Outcome; if one raises, the entry stays pending
+            log.exception("push_send_crashed", entry=entry_id, device=did)
+            return
+        metrics.PUSH_SENDS.labels(provider.name, outcome.kind.value).inc()
+        attempt = int(fields.get("n", "1")) if fields.get("n", "1").isdigit() else 1
+        if outcome.kind is OutcomeKind.RETRY:
+            due = self._retry_at(attempt, outcome.retry_after_s)
+            if attempt < self._s.max_attempts and due < message.expires_at:
+                sink.write(entry_id, *schedule_command(self._names, {**fields, "n": str(attempt + 1)}, due))
+        elif outcome.kind is OutcomeKind.INVALID_TOKEN:
+            metrics.PUSH_STALE_TOKENS.labels(provider.name).inc()
+            sink.write(entry_id, "EVAL", MARK_STALE.source, 1, self._ks.device(uid, did), token,
+                       int(time.time()))
+        elif outcome.kind is OutcomeKind.AUTH_ERROR:
+            metrics.PUSH_AUTH_ERRORS.labels(provider.name).inc()
+            log.error("push_provider_auth_error", entry=entry_id, device=did, reason=outcome.reason)
+        if outcome.kind is not OutcomeKind.SENT:
+            log.info("push_not_sent", entry=entry_id, device=did, outcome=outcome.kind.value,
+                     reason=outcome.reason, attempt=attempt, notice=True)
+        sink.done(entry_id)
 
     def _retry_at(self, attempt: int, retry_after_s: float | None) -> float:
         # Exponential backoff with full jitter, but never sooner than the provider asked.

@@ -8,31 +8,49 @@ the state change it is about are written together or not at all, and the counter
 change between the read and the decision.
 
     event                               rule fired                      severity   containment
-    deny "not_me"                       denied_not_me                   critical   suspend prompts, revoke
-                                                                                   remembered browsers, deny
+    deny "not_me" (also on a prompt     denied_not_me                   critical   suspend prompts, revoke
+      that expired or was cancelled)                                               remembered browsers, deny
                                                                                    pending and just-approved
                                                                                    challenges
     deny "mistake"                      denied                          low
-    approve with the wrong number       wrong_number                    high
+    approve with the wrong number       wrong_number                    high       counts toward the lockout
     a prompt beyond N in a window       push_bombing                    high       the prompt is refused (429)
     N denials/wrong numbers in window   repeated_denials                high
     approval after N failures           approved_after_denials          critical
-    N prompts expired unanswered        ignored_prompts                 medium
+    N prompts expired unanswered, or    ignored_prompts                 medium
+      cancelled after reaching a phone
+    N prompts cancelled in a window     prompt_cycling                  high
     answer after expiry                 late_response                   medium     (a late not_me is still
                                                                                    denied_not_me, contained)
     prompt from a network and location  new_context                     low
       not seen for the user recently
-    N consecutive failures              account_locked                  high       lock; deny pending and
-                                                                                   just-approved challenges
+    N consecutive wrong numbers or      account_locked                  high       lock; deny pending and
+      wrong access codes                                                           just-approved challenges
+    a further phone added to a user     device_enrolled                 high       the other phones are told
+    a phone revokes another phone       device_revoked                  high
+    a new phone tries to revoke an      device_revoke_refused           high       refused (cool-down)
+      older one within the cool-down
+    exempt/shared set during an open    policy_override                 high
+      incident (forced by the team)
     prompt while suspended / locked     blocked_prompt (event only)     info
 
 Alerts are incidents: every event for a user within `incident_window_s` of the previous one joins the
 open incident (its `evidence.events`), so a push-bombing run is one alert with many events, not fifty
 pages. An incident is re-announced (`alert.updated`) only when its severity rises.
 
-Failures (denials, wrong numbers, ignored prompts) count toward the lockout; an approval resets the count;
-a new challenge never does. Expired prompts are counted when the expiry worker or the user's next event
-settles them, whichever comes first (`SETTLE`).
+Only failures that show the authenticator being guessed at count toward the lockout: wrong numbers, and
+wrong temporary access codes while a code exists for the user. NIST SP 800-63B 5.2.2 limits "consecutive
+failed authentication attempts" by a claimant; a denial is the user refusing (not a failed attempt: "not
+me" has its own containment), and an ignored prompt, or a wrong code for a user who has none, is something
+anyone with the user's name and an application key can cause, so counting them would let a stranger lock
+any user out. They raise their alerts, and do not lock. An approval resets the count; a new challenge never
+does. Expired prompts are counted when the expiry worker or the user's next event settles them, whichever
+comes first (`SETTLE`).
+
+The security team's unlock also ends the blocks that refuse the user (the push-bombing window and the
+wrong-access-code window; issuing an access code ends the latter): each has a reset mark on the user
+(`bomb_reset`, `acode_reset`: the sequence number of the last history entry at the reset) up to which the
+history no longer counts toward it; the history itself is kept for the other rules and as evidence.
 """
 
 from __future__ import annotations
@@ -78,17 +96,35 @@ RULES: Final = (
          "an approval after `approved_after_failures` failures (denials, wrong numbers, ignored prompts) "
          "within the window: MFA fatigue that worked",
          "the Uber (2022) and Cisco (2022) breaches: approval after a run of rejected prompts"),
-    Rule("ignored_prompts", "medium", "`ignored_prompts_count` prompts expired unanswered within the window",
-         "3 in 15 minutes: unanswered prompts the user did not cause are the quiet form of push bombing"),
+    Rule("ignored_prompts", "medium", "`ignored_prompts_count` prompts expired unanswered, or cancelled by "
+         "the login flow after they reached a phone, within the window",
+         "3 in 15 minutes: unanswered prompts the user did not cause are the quiet form of push bombing; a "
+         "prompt the phone showed and the login flow then withdrew was seen and not answered all the same"),
+    Rule("prompt_cycling", "high", "`prompt_cycling_count` prompts cancelled by the login flow within the "
+         "window",
+         "4 in 15 minutes: number fishing cancels every prompt whose number is not the one it talked the "
+         "user into typing; a person who starts over once or twice cancels one or two"),
     Rule("late_response", "medium", "an answer arrived after the challenge expired",
          "an approval nobody is waiting for: the user may be approving a prompt they did not cause"),
     Rule("new_context", "low", "a prompt from a network (/24, /48) and location not seen in an approved "
          "sign-in for `new_context_days`",
          "30 days, as Microsoft Entra's 'unfamiliar sign-in properties' learns a user's usual locations; "
          "quiet until the user has one approved sign-in"),
-    Rule("account_locked", "high", "`lockout_after_failures` consecutive failures locked the account",
-         "NIST SP 800-63B 5.2.2: at most 100 consecutive failed attempts; 10 is the common default "
-         "(Microsoft Entra smart lockout)"),
+    Rule("account_locked", "high", "`lockout_after_failures` consecutive wrong numbers or wrong access codes "
+         "(while a code exists) locked the account",
+         "NIST SP 800-63B 5.2.2: at most 100 consecutive failed authentication attempts; 10 is the common "
+         "default (Microsoft Entra smart lockout). Only guesses at the authenticator count (see above)"),
+    Rule("device_enrolled", "high", "a further phone was added to a user who already had an active one",
+         "Microsoft and Duo notify the user and require the existing method to add a new one; a second "
+         "phone is how a phished password becomes a lasting second factor"),
+    Rule("device_revoked", "high", "one of the user's phones revoked another",
+         "the second step of a phone takeover: the new phone removes the real one"),
+    Rule("device_revoke_refused", "high", "a phone added within the cool-down tried to revoke an older one",
+         "`enrollment.revoke_cooldown_s` (24 hours): a lost phone is replaced through the service desk, not "
+         "by the newest phone"),
+    Rule("policy_override", "high", "the security team forced an account exempt or shared while it was "
+         "locked, suspended, push-bombed or had an open alert",
+         "an exemption must never silently lift containment"),
 )
 
 
@@ -103,6 +139,8 @@ class DetectionSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
     approved_after_window_s: int = 900
     ignored_prompts_count: int = 3
     ignored_prompts_window_s: int = 900
+    prompt_cycling_count: int = 4
+    prompt_cycling_window_s: int = 900
     # 0 turns new_context off.
     new_context_days: int = 30
     # Most events kept in one alert's evidence (the count keeps counting).
@@ -112,11 +150,11 @@ class DetectionSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
         if not 60 <= self.incident_window_s <= 86400:
             raise ValueError("incident_window_s must be 60..86400")
         for name in ("push_bombing_max", "repeated_denials_count", "approved_after_failures",
-                     "ignored_prompts_count"):
+                     "ignored_prompts_count", "prompt_cycling_count"):
             if not 1 <= getattr(self, name) <= 1000:
                 raise ValueError(f"{name} must be 1..1000")
         for name in ("push_bombing_window_s", "repeated_denials_window_s", "approved_after_window_s",
-                     "ignored_prompts_window_s"):
+                     "ignored_prompts_window_s", "prompt_cycling_window_s"):
             if not 10 <= getattr(self, name) <= 86400:
                 raise ValueError(f"{name} must be 10..86400")
         if not 0 <= self.new_context_days <= 365:
@@ -132,8 +170,9 @@ class ContainmentSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
     suspend_for_s: int = 0
     # ... and revoke every remembered browser of the user.
     revoke_remembered_on_not_me: bool = True
-    # Lock after this many consecutive failures (denials, wrong numbers, ignored prompts). NIST SP 800-63B
-    # allows at most 100. 0 turns lockout off.
+    # Lock after this many consecutive failed authentication attempts: wrong numbers, and wrong access codes
+    # while the user has one (denials and ignored prompts never lock: see the module docstring). NIST SP
+    # 800-63B allows at most 100. 0 turns lockout off.
     lockout_after_failures: int = 10
     # Unlock by itself after this long (0: only the security team unlocks).
     auto_unlock_after_s: int = 0
@@ -151,13 +190,14 @@ def ledger_config(detection: DetectionSettings, containment: ContainmentSettings
     `other_windows_s`: the longest window another user of the history needs (access-code attempts)."""
     d, c = detection, containment
     keep = max(d.push_bombing_window_s, d.repeated_denials_window_s, d.approved_after_window_s,
-               d.ignored_prompts_window_s, d.incident_window_s, other_windows_s)
+               d.ignored_prompts_window_s, d.prompt_cycling_window_s, d.incident_window_s, other_windows_s)
     return msgspec.json.encode({
         "incident_window_s": d.incident_window_s, "max_events": d.max_events,
         "bomb_max": d.push_bombing_max, "bomb_win": d.push_bombing_window_s,
         "rep_n": d.repeated_denials_count, "rep_win": d.repeated_denials_window_s,
         "aad_n": d.approved_after_failures, "aad_win": d.approved_after_window_s,
         "ign_n": d.ignored_prompts_count, "ign_win": d.ignored_prompts_window_s,
+        "cyc_n": d.prompt_cycling_count, "cyc_win": d.prompt_cycling_window_s,
         "ctx_s": d.new_context_days * 86400, "hist_keep_s": keep,
         "suspend": c.suspend_on_not_me, "suspend_for_s": c.suspend_for_s,
         "revoke_remembered": c.revoke_remembered_on_not_me,
@@ -194,13 +234,18 @@ local function hist_add(kind, cid)
   redis.call('ZREMRANGEBYSCORE', uk('hist'), '-inf', NOW - CFG.hist_keep_s - 1)
 end
 
--- {kind -> count} and the matching entries of the user's history within `window` seconds
-local function hist_count(window, kinds)
+-- How many entries of the given kinds the user's history holds within `window` seconds (and, when `reset`
+-- names a field of the user hash, after the entry that was last when the security team reset that count:
+-- the field holds that entry's sequence number, so the same second before and after a reset is told
+-- apart), and which
+local function hist_count(window, kinds, reset)
   local n, found = 0, {}
+  local after = 0
+  if reset then after = tonumber(redis.call('HGET', uk('user'), reset) or '0') end
   local items = redis.call('ZRANGEBYSCORE', uk('hist'), NOW - window, '+inf', 'WITHSCORES')
   for i = 1, #items, 2 do
-    local _, _, kind, cid = string.find(items[i], '^%d+:([%a_]+):(.*)$')
-    if kind and kinds[kind] then
+    local _, _, seq, kind, cid = string.find(items[i], '^(%d+):([%a_]+):(.*)$')
+    if kind and kinds[kind] and tonumber(seq) > after then
       n = n + 1
       found[#found + 1] = {kind = kind, challenge_id = cid, at = tonumber(items[i + 1])}
     end
@@ -218,6 +263,10 @@ local function ch_evidence(cid)
   if c[3] and c[3] ~= '' then e.login = cjson.decode(c[3]) end
   return e
 end
+
+-- Kinds that take the alert's headline even at the severity it already has: what was done about an
+-- incident (the account is locked) is news to whoever reads only the headline.
+local HEADLINE = {account_locked = true}
 
 local function raise(kind, sev, ev)
   ev.kind = kind
@@ -243,8 +292,9 @@ local function raise(kind, sev, ev)
     redis.call('ZADD', uk('aout'), NOW, aid .. '|1')
     NOTES[#NOTES + 1] = aid .. '|1'
   else
-    local cur = redis.call('HMGET', akey, 'sev')
-    if SEV[sev] > (SEV[cur[1]] or 0) then
+    local cur = redis.call('HMGET', akey, 'sev', 'kind')
+    local rank = SEV[cur[1]] or 0
+    if SEV[sev] > rank or (SEV[sev] == rank and HEADLINE[kind] and cur[2] ~= kind) then
       local ver = redis.call('HINCRBY', akey, 'ver', 1)
       redis.call('HSET', akey, 'kind', kind, 'sev', sev)
       if ev.challenge_id then redis.call('HSET', akey, 'cid', ev.challenge_id) end
@@ -325,7 +375,8 @@ local function lock(why)
   deny_open('locked', NOW - CFG.assertion_life_s)
 end
 
--- A failure (denial, wrong number, ignored prompt): count it toward the lockout.
+-- A failed authentication attempt (a wrong number; a wrong access code while one exists): count it toward
+-- the lockout. Denials and ignored prompts are not guesses at the authenticator and never come here.
 local function fail()
   local n = redis.call('HINCRBY', uk('user'), 'fails', 1)
   if CFG.lock_n > 0 and n >= CFG.lock_n and redis.call('HGET', uk('user'), 'locked') ~= '1' then
@@ -350,39 +401,72 @@ local function gate_state()
   return locked, suspended
 end
 
--- Prompts that expired unanswered: each is a failure; several in the window are ignored_prompts.
+-- A prompt the user saw and did not answer (expired, or cancelled by the login flow after it reached a
+-- phone): several in the window are ignored_prompts. Never a lockout failure.
+local function ignored(cid)
+  redis.call('HSET', uk('ch:' .. cid), 'ign', '1')
+  hist_add('ignored', cid)
+  local count, found = hist_count(CFG.ign_win, {ignored = true})
+  if count >= CFG.ign_n then
+    local ev = ch_evidence(cid)
+    ev.ignored = found
+    raise('ignored_prompts', 'medium', ev)
+  end
+end
+
+-- Prompts that expired unanswered.
 local function settle()
   local due = redis.call('ZRANGEBYSCORE', uk('pending'), '-inf', NOW)
   if #due == 0 then return 0 end
   local n = 0
   for _, cid in ipairs(due) do
     redis.call('ZREM', uk('pending'), cid)
-    local key = uk('ch:' .. cid)
-    if redis.call('HGET', key, 'st') == 'pending' then
-      redis.call('HSET', key, 'ign', '1')
-      hist_add('ignored', cid)
+    if redis.call('HGET', uk('ch:' .. cid), 'st') == 'pending' then
+      ignored(cid)
       n = n + 1
-      local count, found = hist_count(CFG.ign_win, {ignored = true})
-      if count >= CFG.ign_n then
-        local ev = ch_evidence(cid)
-        ev.ignored = found
-        raise('ignored_prompts', 'medium', ev)
-      end
-      fail()
     end
   end
   return n
 end
 
 -- A denial or a wrong number: the per-event rule, then repeated_denials, then the lockout count.
-local function on_denial(cid, kind, sev)
+local function on_denial(cid, kind, sev, extra)
   hist_add(kind == 'wrong_number' and 'wrong' or 'deny', cid)
-  raise(kind, sev, ch_evidence(cid))
+  local ev = ch_evidence(cid)
+  for k, v in pairs(extra or {}) do ev[k] = v end
+  raise(kind, sev, ev)
   local count, found = hist_count(CFG.rep_win, {deny = true, wrong = true})
   if count >= CFG.rep_n then
     local ev = ch_evidence(cid)
     ev.denials = found
     raise('repeated_denials', 'high', ev)
+  end
+end
+
+-- Push bombing: at the limit of prompts in the window (counted since the security team's last reset), a
+-- further prompt is refused and the attempt is evidence (`ev`). Returns the seconds until a prompt is
+-- allowed again, or nil when this one may go.
+local function bombing(ev)
+  local n, found = hist_count(CFG.bomb_win, {prompt = true}, 'bomb_reset')
+  if n < CFG.bomb_max then return nil end
+  ev.prompts = found
+  ev.refused = true
+  raise('push_bombing', 'high', ev)
+  if found[1] then return math.max(1, found[1].at + CFG.bomb_win - NOW) end
+  return 1
+end
+
+-- The login flow withdrew a prompt. One that reached a phone (pushed, or fetched by it) was seen and not
+-- answered: it counts as ignored. Prompts withdrawn again and again are prompt_cycling: number fishing
+-- withdraws every prompt whose number is not the one it wants typed.
+local function on_cancel(cid, reached)
+  hist_add('cancel', cid)
+  if reached then ignored(cid) end
+  local count, found = hist_count(CFG.cyc_win, {cancel = true})
+  if count >= CFG.cyc_n then
+    local ev = ch_evidence(cid)
+    ev.cancelled = found
+    raise('prompt_cycling', 'high', ev)
   end
 end
 """

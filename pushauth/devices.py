@@ -6,6 +6,21 @@ registers (`register`) with a request signed by the new key, carrying the public
 header: the signature proves the phone holds the private key, and `bh` binds the code to that key. Only
 the SHA-256 of a code is stored, and it is consumed (GETDEL) before anything else is checked, so a code
 works once even if the request carrying it fails.
+
+A further phone for a user who already has an active one is the way a phished password becomes a lasting
+second factor, so, as Microsoft and Duo do, it needs someone to vouch for it:
+
+    first phone of the user                        active at once
+    enrollment issued by the security team         active at once (admin token, or `pushauth enroll`)
+    enrollment made after a valid access code      active at once (the code proved the user to the
+                                                   service desk; `enrollment.access_code_grant_s`)
+    enrollment an application asked for            pending: the user's active phones get an "add a new
+                                                   phone?" prompt, with a number the new phone shows;
+                                                   approving it activates the phone, denying refuses it
+
+Every further phone raises a high alert and a `device_added` notice (pushed) to the other phones. A phone
+activated within `enrollment.revoke_cooldown_s` cannot revoke an older one unless the security team allows
+it; one phone revoking another raises a high alert either way.
 """
 
 from __future__ import annotations
@@ -19,16 +34,17 @@ import msgspec
 import redis.asyncio as aioredis
 from joserfc.jwk import ECKey
 
-from pushauth import clock, ids
+from pushauth import clock, ids, login_context
 from pushauth.alerts.store import AlertStore
 from pushauth.audit import Audit
 from pushauth.clock import rfc3339
 from pushauth.config import Settings
-from pushauth.crypto import device_auth, jws
+from pushauth.crypto import device_auth, jws, secrets
 from pushauth.crypto.device_auth import BadDeviceRequest
 from pushauth.crypto.keys import KeyRing
 from pushauth.crypto.secrets import new_secret
-from pushauth.errors import Forbidden, NotFound, Unauthorized, Unprocessable
+from pushauth.delivery import PushQueue
+from pushauth.errors import Forbidden, NotFound, RateLimited, Unauthorized, Unprocessable
 from pushauth.store import KeySpace, reads
 from pushauth.store import scripts as lua
 from pushauth.store.durability import ReplicaAcks
@@ -38,6 +54,15 @@ ENROLL_URI_SCHEME = "pushauth://enroll"
 _CACHE_MAX = 50_000
 
 
+# How an enrollment's phone becomes active (`Enrollment.activation`, the login flow's answer).
+IMMEDIATE = "immediate"
+EXISTING_PHONE = "existing_phone"
+# Who vouched for a further phone (the device's `vouch`, the alert's `vouched_by`).
+VOUCH_ADMIN = "admin"
+VOUCH_ACCESS_CODE = "access_code"
+PENDING_APPROVAL = "pending_approval"
+
+
 @dataclass(frozen=True, slots=True, repr=False)
 class Enrollment:
     id: str
@@ -45,15 +70,24 @@ class Enrollment:
     code: str
     uri: str
     expires_at: int
+    # "immediate", or "existing_phone": the phone will wait for approval on one of the user's phones.
+    activation: str = IMMEDIATE
 
     def __repr__(self) -> str:  # the code is a secret
         return f"Enrollment(id={self.id!r}, user={self.user!r})"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class Registered:
     device_id: str
     user: str
+    status: str = "active"  # or "pending_approval"
+    # While pending: the number the new phone shows (the user types it on an existing phone), and until when.
+    number: str | None = None
+    approval_expires_at: int | None = None
+
+    def __repr__(self) -> str:
+        return f"Registered(device_id={self.device_id!r}, user={self.user!r}, status={self.status!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,9 +101,12 @@ class AuthedDevice:
 
 
 class Devices:
+    """Owns the user's phones: enrollment codes, registration (and the approval of a further phone), request
+    authentication and the replay gate, the phone's own account actions, revocation."""
+
     def __init__(self, redis: aioredis.Redis, keyspace: KeySpace, settings: Settings,
                  keyring: Callable[[], KeyRing], alerts: AlertStore | None = None,
-                 audit: Audit | None = None) -> None:
+                 audit: Audit | None = None, push: PushQueue | None = None) -> None:
         self._r = redis
         self._acks = ReplicaAcks.from_settings(settings.store)
         self._ks = keyspace
@@ -78,6 +115,7 @@ class Devices:
         # Both needed to register devices (the server); the CLI only creates enrollment codes.
         self._alerts = alerts
         self._audit = audit
+        self._push = push
         # Device public keys never change, so a verified key can be cached; status is always read live.
         self._keys: dict[str, ECKey] = {}
         self._uids: dict[str, str] = {}
@@ -123,7 +161,20 @@ class Devices:
                             code="shared_account")
 
     async def create_enrollment(self, user: str, *, requested_by: str) -> Enrollment:
+        """A one-time code for a phone of `user`. `requested_by` is "admin:..." or "cli" (the security
+        team: the phone is vouched for) or "app:<id>" (an application: a further phone waits for approval,
+        unless a temporary access code proved the user just before)."""
         await self._refuse_shared(user, requested_by)
+        vouch = VOUCH_ADMIN if not requested_by.startswith("app:") else ""
+        activation = IMMEDIATE
+        if not vouch:
+            uid = await self.uid_for(user)
+            mode = "first" if uid is None else await lua.ENROLL_MODE(
+                self._r, [self._ks.user(uid), self._ks.devices(uid)], [clock.now()])
+            if mode == "access_code":
+                vouch = VOUCH_ACCESS_CODE
+            elif mode == "approval":
+                activation = EXISTING_PHONE
         code = new_secret(32)
         eid = ids.new_enrollment_id()
         ttl = self._settings.enrollment.code_ttl_s
@@ -131,12 +182,12 @@ class Devices:
         # One MULTI: a code must never exist without its expiry.
         pipe = self._r.pipeline(transaction=True)
         pipe.hset(self._ks.enrollment(code), mapping={"id": eid, "user": user, "exp": expires_at,
-                                                      "by": requested_by})
+                                                      "by": requested_by, "vouch": vouch})
         pipe.expire(self._ks.enrollment(code), ttl)
         await pipe.execute()
         query = urlencode({"v": "1", "server": self._settings.server.base_url, "code": code,
                            "jkt": self._keyring().current.kid})
-        return Enrollment(eid, user, code, f"{ENROLL_URI_SCHEME}?{query}", expires_at)
+        return Enrollment(eid, user, code, f"{ENROLL_URI_SCHEME}?{query}", expires_at, activation)
 
     async def consume_enrollment(self, code: str) -> dict[str, str] | None:
         """Spend an enrollment code, whatever happens next: the contract says a code is consumed even if
@@ -168,28 +219,60 @@ class Devices:
         await self._refuse_shared(user, "device")
         uid = await self.uid_for(user, create=True)
         assert uid is not None
+        if self._alerts is None:
+            raise RuntimeError("Devices was built without an AlertStore and cannot register devices")
         did = ids.new_device_id(uid)
         public = key.as_dict(private=False)
         fields: dict[str, Any] = {
-            "st": "active", "user": user, "jwk": msgspec.json.encode(
+            "user": user, "jwk": msgspec.json.encode(
                 {k: public[k] for k in ("kty", "crv", "x", "y")}).decode(),
             "jkt": jkt, "name": name, "platform": platform, "pprov": push_provider,
             "ptok": push_token or "", "created": now, "eid": enrollment["id"],
-            "enroll_ip": remote_ip or "",
+            "enroll_ip": remote_ip or "", "by": enrollment.get("by", ""),
         }
-        if self._alerts is None:
-            raise RuntimeError("Devices was built without an AlertStore and cannot register devices")
+        # Should a phone already on the account have to approve this one: its prompt.
+        cfg = self._settings
+        app = enrollment.get("by", "")[4:] if enrollment.get("by", "").startswith("app:") else ""
+        acid = ids.new_challenge_id(uid)
+        aexp = now + cfg.enrollment.approval_ttl_s
+        number = secrets.number(cfg.challenges.number_digits)
+        context = {"ip": remote_ip} if remote_ip else {}
         res = await lua.REGISTER_DEVICE(
             self._r, [self._ks.user(uid)],
-            [*self._alerts.ledger_args(uid, user, now), did, *[x for kv in fields.items() for x in kv]],
+            [*self._alerts.ledger_args(uid, user, now), did, enrollment.get("vouch", ""), acid, aexp,
+             aexp + cfg.challenges.retention_s, number, secrets.nonce(16), app,
+             msgspec.json.encode(context).decode() if context else "",
+             msgspec.json.encode(login_context.for_phone(context)).decode() if context else "",
+             *[x for kv in fields.items() for x in kv]],
             acks=self._acks)
         await self._alerts.announce(uid, res[1])
+        what = res[0]
+        if what in ("locked", "suspended"):
+            raise Forbidden(f"this account is {what}: no phone can be added. "
+                            f"{cfg.policy.user_message}", code=what)
+        if what == "rate_limited":
+            raise RateLimited("too many sign-in prompts for this user; try again later",
+                              retry_after_s=int(res[2]))
         self._keys[did] = key
-        if self._audit is not None:
-            await self._audit.record("device_enrolled", user=user, who=f"enrollment:{enrollment['id']}",
-                                     why="remembered browsers revoked", device_id=did,
-                                     other_devices=len(res[2]))
+        others = [d for d in str(res[2]).split(",") if d]
+        if what == "pending":
+            if self._push is not None:
+                await self._push.enqueue(acid)
+            await self._r.zadd(self._ks.expiry_due, {acid: aexp})
+            await self._audit_record("device_pending", user, f"enrollment:{enrollment['id']}",
+                                     "a further phone waits for approval on the user's phones",
+                                     device_id=did, approval_challenge_id=acid, other_devices=len(others))
+            return Registered(did, user, PENDING_APPROVAL, number, aexp)
+        if others and self._push is not None:
+            await self._push.enqueue_notice(uid, others)
+        await self._audit_record("device_enrolled", user, f"enrollment:{enrollment['id']}",
+                                 "remembered browsers revoked", device_id=did, other_devices=len(others),
+                                 vouched_by=enrollment.get("vouch") or None)
         return Registered(did, user)
+
+    async def _audit_record(self, what: str, user: str, who: str, why: str, **details: Any) -> None:
+        if self._audit is not None:
+            await self._audit.record(what, user=user, who=who, why=why, **details)
 
     # -- authenticated device requests --------------------------------------------------------------------
 
@@ -220,30 +303,52 @@ class Devices:
         return AuthedDevice(did, uid, req.jti)
 
     async def gate(self, dev: AuthedDevice, target: str, mode: str) -> list[Any]:
-        """Record the jti and check the device is active, then read `target` (see DEVICE_GATE)."""
+        """Record the jti and check the device is active (for mode "self", or waiting for approval), then
+        read `target` (see DEVICE_GATE)."""
         jti_key = self._ks.jti(dev.uid, dev.device_id, dev.jti)
         dev_key = self._ks.device(dev.uid, dev.device_id)
         res = await lua.DEVICE_GATE(self._r, [jti_key, dev_key, target],
-                                    [self._jti_ttl, mode, clock.now()])
+                                    [self._jti_ttl, mode, clock.now(), dev.device_id,
+                                     self._ks.challenge_prefix(dev.uid)])
         raise_gate_failure(res[0])
         return list(res[1])
 
     async def update_push_token(self, dev: AuthedDevice, provider: str, token: str) -> None:
-        await self.gate(dev, self._ks.device(dev.uid, dev.device_id), "challenge")
+        await self.gate(dev, self._ks.device(dev.uid, dev.device_id), "self")
         res = await lua.UPDATE_PUSH_TOKEN(self._r, [self._ks.device(dev.uid, dev.device_id)],
                                           [provider, token, clock.now()], acks=self._acks)
         if res[0] != "ok":
             raise BadDeviceRequest("device revoked", code="device_revoked")
 
     async def revoke(self, uid: str, did: str, *, by: str) -> None:
-        res = await lua.REVOKE_DEVICE(self._r, [self._ks.devices(uid), self._ks.device(uid, did)],
-                                      [did, clock.now(), by], acks=self._acks)
+        """Revoke an active phone, or one waiting for approval (its prompt is withdrawn)."""
+        res = await lua.REVOKE_DEVICE(
+            self._r, [self._ks.devices(uid), self._ks.device(uid, did), self._ks.pending(uid),
+                      self._ks.new_devices(uid)],
+            [did, clock.now(), by, self._ks.challenge_prefix(uid)], acks=self._acks)
         if res[0] != "ok":
             raise NotFound("no such active device")
 
     async def unenroll(self, dev: AuthedDevice) -> None:
-        await self.gate(dev, self._ks.device(dev.uid, dev.device_id), "challenge")
+        await self.gate(dev, self._ks.device(dev.uid, dev.device_id), "self")
         await self.revoke(dev.uid, dev.device_id, by="device")
+
+    async def activation(self, dev: AuthedDevice) -> dict[str, Any]:
+        """Whether this phone is active yet: a further phone waits for one of the user's phones to approve
+        it, showing `number` for the user to type there."""
+        flat = await self.gate(dev, self._ks.device(dev.uid, dev.device_id), "activation")
+        d = dict(zip(flat[::2], flat[1::2], strict=True))
+        if d.get("st") == "active":
+            return {"status": "active"}
+        if d.get("st") == "refused":
+            # denied on one of the user's phones ("not me", "mistake", or a wrong number)
+            return {"status": "refused", "reason": d.get("refused_why", "")}
+        appr = d.get("appr")
+        c = await reads.hgetall(self._r, self._ks.challenge(dev.uid, appr)) if appr else {}
+        if not c or c.get("st") != "pending" or int(c.get("exp", "0")) <= clock.now():
+            # expired unanswered (or withdrawn): this phone will never be activated; enroll again
+            return {"status": "expired"}
+        return {"status": PENDING_APPROVAL, "number": c["num"], "expires_at": rfc3339(int(c["exp"]))}
 
     # -- the phone's own account actions -------------------------------------------------------------------
 
@@ -267,17 +372,40 @@ class Devices:
         await self._audit_device(dev, "prompts_resumed")
 
     async def revoke_other(self, dev: AuthedDevice, other: str) -> None:
-        """A lost or replaced phone, revoked from another phone of the same user."""
+        """A lost or replaced phone, revoked from another phone of the same user: refused to a phone added
+        within the cool-down (`enrollment.revoke_cooldown_s`) if the other is older; alerted either way."""
         if ids.device_uid(other) != dev.uid or other == dev.device_id:
             raise NotFound("no such other device of this user")
         await self.gate(dev, self._ks.device(dev.uid, dev.device_id), "challenge")
-        await self.revoke(dev.uid, other, by=f"device:{dev.device_id}")
+        if self._alerts is None:
+            raise RuntimeError("Devices was built without an AlertStore")
+        res = await lua.REVOKE_BY_DEVICE(
+            self._r, [self._ks.user(dev.uid)],
+            [*self._alerts.ledger_args(dev.uid, "", clock.now()), dev.device_id, other,
+             self._settings.enrollment.revoke_cooldown_s], acks=self._acks)
+        await self._alerts.announce(dev.uid, res[1])
+        if res[0] == "revoked":
+            raise_gate_failure("revoked")
+        if res[0] == "not_found":
+            raise NotFound("no such other device of this user")
+        if res[0] == "cooldown":
+            await self._audit_device(dev, "device_revoke_refused", device_id=other, why="cool-down")
+            raise Forbidden(f"a phone added less than {self._settings.enrollment.revoke_cooldown_s // 3600} "
+                            f"hours ago cannot remove an older phone (until {rfc3339(int(res[2]))}); "
+                            f"{self._settings.policy.user_message}", code="cooldown")
         await self._audit_device(dev, "device_revoked", device_id=other, why="lost or replaced phone")
+
+    async def allow_revoke(self, uid: str, did: str) -> None:
+        """The security team lets a phone inside its cool-down revoke older phones."""
+        key = self._ks.device(uid, did)
+        if await reads.hget(self._r, key, "st") != "active":
+            raise NotFound("no such active device")
+        await self._r.hset(key, "may_revoke", "1")
 
     async def notices(self, dev: AuthedDevice) -> list[dict[str, Any]]:
         """What happened to the account that this phone should tell its user (a new phone was added)."""
         await self.gate(dev, self._ks.device(dev.uid, dev.device_id), "challenge")
-        key = f"{self._ks.user_prefix(dev.uid)}notices:{dev.device_id}"
+        key = self._ks.notices(dev.uid, dev.device_id)
         pipe = self._r.pipeline(transaction=True)
         pipe.lrange(key, 0, -1)
         pipe.delete(key)
@@ -320,4 +448,7 @@ def raise_gate_failure(status: str) -> None:
         raise BadDeviceRequest("request replayed (jti seen before)", code="replayed")
     if status == "revoked":
         raise BadDeviceRequest("device revoked", code="device_revoked")
+    if status == "pending":
+        raise Forbidden("this phone waits for approval on one of your other phones "
+                        "(GET /v1/device/activation)", code="device_pending")
     raise BadDeviceRequest("device request refused")

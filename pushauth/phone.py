@@ -62,6 +62,9 @@ class Challenge:
     number_matching: bool
     context: dict[str, str] | None
     token: str
+    # "add_device": approve adding a new phone to the account (its platform in `new_device`), not a sign-in.
+    purpose: str | None = None
+    new_device: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,10 @@ class Phone:
         self.device_id = device_id
         self.user = user
         self.server = server
+        # Set by enroll: "active", or "pending_approval" with the number to type on another phone.
+        self.status = "active"
+        self.approval_number: str | None = None
+        self.user_message: str | None = None
         self._key = key
         self._server_keys = dict(server_keys)
         self._override = server_override
@@ -186,6 +193,12 @@ class Phone:
             await phone.close()
             raise
         phone.device_id, phone.user, phone._server_keys = did, user, keys
+        # A further phone of a user may have to wait for one of the user's phones to approve it.
+        registered = data.get("status")
+        phone.status = registered if isinstance(registered, str) else "active"
+        approval = data.get("approval")
+        if isinstance(approval, dict) and isinstance(approval.get("number"), str):
+            phone.approval_number = approval["number"]
         return phone
 
     # -- challenges ---------------------------------------------------------------------------------------
@@ -250,8 +263,15 @@ class Phone:
         if ctx is not None and not (isinstance(ctx, dict) and all(
                 isinstance(k, str) and isinstance(v, str) for k, v in ctx.items())):
             raise PhoneError("challenge ctx must be an object of strings")
+        purpose, new_device = claims.get("purpose"), claims.get("new_device")
+        if purpose is not None and not isinstance(purpose, str):
+            raise PhoneError("challenge purpose must be a string")
+        if new_device is not None and not (isinstance(new_device, dict) and all(
+                isinstance(k, str) and isinstance(v, str) for k, v in new_device.items())):
+            raise PhoneError("challenge new_device must be an object of strings")
         return Challenge(id=cid, user=self.user, app=app, nonce=nonce, iat=iat, exp=exp, number_matching=nm,
-                         context=dict(ctx) if ctx is not None else None, token=token)
+                         context=dict(ctx) if ctx is not None else None, token=token, purpose=purpose,
+                         new_device=dict(new_device) if new_device is not None else None)
 
     async def approve(self, challenge: Challenge | str, number: str | None = None) -> str:
         """Approve; `number` is what the user typed from the login page (number matching)."""
@@ -265,11 +285,37 @@ class Phone:
         body = {"nonce": ch.nonce, "decision": decision}
         if value is not None:
             body[extra] = value
+        self.user_message = None
         data = _ok(*await self.signed_request("POST", f"/v1/device/challenges/{_seg(ch.id)}/response", body))
         status = data.get("status")
         if not isinstance(status, str):
             raise PhoneError("server answered without a status")
+        # After "not me": what the organisation tells the user to do now (shown on the phone).
+        message = data.get("user_message")
+        self.user_message = message if isinstance(message, str) else None
         return status
+
+    # -- adding a phone to an account that has one ----------------------------------------------------------
+
+    async def activation(self) -> dict[str, Any]:
+        """This phone's activation: {"status": "active"} or, while one of the user's other phones must
+        approve it, {"status": "pending_approval", "number", "expires_at"} (show the number), or
+        {"status": "expired"} (enroll again)."""
+        data = _ok(*await self.signed_request("GET", "/v1/device/activation"))
+        if not isinstance(data.get("status"), str):
+            raise PhoneError("server answered without an activation status")
+        return data
+
+    async def add_device_prompts(self) -> list[Challenge]:
+        """Pending prompts asking this phone to approve a new phone for the user."""
+        return [c for c in await self.pending() if c.purpose == "add_device"]
+
+    async def approve_new_phone(self, number: str) -> str:
+        """Approve the pending "add a new phone?" prompt with the number the new phone shows."""
+        prompts = await self.add_device_prompts()
+        if not prompts:
+            raise PhoneError("no prompt to add a new phone is pending")
+        return await self.approve(prompts[-1], number=number)
 
     # -- device management --------------------------------------------------------------------------------
 

@@ -63,6 +63,10 @@ class PolicySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     access_code_window_s: int = 900
     # Longest a phone may pause its own prompts.
     max_pause_s: int = 30 * 86400
+    # What the user is told to do after answering "I didn't request this", or when their account is locked
+    # or its prompts suspended: the login page and the phone both show it (`user_message`). Say who to
+    # call and how, as the organisation's own staff guidance does.
+    user_message: str = "Contact your IT service desk."
 
     def __post_init__(self) -> None:
         if not 0 <= self.remember_days <= 365:
@@ -75,6 +79,8 @@ class PolicySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
             raise ValueError("access_code_attempts must be 1..100 and access_code_window_s 60..86400")
         if not 3600 <= self.max_pause_s <= 365 * 86400:
             raise ValueError("max_pause_s must be 3600..31536000")
+        if not 1 <= len(self.user_message.strip()) <= 300 or not self.user_message.isprintable():
+            raise ValueError("user_message must be 1..300 printable characters on one line")
 
     # -- decisions -------------------------------------------------------------------------------------------
 

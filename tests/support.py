@@ -124,6 +124,16 @@ class LoginFlow:
         return dict(body)
 
 
+async def add_phone(rp: LoginFlow, first: Phone, user: str, http: aiohttp.ClientSession,
+                    **enroll: Any) -> Phone:
+    """A further phone for a user who has one, the way the product allows it from a login flow: the
+    application enrolls it, and the user approves it on `first` with the number the new phone shows."""
+    new = await Phone.enroll(await rp.enroll_uri(user), session=http, **enroll)
+    assert (new.status, new.approval_number is not None) == ("pending_approval", True), new.status
+    assert await first.approve_new_phone(new.approval_number or "") == "approved"
+    return new
+
+
 class Clock:
     """Moves pushauth's one clock (`pushauth.clock.now`, which the simulated phone signs with too)."""
 
@@ -164,6 +174,12 @@ class AdminClient:
         status, body = await self.call("GET", f"/v1/users/{user}")
         assert status == 200, body
         return dict(body)
+
+    async def enroll_uri(self, user: str) -> str:
+        """An enrollment the security team issues: the phone is active at once, even as a further one."""
+        status, body = await self.call("POST", "/v1/enrollments", {"user": user})
+        assert status == 201, body
+        return str(body["uri"])
 
     async def audit(self, user: str) -> list[dict[str, Any]]:
         status, body = await self.call("GET", f"/v1/audit?user={user}")

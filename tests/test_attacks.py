@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from joserfc.jwk import ECKey
-from support import LoginFlow, RunningServer, assert_error
+from support import LoginFlow, RunningServer, add_phone, assert_error
 
 from pushauth.crypto import device_auth, jws
 from pushauth.phone import Challenge, Phone, ServerRejected
@@ -565,7 +565,7 @@ async def test_authorization_header_forms(login: LoginFlow, phone: Phone, server
 
 
 async def test_revoked_device(login: LoginFlow, phone: Phone, http: aiohttp.ClientSession) -> None:
-    second = await Phone.enroll(await login.enroll_uri(USER), session=http)
+    second = await add_phone(login, phone, USER, http)
     created = await login.create(USER)
     ch = await phone.fetch(created["id"])
     await phone.unenroll()
@@ -608,7 +608,7 @@ async def test_phone_not_targeted_by_the_challenge(login: LoginFlow, phone: Phon
     """A phone of the same user enrolled after the challenge was sent is not one of its targets: even
     knowing the nonce it cannot answer."""
     created, ch = target
-    later = await Phone.enroll(await login.enroll_uri(USER), session=http)
+    later = await add_phone(login, phone, USER, http)
     for raw in (answer_body(ch, created), answer_body(ch, created, "deny")):
         status, body = await later.signed_request("POST", response_path(ch.id), raw_body=raw)
         assert_error(status, body, 404)

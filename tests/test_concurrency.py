@@ -11,7 +11,7 @@ import random
 from typing import Any
 
 import aiohttp
-from support import LoginFlow
+from support import ADMIN_TOKEN, LoginFlow
 
 from pushauth.phone import Phone
 
@@ -56,7 +56,9 @@ async def test_100_concurrent_approvals_exactly_one_wins(login: LoginFlow, phone
 
 
 async def test_mixed_approve_deny_across_three_phones(login: LoginFlow, http: aiohttp.ClientSession) -> None:
-    phones = [await Phone.enroll(await login.enroll_uri(USER), session=http, name=f"phone {i}")
+    # the security team enrolls them: further phones are then active at once (no approval on the first)
+    team = LoginFlow(http, login.url, api_key=ADMIN_TOKEN)
+    phones = [await Phone.enroll(await team.enroll_uri(USER), session=http, name=f"phone {i}")
               for i in range(3)]
     created = await login.create(USER)
     challenges = [await p.fetch(created["id"]) for p in phones]
@@ -73,7 +75,9 @@ async def test_mixed_approve_deny_across_three_phones(login: LoginFlow, http: ai
     winner = _assert_one_winner(results)
     won_phone, won_body = plan[winner]
     expected = "approved" if won_body["decision"] == "approve" else "denied"
-    assert results[winner][1] == {"status": expected}
+    # a "not me" also tells the user what to do now
+    told = {"user_message": "Contact your IT service desk."} if expected == "denied" else {}
+    assert results[winner][1] == {"status": expected, **told}
     final = await login.status(created["id"])
     assert final["status"] == expected
     assert final["device"] == won_phone.device_id

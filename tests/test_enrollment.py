@@ -120,7 +120,8 @@ async def test_enrollment_uri_format(server: RunningServer, http: aiohttp.Client
     before = time.time()
     status, body = await login.call("POST", "/v1/enrollments", {"user": "  Alice@NHS.net "})
     assert status == 201, body
-    assert set(body) == {"id", "user", "code", "uri", "expires_at"}
+    assert set(body) == {"id", "user", "code", "uri", "expires_at", "activation"}
+    assert body["activation"] == "immediate"  # the user's first phone
     assert body["user"] == USER
     assert isinstance(body["id"], str)
     assert body["id"]
@@ -354,7 +355,8 @@ async def test_control_hand_built_registration_is_accepted(server: RunningServer
     token = forge({"alg": "ES256", "typ": REQ_TYP, "jwk": public_jwk(key)}, registration_claims(raw), key)
     status, body = await register(http, server, raw, token)
     assert status == 201, body
-    assert set(body) == {"device_id", "user", "server_keys"}
+    assert set(body) == {"device_id", "user", "server_keys", "status"}
+    assert body["status"] == "active"  # the user's first phone
     assert body["user"] == USER
     assert re.fullmatch(r"d[a-z2-7]{32}", body["device_id"]), body["device_id"]
     keys = body["server_keys"]["keys"]

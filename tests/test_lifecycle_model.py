@@ -231,9 +231,15 @@ class LifecycleMachine(RuleBasedStateMachine):
         if self.model[cid].effective(self.now) == "pending":
             assert status == 200, data
             self._apply(cid, kind)
-            assert data == {"status": self.model[cid].status}
+            assert data == self._answered(cid, kind)
         else:
             self._expect_refusal(status, data, 409, self._conflict_code(cid))
+
+    def _answered(self, cid: str, kind: str) -> dict[str, str]:
+        """The phone's 200: the status, and after "not me" what the user is told to do now."""
+        if kind == "not_me":
+            return {"status": self.model[cid].status, "user_message": "Contact your IT service desk."}
+        return {"status": self.model[cid].status}
 
     @rule(cid=challenges, right=st.booleans())
     def approve(self, cid: str, right: bool) -> None:
@@ -296,7 +302,7 @@ class LifecycleMachine(RuleBasedStateMachine):
                 if i != winners[0]:
                     self._expect_refusal(status, body, 409, ("already_decided",))
             self._apply(cid, kinds[winners[0]])
-            assert results[winners[0]][1] == {"status": self.model[cid].status}
+            assert results[winners[0]][1] == self._answered(cid, kinds[winners[0]])
         else:
             codes = self._conflict_code(cid)
             for status, body in results:

@@ -17,6 +17,7 @@ from support import (
     Clock,
     LoginFlow,
     RunningServer,
+    add_phone,
     assert_error,
     free_port,
     make_settings,
@@ -113,7 +114,7 @@ async def test_remembered_browsers_revoked(how: str, rp: LoginFlow, phone: Phone
                                            http: aiohttp.ClientSession) -> None:
     token = await approve_and_remember(rp, phone, "browser-A")
     if how == "new_phone":
-        await Phone.enroll(await rp.enroll_uri(USER), session=http)
+        await add_phone(rp, phone, USER, http)
     elif how == "password_reset":
         status, body = await rp.call("POST", "/v1/signals/password-reset", {"user": USER})
         assert (status, body["revoked"]) == (200, 1), body
@@ -245,16 +246,17 @@ async def test_access_code_brute_force_is_limited_and_locks(rp: LoginFlow, phone
 
 
 async def test_lost_phone_revoked_by_the_other_phone(rp: LoginFlow, phone: Phone, admin: AdminClient,
-                                                     http: aiohttp.ClientSession) -> None:
-    new = await Phone.enroll(await rp.enroll_uri(USER), session=http)
-    # The old phone hears that a phone was added; the security team gets an info alert.
+                                                     http: aiohttp.ClientSession, clock: Clock) -> None:
+    new = await add_phone(rp, phone, USER, http)
+    # The old phone hears that a phone was added; the security team gets a high alert.
     [notice] = await phone.notices()
     assert (notice["type"], notice["device_id"]) == ("device_added", new.device_id)
     assert await phone.notices() == []
     _status, alerts = await admin.call("GET", "/v1/alerts")
-    assert [a["kind"] for a in alerts["alerts"]] == ["device_enrolled"]
+    assert [(a["kind"], a["severity"]) for a in alerts["alerts"]] == [("device_enrolled", "high")]
     assert {d["id"] for d in await new.devices()} == {phone.device_id, new.device_id}
 
+    clock.advance(86400 + 1)  # past the new phone's cool-down (enrollment.revoke_cooldown_s)
     _, c = await sign_in(rp)
     lost = await phone.fetch(c["id"])
     await new.revoke_device(phone.device_id)
@@ -268,6 +270,8 @@ async def test_lost_phone_revoked_by_the_other_phone(rp: LoginFlow, phone: Phone
     assert err.value.status == 404
     assert any(e["what"] == "device_revoked" and e["who"] == f"device:{new.device_id}"
                for e in await admin.audit(USER))
+    _status, alerts = await admin.call("GET", "/v1/alerts")
+    assert ("device_revoked", "high") in [(a["kind"], a["severity"]) for a in alerts["alerts"]]
 
 
 # -- a phone pauses its own prompts --------------------------------------------------------------------------

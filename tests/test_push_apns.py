@@ -39,7 +39,8 @@ from pushauth import ids
 from pushauth.config import ApnsSettings
 from pushauth.errors import ConfigError
 from pushauth.push import Outcome, OutcomeKind, PushMessage
-from pushauth.push.apns import ALERT, REASONS, ApnsProvider, classify
+from pushauth.push.apns import REASONS, ApnsProvider, classify
+from pushauth.push.base import CHALLENGE_ALERT as ALERT
 
 REPO = Path(__file__).resolve().parents[1]
 KEY_ID, TEAM_ID, TOPIC = "ABC123DEFG", "TEAM123456", "org.pushauth.app"

@@ -21,7 +21,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis_cluster import RedisCluster
 from redis_server import RedisServer
-from support import LoginFlow, RunningServer, free_port, make_settings, start_server
+from support import ADMIN_TOKEN, LoginFlow, RunningServer, free_port, make_settings, start_server
 
 from pushauth import ids
 from pushauth.config import PushSettings, StoreSettings
@@ -114,6 +114,7 @@ async def until(check: Callable[[], Awaitable[bool]], within_s: float = 5.0) -> 
 
 async def _true(value: bool) -> bool:
     return value
+
 
 
 async def nothing_pending(redis: aioredis.Redis) -> bool:
@@ -261,14 +262,16 @@ async def test_a_batch_of_challenges_for_many_users_and_devices(
         token = None if i == 7 else f"tok-{i}"
         phones[user] = [await Phone.enroll(uri, session=http, push_provider="fcm" if token else "none",
                                            push_token=token)]
-    phones[users[3]].append(await Phone.enroll(await login.enroll_uri(users[3]), session=http,
+    team = LoginFlow(http, login.url, api_key=ADMIN_TOKEN)  # a further phone the security team enrolls
+    phones[users[3]].append(await Phone.enroll(await team.enroll_uri(users[3]), session=http,
                                                push_provider="fcm", push_token="tok-3b"))
     created = await asyncio.gather(*(login.create(user) for user in users))
     for user, challenge in zip(users, created, strict=True):
         for phone in phones[user]:
             want = "polling" if user == users[7] else "sent"
             assert (await delivery_of(login, challenge["id"], phone.device_id, want))["state"] == want
-    tokens = sorted(token for token, _, _ in provider.sent)
+    # (the second phone of users[3] also got tok-3 a notice push: a phone was added)
+    tokens = sorted(token for token, message, _ in provider.sent if message.kind == "challenge")
     assert tokens == sorted([f"tok-{i}" for i in range(30) if i != 7] + ["tok-3b"])
     by_token = {token: message.challenge_id for token, message, _ in provider.sent}
     assert by_token["tok-3b"] == by_token["tok-3"] == created[3]["id"]
@@ -392,3 +395,56 @@ async def test_worker_on_a_redis_cluster(tmp_path_factory: pytest.TempPathFactor
             await asyncio.wait_for(task, 20)
             await redis.aclose()
             await running.close()
+
+
+async def test_a_phone_added_to_the_account_is_pushed_to_the_others_as_a_notice(
+        server: RunningServer, login: LoginFlow, http: aiohttp.ClientSession, worker: PushDelivery,
+        provider: ScriptedProvider) -> None:
+    """A new phone is news the other phones must not have to poll for: each gets a notice push (the
+    phone that approved it excepted); the prompt to approve a further phone is pushed like any prompt."""
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    first = await enrolled(login, http, "tok-first")
+    async with http.post(f"{server.url}/v1/enrollments", json={"user": USER}, headers=admin) as resp:
+        vouched_uri = (await resp.json())["uri"]
+    second = await Phone.enroll(vouched_uri, session=http, push_provider="fcm", push_token="tok-second")
+
+    def notices_to(token: str) -> list[PushMessage]:
+        return [m for t, m, _ in provider.sent if t == token and m.kind == "notice"]
+
+    assert await until(lambda: _true(len(notices_to("tok-first")) == 1))
+    [notice] = notices_to("tok-first")
+    assert notice.data() == {"type": "notice", "server": server.url}
+    assert notice.expires_at > time.time() + 3600
+    [added] = await first.notices()
+    assert added["device_id"] == second.device_id
+
+    # A third phone, enrolled by the login flow: the approval prompt is pushed to both phones, and once
+    # the first approves, the notice goes to the second only.
+    third = await Phone.enroll(await login.enroll_uri(USER), session=http, push_provider="fcm",
+                               push_token="tok-third")
+    [prompt] = await first.add_device_prompts()
+
+    def challenge_pushes() -> set[str]:
+        return {t for t, m, _ in provider.sent if m.kind == "challenge" and m.challenge_id == prompt.id}
+
+    assert await until(lambda: _true(challenge_pushes() == {"tok-first", "tok-second"}))
+    assert await first.approve(prompt, number=third.approval_number) == "approved"
+    assert await until(lambda: _true(len(notices_to("tok-second")) == 1))
+    await asyncio.sleep(0.3)
+    assert len(notices_to("tok-first")) == 1  # the approver was not pushed a second notice
+    assert notices_to("tok-third") == []
+
+
+async def test_a_cancel_after_the_push_was_accepted_counts_as_ignored(
+        server: RunningServer, login: LoginFlow, http: aiohttp.ClientSession, worker: PushDelivery) -> None:
+    """A prompt the provider accepted was on the phone's screen: withdrawing it is an ignored prompt."""
+    phone = await enrolled(login, http)
+    for _ in range(3):
+        c = await login.create(USER)
+        assert (await delivery_of(login, c["id"], phone.device_id, "sent"))["state"] == "sent"
+        status, _body = await login.call("DELETE", f"/v1/challenges/{c['id']}")
+        assert status == 200
+    async with http.get(f"{server.url}/v1/alerts", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as r:
+        [alert] = (await r.json())["alerts"]
+    assert alert["kind"] == "ignored_prompts"
+    assert len(alert["evidence"]["events"][-1]["ignored"]) == 3

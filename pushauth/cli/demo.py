@@ -121,7 +121,9 @@ async def _demo(port: int, *, show_qr: bool, serve: bool = False) -> None:
 
 
 async def _sign_in(call: Any, phone: Phone, jwks: dict[str, Any], *, approve: bool) -> None:
-    where = ({"ip": "81.2.69.160", "user_agent": "Firefox on Windows", "location": "Leeds, GB"} if approve
+    # What the login page saw of the browser; the phone is shown "Firefox on Windows", never this text.
+    firefox = "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:133.0) Gecko/20100101 Firefox/133.0"
+    where = ({"ip": "81.2.69.160", "user_agent": firefox, "location": "Leeds, GB"} if approve
              else {"ip": "185.220.101.4", "user_agent": "curl/8.5", "location": "unknown"})
     created = await call("POST", "/v1/challenges", {"user": USER, "context": where})
     _say("Login page creates a challenge" + (" (the user is signing in)" if approve
@@ -138,9 +140,10 @@ async def _sign_in(call: Any, phone: Phone, jwks: dict[str, Any], *, approve: bo
     else:
         await phone.deny(challenge, reason="not_me")
         print("   user taps Deny: \"I didn't request this\"")
+        print(f"   phone says: sign-in blocked, your security team has been told. {phone.user_message}")
     seen = await waiting
     _say("Login flow's waiting request returns", status=seen["status"],
-         reason=seen.get("reason", "-"))
+         reason=seen.get("reason", "-"), user_message=seen.get("user_message", "-"))
     if "assertion" in seen:
         header = jws.read_header(seen["assertion"], typ="pushauth-assertion+jwt")
         key = next(k for k in jwks["keys"] if k["kid"] == header["kid"])

@@ -84,7 +84,12 @@ def _describe(ch: Challenge) -> list[str]:
     for label, key in (("from", "ip"), ("location", "location"), ("browser", "user_agent")):
         if ctx.get(key):
             lines.append(f"    {label}: {ctx[key]}")
-    if ch.number_matching:
+    if ch.purpose == "add_device":
+        platform = (ch.new_device or {}).get("platform", "other")
+        lines.insert(1, f"    ADD A NEW PHONE ({platform}) to your account? If you are not setting one up "
+                        "right now, someone has your password: deny with --reason not_me")
+        lines.append("    needs the number shown on the new phone (--number N)")
+    elif ch.number_matching:
         lines.append("    needs the number shown on the login page (--number N)")
     return lines
 
@@ -103,6 +108,9 @@ def run_enroll(args: argparse.Namespace) -> int:
         phone.save(path)
         print(f"enrolled device {phone.device_id} for user {phone.user} at {phone.server}")
         print(f"state saved to {path} (it holds the device private key)")
+        if phone.status == "pending_approval":
+            print(f"this phone waits for approval: on one of {phone.user}'s phones, approve adding it and "
+                  f"enter {phone.approval_number}")
         return 0
 
     return _run(go)
@@ -140,6 +148,10 @@ def run_deny(args: argparse.Namespace) -> int:
         async with _load(args) as phone:
             status = await phone.deny(args.id, reason=args.reason)
         print(f"{args.id}: {status}")
+        if phone.user_message:
+            # what the phone shows after "not me": blocked, the team told, and what to do now
+            print("This sign-in was blocked and your security team has been told. Sign-in requests for "
+                  f"your account are paused until they have spoken to you. {phone.user_message}")
         return 0
 
     return _run(go)

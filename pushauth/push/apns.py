@@ -95,11 +95,10 @@ REASONS: dict[str, OutcomeKind] = {
 _BY_STATUS = {"403": AUTH_ERROR, "410": INVALID_TOKEN, "429": RETRY, "500": RETRY, "502": RETRY,
               "503": RETRY, "504": RETRY}
 
-# The alert is generic on purpose. It passes through Apple and shows on a locked screen, so it names no
-# user, application, place or number. `mutable-content` wakes the app's notification service extension,
-# which fetches the signed challenge from `server` over the device's own authenticated API and replaces
-# the text with the real details before the user sees it.
-ALERT: dict[str, Any] = {"title": "Sign-in request", "body": "Open to review."}
+# The alert (`PushMessage.alert`) is generic on purpose. It passes through Apple and shows on a locked
+# screen, so it names no user, application, place or number. `mutable-content` wakes the app's
+# notification service extension, which fetches the signed challenge (or the notices) from `server` over
+# the device's own authenticated API and replaces the text with the real details before the user sees it.
 # High priority: deliver now, wake the device (10). aioapns types this as an int.
 PRIORITY = 10
 # The longest a send may take before it counts as transient. Never longer than the challenge lives.
@@ -272,13 +271,14 @@ class ApnsProvider:
             return Outcome(FAILED, "expired")
         request = NotificationRequest(
             device_token=token,
-            message={"aps": {"alert": ALERT, "mutable-content": 1, "sound": "default"}, **message.data()},
+            message={"aps": {"alert": message.alert, "mutable-content": 1, "sound": "default"},
+                     **message.data()},
             # aioapns writes apns-expiration = int(time.time()) + time_to_live as it sends the headers,
             # i.e. the challenge's expiry. (If it first has to open the connection, the expiration moves
             # later by that wait, at most a TLS handshake.)
             time_to_live=message.expires_at - int(now),
             priority=PRIORITY,
-            collapse_key=message.challenge_id,  # a retried push replaces, never stacks, on the phone
+            collapse_key=message.collapse_id,  # a retried push replaces, never stacks, on the phone
             push_type=PushType.ALERT,
         )
         client.sends += 1

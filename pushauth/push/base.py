@@ -41,16 +41,35 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class PushMessage:
-    """Everything a push carries. The payload is exactly `{"type": "challenge", "challenge_id", "server"}`:
-    no user data passes through Google or Apple. `expires_at` (Unix seconds) bounds the provider-side
-    life of the message (FCM ttl, apns-expiration) so it never outlives the challenge."""
+    """Everything a push carries. For a sign-in prompt the payload is exactly `{"type": "challenge",
+    "challenge_id", "server"}`; for an account notice (a new phone was added) `{"type": "notice",
+    "server"}`, which tells the phone to read its notices (GET /v1/device/notices). No user data passes
+    through Google or Apple. `expires_at` (Unix seconds) bounds the provider-side life of the message (FCM
+    ttl, apns-expiration) so it never outlives the challenge."""
 
     challenge_id: str
     server: str
     expires_at: int
+    kind: str = "challenge"
 
     def data(self) -> dict[str, str]:
+        if self.kind == "notice":
+            return {"type": "notice", "server": self.server}
         return {"type": "challenge", "challenge_id": self.challenge_id, "server": self.server}
+
+    @property
+    def collapse_id(self) -> str:
+        """A resent push replaces, never stacks on, the one before it on the phone."""
+        return self.challenge_id if self.kind == "challenge" else "notice"
+
+    @property
+    def alert(self) -> dict[str, str]:
+        """The generic text a notification shows before the app replaces it (a locked screen shows it)."""
+        return NOTICE_ALERT if self.kind == "notice" else CHALLENGE_ALERT
+
+
+CHALLENGE_ALERT = {"title": "Sign-in request", "body": "Open to review."}
+NOTICE_ALERT = {"title": "Your account changed", "body": "Open to review."}
 
 
 class PushProvider(Protocol):

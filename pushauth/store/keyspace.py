@@ -3,6 +3,8 @@
     {p}:u:<sha256(user)>          -> uid                    user index (own slot; never changes once set)
     {p}:{<uid>}:user              hash  name, locked, ...  per-user state
     {p}:{<uid>}:devs              set   active device ids
+    {p}:{<uid>}:ndevs             set   ids of further phones waiting for approval (their hashes expire)
+    {p}:{<uid>}:notices:<did>     list  notices for a phone to show its user (a phone was added), newest first
     {p}:{<uid>}:dev:<did>         hash  device record (public key, push token, status)
     {p}:{<uid>}:ch:<cid>          hash  challenge
     {p}:{<uid>}:pending           zset  pending challenge ids scored by expiry
@@ -71,6 +73,9 @@ class KeySpace:
     def incident(self, uid: str) -> str:
         return f"{self.p}:{{{uid}}}:incident"
 
+    def history(self, uid: str) -> str:
+        return f"{self.p}:{{{uid}}}:hist"
+
     def recent(self, uid: str) -> str:
         return f"{self.p}:{{{uid}}}:recent"
 
@@ -88,6 +93,16 @@ class KeySpace:
 
     def devices(self, uid: str) -> str:
         return f"{self.p}:{{{uid}}}:devs"
+
+    def new_devices(self, uid: str) -> str:
+        return f"{self.p}:{{{uid}}}:ndevs"
+
+    def notices(self, uid: str, did: str) -> str:
+        return f"{self.p}:{{{uid}}}:notices:{did}"
+
+    def challenge_prefix(self, uid: str) -> str:
+        """A challenge's key is this and its id (what a script builds challenge keys from)."""
+        return f"{self.p}:{{{uid}}}:ch:"
 
     def device(self, uid: str, did: str) -> str:
         return f"{self.p}:{{{uid}}}:dev:{did}"

@@ -87,6 +87,15 @@ async def revoke_device(request: web.Request) -> web.Response:
     return io.json({"user": user, "device_id": request.match_info["device_id"], "status": "revoked"})
 
 
+@routes.post("/v1/users/{user}/devices/{device_id}/allow-revoke")
+async def allow_revoke(request: web.Request) -> web.Response:
+    """Let a phone inside its cool-down (`enrollment.revoke_cooldown_s`) revoke the user's older phones."""
+    admin = _admin(request)
+    user = canonical(request.match_info["user"])
+    await request.app[ACCOUNTS].allow_revoke(user, request.match_info["device_id"], by=_by(admin))
+    return io.json({"user": user, "device_id": request.match_info["device_id"], "may_revoke": True})
+
+
 @routes.get("/v1/alert-deliveries/dead")
 async def list_dead(request: web.Request) -> web.Response:
     _admin(request)
@@ -127,7 +136,8 @@ async def set_policy(request: web.Request) -> web.Response:
     admin = _admin(request)
     body = io.decode(await io.read_body(request), AccountPolicy)
     user = canonical(request.match_info["user"])
-    kind = await request.app[ACCOUNTS].set_policy(user, exempt=body.exempt, shared=body.shared, by=_by(admin))
+    kind = await request.app[ACCOUNTS].set_policy(user, exempt=body.exempt, shared=body.shared, by=_by(admin),
+                                                  force=body.force)
     return io.json({"user": user, "policy": kind})
 
 

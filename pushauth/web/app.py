@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 import structlog
 from aiohttp import web
 
+from pushauth import login_context
 from pushauth.accounts import Accounts
 from pushauth.alerts.delivery import AlertDelivery, DeadLetters, sweep_loop
 from pushauth.alerts.sinks import close_sinks, open_sinks
@@ -113,7 +114,8 @@ def create_app(settings: Settings, *, keyring: KeyRingHolder | None = None,
         push = PushQueue(app[REDIS], settings.store.prefix) if settings.push.enabled else None
         app[ALERTS] = AlertStore(app[REDIS], keyspace, settings, assertion_life_s=ASSERTION_LIFE_S)
         app[AUDIT] = Audit(app[REDIS], keyspace)
-        app[DEVICES] = Devices(app[REDIS], keyspace, settings, app[KEYRING], app[ALERTS], app[AUDIT])
+        app[DEVICES] = Devices(app[REDIS], keyspace, settings, app[KEYRING], app[ALERTS], app[AUDIT], push)
+        login_context.warm_up()
         app[CHALLENGES] = Challenges(app[REDIS], keyspace, settings, app[KEYRING], app[DEVICES], app[EVENTS],
                                      app[ALERTS], app[AUDIT], push)
         app[ACCOUNTS] = Accounts(app[REDIS], keyspace, settings, app[DEVICES], app[ALERTS], app[AUDIT])

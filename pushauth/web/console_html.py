@@ -275,22 +275,36 @@ def user_page(view: Mapping[str, Any], *, csrf: str, who: str, done: str | None)
     if view["suspended"]:
         actions.append(_action(user, "unlock", "Lift the suspension", csrf, primary=True,
                                extra='<input type="hidden" name="what" value="suspension">'))
+    blocks = view.get("blocks") or []
+    if not (view["locked"] or view["suspended"]) and any(
+            b.get("kind") in ("push_bombing", "access_code_attempts") for b in blocks):
+        # unlock also ends the push-bombing and wrong-code windows (pushauth/accounts.py)
+        actions.append(_action(user, "unlock", "Let the user back in now", csrf, primary=True,
+                               extra='<input type="hidden" name="what" value="all">'))
     if not view["locked"]:
         actions.append(_action(user, "lock", "Lock the account", csrf))
     actions.append(_action(user, "access-code", "Issue an access code", csrf))
+    pending = [{**d, "status": "waiting for approval", "push": None} for d in view.get("pending_devices", [])]
     devices = join(render(
         '<tr><th scope="row">{name}</th><td>{platform}</td><td>{status}</td><td>{push}</td><td>{created}</td>'
         '<td>{ip}</td><td><code>{id}</code></td><td>{revoke}</td></tr>',
         name=d.get("name") or "-", platform=d.get("platform") or "-", status=d.get("status") or "-",
-        push=f"{d['push']['provider']} ({d['push']['state']})", created=d.get("created_at") or "-",
-        ip=d.get("enrolled_from_ip") or "-", id=d["id"],
+        push=f"{d['push']['provider']} ({d['push']['state']})" if d.get("push") else "-",
+        created=d.get("created_at") or "-", ip=d.get("enrolled_from_ip") or "-", id=d["id"],
         revoke=_action(user, f"devices/{path_part(d['id'])}/revoke", "Revoke", csrf)
-        if d.get("status") == "active" else Markup("-")) for d in view.get("devices", []))
+        if d.get("status") in ("active", "waiting for approval") else Markup("-"))
+        for d in [*view.get("devices", []), *pending])
+    block_items = join(render(
+        '<li><strong>{kind}</strong> since <time datetime="{since}">{since}</time>, {until} ({reason})</li>',
+        kind=_BLOCK_WORDS.get(str(b.get("kind")), str(b.get("kind"))), since=b.get("since") or "-",
+        until=f"until {b['until']}" if b.get("until") else "until the security team acts",
+        reason=b.get("reason") or "-") for b in blocks) or render("<li>None: the user can sign in</li>")
     recent = join(_challenge_row(c) for c in view.get("recent_challenges", []))
     alerts = join(render('<li><a href="/console/alerts/{id}">{id}</a></li>', id=a)
                   for a in view.get("open_alerts", [])) or render("<li>None</li>")
     main = render(
-        '<h1>{user}</h1>{notice}{facts}<h2>Actions</h2><div class="actions">{actions}</div>'
+        '<h1>{user}</h1>{notice}{facts}<h2>What stops this user signing in</h2>'
+        '<ul class="blocks">{blocks}</ul><h2>Actions</h2><div class="actions">{actions}</div>'
         '<h2>Devices</h2><div class="scroll"><table><thead><tr><th scope="col">Name</th>'
         '<th scope="col">Platform</th><th scope="col">Status</th><th scope="col">Push</th>'
         '<th scope="col">Enrolled</th><th scope="col">Enrolled from</th><th scope="col">Id</th>'
@@ -300,8 +314,13 @@ def user_page(view: Mapping[str, Any], *, csrf: str, who: str, done: str | None)
         '<th scope="col">Location</th><th scope="col">Browser</th><th scope="col">Phone IP</th></tr></thead>'
         '<tbody>{recent}</tbody></table></div><h2>Open alerts</h2><ul>{alerts}</ul>',
         user=user, notice=notice(done), facts=facts, actions=join(actions), devices=devices, recent=recent,
-        alerts=alerts)
+        alerts=alerts, blocks=block_items)
     return layout(user, main, csrf=csrf, who=who)
+
+
+_BLOCK_WORDS = {"locked": "Locked", "suspended": "Prompts suspended", "paused": "Paused by the user's phone",
+                "push_bombing": "Too many prompts (push-bombing limit)",
+                "access_code_attempts": "Too many wrong access codes"}
 
 
 def access_code_page(user: str, code: str, expires_at: str, *, csrf: str, who: str) -> Markup:

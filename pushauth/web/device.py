@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from pushauth.clock import rfc3339
@@ -35,8 +37,19 @@ async def register_device(request: web.Request) -> web.Response:
         enrollment, token=token, method=request.method, path_qs=request.raw_path, body=raw,
         name=body.name, platform=body.platform, push_provider=body.push.provider,
         push_token=body.push.token, remote_ip=io.client_ip(request))
-    return io.json({"device_id": registered.device_id, "user": registered.user,
-                    "server_keys": request.app[KEYRING].ring.jwks()}, status=201)
+    out: dict[str, Any] = {"device_id": registered.device_id, "user": registered.user,
+                           "server_keys": request.app[KEYRING].ring.jwks(), "status": registered.status}
+    if registered.number is not None and registered.approval_expires_at is not None:
+        # The user types this number on one of their phones to approve this one (number matching).
+        out["approval"] = {"number": registered.number,
+                           "expires_at": rfc3339(registered.approval_expires_at)}
+    return io.json(out, status=201)
+
+
+@routes.get("/v1/device/activation")
+async def activation(request: web.Request) -> web.Response:
+    dev = await _authenticate(request)
+    return io.json(await request.app[DEVICES].activation(dev))
 
 
 @routes.get("/v1/device/challenges")
@@ -56,10 +69,13 @@ async def respond(request: web.Request) -> web.Response:
     raw = await io.read_body(request)
     dev = await _authenticate(request, raw)
     body = io.decode(raw, DeviceAnswer)
-    status = await request.app[CHALLENGES].respond(
+    answered = await request.app[CHALLENGES].respond(
         dev, request.match_info["id"], nonce=body.nonce, decision=body.decision, reason=body.reason,
         number=body.number, remote_ip=io.client_ip(request))
-    return io.json({"status": status})
+    out = {"status": answered.status}
+    if answered.user_message is not None:  # after "not me": what the user should do now
+        out["user_message"] = answered.user_message
+    return io.json(out)
 
 
 @routes.put("/v1/device/push-token")

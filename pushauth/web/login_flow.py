@@ -68,7 +68,8 @@ async def create_enrollment(request: web.Request) -> web.Response:
     by = f"admin:{who.token_hash_prefix}" if isinstance(who, Admin) else f"app:{who.id}"
     enrollment = await request.app[DEVICES].create_enrollment(canonical(body.user), requested_by=by)
     return io.json({"id": enrollment.id, "user": enrollment.user, "code": enrollment.code,
-                    "uri": enrollment.uri, "expires_at": rfc3339(enrollment.expires_at)}, status=201)
+                    "uri": enrollment.uri, "expires_at": rfc3339(enrollment.expires_at),
+                    "activation": enrollment.activation}, status=201)
 
 
 @routes.post("/v1/access-codes/verify")
@@ -77,7 +78,12 @@ async def verify_access_code(request: web.Request) -> web.Response:
     body = io.decode(await io.read_body(request), VerifyAccessCode)
     valid, why = await request.app[ACCOUNTS].verify_access_code(canonical(body.user), body.code,
                                                                 by=f"app:{app.id}")
-    return io.json({"valid": True} if valid else {"valid": False, "reason": why})
+    if valid:
+        return io.json({"valid": True})
+    out = {"valid": False, "reason": why}
+    if why in ("locked", "suspended"):
+        out["user_message"] = request.app[SETTINGS].policy.user_message
+    return io.json(out)
 
 
 @routes.post("/v1/remembered/revoke")

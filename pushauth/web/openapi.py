@@ -41,6 +41,8 @@ class Op:
 
 
 _COMMON = (400, 401, 404, 413, 422, 503)
+# A phone's calls can also meet 403 `device_pending` (a further phone not approved yet).
+_DEVICE = (*_COMMON, 403)
 
 OPERATIONS: tuple[Op, ...] = (
     # -- public ----------------------------------------------------------------------------------------
@@ -70,22 +72,24 @@ OPERATIONS: tuple[Op, ...] = (
     Op("POST", "/v1/devices", "phone", "Register a phone (enrollment; JWS carries the new `jwk`)", DEVICE,
        s.RegisterDevice, 201, (*_COMMON, 403)),
     Op("GET", "/v1/device/challenges", "phone", "Pending challenges for this phone (polling)", DEVICE,
-       errors=_COMMON),
+       errors=_DEVICE),
     Op("GET", "/v1/device/challenges/{id}", "phone", "One challenge as a server-signed JWS", DEVICE,
-       errors=(*_COMMON, 409)),
+       errors=(*_DEVICE, 409)),
     Op("POST", "/v1/device/challenges/{id}/response", "phone", "Approve (with the number) or deny", DEVICE,
-       s.DeviceAnswer, 200, (*_COMMON, 403, 409)),
+       s.DeviceAnswer, 200, (*_DEVICE, 409)),
     Op("PUT", "/v1/device/push-token", "phone", "Replace this phone's push token", DEVICE,
-       s.UpdatePushToken, 200, _COMMON),
-    Op("DELETE", "/v1/device", "phone", "Unenroll this phone", DEVICE, errors=_COMMON),
+       s.UpdatePushToken, 200, _DEVICE),
+    Op("GET", "/v1/device/activation", "phone", "Is this phone active yet (a further phone waits for "
+       "approval on one of the user's phones)", DEVICE, errors=_DEVICE),
+    Op("DELETE", "/v1/device", "phone", "Unenroll this phone", DEVICE, errors=_DEVICE),
     Op("POST", "/v1/device/pause", "phone", "Pause the user's prompts (holiday)", DEVICE, s.Pause, 200,
-       _COMMON),
-    Op("DELETE", "/v1/device/pause", "phone", "Resume the user's prompts", DEVICE, errors=_COMMON),
-    Op("GET", "/v1/device/devices", "phone", "The user's phones", DEVICE, errors=_COMMON),
+       _DEVICE),
+    Op("DELETE", "/v1/device/pause", "phone", "Resume the user's prompts", DEVICE, errors=_DEVICE),
+    Op("GET", "/v1/device/devices", "phone", "The user's phones", DEVICE, errors=_DEVICE),
     Op("DELETE", "/v1/device/devices/{device_id}", "phone", "Revoke another phone of the user (lost)",
-       DEVICE, errors=_COMMON),
+       DEVICE, errors=_DEVICE),
     Op("GET", "/v1/device/notices", "phone", "Notices for this phone's user (a phone was added), once",
-       DEVICE, errors=_COMMON),
+       DEVICE, errors=_DEVICE),
     # -- security team ---------------------------------------------------------------------------------
     Op("GET", "/v1/alerts", "security team", "Alerts, newest first (`status`, `user`, `limit`)", ADMIN,
        errors=(*_COMMON, 403)),
@@ -101,8 +105,10 @@ OPERATIONS: tuple[Op, ...] = (
        errors=(*_COMMON, 403)),
     Op("DELETE", "/v1/users/{user}/devices/{device_id}", "security team", "Revoke a phone", ADMIN,
        errors=(*_COMMON, 403)),
+    Op("POST", "/v1/users/{user}/devices/{device_id}/allow-revoke", "security team",
+       "Let a phone in its cool-down revoke the user's older phones", ADMIN, errors=(*_COMMON, 403)),
     Op("PUT", "/v1/users/{user}/policy", "security team", "Mark an account exempt or shared", ADMIN,
-       s.AccountPolicy, 200, (*_COMMON, 403)),
+       s.AccountPolicy, 200, (*_COMMON, 403, 409)),
     Op("POST", "/v1/users/{user}/access-codes", "security team", "Issue a temporary access code", ADMIN,
        ok=201, errors=(*_COMMON, 403)),
     Op("GET", "/v1/users/{user}/remembered", "security team", "The user's remembered browsers", ADMIN,
@@ -155,8 +161,10 @@ _ERROR = {"type": "object", "required": ["error", "message"], "additionalPropert
 _RETRY_AFTER = {"required": True, "description": "Seconds to wait before trying again",
                 "schema": {"type": "integer", "minimum": 1}}
 _STATUS_TEXT = {200: "OK", 201: "Created", 400: "Malformed request", 401: "Missing or bad credentials",
-                403: "Not allowed (locked, suspended, not_enrolled, shared_account, ...)",
-                404: "Unknown, or not yours", 409: "State conflict (already decided, expired)",
+                403: "Not allowed (locked, suspended, not_enrolled, shared_account, device_pending, "
+                     "cooldown, ...)",
+                404: "Unknown, or not yours",
+                409: "State conflict (already decided, expired, containment_active)",
                 413: "Body too large", 422: "Well-formed but invalid",
                 429: "Rate limited: per client address, per application, or after failed authentications; "
                      "or a per-user limit (push bombing, access-code attempts)",

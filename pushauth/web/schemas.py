@@ -72,6 +72,9 @@ class Unlock(_Body, frozen=True):
 class AccountPolicy(_Body, frozen=True):
     exempt: bool | None = None
     shared: bool | None = None
+    # Mark exempt or shared although the account is contained (locked, suspended, push-bombed, an open
+    # critical alert): done, and a high alert raised. Without it such a change is refused (409).
+    force: bool = False
 
 
 class VerifyAccessCode(_Body, frozen=True):

@@ -50,7 +50,7 @@ from pushauth.challenges import ASSERTION_TYP, CHALLENGE_TYP, Challenges
 from pushauth.config import Settings, from_mapping
 from pushauth.crypto import device_auth, jws
 from pushauth.crypto.keys import KeyRing, ServerKey
-from pushauth.push import apns
+from pushauth.push import apns, base
 from pushauth.push.base import PushMessage
 from pushauth.store import KeySpace
 from pushauth.users import canonical
@@ -98,6 +98,8 @@ APNS_TOKEN = "5f1e0c2a9b7d4e3f8a6b1c0d2e4f6a8b9c7d5e3f1a2b4c6d8e0f1a3b5c7d9e1f"
 FCM_TOKEN = "fcm-registration-token-for-the-test-vectors:APA91bH0test"
 CONTEXT = {"ip": "203.0.113.9", "user_agent": "Mozilla/5.0 (Windows NT 10.0) Firefox/133.0",
            "location": "Leeds, GB"}
+# What the phone is shown of it (never the login flow's text as it came: pushauth/login_context.py).
+PHONE_CONTEXT = {"ip": "203.0.113.9", "user_agent": "Firefox on Windows", "location": "Leeds, GB"}
 
 NOW = 1767225600                       # 2026-01-01T00:00:00Z: the phone's and the server's clock
 CHALLENGE_IAT = NOW - 5                # the login flow created the challenge 5 s before the phone fetched it
@@ -208,7 +210,8 @@ def server_challenges(signing_key: str) -> Challenges:
 def challenge_hash(**overrides: str) -> dict[str, str]:
     """A challenge as the server stores it (the fields its signer reads)."""
     h = {"app": APP_ID, "user": USER, "st": "pending", "iat": str(CHALLENGE_IAT), "exp": str(CHALLENGE_EXP),
-         "nonce": NONCE, "num": NUMBER, "ctx": _encode(CONTEXT).decode(), "devs": DEVICE_ID}
+         "nonce": NONCE, "num": NUMBER, "ctx": _encode(CONTEXT).decode(),
+         "pctx": _encode(PHONE_CONTEXT).decode(), "devs": DEVICE_ID}
     h.update(overrides)
     return h
 
@@ -524,7 +527,7 @@ CHALLENGE_HEADER_TYP = {"alg": "ES256", "typ": CHALLENGE_TYP}
 def challenge_payload(**overrides: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"iss": SERVER, "aud": DEVICE_ID, "sub": USER, "jti": CHALLENGE_ID, "nonce": NONCE,
                            "iat": CHALLENGE_IAT, "exp": CHALLENGE_EXP, "app": APP_NAME,
-                           "number_matching": True, "number_length": len(NUMBER), "ctx": CONTEXT}
+                           "number_matching": True, "number_length": len(NUMBER), "ctx": PHONE_CONTEXT}
     out.update(overrides)
     if not out["number_matching"]:
         out.pop("number_length", None)
@@ -547,8 +550,9 @@ def challenges_file() -> dict[str, Any]:
                        "then the challenge verifies.",
         **expect(rotated, {**CHALLENGE_HEADER_TYP, "kid": kid("server_next")}, challenge_payload()),
         "jwks_after_refetch": "keys.json#jwks_during_rotation", "expected": "accept", "refetches_jwks": True}
-    no_number = server_challenges("server")._sign_challenge(CHALLENGE_ID, challenge_hash(num="", ctx=""),
-                                                            DEVICE_ID)
+    no_number = server_challenges("server")._sign_challenge(CHALLENGE_ID,
+                                                           challenge_hash(num="", ctx="", pctx=""),
+                                                           DEVICE_ID)
     without_matching = {
         "name": "no_number_matching", "key": "server",
         "description": "Number matching off for this challenge and no login context given: no `ctx`, and "
@@ -778,7 +782,7 @@ def push_file() -> dict[str, Any]:
               "headers": {"apns-push-type": "alert", "apns-priority": str(apns.PRIORITY),
                           "apns-expiration": str(CHALLENGE_EXP), "apns-collapse-id": CHALLENGE_ID,
                           "apns-topic": "<the app's bundle id>"},
-              "payload": {"aps": {"alert": apns.ALERT, "mutable-content": 1, "sound": "default"},
+              "payload": {"aps": {"alert": base.CHALLENGE_ALERT, "mutable-content": 1, "sound": "default"},
                           **message.data()}},
     )
 

@@ -31,9 +31,14 @@ KIND_WORDS: dict[str, str] = {
     "repeated_denials": "Several sign-in prompts denied in a short time",
     "approved_after_denials": "Sign-in approved after several denials (possible MFA fatigue)",
     "ignored_prompts": "Several sign-in prompts left unanswered",
+    "prompt_cycling": "Sign-in prompts cancelled again and again (possible number fishing)",
     "late_response": "Sign-in prompt answered after it expired",
     "new_context": "Sign-in from a new network and location",
-    "account_locked": "Account locked after repeated failed sign-in prompts",
+    "account_locked": "Account locked after repeated wrong numbers or access codes",
+    "device_enrolled": "A phone was added to the account",
+    "device_revoked": "A phone removed another phone from the account",
+    "device_revoke_refused": "A new phone tried to remove an older one (refused)",
+    "policy_override": "Account made exempt or shared during an incident",
 }
 
 _SPACES = re.compile(r"\s+")

@@ -1,0 +1,101 @@
+"""What the phone is told about a sign-in, from what the login flow said about it.
+
+The login flow's `context` (`ip`, `user_agent`, `location`) is passed on from the browser that is signing
+in, which may be the attacker's. Shown verbatim on the phone it is a channel from the attacker to the
+victim: a User-Agent of "Security check: type 42 in the app" was shown, the victim typed 42 and approved
+(number fishing, issue 14). So the phone never receives free text from the login flow:
+
+    user_agent  -> a summary in a fixed vocabulary ("Firefox on Windows"), from ua-parser (the maintained
+                   uap-core rules; with its Rust backend, ~15 us a string and cached), with browser and
+                   system families on an allow-list: a family the rules take from the string itself ("a
+                   Type42Crawler") is shown as "an unrecognised browser". No version numbers: a number is
+                   exactly what must never reach the phone from outside.
+    location    -> shown only if it is a place name: letters, marks, spaces and , . ' ’ - ( ) /, at most 64
+                   characters, no digits. Otherwise the phone gets no location (the login flow is not
+                   refused: v1 login flows keep working; PROTOCOL.md 8.2 says so).
+    ip          -> shown only if it is an IP address, in its normal form.
+
+The security team's evidence keeps what the login flow sent (escaped wherever it is shown); only the phone's
+copy is reduced. The application's name on the phone is the configured one (`[[applications]] name`).
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import unicodedata
+from collections.abc import Mapping
+from typing import Final
+
+import ua_parser
+
+MAX_LOCATION = 64
+_LOCATION_PUNCTUATION: Final = frozenset(" ,.'’-()/")
+
+# ua-parser family -> what the phone shows. Anything not here is "an unrecognised browser".
+_BROWSERS: Final = {
+    "Chrome": "Chrome", "Chrome Mobile": "Chrome", "Chrome Mobile iOS": "Chrome", "Chromium": "Chromium",
+    "Chrome Mobile WebView": "an in-app browser",
+    "HeadlessChrome": "Chrome (headless)", "Firefox": "Firefox", "Firefox Mobile": "Firefox",
+    "Firefox iOS": "Firefox", "Safari": "Safari", "Mobile Safari": "Safari",
+    "Mobile Safari UI/WKWebView": "an in-app browser", "Edge": "Edge", "Edge Mobile": "Edge",
+    "Opera": "Opera", "Opera Mobile": "Opera", "Samsung Internet": "Samsung Internet",
+    "IE": "Internet Explorer", "Yandex Browser": "Yandex Browser", "Vivaldi": "Vivaldi", "Brave": "Brave",
+    "UC Browser": "UC Browser", "Silk": "Silk", "Electron": "a desktop app", "Thunderbird": "Thunderbird",
+    "Outlook": "Outlook",
+}
+_SYSTEMS: Final = {
+    "Windows": "Windows", "Mac OS X": "macOS", "iOS": "iOS", "Android": "Android", "Linux": "Linux",
+    "Ubuntu": "Linux", "Fedora": "Linux", "Debian": "Linux", "Chrome OS": "ChromeOS",
+    "Windows Phone": "Windows Phone",
+}
+UNKNOWN_BROWSER = "an unrecognised browser"
+
+
+@functools.lru_cache(maxsize=4096)
+def browser_summary(user_agent: str) -> str:
+    """"Firefox on Windows": a phrase made only of allow-listed words."""
+    parsed = ua_parser.parse(user_agent)
+    family = parsed.user_agent.family if parsed.user_agent is not None else ""
+    system = parsed.os.family if parsed.os is not None else ""
+    browser = _BROWSERS.get(family, UNKNOWN_BROWSER)
+    return f"{browser} on {_SYSTEMS[system]}" if system in _SYSTEMS else browser
+
+
+def place_name(location: str) -> str | None:
+    """`location` if it is a bounded place name (see the module docstring), else None."""
+    text = unicodedata.normalize("NFC", location).strip()
+    if not 0 < len(text) <= MAX_LOCATION:
+        return None
+    has_letter = False
+    for ch in text:
+        category = unicodedata.category(ch)
+        if category[0] == "L":
+            has_letter = True
+        elif category[0] != "M" and ch not in _LOCATION_PUNCTUATION:
+            return None
+    return text if has_letter else None
+
+
+def address(ip: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(ip.strip()))
+    except ValueError:
+        return None
+
+
+def for_phone(context: Mapping[str, str]) -> dict[str, str]:
+    """The phone's copy of a login context: only members that pass (see the module docstring)."""
+    out: dict[str, str] = {}
+    if context.get("ip") and (ip := address(context["ip"])):
+        out["ip"] = ip
+    if context.get("user_agent"):
+        out["user_agent"] = browser_summary(context["user_agent"])
+    if context.get("location") and (place := place_name(context["location"])):
+        out["location"] = place
+    return out
+
+
+def warm_up() -> None:
+    """ua-parser compiles its rules on first use (~0.1 s): at start-up, not in a sign-in."""
+    browser_summary("Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:133.0) Gecko/20100101 Firefox/133.0")
