@@ -1,0 +1,69 @@
+"""The repository is all a user gets: no tracked file may point outside it, every relative link in its
+Markdown resolves to a file or folder that is in it, and every #anchor to a heading of the page."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+# Spelt in two parts so that this file does not match itself.
+OUTSIDE = ".." + "/shared"
+# [text](target) with a relative target: not a URL, not a bare #anchor, not mailto:.
+MD_LINK = re.compile(r"\]\((?!https?://|mailto:|#)([^)\s]+)\)")
+MD_ANCHOR = re.compile(r"\]\(#([^)\s]+)\)")
+HEADING = re.compile(r"^#{1,6} (.+)$", re.MULTILINE)
+
+
+def tracked_files() -> list[Path]:
+    try:
+        out = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True,
+                             timeout=30).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout: the tracked files are unknown")
+    return [REPO / name for name in out.decode().split("\0") if name]
+
+
+def _text(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, FileNotFoundError, IsADirectoryError):
+        return None  # binary (an image), or deleted in the work tree but not yet in the index
+
+
+def test_no_tracked_file_points_outside_the_repository() -> None:
+    offenders = [f"{path.relative_to(REPO)}:{n}: {line.strip()}"
+                 for path in tracked_files() if (text := _text(path)) is not None
+                 for n, line in enumerate(text.splitlines(), 1) if OUTSIDE in line]
+    assert offenders == [], "these point at files a clone of the repository does not have:\n" + "\n".join(
+        offenders)
+
+
+def test_relative_markdown_links_resolve_inside_the_repository() -> None:
+    broken = []
+    for path in tracked_files():
+        if path.suffix != ".md" or (text := _text(path)) is None:
+            continue
+        for target in MD_LINK.findall(text):
+            resolved = (path.parent / target.split("#", 1)[0]).resolve()
+            if not resolved.is_relative_to(REPO) or not resolved.exists():
+                broken.append(f"{path.relative_to(REPO)}: {target}")
+    assert broken == [], "links to nothing in the repository:\n" + "\n".join(broken)
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation but "-" and "_" dropped, spaces to "-"."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_anchor_links_name_a_heading_of_their_page() -> None:
+    broken = []
+    for path in tracked_files():
+        if path.suffix != ".md" or (text := _text(path)) is None:
+            continue
+        slugs = {_slug(h) for h in HEADING.findall(text)}
+        broken += [f"{path.relative_to(REPO)}: #{a}" for a in MD_ANCHOR.findall(text) if a not in slugs]
+    assert broken == [], "anchors that name no heading:\n" + "\n".join(broken)
