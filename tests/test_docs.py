@@ -1,5 +1,6 @@
 """The repository is all a user gets: no tracked file may point outside it, every relative link in its
-Markdown resolves to a file or folder that is in it, and every #anchor to a heading of the page."""
+Markdown resolves to a file or folder that is in it, and every #anchor to a heading of the page. And what a
+deployer's commands write into the checkout (secrets among it) stays out of git."""
 
 from __future__ import annotations
 
@@ -67,3 +68,21 @@ def test_anchor_links_name_a_heading_of_their_page() -> None:
         slugs = {_slug(h) for h in HEADING.findall(text)}
         broken += [f"{path.relative_to(REPO)}: #{a}" for a in MD_ANCHOR.findall(text) if a not in slugs]
     assert broken == [], "anchors that name no heading:\n" + "\n".join(broken)
+
+
+# What the README's commands write into a checkout: settings, the phone simulator's state (a private key),
+# enrollment QR codes (a one-time code each), the signing keys, a redis-server's files.
+WRITTEN_BY_A_DEPLOYER = ["config.toml", "phone.json", "alice-phone.json", "alice.svg", "alice.png",
+                         "keys/Ab3example.pem", "dump.rdb", "appendonlydir/appendonly.aof.1.base.rdb"]
+
+
+def test_what_a_deployment_writes_is_ignored_and_nothing_tracked_is() -> None:
+    tracked_files()  # skips outside a git checkout
+    checked = subprocess.run(["git", "check-ignore", "--no-index", "--verbose", "--non-matching",
+                              *WRITTEN_BY_A_DEPLOYER], cwd=REPO, capture_output=True, text=True,
+                             timeout=30, check=False).stdout
+    visible = [line.split("\t")[-1] for line in checked.splitlines() if line.startswith("::")]
+    assert visible == [], f"git would offer to commit {visible}"
+    hidden = subprocess.run(["git", "ls-files", "--cached", "--ignored", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, text=True, timeout=30, check=True).stdout.split()
+    assert hidden == [], f"tracked files that .gitignore would hide: {hidden}"
