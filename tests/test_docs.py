@@ -4,11 +4,19 @@ deployer's commands write into the checkout (secrets among it) stays out of git.
 
 from __future__ import annotations
 
+import base64
+import importlib.util
 import re
+import shlex
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
+
+from pushauth.cli import build_parser
+from pushauth.config import from_mapping
+from pushauth.web.ops import expected_workers
 
 REPO = Path(__file__).resolve().parent.parent
 # Spelt in two parts so that this file does not match itself.
@@ -86,3 +94,48 @@ def test_what_a_deployment_writes_is_ignored_and_nothing_tracked_is() -> None:
     hidden = subprocess.run(["git", "ls-files", "--cached", "--ignored", "--exclude-standard"], cwd=REPO,
                             capture_output=True, text=True, timeout=30, check=True).stdout.split()
     assert hidden == [], f"tracked files that .gitignore would hide: {hidden}"
+
+
+# -- the README's walk-through ("Running it for real") stays runnable --------------------------------------
+
+README = REPO / "README.md"
+
+
+def _blocks(language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```", README.read_text(encoding="utf-8"),
+                      re.MULTILINE | re.DOTALL)
+
+
+def test_readme_commands_parse() -> None:
+    """Every `pushauth ...` command in the README's shell blocks is one the CLI accepts, and every
+    `python -m workers.X` names a worker module, so the commands cannot drift from the code."""
+    checked = 0
+    for block in _blocks("sh"):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            while words and re.fullmatch(r"[A-Z_]+=.*", words[0]):
+                words.pop(0)  # VAR=value before the command
+            words = [w for w in words if w != "&"]
+            if words[:1] == ["pushauth"]:
+                try:
+                    build_parser().parse_args(words[1:])
+                except SystemExit:
+                    pytest.fail(f"README: the CLI refuses {line.strip()!r}")
+                checked += 1
+            elif words[:2] == ["python", "-m"] and words[2].startswith("workers."):
+                assert importlib.util.find_spec(words[2]) is not None, line
+                checked += 1
+    assert checked >= 15
+
+
+def test_readme_config_loads_and_needs_the_workers_it_starts() -> None:
+    [config] = [b for b in _blocks("toml") if "[[applications]]" in b]
+    secret = "whsec_" + base64.b64encode(b"readme-walk-through-secret-0123").decode()
+    filled = re.sub(r'"whsec_<[^>]*>"', f'"{secret}"', config)
+    filled = filled.replace('"<the hash admin new-token printed>"', f'"{"ad" * 32}"')
+    filled = filled.replace('"<the hash apps new-key printed>"', f'"{"ab" * 32}"')
+    settings = from_mapping(tomllib.loads(filled))
+    assert [a.name for a in settings.applications] == ["NHSmail webmail"]
+    assert settings.store.redis_url
+    assert expected_workers(settings) == ["expiry", "alerts"]
+    assert f"{settings.server.host}:{settings.server.port}" in settings.server.base_url
