@@ -43,7 +43,11 @@ def test_ensure_chromium_finds_the_browser_the_tests_drive() -> None:
 def test_ci_runs_make_test_and_fails_when_a_test_fails(tmp_path: Path) -> None:
     failing = tmp_path / "test_fails.py"
     failing.write_text("def test_fails() -> None:\n    assert 1 == 2\n", encoding="utf-8")
-    env = {**os.environ, "PYTEST_ARGS": f"{failing} -p no:cacheprovider"}
+    # Without the outer make's MAKEFLAGS: `make test PYTEST_ARGS=...` passes its variables to sub-makes there,
+    # which would override this run's PYTEST_ARGS and start the whole suite again.
+    env = {name: value for name, value in os.environ.items()
+           if name not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    env["PYTEST_ARGS"] = f"{failing} -p no:cacheprovider"
     result = subprocess.run([str(REPO / ".ci" / "run")], cwd=REPO, capture_output=True, text=True, env=env,
                             timeout=300, check=False)
     out = result.stdout + result.stderr
