@@ -171,6 +171,10 @@ def test_apps_new_key_needs_a_name(capsys: pytest.CaptureFixture[str]) -> None:
     assert captured.out == ""
     assert main(["apps", "new-key", "Web Mail", "Webmail"]) == 2
     assert "application id" in capsys.readouterr().err
+    assert main(["apps", "new-key", "webmail", "Web\udcffmail"]) == 2  # argv that was not UTF-8
+    captured = capsys.readouterr()
+    assert "UTF-8" in captured.err
+    assert captured.out == ""
 
 
 def test_admin_new_token(capsys: pytest.CaptureFixture[str]) -> None:

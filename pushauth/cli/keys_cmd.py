@@ -89,10 +89,10 @@ def _new_app_key(args: argparse.Namespace) -> int:
     # Checked as the server will check it, before a key is shown for a block that would not load.
     from_mapping({"applications": [{"id": args.app_id, "name": args.name,
                                     "api_key_sha256": [sha256_hex(key)]}]})
+    block = (f"  [[applications]]\n  id = {_toml_string(args.app_id)}\n  name = {_toml_string(args.name)}\n"
+             f'  api_key_sha256 = ["{sha256_hex(key)}"]')
     print(f"API key for {args.app_id} (give it to the login flow; it is not stored anywhere):\n  {key}\n")
-    print("Add to config.toml:\n"
-          f"  [[applications]]\n  id = {_toml_string(args.app_id)}\n  name = {_toml_string(args.name)}\n"
-          f'  api_key_sha256 = ["{sha256_hex(key)}"]')
+    print(f"Add to config.toml:\n{block}")
     return 0
 
 
