@@ -1,5 +1,6 @@
 # pushauth developer commands. Everything runs from the repo-local virtualenv in .venv/.
-#   make test    install redis-server if missing, then run the test suite (real Redis, started by the tests)
+#   make test    install redis-server and chromium if missing, then run the test suite (real Redis processes
+#                started by the tests; the console's browser tests drive /usr/bin/chromium)
 #   make lint    ruff + mypy (strict; configured in pyproject.toml)
 #   make demo    run the local demo
 #   make demo-live  the demo, then keep it running: console, sample login page, phone on this terminal
@@ -14,7 +15,7 @@ STAMP := $(VENV)/.installed
 # Extra pytest arguments, e.g. make test PYTEST_ARGS="-k redis -x"
 PYTEST_ARGS ?=
 
-.PHONY: venv test lint demo demo-live bench ensure-redis clean
+.PHONY: venv test lint demo demo-live bench ensure-redis ensure-chromium clean
 
 venv: $(STAMP)
 
@@ -26,7 +27,10 @@ $(STAMP): pyproject.toml constraints.txt
 ensure-redis:
 	scripts/ensure-redis
 
-test: venv ensure-redis
+ensure-chromium:
+	scripts/ensure-chromium
+
+test: venv ensure-redis ensure-chromium
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: venv

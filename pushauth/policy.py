@@ -1,5 +1,5 @@
 """Sign-in policy: when the login flow needs a prompt at all, as an organisation like NHSmail states it to
-its staff (../shared/seed/mfa-faq.txt). Each FAQ answer is one setting here:
+its staff (its MFA FAQ, quoted in docs/nhsmail-mfa-faq.md). Each FAQ answer is one setting here:
 
     "asked each time you log in from a different device or browser"  remembered browsers
         (`remember_days`; the token is bound to user, application and the browser id the login flow sends)

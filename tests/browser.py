@@ -1,7 +1,7 @@
-"""A real browser for end-to-end tests: Debian's headless Chromium (`apt-get install chromium`), driven by
-Playwright's Python API. Playwright's own browser downloads are never used (`playwright install` is not
-needed): the tests launch /usr/bin/chromium, and fail, not skip, when it is missing, so CI cannot pass
-without them.
+"""A real browser for end-to-end tests: Debian's headless Chromium (`make test` installs it through
+scripts/ensure-chromium), driven by Playwright's Python API. Playwright's own browser downloads are never
+used (`playwright install` is not needed): the tests launch /usr/bin/chromium, and fail, not skip, when it
+is missing, so CI cannot pass without them.
 
 Every page a test opens is watched for Content-Security-Policy violations and script errors (an inline
 script or style that crept in would be blocked by the CSP and show up here), and screenshots go to
@@ -24,8 +24,9 @@ SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "scree
 @asynccontextmanager
 async def chromium() -> AsyncIterator[Browser]:
     if not CHROMIUM.exists():  # noqa: ASYNC240 - one stat, before anything runs
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium); the "
-                    "console's browser tests must run", pytrace=False)
+        pytest.fail(f"{CHROMIUM} is missing: `make test` installs it (scripts/ensure-chromium); to run "
+                    "pytest directly, run scripts/ensure-chromium (or apt-get install -y chromium) first. "
+                    "The console's browser tests must run", pytrace=False)
     async with async_playwright() as pw:
         # --no-sandbox: Chromium's sandbox refuses to run as root (CI containers).
         browser = await pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,

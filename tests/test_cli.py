@@ -121,7 +121,7 @@ def test_keys_list_without_keys(tmp_path: Path, capsys: pytest.CaptureFixture[st
 
 
 def test_apps_new_key(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["apps", "new-key", "webmail"]) == 0
+    assert main(["apps", "new-key", "webmail", "NHSmail webmail"]) == 0
     out = capsys.readouterr().out
     key_line = re.search(r"^  (\S{43,})$", out, re.MULTILINE)
     assert key_line is not None, out
@@ -134,10 +134,47 @@ def test_apps_new_key(capsys: pytest.CaptureFixture[str]) -> None:
     block = out[out.index("[[applications]]"):]
     data = tomllib.loads("\n".join(line.strip() for line in block.splitlines()))
     settings = from_mapping(data)
-    assert [(a.id, a.api_key_sha256) for a in settings.applications] == [("webmail", [sha256_hex(key)])]
+    assert [(a.id, a.name, a.api_key_sha256) for a in settings.applications] == [
+        ("webmail", "NHSmail webmail", [sha256_hex(key)])]
 
-    assert main(["apps", "new-key", "webmail"]) == 0
+    assert main(["apps", "new-key", "webmail", "NHSmail webmail"]) == 0
     assert key not in capsys.readouterr().out  # a new key every time
+
+
+def _printed_block(out: str) -> str:
+    block = out[out.index("[[applications]]"):]
+    return "\n".join(line.removeprefix("  ") for line in block.splitlines())
+
+
+@pytest.mark.parametrize("name", ['St Mary\'s "Webmail"', "C:\\portal\\login", "Trust VPN\tportal",
+                                  "two\nlines", "Ünïcødé 名前 🔐", "bell\x07 and del\x7f"])
+def test_apps_new_key_prints_any_name_as_valid_toml(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The name is what the phone shows, so the user types it as they want it seen; the printed block is
+    pasted into config.toml as it is and must load to exactly that name."""
+    assert main(["apps", "new-key", "vpn", name]) == 0
+    settings = from_mapping(tomllib.loads(_printed_block(capsys.readouterr().out)))
+    assert [(a.id, a.name) for a in settings.applications] == [("vpn", name)]
+
+
+def test_apps_new_key_needs_a_name(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["apps", "new-key", "webmail"])
+    assert exited.value.code == 2
+    captured = capsys.readouterr()
+    assert "NAME" in captured.err
+    assert "api_key_sha256" not in captured.out  # no key made for a block that cannot be used
+
+    # A name or id the server would refuse is refused here, before a key is shown.
+    assert main(["apps", "new-key", "webmail", "   "]) == 2
+    captured = capsys.readouterr()
+    assert "name must not be empty" in captured.err
+    assert captured.out == ""
+    assert main(["apps", "new-key", "Web Mail", "Webmail"]) == 2
+    assert "application id" in capsys.readouterr().err
+    assert main(["apps", "new-key", "webmail", "Web\udcffmail"]) == 2  # argv that was not UTF-8
+    captured = capsys.readouterr()
+    assert "UTF-8" in captured.err
+    assert captured.out == ""
 
 
 def test_admin_new_token(capsys: pytest.CaptureFixture[str]) -> None:

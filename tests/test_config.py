@@ -83,6 +83,49 @@ def test_commented_application_block_is_valid_when_uncommented() -> None:
     assert [a.id for a in settings.applications] == ["webmail"]
 
 
+# A commented example table: its header, then its `name = value` lines, each behind "# " and nothing more.
+_EXAMPLE_BLOCK = re.compile(r"^# (\[\[?[a-z_.]+\]\]?)[ \t]*\n((?:# [a-z_0-9]+ = .*\n)+)", re.MULTILINE)
+
+
+def _uncomment(text: str, blocks: list[re.Match[str]]) -> str:
+    """`text` with `blocks` uncommented where they stand, as a user would edit the file."""
+    for block in sorted(blocks, key=lambda m: m.start(), reverse=True):
+        lines = block.group(0).splitlines(keepends=True)
+        text = text[:block.start()] + "".join(line[2:] for line in lines) + text[block.end():]
+    return text.replace("<64 hex digits>", sha256_hex(API_KEY))
+
+
+def _example_blocks() -> list[re.Match[str]]:
+    return list(_EXAMPLE_BLOCK.finditer(EXAMPLE.read_text(encoding="utf-8")))
+
+
+def test_example_blocks_are_found() -> None:
+    headers = [m.group(1) for m in _example_blocks()]
+    assert headers == ["[[applications]]", *["[[alerts.sinks]]"] * 5, "[[policy.enforcement]]"], headers
+
+
+@pytest.mark.parametrize("index", range(len(_example_blocks())),
+                         ids=[f"{m.group(1)}@{m.group(2).splitlines()[0][2:]}" for m in _example_blocks()])
+def test_each_commented_example_is_valid_uncommented_where_it_stands(index: int, tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(_uncomment(EXAMPLE.read_text(encoding="utf-8"), [_example_blocks()[index]]),
+                      encoding="utf-8")
+    load_settings(config, env={})
+
+
+def test_every_commented_example_at_once_is_valid_uncommented(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(_uncomment(EXAMPLE.read_text(encoding="utf-8"), _example_blocks()), encoding="utf-8")
+    settings = load_settings(config, env={})
+    assert [a.id for a in settings.applications] == ["webmail"]
+    assert [s.name for s in settings.alerts.sinks] == ["soar", "soc-slack", "soc-teams", "siem", "soc-mail"]
+    assert [(r.date, r.applications, r.users) for r in settings.policy.enforcement] == [
+        ("2024-06-30", ["webmail"], ["*@trust.nhs.net"])]
+    # The rest of [policy] is still [policy]'s, not swallowed by the table above it.
+    assert settings.policy.max_pause_s == 2592000
+    assert settings.policy.access_code_ttl_s == 3600
+
+
 # -- environment ----------------------------------------------------------------------------------------
 
 

@@ -4,7 +4,10 @@ SIGTERM under load loses no answer and no alert; a full run logs no secret."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import os
+import shlex
 import signal
 import sys
 import time
@@ -12,11 +15,17 @@ from pathlib import Path
 from typing import IO, Any
 
 import aiohttp
+import redis.asyncio as aioredis
 from redis_server import RedisServer
 from support import ADMIN_TOKEN, API_KEY, LoginFlow, free_port, make_settings, sample, scrape, start_server
 
+from pushauth import metrics
+from pushauth.config import from_mapping
+from pushauth.crypto.keys import KeyStore
 from pushauth.crypto.secrets import sha256_hex
 from pushauth.phone import Phone, PhoneError, ServerRejected, parse_enroll_uri
+from pushauth.store import KeySpace
+from pushauth.store.connection import describe
 from pushauth.web.app import _stop
 from pushauth.web.keyring import KeyRingHolder
 
@@ -184,6 +193,107 @@ async def wait_http(http: aiohttp.ClientSession, url: str, proc: asyncio.subproc
             pass
         await asyncio.sleep(0.1)
     raise AssertionError("server did not start")
+
+
+async def serve_start_lines(config: Path, url: str, http: aiohttp.ClientSession, log_path: Path) -> list[Any]:
+    """Start `pushauth serve`, stop it once it answers, and return its log as JSON objects (after checking
+    the log has no blank line: one line per event)."""
+    with log_path.open("wb") as log:
+        proc = await serve(config, log)
+        try:
+            await wait_http(http, url, proc)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 40) == 0
+    lines = log_path.read_text().splitlines()  # noqa: ASYNC240 - the server has exited
+    assert lines, "the server logged nothing"
+    assert all(line.strip() for line in lines), f"blank lines in the log: {lines}"
+    return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+async def test_serve_says_what_it_serves_and_which_workers_are_missing(redis_url: str, tmp_path: Path,
+                                                                         http: aiohttp.ClientSession) -> None:
+    """At start `pushauth serve` logs one line: where it listens, its base_url, its store (without the
+    password) and its keys; then a warning naming each worker kind this deployment needs that has not
+    beaten, with the command that starts it. Started a second time with the expiry worker running, only
+    the alert worker is missing."""
+    password = "s3cret-redis-password"  # Redis 6+: the default user (nopass) accepts any password
+    store_url = redis_url.replace("redis://", f"redis://default:{password}@")
+    port = free_port()
+    keys = tmp_path / "keys"
+    kid = KeyStore(keys).generate().kid
+    secret = "whsec_" + base64.b64encode(b"serve-start-test-secret-0123456").decode()
+    config = tmp_path / "server.toml"
+    config.write_text(f"""
+[server]
+port = {port}
+base_url = "https://pushauth.example.org"
+[store]
+redis_url = "{store_url}"
+[keys]
+path = "{keys}"
+[logging]
+format = "json"
+[[alerts.sinks]]
+name = "soc"
+kind = "webhook"
+url = "http://127.0.0.1:9/hook"
+secret = "{secret}"
+""")
+    url = f"http://127.0.0.1:{port}"
+
+    events = await serve_start_lines(config, url, http, tmp_path / "first.log")
+    assert password not in (tmp_path / "first.log").read_text()
+    serving = [e for e in events if e["event"] == "serving"]
+    assert len(serving) == 1, events
+    assert serving[0]["level"] == "info"
+    assert {k: serving[0][k] for k in ("listen", "base_url", "store", "keys", "current_kid")} == {
+        "listen": url, "base_url": "https://pushauth.example.org",
+        "store": redis_url.replace("redis://", "redis://default:***@"), "keys": str(keys.resolve()),
+        "current_kid": kid}
+    missing = [e for e in events if e["event"] == "workers_missing"]
+    assert len(missing) == 1, events
+    assert missing[0]["level"] == "warning"
+    assert missing[0]["missing"] == ["expiry", "alerts"]
+    assert missing[0]["start"] == [f"python -m workers.{kind} -c {shlex.quote(str(config))}"
+                                   for kind in ("expiry", "alerts")]
+    assert "alert" in missing[0]["meanwhile"]
+
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "workers.expiry", "-c", str(config), cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        deadline = time.monotonic() + 15
+        while not (await metrics.live_workers(redis, KeySpace("pa")))["expiry"]:
+            assert time.monotonic() < deadline, "the expiry worker never beat"
+            await asyncio.sleep(0.1)
+        events = await serve_start_lines(config, url, http, tmp_path / "second.log")
+    finally:
+        await redis.aclose()
+        worker.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(worker.wait(), 15) == 0
+    assert [(e["missing"], e["start"]) for e in events if e["event"] == "workers_missing"] == [
+        (["alerts"], [f"python -m workers.alerts -c {shlex.quote(str(config))}"])]
+
+
+def test_the_store_is_described_without_its_password() -> None:
+    def described(**store: Any) -> str:
+        return describe(from_mapping({"store": store}).store)
+
+    assert described() == "embedded (in this process; lost on restart)"
+    assert described(redis_url="redis://10.0.0.5:6379/0") == "redis://10.0.0.5:6379/0"
+    assert described(redis_url="rediss://pushauth:p%40ss@redis.internal:6380/2") == (
+        "rediss://pushauth:***@redis.internal:6380/2")
+    assert described(redis_url="redis://:p@ss@redis.internal/0") == "redis://:***@redis.internal/0"
+    assert described(redis_url="unix:///run/redis.sock?db=1&password=hunter2") == (
+        "unix:///run/redis.sock?db=1&password=***")
+    assert described(redis_url="redis://:pw@node1:7000/0", cluster=True) == (
+        "redis cluster via redis://:***@node1:7000/0")
+    assert described(redis_url="redis://:pw@pushauth/0", sentinels=["s1:26379", "s2:26379"],
+                     sentinel_service="main") == (
+        "redis sentinel service main via s1:26379, s2:26379 (redis://:***@pushauth/0)")
 
 
 async def test_sigterm_during_load_loses_no_answer_and_no_alert(redis_url: str, tmp_path: Path,

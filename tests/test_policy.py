@@ -1,5 +1,5 @@
 """Sign-in policy (pushauth/policy.py): one scenario per answer of the NHSmail MFA FAQ
-(../shared/seed/mfa-faq.txt), driven over HTTP as the login flow, the phone and the security team would,
+(docs/nhsmail-mfa-faq.md), driven over HTTP as the login flow, the phone and the security team would,
 against a real server and a real Redis with the production defaults.
 """
 

@@ -2,7 +2,7 @@
 
     pushauth serve                     run the API server
     pushauth keys generate|rotate|list|retire KID
-    pushauth apps new-key APP_ID       make an API key for a login flow (prints the config line)
+    pushauth apps new-key APP_ID NAME  make an API key for a login flow (prints its config block)
     pushauth admin new-token           make an admin token for the security team
     pushauth enroll USER               make an enrollment code and show its QR code
     pushauth phone ...                 the phone simulator (reference device)

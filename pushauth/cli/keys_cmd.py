@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pushauth.config import load_settings
+from pushauth.config import from_mapping, load_settings
 from pushauth.crypto.keys import KeyStore
 from pushauth.crypto.secrets import new_secret, sha256_hex
+from pushauth.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -25,7 +26,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     apps = sub.add_parser("apps", help="login-flow application credentials")
     asub = apps.add_subparsers(dest="apps_command", required=True)
     new_key = asub.add_parser("new-key", help="generate an API key for an application")
-    new_key.add_argument("app_id")
+    new_key.add_argument("app_id", metavar="APP_ID", help="the application's id: a-z 0-9 _ . - (max 64)")
+    new_key.add_argument("name", metavar="NAME",
+                         help='the name the phone shows for it, e.g. "NHSmail webmail" (quote it)')
     new_key.set_defaults(func=_new_app_key)
 
     admin = sub.add_parser("admin", help="security-team credentials")
@@ -63,12 +66,33 @@ def _retire(args: argparse.Namespace) -> int:
     return 0
 
 
+_TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
+def _toml_string(value: str) -> str:
+    """`value` as a TOML basic string: quotes, backslashes and control characters escaped."""
+    out = []
+    for char in value:
+        if 0xD800 <= ord(char) <= 0xDFFF:  # from a command line that was not UTF-8
+            raise ConfigError(f"not valid text (UTF-8): {value!r}")
+        if char in _TOML_ESCAPES:
+            out.append(_TOML_ESCAPES[char])
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(char)
+    return '"' + "".join(out) + '"'
+
+
 def _new_app_key(args: argparse.Namespace) -> int:
     key = new_secret(32)
+    # Checked as the server will check it, before a key is shown for a block that would not load.
+    from_mapping({"applications": [{"id": args.app_id, "name": args.name,
+                                    "api_key_sha256": [sha256_hex(key)]}]})
+    block = (f"  [[applications]]\n  id = {_toml_string(args.app_id)}\n  name = {_toml_string(args.name)}\n"
+             f'  api_key_sha256 = ["{sha256_hex(key)}"]')
     print(f"API key for {args.app_id} (give it to the login flow; it is not stored anywhere):\n  {key}\n")
-    print("Add to config.toml:\n"
-          f'  [[applications]]\n  id = "{args.app_id}"\n  name = "..."\n'
-          f'  api_key_sha256 = ["{sha256_hex(key)}"]')
+    print(f"Add to config.toml:\n{block}")
     return 0
 
 

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 
+import structlog
 from aiohttp import web
 
 from pushauth.config import load_settings
 from pushauth.logs import configure
+from pushauth.store.connection import STORE_DOWN_ERRORS, describe
 from pushauth.web import create_app
+from pushauth.web.ops import expected_workers, missing_workers, missing_workers_hint
+from pushauth.web.state import KEYRING, REDIS, SETTINGS
+
+log = structlog.get_logger("pushauth.serve")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -27,12 +36,38 @@ async def _freeze_startup_objects(app: web.Application) -> None:
     gc.freeze()
 
 
+def _announce(listen: str, keys: str, config: Path | None) -> Callable[[web.Application], Awaitable[None]]:
+    """An on_startup hook (after the cleanup contexts opened the store and the keys): one line saying what
+    this server is, and a warning naming the workers this deployment needs that have not beaten yet, with
+    the command that starts each (`config`: the -c the server got, for those commands)."""
+
+    async def announce(app: web.Application) -> None:
+        settings = app[SETTINGS]
+        log.info("serving", listen=listen, base_url=settings.server.base_url, store=describe(settings.store),
+                 keys=keys, current_kid=app[KEYRING].ring.current.kid)
+        if not expected_workers(settings):
+            return  # none, or (embedded store) this process runs them
+        try:
+            missing = await asyncio.wait_for(missing_workers(app[REDIS], settings),
+                                             settings.store.socket_timeout_s)
+        except STORE_DOWN_ERRORS as exc:
+            log.warning("workers_unknown", reason=f"the store is unreachable ({type(exc).__name__})")
+            return
+        if missing:
+            log.warning("workers_missing", **missing_workers_hint(missing, config))
+
+    return announce
+
+
 def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     configure(settings.logging.level, settings.logging.format)
+    host, port = args.host or settings.server.host, args.port or settings.server.port
     app = create_app(settings)
+    listen = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    keys = "ephemeral" if settings.keys.ephemeral else str(Path(settings.keys.path).resolve())
+    app.on_startup.append(_announce(listen, keys, args.config))
     app.on_startup.append(_freeze_startup_objects)
     # shutdown_timeout: in-flight requests (a login flow long-polling) get this long to finish on SIGTERM.
-    web.run_app(app, host=args.host or settings.server.host, port=args.port or settings.server.port,
-                access_log=None, shutdown_timeout=35, print=None)
+    web.run_app(app, host=host, port=port, access_log=None, shutdown_timeout=35, print=None)
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any, cast
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis.asyncio as aioredis
 import redis.exceptions as rex
@@ -34,6 +35,31 @@ EMBEDDED_WARNING = (
     "process and is LOST ON RESTART. Fine for trying pushauth on one machine; set store.redis_url for "
     "anything real."
 )
+
+
+def describe(settings: StoreSettings) -> str:
+    """Which store `settings` name, for a log line: the mode and the URL, never a password."""
+    if not settings.redis_url:
+        return "embedded (in this process; lost on restart)"
+    url = without_password(settings.redis_url)
+    if settings.cluster:
+        return f"redis cluster via {url}"
+    if settings.sentinels:
+        return (f"redis sentinel service {settings.sentinel_service} via {', '.join(settings.sentinels)}"
+                f" ({url})")
+    return url
+
+
+def without_password(url: str) -> str:
+    """`url` with its password (in the user part, or a `password=` query parameter) shown as ***."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
+    query = urlencode([(name, "***" if name.lower() == "password" else value)
+                       for name, value in parse_qsl(parts.query, keep_blank_values=True)], safe="*")
+    # Put together by hand: urlunsplit drops the "//" of unix:///path (an empty host).
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
 
 
 def open_redis(settings: StoreSettings, *, health_check_interval_s: int = 30) -> aioredis.Redis:

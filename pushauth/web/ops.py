@@ -14,6 +14,8 @@
 from __future__ import annotations
 
 import asyncio
+import shlex
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -46,6 +48,31 @@ def expected_workers(settings: Settings) -> list[str]:
     if settings.alerts.sinks:
         kinds.append("alerts")
     return kinds
+
+
+# What a deployment lacks while no worker of a kind runs (sign-ins work regardless).
+_WITHOUT = {
+    "push": "no push reaches a phone (phones find prompts only by polling)",
+    "alerts": "no alert reaches the security team's sinks",
+    "expiry": "prompts that expire unanswered are counted only at the user's next sign-in",
+}
+
+
+def worker_command(kind: str, config: Path | None) -> str:
+    """The command that starts a worker of `kind` on the settings a server was started with."""
+    return f"python -m workers.{kind}" + (f" -c {shlex.quote(str(config))}" if config else "")
+
+
+async def missing_workers(redis: Any, settings: Settings) -> list[str]:
+    """The worker kinds this deployment needs that have no fresh heartbeat."""
+    alive = await metrics.live_workers(redis, KeySpace(settings.store.prefix))
+    return [kind for kind in expected_workers(settings) if not alive.get(kind)]
+
+
+def missing_workers_hint(missing: list[str], config: Path | None) -> dict[str, Any]:
+    """Fields of the log line that says which workers are missing, what that costs, how to start each."""
+    return {"missing": missing, "start": [worker_command(kind, config) for kind in missing],
+            "meanwhile": "; ".join(_WITHOUT[kind] for kind in missing)}
 
 
 async def readiness(redis: Any, settings: Settings, keys_loaded: bool) -> tuple[int, dict[str, Any]]:
