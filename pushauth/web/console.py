@@ -59,7 +59,9 @@ HEARTBEAT_S = 15.0
 QUEUE_MAX = 256
 # Most alerts replayed to a reconnecting client; beyond that its page reloads instead.
 REPLAY_MAX = 200
-_STREAM_ID = re.compile(r"\d{1,20}-\d{1,20}")
+_STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")  # not \d: "١-١" is digits to Python, not to Redis
+# A session id as `Sessions.create` makes it (token_urlsafe(32)); a cookie that is not one is no session.
+_SESSION_ID = re.compile(r"[A-Za-z0-9_-]{20,64}")
 # An event stream ends quietly when the browser goes away or Redis does: the browser reconnects.
 _STREAM_GONE: tuple[type[Exception], ...] = (ConnectionResetError, *STORE_DOWN_ERRORS)
 _encode = msgspec.json.Encoder().encode
@@ -104,7 +106,7 @@ class Sessions:
         return Session(sid, _by(admin), csrf)
 
     async def get(self, sid: str) -> Session | None:
-        if not 20 <= len(sid) <= 64:
+        if not _SESSION_ID.fullmatch(sid):
             return None
         raw = await self._r.getex(self._key(sid), ex=SESSION_IDLE_S)  # read and extend the idle time
         if not raw:

@@ -77,6 +77,16 @@ def int_query(request: web.Request, name: str, *, default: int, low: int, high: 
     return int(raw)
 
 
+def header_text(request: web.Request, name: str) -> str:
+    """A header that is no credential, as text to store or show ("" without one). aiohttp decodes header
+    bytes as UTF-8 with surrogateescape, so bytes that are not UTF-8 arrive as lone surrogates, which
+    nothing downstream (JSON, Redis, a log) can encode: they become U+FFFD here."""
+    value = request.headers.get(name, "")
+    if value.isascii():
+        return value
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def client_ip(request: web.Request) -> str | None:
     """The client's address: the peer, or behind a trusted proxy the address it forwarded
     (`server.trusted_proxies`, pushauth.netaddr.TrustedProxies). Worked out once per request: the rate

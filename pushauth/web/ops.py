@@ -25,6 +25,7 @@ from pushauth.crypto.secrets import sha256_hex
 from pushauth.errors import Unauthorized
 from pushauth.store import KeySpace
 from pushauth.store.connection import STORE_DOWN_ERRORS
+from pushauth.web.auth import bearer_token
 from pushauth.web.state import KEYRING, REDIS, SETTINGS
 
 routes = web.RouteTableDef()
@@ -94,8 +95,8 @@ async def metrics_page(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     allowed = settings.metrics.token_sha256
     if allowed:
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme != "Bearer" or sha256_hex(token.strip()) not in allowed:
+        token = bearer_token(request)
+        if token is None or sha256_hex(token) not in allowed:
             raise Unauthorized("metrics need Authorization: Bearer <metrics token>")
     await metrics.refresh_store_gauges(_redis(request), KeySpace(settings.store.prefix))
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
