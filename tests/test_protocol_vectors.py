@@ -254,8 +254,12 @@ def verify_webhook(secrets: list[str], webhook_id: str, timestamp: int, body: by
 
 def canonical_user(name: str) -> str:
     """PROTOCOL.md's user-name rule, from unicodedata directly."""
-    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name.strip()).casefold())
-    if not folded or len(folded) > 256 or any(
+
+    def steps(text: str) -> str:  # 2.5's steps 1 to 5
+        return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text.strip()).casefold()).strip()
+
+    folded = steps(name)
+    if not folded or len(folded) > 256 or steps(folded) != folded or any(
             unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Cn") for c in folded):
         raise Reject("claims", "refused user name")
     return folded

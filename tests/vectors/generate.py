@@ -263,6 +263,11 @@ USER_NAMES: list[tuple[str, str]] = [
     ("ΣΊΣΥΦΟΣ@example.org", "folding maps every sigma to σ (never the final form ς)"),
     ("Zoe\u0308@example.org", "e + COMBINING DIAERESIS composes to ë"),
     ("Ⅻ@example.org", "ROMAN NUMERAL TWELVE is xii after NFKC and folding"),
+    ("\u00b4alice@nhs.net", "ACUTE ACCENT is a space and U+0301 under NFKC: the white space NFKC makes at "
+     "the ends is stripped too, so the canonical form starts with U+0301 and canonicalising it again gives "
+     "it back"),
+    ("\u3000\u02dcBob@example.org", "an ideographic space, then SMALL TILDE (U+0020 U+0303 under "
+     "NFKC): both spaces are stripped; the canonical form starts with U+0303"),
 ]
 USER_NAMES_REFUSED: list[tuple[str, str]] = [
     ("", "empty"),
@@ -284,9 +289,11 @@ def user_names_file() -> dict[str, Any]:
         else:
             raise SystemExit(f"{raw!r} was expected to be refused")
     return file_doc(
-        "User-name canonicalisation: strip, NFKC, case-fold, NFKC; then refuse empty names, names over 256 "
-        "code points and names with characters of category Cc, Cf, Cs, Co or Cn. The server applies it to "
-        "every user name it is given; `canonical` is what it stores, signs (`sub`) and returns (`user`).",
+        "User-name canonicalisation: strip, NFKC, case-fold, NFKC, strip; then refuse empty names, names "
+        "over 256 code points, names with characters of category Cc, Cf, Cs, Co or Cn, and names whose "
+        "result those five steps would change again. The server applies it to every user name it is given; "
+        "`canonical` is what it stores, signs (`sub`) and returns (`user`), and canonicalising it again "
+        "gives it back.",
         "Conventions / User names",
         accepted=accepted,
         refused=refused,
