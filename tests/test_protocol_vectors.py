@@ -141,7 +141,7 @@ def verify_es256(token: str, *, typ: str, keys: Mapping[str, Mapping[str, Any]],
         raise Reject("parse", "not a compact JWS")
     header_raw, payload_raw, signature = (b64url_strict(p) for p in parts)
     try:
-        header = json.loads(header_raw)
+        header = json.loads(header_raw, object_pairs_hook=keys_once("header"))
     except ValueError as exc:
         raise Reject("parse", "header is not JSON") from exc
     if not isinstance(header, dict):
@@ -175,12 +175,24 @@ def verify_es256(token: str, *, typ: str, keys: Mapping[str, Mapping[str, Any]],
     except InvalidSignature as exc:
         raise Reject("signature", "signature does not verify") from exc
     try:
-        payload = json.loads(payload_raw)
+        payload = json.loads(payload_raw, object_pairs_hook=keys_once("claims"))
     except ValueError as exc:
         raise Reject("claims", "payload is not JSON") from exc
     if not isinstance(payload, dict):
         raise Reject("claims", "payload is not an object")
     return header, payload
+
+
+def keys_once(stage: str) -> Callable[[list[tuple[str, Any]]], Json]:
+    """A json.loads hook refusing (at `stage`) an object with a key twice: section 4 makes such a JWS
+    malformed, where Python's json would keep the last copy."""
+
+    def hook(pairs: list[tuple[str, Any]]) -> Json:
+        if len({key for key, _ in pairs}) != len(pairs):
+            raise Reject(stage, "a key appears twice")
+        return dict(pairs)
+
+    return hook
 
 
 def is_int(value: Any) -> bool:

@@ -179,7 +179,12 @@ def es256_raw(name: str, signing_input: str) -> bytes:
 
 def hand_signed(header: dict[str, Any], payload: dict[str, Any], name: str) -> str:
     """A compact JWS built without pushauth (for the negative vectors)."""
-    signing_input = f"{b64url(compact_json(header))}.{b64url(compact_json(payload))}"
+    return hand_signed_raw(compact_json(header), compact_json(payload), name)
+
+
+def hand_signed_raw(header: bytes, payload: bytes, name: str) -> str:
+    """The same over exactly these header and payload bytes (JSON no dict can hold: a key twice)."""
+    signing_input = f"{b64url(header)}.{b64url(payload)}"
     return f"{signing_input}.{b64url(es256_raw(name, signing_input))}"
 
 
@@ -481,6 +486,28 @@ def negative_requests_file() -> dict[str, Any]:
         "challenge's) is not a request, whatever it says",
         resign(p, header={**req_header, "typ": CHALLENGE_TYP}), approve["request"], "header",
         "bad_signature")
+
+    # A key twice: a parser that keeps the last copy (msgspec, Python's json, browsers) reads one request,
+    # one that keeps the first (a proxy, a firewall) another. Each is validly signed by the device's key.
+    add("duplicate_alg_header", "the header names `alg` twice, `none` first and `ES256` last: a header with "
+        "a key twice is malformed, whichever copy a parser would keep",
+        hand_signed_raw(b'{"alg":"none","typ":"pushauth-req+jwt","kid":"' + DEVICE_ID.encode()
+                        + b'","alg":"ES256"}', compact_json(p), "device"),
+        approve["request"], "header", "bad_signature")
+
+    add("duplicate_alg_header_escaped", "the same with the first `alg` written `\\u0061lg`: keys are "
+        "compared after their escapes are decoded",
+        hand_signed_raw(b'{"\\u0061lg":"none","typ":"pushauth-req+jwt","kid":"' + DEVICE_ID.encode()
+                        + b'","alg":"ES256"}', compact_json(p), "device"),
+        approve["request"], "header", "bad_signature")
+
+    other_htu = f"/v1/device/challenges/{OTHER_CHALLENGE_ID}/response"
+    add("duplicate_htu_payload", "the payload names `htu` twice, another challenge's path first and this "
+        "request's last: a payload with a key twice is malformed, even under a valid signature",
+        hand_signed_raw(compact_json(req_header),
+                        compact_json({**p, "htu": other_htu})[:-1] + b',"htu":' + compact_json(p["htu"])
+                        + b"}", "device"),
+        approve["request"], "claims", "bad_signature")
 
     der = crypto_private_key("device").sign(f"{h64}.{p64}".encode(), ec.ECDSA(hashes.SHA256()))
     add("der_signature", "the signature must be JOSE's raw r || s (64 bytes), not the DER that most crypto "
