@@ -157,6 +157,19 @@ async def test_a_malformed_device_credential_is_a_401_and_counts(
     assert statuses == [401] * 5 + [429]
 
 
+async def test_a_metrics_token_not_utf8_counts_too(redis_url: str, keyring: KeyRingHolder,
+                                                    quiet_log: list[Any]) -> None:
+    settings = make_settings(redis_url, free_port(), rate_limits={"auth_failures": 2},
+                             metrics={"token_sha256": ["0" * 64]})
+    running = await start_server(settings, keyring)
+    try:
+        for expected in (401, 401, 429):
+            answer = await send(running.url, "GET", "/metrics", [(b"Authorization", b"Bearer " + NOT_UTF8)])
+            assert_error(answer.status, answer.json, expected)
+    finally:
+        await running.close()
+
+
 async def test_headers_that_are_no_credential_are_ignored_or_replaced(
         strict: RunningServer, http: aiohttp.ClientSession, quiet_log: list[Any]) -> None:
     await Phone.enroll(await LoginFlow(http, strict.url).enroll_uri(USER), session=http)
