@@ -51,7 +51,7 @@ class Answer:
 
 
 async def send(url: str, method: str, path: str, headers: list[tuple[bytes, bytes]],
-               body: bytes = b"") -> Answer:
+               body: bytes = b"", content_type: bytes | None = b"application/json") -> Answer:
     """One HTTP/1.1 request written byte for byte to the server's socket (no client library would send
     these headers), and its answer."""
     host, _, port = url.removeprefix("http://").partition(":")
@@ -60,7 +60,9 @@ async def send(url: str, method: str, path: str, headers: list[tuple[bytes, byte
         lines = [f"{method} {path} HTTP/1.1".encode(), f"Host: {host}:{port}".encode(), b"Connection: close"]
         lines += [name + b": " + value for name, value in headers]
         if body:
-            lines += [b"Content-Type: application/json", f"Content-Length: {len(body)}".encode()]
+            lines += [f"Content-Length: {len(body)}".encode()]
+        if body and content_type is not None:
+            lines += [b"Content-Type: " + content_type]
         writer.write(b"\r\n".join(lines) + b"\r\n\r\n" + body)
         await writer.drain()
         data = await asyncio.wait_for(reader.read(), 10)
@@ -209,13 +211,36 @@ async def test_headers_that_are_no_credential_are_ignored_or_replaced(
     assert_error(answer.status, answer.json, 403, "csrf")
 
 
+async def console_session(url: str) -> bytes:
+    """The Cookie header of a console session signed in with the admin token."""
+    sign_in = [(b"Authorization", b"Bearer " + ADMIN_TOKEN.encode()), (b"Sec-Fetch-Site", b"same-origin")]
+    answer = await send(url, "POST", "/console/login", sign_in)
+    assert answer.status == 204
+    return answer.headers["Set-Cookie"].split(";", 1)[0].encode()
+
+
+@pytest.mark.parametrize(("content_type", "body"), [
+    (b"application/x-www-form-urlencoded; charset=no-such-charset", b"csrf=x"),
+    (b"application/x-www-form-urlencoded; charset=\xff", b"csrf=x"),
+    (b"multipart/form-data", b"csrf=x"),
+    (b"multipart/form-data; boundary=zz", b"--zz\r\ngarbage"),
+    (b"\xff/\xff", b"csrf=x"),
+])
+async def test_a_console_form_in_a_content_type_it_never_posts(
+        strict: RunningServer, quiet_log: list[Any], content_type: bytes, body: bytes) -> None:
+    """The console's pages post x-www-form-urlencoded forms; any other body is a form without its CSRF
+    token (a 403 page), even from a signed-in session: never a 500."""
+    cookie = await console_session(strict.url)
+    answer = await send(strict.url, "POST", "/console/logout",
+                        [(b"Cookie", cookie), (b"Sec-Fetch-Site", b"same-origin")], body, content_type)
+    assert answer.status == 403
+    assert b"did not come from this console session" in answer.raw
+
+
 async def test_a_console_event_stream_with_a_last_event_id_in_other_digits(
         strict: RunningServer, quiet_log: list[Any]) -> None:
     """`Last-Event-ID: ١-١` (ARABIC-INDIC DIGIT ONE): digits to Python's `\\d` and `int()`, not to Redis."""
-    sign_in = [(b"Authorization", b"Bearer " + ADMIN_TOKEN.encode()), (b"Sec-Fetch-Site", b"same-origin")]
-    answer = await send(strict.url, "POST", "/console/login", sign_in)
-    assert answer.status == 204
-    session = answer.headers["Set-Cookie"].split(";", 1)[0].encode()
+    session = await console_session(strict.url)
     host, _, port = strict.url.removeprefix("http://").partition(":")
     reader, writer = await asyncio.open_connection(host, int(port))
     try:
