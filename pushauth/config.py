@@ -341,13 +341,28 @@ class AlertSettings(_Section, frozen=True):
 
 
 class MetricsSettings(_Section, frozen=True):
-    # SHA-256 of tokens allowed to scrape /metrics (Authorization: Bearer). Empty: /metrics is open (put it
-    # behind the network's own controls then). `pushauth admin new-token` makes a token and its hash.
+    # SHA-256 of tokens allowed to scrape /metrics (Authorization: Bearer), from any address. Set, a scrape
+    # needs one; a wrong one counts as a failed authentication. `pushauth admin new-token` makes a token and
+    # its hash.
     token_sha256: list[str] = []
+    # Without a token: the networks (CIDR) whose TCP peers may scrape; anyone else gets 403. Decided on the
+    # connection's peer, never X-Forwarded-For. The counts say which attacks are working (denied_not_me,
+    # refused_locked), so the default is this host only.
+    allow_from: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    # How old the queue and worker gauges (read from Redis for a scrape) may be: a flood of scrapes then
+    # costs Redis nothing more than one read per this many seconds. 0: read on every scrape.
+    store_gauges_max_age_s: float = 5.0
 
     def __post_init__(self) -> None:
         if not all(_HEX64.fullmatch(h) for h in self.token_sha256):
             raise ValueError("token_sha256 must be 64-char lower-case hex SHA-256 digests")
+        for network in self.allow_from:
+            try:
+                ipaddress.ip_network(network)
+            except ValueError as exc:
+                raise ValueError(f"allow_from: {exc}") from None
+        if not 0 <= self.store_gauges_max_age_s <= 300:
+            raise ValueError("store_gauges_max_age_s must be 0..300")
 
 
 class LoggingSettings(_Section, frozen=True):

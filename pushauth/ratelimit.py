@@ -87,6 +87,13 @@ class RateLimiter:
             await self._check(self._ks.rate_bucket("ip", address_bucket(ip)), self._s.ip_requests,
                               self._s.auth_failures, IP, ip=ip)
 
+    async def unless_blocked(self, ip: str | None) -> None:
+        """Refuse an address in its auth-failure block, counting nothing against its quota: for a call that is
+        never metered but takes a credential (/metrics with a token)."""
+        if self._s.auth_failures:
+            await self._check(self._ks.rate_bucket("ip", address_bucket(ip)), 0, self._s.auth_failures, IP,
+                              ip=ip)
+
     async def auth_failed(self, ip: str | None) -> None:
         """Count a failed authentication from `ip`; the one that reaches the limit starts the block."""
         s = self._s

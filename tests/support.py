@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aiohttp
+import redis.asyncio as aioredis
 from aiohttp import web
 
 from pushauth.config import Settings, from_mapping
@@ -210,6 +211,13 @@ async def eventually(probe: Callable[[], Awaitable[T | None]], within_s: float, 
         assert time.monotonic() < deadline, f"not within {within_s} s: {what}"
         await asyncio.sleep(every_s)
     return result
+
+
+async def redis_snapshot(redis_url: str) -> dict[bytes, bytes | None]:
+    """Every key in Redis and its value (DUMP), but the rate limits' buckets, which count every request:
+    what a refused request must leave as it was."""
+    async with aioredis.Redis.from_url(redis_url) as client:
+        return {key: await client.dump(key) async for key in client.scan_iter() if b":rl:" not in key}
 
 
 def sample(text: str, name: str, **labels: str) -> float:

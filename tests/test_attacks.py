@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from joserfc.jwk import ECKey
-from support import LoginFlow, RunningServer, add_phone, assert_error
+from support import LoginFlow, RunningServer, add_phone, assert_error, redis_snapshot
 
 from pushauth.crypto import device_auth, jws
 from pushauth.phone import Challenge, Phone, ServerRejected
@@ -502,6 +502,55 @@ async def test_forbidden_header_fields(login: LoginFlow, phone: Phone, target: T
     status, body = await send(phone, "POST", response_path(ch.id), token, raw)
     assert_error(status, body, 401)
     await still_pending_then_approvable(login, phone, created)
+
+
+async def refused_leaving_no_trace(login: LoginFlow, phone: Phone, created: dict[str, Any], redis_url: str,
+                                   token: str, raw: bytes) -> None:
+    """The answer `raw` sent with `token` is 401 bad_signature, and Redis holds exactly what it held."""
+    before = await redis_snapshot(redis_url)
+    status, body = await send(phone, "POST", response_path(created["id"]), token, raw)
+    assert_error(status, body, 401, "bad_signature")
+    assert await redis_snapshot(redis_url) == before
+    await still_pending_then_approvable(login, phone, created)
+
+
+# A key twice, each copy what one kind of parser keeps: the first (a proxy, a firewall) or the last
+# (msgspec, Python's json). Validly signed by the phone's own key, so only the duplicate can refuse them.
+DUPLICATED_HEADERS = {
+    "alg none first": b'{"alg":"none","typ":"%(typ)s","kid":"%(kid)s","alg":"ES256"}',
+    "alg none last": b'{"alg":"ES256","typ":"%(typ)s","kid":"%(kid)s","alg":"none"}',
+    "alg escaped": b'{"\\u0061lg":"HS256","typ":"%(typ)s","kid":"%(kid)s","alg":"ES256"}',
+    "kid twice": b'{"alg":"ES256","typ":"%(typ)s","kid":"dunknowndevice0000000000000","kid":"%(kid)s"}',
+    "typ twice": b'{"alg":"ES256","typ":"pushauth-challenge+jwt","typ":"%(typ)s","kid":"%(kid)s"}',
+}
+
+
+@pytest.mark.parametrize("header", DUPLICATED_HEADERS.values(), ids=DUPLICATED_HEADERS.keys())
+async def test_a_header_with_a_key_twice(login: LoginFlow, phone: Phone, target: Target, redis_url: str,
+                                         header: bytes) -> None:
+    created, ch = target
+    raw = answer_body(ch, created)
+    claims = msgspec.json.encode(request_claims("POST", response_path(ch.id), raw))
+    header = header % {b"typ": REQ_TYP.encode(), b"kid": phone.device_id.encode()}
+    token = forge_raw(header, claims, device_key(phone))
+    await refused_leaving_no_trace(login, phone, created, redis_url, token, raw)
+
+
+@pytest.mark.parametrize("claim", ["htu", "bh", "jti", "htm"])
+async def test_a_payload_with_a_key_twice(login: LoginFlow, phone: Phone, target: Target, redis_url: str,
+                                          claim: str) -> None:
+    """The phone's own signature over claims that name one twice: the last copy is the request's (which a
+    last-wins parser would accept), the first another's."""
+    created, ch = target
+    raw = answer_body(ch, created)
+    real = request_claims("POST", response_path(ch.id), raw)
+    other = {"htu": response_path("c" + "x" * 42), "bh": device_auth.body_hash(b"{}"), "jti": jti(),
+             "htm": "PUT"}[claim]
+    claims = msgspec.json.encode({**real, claim: other})[:-1] + b',"%s":' % claim.encode() + \
+        msgspec.json.encode(real[claim]) + b"}"
+    header = msgspec.json.encode({"alg": "ES256", "typ": REQ_TYP, "kid": phone.device_id})
+    token = forge_raw(header, claims, device_key(phone))
+    await refused_leaving_no_trace(login, phone, created, redis_url, token, raw)
 
 
 @pytest.mark.parametrize("typ", ["pushauth-challenge+jwt", "pushauth-assertion+jwt", "JWT", "dpop+jwt",

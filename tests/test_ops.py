@@ -5,24 +5,39 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import shlex
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO, Any
 
 import aiohttp
+import pytest
 import redis.asyncio as aioredis
 from redis_server import RedisServer
-from support import ADMIN_TOKEN, API_KEY, LoginFlow, free_port, make_settings, sample, scrape, start_server
+from structlog.testing import capture_logs
+from support import (
+    ADMIN_TOKEN,
+    API_KEY,
+    LoginFlow,
+    assert_error,
+    free_port,
+    make_settings,
+    sample,
+    scrape,
+    start_server,
+)
 
 from pushauth import metrics
 from pushauth.config import from_mapping
 from pushauth.crypto.keys import KeyStore
 from pushauth.crypto.secrets import sha256_hex
+from pushauth.errors import ConfigError
 from pushauth.phone import Phone, PhoneError, ServerRejected, parse_enroll_uri
 from pushauth.store import KeySpace
 from pushauth.store.connection import describe
@@ -34,7 +49,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 async def test_metrics_move_as_the_scenario_runs(redis_url: str, keyring: KeyRingHolder,
                                                  http: aiohttp.ClientSession) -> None:
-    running = await start_server(make_settings(redis_url, free_port(), quiet_detection=False), keyring)
+    # store_gauges_max_age_s 0: the stream gauges read afresh on each scrape (by default up to 5 s old)
+    running = await start_server(make_settings(redis_url, free_port(), quiet_detection=False,
+                                               metrics={"store_gauges_max_age_s": 0}), keyring)
     try:
         rp = LoginFlow(http, running.url)
         before = await scrape(http, running.url)
@@ -80,6 +97,105 @@ async def test_metrics_token(redis_url: str, keyring: KeyRingHolder, http: aioht
             assert resp.status == 200
     finally:
         await running.close()
+
+
+# -- who may scrape /metrics (issue 14, item 7) ------------------------------------------------------------
+
+SCRAPER_TOKEN = "scraper-token-for-prometheus-0000000000001"
+
+
+@contextlib.asynccontextmanager
+async def metrics_server(redis_url: str, keyring: KeyRingHolder, **sections: Any) -> AsyncIterator[str]:
+    running = await start_server(make_settings(redis_url, free_port(), **sections), keyring)
+    try:
+        yield running.url
+    finally:
+        await running.close()
+
+
+async def get_metrics(http: aiohttp.ClientSession, url: str, **headers: str) -> tuple[int, Any]:
+    async with http.get(url + "/metrics", headers=headers) as resp:
+        body = await resp.read()
+        if resp.status == 200:
+            return 200, body.decode()
+        assert resp.content_type == "application/json", body
+        return resp.status, json.loads(body)
+
+
+async def test_metrics_refused_to_a_peer_outside_allow_from_whatever_it_forwards(
+        redis_url: str, keyring: KeyRingHolder, http: aiohttp.ClientSession) -> None:
+    """Only the TCP peer counts: 127.0.0.1 is not in 10.0.0.0/8, and its X-Forwarded-For saying 10.1.2.3 is
+    not believed, even though 127.0.0.0/8 is a trusted proxy for every other purpose."""
+    async with metrics_server(redis_url, keyring, metrics={"allow_from": ["10.0.0.0/8"]},
+                              server={"trusted_proxies": ["127.0.0.0/8"]}) as url:
+        for headers in ({}, {"X-Forwarded-For": "10.1.2.3"}, {"X-Forwarded-For": "10.1.2.3, 10.0.0.1"}):
+            status, body = await get_metrics(http, url, **headers)
+            assert_error(status, body, 403, "forbidden")
+            assert "pushauth_challenges_total" not in json.dumps(body)
+        status, body = await get_metrics(http, url, Authorization=f"Bearer {SCRAPER_TOKEN}")
+        assert_error(status, body, 403, "forbidden")  # no token is configured: a token opens nothing
+
+
+async def test_metrics_default_to_this_host(redis_url: str, keyring: KeyRingHolder) -> None:
+    settings = make_settings(redis_url, free_port())
+    assert settings.metrics.allow_from == ["127.0.0.0/8", "::1/128"]
+    assert settings.metrics.token_sha256 == []
+    with pytest.raises(ConfigError, match=r"metrics: allow_from: '10\.0\.0\.0/33'"):
+        make_settings(redis_url, free_port(), metrics={"allow_from": ["10.0.0.0/33"]})
+
+
+async def test_a_metrics_token_opens_metrics_from_anywhere(
+        redis_url: str, keyring: KeyRingHolder, http: aiohttp.ClientSession) -> None:
+    only_tokens = {"allow_from": ["10.0.0.0/8"], "token_sha256": [sha256_hex(SCRAPER_TOKEN)]}
+    async with metrics_server(redis_url, keyring, metrics=only_tokens) as url:
+        status, text = await get_metrics(http, url, Authorization=f"Bearer {SCRAPER_TOKEN}")
+        assert status == 200
+        assert "pushauth_http_requests_total" in text
+        for headers in ({}, {"Authorization": "Bearer not-the-scraper-token-000000000000000"},
+                        {"Authorization": f"Basic {SCRAPER_TOKEN}"}):
+            status, body = await get_metrics(http, url, **headers)
+            assert_error(status, body, 401, "unauthorized")
+
+
+async def test_wrong_metrics_tokens_count_toward_the_auth_failure_block(
+        redis_url: str, keyring: KeyRingHolder, http: aiohttp.ClientSession) -> None:
+    """Guessing the metrics token from 127.0.0.2: three wrong tokens block the address (its right token
+    too, then, and everything else it sends); 127.0.0.1 scrapes on."""
+    sections: dict[str, Any] = {"metrics": {"token_sha256": [sha256_hex(SCRAPER_TOKEN)]},
+                                "rate_limits": {"auth_failures": 3}}
+    async with metrics_server(redis_url, keyring, **sections) as url, aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))) as elsewhere:
+        with capture_logs() as logs:
+            for i in range(3):
+                status, body = await get_metrics(elsewhere, url, Authorization=f"Bearer guess-{i:040d}")
+                assert_error(status, body, 401, "unauthorized")
+            status, body = await get_metrics(elsewhere, url, Authorization=f"Bearer {SCRAPER_TOKEN}")
+            assert_error(status, body, 429, "rate_limited")
+        assert [e["ip"] for e in logs if e["event"] == "auth_failures_blocked"] == ["127.0.0.2"]
+        async with elsewhere.get(url + "/.well-known/jwks.json") as resp:
+            assert resp.status == 429
+        status, _ = await get_metrics(http, url, Authorization=f"Bearer {SCRAPER_TOKEN}")
+        assert status == 200
+
+
+async def test_scrapes_count_toward_no_quota_and_read_redis_once_per_max_age(
+        redis_url: str, keyring: KeyRingHolder, http: aiohttp.ClientSession) -> None:
+    """A flood of scrapes, at once and one after another: none is refused or counted against the address's
+    quota, and the queue gauges are read from Redis once (ZCARD: one per stream per read)."""
+    async with metrics_server(redis_url, keyring, rate_limits={"ip_requests": 3}) as url, \
+            aioredis.Redis.from_url(redis_url) as client:
+        async def zcards() -> int:
+            stats = await client.info("commandstats")
+            return int(stats.get("cmdstat_zcard", {}).get("calls", 0))
+
+        before = await zcards()
+        statuses = await asyncio.gather(*(get_metrics(http, url) for _ in range(50)))
+        statuses += [await get_metrics(http, url) for _ in range(50)]
+        assert {status for status, _ in statuses} == {200}
+        assert await zcards() - before == 2  # the push and alerts streams' retry sets, once
+        for expected in (200, 200, 200, 429):  # the address's whole quota is still there
+            async with http.get(url + "/.well-known/jwks.json") as resp:
+                assert resp.status == expected
 
 
 async def cli(*args: str, env: dict[str, str]) -> tuple[int, str]:

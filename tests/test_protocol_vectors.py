@@ -141,7 +141,7 @@ def verify_es256(token: str, *, typ: str, keys: Mapping[str, Mapping[str, Any]],
         raise Reject("parse", "not a compact JWS")
     header_raw, payload_raw, signature = (b64url_strict(p) for p in parts)
     try:
-        header = json.loads(header_raw)
+        header = json.loads(header_raw, object_pairs_hook=keys_once("header"))
     except ValueError as exc:
         raise Reject("parse", "header is not JSON") from exc
     if not isinstance(header, dict):
@@ -175,12 +175,24 @@ def verify_es256(token: str, *, typ: str, keys: Mapping[str, Mapping[str, Any]],
     except InvalidSignature as exc:
         raise Reject("signature", "signature does not verify") from exc
     try:
-        payload = json.loads(payload_raw)
+        payload = json.loads(payload_raw, object_pairs_hook=keys_once("claims"))
     except ValueError as exc:
         raise Reject("claims", "payload is not JSON") from exc
     if not isinstance(payload, dict):
         raise Reject("claims", "payload is not an object")
     return header, payload
+
+
+def keys_once(stage: str) -> Callable[[list[tuple[str, Any]]], Json]:
+    """A json.loads hook refusing (at `stage`) an object with a key twice: section 4 makes such a JWS
+    malformed, where Python's json would keep the last copy."""
+
+    def hook(pairs: list[tuple[str, Any]]) -> Json:
+        if len({key for key, _ in pairs}) != len(pairs):
+            raise Reject(stage, "a key appears twice")
+        return dict(pairs)
+
+    return hook
 
 
 def is_int(value: Any) -> bool:
@@ -254,8 +266,12 @@ def verify_webhook(secrets: list[str], webhook_id: str, timestamp: int, body: by
 
 def canonical_user(name: str) -> str:
     """PROTOCOL.md's user-name rule, from unicodedata directly."""
-    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name.strip()).casefold())
-    if not folded or len(folded) > 256 or any(
+
+    def steps(text: str) -> str:  # 2.5's steps 1 to 5
+        return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text.strip()).casefold()).strip()
+
+    folded = steps(name)
+    if not folded or len(folded) > 256 or steps(folded) != folded or any(
             unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Cn") for c in folded):
         raise Reject("claims", "refused user name")
     return folded

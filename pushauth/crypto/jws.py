@@ -4,7 +4,8 @@ joserfc does the signature maths with a pinned algorithm list (`["ES256"]`). In 
 header policy of our own, because the classic JWS attacks live in the header rather than in the maths:
 `alg: none`, HS256 keyed with a public key, `jku`/`x5u` pointing at an attacker's key, an embedded `jwk`
 the verifier trusts, `crit` extensions the verifier does not understand. We accept a closed set of header
-names and reject everything else before any key is chosen.
+names and reject everything else before any key is chosen; a header or payload that names a key twice
+(`{"alg":"none","alg":"ES256"}`) is malformed (pushauth/strictjson.py), whichever copy a parser keeps.
 
 Verification raises `InvalidJWS`; it never returns a bool a caller could forget to check.
 """
@@ -22,6 +23,7 @@ from joserfc import jws as _jws
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey
 
+from pushauth import strictjson
 from pushauth.errors import Unauthorized
 
 ALG = "ES256"
@@ -33,10 +35,6 @@ _ALLOWED_HEADER = frozenset({"alg", "typ", "kid", "jwk"})
 _ALLOWED_JWK = frozenset({"kty", "crv", "x", "y", "kid", "use", "alg"})
 
 _encode_json = msgspec.json.Encoder().encode
-_decode_json = msgspec.json.Decoder().decode
-# What msgspec raises on bytes that are not JSON: DecodeError, but UnicodeDecodeError for bytes that are
-# not UTF-8 inside a string (`{"typ":"\xff"}`), and RecursionError for hostile nesting depth.
-_NOT_JSON = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 
 
 class InvalidJWS(Unauthorized):
@@ -92,8 +90,10 @@ def read_header(token: str, *, typ: str, allow_jwk: bool = False) -> dict[str, A
     if not isinstance(token, str) or len(token) > MAX_TOKEN_LEN or not _COMPACT.fullmatch(token):
         raise InvalidJWS("not a compact JWS")
     try:
-        header = _decode_json(b64url_decode(token.split(".", 1)[0]))
-    except _NOT_JSON as exc:
+        header = strictjson.decode(b64url_decode(token.split(".", 1)[0]))
+    except strictjson.DuplicateKey as exc:
+        raise InvalidJWS(f"JWS header is not valid JSON: {exc}") from exc
+    except strictjson.NOT_JSON as exc:
         raise InvalidJWS("JWS header is not JSON") from exc
     if not isinstance(header, dict):
         raise InvalidJWS("JWS header is not an object")
@@ -123,8 +123,10 @@ def verify(token: str, key: ECKey) -> dict[str, Any]:
     except (JoseError, ValueError, TypeError) as exc:
         raise InvalidJWS("signature does not verify") from exc
     try:
-        claims = _decode_json(obj.payload)
-    except _NOT_JSON as exc:
+        claims = strictjson.decode(obj.payload)
+    except strictjson.DuplicateKey as exc:
+        raise InvalidJWS(f"JWS payload is not valid JSON: {exc}") from exc
+    except strictjson.NOT_JSON as exc:
         raise InvalidJWS("JWS payload is not JSON") from exc
     if not isinstance(claims, dict):
         raise InvalidJWS("JWS payload is not an object")

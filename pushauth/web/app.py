@@ -168,7 +168,7 @@ def create_app(settings: Settings, *, keyring: KeyRingHolder | None = None,
     app.add_routes(login_flow.routes)
     app.add_routes(device.routes)
     app.add_routes(admin.routes)
-    app.add_routes(ops.routes)
+    ops.setup(app, settings)
     app.add_routes(openapi.routes)
     console.setup(app)  # the security team's console: routes, sessions and the live alert feed
     demo_page.setup(app, settings)  # the sample login page, when [demo] enabled

@@ -2,11 +2,18 @@
 
 Only SHA-256 digests are configured. A presented key is hashed and looked up; the lookup is by digest, so
 its timing reveals nothing about any stored key, and the final comparison is constant-time anyway.
+
+A token is read only in RFC 6750's syntax (`b64token`, ASCII): anything else in `Authorization: Bearer`
+(bytes that are not UTF-8, which aiohttp hands over as lone surrogates; a space, a quote) is a malformed
+credential, refused with the same 401 as an unknown one and counted as a failed authentication, before
+it is hashed, looked up or logged.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Final
 
 from aiohttp import web
 
@@ -38,20 +45,24 @@ class Credentials:
         return None
 
     def identify(self, request: web.Request) -> Principal:
-        token = _bearer(request)
+        token = bearer_token(request)
         if token is None:
             raise Unauthorized("missing Authorization: Bearer <api key>",
                                headers={"WWW-Authenticate": 'Bearer realm="pushauth"'})
         who = self._lookup(token)
         if who is None:
-            raise Unauthorized("unknown API key or admin token",
-                               headers={"WWW-Authenticate": 'Bearer realm="pushauth", error="invalid_token"'})
+            raise Unauthorized("unknown API key or admin token", headers={"WWW-Authenticate": _INVALID_TOKEN})
         return who
 
     def application_of(self, request: web.Request) -> Application | None:
         """The application whose API key the request carries, or None; never raises. For the rate limits,
-        which count such calls per application before any handler runs (a hash and a dict lookup)."""
-        token = _bearer(request)
+        which count such calls per application before any handler runs (a hash and a dict lookup). A
+        malformed token is no application's: its call is counted against its address, which is refused
+        while blocked, before the handler that refuses the token runs."""
+        try:
+            token = bearer_token(request)
+        except Unauthorized:
+            return None
         who = self._lookup(token) if token is not None else None
         return who if isinstance(who, Application) else None
 
@@ -68,7 +79,22 @@ class Credentials:
         return who
 
 
-def _bearer(request: web.Request) -> str | None:
+# RFC 6750 section 2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+_B64TOKEN: Final = re.compile(r"[A-Za-z0-9._~+/-]+=*", re.ASCII)
+_INVALID_TOKEN: Final = 'Bearer realm="pushauth", error="invalid_token"'  # noqa: S105 (a header, no secret)
+
+
+def bearer_token(request: web.Request) -> str | None:
+    """The token of `Authorization: Bearer <token>`, or None when the request has no such header (none,
+    or another scheme). Raises `Unauthorized` for a token that is not a b64token: whatever its bytes,
+    it is then neither hashed nor compared, and never reaches anything that would have to encode it."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    token = token.strip()
-    return token if scheme == "Bearer" and token else None
+    if scheme != "Bearer":
+        return None
+    token = token.strip(" \t")
+    if not token:
+        return None
+    if not _B64TOKEN.fullmatch(token):
+        raise Unauthorized("malformed bearer token: not an RFC 6750 b64token",
+                           headers={"WWW-Authenticate": _INVALID_TOKEN})
+    return token

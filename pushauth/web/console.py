@@ -59,7 +59,9 @@ HEARTBEAT_S = 15.0
 QUEUE_MAX = 256
 # Most alerts replayed to a reconnecting client; beyond that its page reloads instead.
 REPLAY_MAX = 200
-_STREAM_ID = re.compile(r"\d{1,20}-\d{1,20}")
+_STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")  # not \d: "١-١" is digits to Python, not to Redis
+# A session id as `Sessions.create` makes it (token_urlsafe(32)); a cookie that is not one is no session.
+_SESSION_ID = re.compile(r"[A-Za-z0-9_-]{20,64}")
 # An event stream ends quietly when the browser goes away or Redis does: the browser reconnects.
 _STREAM_GONE: tuple[type[Exception], ...] = (ConnectionResetError, *STORE_DOWN_ERRORS)
 _encode = msgspec.json.Encoder().encode
@@ -104,7 +106,7 @@ class Sessions:
         return Session(sid, _by(admin), csrf)
 
     async def get(self, sid: str) -> Session | None:
-        if not 20 <= len(sid) <= 64:
+        if not _SESSION_ID.fullmatch(sid):
             return None
         raw = await self._r.getex(self._key(sid), ex=SESSION_IDLE_S)  # read and extend the idle time
         if not raw:
@@ -148,6 +150,20 @@ async def current_session(request: web.Request) -> Session | None:
     return await request.app[SESSIONS].get(sid) if sid else None
 
 
+async def form_field(request: web.Request, name: str) -> str | None:
+    """A text field of the posted form (None without one). The pages post x-www-form-urlencoded forms, so
+    nothing else is parsed (aiohttp's multipart reader raises on hostile bodies), and one aiohttp cannot
+    read (a charset Python does not know, bytes that are not the charset) is read as a form without the
+    field: a 403 page, never a 500."""
+    if request.content_type != "application/x-www-form-urlencoded":
+        return None
+    try:
+        value = (await request.post()).get(name)
+    except (ValueError, LookupError):
+        return None
+    return value if isinstance(value, str) else None
+
+
 Page = Callable[[web.Request, Session], Awaitable[web.StreamResponse]]
 
 
@@ -170,8 +186,8 @@ def signed_in(handler: Page) -> Callable[[web.Request], Awaitable[web.StreamResp
                 return ui.redirect("/console/login")
             return ui.error_page(403, "Your console session has ended. Sign in again.")
         if request.method == "POST":
-            token = (await request.post()).get("csrf")
-            if not (same_origin(request) and isinstance(token, str) and equal(token, session.csrf)):
+            token = await form_field(request, "csrf")
+            if not (same_origin(request) and token is not None and equal(token, session.csrf)):
                 log.warning("console_csrf_refused", who=session.who, route=request.path)
                 return ui.error_page(403, "This form did not come from this console session. Go back, reload "
                                           "the page and try again.", csrf=session.csrf, who=session.who)
@@ -464,8 +480,7 @@ async def user_page(request: web.Request, session: Session) -> web.StreamRespons
 @signed_in
 async def unlock(request: web.Request, session: Session) -> web.StreamResponse:
     user = canonical(request.match_info["user"])
-    what = (await request.post()).get("what")
-    what = what if isinstance(what, str) else "all"
+    what = await form_field(request, "what") or "all"
     await request.app[ACCOUNTS].unlock(user, by=session.who, what=what)
     return ui.redirect(_user_url(user, what))
 

@@ -11,6 +11,7 @@ user: it is for showing pushauth, never for a production server.
 
 from __future__ import annotations
 
+import re
 import secrets
 from typing import Annotated, Any
 
@@ -32,6 +33,7 @@ routes = web.RouteTableDef()
 
 CSRF_COOKIE = "pushauth_demo_csrf"
 CSRF_HEADER = "X-CSRF-Token"
+_CSRF_TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")  # token_urlsafe(32), as login_page makes it
 DEMO_APP = web.AppKey("demo_application", Application)
 
 
@@ -71,11 +73,11 @@ async def login_page(request: web.Request) -> web.StreamResponse:
 async def create(request: web.Request) -> web.StreamResponse:
     cookie = request.cookies.get(CSRF_COOKIE, "")
     header = request.headers.get(CSRF_HEADER, "")
-    if not (same_origin(request) and cookie and header and equal(cookie, header)):
+    if not (same_origin(request) and _CSRF_TOKEN.fullmatch(cookie) and equal(cookie, header)):
         raise Forbidden("reload the sign-in page and try again", code="csrf")
     body = io.decode(await io.read_body(request), DemoSignIn)
     context = {k: v for k, v in (("ip", (io.client_ip(request) or "")[:64]),
-                                 ("user_agent", request.headers.get("User-Agent", "")[:512]),
+                                 ("user_agent", io.header_text(request, "User-Agent")[:512]),
                                  ("location", "sample login page")) if v}
     created = await request.app[CHALLENGES].create(request.app[DEMO_APP], canonical(body.user), context, None)
     if isinstance(created, Allowed):

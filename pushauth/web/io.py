@@ -8,6 +8,7 @@ from typing import TypeVar
 import msgspec
 from aiohttp import web
 
+from pushauth import strictjson
 from pushauth.errors import ApiError, BadRequest, Unprocessable
 from pushauth.web.state import PROXIES
 
@@ -37,26 +38,37 @@ async def read_body(request: web.Request) -> bytes:
 
 
 def decode(body: bytes, type_: type[T]) -> T:
+    """The body as `type_`: 400 bad_json when it is not JSON or an object in it has a key twice (checked
+    first, so that no copy of a duplicated field is ever judged), then 422 for its fields."""
     if not body:
         raise BadRequest("a JSON body is required", code="bad_json")
     try:
+        strictjson.decode(body)
         return msgspec.json.decode(body, type=type_)
+    except strictjson.DuplicateKey as exc:
+        raise _duplicate(exc) from None
     except msgspec.ValidationError as exc:
         raise Unprocessable(_field_message(str(exc)), code="invalid") from None
-    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-        # msgspec raises UnicodeDecodeError (not DecodeError) for invalid UTF-8 inside a JSON string.
+    except strictjson.NOT_JSON:
         raise BadRequest("body is not valid JSON", code="bad_json") from None
 
 
 def peek_str(body: bytes, field: str) -> str | None:
-    """A top-level string field of a JSON object body, or None; never raises. For reading the one field
-    that must be acted on before the body as a whole is validated (the enrollment code)."""
+    """A top-level string field of a JSON object body, or None. For reading the one field that must be
+    acted on before the body as a whole is validated (the enrollment code). Raises only for a body with a
+    key twice (400 bad_json), before anything is acted on: which of two codes would be spent?"""
     try:
-        data = msgspec.json.decode(body)
-    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        data = strictjson.decode(body)
+    except strictjson.DuplicateKey as exc:
+        raise _duplicate(exc) from None
+    except strictjson.NOT_JSON:
         return None
     value = data.get(field) if isinstance(data, dict) else None
     return value if isinstance(value, str) and value else None
+
+
+def _duplicate(exc: strictjson.DuplicateKey) -> BadRequest:
+    return BadRequest(f"body is not valid JSON: {exc}", code="bad_json")
 
 
 def _field_message(msg: str) -> str:
@@ -75,6 +87,16 @@ def int_query(request: web.Request, name: str, *, default: int, low: int, high: 
     if not (raw.isascii() and raw.isdigit() and len(raw) <= 6) or not low <= int(raw) <= high:
         raise BadRequest(f"{name} must be an integer from {low} to {high}", code="bad_query")
     return int(raw)
+
+
+def header_text(request: web.Request, name: str) -> str:
+    """A header that is no credential, as text to store or show ("" without one). aiohttp decodes header
+    bytes as UTF-8 with surrogateescape, so bytes that are not UTF-8 arrive as lone surrogates, which
+    nothing downstream (JSON, Redis, a log) can encode: they become U+FFFD here."""
+    value = request.headers.get(name, "")
+    if value.isascii():
+        return value
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def client_ip(request: web.Request) -> str | None:

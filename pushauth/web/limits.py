@@ -5,7 +5,9 @@ It sits inside the error boundary, so a 429 and a Redis outage (503, fail closed
 other error, and in front of every handler, so a refused request has read no body, verified no signature
 and changed nothing. A request is counted against one bucket:
 
-    /healthz, /readyz, /metrics     none: a load balancer's health checks must never take a server out
+    /healthz, /readyz               none: a load balancer's health checks must never take a server out
+    /metrics                        none, but a wrong metrics token is a failed authentication, and the
+                                    handler refuses an address blocked for those (ops.MetricsAccess)
     Bearer <a valid API key>        its application's, never its address's: an identity provider sends a
                                     whole organisation's sign-ins from a few addresses
     anything else                   its client address's, which also holds the address's auth failures
@@ -23,7 +25,7 @@ from aiohttp.typedefs import Handler
 
 from pushauth.errors import Unauthorized
 from pushauth.web.io import client_ip
-from pushauth.web.ops import UNLIMITED
+from pushauth.web.ops import UNLIMITED, UNMETERED
 from pushauth.web.state import CREDENTIALS, LIMITER
 
 # 401s that are no guess at a credential: the phone's signature verified, so its sender holds the phone's
@@ -41,14 +43,16 @@ def _failed_authentication(request: web.Request, code: str | None) -> bool:
 @web.middleware
 async def rate_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
     resource = request.match_info.route.resource
-    if resource is not None and resource.canonical in UNLIMITED:
+    route = resource.canonical if resource is not None else None
+    if route in UNLIMITED:
         return await handler(request)
     limiter = request.app[LIMITER]
-    application = request.app[CREDENTIALS].application_of(request)
-    if application is not None:
-        await limiter.application(application.id)
-    else:
-        await limiter.address(client_ip(request))
+    if route not in UNMETERED:
+        application = request.app[CREDENTIALS].application_of(request)
+        if application is not None:
+            await limiter.application(application.id)
+        else:
+            await limiter.address(client_ip(request))
     try:
         response = await handler(request)
     except Unauthorized as exc:

@@ -37,7 +37,9 @@ def error_response(status: int, code: str, message: str,
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = request.headers.get("X-Request-Id", "")
-    if not (0 < len(request_id) <= 64 and request_id.replace("-", "").isalnum()):
+    # isascii first: isalnum() is true of "é" and "١" too, and bytes that are not UTF-8 arrive as lone
+    # surrogates; neither may be echoed in a response header or written to the log.
+    if not (0 < len(request_id) <= 64 and request_id.isascii() and request_id.replace("-", "").isalnum()):
         request_id = secrets.token_hex(8)
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)

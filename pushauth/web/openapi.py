@@ -50,8 +50,8 @@ OPERATIONS: tuple[Op, ...] = (
     Op("GET", "/healthz", "operations", "Liveness: 200 while the process runs"),
     Op("GET", "/readyz", "operations", "Readiness: Redis reachable and keys loaded (workers reported)",
        errors=(503,)),
-    Op("GET", "/metrics", "operations", "Prometheus metrics (bearer token when configured)",
-       errors=(401,), content="text/plain"),
+    Op("GET", "/metrics", "operations", "Prometheus metrics: from metrics.allow_from (this host by default), "
+       "or with a metrics token when configured", errors=(401, 403), content="text/plain"),
     Op("GET", "/openapi.json", "operations", "This document"),
     # -- login flow ------------------------------------------------------------------------------------
     Op("POST", "/v1/challenges", "login flow", "Ask for a sign-in prompt (or learn that none is needed)",
@@ -191,7 +191,8 @@ def document() -> dict[str, Any]:
                 "schema": {"$ref": f"#/components/schemas/{op.body.__name__}"}}}}
         responses: dict[str, Any] = {str(op.ok): {"description": _STATUS_TEXT.get(op.ok, "OK"),
                                                   "content": {op.content: {}}}}
-        # Every route but the health checks and metrics is under a rate limit (pushauth/web/limits.py).
+        # Every route but the health checks is under a rate limit (pushauth/web/limits.py); /metrics under
+        # the auth-failure block only.
         errors = op.errors if op.path in UNLIMITED else (*op.errors, 429)
         for status in sorted(set(errors)):
             responses[str(status)] = {"description": _STATUS_TEXT[status], "content": {

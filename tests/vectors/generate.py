@@ -181,7 +181,12 @@ def es256_raw(name: str, signing_input: str) -> bytes:
 
 def hand_signed(header: dict[str, Any], payload: dict[str, Any], name: str) -> str:
     """A compact JWS built without pushauth (for the negative vectors)."""
-    signing_input = f"{b64url(compact_json(header))}.{b64url(compact_json(payload))}"
+    return hand_signed_raw(compact_json(header), compact_json(payload), name)
+
+
+def hand_signed_raw(header: bytes, payload: bytes, name: str) -> str:
+    """The same over exactly these header and payload bytes (JSON no dict can hold: a key twice)."""
+    signing_input = f"{b64url(header)}.{b64url(payload)}"
     return f"{signing_input}.{b64url(es256_raw(name, signing_input))}"
 
 
@@ -266,6 +271,11 @@ USER_NAMES: list[tuple[str, str]] = [
     ("ΣΊΣΥΦΟΣ@example.org", "folding maps every sigma to σ (never the final form ς)"),
     ("Zoe\u0308@example.org", "e + COMBINING DIAERESIS composes to ë"),
     ("Ⅻ@example.org", "ROMAN NUMERAL TWELVE is xii after NFKC and folding"),
+    ("\u00b4alice@nhs.net", "ACUTE ACCENT is a space and U+0301 under NFKC: the white space NFKC makes at "
+     "the ends is stripped too, so the canonical form starts with U+0301 and canonicalising it again gives "
+     "it back"),
+    ("\u3000\u02dcBob@example.org", "an ideographic space, then SMALL TILDE (U+0020 U+0303 under "
+     "NFKC): both spaces are stripped; the canonical form starts with U+0303"),
 ]
 USER_NAMES_REFUSED: list[tuple[str, str]] = [
     ("", "empty"),
@@ -287,9 +297,11 @@ def user_names_file() -> dict[str, Any]:
         else:
             raise SystemExit(f"{raw!r} was expected to be refused")
     return file_doc(
-        "User-name canonicalisation: strip, NFKC, case-fold, NFKC; then refuse empty names, names over 256 "
-        "code points and names with characters of category Cc, Cf, Cs, Co or Cn. The server applies it to "
-        "every user name it is given; `canonical` is what it stores, signs (`sub`) and returns (`user`).",
+        "User-name canonicalisation: strip, NFKC, case-fold, NFKC, strip; then refuse empty names, names "
+        "over 256 code points, names with characters of category Cc, Cf, Cs, Co or Cn, and names whose "
+        "result those five steps would change again. The server applies it to every user name it is given; "
+        "`canonical` is what it stores, signs (`sub`) and returns (`user`), and canonicalising it again "
+        "gives it back.",
         "Conventions / User names",
         accepted=accepted,
         refused=refused,
@@ -477,6 +489,28 @@ def negative_requests_file() -> dict[str, Any]:
         "challenge's) is not a request, whatever it says",
         resign(p, header={**req_header, "typ": CHALLENGE_TYP}), approve["request"], "header",
         "bad_signature")
+
+    # A key twice: a parser that keeps the last copy (msgspec, Python's json, browsers) reads one request,
+    # one that keeps the first (a proxy, a firewall) another. Each is validly signed by the device's key.
+    add("duplicate_alg_header", "the header names `alg` twice, `none` first and `ES256` last: a header with "
+        "a key twice is malformed, whichever copy a parser would keep",
+        hand_signed_raw(b'{"alg":"none","typ":"pushauth-req+jwt","kid":"' + DEVICE_ID.encode()
+                        + b'","alg":"ES256"}', compact_json(p), "device"),
+        approve["request"], "header", "bad_signature")
+
+    add("duplicate_alg_header_escaped", "the same with the first `alg` written `\\u0061lg`: keys are "
+        "compared after their escapes are decoded",
+        hand_signed_raw(b'{"\\u0061lg":"none","typ":"pushauth-req+jwt","kid":"' + DEVICE_ID.encode()
+                        + b'","alg":"ES256"}', compact_json(p), "device"),
+        approve["request"], "header", "bad_signature")
+
+    other_htu = f"/v1/device/challenges/{OTHER_CHALLENGE_ID}/response"
+    add("duplicate_htu_payload", "the payload names `htu` twice, another challenge's path first and this "
+        "request's last: a payload with a key twice is malformed, even under a valid signature",
+        hand_signed_raw(compact_json(req_header),
+                        compact_json({**p, "htu": other_htu})[:-1] + b',"htu":' + compact_json(p["htu"])
+                        + b"}", "device"),
+        approve["request"], "claims", "bad_signature")
 
     der = crypto_private_key("device").sign(f"{h64}.{p64}".encode(), ec.ECDSA(hashes.SHA256()))
     add("der_signature", "the signature must be JOSE's raw r || s (64 bytes), not the DER that most crypto "
