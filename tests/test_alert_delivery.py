@@ -26,7 +26,9 @@ from redis_server import RedisServer
 from standardwebhooks.webhooks import Webhook
 from support import ADMIN_TOKEN, LoginFlow, RunningServer, eventually, free_port, make_settings, start_server
 
+from pushauth.alerts.delivery import _OneAtATime
 from pushauth.phone import Phone
+from pushauth.store import reads
 from pushauth.store.streams import StreamNames
 from pushauth.web.keyring import KeyRingHolder
 
@@ -512,6 +514,11 @@ async def test_a_retry_of_a_version_the_alert_has_moved_past_sends_nothing(
     await settled(redis_url)  # version 1's retry came due and was handled
     assert messages(receiver) == [(f"msg_{aid}_v2_{SINK}", "alert.created", 2, "high")]
     assert receiver.attempts == 2
+    async with aioredis.Redis.from_url(redis_url, decode_responses=True) as r:
+        [key] = [k async for k in r.scan_iter(match=f"pa:{{*}}:alert:{aid}")]
+        marks = {f: v for f, v in (await reads.hgetall(r, key)).items() if f.startswith("dl")}
+    assert list(marks) == [f"dl:{SINK}:2"], marks  # version 2 delivered; no retry left marked
+    assert marks[f"dl:{SINK}:2"].isdigit(), marks
 
 
 async def test_an_escalated_alert_to_a_failing_endpoint_has_one_retry(
@@ -572,3 +579,26 @@ async def test_replaying_a_dead_version_delivers_the_alert_as_it_now_stands(
         await settled(redis_url)
         assert messages(receiver) == [(f"msg_{aid}_v2_{SINK}", "alert.created", 2, "high")]
     assert await dead_letters(1) is None
+
+
+async def test_entries_about_one_alert_take_turns_in_a_worker() -> None:
+    """The per-alert lock: holders of one key run one after the other, other keys do not wait, and no lock
+    is kept once nobody holds or waits for it (a worker runs for months)."""
+    locks = _OneAtATime()
+    order: list[str] = []
+
+    async def hold(key: str, name: str, for_s: float) -> None:
+        async with locks.hold(key):
+            order.append(f"{name} in")
+            await asyncio.sleep(for_s)
+            order.append(f"{name} out")
+
+    await asyncio.gather(hold("a1", "first", 0.05), hold("a1", "second", 0), hold("a2", "other", 0))
+    assert order == ["first in", "other in", "other out", "first out", "second in", "second out"]
+    waiting = asyncio.create_task(hold("a1", "cancelled", 0))
+    async with locks.hold("a1"):
+        await asyncio.sleep(0)
+        waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert locks._locks == {}
