@@ -115,9 +115,18 @@ class Workers:
 
 
 def worker_config(path: Path, redis_url: str, receiver: Receiver, sink: dict[str, Any] | None = None,
-                  **alerts: Any) -> Path:
+                  others: dict[str, Receiver] | None = None, **alerts: Any) -> Path:
+    """`sink`: more settings of the SINK sink (to `receiver`); `others`: more webhook sinks, by name."""
     extra = "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in alerts.items())
     sink_extra = "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in (sink or {}).items())
+    sink_extra += "".join(f"""
+[[alerts.sinks]]
+name = "{name}"
+kind = "webhook"
+url = "{other.url}"
+secret = "{SECRET}"
+timeout_s = 2.0
+""" for name, other in (others or {}).items())
     path.write_text(f"""
 [store]
 redis_url = "{redis_url}"
@@ -475,22 +484,33 @@ async def test_an_alert_escalated_before_its_first_delivery_arrives_once_as_crea
 async def test_the_first_message_to_a_sink_above_the_first_severity_is_created(
         server: RunningServer, receiver: Receiver, workers: Workers, redis_url: str,
         http: aiohttp.ClientSession) -> None:
-    """A sink with min_severity = high does not hear of the alert at low; when it rises to high, that is
-    the first this endpoint hears of it: alert.created (version 2), then alert.updated."""
-    worker_config(workers.config, redis_url, receiver, sink={"min_severity": "high"})
-    workers.start("w1")
-    leo = Incident(http, server.url, "leo@nhs.net")
-    await leo.low()
-    aid = (await leo.alert())["id"]
-    await settled(redis_url)
-    assert receiver.deliveries == []
-    await leo.high()
-    await receiver.wait_for({aid}, within_s=10)
-    await leo.critical()
-    await until(lambda: len(receiver.deliveries) > 1, 10, "version 3 delivered")
-    await settled(redis_url)
-    assert messages(receiver) == [(f"msg_{aid}_v2_{SINK}", "alert.created", 2, "high"),
-                                  (f"msg_{aid}_v3_{SINK}", "alert.updated", 3, "critical")]
+    """Two sinks, one with min_severity = high. It does not hear of the alert at low; when the alert rises
+    to high, that is the first it hears of it: alert.created (version 2), then alert.updated. The other
+    sink hears of every version, created then updated: what a sink was sent is the sink's own."""
+    everything = Receiver(free_port())
+    await everything.up()
+    try:
+        worker_config(workers.config, redis_url, receiver, sink={"min_severity": "high"},
+                      others={"soc-all": everything})
+        workers.start("w1")
+        leo = Incident(http, server.url, "leo@nhs.net")
+        await leo.low()
+        aid = (await leo.alert())["id"]
+        await everything.wait_for({aid}, within_s=10)
+        await settled(redis_url)
+        assert receiver.deliveries == []
+        await leo.high()
+        await receiver.wait_for({aid}, within_s=10)
+        await leo.critical()
+        await until(lambda: len(receiver.deliveries) > 1, 10, "version 3 delivered")
+        await settled(redis_url)
+        assert messages(receiver) == [(f"msg_{aid}_v2_{SINK}", "alert.created", 2, "high"),
+                                      (f"msg_{aid}_v3_{SINK}", "alert.updated", 3, "critical")]
+        assert messages(everything) == [(f"msg_{aid}_v1_soc-all", "alert.created", 1, "low"),
+                                        (f"msg_{aid}_v2_soc-all", "alert.updated", 2, "high"),
+                                        (f"msg_{aid}_v3_soc-all", "alert.updated", 3, "critical")]
+    finally:
+        await everything.down()
 
 
 async def test_a_retry_of_a_version_the_alert_has_moved_past_sends_nothing(
