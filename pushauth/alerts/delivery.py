@@ -171,7 +171,7 @@ class AlertDelivery:
                        attempt: int) -> None:
         alert = alert_view(h)
         current = int(alert["version"])
-        if attempt and version < current:
+        if only and attempt and version < current:
             # The newer version's own entry has delivered it to this sink or scheduled its own retry.
             await self._r.hdel(self._ks.alert(uid, aid), f"dls:{only}:{version}")
             log.info("alert_retry_superseded", sink=only, alert=aid, version=version, current=current)
