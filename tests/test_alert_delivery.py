@@ -516,12 +516,12 @@ async def test_the_first_message_to_a_sink_above_the_first_severity_is_created(
 async def test_a_retry_of_a_version_the_alert_has_moved_past_sends_nothing(
         server: RunningServer, receiver: Receiver, workers: Workers, redis_url: str,
         http: aiohttp.ClientSession) -> None:
-    """Version 1's delivery fails and is due again in 2 s; meanwhile the alert rises to version 2, which
+    """Version 1's delivery fails and is due again in 3 s; meanwhile the alert rises to version 2, which
     is delivered at once (as alert.created: the endpoint never had version 1). When version 1's retry
     comes due it sends nothing: neither version 1's stale state nor version 2 again."""
     worker_config(workers.config, redis_url, receiver)
     workers.config.write_text(workers.config.read_text().replace(
-        "retry_schedule_s = [1, 1, 1, 1, 1, 1]", "retry_schedule_s = [2, 2]"))
+        "retry_schedule_s = [1, 1, 1, 1, 1, 1]", "retry_schedule_s = [3, 3]"))
     receiver.status = 503
     workers.start("w1")
     mia = Incident(http, server.url, "mia@nhs.net")
@@ -548,7 +548,7 @@ async def test_an_escalated_alert_to_a_failing_endpoint_has_one_retry(
     one attempt (version 2) and schedule one retry between them, not one each; the retry delivers it."""
     worker_config(workers.config, redis_url, receiver)
     workers.config.write_text(workers.config.read_text().replace(
-        "retry_schedule_s = [1, 1, 1, 1, 1, 1]", "retry_schedule_s = [2, 2]"))
+        "retry_schedule_s = [1, 1, 1, 1, 1, 1]", "retry_schedule_s = [3, 3]"))
     receiver.status = 503
     oli = Incident(http, server.url, "oli@nhs.net")
     await oli.low()
