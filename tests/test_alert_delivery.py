@@ -12,7 +12,7 @@ import base64
 import random
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,11 @@ from aiohttp import web
 from processes import Child
 from redis_server import RedisServer
 from standardwebhooks.webhooks import Webhook
-from support import ADMIN_TOKEN, LoginFlow, RunningServer, free_port, make_settings, start_server
+from support import ADMIN_TOKEN, LoginFlow, RunningServer, eventually, free_port, make_settings, start_server
 
+from pushauth.alerts.delivery import _OneAtATime
 from pushauth.phone import Phone
+from pushauth.store import reads
 from pushauth.store.streams import StreamNames
 from pushauth.web.keyring import KeyRingHolder
 
@@ -42,6 +44,7 @@ class Receiver:
         self.port = port
         self.url = f"http://127.0.0.1:{port}/hook"
         self.deliveries: list[tuple[str, dict[str, Any]]] = []  # (webhook-id, body) of accepted posts
+        self.attempts = 0  # posts with a good signature, whatever the answer
         self.bad: list[str] = []
         self.status = 200
         self.delay_s = 0.0
@@ -56,6 +59,7 @@ class Receiver:
         except Exception as exc:
             self.bad.append(f"{type(exc).__name__}: {exc}")
             return web.Response(status=401)
+        self.attempts += 1
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         if self.status // 100 == 2:
@@ -110,8 +114,19 @@ class Workers:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.logs.glob("*.log")))
 
 
-def worker_config(path: Path, redis_url: str, receiver: Receiver, **alerts: Any) -> Path:
+def worker_config(path: Path, redis_url: str, receiver: Receiver, sink: dict[str, Any] | None = None,
+                  others: dict[str, Receiver] | None = None, **alerts: Any) -> Path:
+    """`sink`: more settings of the SINK sink (to `receiver`); `others`: more webhook sinks, by name."""
     extra = "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in alerts.items())
+    sink_extra = "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in (sink or {}).items())
+    sink_extra += "".join(f"""
+[[alerts.sinks]]
+name = "{name}"
+kind = "webhook"
+url = "{other.url}"
+secret = "{SECRET}"
+timeout_s = 2.0
+""" for name, other in (others or {}).items())
     path.write_text(f"""
 [store]
 redis_url = "{redis_url}"
@@ -129,7 +144,7 @@ kind = "webhook"
 url = "{receiver.url}"
 secret = "{SECRET}"
 timeout_s = 2.0
-
+{sink_extra}
 [logging]
 level = "info"
 format = "json"
@@ -183,6 +198,75 @@ async def server(redis_url: str, keyring: KeyRingHolder, receiver: Receiver) -> 
     running = await start_server(settings, keyring)
     yield running
     await running.close()
+
+
+class Incident:
+    """One user's alert raised a step at a time through the real path: a denial "by mistake" opens it at
+    low (version 1), an approval with the wrong number raises it to high (version 2), "I didn't request
+    this" to critical (version 3). Each step is announced as it happens, whether a worker runs or not."""
+
+    def __init__(self, http: aiohttp.ClientSession, url: str, user: str) -> None:
+        self.http = http
+        self.url = url
+        self.user = user
+        self.rp = LoginFlow(http, url)
+        self.phone: Phone | None = None
+
+    async def _prompt(self) -> tuple[Phone, dict[str, Any]]:
+        if self.phone is None:
+            self.phone = await Phone.enroll(await self.rp.enroll_uri(self.user), session=self.http)
+        return self.phone, await self.rp.create(self.user, context={"ip": "198.51.100.23"})
+
+    async def low(self) -> None:
+        phone, c = await self._prompt()
+        assert await phone.deny(c["id"], reason="mistake") == "denied"
+
+    async def high(self) -> None:
+        phone, c = await self._prompt()
+        assert await phone.approve(c["id"], number="00" if c["number"] != "00" else "01") == "denied"
+
+    async def critical(self) -> None:
+        phone, c = await self._prompt()
+        assert await phone.deny(c["id"], reason="not_me") == "denied"
+
+    async def alert(self) -> dict[str, Any]:
+        async with self.http.get(self.url + "/v1/alerts", params={"user": self.user},
+                                 headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as resp:
+            [alert] = (await resp.json())["alerts"]
+        return dict(alert)
+
+
+async def settled(redis_url: str, within_s: float = 15.0, *, retries: bool = True) -> None:
+    """Every alert stream entry handled and acknowledged, no outbox entry left and (unless `retries` is
+    False) no retry waiting: whatever the worker was going to send about what has been raised so far, it
+    has sent."""
+    names = StreamNames.for_("pa", "alerts")
+
+    async def probe() -> bool | None:
+        async with aioredis.Redis.from_url(redis_url, decode_responses=True) as r:
+            stream = await r.xinfo_stream(names.stream)
+            groups = await r.xinfo_groups(names.stream)
+            outboxes = [key async for key in r.scan_iter(match="pa:{*}:aout")]
+            due = await r.zcard(names.delayed)
+        last = stream["last-generated-id"]
+        done = bool(groups) and all(g["pending"] == 0 and g["last-delivered-id"] == last for g in groups)
+        return True if done and not (retries and due) and not outboxes else None
+
+    await eventually(probe, within_s, "every alert entry handled")
+
+
+async def until(ready: Callable[[], bool], within_s: float, what: str) -> None:
+    async def probe() -> bool | None:
+        return True if ready() else None
+
+    await eventually(probe, within_s, what)
+
+
+def messages(receiver: Receiver) -> list[tuple[str, str, int, str]]:
+    """(webhook-id, type, data.version, data.severity) of each accepted post, in arrival order."""
+    assert not receiver.bad, receiver.bad
+    return [(webhook_id, body["type"], body["data"]["version"], body["data"]["severity"])
+            for webhook_id, body in receiver.deliveries]
 
 
 def assert_duplicates_share_ids(receiver: Receiver) -> None:
@@ -368,3 +452,173 @@ async def test_an_alert_whose_announcement_was_lost_is_swept(
     workers.start("w1")
     await receiver.wait_for(set(aids), within_s=15)
     assert_duplicates_share_ids(receiver)
+
+
+# -- each version once; the first message about an alert is alert.created (issue 14, item 11) --------------
+
+
+async def test_an_alert_escalated_before_its_first_delivery_arrives_once_as_created(
+        server: RunningServer, receiver: Receiver, workers: Workers, redis_url: str,
+        http: aiohttp.ClientSession) -> None:
+    """Raised (version 1) and escalated (version 2) before any worker runs: both announcements wait in the
+    stream, and one worker reads them in one batch and handles them at once. The endpoint gets one
+    message, alert.created carrying version 2; version 1, superseded before it could be delivered, is not
+    sent on its own. A later escalation is one alert.updated."""
+    worker_config(workers.config, redis_url, receiver)
+    kim = Incident(http, server.url, "kim@nhs.net")
+    await kim.low()
+    await kim.high()
+    aid = (await kim.alert())["id"]
+    workers.start("w1")
+    await receiver.wait_for({aid}, within_s=15)
+    await settled(redis_url)
+    assert messages(receiver) == [(f"msg_{aid}_v2_{SINK}", "alert.created", 2, "high")]
+
+    await kim.critical()
+    await until(lambda: len(receiver.deliveries) > 1, 10, "version 3 delivered")
+    await settled(redis_url)
+    assert messages(receiver) == [(f"msg_{aid}_v2_{SINK}", "alert.created", 2, "high"),
+                                  (f"msg_{aid}_v3_{SINK}", "alert.updated", 3, "critical")]
+
+
+async def test_the_first_message_to_a_sink_above_the_first_severity_is_created(
+        server: RunningServer, receiver: Receiver, workers: Workers, redis_url: str,
+        http: aiohttp.ClientSession) -> None:
+    """Two sinks, one with min_severity = high. It does not hear of the alert at low; when the alert rises
+    to high, that is the first it hears of it: alert.created (version 2), then alert.updated. The other
+    sink hears of every version, created then updated: what a sink was sent is the sink's own."""
+    everything = Receiver(free_port())
+    await everything.up()
+    try:
+        worker_config(workers.config, redis_url, receiver, sink={"min_severity": "high"},
+                      others={"soc-all": everything})
+        workers.start("w1")
+        leo = Incident(http, server.url, "leo@nhs.net")
+        await leo.low()
+        aid = (await leo.alert())["id"]
+        await everything.wait_for({aid}, within_s=10)
+        await settled(redis_url)
+        assert receiver.deliveries == []
+        await leo.high()
+        await receiver.wait_for({aid}, within_s=10)
+        await leo.critical()
+        await until(lambda: len(receiver.deliveries) > 1, 10, "version 3 delivered")
+        await settled(redis_url)
+        assert messages(receiver) == [(f"msg_{aid}_v2_{SINK}", "alert.created", 2, "high"),
+                                      (f"msg_{aid}_v3_{SINK}", "alert.updated", 3, "critical")]
+        assert messages(everything) == [(f"msg_{aid}_v1_soc-all", "alert.created", 1, "low"),
+                                        (f"msg_{aid}_v2_soc-all", "alert.updated", 2, "high"),
+                                        (f"msg_{aid}_v3_soc-all", "alert.updated", 3, "critical")]
+    finally:
+        await everything.down()
+
+
+async def test_a_retry_of_a_version_the_alert_has_moved_past_sends_nothing(
+        server: RunningServer, receiver: Receiver, workers: Workers, redis_url: str,
+        http: aiohttp.ClientSession) -> None:
+    """Version 1's delivery fails and is due again in 3 s; meanwhile the alert rises to version 2, which
+    is delivered at once (as alert.created: the endpoint never had version 1). When version 1's retry
+    comes due it sends nothing: neither version 1's stale state nor version 2 again."""
+    worker_config(workers.config, redis_url, receiver)
+    workers.config.write_text(workers.config.read_text().replace(
+        "retry_schedule_s = [1, 1, 1, 1, 1, 1]", "retry_schedule_s = [3, 3]"))
+    receiver.status = 503
+    workers.start("w1")
+    mia = Incident(http, server.url, "mia@nhs.net")
+    await mia.low()
+    await until(lambda: receiver.attempts > 0, 10, "version 1 attempted")
+    receiver.status = 200
+    await mia.high()
+    aid = (await mia.alert())["id"]
+    await receiver.wait_for({aid}, within_s=10)
+    await settled(redis_url)  # version 1's retry came due and was handled
+    assert messages(receiver) == [(f"msg_{aid}_v2_{SINK}", "alert.created", 2, "high")]
+    assert receiver.attempts == 2
+    async with aioredis.Redis.from_url(redis_url, decode_responses=True) as r:
+        [key] = [k async for k in r.scan_iter(match=f"pa:{{*}}:alert:{aid}")]
+        marks = {f: v for f, v in (await reads.hgetall(r, key)).items() if f.startswith("dl")}
+    assert list(marks) == [f"dl:{SINK}:2"], marks  # version 2 delivered; no retry left marked
+    assert marks[f"dl:{SINK}:2"].isdigit(), marks
+
+
+async def test_an_escalated_alert_to_a_failing_endpoint_has_one_retry(
+        server: RunningServer, receiver: Receiver, workers: Workers, redis_url: str,
+        http: aiohttp.ClientSession) -> None:
+    """Raised and escalated before the worker runs, to an endpoint that fails: the two announcements make
+    one attempt (version 2) and schedule one retry between them, not one each; the retry delivers it."""
+    worker_config(workers.config, redis_url, receiver)
+    workers.config.write_text(workers.config.read_text().replace(
+        "retry_schedule_s = [1, 1, 1, 1, 1, 1]", "retry_schedule_s = [3, 3]"))
+    receiver.status = 503
+    oli = Incident(http, server.url, "oli@nhs.net")
+    await oli.low()
+    await oli.high()
+    aid = (await oli.alert())["id"]
+    workers.start("w1")
+    await settled(redis_url, retries=False)  # both announcements handled; the retry is not due yet
+    assert receiver.attempts == 1
+    receiver.status = 200
+    await receiver.wait_for({aid}, within_s=10)
+    await settled(redis_url)
+    assert messages(receiver) == [(f"msg_{aid}_v2_{SINK}", "alert.created", 2, "high")]
+    assert receiver.attempts == 2
+
+
+async def test_replaying_a_dead_version_delivers_the_alert_as_it_now_stands(
+        server: RunningServer, receiver: Receiver, workers: Workers, redis_url: str,
+        http: aiohttp.ClientSession) -> None:
+    """A 410 sends version 1 to the dead letter and disables the sink; version 2 goes there too. Once the
+    sink is enabled, replaying either dead letter delivers the alert once, as it now stands: alert.created
+    carrying version 2. Replaying the other then sends nothing more."""
+    worker_config(workers.config, redis_url, receiver)
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    receiver.status = 410
+    workers.start("w1")
+
+    async def dead_letters(n: int) -> list[dict[str, Any]] | None:
+        async with http.get(server.url + "/v1/alert-deliveries/dead", headers=headers) as resp:
+            dead: list[dict[str, Any]] = (await resp.json())["dead"]
+        return dead if len(dead) >= n else None
+
+    ned = Incident(http, server.url, "ned@nhs.net")
+    await ned.low()
+    await eventually(lambda: dead_letters(1), 10, "version 1 dead-lettered by the 410")
+    await ned.high()
+    dead = await eventually(lambda: dead_letters(2), 10, "version 2 dead-lettered: the sink is disabled")
+    aid = (await ned.alert())["id"]
+    assert {(d["alert_id"], d["version"], d["why"]) for d in dead} == {(aid, 1, "gone_410"),
+                                                                       (aid, 2, "sink_disabled")}
+    receiver.status = 200
+    async with http.post(server.url + f"/v1/alert-sinks/{SINK}/enable", headers=headers) as resp:
+        assert resp.status == 200
+    for d in sorted(dead, key=lambda d: int(d["version"])):  # the older first
+        async with http.post(server.url + f"/v1/alert-deliveries/dead/{d['id']}/replay",
+                             headers=headers) as resp:
+            assert resp.status == 200, await resp.text()
+        await receiver.wait_for({aid}, within_s=10)
+        await settled(redis_url)
+        assert messages(receiver) == [(f"msg_{aid}_v2_{SINK}", "alert.created", 2, "high")]
+    assert await dead_letters(1) is None
+
+
+async def test_entries_about_one_alert_take_turns_in_a_worker() -> None:
+    """The per-alert lock: holders of one key run one after the other, other keys do not wait, and no lock
+    is kept once nobody holds or waits for it (a worker runs for months)."""
+    locks = _OneAtATime()
+    order: list[str] = []
+
+    async def hold(key: str, name: str, for_s: float) -> None:
+        async with locks.hold(key):
+            order.append(f"{name} in")
+            await asyncio.sleep(for_s)
+            order.append(f"{name} out")
+
+    await asyncio.gather(hold("a1", "first", 0.05), hold("a1", "second", 0), hold("a2", "other", 0))
+    assert order == ["first in", "other in", "other out", "first out", "second in", "second out"]
+    waiting = asyncio.create_task(hold("a1", "cancelled", 0))
+    async with locks.hold("a1"):
+        await asyncio.sleep(0)
+        waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert locks._locks == {}

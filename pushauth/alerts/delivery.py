@@ -1,19 +1,50 @@
-"""Alert delivery: from the alert stream to every configured sink, at least once.
+"""Alert delivery: from the alert stream to every configured sink, at least once, each version once.
 
 Each stream entry names one alert version (`u` uid, `a` alert id, `v` version; `s` and `n` on a retry for
-one sink). The worker reads the alert from the user's slot and hands it to each sink that has not had that
-version yet:
+one sink, `s` alone on a replayed dead letter). An entry is a wake-up, not a snapshot: the worker reads the
+alert as it stands and offers each sink the alert's *current* version, never an older state. An alert
+raised and escalated before the worker got to it is sent once, carrying the newer version; the older
+version, superseded before it could be delivered, is not sent on its own (the newer version's entry then
+finds it delivered and sends nothing).
 
-    DELIVERED  -> `dl:<sink>:<version>` on the alert: a reclaimed or re-announced entry skips that sink
-    RETRY      -> a retry entry for that sink alone, due after the next delay of `alerts.retry_schedule_s`
-                  (or the receiver's Retry-After, if longer); after the last one, the dead letter
+What the worker records on the alert hash, per sink:
+
+    dl:<sink>:<version>   that version is settled for the sink: delivered (Unix time) or dead-lettered
+                          ("dead:<why>"). Every entry skips a settled version.
+    dls:<sink>:<version>  a retry of that version is scheduled ("retrying:<n>:<reason>"): an announcement
+                          leaves the sink to that retry. Removed once the version is settled.
+
+What a sink is sent:
+
+    type         `alert.created` until a delivery of the alert to that sink has succeeded (a `dl:<sink>:*`
+                 holding a time), `alert.updated` after: the first message a sink gets about an alert is
+                 `alert.created` whatever its version, also when the alert only later reached the sink's
+                 `min_severity`
+    delivery_id  `msg_<aid>_v<version>_<sink>` (`delivery_id`): the same for every attempt of one version to
+                 one sink (the webhook's `webhook-id`, the e-mail's Message-ID), so a receiver can drop
+                 the duplicates that at-least-once delivery allows
+
+and what happens next:
+
+    DELIVERED  -> `dl:<sink>:<version>` = now
+    RETRY      -> a retry entry for that sink and version, due after the next delay of
+                  `alerts.retry_schedule_s` (or the receiver's Retry-After, if longer); after the last one,
+                  the dead letter. A retry that comes due after the alert has moved to a newer version is
+                  dropped: the newer version's own entry has delivered it or scheduled a retry of its own.
     GONE (410) -> the sink is disabled (`{alerts}:disabled`) and the delivery goes to the dead letter;
                   later alerts for a disabled sink go straight there, to be replayed once it is re-enabled
 
+A worker handles the entries about one alert one at a time (a lock per alert id): two versions read in one
+batch, or a retry coming due during an announcement, take turns, and the second sees what the first
+recorded. So one worker sends each version once. Two workers may still both send a version (with the same
+delivery id), or, in a narrow race (one reads the alert just before an escalation, the other just after,
+neither delivery recorded yet), each send a different version as `alert.created`: delivery is at least
+once.
+
 The dead letter is the alert stream's (`{alerts}:dead`, shared with entries that crashed a worker
-repeatedly); the security team lists and replays it through the admin API. Every delivery of one alert
-version to one sink carries the same `delivery_id` (the webhook's `webhook-id`), so a receiver can drop
-the duplicates that at-least-once delivery allows.
+repeatedly); the security team lists and replays it through the admin API. Replay forgets the sink's
+failures on that alert (its dead-lettered versions, its retries) and puts the entry back, so the alert is
+delivered as it then stands, unless that version has reached the sink already.
 """
 
 from __future__ import annotations
@@ -21,7 +52,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -40,12 +71,32 @@ from pushauth.store.streams import Fields, StreamConsumer
 
 log = structlog.get_logger(__name__)
 
-# Record a delivery on the alert, unless the alert is gone (never create a stray hash).
-# KEYS: alert   ARGV: field, value
+# Settle a version for a sink (and drop its retry mark), unless the alert is gone (never create a stray
+# hash); or, with an empty third argument, record a scheduled retry.
+# KEYS: alert   ARGV: field, value, field to delete ("" for none)
 MARK = Script("mark_alert_delivery", """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if ARGV[3] ~= '' then redis.call('HDEL', KEYS[1], ARGV[3]) end
 return 1
+""")
+
+# Forget one sink's failures on an alert: its dead-lettered versions and its retry marks (deliveries that
+# succeeded stay recorded). Plain string comparisons: a sink name may hold Lua pattern characters.
+# KEYS: alert   ARGV: sink
+FORGET_FAILURES = Script("forget_alert_failures", """
+local h = redis.call('HGETALL', KEYS[1])
+local dl, dls = 'dl:' .. ARGV[1] .. ':', 'dls:' .. ARGV[1] .. ':'
+local n = 0
+for i = 1, #h, 2 do
+  local field, value = h[i], h[i + 1]
+  if (string.sub(field, 1, #dl) == dl and string.sub(value, 1, 5) == 'dead:')
+      or string.sub(field, 1, #dls) == dls then
+    redis.call('HDEL', KEYS[1], field)
+    n = n + 1
+  end
+end
+return n
 """)
 
 
@@ -54,7 +105,37 @@ def delivery_id(aid: str, version: int, sink: str) -> str:
     return f"msg_{aid}_v{version}_{sink}"
 
 
+def reached(h: Mapping[str, str], sink: str) -> bool:
+    """Has a delivery of this alert to `sink` succeeded (any version)? A dead letter does not count."""
+    prefix = f"dl:{sink}:"
+    return any(field.startswith(prefix) and value[:1].isdigit() for field, value in h.items())
+
+
+class _OneAtATime:
+    """A lock per key, kept only while someone holds it or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
 class AlertDelivery:
+    """Owns delivery from the alert stream: for each entry, what each sink is sent (see the module
+    docstring), the marks on the alert that make it once per version, retries and the dead letter."""
+
     def __init__(self, redis: aioredis.Redis, keyspace: KeySpace, store: AlertStore, settings: AlertSettings,
                  sinks: Mapping[str, AlertSink], sink_settings: Mapping[str, SinkSettings]) -> None:
         self._r = redis
@@ -64,6 +145,7 @@ class AlertDelivery:
         self._sinks = sinks
         self._min_rank = {name: severity_rank(sink_settings[name].min_severity) if name in sink_settings
                           else 0 for name in sinks}
+        self._per_alert = _OneAtATime()
         self.consumer: StreamConsumer | None = None
 
     def consumer_for(self, name: str) -> StreamConsumer:
@@ -76,25 +158,36 @@ class AlertDelivery:
         version = int(fields["v"])
         if ids.alert_uid(aid) != uid:
             raise ValueError("alert entry names an alert outside its user")  # poison: dead-lettered
-        h = await self._store.raw(aid)
-        if h is None:  # deleted meanwhile: nothing left to deliver
-            await self._store.delivered(uid, aid, version)
-            return
-        alert = alert_view(h)
-        disabled = cast(dict[str, str], await self._r.hgetall(self._ks.alert_sinks_disabled))
         only = fields.get("s")
-        targets = [only] if only else list(self._sinks)
         attempt = int(fields.get("n", "0"))
-        await asyncio.gather(*(self._one(uid, aid, version, h, alert, name, attempt, name in disabled)
-                               for name in targets))
-        if not only:
+        async with self._per_alert.hold(aid):
+            h = await self._store.raw(aid)
+            if h is not None:
+                await self._deliver(uid, aid, version, h, only, attempt)
+        if not only:  # an announcement (deleted meanwhile or not): its outbox entry is done with
             await self._store.delivered(uid, aid, version)
 
-    async def _one(self, uid: str, aid: str, version: int, h: Mapping[str, str], alert: dict[str, Any],
-                   name: str, attempt: int, disabled: bool) -> None:
-        mark = f"dl:{name}:{version}"
-        if h.get(mark):
-            return  # delivered (or dead-lettered) before a crash or a second announcement
+    async def _deliver(self, uid: str, aid: str, version: int, h: Mapping[str, str], only: str | None,
+                       attempt: int) -> None:
+        alert = alert_view(h)
+        current = int(alert["version"])
+        if only and attempt and version < current:
+            # The newer version's own entry has delivered it to this sink or scheduled its own retry.
+            await self._r.hdel(self._ks.alert(uid, aid), f"dls:{only}:{version}")
+            log.info("alert_retry_superseded", sink=only, alert=aid, version=version, current=current)
+            return
+        disabled = cast(dict[str, str], await self._r.hgetall(self._ks.alert_sinks_disabled))
+        targets = [only] if only else list(self._sinks)
+        await asyncio.gather(*(self._one(uid, aid, h, alert, name, attempt, name in disabled)
+                               for name in targets))
+
+    async def _one(self, uid: str, aid: str, h: Mapping[str, str], alert: dict[str, Any], name: str,
+                   attempt: int, disabled: bool) -> None:
+        version = int(alert["version"])
+        if h.get(f"dl:{name}:{version}"):
+            return  # delivered (or dead-lettered) already, by this entry before a crash or by another
+        if not attempt and h.get(f"dls:{name}:{version}"):
+            return  # a retry of this version is scheduled: it carries on from there
         sink = self._sinks.get(name)
         if sink is None:  # a retry for a sink that is no longer configured
             log.warning("alert_sink_not_configured", sink=name, alert=aid)
@@ -105,16 +198,16 @@ class AlertDelivery:
         if disabled:
             await self._dead(key, uid, aid, version, name, "sink_disabled")
             return
-        note = Notification("alert.created" if version == 1 else "alert.updated", alert,
+        note = Notification("alert.updated" if reached(h, name) else "alert.created", alert,
                             delivery_id(aid, version, name))
         started = time.monotonic()
         outcome = await sink.deliver(note)
-        fields = {"sink": name, "alert": aid, "version": version, "attempt": attempt,
+        fields = {"sink": name, "alert": aid, "version": version, "type": note.type, "attempt": attempt,
                   "outcome": outcome.kind.value, "reason": outcome.reason,
                   "ms": round((time.monotonic() - started) * 1000, 1)}
         metrics.ALERT_DELIVERIES.labels(name, outcome.kind.value).inc()
         if outcome.kind is SinkOutcomeKind.DELIVERED:
-            await MARK(self._r, [key], [mark, int(time.time())])
+            await MARK(self._r, [key], [f"dl:{name}:{version}", int(time.time()), f"dls:{name}:{version}"])
             log.info("alert_delivered", **fields)
         elif outcome.kind is SinkOutcomeKind.GONE:
             await self._r.hset(self._ks.alert_sinks_disabled, name, int(time.time()))
@@ -134,7 +227,7 @@ class AlertDelivery:
         delay = max(float(schedule[attempt]), min(outcome.retry_after_s or 0.0, float(max(schedule))))
         retry = {"u": uid, "a": aid, "v": str(version), "s": name, "n": str(attempt + 1)}
         await self.consumer.schedule(retry, time.time() + delay)
-        await MARK(self._r, [key], [f"dls:{name}:{version}", f"retrying:{attempt + 1}:{outcome.reason}"])
+        await MARK(self._r, [key], [f"dls:{name}:{version}", f"retrying:{attempt + 1}:{outcome.reason}", ""])
         log.warning("alert_delivery_retry", delay_s=delay, **fields)
 
     async def _dead(self, key: str, uid: str, aid: str, version: int, name: str, why: str) -> None:
@@ -143,7 +236,7 @@ class AlertDelivery:
         pipe = self._r.pipeline(transaction=False)
         pipe.xadd(self._store.names.dead, dead, maxlen=100_000, approximate=True)
         await pipe.execute()
-        await MARK(self._r, [key], [f"dl:{name}:{version}", f"dead:{why}"])
+        await MARK(self._r, [key], [f"dl:{name}:{version}", f"dead:{why}", f"dls:{name}:{version}"])
         metrics.ALERT_DELIVERIES.labels(name, "dead_letter").inc()
         log.error("alert_dead_letter", sink=name, alert=aid, version=version, why=why)
 
@@ -181,7 +274,8 @@ class DeadLetters:
         return out
 
     async def replay(self, entry_id: str) -> bool:
-        """Put a dead delivery back on the stream (clearing its record so the sink is tried again)."""
+        """Put a dead delivery back on the stream, after forgetting the sink's failures on that alert (so
+        the sink is tried again with the alert as it then stands; see the module docstring)."""
         rows = cast(list[tuple[str, dict[str, str]]],
                     await self._r.xrange(self._store.names.dead, entry_id, entry_id))
         if not rows:
@@ -190,7 +284,7 @@ class DeadLetters:
         fields = {k: v for k, v in f.items() if not k.startswith("_") and k != "n"}
         if "u" in fields and "a" in fields and "v" in fields and "s" in fields \
                 and ids.alert_uid(fields["a"]) == fields["u"]:
-            await self._r.hdel(self._ks.alert(fields["u"], fields["a"]), f"dl:{fields['s']}:{fields['v']}")
+            await FORGET_FAILURES(self._r, [self._ks.alert(fields["u"], fields["a"])], [fields["s"]])
         pipe = self._r.pipeline(transaction=False)
         pipe.xadd(self._store.names.stream, cast(dict[Any, Any], fields), maxlen=1_000_000, approximate=True)
         pipe.xdel(self._store.names.dead, entry_id)

@@ -6,8 +6,10 @@ announces it (`announce`): one script in the global `{alerts}` slot adds it to t
 and appends a pointer to the alert stream, which the alert worker consumes. The two steps cannot be one
 atomic step on Redis Cluster (different slots), so the outbox closes the gap: if the server dies between
 them, or Redis fails over, the alert worker's sweep (`sweep`) finds outbox entries older than a minute and
-announces them again. Announcing twice is harmless: the index add is idempotent and the worker delivers
-each alert version to each sink once (`dl:<sink>:<version>` on the alert).
+announces them again. Announcing twice is harmless: the index add is idempotent, and for any entry the
+worker sends each sink the alert's current version only if that version is not settled for the sink yet
+(`dl:<sink>:<version>` on the alert; pushauth/alerts/delivery.py). So a second announcement sends nothing,
+and neither does a version's entry handled after the alert has moved on and its newer version was sent.
 """
 
 from __future__ import annotations
@@ -154,7 +156,9 @@ class AlertStore:
         return announced
 
     async def delivered(self, uid: str, aid: str, version: int) -> None:
-        """The worker has handled this version (delivered, scheduled or dead-lettered for every sink)."""
+        """The worker has handled this version's announcement: for every sink, the alert as it then stood
+        (this version or a newer one) was delivered, scheduled for a retry, dead-lettered, found settled
+        already, or left out (below the sink's min_severity)."""
         await self._r.zrem(self._ks.alert_outbox(uid), f"{aid}|{version}")
 
     # -- reading -------------------------------------------------------------------------------------------
