@@ -1,6 +1,8 @@
 # pushauth developer commands. Everything runs from the repo-local virtualenv in .venv/.
 #   make test    install redis-server and chromium if missing, then run the test suite (real Redis processes
 #                started by the tests; the console's browser tests drive /usr/bin/chromium)
+#   make test-fast  the developers' loop: the suite without the slow process-level files (Cluster, Sentinel,
+#                the whole deployment, schemathesis, the browser, push end to end), stopping at the first failure
 #   make lint    ruff + mypy (strict; configured in pyproject.toml)
 #   make demo    run the local demo
 #   make demo-live  the demo, then keep it running: console, sample login page, phone on this terminal
@@ -15,7 +17,7 @@ STAMP := $(VENV)/.installed
 # Extra pytest arguments, e.g. make test PYTEST_ARGS="-k redis -x"
 PYTEST_ARGS ?=
 
-.PHONY: venv test lint demo demo-live bench ensure-redis ensure-chromium clean
+.PHONY: venv test test-fast lint demo demo-live bench ensure-redis ensure-chromium clean
 
 venv: $(STAMP)
 
@@ -32,6 +34,10 @@ ensure-chromium:
 
 test: venv ensure-redis ensure-chromium
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+SLOW_TESTS := test_cluster test_sentinel test_topology test_schemathesis test_console test_push_e2e test_durability
+test-fast: venv ensure-redis
+	$(BIN)/pytest -x $(addprefix --ignore=tests/,$(addsuffix .py,$(SLOW_TESTS))) $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check . && $(BIN)/mypy
