@@ -213,6 +213,8 @@ async def test_user_lookup_and_containment_actions(page: Page, srv: RunningServe
     await page.get_by_role("button", name="Look up").click()
     await expect(page.get_by_role("heading", level=1)).to_have_text(USER)
     await expect(page.locator("dl.facts")).to_contain_text("yes, since")
+    await expect(page.locator("ul.blocks")).to_contain_text("Prompts suspended")
+    await expect(page.locator("ul.blocks")).to_contain_text("until the security team acts")
     await expect(page.locator("body")).to_contain_text(HOSTILE["user_agent"])
     await screenshot(page, "console-user-suspended")
 
@@ -244,6 +246,27 @@ async def test_user_lookup_and_containment_actions(page: Page, srv: RunningServe
     audit = (await api.get(f"/v1/audit?user={USER}"))["entries"]
     console_actions = {e["what"] for e in audit if e.get("who") == WHO}
     assert {"unlocked", "locked", "access_code_issued", "device_revoked"} <= console_actions, audit
+
+
+async def test_the_user_page_shows_every_block_and_lets_the_user_back_in(
+        page: Page, srv: RunningServer, rp: LoginFlow, alice: Phone, api: AdminApi) -> None:
+    """The service desk's walk-through (issue 14): the user is refused for too many prompts; the page says
+    so and until when, and one action lets them back in."""
+    for _ in range(5):
+        await rp.create(USER)
+    status, body = await rp.call("POST", "/v1/challenges", {"user": USER})
+    assert status == 429, body
+    await sign_in(page, srv.url)
+    await page.goto(f"{srv.url}/console/users/{USER}")
+    blocks = page.locator("ul.blocks")
+    await expect(blocks).to_contain_text("Too many prompts (push-bombing limit)")
+    until = (await api.user())["blocks"][0]["until"]
+    await expect(blocks).to_contain_text(f"until {until}")
+    await screenshot(page, "console-user-blocked")
+    await page.get_by_role("button", name="Let the user back in now").click()
+    await expect(blocks).to_contain_text("None: the user can sign in")
+    assert (await api.user())["blocks"] == []
+    assert (await rp.call("POST", "/v1/challenges", {"user": USER}))[0] == 201
 
 
 async def test_unknown_user_and_alert_are_pages_not_json(page: Page, srv: RunningServer) -> None:
