@@ -256,9 +256,12 @@ class Devices:
         self._keys[did] = key
         others = [d for d in str(res[2]).split(",") if d]
         if what == "pending":
+            # the approval prompt is pushed and settled when it expires, like any prompt: one round trip
+            pipe = self._r.pipeline(transaction=False)
             if self._push is not None:
-                await self._push.enqueue(acid)
-            await self._r.zadd(self._ks.expiry_due, {acid: aexp})
+                self._push.enqueue_in(pipe, acid)
+            pipe.zadd(self._ks.expiry_due, {acid: aexp})
+            await pipe.execute()
             await self._audit_record("device_pending", user, f"enrollment:{enrollment['id']}",
                                      "a further phone waits for approval on the user's phones",
                                      device_id=did, approval_challenge_id=acid, other_devices=len(others))

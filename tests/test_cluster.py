@@ -446,3 +446,19 @@ secret = "{secret}"
         await runner.cleanup()
         if victim and not cluster.running(victim):
             cluster.restart_node(victim)
+
+
+async def test_a_further_phone_is_approved_and_takes_part_on_the_cluster(
+        pair: tuple[RunningServer, RunningServer], http: aiohttp.ClientSession) -> None:
+    """Registration, the approval prompt, its answer on the other instance and the activation are scripts
+    in the user's slot; the prompt's push entry and expiry index go to other slots in one pipeline."""
+    a, b = pair
+    rp_a, rp_b = LoginFlow(http, a.url), LoginFlow(http, b.url)
+    first = await Phone.enroll(await rp_a.enroll_uri("gina@nhs.net"), session=http)
+    second = await Phone.enroll(await rp_b.enroll_uri("gina@nhs.net"), session=http)
+    assert second.status == "pending_approval"
+    on_b = Phone.from_dict({**first.to_dict(), "server_override": b.url}, session=http)
+    assert await on_b.approve_new_phone(second.approval_number or "") == "approved"
+    assert (await second.activation())["status"] == "active"
+    c = await rp_a.create("gina@nhs.net")
+    assert await second.approve(c["id"], number=c["number"]) == "approved"
