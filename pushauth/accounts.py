@@ -146,27 +146,17 @@ class Accounts:
         if paused > now:
             blocks.append({"kind": "paused", "since": _time(u.get("paused_at")), "until": rfc3339(paused),
                            "reason": "paused by the user's phone"})
-        detection, policy = self._s.detection, self._s.policy
-        pipe = self._r.pipeline(transaction=False)
-        pipe.zrangebyscore(self._ks.history(uid), now - max(detection.push_bombing_window_s,
-                                                             policy.access_code_window_s), "+inf",
-                           withscores=True)
-        pipe.exists(self._ks.access_code(uid))
-        history, has_code = await pipe.execute()
-        windows = (("push_bombing", "prompt", detection.push_bombing_window_s, detection.push_bombing_max,
-                    "bomb_reset", "too many sign-in prompts"),
-                   ("access_code_attempts", "acode_fail", policy.access_code_window_s,
-                    policy.access_code_attempts, "acode_reset", "too many wrong access codes"))
-        for kind, entry, window, limit, reset, reason in windows:
-            if kind == "access_code_attempts" and not has_code:
-                continue  # wrong codes only count while a code exists
-            # as the ledger's hist_count counts: in the window, and after the team's reset mark
-            low, after = now - window, int(u.get(reset, "0") or 0)
-            times = sorted(int(at) for member, at in history if at >= low
-                           and _history_entry(member) == entry and int(member.split(":")[0]) > after)
-            if len(times) >= limit:
-                blocks.append({"kind": kind, "since": rfc3339(times[limit - 1]),
-                               "until": rfc3339(times[len(times) - limit] + window), "reason": reason})
+        # the windows are counted by the ledger's own rule (window_block), as the refusals are
+        policy = self._s.policy
+        res = await lua.USER_BLOCKS(self._r, [self._ks.user(uid)],
+                                    [*self._alerts.ledger_args(uid, "", now), policy.access_code_window_s,
+                                     policy.access_code_attempts])
+        for kind, since, until, reason in (
+                ("push_bombing", res[2], res[3], "too many sign-in prompts"),
+                ("access_code_attempts", res[4], res[5], "too many wrong access codes")):
+            if int(until):
+                blocks.append({"kind": kind, "since": rfc3339(int(since)), "until": rfc3339(int(until)),
+                               "reason": reason})
         return blocks
 
     async def unlock(self, user: str, *, by: str, what: str = "all") -> dict[str, bool]:
@@ -305,12 +295,6 @@ class Accounts:
             raise RateLimited("too many wrong access codes for this user; try again later",
                               retry_after_s=int(res[2]))
         return (True, "") if what == "valid" else (False, str(what))
-
-
-def _history_entry(member: str) -> str:
-    """The kind of a detection-history entry ("<seq>:<kind>:<challenge id>")."""
-    parts = member.split(":", 2)
-    return parts[1] if len(parts) == 3 and parts[0].isdigit() else ""
 
 
 # Easy to read out over a phone: no 0/O, 1/I/L; 12 characters of 31 is ~59 bits, for a code that lives an

@@ -443,17 +443,24 @@ local function on_denial(cid, kind, sev, extra)
   end
 end
 
--- Push bombing: at the limit of prompts in the window (counted since the security team's last reset), a
--- further prompt is refused and the attempt is evidence (`ev`). Returns the seconds until a prompt is
--- allowed again, or nil when this one may go.
+-- A per-user limit of `limit` entries of `kind` in `window` seconds (counted after the `reset` mark): when
+-- it is reached, since when and until when it refuses, and the entries; else nil. The one rule for
+-- refusing, for the user view's blocks (USER_BLOCKS) and for what an unlock or exemption finds active.
+local function window_block(kind, window, limit, reset)
+  local n, found = hist_count(window, {[kind] = true}, reset)
+  if n < limit then return nil end
+  return found[limit].at, found[n - limit + 1].at + window, found
+end
+
+-- Push bombing: at the limit of prompts in the window, a further prompt is refused and the attempt is
+-- evidence (`ev`). Returns the seconds until a prompt is allowed again, or nil when this one may go.
 local function bombing(ev)
-  local n, found = hist_count(CFG.bomb_win, {prompt = true}, 'bomb_reset')
-  if n < CFG.bomb_max then return nil end
+  local _, untl, found = window_block('prompt', CFG.bomb_win, CFG.bomb_max, 'bomb_reset')
+  if not untl then return nil end
   ev.prompts = found
   ev.refused = true
   raise('push_bombing', 'high', ev)
-  if found[1] then return math.max(1, found[1].at + CFG.bomb_win - NOW) end
-  return 1
+  return math.max(1, untl - NOW)
 end
 
 -- The login flow withdrew a prompt. One that reached a phone (pushed, or fetched by it) was seen and not

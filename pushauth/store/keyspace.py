@@ -73,9 +73,6 @@ class KeySpace:
     def incident(self, uid: str) -> str:
         return f"{self.p}:{{{uid}}}:incident"
 
-    def history(self, uid: str) -> str:
-        return f"{self.p}:{{{uid}}}:hist"
-
     def recent(self, uid: str) -> str:
         return f"{self.p}:{{{uid}}}:recent"
 

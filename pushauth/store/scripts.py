@@ -503,8 +503,8 @@ UNLOCK_USER = with_ledger("unlock_user", """
 local by, what = ARGV[7], ARGV[8]
 local u = redis.call('HMGET', uk('user'), 'locked', 'suspended')
 local was_locked, was_suspended = 0, 0
-local bombing = hist_count(CFG.bomb_win, {prompt = true}, 'bomb_reset') >= CFG.bomb_max and 1 or 0
-local codes = hist_count(tonumber(ARGV[9]), {acode_fail = true}, 'acode_reset') >= tonumber(ARGV[10])
+local bombing = window_block('prompt', CFG.bomb_win, CFG.bomb_max, 'bomb_reset') and 1 or 0
+local codes = window_block('acode_fail', tonumber(ARGV[9]), tonumber(ARGV[10]), 'acode_reset')
 if what ~= 'suspension' then
   if u[1] == '1' then was_locked = 1 end
   redis.call('HSET', uk('user'), 'locked', '0', 'fails', 0, 'unlocked_at', NOW, 'unlocked_by', by)
@@ -516,6 +516,19 @@ end
 local last = redis.call('HGET', uk('user'), 'seq') or '0'
 redis.call('HSET', uk('user'), 'bomb_reset', last, 'acode_reset', last)
 return {'ok', NOTES, was_locked, was_suspended, bombing, codes and 1 or 0}
+""")
+
+# What refuses the user for a while without anyone's decision: the push-bombing window, and the
+# wrong-access-code window while a code exists (for the user view; nothing is changed).
+# ARGV[7..]: access-code window_s, access-code attempts
+# -> {"ok", NOTES, bombing since, bombing until, codes since, codes until} (0: not blocked)
+USER_BLOCKS = with_ledger("user_blocks", """
+local bs, bu = window_block('prompt', CFG.bomb_win, CFG.bomb_max, 'bomb_reset')
+local cs, cu
+if redis.call('EXISTS', uk('acode')) == 1 then
+  cs, cu = window_block('acode_fail', tonumber(ARGV[7]), tonumber(ARGV[8]), 'acode_reset')
+end
+return {'ok', NOTES, bs or 0, bu or 0, cs or 0, cu or 0}
 """)
 
 # The security team locks a user by hand: pending prompts are denied at once ("locked").
@@ -598,7 +611,7 @@ if exempt == '1' or shared == '1' then
   local locked, suspended = gate_state()
   if locked then active[#active + 1] = 'locked' end
   if suspended then active[#active + 1] = 'suspended' end
-  if hist_count(CFG.bomb_win, {prompt = true}, 'bomb_reset') >= CFG.bomb_max then
+  if window_block('prompt', CFG.bomb_win, CFG.bomb_max, 'bomb_reset') then
     active[#active + 1] = 'push_bombing'
   end
   for _, aid in ipairs(redis.call('ZREVRANGE', uk('alerts'), 0, 49)) do
