@@ -1298,7 +1298,7 @@ def _experiments(value: str) -> list[str]:
     return names
 
 
-CODE_FILES = ("pushauth/delivery.py", "pushauth/store/streams.py", "pushauth/store/connection.py",
+CODE_FILES = ("pushauth/push/dispatch.py", "pushauth/store/streams.py", "pushauth/store/connection.py",
               "pushauth/push/fcm.py", "pushauth/push/apns.py", "workers/push.py")
 
 

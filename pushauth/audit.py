@@ -29,7 +29,7 @@ _decode = msgspec.json.Decoder().decode
 
 class Audit:
     def __init__(self, redis: aioredis.Redis, keyspace: KeySpace) -> None:
-        self._r = redis
+        self._redis = redis
         self._key = keyspace.audit
 
     async def record(self, what: str, *, user: str, who: str, why: str = "", **details: Any) -> None:
@@ -41,7 +41,7 @@ class Audit:
         if details:
             entry["details"] = _encode(details)
         try:
-            await self._r.xadd(self._key, entry, maxlen=MAXLEN, approximate=True)
+            await self._redis.xadd(self._key, entry, maxlen=MAXLEN, approximate=True)
         except STORE_DOWN_ERRORS as exc:
             log.warning("audit_store_unavailable", what=what, error=type(exc).__name__)
 
@@ -51,7 +51,7 @@ class Audit:
         scanned = 0
         while len(out) < limit and scanned < SCAN_LIMIT:
             rows = cast(list[tuple[str, dict[str, str]]],
-                        await self._r.xrevrange(self._key, max=last, count=500))
+                        await self._redis.xrevrange(self._key, max=last, count=500))
             if last != "+" and rows and rows[0][0] == last:
                 rows = rows[1:]
             if not rows:

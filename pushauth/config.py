@@ -22,11 +22,11 @@ from typing import Any, Literal
 
 import msgspec
 
+from pushauth.accounts.policy import PolicySettings
 from pushauth.alerts.settings import SinkSettings
 from pushauth.demo_settings import DemoSettings
-from pushauth.detection import ContainmentSettings, DetectionSettings
+from pushauth.detection.rules import ContainmentSettings, DetectionSettings
 from pushauth.errors import ConfigError
-from pushauth.policy import PolicySettings
 
 ENV_PREFIX = "PUSHAUTH_"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -255,7 +255,7 @@ _MAX_QUOTA = 10_000_000
 
 
 class RateLimitSettings(_Section, frozen=True):
-    """pushauth/ratelimit.py says what each limit counts and why it is keyed so; config.example.toml
+    """pushauth/ratelimit/limiter.py says what each limit counts and why it is keyed so; config.example.toml
     why each default is what it is."""
 
     # The window the request quotas are per (GCRA: a whole quota may come as one burst).

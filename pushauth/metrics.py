@@ -5,20 +5,12 @@ server). Labels are bounded sets (application ids, route patterns, providers, si
 a user, a device or a challenge id.
 
 Stream gauges (lag, pending) and worker heartbeats are read from Redis when scraped
-(`refresh_store_gauges`), so any instance reports the whole deployment's queues.
+(`pushauth.store.gauges.refresh_store_gauges`), so any instance reports the whole deployment's queues.
 """
 
 from __future__ import annotations
 
-import time
-from typing import Any, cast
-
-import redis.asyncio as aioredis
 from prometheus_client import Counter, Gauge, Histogram
-
-from pushauth.store import KeySpace
-from pushauth.store.connection import STORE_DOWN_ERRORS
-from pushauth.store.streams import StreamNames
 
 # -- API ---------------------------------------------------------------------------------------------------
 
@@ -43,7 +35,7 @@ REPLICA_ACK_SHORTFALLS = Counter(
     "Changes fewer replicas acknowledged in time than store.replica_acks, by what was done (refuse, warn)",
     ["action"])
 RATE_LIMITED = Counter("pushauth_rate_limited_total",
-                       "Requests refused with 429 by a rate limit (pushauth/ratelimit.py), by scope "
+                       "Requests refused with 429 by a rate limit (pushauth/ratelimit/limiter.py), by scope "
                        "(ip, application, auth_failures)", ["scope"])
 REDIS_ERRORS = Counter("pushauth_redis_errors_total", "Redis unreachable or timing out, by where", ["where"])
 
@@ -63,54 +55,3 @@ STREAM_PENDING = Gauge("pushauth_stream_pending", "Entries read but not acknowle
 STREAM_DELAYED = Gauge("pushauth_stream_delayed", "Entries waiting for a retry", ["stream"])
 STREAM_DEAD = Gauge("pushauth_stream_dead_letters", "Entries in the dead letter", ["stream"])
 WORKERS_ALIVE = Gauge("pushauth_workers_alive", "Workers with a fresh heartbeat", ["kind"])
-
-STREAMS = ("push", "alerts")
-WORKER_KINDS = ("push", "alerts", "expiry")
-HEARTBEAT_TTL_S = 30
-
-
-async def refresh_store_gauges(redis: aioredis.Redis, keyspace: KeySpace) -> None:
-    """Queue depths and live workers, for a scrape. A Redis outage leaves the last values."""
-    try:
-        for name in STREAMS:
-            names = StreamNames.for_(keyspace.p, name)
-            lag = pending = 0
-            if await redis.exists(names.stream):
-                # No consumer group yet (no worker ever started): every entry is unread.
-                lag = int(await redis.xlen(names.stream))
-                groups: list[dict[str, Any]] = await redis.xinfo_groups(names.stream)
-                for group in groups:
-                    if group.get("name") == names.group:
-                        lag = int(group.get("lag") or 0)
-                        pending = int(group.get("pending") or 0)
-            STREAM_LAG.labels(name).set(lag)
-            STREAM_PENDING.labels(name).set(pending)
-            STREAM_DELAYED.labels(name).set(int(await redis.zcard(names.delayed)))
-            STREAM_DEAD.labels(name).set(int(await redis.xlen(names.dead)))
-        for kind, alive in (await live_workers(redis, keyspace)).items():
-            WORKERS_ALIVE.labels(kind).set(len(alive))
-    except STORE_DOWN_ERRORS:
-        REDIS_ERRORS.labels("metrics").inc()
-
-
-def heartbeat_key(keyspace: KeySpace, kind: str) -> str:
-    return f"{keyspace.p}:{{workers}}:hb:{kind}"
-
-
-async def beat(redis: aioredis.Redis, keyspace: KeySpace, kind: str, name: str) -> None:
-    """A worker is alive: its entry in the kind's heartbeat hash (name -> Unix time)."""
-    await redis.hset(heartbeat_key(keyspace, kind), name, int(time.time()))
-
-
-async def live_workers(redis: aioredis.Redis, keyspace: KeySpace) -> dict[str, list[str]]:
-    """Worker names per kind whose heartbeat is fresh; entries older than a day are removed."""
-    now = time.time()
-    out: dict[str, list[str]] = {}
-    for kind in WORKER_KINDS:
-        key = heartbeat_key(keyspace, kind)
-        beats = cast(dict[str, str], await redis.hgetall(key))
-        out[kind] = sorted(n for n, t in beats.items() if now - int(t) <= HEARTBEAT_TTL_S)
-        old = [n for n, t in beats.items() if now - int(t) > 86400]
-        if old:
-            await redis.hdel(key, *old)
-    return out

@@ -18,9 +18,9 @@ from redis_server import RedisServer
 from support import Clock, LoginFlow, RunningServer, free_port, make_settings, start_server
 
 import pushauth.clock
+from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.crypto.keys import KeyRing
 from pushauth.phone import Phone
-from pushauth.web.keyring import KeyRingHolder
 
 # ---------------------------------------------------------------------------
 # Redis

@@ -17,10 +17,10 @@ from aiohttp import web
 
 from pushauth.config import Settings, from_mapping
 from pushauth.crypto import jws
+from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.crypto.secrets import sha256_hex
 from pushauth.phone import Phone, ServerRejected
 from pushauth.web import create_app
-from pushauth.web.keyring import KeyRingHolder
 
 T = TypeVar("T")
 ASSERTION_TYP = "pushauth-assertion+jwt"

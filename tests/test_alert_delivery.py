@@ -27,10 +27,10 @@ from standardwebhooks.webhooks import Webhook
 from support import ADMIN_TOKEN, LoginFlow, RunningServer, eventually, free_port, make_settings, start_server
 
 from pushauth.alerts.delivery import _OneAtATime
+from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.phone import Phone
 from pushauth.store import reads
 from pushauth.store.streams import StreamNames
-from pushauth.web.keyring import KeyRingHolder
 
 SECRET = "whsec_" + base64.b64encode(b"pushauth-test-webhook-secret-32b").decode()
 SINK = "siem-hook"

@@ -21,10 +21,10 @@ from support import ADMIN_TOKEN, LoginFlow, RunningServer, free_port, make_setti
 
 from pushauth.cli import main
 from pushauth.config import from_mapping
+from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.crypto.keys import KeyStore
 from pushauth.crypto.secrets import sha256_hex
 from pushauth.phone import Phone, ServerRejected
-from pushauth.web.keyring import KeyRingHolder
 
 USER = "ivan@nhs.net"
 KID = r"[A-Za-z0-9_-]{43}"

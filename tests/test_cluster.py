@@ -32,9 +32,9 @@ from support import (
     start_server,
 )
 
+from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.phone import Phone, ServerRejected
 from pushauth.store import KeySpace
-from pushauth.web.keyring import KeyRingHolder
 
 REPO = Path(__file__).resolve().parent.parent
 

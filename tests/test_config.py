@@ -17,10 +17,10 @@ from support import API_KEY, LoginFlow, RunningServer, free_port, make_settings,
 
 from pushauth.config import Settings, from_mapping, load_settings
 from pushauth.crypto import jws
+from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.crypto.secrets import sha256_hex
 from pushauth.errors import ConfigError
 from pushauth.phone import CHALLENGE_TYP, Phone
-from pushauth.web.keyring import KeyRingHolder
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
 USER = "heidi@nhs.net"

@@ -30,12 +30,12 @@ from support import (
     start_server,
 )
 
+from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.crypto.secrets import sha256_hex
 from pushauth.errors import ConfigError
 from pushauth.phone import Phone
 from pushauth.web import console
 from pushauth.web.console_html import CSP
-from pushauth.web.keyring import KeyRingHolder
 
 USER = "alice@nhs.net"
 WHO = "admin:" + sha256_hex(ADMIN_TOKEN)[:12]

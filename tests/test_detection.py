@@ -1,4 +1,5 @@
-"""Detection rules and containment (pushauth/detection.py), driven through HTTP as the login flow, the phone
+"""Detection rules and containment (pushauth/detection/rules.py), driven through HTTP as the login flow,
+the phone
 and the security team would, against a real pushauth server and a real Redis, with the production
 defaults. Time is moved with the `clock` fixture (pushauth.clock.now is the one clock every decision
 reads; the simulated phone signs with it too).
@@ -30,11 +31,11 @@ from support import (
 )
 
 from pushauth.alerts.store import AlertStore
-from pushauth.challenges import ASSERTION_LIFE_S
-from pushauth.expiry import ExpirySweeper
+from pushauth.challenges.expiry import ExpirySweeper
+from pushauth.challenges.service import ASSERTION_LIFE_S
+from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.phone import Challenge, Phone, ServerRejected
 from pushauth.store import KeySpace
-from pushauth.web.keyring import KeyRingHolder
 
 USER = "bob@nhs.net"
 OFFICE = {"ip": "10.1.2.15", "user_agent": "Firefox/128 (Windows)", "location": "Leeds, GB"}

@@ -24,10 +24,10 @@ from redis_server import RedisServer
 from support import LoginFlow, RunningServer, free_port, make_settings, start_server
 
 from pushauth.config import from_mapping
+from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.errors import ConfigError
 from pushauth.phone import Phone, ServerRejected
 from pushauth.store import KeySpace
-from pushauth.web.keyring import KeyRingHolder
 
 USER = "ward7@nhs.net"
 TIMEOUT_MS = 300

@@ -20,10 +20,11 @@ import redis
 from redis_server import RedisServer
 from support import LoginFlow, RunningServer, free_port, make_settings, start_server
 
+from pushauth.challenges.scripts import CREATE_CHALLENGE, RESPOND
+from pushauth.crypto.keyring import KeyRingHolder
+from pushauth.devices.scripts import DEVICE_GATE
 from pushauth.phone import Challenge, Phone, ServerRejected
-from pushauth.store import scripts as lua
 from pushauth.web.app import EVENTS
-from pushauth.web.keyring import KeyRingHolder
 
 USER = "carol@nhs.net"
 REQUEST_LIMIT_S = 3.0  # store timeouts are 0.5 s (connect) and 1 s (socket) in the test settings
@@ -146,7 +147,7 @@ async def test_redis_killed_fails_closed_then_recovers(private_redis: RedisServe
     private_redis.restart()  # same port and dir: the AOF brings the data back
     with redis.Redis.from_url(private_redis.url) as r:
         # The restart emptied Redis's script cache: the server's EVALSHA will be answered NOSCRIPT.
-        assert r.script_exists(lua.RESPOND.sha, lua.DEVICE_GATE.sha, lua.CREATE_CHALLENGE.sha) == [
+        assert r.script_exists(RESPOND.sha, DEVICE_GATE.sha, CREATE_CHALLENGE.sha) == [
             False, False, False]
 
     # No pushauth restart: within a few seconds requests succeed again.
@@ -159,7 +160,7 @@ async def test_redis_killed_fails_closed_then_recovers(private_redis: RedisServe
     assert seen["status"] == "approved"
     assert seen["device"] == phone.device_id
     with redis.Redis.from_url(private_redis.url) as r:
-        assert r.script_exists(lua.DEVICE_GATE.sha, lua.RESPOND.sha) == [True, True]
+        assert r.script_exists(DEVICE_GATE.sha, RESPOND.sha) == [True, True]
     assert (await login.create(USER))["status"] == "pending"  # CREATE_CHALLENGE too
 
 

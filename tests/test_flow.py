@@ -238,7 +238,7 @@ async def test_challenge_jws_shape(server: RunningServer, http: aiohttp.ClientSe
     assert (claims["iss"], claims["aud"], claims["sub"], claims["jti"]) == (server.url, phone.device_id, USER,
                                                                             created["id"])
     assert claims["app"] == "NHSmail webmail"
-    # never the login flow's text as it came: a summary in a fixed vocabulary (pushauth/login_context.py)
+    # never the login flow's text as it came: a summary in a fixed vocabulary (pushauth/challenges/context.py)
     assert claims["ctx"] == {"ip": "192.0.2.1", "user_agent": "Safari on macOS"}
     assert claims["exp"] == int(parse_rfc3339_z(created["expires_at"]))
     assert claims["iat"] <= time.time() + 1

@@ -31,8 +31,8 @@ from support import (
     start_server,
 )
 
+from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.phone import Phone
-from pushauth.web.keyring import KeyRingHolder
 
 USER = "alice@nhs.net"
 NOT_UTF8 = b"\xff\xfe\x80abcdef"

@@ -18,9 +18,9 @@ import pytest
 from support import LoginFlow, RunningServer, free_port, make_settings, start_server
 
 from pushauth.crypto import jws
+from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.crypto.keys import RING_FILE, KeyStore, ServerKey
 from pushauth.phone import CHALLENGE_TYP, Phone
-from pushauth.web.keyring import KeyRingHolder
 
 USER = "frank@nhs.net"
 ASSERTION_TYP = "pushauth-assertion+jwt"

@@ -57,8 +57,8 @@ from support import LoginFlow, RunningServer, free_port, make_settings, start_se
 
 from pushauth import clock
 from pushauth.crypto import device_auth, jws
+from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.phone import Phone
-from pushauth.web.keyring import KeyRingHolder
 
 T = TypeVar("T")
 ASSERTION_TYP = "pushauth-assertion+jwt"

@@ -20,10 +20,10 @@ import structlog
 from support import API_KEY, LoginFlow, RunningServer, assert_error, free_port, make_settings, start_server
 
 from pushauth.crypto import device_auth, jws
+from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.logs import configure
 from pushauth.phone import Phone, parse_enroll_uri
 from pushauth.web.app import EVENTS
-from pushauth.web.keyring import KeyRingHolder
 
 USER = "alice@nhs.net"
 AUTH = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}

@@ -1,4 +1,5 @@
-"""What the phone is told of a sign-in (pushauth/login_context.py): whatever the login flow passes on, the
+"""What the phone is told of a sign-in (pushauth/challenges/context.py): whatever the login flow passes on,
+the
 phone gets words from a fixed vocabulary, a place name or an address, and never a digit it could be asked
 to type (number fishing)."""
 
@@ -9,8 +10,8 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pushauth import login_context
-from pushauth.login_context import address, browser_summary, for_phone, place_name
+from pushauth.challenges import context as login_context
+from pushauth.challenges.context import address, browser_summary, for_phone, place_name
 
 BROWSERS = sorted(set(login_context._BROWSERS.values()) | {login_context.UNKNOWN_BROWSER})
 SYSTEMS = sorted(set(login_context._SYSTEMS.values()))

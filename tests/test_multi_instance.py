@@ -13,9 +13,9 @@ import aiohttp
 import pytest
 from support import LoginFlow, RunningServer, free_port, make_settings, start_server
 
+from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.phone import Phone
 from pushauth.web.app import EVENTS
-from pushauth.web.keyring import KeyRingHolder
 
 USER = "bob@nhs.net"
 T = TypeVar("T")

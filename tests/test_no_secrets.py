@@ -10,9 +10,9 @@ import aiohttp
 from structlog.testing import capture_logs
 from support import ADMIN_TOKEN, API_KEY, LoginFlow, RunningServer
 
-from pushauth.challenges import Created
+from pushauth.challenges.service import Created
 from pushauth.crypto.keys import KeyRing
-from pushauth.devices import Enrollment
+from pushauth.devices.service import Enrollment
 from pushauth.phone import Phone, parse_enroll_uri
 
 PUSH_TOKEN = "fcm-device-token-that-must-never-be-logged-0123456789"

@@ -33,16 +33,15 @@ from support import (
     start_server,
 )
 
-from pushauth import metrics
 from pushauth.config import from_mapping
+from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.crypto.keys import KeyStore
 from pushauth.crypto.secrets import sha256_hex
 from pushauth.errors import ConfigError
 from pushauth.phone import Phone, PhoneError, ServerRejected, parse_enroll_uri
-from pushauth.store import KeySpace
+from pushauth.store import KeySpace, heartbeats
 from pushauth.store.connection import describe
 from pushauth.web.app import _stop
-from pushauth.web.keyring import KeyRingHolder
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -382,7 +381,7 @@ secret = "{secret}"
     redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
     try:
         deadline = time.monotonic() + 15
-        while not (await metrics.live_workers(redis, KeySpace("pa")))["expiry"]:
+        while not (await heartbeats.live_workers(redis, KeySpace("pa")))["expiry"]:
             assert time.monotonic() < deadline, "the expiry worker never beat"
             await asyncio.sleep(0.1)
         events = await serve_start_lines(config, url, http, tmp_path / "second.log")

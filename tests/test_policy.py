@@ -1,4 +1,4 @@
-"""Sign-in policy (pushauth/policy.py): one scenario per answer of the NHSmail MFA FAQ
+"""Sign-in policy (pushauth/accounts/policy.py): one scenario per answer of the NHSmail MFA FAQ
 (docs/nhsmail-mfa-faq.md), driven over HTTP as the login flow, the phone and the security team would,
 against a real server and a real Redis with the production defaults.
 """
@@ -24,8 +24,8 @@ from support import (
     start_server,
 )
 
+from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.phone import Phone, ServerRejected
-from pushauth.web.keyring import KeyRingHolder
 
 USER = "nurse.jones@nhs.net"
 OFFICE = {"ip": "10.20.30.40", "user_agent": "Edge", "location": "Leeds, GB"}

@@ -46,18 +46,18 @@ from joserfc.jwk import ECKey
 from standardwebhooks.webhooks import Webhook
 
 from pushauth import clock, ids
+from pushauth.accounts.users import canonical
 from pushauth.alerts.settings import parse_webhook_secret
 from pushauth.alerts.sinks.webhook import sign as webhook_sign
-from pushauth.challenges import ASSERTION_TYP, CHALLENGE_TYP
+from pushauth.challenges.service import ASSERTION_TYP, CHALLENGE_TYP
 from pushauth.config import from_mapping
 from pushauth.crypto import device_auth, jws
-from pushauth.devices import Devices
+from pushauth.devices.service import Devices
 from pushauth.errors import ApiError, Unprocessable
 from pushauth.phone import Phone, PhoneError, parse_enroll_uri
 from pushauth.push.apns import ApnsProvider
 from pushauth.push.base import OutcomeKind, PushMessage
 from pushauth.store import KeySpace
-from pushauth.users import canonical
 
 ROOT = Path(__file__).resolve().parent.parent
 VECTORS = ROOT / "tests" / "vectors"
@@ -334,7 +334,7 @@ class Server:
 
 
 def pushauth_enrollment(token: str, request: Json, now: int) -> ECKey:
-    """What the server does with a registration's signature (pushauth/devices.py `register`)."""
+    """What the server does with a registration's signature (pushauth/devices/service.py `register`)."""
     header = jws.read_header(token, typ=REQ_TYP, allow_jwk=True)
     if "jwk" not in header:
         raise device_auth.BadDeviceRequest("enrollment must carry the new public key as a jwk header")

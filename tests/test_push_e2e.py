@@ -20,9 +20,9 @@ from fakes.sandbox import PrivateHosts, TestCA
 from processes import Child
 from support import API_KEY, LoginFlow, RunningServer, free_port, make_settings, start_server
 
+from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.crypto.secrets import sha256_hex
 from pushauth.phone import Phone
-from pushauth.web.keyring import KeyRingHolder
 
 if (why := sandbox.available()) is not None:
     pytest.skip(why, allow_module_level=True)

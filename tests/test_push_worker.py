@@ -25,12 +25,12 @@ from support import ADMIN_TOKEN, LoginFlow, RunningServer, free_port, make_setti
 
 from pushauth import ids
 from pushauth.config import PushSettings, StoreSettings
-from pushauth.delivery import SET_DELIVERY, PushDelivery
+from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.phone import Phone
 from pushauth.push import Outcome, OutcomeKind, PushMessage
+from pushauth.push.dispatch import SET_DELIVERY, PushDelivery
 from pushauth.store import KeySpace, open_redis
 from pushauth.store.streams import StreamNames
-from pushauth.web.keyring import KeyRingHolder
 
 USER = "dave@nhs.net"
 TOKEN = "fcm-token-dave-0001"

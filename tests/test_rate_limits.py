@@ -1,4 +1,5 @@
-"""Rate limits per client address and per application, and the auth-failure block (pushauth/ratelimit.py,
+"""Rate limits per client address and per application, and the auth-failure block
+(pushauth/ratelimit/limiter.py,
 pushauth/web/limits.py), against real servers on the shared real Redis.
 
 Quotas here are tiny so that a handful of requests reaches them, and the clock is frozen (`clock.freeze`)
@@ -37,11 +38,11 @@ from support import (
 
 from pushauth.config import Settings, from_mapping
 from pushauth.crypto import device_auth, jws
+from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.errors import ConfigError
 from pushauth.netaddr import TrustedProxies
 from pushauth.phone import Phone, ServerRejected
-from pushauth.ratelimit import address_bucket
-from pushauth.web.keyring import KeyRingHolder
+from pushauth.ratelimit.limiter import address_bucket
 
 USER = "alice@nhs.net"
 BAD_KEY = "not-an-api-key-of-this-server-but-long-enough-000"

@@ -40,8 +40,8 @@ from support import ADMIN_TOKEN, API_KEY, LoginFlow, RunningServer, free_port, m
 
 from pushauth import clock
 from pushauth.crypto import device_auth
+from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.phone import Phone
-from pushauth.web.keyring import KeyRingHolder
 from pushauth.web.openapi import ADMIN, APP_KEY, DEVICE
 
 T = TypeVar("T")

@@ -14,8 +14,8 @@ import pytest
 from redis_sentinel import SERVICE, RedisSentinelSet
 from support import ADMIN_TOKEN, ApprovalLoad, LoginFlow, free_port, make_settings, start_server
 
+from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.phone import Phone
-from pushauth.web.keyring import KeyRingHolder
 
 
 @pytest.fixture

@@ -75,7 +75,7 @@ IVY = "ivy@nhs.net"  # leaves three prompts unanswered: the expiry worker settle
 IGNORED_TTL_S = 10  # the shortest life a login flow may ask for
 CONTEXT = {"ip": "198.51.100.7", "location": "Leeds, GB",
            "user_agent": "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"}
-# What the phone is shown of it: the browser in words (pushauth/login_context.py).
+# What the phone is shown of it: the browser in words (pushauth/challenges/context.py).
 PHONE_CONTEXT = {**CONTEXT, "user_agent": "Firefox on Linux"}
 PUSH_WORKERS = ("push-1", "push-2")
 ALERT_WORKERS = ("alerts-1", "alerts-2")

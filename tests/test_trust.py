@@ -32,11 +32,11 @@ from support import (
 )
 
 from pushauth.alerts.sinks._facts import facts
+from pushauth.challenges.expiry import ExpirySweeper
 from pushauth.crypto import jws
-from pushauth.expiry import ExpirySweeper
+from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.phone import Phone, ServerRejected
 from pushauth.store import KeySpace
-from pushauth.web.keyring import KeyRingHolder
 from pushauth.web.state import ALERTS, REDIS
 
 USER = "alice@nhs.net"

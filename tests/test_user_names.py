@@ -19,10 +19,10 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from support import AdminClient, LoginFlow, RunningServer, assert_error
 
-from pushauth import users
+from pushauth.accounts import users
+from pushauth.accounts.users import canonical
 from pushauth.errors import Unprocessable
 from pushauth.phone import Phone
-from pushauth.users import canonical
 
 # The examples: ACUTE ACCENT, DIAERESIS, SMALL TILDE (each U+0020 and a combining mark under NFKC).
 REPORTED = ("\u00b4", "\u00a8", "\u02dc")

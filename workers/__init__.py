@@ -7,8 +7,9 @@
 A deployment on Redis needs the expiry worker always, the alert worker once `[[alerts.sinks]]` are set and
 the push worker once a push provider is (`pushauth.web.ops.expected_workers`; `pushauth serve` names the
 missing ones at start). The processes here only wire things together (settings, Redis, providers, sinks,
-signals); what they do lives in the `pushauth` package (`pushauth.delivery`, `pushauth.alerts.delivery`,
-`pushauth.expiry`, `pushauth.store.streams`) so that the embedded single-process mode can run the same code
+signals); what they do lives in the `pushauth` package (`pushauth.push.dispatch`, `pushauth.alerts.delivery`,
+`pushauth.challenges.expiry`, `pushauth.store.streams`) so that the embedded single-process mode can run the
+same code
 inside the server. Nothing in `pushauth/` imports this package. A challenge's expiry itself needs no
 worker (it is computed on read, so no timer can be lost); the expiry worker makes the counting prompt.
 """

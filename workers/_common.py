@@ -22,9 +22,8 @@ import redis.asyncio as aioredis
 import structlog
 from prometheus_client import start_http_server
 
-from pushauth import metrics
 from pushauth.errors import PushAuthError
-from pushauth.store import KeySpace
+from pushauth.store import KeySpace, heartbeats
 from pushauth.store.connection import STORE_DOWN_ERRORS
 
 log = structlog.get_logger("workers")
@@ -52,7 +51,7 @@ async def heartbeat(redis: aioredis.Redis, keyspace: KeySpace, kind: str, name: 
     """Beat until stopped (the entry then ages out: a stopped worker is not alive)."""
     while not stop.is_set():
         try:
-            await metrics.beat(redis, keyspace, kind, name)
+            await heartbeats.beat(redis, keyspace, kind, name)
         except STORE_DOWN_ERRORS as exc:
             log.warning("heartbeat_store_unavailable", kind=kind, error=type(exc).__name__)
         with contextlib.suppress(TimeoutError):

@@ -18,7 +18,7 @@ import structlog
 from pushauth.alerts.delivery import AlertDelivery, sweep_loop
 from pushauth.alerts.sinks import close_sinks, open_sinks
 from pushauth.alerts.store import AlertStore
-from pushauth.challenges import ASSERTION_LIFE_S
+from pushauth.challenges.service import ASSERTION_LIFE_S
 from pushauth.config import load_settings
 from pushauth.errors import PushAuthError
 from pushauth.logs import configure

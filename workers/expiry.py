@@ -1,6 +1,7 @@
 """The expiry worker: `python -m workers.expiry [-c config.toml] [--name N] [--metrics-port P]`.
 
-Settles prompts soon after they expire unanswered (pushauth/expiry.py), so `ignored_prompts` alerts and
+Settles prompts soon after they expire unanswered (pushauth/challenges/expiry.py), so `ignored_prompts` alerts
+and
 the lockout count do not wait for the user's next sign-in. Several may run; each prompt is claimed once.
 """
 
@@ -12,10 +13,10 @@ import sys
 import structlog
 
 from pushauth.alerts.store import AlertStore
-from pushauth.challenges import ASSERTION_LIFE_S
+from pushauth.challenges.expiry import ExpirySweeper
+from pushauth.challenges.service import ASSERTION_LIFE_S
 from pushauth.config import load_settings
 from pushauth.errors import PushAuthError
-from pushauth.expiry import ExpirySweeper
 from pushauth.logs import configure
 from pushauth.store import KeySpace, open_redis
 from workers._common import WorkerArgs, heartbeat, main_for, stop_on_signals

@@ -1,6 +1,6 @@
 """The push worker: `python -m workers.push [-c config.toml] [--name N] [--metrics-port P]`.
 
-Consumes the push stream (see pushauth/delivery.py and pushauth/store/streams.py). Run as many as the
+Consumes the push stream (see pushauth/push/dispatch.py and pushauth/store/streams.py). Run as many as the
 load needs, on any hosts: they share the stream through a consumer group, and a crashed worker's entries
 are reclaimed by the others. On SIGTERM it stops reading, finishes the pushes in flight, stores their
 outcomes and acks, and exits; what it had not finished stays pending and is reclaimed. It beats like the
@@ -16,9 +16,9 @@ import sys
 import structlog
 
 from pushauth.config import load_settings
-from pushauth.delivery import PushDelivery
 from pushauth.errors import PushAuthError
 from pushauth.logs import configure
+from pushauth.push.dispatch import PushDelivery
 from pushauth.push.registry import close_providers, open_providers
 from pushauth.store import KeySpace, open_redis
 from workers._common import WorkerArgs, heartbeat, main_for, stop_on_signals

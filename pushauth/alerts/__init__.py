@@ -1,1 +1,1 @@
-"""Alerts: records, delivery and sinks (see pushauth/detection.py for what raises them)."""
+"""Alerts: records, delivery and sinks (see pushauth/detection/rules.py for what raises them)."""

@@ -63,7 +63,7 @@ from pushauth.alerts.settings import SinkSettings
 from pushauth.alerts.sinks import AlertSink, Notification, SinkOutcome, SinkOutcomeKind
 from pushauth.alerts.store import AlertStore, alert_view
 from pushauth.config import AlertSettings
-from pushauth.detection import severity_rank
+from pushauth.detection.rules import severity_rank
 from pushauth.store import KeySpace
 from pushauth.store.connection import STORE_DOWN_ERRORS
 from pushauth.store.scripts import Script
@@ -71,33 +71,9 @@ from pushauth.store.streams import Fields, StreamConsumer
 
 log = structlog.get_logger(__name__)
 
-# Settle a version for a sink (and drop its retry mark), unless the alert is gone (never create a stray
-# hash); or, with an empty third argument, record a scheduled retry.
-# KEYS: alert   ARGV: field, value, field to delete ("" for none)
-MARK = Script("mark_alert_delivery", """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-if ARGV[3] ~= '' then redis.call('HDEL', KEYS[1], ARGV[3]) end
-return 1
-""")
+MARK = Script.load("pushauth.alerts", "mark_alert_delivery.lua")
 
-# Forget one sink's failures on an alert: its dead-lettered versions and its retry marks (deliveries that
-# succeeded stay recorded). Plain string comparisons: a sink name may hold Lua pattern characters.
-# KEYS: alert   ARGV: sink
-FORGET_FAILURES = Script("forget_alert_failures", """
-local h = redis.call('HGETALL', KEYS[1])
-local dl, dls = 'dl:' .. ARGV[1] .. ':', 'dls:' .. ARGV[1] .. ':'
-local n = 0
-for i = 1, #h, 2 do
-  local field, value = h[i], h[i + 1]
-  if (string.sub(field, 1, #dl) == dl and string.sub(value, 1, 5) == 'dead:')
-      or string.sub(field, 1, #dls) == dls then
-    redis.call('HDEL', KEYS[1], field)
-    n = n + 1
-  end
-end
-return n
-""")
+FORGET_FAILURES = Script.load("pushauth.alerts", "forget_alert_failures.lua")
 
 
 def delivery_id(aid: str, version: int, sink: str) -> str:
@@ -138,10 +114,10 @@ class AlertDelivery:
 
     def __init__(self, redis: aioredis.Redis, keyspace: KeySpace, store: AlertStore, settings: AlertSettings,
                  sinks: Mapping[str, AlertSink], sink_settings: Mapping[str, SinkSettings]) -> None:
-        self._r = redis
+        self._redis = redis
         self._ks = keyspace
         self._store = store
-        self._s = settings
+        self._settings = settings
         self._sinks = sinks
         self._min_rank = {name: severity_rank(sink_settings[name].min_severity) if name in sink_settings
                           else 0 for name in sinks}
@@ -149,8 +125,8 @@ class AlertDelivery:
         self.consumer: StreamConsumer | None = None
 
     def consumer_for(self, name: str) -> StreamConsumer:
-        self.consumer = StreamConsumer(self._r, self._store.names, name, self.handle, batch=64,
-                                       reclaim_idle_s=self._s.reclaim_idle_s, dead_letter_after=5)
+        self.consumer = StreamConsumer(self._redis, self._store.names, name, self.handle, batch=64,
+                                       reclaim_idle_s=self._settings.reclaim_idle_s, dead_letter_after=5)
         return self.consumer
 
     async def handle(self, entry_id: str, fields: Fields) -> None:
@@ -173,10 +149,10 @@ class AlertDelivery:
         current = int(alert["version"])
         if only and attempt and version < current:
             # The newer version's own entry has delivered it to this sink or scheduled its own retry.
-            await self._r.hdel(self._ks.alert(uid, aid), f"dls:{only}:{version}")
+            await self._redis.hdel(self._ks.alert(uid, aid), f"dls:{only}:{version}")
             log.info("alert_retry_superseded", sink=only, alert=aid, version=version, current=current)
             return
-        disabled = cast(dict[str, str], await self._r.hgetall(self._ks.alert_sinks_disabled))
+        disabled = cast(dict[str, str], await self._redis.hgetall(self._ks.alert_sinks_disabled))
         targets = [only] if only else list(self._sinks)
         await asyncio.gather(*(self._one(uid, aid, h, alert, name, attempt, name in disabled)
                                for name in targets))
@@ -207,10 +183,11 @@ class AlertDelivery:
                   "ms": round((time.monotonic() - started) * 1000, 1)}
         metrics.ALERT_DELIVERIES.labels(name, outcome.kind.value).inc()
         if outcome.kind is SinkOutcomeKind.DELIVERED:
-            await MARK(self._r, [key], [f"dl:{name}:{version}", int(time.time()), f"dls:{name}:{version}"])
+            await MARK(self._redis, [key],
+                       [f"dl:{name}:{version}", int(time.time()), f"dls:{name}:{version}"])
             log.info("alert_delivered", **fields)
         elif outcome.kind is SinkOutcomeKind.GONE:
-            await self._r.hset(self._ks.alert_sinks_disabled, name, int(time.time()))
+            await self._redis.hset(self._ks.alert_sinks_disabled, name, int(time.time()))
             log.error("alert_sink_disabled", **fields)
             await self._dead(key, uid, aid, version, name, "gone_410")
         else:
@@ -218,7 +195,7 @@ class AlertDelivery:
 
     async def _retry(self, key: str, uid: str, aid: str, version: int, name: str, attempt: int,
                      outcome: SinkOutcome, fields: dict[str, Any]) -> None:
-        schedule = self._s.retry_schedule_s
+        schedule = self._settings.retry_schedule_s
         if attempt >= len(schedule) or self.consumer is None:
             log.error("alert_delivery_gave_up", **fields)
             await self._dead(key, uid, aid, version, name, f"retries_exhausted:{outcome.reason}")
@@ -227,16 +204,17 @@ class AlertDelivery:
         delay = max(float(schedule[attempt]), min(outcome.retry_after_s or 0.0, float(max(schedule))))
         retry = {"u": uid, "a": aid, "v": str(version), "s": name, "n": str(attempt + 1)}
         await self.consumer.schedule(retry, time.time() + delay)
-        await MARK(self._r, [key], [f"dls:{name}:{version}", f"retrying:{attempt + 1}:{outcome.reason}", ""])
+        await MARK(self._redis, [key],
+                   [f"dls:{name}:{version}", f"retrying:{attempt + 1}:{outcome.reason}", ""])
         log.warning("alert_delivery_retry", delay_s=delay, **fields)
 
     async def _dead(self, key: str, uid: str, aid: str, version: int, name: str, why: str) -> None:
         dead: dict[Any, Any] = {"u": uid, "a": aid, "v": str(version), "s": name, "_why": why,
                                 "_at": str(int(time.time()))}
-        pipe = self._r.pipeline(transaction=False)
+        pipe = self._redis.pipeline(transaction=False)
         pipe.xadd(self._store.names.dead, dead, maxlen=100_000, approximate=True)
         await pipe.execute()
-        await MARK(self._r, [key], [f"dl:{name}:{version}", f"dead:{why}", f"dls:{name}:{version}"])
+        await MARK(self._redis, [key], [f"dl:{name}:{version}", f"dead:{why}", f"dls:{name}:{version}"])
         metrics.ALERT_DELIVERIES.labels(name, "dead_letter").inc()
         log.error("alert_dead_letter", sink=name, alert=aid, version=version, why=why)
 
@@ -257,13 +235,13 @@ class DeadLetters:
     """What the security team sees of the dead letter, and replay."""
 
     def __init__(self, redis: aioredis.Redis, keyspace: KeySpace, store: AlertStore) -> None:
-        self._r = redis
+        self._redis = redis
         self._ks = keyspace
         self._store = store
 
     async def entries(self, limit: int) -> list[dict[str, Any]]:
         rows = cast(list[tuple[str, dict[str, str]]],
-                    await self._r.xrevrange(self._store.names.dead, count=limit))
+                    await self._redis.xrevrange(self._store.names.dead, count=limit))
         out = []
         for entry_id, f in rows:
             item: dict[str, Any] = {"id": entry_id, "alert_id": f.get("a", ""), "sink": f.get("s", ""),
@@ -277,25 +255,25 @@ class DeadLetters:
         """Put a dead delivery back on the stream, after forgetting the sink's failures on that alert (so
         the sink is tried again with the alert as it then stands; see the module docstring)."""
         rows = cast(list[tuple[str, dict[str, str]]],
-                    await self._r.xrange(self._store.names.dead, entry_id, entry_id))
+                    await self._redis.xrange(self._store.names.dead, entry_id, entry_id))
         if not rows:
             return False
         f = rows[0][1]
         fields = {k: v for k, v in f.items() if not k.startswith("_") and k != "n"}
         if "u" in fields and "a" in fields and "v" in fields and "s" in fields \
                 and ids.alert_uid(fields["a"]) == fields["u"]:
-            await FORGET_FAILURES(self._r, [self._ks.alert(fields["u"], fields["a"])], [fields["s"]])
-        pipe = self._r.pipeline(transaction=False)
+            await FORGET_FAILURES(self._redis, [self._ks.alert(fields["u"], fields["a"])], [fields["s"]])
+        pipe = self._redis.pipeline(transaction=False)
         pipe.xadd(self._store.names.stream, cast(dict[Any, Any], fields), maxlen=1_000_000, approximate=True)
         pipe.xdel(self._store.names.dead, entry_id)
         await pipe.execute()
         return True
 
     async def sinks(self, configured: Mapping[str, SinkSettings]) -> list[dict[str, Any]]:
-        disabled = cast(dict[str, str], await self._r.hgetall(self._ks.alert_sinks_disabled))
+        disabled = cast(dict[str, str], await self._redis.hgetall(self._ks.alert_sinks_disabled))
         return [{"name": name, "kind": s.kind, "enabled": s.enabled, "min_severity": s.min_severity,
                  "disabled_at": int(disabled[name]) if name in disabled else None}
                 for name, s in configured.items()]
 
     async def enable(self, name: str) -> bool:
-        return bool(await self._r.hdel(self._ks.alert_sinks_disabled, name))
+        return bool(await self._redis.hdel(self._ks.alert_sinks_disabled, name))

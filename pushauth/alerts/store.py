@@ -1,7 +1,7 @@
 """Alert records: how they are written, announced, listed and acknowledged.
 
 An alert is written by the Lua script of the transition that caused it, in the user's slot (see
-pushauth/detection.py), together with an outbox entry `{uid}:aout` = "<aid>|<version>". The server then
+pushauth/detection/rules.py), together with an outbox entry `{uid}:aout` = "<aid>|<version>". The server then
 announces it (`announce`): one script in the global `{alerts}` slot adds it to the security team's index
 and appends a pointer to the alert stream, which the alert worker consumes. The two steps cannot be one
 atomic step on Redis Cluster (different slots), so the outbox closes the gap: if the server dies between
@@ -23,12 +23,13 @@ import redis.asyncio as aioredis
 import structlog
 
 from pushauth import ids, metrics
+from pushauth.alerts import scripts as lua
 from pushauth.clock import rfc3339
 from pushauth.config import Settings
-from pushauth.detection import ledger_config
+from pushauth.detection.ledger import LedgerCall
+from pushauth.detection.rules import ledger_config
 from pushauth.errors import Conflict, NotFound
 from pushauth.store import KeySpace, reads
-from pushauth.store import scripts as lua
 from pushauth.store.connection import STORE_DOWN_ERRORS
 from pushauth.store.durability import ReplicaAcks
 from pushauth.store.scripts import Script
@@ -41,18 +42,7 @@ STREAM_MAXLEN = 1_000_000
 # Outbox entries older than this are announced again by the sweep.
 SWEEP_AGE_S = 60
 
-# KEYS: index, open index, stream   ARGV: uid, now, maxlen, then "<aid>|<version>" notes
-RING = Script("ring_alerts", """
-for i = 4, #ARGV do
-  local aid, ver = string.match(ARGV[i], '^([^|]+)|(%d+)$')
-  if aid then
-    redis.call('ZADD', KEYS[1], 'NX', ARGV[2], ARGV[1] .. '/' .. aid)
-    if ver == '1' then redis.call('ZADD', KEYS[2], 'NX', ARGV[2], ARGV[1] .. '/' .. aid) end
-    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'u', ARGV[1], 'a', aid, 'v', ver)
-  end
-end
-return #ARGV - 3
-""")
+RING = Script.load("pushauth.alerts", "ring_alerts.lua")
 
 _decode = msgspec.json.Decoder().decode
 _TIME_KEYS = {"at": "at", "created": "created_at", "decided": "decided_at"}
@@ -112,20 +102,21 @@ def alert_view(h: Mapping[str, str]) -> dict[str, Any]:
 class AlertStore:
     def __init__(self, redis: aioredis.Redis, keyspace: KeySpace, settings: Settings, *,
                  assertion_life_s: int) -> None:
-        self._r = redis
+        self._redis = redis
         self._acks = ReplicaAcks.from_settings(settings.store)
         self._ks = keyspace
         policy = settings.policy
         self._cfg = ledger_config(settings.detection, settings.containment, assertion_life_s=assertion_life_s,
                                   remember_s=policy.remember_days * 86400,
                                   other_windows_s=policy.access_code_window_s)
-        self.names = StreamNames.for_(keyspace.p, STREAM)
+        self.names = StreamNames.for_(keyspace.prefix, STREAM)
 
     # -- what the transition scripts need ------------------------------------------------------------------
 
-    def ledger_args(self, uid: str, user: str, now: int) -> list[str | int]:
-        """ARGV[1..6] of every script that includes the ledger (store.scripts.with_ledger)."""
-        return [self._ks.user_prefix(uid), now, self._cfg, ids.new_alert_id(uid), user, self._ks.events]
+    def ledger_args(self, uid: str, user: str, now: int) -> LedgerCall:
+        """ARGV[1..6] of every script that includes the ledger (`pushauth.detection.ledger`)."""
+        return LedgerCall(self._ks.user_prefix(uid), now, self._cfg, ids.new_alert_id(uid), user,
+                          self._ks.events)
 
     async def announce(self, uid: str, notes: Sequence[str]) -> None:
         """Hand new alert versions to the alert stream. Never raises for a Redis outage: the alert is
@@ -133,7 +124,7 @@ class AlertStore:
         if not notes:
             return
         try:
-            await RING(self._r, [self._ks.alert_index, self._ks.alert_open, self.names.stream],
+            await RING(self._redis, [self._ks.alert_index, self._ks.alert_open, self.names.stream],
                        [uid, int(time.time()), STREAM_MAXLEN, *notes])
             for note in notes:
                 metrics.ALERTS_ANNOUNCED.labels("created" if note.endswith("|1") else "updated").inc()
@@ -144,12 +135,12 @@ class AlertStore:
     async def sweep(self, older_than_s: float = SWEEP_AGE_S) -> int:
         """Announce again every outbox entry older than `older_than_s` (the server died between writing an
         alert and announcing it, or the worker has not got to it). Returns how many were announced."""
-        pattern = f"{self._ks.p}:{{*}}:aout"
+        pattern = f"{self._ks.prefix}:{{*}}:aout"
         cutoff = time.time() - older_than_s
         announced = 0
-        async for key in self._r.scan_iter(match=pattern, count=1000, _type="zset"):
-            uid = str(key)[len(self._ks.p) + 2:].split("}", 1)[0]
-            stale = cast(list[str], await self._r.zrangebyscore(key, "-inf", cutoff))
+        async for key in self._redis.scan_iter(match=pattern, count=1000, _type="zset"):
+            uid = str(key)[len(self._ks.prefix) + 2:].split("}", 1)[0]
+            stale = cast(list[str], await self._redis.zrangebyscore(key, "-inf", cutoff))
             if stale:
                 await self.announce(uid, stale)
                 announced += len(stale)
@@ -159,7 +150,7 @@ class AlertStore:
         """The worker has handled this version's announcement: for every sink, the alert as it then stood
         (this version or a newer one) was delivered, scheduled for a retry, dead-lettered, found settled
         already, or left out (below the sink's min_severity)."""
-        await self._r.zrem(self._ks.alert_outbox(uid), f"{aid}|{version}")
+        await self._redis.zrem(self._ks.alert_outbox(uid), f"{aid}|{version}")
 
     # -- reading -------------------------------------------------------------------------------------------
 
@@ -167,7 +158,7 @@ class AlertStore:
         uid = ids.alert_uid(aid)
         if uid is None:
             return None
-        h = await reads.hgetall(self._r, self._ks.alert(uid, aid))
+        h = await reads.hgetall(self._redis, self._ks.alert(uid, aid))
         return h or None
 
     async def get(self, aid: str) -> dict[str, Any]:
@@ -186,7 +177,7 @@ class AlertStore:
             key = self._ks.alert_open if status == "open" else self._ks.alert_index
         # With a status filter on a list that mixes both, look further back.
         span = limit if status is None or (status == "open" and uid is None) else min(5000, limit * 20)
-        page = cast(list[str], await self._r.zrevrange(key, 0, span - 1))
+        page = cast(list[str], await self._redis.zrevrange(key, 0, span - 1))
         if uid is not None:
             refs = [(uid, aid) for aid in page]
         else:
@@ -196,7 +187,7 @@ class AlertStore:
     async def _read_many(self, refs: Iterable[tuple[str, str]], status: str | None,
                          limit: int) -> list[dict[str, Any]]:
         refs = list(refs)
-        pipe = self._r.pipeline(transaction=False)
+        pipe = self._redis.pipeline(transaction=False)
         for uid, aid in refs:
             pipe.hgetall(self._ks.alert(uid, aid))
         out = []
@@ -211,11 +202,11 @@ class AlertStore:
         uid = ids.alert_uid(aid)
         if uid is None:
             raise NotFound("no such alert")
-        res = await lua.ACK_ALERT(self._r, [self._ks.alert(uid, aid), self._ks.incident(uid)],
+        res = await lua.ACK_ALERT(self._redis, [self._ks.alert(uid, aid), self._ks.incident(uid)],
                                   [int(time.time()), by, aid], acks=self._acks)
         if res[0] == "not_found":
             raise NotFound("no such alert")
         if res[0] == "already":
             raise Conflict("this alert is already acknowledged", code="already_acked")
-        await self._r.zrem(self._ks.alert_open, f"{uid}/{aid}")
+        await self._redis.zrem(self._ks.alert_open, f"{uid}/{aid}")
         return await self.get(aid)

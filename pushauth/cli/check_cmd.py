@@ -16,9 +16,9 @@ from typing import Any
 import aiohttp
 
 from pushauth.config import load_settings
+from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.errors import PushAuthError
 from pushauth.store import open_redis
-from pushauth.web.keyring import KeyRingHolder
 from pushauth.web.ops import readiness
 
 

@@ -15,12 +15,12 @@ from pathlib import Path
 import aiohttp
 import segno
 
+from pushauth.accounts.users import canonical
 from pushauth.config import load_settings
-from pushauth.devices import Devices
+from pushauth.crypto.keyring import KeyRingHolder
+from pushauth.devices.service import Devices
 from pushauth.errors import ConfigError, PushAuthError
 from pushauth.store import KeySpace, open_redis
-from pushauth.users import canonical
-from pushauth.web.keyring import KeyRingHolder
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -28,7 +28,8 @@
     {p}:{audit}:stream            stream the audit trail (pushauth/audit.py)
     {p}:{<uid>}:acode             hash  the user's temporary access code (hashed) and its expiry
     {p}:rl:ip:<address>           hash  rate-limit bucket of a client address (IPv6: its /64, as
-                                        "<network>/64"); lives a window at most (pushauth/ratelimit.py)
+                                        "<network>/64"); lives a window at most
+                                        (pushauth/ratelimit/limiter.py)
     {p}:rl:a:<application id>     hash  rate-limit bucket of an application
 
 The `{uid}` hash tag puts all of one user's keys in one Cluster slot, so one script can change a
@@ -46,10 +47,11 @@ from pushauth.crypto.secrets import sha256_hex
 
 
 class KeySpace:
-    __slots__ = ("alert_index", "alert_open", "alert_sinks_disabled", "audit", "events", "expiry_due", "p")
+    __slots__ = ("alert_index", "alert_open", "alert_sinks_disabled", "audit", "events", "expiry_due",
+                 "prefix")
 
     def __init__(self, prefix: str) -> None:
-        self.p = prefix
+        self.prefix = prefix
         self.events = f"{prefix}:events"
         self.alert_index = f"{prefix}:{{alerts}}:index"
         self.alert_open = f"{prefix}:{{alerts}}:open"
@@ -59,66 +61,66 @@ class KeySpace:
 
     def user_prefix(self, uid: str) -> str:
         """What the Lua ledger builds a user's other keys from (same hash tag)."""
-        return f"{self.p}:{{{uid}}}:"
+        return f"{self.prefix}:{{{uid}}}:"
 
     def alert(self, uid: str, aid: str) -> str:
-        return f"{self.p}:{{{uid}}}:alert:{aid}"
+        return f"{self.prefix}:{{{uid}}}:alert:{aid}"
 
     def alerts(self, uid: str) -> str:
-        return f"{self.p}:{{{uid}}}:alerts"
+        return f"{self.prefix}:{{{uid}}}:alerts"
 
     def alert_outbox(self, uid: str) -> str:
-        return f"{self.p}:{{{uid}}}:aout"
+        return f"{self.prefix}:{{{uid}}}:aout"
 
     def incident(self, uid: str) -> str:
-        return f"{self.p}:{{{uid}}}:incident"
+        return f"{self.prefix}:{{{uid}}}:incident"
 
     def recent(self, uid: str) -> str:
-        return f"{self.p}:{{{uid}}}:recent"
+        return f"{self.prefix}:{{{uid}}}:recent"
 
     def access_code(self, uid: str) -> str:
-        return f"{self.p}:{{{uid}}}:acode"
+        return f"{self.prefix}:{{{uid}}}:acode"
 
     def remembered(self, uid: str) -> str:
-        return f"{self.p}:{{{uid}}}:remembered"
+        return f"{self.prefix}:{{{uid}}}:remembered"
 
     def user_index(self, canonical_user: str) -> str:
-        return f"{self.p}:u:{hashlib.sha256(canonical_user.encode()).hexdigest()}"
+        return f"{self.prefix}:u:{hashlib.sha256(canonical_user.encode()).hexdigest()}"
 
     def user(self, uid: str) -> str:
-        return f"{self.p}:{{{uid}}}:user"
+        return f"{self.prefix}:{{{uid}}}:user"
 
     def devices(self, uid: str) -> str:
-        return f"{self.p}:{{{uid}}}:devs"
+        return f"{self.prefix}:{{{uid}}}:devs"
 
     def new_devices(self, uid: str) -> str:
-        return f"{self.p}:{{{uid}}}:ndevs"
+        return f"{self.prefix}:{{{uid}}}:ndevs"
 
     def notices(self, uid: str, did: str) -> str:
-        return f"{self.p}:{{{uid}}}:notices:{did}"
+        return f"{self.prefix}:{{{uid}}}:notices:{did}"
 
     def challenge_prefix(self, uid: str) -> str:
         """A challenge's key is this and its id (what a script builds challenge keys from)."""
-        return f"{self.p}:{{{uid}}}:ch:"
+        return f"{self.prefix}:{{{uid}}}:ch:"
 
     def device(self, uid: str, did: str) -> str:
-        return f"{self.p}:{{{uid}}}:dev:{did}"
+        return f"{self.prefix}:{{{uid}}}:dev:{did}"
 
     def challenge(self, uid: str, cid: str) -> str:
-        return f"{self.p}:{{{uid}}}:ch:{cid}"
+        return f"{self.prefix}:{{{uid}}}:ch:{cid}"
 
     def pending(self, uid: str) -> str:
-        return f"{self.p}:{{{uid}}}:pending"
+        return f"{self.prefix}:{{{uid}}}:pending"
 
     def jti(self, uid: str, did: str, jti: str) -> str:
-        return f"{self.p}:{{{uid}}}:jti:{did}:{jti}"
+        return f"{self.prefix}:{{{uid}}}:jti:{did}:{jti}"
 
     def enrollment(self, code: str) -> str:
-        return f"{self.p}:enr:{sha256_hex(code)}"
+        return f"{self.prefix}:enr:{sha256_hex(code)}"
 
     def enrollment_jti(self, jkt: str, jti: str) -> str:
-        return f"{self.p}:jti:enr:{jkt}:{jti}"
+        return f"{self.prefix}:jti:enr:{jkt}:{jti}"
 
     def rate_bucket(self, kind: str, subject: str) -> str:
         # No hash tag: each bucket is the only key its scripts touch, so any slot will do.
-        return f"{self.p}:rl:{kind}:{subject}"
+        return f"{self.prefix}:rl:{kind}:{subject}"

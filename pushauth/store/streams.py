@@ -56,18 +56,7 @@ Handler = Callable[[str, Fields], Awaitable[None]]
 BatchHandler = Callable[[list[Entry]], Awaitable[None]]
 Command = tuple[str | int | float, ...]
 
-# KEYS: delayed zset, stream   ARGV: now, max entries, stream maxlen
-MOVE_DUE = Script("move_due", """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-for _, member in ipairs(due) do
-  local fields = cjson.decode(member)
-  local flat = {}
-  for k, v in pairs(fields) do flat[#flat + 1] = k; flat[#flat + 1] = v end
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(flat))
-  redis.call('ZREM', KEYS[1], member)
-end
-return #due
-""")
+MOVE_DUE = Script.load("pushauth.store", "move_due.lua")
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +96,7 @@ class StreamConsumer:
                  flush_interval_s: float = 0.005, flush_max: int = 512, stop_flush_s: float = 5.0) -> None:
         if (handler is None) == (batch_handler is None):
             raise ValueError("give exactly one of handler and batch_handler")
-        self._r = redis
+        self._redis = redis
         self.names = names
         self.consumer = consumer
         self._handler = handler
@@ -137,12 +126,12 @@ class StreamConsumer:
 
     async def add(self, fields: Fields) -> str:
         entry: dict[Any, Any] = fields
-        return str(await self._r.xadd(self.names.stream, entry, maxlen=self._maxlen, approximate=True))
+        return str(await self._redis.xadd(self.names.stream, entry, maxlen=self._maxlen, approximate=True))
 
     async def schedule(self, fields: Fields, due: float) -> None:
         """Put `fields` back into the stream at time `due` (Unix seconds)."""
         member = _json(fields)
-        await self._r.zadd(self.names.delayed, {member: due})
+        await self._redis.zadd(self.names.delayed, {member: due})
 
     # -- what handlers report --------------------------------------------------------------------------
 
@@ -176,7 +165,7 @@ class StreamConsumer:
 
     async def ensure_group(self) -> None:
         try:
-            await self._r.xgroup_create(self.names.stream, self.names.group, id="0", mkstream=True)
+            await self._redis.xgroup_create(self.names.stream, self.names.group, id="0", mkstream=True)
         except rex.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -234,7 +223,7 @@ class StreamConsumer:
                 self._room.clear()
                 await self._room.wait()
                 continue
-            reply = await self._r.xreadgroup(self.names.group, self.consumer, {self.names.stream: ">"},
+            reply = await self._redis.xreadgroup(self.names.group, self.consumer, {self.names.stream: ">"},
                                              count=self._batch, block=self._block_ms)
             for _stream, entries in cast(list[tuple[str, list[Entry]]], reply or []):
                 self._start(entries)
@@ -245,7 +234,7 @@ class StreamConsumer:
             await asyncio.sleep(interval)
             start = "0-0"
             while True:
-                reply = await self._r.xautoclaim(self.names.stream, self.names.group, self.consumer,
+                reply = await self._redis.xautoclaim(self.names.stream, self.names.group, self.consumer,
                                                  self._reclaim_idle_ms, start_id=start, count=self._batch)
                 start, entries = reply[0], reply[1]
                 if entries:
@@ -255,13 +244,13 @@ class StreamConsumer:
 
     async def _take_over(self, entries: list[tuple[str, Fields | None]]) -> None:
         ids = [entry_id for entry_id, _ in entries]
-        pending = await self._r.xpending_range(self.names.stream, self.names.group, min=min(ids),
+        pending = await self._redis.xpending_range(self.names.stream, self.names.group, min=min(ids),
                                                max=max(ids), count=len(ids) * 2)
         deliveries = {p["message_id"]: int(p["times_delivered"]) for p in pending}
         again: list[Entry] = []
         for entry_id, fields in entries:
             if fields is None:  # deleted from the stream (trimmed) while pending
-                await self._r.xack(self.names.stream, self.names.group, entry_id)
+                await self._redis.xack(self.names.stream, self.names.group, entry_id)
             elif deliveries.get(entry_id, 0) > self._dead_after:
                 await self._dead_letter(entry_id, fields, "delivered too often without an ack")
             elif entry_id in self._tracks:
@@ -275,7 +264,7 @@ class StreamConsumer:
             self._start(again)
 
     async def _dead_letter(self, entry_id: str, fields: Fields, why: str) -> None:
-        pipe = self._r.pipeline(transaction=False)
+        pipe = self._redis.pipeline(transaction=False)
         dead: dict[Any, Any] = {**fields, "_id": entry_id, "_why": why, "_at": str(int(time.time()))}
         pipe.xadd(self.names.dead, dead, maxlen=100_000, approximate=True)
         pipe.xack(self.names.stream, self.names.group, entry_id)
@@ -284,7 +273,7 @@ class StreamConsumer:
 
     async def _delayed_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            moved = await MOVE_DUE(self._r, [self.names.delayed, self.names.stream],
+            moved = await MOVE_DUE(self._redis, [self.names.delayed, self.names.stream],
                                    [time.time(), 500, self._maxlen])
             if not moved:
                 await asyncio.sleep(0.1)
@@ -399,7 +388,7 @@ class StreamConsumer:
         is idempotent); given up `stop_flush_s` after the consumer started stopping."""
         backoff = 0.1
         while True:
-            pipe = self._r.pipeline(transaction=False)
+            pipe = self._redis.pipeline(transaction=False)
             for _, command in writes:
                 pipe.execute_command(*command)
             if acks:

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from pushauth.accounts.users import canonical
 from pushauth.clock import rfc3339
 from pushauth.errors import NotFound, Unprocessable
-from pushauth.users import canonical
 from pushauth.web import io
 from pushauth.web.auth import Admin
 from pushauth.web.schemas import AccountPolicy, Unlock

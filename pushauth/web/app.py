@@ -18,25 +18,25 @@ import redis.asyncio as aioredis
 import structlog
 from aiohttp import web
 
-from pushauth import login_context
-from pushauth.accounts import Accounts
+from pushauth.accounts.service import Accounts
 from pushauth.alerts.delivery import AlertDelivery, DeadLetters, sweep_loop
 from pushauth.alerts.sinks import close_sinks, open_sinks
 from pushauth.alerts.store import AlertStore
 from pushauth.audit import Audit
-from pushauth.challenges import ASSERTION_LIFE_S, Challenges
+from pushauth.challenges import context as login_context
+from pushauth.challenges.events import ChallengeEvents
+from pushauth.challenges.expiry import ExpirySweeper
+from pushauth.challenges.service import ASSERTION_LIFE_S, Challenges
 from pushauth.config import Settings
-from pushauth.delivery import PushDelivery, PushQueue
-from pushauth.devices import Devices
-from pushauth.expiry import ExpirySweeper
+from pushauth.crypto.keyring import KeyRingHolder
+from pushauth.devices.service import Devices
 from pushauth.netaddr import TrustedProxies
+from pushauth.push.dispatch import PushDelivery, PushQueue
 from pushauth.push.registry import close_providers, open_providers
-from pushauth.ratelimit import RateLimiter
+from pushauth.ratelimit.limiter import RateLimiter
 from pushauth.store import KeySpace, open_redis
-from pushauth.store.events import ChallengeEvents
 from pushauth.web import admin, console, demo_page, device, login_flow, openapi, ops, wellknown
 from pushauth.web.auth import Credentials
-from pushauth.web.keyring import KeyRingHolder
 from pushauth.web.limits import rate_limit
 from pushauth.web.middleware import error_boundary, request_context
 from pushauth.web.state import (

@@ -36,12 +36,12 @@ import structlog
 from aiohttp import web
 from yarl import URL
 
+from pushauth.accounts.users import canonical
 from pushauth.alerts.store import AlertStore, alert_view
 from pushauth.clock import rfc3339
 from pushauth.crypto.secrets import equal, sha256_hex
 from pushauth.errors import ApiError, Conflict, Forbidden, NotFound, Unauthorized
 from pushauth.store import STORE_DOWN_ERRORS
-from pushauth.users import canonical
 from pushauth.web import console_html as ui
 from pushauth.web import io
 from pushauth.web.auth import Admin
@@ -92,7 +92,7 @@ def _by(admin: Admin) -> str:
 
 class Sessions:
     def __init__(self, redis: aioredis.Redis, prefix: str, admin_hashes: list[str]) -> None:
-        self._r = redis
+        self._redis = redis
         self._prefix = prefix
         self._admins = list(admin_hashes)
 
@@ -102,13 +102,13 @@ class Sessions:
     async def create(self, admin: Admin) -> Session:
         sid, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         record = {"tok": admin.token_hash_prefix, "csrf": csrf, "created": int(time.time())}
-        await self._r.set(self._key(sid), _encode(record), ex=SESSION_IDLE_S)
+        await self._redis.set(self._key(sid), _encode(record), ex=SESSION_IDLE_S)
         return Session(sid, _by(admin), csrf)
 
     async def get(self, sid: str) -> Session | None:
         if not _SESSION_ID.fullmatch(sid):
             return None
-        raw = await self._r.getex(self._key(sid), ex=SESSION_IDLE_S)  # read and extend the idle time
+        raw = await self._redis.getex(self._key(sid), ex=SESSION_IDLE_S)  # read and extend the idle time
         if not raw:
             return None
         record = msgspec.json.decode(raw)
@@ -120,7 +120,7 @@ class Sessions:
         return Session(sid, _by(Admin(prefix)), str(record["csrf"]))
 
     async def delete(self, sid: str) -> None:
-        await self._r.delete(self._key(sid))
+        await self._redis.delete(self._key(sid))
 
 
 def secure(request: web.Request) -> bool:
@@ -211,7 +211,7 @@ def _id_key(entry_id: str) -> tuple[int, int]:
 
 class LiveFeed:
     def __init__(self, redis: aioredis.Redis, alerts: AlertStore, *, block_ms: int) -> None:
-        self._r = redis
+        self._redis = redis
         self._alerts = alerts
         self._stream = alerts.names.stream
         self._block_ms = block_ms
@@ -252,7 +252,7 @@ class LiveFeed:
     async def tail(self) -> str:
         """The stream's newest entry id: `$`, made concrete so that nothing added between two reads is
         missed."""
-        newest = cast(list[tuple[str, Any]], await self._r.xrevrange(self._stream, count=1))
+        newest = cast(list[tuple[str, Any]], await self._redis.xrevrange(self._stream, count=1))
         return newest[0][0] if newest else "0-0"
 
     async def run(self) -> None:
@@ -267,7 +267,7 @@ class LiveFeed:
             try:
                 if last is None:
                     last = await self.tail()
-                reply = await self._r.xread({self._stream: last}, count=100, block=self._block_ms)
+                reply = await self._redis.xread({self._stream: last}, count=100, block=self._block_ms)
                 for _name, entries in cast(list[tuple[str, list[tuple[str, dict[str, str]]]]], reply or []):
                     for entry_id, fields in entries:
                         last = entry_id
@@ -297,7 +297,7 @@ class LiveFeed:
     async def replay(self, since: str) -> tuple[list[FeedItem], bool]:
         """What a client missed after `since`, and whether there was more than REPLAY_MAX of it."""
         entries = cast(list[tuple[str, dict[str, str]]],
-                       await self._r.xrange(self._stream, min=since, count=REPLAY_MAX + 1))
+                       await self._redis.xrange(self._stream, min=since, count=REPLAY_MAX + 1))
         entries = [e for e in entries if _id_key(e[0]) > _id_key(since)]
         items = [item for eid, fields in entries[:REPLAY_MAX] if (item := await self.item(eid, fields))]
         return items, len(entries) > REPLAY_MAX

@@ -278,7 +278,7 @@ def user_page(view: Mapping[str, Any], *, csrf: str, who: str, done: str | None)
     blocks = view.get("blocks") or []
     if not (view["locked"] or view["suspended"]) and any(
             b.get("kind") in ("push_bombing", "access_code_attempts") for b in blocks):
-        # unlock also ends the push-bombing and wrong-code windows (pushauth/accounts.py)
+        # unlock also ends the push-bombing and wrong-code windows (pushauth/accounts/service.py)
         actions.append(_action(user, "unlock", "Let the user back in now", csrf, primary=True,
                                extra='<input type="hidden" name="what" value="all">'))
     if not view["locked"]:

@@ -18,12 +18,12 @@ from typing import Annotated, Any
 import msgspec
 from aiohttp import web
 
-from pushauth.challenges import Allowed
+from pushauth.accounts.users import canonical
+from pushauth.challenges.service import Allowed
 from pushauth.clock import rfc3339
 from pushauth.config import Application, Settings
 from pushauth.crypto.secrets import equal
 from pushauth.errors import ConfigError, Forbidden
-from pushauth.users import canonical
 from pushauth.web import console_html as ui
 from pushauth.web import io
 from pushauth.web.console import same_origin, secure

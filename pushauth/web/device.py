@@ -8,7 +8,7 @@ from aiohttp import web
 
 from pushauth.clock import rfc3339
 from pushauth.crypto.device_auth import token_from_header
-from pushauth.devices import AuthedDevice
+from pushauth.devices.service import AuthedDevice
 from pushauth.errors import Unprocessable
 from pushauth.web import io
 from pushauth.web.schemas import DeviceAnswer, Pause, RegisterDevice, UpdatePushToken

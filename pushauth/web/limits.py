@@ -1,4 +1,5 @@
-"""The rate limits (pushauth/ratelimit.py) as a middleware: which limit a request is under, checked before
+"""The rate limits (pushauth/ratelimit/limiter.py) as a middleware: which limit a request is under,
+checked before
 its handler runs, and which 401s count as failed authentications.
 
 It sits inside the error boundary, so a 429 and a Redis outage (503, fail closed) are rendered like every

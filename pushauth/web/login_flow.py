@@ -6,9 +6,9 @@ from typing import Any
 
 from aiohttp import web
 
-from pushauth.challenges import Allowed
+from pushauth.accounts.users import canonical
+from pushauth.challenges.service import Allowed
 from pushauth.clock import rfc3339
-from pushauth.users import canonical
 from pushauth.web import io
 from pushauth.web.auth import Admin
 from pushauth.web.schemas import (

@@ -30,7 +30,7 @@ from pushauth.config import Settings
 from pushauth.crypto.secrets import sha256_hex
 from pushauth.errors import Forbidden, Unauthorized
 from pushauth.netaddr import parse_ip
-from pushauth.store import KeySpace
+from pushauth.store import KeySpace, gauges, heartbeats
 from pushauth.store.connection import STORE_DOWN_ERRORS
 from pushauth.web.auth import bearer_token
 from pushauth.web.io import client_ip
@@ -75,7 +75,7 @@ def worker_command(kind: str, config: Path | None) -> str:
 
 async def missing_workers(redis: Any, settings: Settings) -> list[str]:
     """The worker kinds this deployment needs that have no fresh heartbeat."""
-    alive = await metrics.live_workers(redis, KeySpace(settings.store.prefix))
+    alive = await heartbeats.live_workers(redis, KeySpace(settings.store.prefix))
     return [kind for kind in expected_workers(settings) if not alive.get(kind)]
 
 
@@ -96,7 +96,7 @@ async def readiness(redis: Any, settings: Settings, keys_loaded: bool) -> tuple[
     workers: dict[str, Any] = {}
     if checks["redis"] == "ok":
         try:
-            alive = await metrics.live_workers(redis, KeySpace(settings.store.prefix))
+            alive = await heartbeats.live_workers(redis, KeySpace(settings.store.prefix))
             workers = {kind: alive.get(kind, []) for kind in expected_workers(settings)}
         except STORE_DOWN_ERRORS:
             checks["redis"] = "unreachable"
@@ -165,7 +165,7 @@ class MetricsAccess:
         async with self._reading:
             if time.monotonic() - self._read_at < self._max_age_s:
                 return  # read by the scrape this one waited for
-            await metrics.refresh_store_gauges(redis, self._keyspace)
+            await gauges.refresh_store_gauges(redis, self._keyspace)
             self._read_at = time.monotonic()
 
 

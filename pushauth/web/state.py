@@ -5,17 +5,17 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from pushauth.accounts import Accounts
+from pushauth.accounts.service import Accounts
 from pushauth.alerts.delivery import DeadLetters
 from pushauth.alerts.store import AlertStore
 from pushauth.audit import Audit
-from pushauth.challenges import Challenges
+from pushauth.challenges.service import Challenges
 from pushauth.config import Settings
-from pushauth.devices import Devices
+from pushauth.crypto.keyring import KeyRingHolder
+from pushauth.devices.service import Devices
 from pushauth.netaddr import TrustedProxies
-from pushauth.ratelimit import RateLimiter
+from pushauth.ratelimit.limiter import RateLimiter
 from pushauth.web.auth import Credentials
-from pushauth.web.keyring import KeyRingHolder
 
 REDIS = web.AppKey("redis", aioredis.Redis)
 SETTINGS = web.AppKey("settings", Settings)

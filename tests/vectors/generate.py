@@ -40,20 +40,20 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from firebase_admin import messaging
 from joserfc.jwk import ECKey
 
+from pushauth.accounts.users import canonical
 from pushauth.alerts.delivery import delivery_id
 from pushauth.alerts.settings import parse_webhook_secret
 from pushauth.alerts.sinks.base import Notification
 from pushauth.alerts.sinks.webhook import event_body
 from pushauth.alerts.sinks.webhook import sign as webhook_sign
 from pushauth.alerts.store import alert_view
-from pushauth.challenges import ASSERTION_TYP, CHALLENGE_TYP, Challenges
+from pushauth.challenges.service import ASSERTION_TYP, CHALLENGE_TYP, Challenges
 from pushauth.config import Settings, from_mapping
 from pushauth.crypto import device_auth, jws
 from pushauth.crypto.keys import KeyRing, ServerKey
 from pushauth.push import apns, base
 from pushauth.push.base import PushMessage
 from pushauth.store import KeySpace
-from pushauth.users import canonical
 
 HERE = Path(__file__).resolve().parent
 
@@ -98,7 +98,7 @@ APNS_TOKEN = "5f1e0c2a9b7d4e3f8a6b1c0d2e4f6a8b9c7d5e3f1a2b4c6d8e0f1a3b5c7d9e1f"
 FCM_TOKEN = "fcm-registration-token-for-the-test-vectors:APA91bH0test"
 CONTEXT = {"ip": "203.0.113.9", "user_agent": "Mozilla/5.0 (Windows NT 10.0) Firefox/133.0",
            "location": "Leeds, GB"}
-# What the phone is shown of it (never the login flow's text as it came: pushauth/login_context.py).
+# What the phone is shown of it (never the login flow's text as it came: pushauth/challenges/context.py).
 PHONE_CONTEXT = {"ip": "203.0.113.9", "user_agent": "Firefox on Windows", "location": "Leeds, GB"}
 
 NOW = 1767225600                       # 2026-01-01T00:00:00Z: the phone's and the server's clock
@@ -311,7 +311,7 @@ def user_names_file() -> dict[str, Any]:
 # -- enrollment ----------------------------------------------------------------------------------------------
 
 def enrollment_file() -> dict[str, Any]:
-    # Exactly how the server writes the QR code's URI (pushauth/devices.py).
+    # Exactly how the server writes the QR code's URI (pushauth/devices/service.py).
     uri = "pushauth://enroll?" + urlencode({"v": "1", "server": SERVER, "code": ENROLLMENT_CODE,
                                              "jkt": kid("server")})
     body = _encode({"code": ENROLLMENT_CODE, "name": "Alice’s iPhone", "platform": "ios",
@@ -704,7 +704,7 @@ def assertions_file() -> dict[str, Any]:
 # -- webhooks ------------------------------------------------------------------------------------------------
 
 def alert_hash() -> dict[str, str]:
-    """A `denied_not_me` alert as the detection ledger stores it (pushauth/detection.py)."""
+    """A `denied_not_me` alert as the detection ledger stores it (pushauth/detection/rules.py)."""
     event = {"challenge_id": CHALLENGE_ID, "app": APP_ID, "created": CHALLENGE_IAT, "status": "denied",
              "reason": "not_me", "device_id": DEVICE_ID, "phone_ip": "198.51.100.23", "decided": DECIDED_AT,
              "login": CONTEXT, "kind": "denied_not_me", "severity": "critical", "at": DECIDED_AT}

@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 from pushauth.clock import rfc3339
 
-# The detection rules' kinds (pushauth/detection.py RULES) in words; an unknown kind is shown as it is.
+# The detection rules' kinds (pushauth/detection/rules.py RULES) in words; an unknown kind is shown as it is.
 KIND_WORDS: dict[str, str] = {
     "denied_not_me": "User reported a sign-in they did not request",
     "denied": "User denied a sign-in prompt (said it was a mistake)",

@@ -18,19 +18,14 @@ import structlog
 
 from pushauth import clock, ids, metrics
 from pushauth.alerts.store import AlertStore
+from pushauth.challenges import scripts as lua
 from pushauth.store import KeySpace
-from pushauth.store import scripts as lua
 from pushauth.store.connection import STORE_DOWN_ERRORS
 from pushauth.store.scripts import Script
 
 log = structlog.get_logger(__name__)
 
-# KEYS: due   ARGV: now, max  -> the claimed challenge ids
-CLAIM_DUE = Script("claim_due", """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-if #due > 0 then redis.call('ZREM', KEYS[1], unpack(due)) end
-return due
-""")
+CLAIM_DUE = Script.load("pushauth.challenges", "claim_due.lua")
 
 
 class ExpiryIndex:
@@ -41,7 +36,7 @@ class ExpiryIndex:
     FLUSH_S = 0.05
 
     def __init__(self, redis: aioredis.Redis, key: str) -> None:
-        self._r = redis
+        self._redis = redis
         self._key = key
         self._due: dict[str, int] = {}
         self._flushing: asyncio.Task[None] | None = None
@@ -66,7 +61,7 @@ class ExpiryIndex:
         if not due:
             return
         try:
-            await self._r.zadd(self._key, {k: v for k, v in due.items()})
+            await self._redis.zadd(self._key, {k: v for k, v in due.items()})
         except STORE_DOWN_ERRORS as exc:
             log.warning("expiry_index_deferred", prompts=len(due), error=type(exc).__name__)
 
@@ -74,7 +69,7 @@ class ExpiryIndex:
 class ExpirySweeper:
     def __init__(self, redis: aioredis.Redis, keyspace: KeySpace, alerts: AlertStore, *,
                  interval_s: float = 1.0, batch: int = 500) -> None:
-        self._r = redis
+        self._redis = redis
         self._ks = keyspace
         self._alerts = alerts
         self._interval = interval_s
@@ -83,10 +78,11 @@ class ExpirySweeper:
     async def settle_due(self) -> int:
         """One pass: settle the users whose prompts are due. Returns the number of prompts claimed."""
         now = clock.now()
-        due = list(await CLAIM_DUE(self._r, [self._ks.expiry_due], [now, self._batch]))
+        due = list(await CLAIM_DUE(self._redis, [self._ks.expiry_due], [now, self._batch]))
         uids = {uid for uid in map(ids.challenge_uid, due) if uid is not None}
         for uid in uids:
-            res = await lua.SETTLE(self._r, [self._ks.user(uid)], self._alerts.ledger_args(uid, "", now))
+            ledger = self._alerts.ledger_args(uid, "", now)
+            res = await lua.SETTLE(self._redis, [self._ks.user(uid)], ledger.argv())
             await self._alerts.announce(uid, res[1])
             metrics.IGNORED_PROMPTS.inc(int(res[2]))
         return len(due)

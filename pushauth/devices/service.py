@@ -34,19 +34,20 @@ import msgspec
 import redis.asyncio as aioredis
 from joserfc.jwk import ECKey
 
-from pushauth import clock, ids, login_context
+from pushauth import clock, ids
 from pushauth.alerts.store import AlertStore
 from pushauth.audit import Audit
+from pushauth.challenges import context as login_context
 from pushauth.clock import rfc3339
 from pushauth.config import Settings
 from pushauth.crypto import device_auth, jws, secrets
 from pushauth.crypto.device_auth import BadDeviceRequest
 from pushauth.crypto.keys import KeyRing
 from pushauth.crypto.secrets import new_secret
-from pushauth.delivery import PushQueue
+from pushauth.devices import scripts as lua
 from pushauth.errors import Forbidden, NotFound, RateLimited, Unauthorized, Unprocessable
+from pushauth.push.dispatch import PushQueue
 from pushauth.store import KeySpace, reads
-from pushauth.store import scripts as lua
 from pushauth.store.durability import ReplicaAcks
 
 ENROLL_URI_SCHEME = "pushauth://enroll"
@@ -107,7 +108,7 @@ class Devices:
     def __init__(self, redis: aioredis.Redis, keyspace: KeySpace, settings: Settings,
                  keyring: Callable[[], KeyRing], alerts: AlertStore | None = None,
                  audit: Audit | None = None, push: PushQueue | None = None) -> None:
-        self._r = redis
+        self._redis = redis
         self._acks = ReplicaAcks.from_settings(settings.store)
         self._ks = keyspace
         self._settings = settings
@@ -135,8 +136,8 @@ class Devices:
             return uid
         key = self._ks.user_index(user)
         if create:
-            await self._r.set(key, ids.new_uid(), nx=True)
-        uid = await reads.get(self._r, key)
+            await self._redis.set(key, ids.new_uid(), nx=True)
+        uid = await reads.get(self._redis, key)
         if uid is not None:
             if len(self._uids) >= _CACHE_MAX:
                 self._uids.pop(next(iter(self._uids)))
@@ -150,7 +151,7 @@ class Devices:
         uid = await self.uid_for(user)
         if uid is None:
             return None, {}
-        return uid, await reads.hgetall(self._r, self._ks.user(uid))
+        return uid, await reads.hgetall(self._redis, self._ks.user(uid))
 
     async def _refuse_shared(self, user: str, by: str) -> None:
         _, flags = await self.account_flags(user)
@@ -170,7 +171,7 @@ class Devices:
         if not vouch:
             uid = await self.uid_for(user)
             mode = "first" if uid is None else await lua.ENROLL_MODE(
-                self._r, [self._ks.user(uid), self._ks.devices(uid)], [clock.now()])
+                self._redis, [self._ks.user(uid), self._ks.devices(uid)], [clock.now()])
             if mode == "access_code":
                 vouch = VOUCH_ACCESS_CODE
             elif mode == "approval":
@@ -180,7 +181,7 @@ class Devices:
         ttl = self._settings.enrollment.code_ttl_s
         expires_at = clock.now() + ttl
         # One MULTI: a code must never exist without its expiry.
-        pipe = self._r.pipeline(transaction=True)
+        pipe = self._redis.pipeline(transaction=True)
         pipe.hset(self._ks.enrollment(code), mapping={"id": eid, "user": user, "exp": expires_at,
                                                       "by": requested_by, "vouch": vouch})
         pipe.expire(self._ks.enrollment(code), ttl)
@@ -192,7 +193,7 @@ class Devices:
     async def consume_enrollment(self, code: str) -> dict[str, str] | None:
         """Spend an enrollment code, whatever happens next: the contract says a code is consumed even if
         the request carrying it fails, because a code seen in any request may have been exposed."""
-        pipe = self._r.pipeline(transaction=True)
+        pipe = self._redis.pipeline(transaction=True)
         pipe.hgetall(self._ks.enrollment(code))
         pipe.delete(self._ks.enrollment(code))
         enrollment, _ = await pipe.execute()
@@ -212,7 +213,7 @@ class Devices:
         req = device_auth.verify_request(token, key, method=method, path_qs=path_qs, body=body, now=now,
                                          max_skew_s=self._settings.device_auth.max_skew_s)
         jkt = jws.thumbprint(key)
-        if not await self._r.set(self._ks.enrollment_jti(jkt, req.jti), "1", nx=True, ex=self._jti_ttl):
+        if not await self._redis.set(self._ks.enrollment_jti(jkt, req.jti), "1", nx=True, ex=self._jti_ttl):
             raise BadDeviceRequest("request replayed (jti seen before)", code="replayed")
         user = enrollment["user"]
         # Marked shared after the code was made: still refused (the code is spent either way).
@@ -238,8 +239,8 @@ class Devices:
         number = secrets.number(cfg.challenges.number_digits)
         context = {"ip": remote_ip} if remote_ip else {}
         res = await lua.REGISTER_DEVICE(
-            self._r, [self._ks.user(uid)],
-            [*self._alerts.ledger_args(uid, user, now), did, enrollment.get("vouch", ""), acid, aexp,
+            self._redis, [self._ks.user(uid)],
+            [*self._alerts.ledger_args(uid, user, now).argv(), did, enrollment.get("vouch", ""), acid, aexp,
              aexp + cfg.challenges.retention_s, number, secrets.nonce(16), app,
              msgspec.json.encode(context).decode() if context else "",
              msgspec.json.encode(login_context.for_phone(context)).decode() if context else "",
@@ -257,7 +258,7 @@ class Devices:
         others = [d for d in str(res[2]).split(",") if d]
         if what == "pending":
             # the approval prompt is pushed and settled when it expires, like any prompt: one round trip
-            pipe = self._r.pipeline(transaction=False)
+            pipe = self._redis.pipeline(transaction=False)
             if self._push is not None:
                 self._push.enqueue_in(pipe, acid)
             pipe.zadd(self._ks.expiry_due, {acid: aexp})
@@ -282,7 +283,7 @@ class Devices:
     async def _public_key(self, did: str, uid: str) -> ECKey:
         key = self._keys.get(did)
         if key is None:
-            raw = await reads.hget(self._r, self._ks.device(uid, did), "jwk")
+            raw = await reads.hget(self._redis, self._ks.device(uid, did), "jwk")
             if raw is None:
                 raise BadDeviceRequest("unknown device", code="unknown_device")
             key = jws.import_public_jwk(msgspec.json.decode(raw))
@@ -310,7 +311,7 @@ class Devices:
         read `target` (see DEVICE_GATE)."""
         jti_key = self._ks.jti(dev.uid, dev.device_id, dev.jti)
         dev_key = self._ks.device(dev.uid, dev.device_id)
-        res = await lua.DEVICE_GATE(self._r, [jti_key, dev_key, target],
+        res = await lua.DEVICE_GATE(self._redis, [jti_key, dev_key, target],
                                     [self._jti_ttl, mode, clock.now(), dev.device_id,
                                      self._ks.challenge_prefix(dev.uid)])
         raise_gate_failure(res[0])
@@ -318,7 +319,7 @@ class Devices:
 
     async def update_push_token(self, dev: AuthedDevice, provider: str, token: str) -> None:
         await self.gate(dev, self._ks.device(dev.uid, dev.device_id), "self")
-        res = await lua.UPDATE_PUSH_TOKEN(self._r, [self._ks.device(dev.uid, dev.device_id)],
+        res = await lua.UPDATE_PUSH_TOKEN(self._redis, [self._ks.device(dev.uid, dev.device_id)],
                                           [provider, token, clock.now()], acks=self._acks)
         if res[0] != "ok":
             raise BadDeviceRequest("device revoked", code="device_revoked")
@@ -326,7 +327,7 @@ class Devices:
     async def revoke(self, uid: str, did: str, *, by: str) -> None:
         """Revoke an active phone, or one waiting for approval (its prompt is withdrawn)."""
         res = await lua.REVOKE_DEVICE(
-            self._r, [self._ks.devices(uid), self._ks.device(uid, did), self._ks.pending(uid),
+            self._redis, [self._ks.devices(uid), self._ks.device(uid, did), self._ks.pending(uid),
                       self._ks.new_devices(uid)],
             [did, clock.now(), by, self._ks.challenge_prefix(uid)], acks=self._acks)
         if res[0] != "ok":
@@ -347,7 +348,7 @@ class Devices:
             # denied on one of the user's phones ("not me", "mistake", or a wrong number)
             return {"status": "refused", "reason": d.get("refused_why", "")}
         appr = d.get("appr")
-        c = await reads.hgetall(self._r, self._ks.challenge(dev.uid, appr)) if appr else {}
+        c = await reads.hgetall(self._redis, self._ks.challenge(dev.uid, appr)) if appr else {}
         if not c or c.get("st") != "pending" or int(c.get("exp", "0")) <= clock.now():
             # expired unanswered (or withdrawn): this phone will never be activated; enroll again
             return {"status": "expired"}
@@ -363,14 +364,14 @@ class Devices:
             raise Unprocessable(f"duration_s must be at most {max_s}", code="invalid")
         await self.gate(dev, self._ks.device(dev.uid, dev.device_id), "challenge")
         until = clock.now() + duration_s
-        await lua.PAUSE_PROMPTS(self._r, [self._ks.user(dev.uid)], [until, dev.device_id, clock.now()],
+        await lua.PAUSE_PROMPTS(self._redis, [self._ks.user(dev.uid)], [until, dev.device_id, clock.now()],
                                 acks=self._acks)
         await self._audit_device(dev, "prompts_paused", until=rfc3339(until))
         return until
 
     async def resume(self, dev: AuthedDevice) -> None:
         await self.gate(dev, self._ks.device(dev.uid, dev.device_id), "challenge")
-        await lua.PAUSE_PROMPTS(self._r, [self._ks.user(dev.uid)], [0, dev.device_id, clock.now()],
+        await lua.PAUSE_PROMPTS(self._redis, [self._ks.user(dev.uid)], [0, dev.device_id, clock.now()],
                                 acks=self._acks)
         await self._audit_device(dev, "prompts_resumed")
 
@@ -383,8 +384,8 @@ class Devices:
         if self._alerts is None:
             raise RuntimeError("Devices was built without an AlertStore")
         res = await lua.REVOKE_BY_DEVICE(
-            self._r, [self._ks.user(dev.uid)],
-            [*self._alerts.ledger_args(dev.uid, "", clock.now()), dev.device_id, other,
+            self._redis, [self._ks.user(dev.uid)],
+            [*self._alerts.ledger_args(dev.uid, "", clock.now()).argv(), dev.device_id, other,
              self._settings.enrollment.revoke_cooldown_s], acks=self._acks)
         await self._alerts.announce(dev.uid, res[1])
         if res[0] == "revoked":
@@ -401,15 +402,15 @@ class Devices:
     async def allow_revoke(self, uid: str, did: str) -> None:
         """The security team lets a phone inside its cool-down revoke older phones."""
         key = self._ks.device(uid, did)
-        if await reads.hget(self._r, key, "st") != "active":
+        if await reads.hget(self._redis, key, "st") != "active":
             raise NotFound("no such active device")
-        await self._r.hset(key, "may_revoke", "1")
+        await self._redis.hset(key, "may_revoke", "1")
 
     async def notices(self, dev: AuthedDevice) -> list[dict[str, Any]]:
         """What happened to the account that this phone should tell its user (a new phone was added)."""
         await self.gate(dev, self._ks.device(dev.uid, dev.device_id), "challenge")
         key = self._ks.notices(dev.uid, dev.device_id)
-        pipe = self._r.pipeline(transaction=True)
+        pipe = self._redis.pipeline(transaction=True)
         pipe.lrange(key, 0, -1)
         pipe.delete(key)
         raw, _ = await pipe.execute()
@@ -426,13 +427,13 @@ class Devices:
 
     async def _audit_device(self, dev: AuthedDevice, what: str, *, why: str = "", **details: Any) -> None:
         if self._audit is not None:
-            user = await reads.hget(self._r, self._ks.user(dev.uid), "name") or ""
+            user = await reads.hget(self._redis, self._ks.user(dev.uid), "name") or ""
             await self._audit.record(what, user=user, who=f"device:{dev.device_id}", why=why or "the user",
                                      **details)
 
     async def list_devices(self, uid: str) -> list[dict[str, Any]]:
-        dids = sorted(await reads.smembers(self._r, self._ks.devices(uid)))
-        pipe = self._r.pipeline(transaction=False)
+        dids = sorted(await reads.smembers(self._redis, self._ks.devices(uid)))
+        pipe = self._redis.pipeline(transaction=False)
         for did in dids:
             pipe.hgetall(self._ks.device(uid, did))
         out = []

@@ -12,15 +12,15 @@ import msgspec
 import redis.asyncio as aioredis
 
 from pushauth import clock, ids
+from pushauth.accounts import scripts as lua
 from pushauth.alerts.store import AlertStore
 from pushauth.audit import Audit
 from pushauth.clock import rfc3339
 from pushauth.config import Settings
 from pushauth.crypto.secrets import sha256_hex
-from pushauth.devices import Devices
+from pushauth.devices.service import Devices
 from pushauth.errors import Conflict, NotFound, RateLimited, Unprocessable
 from pushauth.store import KeySpace, reads
-from pushauth.store import scripts as lua
 from pushauth.store.durability import ReplicaAcks
 
 RECENT_CHALLENGES = 20
@@ -34,10 +34,10 @@ def _time(raw: str | None) -> str | None:
 class Accounts:
     def __init__(self, redis: aioredis.Redis, keyspace: KeySpace, settings: Settings, devices: Devices,
                  alerts: AlertStore, audit: Audit) -> None:
-        self._r = redis
+        self._redis = redis
         self._acks = ReplicaAcks.from_settings(settings.store)
         self._ks = keyspace
-        self._s = settings
+        self._settings = settings
         self._devices = devices
         self._alerts = alerts
         self._audit = audit
@@ -50,10 +50,10 @@ class Accounts:
 
     async def view(self, user: str) -> dict[str, Any]:
         uid = await self._uid(user)
-        u = await reads.hgetall(self._r, self._ks.user(uid))
-        dids = sorted(await reads.smembers(self._r, self._ks.devices(uid)))
-        cids = cast(list[str], await self._r.zrevrange(self._ks.recent(uid), 0, RECENT_CHALLENGES - 1))
-        pipe = self._r.pipeline(transaction=False)
+        u = await reads.hgetall(self._redis, self._ks.user(uid))
+        dids = sorted(await reads.smembers(self._redis, self._ks.devices(uid)))
+        cids = cast(list[str], await self._redis.zrevrange(self._ks.recent(uid), 0, RECENT_CHALLENGES - 1))
+        pipe = self._redis.pipeline(transaction=False)
         for did in dids:
             pipe.hgetall(self._ks.device(uid, did))
         for cid in cids:
@@ -106,7 +106,7 @@ class Accounts:
             "suspended_reason": u.get("susp_why") if suspended else None,
             "suspended_until": _time(u.get("susp_until")) if suspended else None,
             "consecutive_failures": int(u.get("fails", "0")),
-            "policy": self._s.policy.account_kind(user, u),
+            "policy": self._settings.policy.account_kind(user, u),
             "paused_until": rfc3339(paused_until) if paused_until > now else None,
             "prompts_refused_while_paused": int(u.get("paused_refused", "0")),
             "remembered_browsers": remembered,
@@ -118,8 +118,8 @@ class Accounts:
 
     async def _pending_devices(self, uid: str) -> list[dict[str, Any]]:
         """Further phones waiting for approval on one of the user's phones (their records expire)."""
-        dids = sorted(await reads.smembers(self._r, self._ks.new_devices(uid)))
-        pipe = self._r.pipeline(transaction=False)
+        dids = sorted(await reads.smembers(self._redis, self._ks.new_devices(uid)))
+        pipe = self._redis.pipeline(transaction=False)
         for did in dids:
             pipe.hgetall(self._ks.device(uid, did))
         out = []
@@ -147,10 +147,10 @@ class Accounts:
             blocks.append({"kind": "paused", "since": _time(u.get("paused_at")), "until": rfc3339(paused),
                            "reason": "paused by the user's phone"})
         # the windows are counted by the ledger's own rule (window_block), as the refusals are
-        policy = self._s.policy
-        res = await lua.USER_BLOCKS(self._r, [self._ks.user(uid)],
-                                    [*self._alerts.ledger_args(uid, "", now), policy.access_code_window_s,
-                                     policy.access_code_attempts])
+        policy = self._settings.policy
+        res = await lua.USER_BLOCKS(self._redis, [self._ks.user(uid)],
+                                    [*self._alerts.ledger_args(uid, "", now).argv(),
+                                     policy.access_code_window_s, policy.access_code_attempts])
         for kind, since, until, reason in (
                 ("push_bombing", res[2], res[3], "too many sign-in prompts"),
                 ("access_code_attempts", res[4], res[5], "too many wrong access codes")):
@@ -165,9 +165,9 @@ class Accounts:
         if what not in ("all", "lock", "suspension"):
             raise Unprocessable("what must be all, lock or suspension", code="invalid")
         uid = await self._uid(user)
-        policy = self._s.policy
-        res = await lua.UNLOCK_USER(self._r, [self._ks.user(uid)],
-                                    [*self._alerts.ledger_args(uid, user, clock.now()), by, what,
+        policy = self._settings.policy
+        res = await lua.UNLOCK_USER(self._redis, [self._ks.user(uid)],
+                                    [*self._alerts.ledger_args(uid, user, clock.now()).argv(), by, what,
                                      policy.access_code_window_s, policy.access_code_attempts],
                                     acks=self._acks)
         cleared = {"was_locked": bool(res[2]), "was_suspended": bool(res[3]),
@@ -182,8 +182,9 @@ class Accounts:
         locked too."""
         uid = await self._devices.uid_for(user, create=True)
         assert uid is not None
-        res = await lua.LOCK_USER(self._r, [self._ks.user(uid)],
-                                  [*self._alerts.ledger_args(uid, user, clock.now()), by], acks=self._acks)
+        res = await lua.LOCK_USER(self._redis, [self._ks.user(uid)],
+                                  [*self._alerts.ledger_args(uid, user, clock.now()).argv(), by],
+                                  acks=self._acks)
         await self._alerts.announce(uid, res[1])
         await self._audit.record("locked", user=user, who=by, why="security team")
 
@@ -217,8 +218,8 @@ class Accounts:
         def flag(value: bool | None) -> str:
             return "" if value is None else "1" if value else "0"
 
-        res = await lua.SET_POLICY(self._r, [self._ks.user(uid)],
-                                   [*self._alerts.ledger_args(uid, user, clock.now()), flag(exempt),
+        res = await lua.SET_POLICY(self._redis, [self._ks.user(uid)],
+                                   [*self._alerts.ledger_args(uid, user, clock.now()).argv(), flag(exempt),
                                     flag(shared), "1" if force else "", by], acks=self._acks)
         await self._alerts.announce(uid, res[1])
         active = [a for a in str(res[2]).split(",") if a]
@@ -230,13 +231,13 @@ class Accounts:
                            "high alert)", code="containment_active")
         await self._audit.record("policy_set", user=user, who=by, why="security team", exempt=exempt,
                                  shared=shared, forced_over=active or None)
-        return self._s.policy.account_kind(user, await reads.hgetall(self._r, self._ks.user(uid)))
+        return self._settings.policy.account_kind(user, await reads.hgetall(self._redis, self._ks.user(uid)))
 
     # -- remembered browsers -----------------------------------------------------------------------------
 
     async def _remembered(self, uid: str) -> list[dict[str, Any]]:
         now = clock.now()
-        raw = await reads.hgetall(self._r, self._ks.remembered(uid))
+        raw = await reads.hgetall(self._redis, self._ks.remembered(uid))
         out = []
         for tid, value in sorted(raw.items()):
             r = _decode(value)
@@ -251,9 +252,9 @@ class Accounts:
         if uid is None:
             return 0
         key = self._ks.remembered(uid)
-        n = int(await self._r.hdel(key, token_id)) if token_id else int(await self._r.hlen(key))
+        n = int(await self._redis.hdel(key, token_id)) if token_id else int(await self._redis.hlen(key))
         if token_id is None:
-            await self._r.delete(key)
+            await self._redis.delete(key)
         await self._audit.record("remembered_revoked", user=user, who=by, why=why, token_id=token_id or "all",
                                  revoked=n)
         return n
@@ -265,9 +266,9 @@ class Accounts:
         uid = await self._devices.uid_for(user, create=True)
         assert uid is not None
         code = access_code()
-        expires = clock.now() + self._s.policy.access_code_ttl_s
-        res = await lua.ISSUE_ACCESS_CODE(self._r, [self._ks.user(uid)],
-                                          [*self._alerts.ledger_args(uid, user, clock.now()),
+        expires = clock.now() + self._settings.policy.access_code_ttl_s
+        res = await lua.ISSUE_ACCESS_CODE(self._redis, [self._ks.user(uid)],
+                                          [*self._alerts.ledger_args(uid, user, clock.now()).argv(),
                                            sha256_hex(_normal(code)), expires, by], acks=self._acks)
         await self._alerts.announce(uid, res[1])
         await self._audit.record("access_code_issued", user=user, who=by, why="no phone at hand",
@@ -281,12 +282,12 @@ class Accounts:
         if uid is None:
             await self._audit.record("access_code_refused", user=user, who=by, why="unknown user")
             return False, "unknown_user"
-        policy = self._s.policy
-        res = await lua.VERIFY_ACCESS_CODE(self._r, [self._ks.user(uid)],
-                                           [*self._alerts.ledger_args(uid, user, clock.now()),
+        policy = self._settings.policy
+        res = await lua.VERIFY_ACCESS_CODE(self._redis, [self._ks.user(uid)],
+                                           [*self._alerts.ledger_args(uid, user, clock.now()).argv(),
                                             sha256_hex(_normal(code)), policy.access_code_attempts,
                                             policy.access_code_window_s,
-                                            self._s.enrollment.access_code_grant_s], acks=self._acks)
+                                            self._settings.enrollment.access_code_grant_s], acks=self._acks)
         await self._alerts.announce(uid, res[1])
         what = res[0]
         await self._audit.record("access_code_used" if what == "valid" else "access_code_refused",

@@ -1,5 +1,5 @@
 """Rate limits per client address and per application: the outer fence against floods (issue 8). The
-per-user limits (push bombing, access-code attempts) are detection rules, pushauth/detection.py; these
+per-user limits (push bombing, access-code attempts) are detection rules, pushauth/detection/rules.py; these
 stop a flood from one address, or for one application, before it costs more than one Redis round trip.
 
     scope          one bucket counts                       default             keyed so because
@@ -39,8 +39,8 @@ from pushauth import clock, metrics
 from pushauth.config import Settings
 from pushauth.errors import RateLimited
 from pushauth.netaddr import network_of, parse_ip
+from pushauth.ratelimit import scripts as lua
 from pushauth.store import KeySpace
-from pushauth.store import scripts as lua
 
 log = structlog.get_logger(__name__)
 
@@ -71,42 +71,44 @@ class RateLimiter:
     a refusal raises `RateLimited` (429 with `Retry-After`), is counted and logged."""
 
     def __init__(self, redis: aioredis.Redis, keyspace: KeySpace, settings: Settings) -> None:
-        self._r = redis
+        self._redis = redis
         self._ks = keyspace
-        self._s = settings.rate_limits
-        self._quotas = {app.id: self._s.application_requests if app.rate_limit is None else app.rate_limit
+        self._limits = settings.rate_limits
+        default = self._limits.application_requests
+        self._quotas = {app.id: default if app.rate_limit is None else app.rate_limit
                         for app in settings.applications}
 
     async def application(self, app_id: str) -> None:
-        quota = self._quotas.get(app_id, self._s.application_requests)
+        quota = self._quotas.get(app_id, self._limits.application_requests)
         if quota:
             await self._check(self._ks.rate_bucket("a", app_id), quota, 0, APPLICATION, app=app_id)
 
     async def address(self, ip: str | None) -> None:
-        if self._s.ip_requests or self._s.auth_failures:
-            await self._check(self._ks.rate_bucket("ip", address_bucket(ip)), self._s.ip_requests,
-                              self._s.auth_failures, IP, ip=ip)
+        if self._limits.ip_requests or self._limits.auth_failures:
+            await self._check(self._ks.rate_bucket("ip", address_bucket(ip)), self._limits.ip_requests,
+                              self._limits.auth_failures, IP, ip=ip)
 
     async def unless_blocked(self, ip: str | None) -> None:
         """Refuse an address in its auth-failure block, counting nothing against its quota: for a call that is
         never metered but takes a credential (/metrics with a token)."""
-        if self._s.auth_failures:
-            await self._check(self._ks.rate_bucket("ip", address_bucket(ip)), 0, self._s.auth_failures, IP,
-                              ip=ip)
+        if self._limits.auth_failures:
+            await self._check(self._ks.rate_bucket("ip", address_bucket(ip)), 0, self._limits.auth_failures,
+                              IP, ip=ip)
 
     async def auth_failed(self, ip: str | None) -> None:
         """Count a failed authentication from `ip`; the one that reaches the limit starts the block."""
-        s = self._s
+        s = self._limits
         if not s.auth_failures:
             return
-        failures = await lua.RATE_AUTH_FAILURE(self._r, [self._ks.rate_bucket("ip", address_bucket(ip))],
+        failures = await lua.RATE_AUTH_FAILURE(self._redis, [self._ks.rate_bucket("ip", address_bucket(ip))],
                                                [clock.now(), s.auth_failures_window_s])
         if failures == s.auth_failures:
             log.warning("auth_failures_blocked", ip=ip, failures=failures,
                         window_s=s.auth_failures_window_s)
 
     async def _check(self, key: str, quota: int, auth_failures: int, scope: str, **who: str | None) -> None:
-        res = await lua.RATE_LIMIT(self._r, [key], [clock.now(), quota, self._s.window_s, auth_failures])
+        res = await lua.RATE_LIMIT(self._redis, [key],
+                                   [clock.now(), quota, self._limits.window_s, auth_failures])
         if res[0] == "ok":
             return
         refused = AUTH_FAILURES if res[0] == AUTH_FAILURES else scope

@@ -54,53 +54,11 @@ STREAM = "push"
 # A notice push is worth retrying for a day; after that the phone has surely been opened.
 NOTICE_LIFE_S = 86400
 
-# Record a device's delivery state on its challenge, but never create a stray hash for a challenge that
-# has already expired out of Redis, and never take back a "sent" (a late or repeated write of an older
-# state, e.g. a pipeline re-sent after a lost connection).
-# KEYS: challenge   ARGV: field, value
-SET_DELIVERY = Script("set_delivery", """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local old = redis.call('HGET', KEYS[1], ARGV[1])
-if old and old ~= ARGV[2] and string.sub(old, 1, 4) == 'sent' then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return 1
-""")
+SET_DELIVERY = Script.load("pushauth.push", "set_delivery.lua")
 
-# Mark a device's push token stale, unless the phone has registered a new token since we sent.
-# KEYS: device   ARGV: the token the provider refused, now
-MARK_STALE = Script("mark_stale", """
-if redis.call('HGET', KEYS[1], 'ptok') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'ptok_stale', '1', 'ptok_stale_at', ARGV[2])
-return 1
-""")
+MARK_STALE = Script.load("pushauth.push", "mark_stale.lua")
 
-# Everything a push needs about one challenge, in one round trip: nothing when the challenge is gone,
-# decided or expired; else its expiry, then per targeted device (ARGV[3], or every device in `devs`) its
-# id, its delivery state so far, and the device's st, ptok, ptok_stale, pprov (false when missing).
-# The device keys are built here from ARGV[1] ("<prefix>:{<uid>}:dev:"): they share the challenge's hash
-# tag, so they live in its Cluster slot.
-# KEYS: challenge   ARGV: device key prefix, now, device id or ''
-READ_TARGETS = Script("read_targets", """
-local c = redis.call('HMGET', KEYS[1], 'st', 'exp', 'devs')
-local exp = tonumber(c[2])
-if c[1] ~= 'pending' or not exp or exp <= tonumber(ARGV[2]) then return {} end
-local out = {c[2]}
-local function add(did)
-  local d = redis.call('HMGET', ARGV[1] .. did, 'st', 'ptok', 'ptok_stale', 'pprov')
-  out[#out + 1] = did
-  out[#out + 1] = redis.call('HGET', KEYS[1], 'pd:' .. did)
-  out[#out + 1] = d[1]
-  out[#out + 1] = d[2]
-  out[#out + 1] = d[3]
-  out[#out + 1] = d[4]
-end
-if ARGV[3] ~= '' then
-  add(ARGV[3])
-else
-  for did in string.gmatch(c[3] or '', '[^,]+') do add(did) end
-end
-return out
-""")
+READ_TARGETS = Script.load("pushauth.push", "read_targets.lua")
 _PER_DEVICE = 6
 
 
@@ -117,11 +75,11 @@ class PushQueue:
     """The producing side, used by the API: one entry per new challenge."""
 
     def __init__(self, redis: aioredis.Redis, prefix: str) -> None:
-        self._r = redis
+        self._redis = redis
         self._names = StreamNames.for_(prefix, STREAM)
 
     async def enqueue(self, challenge_id: str) -> None:
-        await self._r.xadd(self._names.stream, {"c": challenge_id}, maxlen=1_000_000, approximate=True)
+        await self._redis.xadd(self._names.stream, {"c": challenge_id}, maxlen=1_000_000, approximate=True)
 
     def enqueue_in(self, pipe: Any, challenge_id: str) -> None:
         """The same, as part of the caller's pipeline (one round trip with its other writes)."""
@@ -130,7 +88,7 @@ class PushQueue:
     async def enqueue_notice(self, uid: str, device_ids: Sequence[str]) -> None:
         """A notice push to each of these phones of one user (their notices are already written)."""
         expires = str(int(time.time()) + NOTICE_LIFE_S)
-        pipe = self._r.pipeline(transaction=False)
+        pipe = self._redis.pipeline(transaction=False)
         for did in device_ids:
             pipe.xadd(self._names.stream, {"t": "notice", "u": uid, "d": did, "x": expires},
                       maxlen=1_000_000, approximate=True)
@@ -180,18 +138,18 @@ class PushDelivery:
 
     def __init__(self, redis: aioredis.Redis, keyspace: KeySpace, settings: PushSettings, server: str,
                  providers: Mapping[str, PushProvider]) -> None:
-        self._r = redis
+        self._redis = redis
         self._ks = keyspace
-        self._s = settings
+        self._settings = settings
         self._server = server
         self._providers = providers
-        self._names = StreamNames.for_(keyspace.p, STREAM)
+        self._names = StreamNames.for_(keyspace.prefix, STREAM)
         self.consumer: StreamConsumer | None = None  # set by `consumer_for()`
 
     def consumer_for(self, name: str) -> StreamConsumer:
-        self.consumer = StreamConsumer(self._r, self._names, name, batch_handler=self.handle_batch,
-                                       reclaim_idle_s=self._s.reclaim_idle_s,
-                                       dead_letter_after=self._s.dead_letter_after)
+        self.consumer = StreamConsumer(self._redis, self._names, name, batch_handler=self.handle_batch,
+                                       reclaim_idle_s=self._settings.reclaim_idle_s,
+                                       dead_letter_after=self._settings.dead_letter_after)
         return self.consumer
 
     async def handle_batch(self, entries: list[Entry]) -> None:
@@ -207,7 +165,7 @@ class PushDelivery:
         sink = _Writes()
         await self._deliver([(entry_id, fields)], sink)
         if sink.commands:
-            pipe = self._r.pipeline(transaction=False)
+            pipe = self._redis.pipeline(transaction=False)
             for command in sink.commands:
                 pipe.execute_command(*command)
             await pipe.execute()
@@ -223,7 +181,7 @@ class PushDelivery:
                 return
         now = time.time()
         jobs: list[_Job] = []
-        pipe = self._r.pipeline(transaction=False)
+        pipe = self._redis.pipeline(transaction=False)
         for entry_id, fields in entries:
             job = _job(entry_id, fields, self._ks)
             if job is None:
@@ -290,7 +248,7 @@ class PushDelivery:
                                   "reason": outcome.reason, "attempt": attempt}
         if kind is OutcomeKind.RETRY:
             due = self._retry_at(attempt, outcome.retry_after_s)
-            if attempt < self._s.max_attempts and due < message.expires_at:
+            if attempt < self._settings.max_attempts and due < message.expires_at:
                 sink.write(job.entry_id, *_state(job.key, did, "retrying", outcome.reason))
                 retry = {"c": message.challenge_id, "d": did, "n": str(attempt + 1)}
                 sink.write(job.entry_id, *schedule_command(self._names, retry, due))
@@ -310,7 +268,7 @@ class PushDelivery:
     async def _deliver_notices(self, entries: list[Entry], sink: _Sink) -> None:
         """Notice pushes: read each phone's token, send, retry transient failures, mark dead tokens."""
         targets: list[tuple[str, Fields, str, str, int]] = []
-        pipe = self._r.pipeline(transaction=False)
+        pipe = self._redis.pipeline(transaction=False)
         for entry_id, fields in entries:
             uid, did, raw_expires = fields.get("u", ""), fields.get("d", ""), fields.get("x", "")
             if not (ids.device_uid(did) == uid and uid and raw_expires.isdigit()):
@@ -347,7 +305,7 @@ class PushDelivery:
         attempt = int(fields.get("n", "1")) if fields.get("n", "1").isdigit() else 1
         if outcome.kind is OutcomeKind.RETRY:
             due = self._retry_at(attempt, outcome.retry_after_s)
-            if attempt < self._s.max_attempts and due < message.expires_at:
+            if attempt < self._settings.max_attempts and due < message.expires_at:
                 sink.write(entry_id, *schedule_command(self._names, {**fields, "n": str(attempt + 1)}, due))
         elif outcome.kind is OutcomeKind.INVALID_TOKEN:
             metrics.PUSH_STALE_TOKENS.labels(provider.name).inc()
@@ -363,7 +321,7 @@ class PushDelivery:
 
     def _retry_at(self, attempt: int, retry_after_s: float | None) -> float:
         # Exponential backoff with full jitter, but never sooner than the provider asked.
-        cap = min(self._s.backoff_max_s, self._s.backoff_base_s * 2 ** (attempt - 1))
+        cap = min(self._settings.backoff_max_s, self._settings.backoff_base_s * 2 ** (attempt - 1))
         delay = random.uniform(0, cap)  # noqa: S311 (jitter, not security)
         return time.time() + max(delay, retry_after_s or 0.0)
 

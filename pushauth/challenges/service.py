@@ -32,23 +32,24 @@ from typing import Any, cast
 import msgspec
 import redis.asyncio as aioredis
 
-from pushauth import clock, ids, login_context, metrics
+from pushauth import clock, ids, metrics
 from pushauth.alerts.store import AlertStore
 from pushauth.audit import Audit
+from pushauth.challenges import context as login_context
+from pushauth.challenges import scripts as lua
+from pushauth.challenges.events import ChallengeEvents, Decision
+from pushauth.challenges.expiry import ExpiryIndex
 from pushauth.clock import rfc3339
 from pushauth.config import Application, Settings
 from pushauth.crypto import jws, secrets
 from pushauth.crypto.keys import KeyRing
 from pushauth.crypto.secrets import sha256_hex
-from pushauth.delivery import PushQueue, delivery_view
-from pushauth.detection import network_of
-from pushauth.devices import AuthedDevice, Devices, raise_gate_failure
+from pushauth.detection.rules import network_of
+from pushauth.devices.service import AuthedDevice, Devices, raise_gate_failure
 from pushauth.errors import Conflict, Forbidden, NotFound, RateLimited, Unprocessable
-from pushauth.expiry import ExpiryIndex
+from pushauth.push.dispatch import PushQueue, delivery_view
 from pushauth.store import KeySpace, reads
-from pushauth.store import scripts as lua
 from pushauth.store.durability import ReplicaAcks
-from pushauth.store.events import ChallengeEvents, Decision
 
 CHALLENGE_TYP = "pushauth-challenge+jwt"
 ASSERTION_TYP = "pushauth-assertion+jwt"
@@ -98,10 +99,10 @@ class Challenges:
     def __init__(self, redis: aioredis.Redis, keyspace: KeySpace, settings: Settings,
                  keyring: Callable[[], KeyRing], devices: Devices, events: ChallengeEvents,
                  alerts: AlertStore, audit: Audit, push: PushQueue | None = None) -> None:
-        self._r = redis
+        self._redis = redis
         self._acks = ReplicaAcks.from_settings(settings.store)
         self._ks = keyspace
-        self._s = settings
+        self._settings = settings
         self._keyring = keyring
         self._devices = devices
         self._events = events
@@ -116,9 +117,9 @@ class Challenges:
     async def create(self, app: Application, user: str, context: dict[str, str] | None,
                      ttl_s: int | None, *, remember_token: str | None = None,
                      browser_id: str | None = None) -> Created | Allowed:
-        """A prompt for `user`, or the policy's reason why none is needed (pushauth/policy.py); every
+        """A prompt for `user`, or the policy's reason why none is needed (pushauth/accounts/policy.py); every
         outcome but a plain prompt is audited."""
-        cfg = self._s.challenges
+        cfg = self._settings.challenges
         ttl = cfg.default_ttl_s if ttl_s is None else ttl_s
         if not 10 <= ttl <= cfg.max_ttl_s:
             raise Unprocessable(f"ttl_s must be between 10 and {cfg.max_ttl_s}", code="invalid_ttl")
@@ -127,7 +128,7 @@ class Challenges:
         # Shared mailbox or exempt account by the configured patterns (the flags the admin API sets on an
         # account are read by the script). An account never seen (no uid) cannot be locked: no prompt, and
         # it is on the record. Any other goes through the script, where a lock or suspension wins.
-        kind = self._s.policy.account_kind(user, {})
+        kind = self._settings.policy.account_kind(user, {})
         uid = await self._devices.uid_for(user)
         if uid is None and kind is not None:
             await self._audit.record("allowed", user=user, who=who, why=kind, reason="exempt", ip=ip)
@@ -148,14 +149,14 @@ class Challenges:
         if ctx_json:
             # what the phone will be shown of it, reduced once here rather than at every fetch
             fields += ["ctx", ctx_json, "pctx", _encode(login_context.for_phone(context or {})).decode()]
-        if browser_id and self._s.policy.remember_days > 0:
+        if browser_id and self._settings.policy.remember_days > 0:
             fields += ["rmb", sha256_hex(browser_id)]  # an approval then remembers this browser
         network = network_of(context["ip"]) if context and context.get("ip") else ""
         location = (context or {}).get("location", "")[:128]
         res = await lua.CREATE_CHALLENGE(
-            self._r, [self._ks.user(uid)],
-            [*self._alerts.ledger_args(uid, user, now), exp, exp + cfg.retention_s, cid, network, location,
-             ctx_json, app.id, rtid, rbid, kind or "", *fields], acks=self._acks)
+            self._redis, [self._ks.user(uid)],
+            [*self._alerts.ledger_args(uid, user, now).argv(), exp, exp + cfg.retention_s, cid, network,
+             location, ctx_json, app.id, rtid, rbid, kind or "", *fields], acks=self._acks)
         await self._alerts.announce(uid, res[1])
         what = res[0]
         if what in ("exempt", "remembered", "ok"):
@@ -192,7 +193,7 @@ class Challenges:
 
     @property
     def _user_message(self) -> str:
-        return self._s.policy.user_message
+        return self._settings.policy.user_message
 
     async def close(self) -> None:
         """Shutdown: write the buffered expiry index."""
@@ -200,7 +201,7 @@ class Challenges:
 
     async def _not_enrolled(self, app: Application, user: str, ip: str) -> Allowed:
         """No phone: allowed until the enforcement date that applies (`grace`), refused after it."""
-        enforced = self._s.policy.enforced_from(app.id, user)
+        enforced = self._settings.policy.enforced_from(app.id, user)
         if clock.now() < enforced:
             await self._audit.record("allowed", user=user, who=f"app:{app.id}", why="before enforcement date",
                                      reason="grace", enroll_by=rfc3339(enforced), ip=ip)
@@ -215,7 +216,7 @@ class Challenges:
         """(token id, browser hash) of a valid remember token for this user, application and browser, or
         ("", ""): a token that does not verify only means the user is prompted. Whether it was revoked is
         for the script to say, atomically with the lock and suspension checks."""
-        if not token or not browser_id or self._s.policy.remember_days == 0:
+        if not token or not browser_id or self._settings.policy.remember_days == 0:
             return "", ""
         try:
             header = jws.read_header(token, typ=REMEMBER_TYP)
@@ -224,7 +225,7 @@ class Challenges:
             return "", ""
         bid = sha256_hex(browser_id)
         tid, exp = claims.get("jti"), claims.get("exp")
-        if (claims.get("iss") != self._s.server.base_url or claims.get("aud") != app.id
+        if (claims.get("iss") != self._settings.server.base_url or claims.get("aud") != app.id
                 or claims.get("sub") != user or not isinstance(tid, str) or type(exp) is not int
                 or exp <= clock.now() or not secrets.equal(str(claims.get("bid", "")), bid)):
             return "", ""
@@ -245,14 +246,14 @@ class Challenges:
     async def status(self, app: Application, cid: str, wait_s: float) -> dict[str, Any]:
         key = self._challenge_key(cid)
         if wait_s <= 0:
-            return self._view(app, cid, await reads.hgetall(self._r, key), clock.now())
+            return self._view(app, cid, await reads.hgetall(self._redis, key), clock.now())
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         while True:
             decision: Decision | None = None
             # Watch before reading: a decision published between our read and our wait is not lost.
             with self._events.watch(cid) as fut:
-                h = await reads.hgetall(self._r, key)
+                h = await reads.hgetall(self._redis, key)
                 now = clock.now()
                 view = self._view(app, cid, h, int(now))
                 remaining = min(deadline - loop.time(), int(h.get("exp", 0)) - now)
@@ -273,11 +274,11 @@ class Challenges:
         uid = ids.challenge_uid(cid)
         if uid is None:
             raise NotFound("no such challenge")
-        res = await lua.CANCEL(self._r, [self._ks.user(uid)],
-                               [*self._alerts.ledger_args(uid, "", clock.now()), cid, app.id],
+        ledger = self._alerts.ledger_args(uid, "", clock.now())
+        res = await lua.cancel(self._redis, self._ks.user(uid), ledger, cid=cid, app_id=app.id,
                                acks=self._acks)
-        await self._alerts.announce(uid, res[1])
-        _raise_transition_failure(res)
+        await self._alerts.announce(uid, res.notes)
+        _raise_transition_failure([res.result.value, res.notes, *res.detail])
         metrics.CHALLENGES.labels(app.id, "cancelled").inc()
 
     # -- device -------------------------------------------------------------------------------------------
@@ -286,7 +287,7 @@ class Challenges:
         cids = await self._devices.gate(dev, self._ks.pending(dev.uid), "pending")  # marks them seen
         if not cids:
             return []
-        pipe = self._r.pipeline(transaction=False)
+        pipe = self._redis.pipeline(transaction=False)
         for cid in cids:
             pipe.hgetall(self._ks.challenge(dev.uid, cid))
         now = clock.now()
@@ -338,9 +339,9 @@ class Challenges:
         else:
             status, why = "denied", reason or "mistake"
         res = await lua.RESPOND(
-            self._r, [self._ks.user(dev.uid)],
-            [*self._alerts.ledger_args(dev.uid, h["user"], clock.now()), cid, dev.device_id, status, why,
-             remote_ip or "-"], acks=self._acks)
+            self._redis, [self._ks.user(dev.uid)],
+            [*self._alerts.ledger_args(dev.uid, h["user"], clock.now()).argv(), cid, dev.device_id, status,
+             why, remote_ip or "-"], acks=self._acks)
         await self._alerts.announce(dev.uid, res[1])
         if res[0] == "revoked":
             raise_gate_failure(res[0])
@@ -386,7 +387,7 @@ class Challenges:
         if status == "approved":
             out["device"] = h["dev"]
             out["assertion"] = self._assertion(app, cid, h["user"], h["dev"], int(h["dat"]), now)
-            if h.get("rmb") and self._s.policy.remember_days > 0:
+            if h.get("rmb") and self._settings.policy.remember_days > 0:
                 out["remember_token"] = self._remember_token(app, cid, h["user"], h["rmb"],
                                                              int(h["dat"]))
         elif status == "denied":
@@ -402,7 +403,7 @@ class Challenges:
     def _assertion(self, app: Application, cid: str, user: str, device: str, decided_at: int,
                    now: int) -> str:
         ring = self._keyring()
-        claims = {"iss": self._s.server.base_url, "aud": app.id, "sub": user, "jti": cid, "iat": now,
+        claims = {"iss": self._settings.server.base_url, "aud": app.id, "sub": user, "jti": cid, "iat": now,
                   "exp": now + ASSERTION_LIFE_S, "auth_time": decided_at, "result": "approved",
                   "device": device}
         return jws.sign(claims, ring.current.key, typ=ASSERTION_TYP, kid=ring.current.kid)
@@ -412,16 +413,17 @@ class Challenges:
         """Signed, so the server needs to store no secret: the id (`r<cid>`) is what the user's remembered
         list holds and what revocation removes."""
         ring = self._keyring()
-        claims = {"iss": self._s.server.base_url, "aud": app.id, "sub": user, "jti": f"r{cid}",
+        claims = {"iss": self._settings.server.base_url, "aud": app.id, "sub": user, "jti": f"r{cid}",
                   "bid": browser_hash, "iat": decided_at,
-                  "exp": decided_at + self._s.policy.remember_days * 86400}
+                  "exp": decided_at + self._settings.policy.remember_days * 86400}
         return jws.sign(claims, ring.current.key, typ=REMEMBER_TYP, kid=ring.current.kid)
 
     def _sign_challenge(self, cid: str, h: Mapping[str, str], did: str) -> str:
         ring = self._keyring()
         app_name = self._app_names.get(h["app"], h["app"])
         claims: dict[str, Any] = {
-            "iss": self._s.server.base_url, "aud": did, "sub": h["user"], "jti": cid, "nonce": h["nonce"],
+            "iss": self._settings.server.base_url, "aud": did, "sub": h["user"], "jti": cid,
+            "nonce": h["nonce"],
             "iat": int(h["iat"]), "exp": int(h["exp"]), "app": app_name, "number_matching": bool(h["num"]),
         }
         if h["num"]:

@@ -1,0 +1,12 @@
+-- The security team issues a temporary access code (stored hashed, one per user: a new one replaces the
+-- old). Wrong codes typed before it no longer count toward its attempt limit (`acode_reset`): the user the
+-- team just helped must not meet "too many wrong access codes". Raises an info alert so its use is visible.
+-- ARGV[7..]: sha256(code), expires_at, by   -> {"ok", NOTES}
+
+--@include pushauth.detection ledger.lua
+
+redis.call('HSET', uk('acode'), 'h', ARGV[7], 'exp', ARGV[8], 'by', ARGV[9], 'at', NOW)
+redis.call('EXPIREAT', uk('acode'), ARGV[8])
+redis.call('HSET', uk('user'), 'acode_reset', redis.call('HGET', uk('user'), 'seq') or '0')
+raise('access_code_issued', 'info', {by = ARGV[9], expires = tonumber(ARGV[8])})
+return {'ok', NOTES}

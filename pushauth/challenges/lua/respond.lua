@@ -1,0 +1,117 @@
+-- A device answers a challenge (its request already passed DEVICE_GATE, which recorded the jti).
+-- Everything that could make the answer invalid is re-checked here, at the moment of the transition, so
+-- nothing can change between the check and the write: the device revoked meanwhile, the challenge
+-- decided by a concurrent answer, expired, or the account locked or suspended. The rules run in the same
+-- step: an alert and the decision it is about are written together.
+-- An answer to a prompt nobody waits for any more (it expired, or the login flow cancelled it) decides
+-- nothing, but a "not me" is still the user saying someone else is signing in: it is recorded, alerted and
+-- contained exactly as on a pending prompt (once per challenge).
+-- A challenge with purpose 'add_device' asks an existing phone to approve a new one (DEVICE_LIB): its
+-- approval activates the new phone, its denial refuses it.
+-- ARGV[7..]: cid, did, status ('approved'|'denied'), reason, answer_ip
+-- -> {"ok", NOTES, "<comma-joined devices to push a notice to>"}
+--    | {"revoked"|"not_found"|"locked"|"suspended", NOTES}
+--    | {"expired", NOTES, "", "recorded"?} | {"conflict", NOTES, status, "recorded"?}
+
+--@include pushauth.detection ledger.lua
+--@include pushauth.devices device_lib.lua
+
+local cid, did, status, reason, aip = ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11]
+local ckey = uk('ch:' .. cid)
+if redis.call('HGET', uk('dev:' .. did), 'st') ~= 'active' then return {'revoked', NOTES} end
+local c = redis.call('HMGET', ckey, 'st', 'exp', 'devs', 'net', 'loc', 'late', 'purp', 'newdev')
+if not c[1] then return {'not_found', NOTES} end
+if not string.find(',' .. c[3] .. ',', ',' .. did .. ',', 1, true) then return {'not_found', NOTES} end
+local not_me_said = status == 'denied' and reason == 'not_me'
+local expired = c[1] == 'pending' and tonumber(c[2]) <= NOW
+if c[1] == 'cancelled' or expired then
+  local result, detail = 'expired', ''
+  if c[1] == 'cancelled' then result, detail = 'conflict', 'cancelled' end
+  -- counted once per challenge; on a cancelled prompt only a "not me" is news
+  if c[6] or (c[1] == 'cancelled' and not not_me_said) then return {result, NOTES, detail} end
+  settle()
+  redis.call('HSET', ckey, 'late', status .. ':' .. reason, 'late_at', NOW, 'late_dev', did, 'aip', aip)
+  if not_me_said then
+    on_denial(cid, 'denied_not_me', 'critical', {answer = 'denied', answer_reason = 'not_me',
+                                                  device_id = did, phone_ip = aip ~= '-' and aip or nil})
+    not_me()
+    return {result, NOTES, detail, 'recorded'}
+  end
+  local ev = ch_evidence(cid)
+  ev.answer = status
+  ev.answer_reason = reason ~= '-' and reason or nil
+  ev.device_id = did
+  raise('late_response', 'medium', ev)
+  return {result, NOTES, detail}
+end
+if c[1] ~= 'pending' then return {'conflict', NOTES, c[1]} end
+settle()
+local locked, suspended = gate_state()
+if status == 'approved' and (locked or suspended) then
+  local what = locked and 'locked' or 'suspended'
+  if redis.call('EXISTS', uk('incident')) == 1 then
+    local ev = ch_evidence(cid)
+    ev.reason = what
+    ev.device_id = did
+    ev.phone_ip = aip ~= '-' and aip or nil
+    raise('blocked_approval', 'info', ev)
+  end
+  return {what, NOTES}
+end
+local adding = c[7] == 'add_device'
+-- the new phone withdrew (unenrolled, or the security team revoked it) after the prompt was sent
+if adding and redis.call('HGET', uk('dev:' .. c[8]), 'st') ~= 'pending' then
+  return {'conflict', NOTES, 'cancelled'}
+end
+redis.call('HSET', ckey, 'st', status, 'dat', NOW, 'dev', did, 'rsn', reason, 'aip', aip)
+redis.call('ZREM', uk('pending'), cid)
+-- the sixth field, Redis's own clock in microseconds, times the notification (metrics only)
+local t = redis.call('TIME')
+redis.call('PUBLISH', CHAN, cid .. ' ' .. status .. ' ' .. NOW .. ' ' .. did .. ' ' .. reason .. ' '
+           .. t[1] .. '.' .. string.format('%06d', tonumber(t[2])))
+local notify = ''
+if status == 'approved' then
+  local n, found = hist_count(CFG.aad_win, {deny = true, wrong = true, ignored = true})
+  if n >= CFG.aad_n then
+    local ev = ch_evidence(cid)
+    ev.failures = found
+    raise('approved_after_denials', 'critical', ev)
+  end
+  hist_add('approve', cid)
+  redis.call('HSET', uk('user'), 'fails', 0)
+  redis.call('HINCRBY', uk('user'), 'approvals', 1)
+  if adding then
+    notify = table.concat(device_added(c[8], {approved_by = did, approval_challenge_id = cid}), ',')
+    return {'ok', NOTES, notify}
+  end
+  -- remember this browser for this application, if the login flow named it and remembering is on
+  local rm = redis.call('HMGET', ckey, 'rmb', 'app')
+  if CFG.remember_s > 0 and rm[1] and rm[1] ~= '' then
+    redis.call('HSET', uk('remembered'), 'r' .. cid,
+               cjson.encode({app = rm[2], bid = rm[1], created = NOW, exp = NOW + CFG.remember_s}))
+    if redis.call('HLEN', uk('remembered')) > 100 then
+      local all = redis.call('HGETALL', uk('remembered'))
+      for i = 1, #all, 2 do
+        if tonumber(cjson.decode(all[i + 1]).exp) <= NOW then redis.call('HDEL', uk('remembered'), all[i]) end
+      end
+    end
+  end
+  if c[4] and c[4] ~= '' then redis.call('HSET', uk('seen'), 'n:' .. c[4], NOW) end
+  if c[5] and c[5] ~= '' then redis.call('HSET', uk('seen'), 'l:' .. c[5], NOW) end
+else
+  if adding then
+    redis.call('HSET', uk('dev:' .. c[8]), 'st', 'refused', 'refused_at', NOW, 'refused_by', did,
+               'refused_why', reason)
+    redis.call('SREM', uk('ndevs'), c[8])
+  end
+  if reason == 'not_me' then
+    on_denial(cid, 'denied_not_me', 'critical')
+    not_me()
+  elseif reason == 'wrong_number' then
+    on_denial(cid, 'wrong_number', 'high')
+    fail()
+  else
+    on_denial(cid, 'denied', 'low')
+  end
+end
+return {'ok', NOTES, notify}
