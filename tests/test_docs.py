@@ -16,7 +16,7 @@ import pytest
 
 from pushauth.cli import build_parser
 from pushauth.config import from_mapping
-from pushauth.web.ops import expected_workers
+from pushauth.readiness import expected_workers
 
 REPO = Path(__file__).resolve().parent.parent
 # Spelt in two parts so that this file does not match itself.

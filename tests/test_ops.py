@@ -39,9 +39,9 @@ from pushauth.crypto.keys import KeyStore
 from pushauth.crypto.secrets import sha256_hex
 from pushauth.errors import ConfigError
 from pushauth.phone import Phone, PhoneError, ServerRejected, parse_enroll_uri
+from pushauth.runtime import stop_task
 from pushauth.store import KeySpace, heartbeats
 from pushauth.store.connection import describe
-from pushauth.web.app import _stop
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -525,6 +525,6 @@ async def test_shutdown_stops_a_task_that_swallowed_its_cancellation() -> None:
 
     task = asyncio.create_task(listener())
     await asyncio.sleep(0.1)
-    await asyncio.wait_for(_stop(task), 3)
+    await asyncio.wait_for(stop_task(task), 3)
     assert task.cancelled()
     assert reads >= 1

@@ -18,14 +18,14 @@ import aiohttp
 from pushauth.config import load_settings
 from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.errors import PushAuthError
-from pushauth.store import open_redis
-from pushauth.web.ops import readiness
+from pushauth.readiness import readiness
+from pushauth.runtime import open_runtime
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("check", help="exit non-zero when Redis, the keys or a worker is down")
-    p.add_argument("--url", default=None, help="ask this running server's /readyz instead")
-    p.set_defaults(func=run)
+    parser = sub.add_parser("check", help="exit non-zero when Redis, the keys or a worker is down")
+    parser.add_argument("--url", default=None, help="ask this running server's /readyz instead")
+    parser.set_defaults(func=run)
 
 
 async def _local(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
@@ -35,11 +35,8 @@ async def _local(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
         keys_loaded = True
     except PushAuthError:
         keys_loaded = False
-    redis = open_redis(settings.store)
-    try:
-        return await readiness(redis, settings, keys_loaded)
-    finally:
-        await redis.aclose()
+    async with open_runtime(settings) as runtime:
+        return await readiness(runtime.redis, settings, keys_loaded)
 
 
 async def _remote(url: str) -> tuple[int, dict[str, Any]]:

@@ -40,13 +40,14 @@ USER = "alice.smith@nhs.net"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("demo", help="run an end-to-end demo on the embedded store")
-    p.add_argument("--port", type=int, default=0, help="port for the demo server (default: any free one)")
-    p.add_argument("--no-qr", action="store_true", help="do not draw the enrollment QR code")
-    p.add_argument("--serve", action="store_true",
+    parser = sub.add_parser("demo", help="run an end-to-end demo on the embedded store")
+    parser.add_argument("--port", type=int, default=0,
+                        help="port for the demo server (default: any free one)")
+    parser.add_argument("--no-qr", action="store_true", help="do not draw the enrollment QR code")
+    parser.add_argument("--serve", action="store_true",
                    help="after the story keep the server running: the console, the sample login page, and "
                         "the phone answering from this terminal (Ctrl-C stops)")
-    p.set_defaults(func=run)
+    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -16,20 +16,19 @@ import aiohttp
 import segno
 
 from pushauth.accounts.users import canonical
+from pushauth.clock import rfc3339
 from pushauth.config import load_settings
-from pushauth.crypto.keyring import KeyRingHolder
-from pushauth.devices.service import Devices
 from pushauth.errors import ConfigError, PushAuthError
-from pushauth.store import KeySpace, open_redis
+from pushauth.runtime import open_runtime
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("enroll", help="make an enrollment code and QR code for a user")
-    p.add_argument("user")
-    p.add_argument("--server", help="call this running server's API instead of the store")
-    p.add_argument("--svg", type=Path, help="also write the QR code as SVG")
-    p.add_argument("--png", type=Path, help="also write the QR code as PNG")
-    p.set_defaults(func=run)
+    parser = sub.add_parser("enroll", help="make an enrollment code and QR code for a user")
+    parser.add_argument("user")
+    parser.add_argument("--server", help="call this running server's API instead of the store")
+    parser.add_argument("--svg", type=Path, help="also write the QR code as SVG")
+    parser.add_argument("--png", type=Path, help="also write the QR code as PNG")
+    parser.set_defaults(func=run)
 
 
 async def _via_api(server: str, user: str) -> tuple[str, str]:
@@ -50,15 +49,9 @@ async def _via_store(args: argparse.Namespace) -> tuple[str, str]:
     if settings.embedded:
         raise ConfigError("no store.redis_url: the embedded store lives inside the server process; "
                           "use --server URL with PUSHAUTH_ADMIN_TOKEN")
-    redis = open_redis(settings.store)
-    try:
-        devices = Devices(redis, KeySpace(settings.store.prefix), settings,
-                          KeyRingHolder.from_settings(settings.keys))
-        e = await devices.create_enrollment(canonical(args.user), requested_by="cli")
-        from pushauth.clock import rfc3339
-        return e.uri, rfc3339(e.expires_at)
-    finally:
-        await redis.aclose()
+    async with open_runtime(settings) as runtime:
+        enrollment = await runtime.enrollments().create_enrollment(canonical(args.user), requested_by="cli")
+        return enrollment.uri, rfc3339(enrollment.expires_at)
 
 
 def run(args: argparse.Namespace) -> int:

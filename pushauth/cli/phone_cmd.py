@@ -29,32 +29,33 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                        help=f"phone state file holding the device key (default: ./{DEFAULT_STATE})")
     cmds = phone.add_subparsers(dest="phone_command", metavar="COMMAND", required=True)
 
-    p = cmds.add_parser("enroll", parents=[state], help="enroll from a pushauth://enroll URI (the QR code)")
-    p.add_argument("uri", metavar="URI")
-    p.add_argument("--name", default="Simulated phone", help="device name shown to the security team")
-    p.add_argument("--platform", choices=["ios", "android", "other"], default="other")
-    p.add_argument("--server-override", metavar="URL",
+    parser = cmds.add_parser("enroll", parents=[state],
+                             help="enroll from a pushauth://enroll URI (the QR code)")
+    parser.add_argument("uri", metavar="URI")
+    parser.add_argument("--name", default="Simulated phone", help="device name shown to the security team")
+    parser.add_argument("--platform", choices=["ios", "android", "other"], default="other")
+    parser.add_argument("--server-override", metavar="URL",
                    help="send HTTP requests here instead of the URI's server (e.g. through a proxy)")
-    p.add_argument("--force", action="store_true", help="overwrite an existing state file")
-    p.set_defaults(func=run_enroll)
+    parser.add_argument("--force", action="store_true", help="overwrite an existing state file")
+    parser.set_defaults(func=run_enroll)
 
-    p = cmds.add_parser("list", parents=[state], help="list pending sign-in requests")
-    p.set_defaults(func=run_list)
+    parser = cmds.add_parser("list", parents=[state], help="list pending sign-in requests")
+    parser.set_defaults(func=run_list)
 
-    p = cmds.add_parser("approve", parents=[state], help="approve a sign-in request")
-    p.add_argument("id", metavar="ID", help="challenge id (from `pushauth phone list`)")
-    p.add_argument("--number", help="the number shown on the login page (number matching)")
-    p.set_defaults(func=run_approve)
+    parser = cmds.add_parser("approve", parents=[state], help="approve a sign-in request")
+    parser.add_argument("id", metavar="ID", help="challenge id (from `pushauth phone list`)")
+    parser.add_argument("--number", help="the number shown on the login page (number matching)")
+    parser.set_defaults(func=run_approve)
 
-    p = cmds.add_parser("deny", parents=[state], help="deny a sign-in request")
-    p.add_argument("id", metavar="ID", help="challenge id (from `pushauth phone list`)")
-    p.add_argument("--reason", choices=["not_me", "mistake"], default="not_me",
+    parser = cmds.add_parser("deny", parents=[state], help="deny a sign-in request")
+    parser.add_argument("id", metavar="ID", help="challenge id (from `pushauth phone list`)")
+    parser.add_argument("--reason", choices=["not_me", "mistake"], default="not_me",
                    help="not_me (someone else is signing in: alerts the security team) or mistake")
-    p.set_defaults(func=run_deny)
+    parser.set_defaults(func=run_deny)
 
-    p = cmds.add_parser("unenroll", parents=[state],
+    parser = cmds.add_parser("unenroll", parents=[state],
                         help="remove this phone from the server and delete its state file")
-    p.set_defaults(func=run_unenroll)
+    parser.set_defaults(func=run_unenroll)
 
 
 def _run(coro: Callable[[], Awaitable[int]]) -> int:

@@ -13,19 +13,19 @@ from aiohttp import web
 
 from pushauth.config import load_settings
 from pushauth.logs import configure
+from pushauth.readiness import expected_workers, missing_workers, missing_workers_hint
 from pushauth.store.connection import STORE_DOWN_ERRORS, describe
 from pushauth.web import create_app
-from pushauth.web.ops import expected_workers, missing_workers, missing_workers_hint
 from pushauth.web.state import KEYRING, REDIS, SETTINGS
 
 log = structlog.get_logger("pushauth.serve")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("serve", help="run the API server")
-    p.add_argument("--host", default=None, help="override server.host")
-    p.add_argument("--port", type=int, default=None, help="override server.port")
-    p.set_defaults(func=run)
+    parser = sub.add_parser("serve", help="run the API server")
+    parser.add_argument("--host", default=None, help="override server.host")
+    parser.add_argument("--port", type=int, default=None, help="override server.port")
+    parser.set_defaults(func=run)
 
 
 async def _freeze_startup_objects(app: web.Application) -> None:

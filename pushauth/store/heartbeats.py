@@ -1,5 +1,8 @@
 """Worker heartbeats: each worker process writes its name and the time into its kind's hash every few
-seconds; the API servers' /readyz, `pushauth check` and the `pushauth_workers_alive` gauge read them."""
+seconds (pushauth/runtime/worker.py); the API servers' /readyz, `pushauth check`, `python -m workers.<kind>
+--check` and the `pushauth_workers_alive` gauge read them. A name is alive while its time is at most
+HEARTBEAT_TTL_S old; the hash itself expires KEY_TTL_S after the last beat of any worker of its kind, so a
+kind nobody runs any more leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from pushauth.store.keyspace import KeySpace
 
 WORKER_KINDS = ("push", "alerts", "expiry")
 HEARTBEAT_TTL_S = 30
+KEY_TTL_S = 2 * HEARTBEAT_TTL_S  # longer than any entry can be alive: the expiry never hides a live worker
 
 
 def heartbeat_key(keyspace: KeySpace, kind: str) -> str:
@@ -20,7 +24,11 @@ def heartbeat_key(keyspace: KeySpace, kind: str) -> str:
 
 async def beat(redis: aioredis.Redis, keyspace: KeySpace, kind: str, name: str) -> None:
     """A worker is alive: its entry in the kind's heartbeat hash (name -> Unix time)."""
-    await redis.hset(heartbeat_key(keyspace, kind), name, int(time.time()))
+    key = heartbeat_key(keyspace, kind)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hset(key, name, int(time.time()))
+        pipe.expire(key, KEY_TTL_S)
+        await pipe.execute()
 
 
 async def live_workers(redis: aioredis.Redis, keyspace: KeySpace) -> dict[str, list[str]]:

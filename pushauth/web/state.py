@@ -9,14 +9,17 @@ from pushauth.accounts.service import Accounts
 from pushauth.alerts.delivery import DeadLetters
 from pushauth.alerts.store import AlertStore
 from pushauth.audit import Audit
+from pushauth.challenges.events import ChallengeEvents
 from pushauth.challenges.service import Challenges
 from pushauth.config import Settings
 from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.devices.service import Devices
 from pushauth.netaddr import TrustedProxies
 from pushauth.ratelimit.limiter import RateLimiter
+from pushauth.runtime import Runtime
 from pushauth.web.auth import Credentials
 
+RUNTIME = web.AppKey("runtime", Runtime)  # the composition root the services below come from
 REDIS = web.AppKey("redis", aioredis.Redis)
 SETTINGS = web.AppKey("settings", Settings)
 CREDENTIALS = web.AppKey("credentials", Credentials)
@@ -29,3 +32,4 @@ DEAD_LETTERS = web.AppKey("dead_letters", DeadLetters)
 AUDIT = web.AppKey("audit", Audit)
 PROXIES = web.AppKey("trusted_proxies", TrustedProxies)
 LIMITER = web.AppKey("rate_limiter", RateLimiter)
+EVENTS = web.AppKey("events", ChallengeEvents)
