@@ -1,9 +1,10 @@
 """Alert records: how they are written, announced, listed and acknowledged.
 
-An alert is written by the Lua script of the transition that caused it, in the user's slot (see
-pushauth/detection/rules.py), together with an outbox entry `{uid}:aout` = "<aid>|<version>". The server then
-announces it (`announce`): one script in the global `{alerts}` slot adds it to the security team's index
-and appends a pointer to the alert stream, which the alert worker consumes. The two steps cannot be one
+An alert is written by the Lua script of the transition that caused it, in the user's slot (the ledger
+it includes, pushauth/detection/lua/ledger.lua; the rules, pushauth/detection/rules.py), together with an
+outbox entry `{uid}:aout` = "<aid>|<version>". The server then announces it (`announce`): one script in
+the global `{alerts}` slot (ring_alerts.lua) adds it to the security team's index and appends a pointer to
+the alert stream, which the alert worker consumes. The two steps cannot be one
 atomic step on Redis Cluster (different slots), so the outbox closes the gap: if the server dies between
 them, or Redis fails over, the alert worker's sweep (`sweep`) finds outbox entries older than a minute and
 announces them again. Announcing twice is harmless: the index add is idempotent, and for any entry the
