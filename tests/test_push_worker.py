@@ -28,7 +28,8 @@ from pushauth.config import PushSettings, StoreSettings
 from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.phone import Phone
 from pushauth.push import Outcome, OutcomeKind, PushMessage
-from pushauth.push.dispatch import SET_DELIVERY, PushDelivery
+from pushauth.push.dispatch import PushDelivery
+from pushauth.push.scripts import SET_DELIVERY
 from pushauth.store import KeySpace, open_redis
 from pushauth.store.streams import StreamNames
 

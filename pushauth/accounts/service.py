@@ -32,6 +32,19 @@ def _time(raw: str | None) -> str | None:
 
 
 class Accounts:
+    """The security team's (and, for access codes, the login flow's) service for one user's account.
+
+    Owns, in the user's slot: the account state on the user hash (`{uid}:user`: lock, suspension, the
+    exempt / shared flags, the counts an unlock restarts), the temporary access code (`{uid}:acode`) and
+    the remembered browsers (`{uid}:remembered`); it reads the user's devices, recent challenges and alerts
+    for the user view. Every change goes through one of its scripts (`pushauth.accounts.scripts`: lock_user,
+    unlock_user, set_policy, issue_access_code, verify_access_code, and user_blocks for the view), which
+    include the detection ledger; the alerts they raise are announced through `AlertStore.announce`, and
+    every action is written to the audit trail. Device revocation is delegated to `Devices`.
+
+    Called by the admin API (`pushauth.web.admin`), the console (`pushauth.web.console`) and the login
+    flow (`pushauth.web.login_flow`: checking access codes, forgetting remembered browsers)."""
+
     def __init__(self, redis: aioredis.Redis, keyspace: KeySpace, settings: Settings, devices: Devices,
                  alerts: AlertStore, audit: Audit) -> None:
         self._redis = redis
@@ -148,14 +161,16 @@ class Accounts:
                            "reason": "paused by the user's phone"})
         # the windows are counted by the ledger's own rule (window_block), as the refusals are
         policy = self._settings.policy
-        res = await lua.USER_BLOCKS(self._redis, [self._ks.user(uid)],
-                                    [*self._alerts.ledger_args(uid, "", now).argv(),
-                                     policy.access_code_window_s, policy.access_code_attempts])
+        windows = await lua.user_blocks(self._redis, self._ks.user(uid),
+                                        self._alerts.ledger_args(uid, "", now),
+                                        code_window_s=policy.access_code_window_s,
+                                        code_attempts=policy.access_code_attempts)
         for kind, since, until, reason in (
-                ("push_bombing", res[2], res[3], "too many sign-in prompts"),
-                ("access_code_attempts", res[4], res[5], "too many wrong access codes")):
-            if int(until):
-                blocks.append({"kind": kind, "since": rfc3339(int(since)), "until": rfc3339(int(until)),
+                ("push_bombing", windows.bombing_since, windows.bombing_until, "too many sign-in prompts"),
+                ("access_code_attempts", windows.codes_since, windows.codes_until,
+                 "too many wrong access codes")):
+            if until:
+                blocks.append({"kind": kind, "since": rfc3339(since), "until": rfc3339(until),
                                "reason": reason})
         return blocks
 
@@ -166,12 +181,13 @@ class Accounts:
             raise Unprocessable("what must be all, lock or suspension", code="invalid")
         uid = await self._uid(user)
         policy = self._settings.policy
-        res = await lua.UNLOCK_USER(self._redis, [self._ks.user(uid)],
-                                    [*self._alerts.ledger_args(uid, user, clock.now()).argv(), by, what,
-                                     policy.access_code_window_s, policy.access_code_attempts],
-                                    acks=self._acks)
-        cleared = {"was_locked": bool(res[2]), "was_suspended": bool(res[3]),
-                   "push_bombing_block_ended": bool(res[4]), "access_code_block_ended": bool(res[5])}
+        ended = await lua.unlock_user(self._redis, self._ks.user(uid),
+                                      self._alerts.ledger_args(uid, user, clock.now()), by=by, what=what,
+                                      code_window_s=policy.access_code_window_s,
+                                      code_attempts=policy.access_code_attempts, acks=self._acks)
+        cleared = {"was_locked": ended.was_locked, "was_suspended": ended.was_suspended,
+                   "push_bombing_block_ended": ended.push_bombing_block_ended,
+                   "access_code_block_ended": ended.access_code_block_ended}
         await self._audit.record("unlocked", user=user, who=by, why=what, **cleared,
                                  counters_reset="push-bombing window, wrong access codes")
         return cleared
@@ -182,10 +198,9 @@ class Accounts:
         locked too."""
         uid = await self._devices.uid_for(user, create=True)
         assert uid is not None
-        res = await lua.LOCK_USER(self._redis, [self._ks.user(uid)],
-                                  [*self._alerts.ledger_args(uid, user, clock.now()).argv(), by],
-                                  acks=self._acks)
-        await self._alerts.announce(uid, res[1])
+        locked = await lua.lock_user(self._redis, self._ks.user(uid),
+                                     self._alerts.ledger_args(uid, user, clock.now()), by=by, acks=self._acks)
+        await self._alerts.announce(uid, locked.notes)
         await self._audit.record("locked", user=user, who=by, why="security team")
 
     async def revoke_device(self, user: str, device_id: str, *, by: str) -> None:
@@ -218,12 +233,12 @@ class Accounts:
         def flag(value: bool | None) -> str:
             return "" if value is None else "1" if value else "0"
 
-        res = await lua.SET_POLICY(self._redis, [self._ks.user(uid)],
-                                   [*self._alerts.ledger_args(uid, user, clock.now()).argv(), flag(exempt),
-                                    flag(shared), "1" if force else "", by], acks=self._acks)
-        await self._alerts.announce(uid, res[1])
-        active = [a for a in str(res[2]).split(",") if a]
-        if res[0] == "refused":
+        res = await lua.set_policy(self._redis, self._ks.user(uid),
+                                   self._alerts.ledger_args(uid, user, clock.now()), exempt=flag(exempt),
+                                   shared=flag(shared), force="1" if force else "", by=by, acks=self._acks)
+        await self._alerts.announce(uid, res.notes)
+        active = [a for a in str(res.detail[0]).split(",") if a]
+        if res.result is lua.PolicySet.REFUSED:
             await self._audit.record("policy_refused", user=user, who=by, why="containment active",
                                      exempt=exempt, shared=shared, active=active)
             raise Conflict(f"the account is contained ({', '.join(active)}): marking it exempt or shared now "
@@ -267,10 +282,11 @@ class Accounts:
         assert uid is not None
         code = access_code()
         expires = clock.now() + self._settings.policy.access_code_ttl_s
-        res = await lua.ISSUE_ACCESS_CODE(self._redis, [self._ks.user(uid)],
-                                          [*self._alerts.ledger_args(uid, user, clock.now()).argv(),
-                                           sha256_hex(_normal(code)), expires, by], acks=self._acks)
-        await self._alerts.announce(uid, res[1])
+        issued = await lua.issue_access_code(self._redis, self._ks.user(uid),
+                                             self._alerts.ledger_args(uid, user, clock.now()),
+                                             code_hash=sha256_hex(_normal(code)), expires_at=expires, by=by,
+                                             acks=self._acks)
+        await self._alerts.announce(uid, issued.notes)
         await self._audit.record("access_code_issued", user=user, who=by, why="no phone at hand",
                                  expires_at=rfc3339(expires), counters_reset="wrong access codes")
         return code, expires
@@ -283,19 +299,21 @@ class Accounts:
             await self._audit.record("access_code_refused", user=user, who=by, why="unknown user")
             return False, "unknown_user"
         policy = self._settings.policy
-        res = await lua.VERIFY_ACCESS_CODE(self._redis, [self._ks.user(uid)],
-                                           [*self._alerts.ledger_args(uid, user, clock.now()).argv(),
-                                            sha256_hex(_normal(code)), policy.access_code_attempts,
-                                            policy.access_code_window_s,
-                                            self._settings.enrollment.access_code_grant_s], acks=self._acks)
-        await self._alerts.announce(uid, res[1])
-        what = res[0]
+        res = await lua.verify_access_code(self._redis, self._ks.user(uid),
+                                           self._alerts.ledger_args(uid, user, clock.now()),
+                                           code_hash=sha256_hex(_normal(code)),
+                                           attempts=policy.access_code_attempts,
+                                           window_s=policy.access_code_window_s,
+                                           grant_s=self._settings.enrollment.access_code_grant_s,
+                                           acks=self._acks)
+        await self._alerts.announce(uid, res.notes)
+        what = res.result.value
         await self._audit.record("access_code_used" if what == "valid" else "access_code_refused",
                                  user=user, who=by, why=what)
-        if what == "rate_limited":
+        if res.result is lua.Verified.RATE_LIMITED:
             raise RateLimited("too many wrong access codes for this user; try again later",
-                              retry_after_s=int(res[2]))
-        return (True, "") if what == "valid" else (False, str(what))
+                              retry_after_s=int(res.detail[0]))
+        return (True, "") if res.result is lua.Verified.VALID else (False, what)
 
 
 # Easy to read out over a phone: no 0/O, 1/I/L; 12 characters of 31 is ~59 bits, for a code that lives an

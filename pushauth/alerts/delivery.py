@@ -59,6 +59,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from pushauth import ids, metrics
+from pushauth.alerts import scripts as lua
 from pushauth.alerts.settings import SinkSettings
 from pushauth.alerts.sinks import AlertSink, Notification, SinkOutcome, SinkOutcomeKind
 from pushauth.alerts.store import AlertStore, alert_view
@@ -66,15 +67,9 @@ from pushauth.config import AlertSettings
 from pushauth.detection.rules import severity_rank
 from pushauth.store import KeySpace
 from pushauth.store.connection import STORE_DOWN_ERRORS
-from pushauth.store.scripts import Script
 from pushauth.store.streams import Fields, StreamConsumer
 
 log = structlog.get_logger(__name__)
-
-MARK = Script.load("pushauth.alerts", "mark_alert_delivery.lua")
-
-FORGET_FAILURES = Script.load("pushauth.alerts", "forget_alert_failures.lua")
-
 
 def delivery_id(aid: str, version: int, sink: str) -> str:
     """Stable per alert version and sink: Standard Webhooks' `webhook-id`."""
@@ -110,7 +105,13 @@ class _OneAtATime:
 
 class AlertDelivery:
     """Owns delivery from the alert stream: for each entry, what each sink is sent (see the module
-    docstring), the marks on the alert that make it once per version, retries and the dead letter."""
+    docstring), the marks on the alert that make it once per version, retries and the dead letter.
+
+    Keys: it consumes the alert stream (`{alerts}:stream`, its retries `{alerts}:delayed`, its dead letter
+    `{alerts}:dead`) through a `StreamConsumer`, writes the `dl:` / `dls:` fields of the alert hashes
+    (script mark_alert_delivery, `pushauth.alerts.scripts`) and disables sinks in `{alerts}:disabled`.
+    Run by the alert worker (`workers/alerts.py`), or by the server itself in embedded mode
+    (`pushauth.web.app`), through `consumer_for`."""
 
     def __init__(self, redis: aioredis.Redis, keyspace: KeySpace, store: AlertStore, settings: AlertSettings,
                  sinks: Mapping[str, AlertSink], sink_settings: Mapping[str, SinkSettings]) -> None:
@@ -183,8 +184,8 @@ class AlertDelivery:
                   "ms": round((time.monotonic() - started) * 1000, 1)}
         metrics.ALERT_DELIVERIES.labels(name, outcome.kind.value).inc()
         if outcome.kind is SinkOutcomeKind.DELIVERED:
-            await MARK(self._redis, [key],
-                       [f"dl:{name}:{version}", int(time.time()), f"dls:{name}:{version}"])
+            await lua.mark_alert_delivery(self._redis, key, field=f"dl:{name}:{version}",
+                                          value=int(time.time()), drop=f"dls:{name}:{version}")
             log.info("alert_delivered", **fields)
         elif outcome.kind is SinkOutcomeKind.GONE:
             await self._redis.hset(self._ks.alert_sinks_disabled, name, int(time.time()))
@@ -204,8 +205,8 @@ class AlertDelivery:
         delay = max(float(schedule[attempt]), min(outcome.retry_after_s or 0.0, float(max(schedule))))
         retry = {"u": uid, "a": aid, "v": str(version), "s": name, "n": str(attempt + 1)}
         await self.consumer.schedule(retry, time.time() + delay)
-        await MARK(self._redis, [key],
-                   [f"dls:{name}:{version}", f"retrying:{attempt + 1}:{outcome.reason}", ""])
+        await lua.mark_alert_delivery(self._redis, key, field=f"dls:{name}:{version}",
+                                      value=f"retrying:{attempt + 1}:{outcome.reason}", drop="")
         log.warning("alert_delivery_retry", delay_s=delay, **fields)
 
     async def _dead(self, key: str, uid: str, aid: str, version: int, name: str, why: str) -> None:
@@ -214,7 +215,8 @@ class AlertDelivery:
         pipe = self._redis.pipeline(transaction=False)
         pipe.xadd(self._store.names.dead, dead, maxlen=100_000, approximate=True)
         await pipe.execute()
-        await MARK(self._redis, [key], [f"dl:{name}:{version}", f"dead:{why}", f"dls:{name}:{version}"])
+        await lua.mark_alert_delivery(self._redis, key, field=f"dl:{name}:{version}", value=f"dead:{why}",
+                                      drop=f"dls:{name}:{version}")
         metrics.ALERT_DELIVERIES.labels(name, "dead_letter").inc()
         log.error("alert_dead_letter", sink=name, alert=aid, version=version, why=why)
 
@@ -232,7 +234,10 @@ async def sweep_loop(store: AlertStore, interval_s: float, stop: asyncio.Event) 
 
 
 class DeadLetters:
-    """What the security team sees of the dead letter, and replay."""
+    """What the security team sees of the alert stream's dead letter (`{alerts}:dead`), replay, and the
+    sinks a 410 disabled (`{alerts}:disabled`). Replay forgets the sink's failures on the alert (script
+    forget_alert_failures, `pushauth.alerts.scripts`) and puts the entry back on `{alerts}:stream`.
+    Called by the admin API (`pushauth.web.admin`)."""
 
     def __init__(self, redis: aioredis.Redis, keyspace: KeySpace, store: AlertStore) -> None:
         self._redis = redis
@@ -262,7 +267,8 @@ class DeadLetters:
         fields = {k: v for k, v in f.items() if not k.startswith("_") and k != "n"}
         if "u" in fields and "a" in fields and "v" in fields and "s" in fields \
                 and ids.alert_uid(fields["a"]) == fields["u"]:
-            await FORGET_FAILURES(self._redis, [self._ks.alert(fields["u"], fields["a"])], [fields["s"]])
+            await lua.forget_alert_failures(self._redis, self._ks.alert(fields["u"], fields["a"]),
+                                            sink=fields["s"])
         pipe = self._redis.pipeline(transaction=False)
         pipe.xadd(self._store.names.stream, cast(dict[Any, Any], fields), maxlen=1_000_000, approximate=True)
         pipe.xdel(self._store.names.dead, entry_id)

@@ -1,9 +1,10 @@
 """Alert records: how they are written, announced, listed and acknowledged.
 
-An alert is written by the Lua script of the transition that caused it, in the user's slot (see
-pushauth/detection/rules.py), together with an outbox entry `{uid}:aout` = "<aid>|<version>". The server then
-announces it (`announce`): one script in the global `{alerts}` slot adds it to the security team's index
-and appends a pointer to the alert stream, which the alert worker consumes. The two steps cannot be one
+An alert is written by the Lua script of the transition that caused it, in the user's slot (the ledger
+it includes, pushauth/detection/lua/ledger.lua; the rules, pushauth/detection/rules.py), together with an
+outbox entry `{uid}:aout` = "<aid>|<version>". The server then announces it (`announce`): one script in
+the global `{alerts}` slot (ring_alerts.lua) adds it to the security team's index and appends a pointer to
+the alert stream, which the alert worker consumes. The two steps cannot be one
 atomic step on Redis Cluster (different slots), so the outbox closes the gap: if the server dies between
 them, or Redis fails over, the alert worker's sweep (`sweep`) finds outbox entries older than a minute and
 announces them again. Announcing twice is harmless: the index add is idempotent, and for any entry the
@@ -32,7 +33,6 @@ from pushauth.errors import Conflict, NotFound
 from pushauth.store import KeySpace, reads
 from pushauth.store.connection import STORE_DOWN_ERRORS
 from pushauth.store.durability import ReplicaAcks
-from pushauth.store.scripts import Script
 from pushauth.store.streams import StreamNames
 
 log = structlog.get_logger(__name__)
@@ -41,8 +41,6 @@ STREAM = "alerts"
 STREAM_MAXLEN = 1_000_000
 # Outbox entries older than this are announced again by the sweep.
 SWEEP_AGE_S = 60
-
-RING = Script.load("pushauth.alerts", "ring_alerts.lua")
 
 _decode = msgspec.json.Decoder().decode
 _TIME_KEYS = {"at": "at", "created": "created_at", "decided": "decided_at"}
@@ -100,6 +98,20 @@ def alert_view(h: Mapping[str, str]) -> dict[str, Any]:
 
 
 class AlertStore:
+    """Alert records once written: announcing, listing, acknowledging; and the ledger's calling convention.
+
+    Owns the global alert keys (`{alerts}:index`, `{alerts}:open`, the alert stream `{alerts}:stream`)
+    and, in each user's slot, the outbox (`{uid}:aout`) it empties; it reads the alert hashes
+    (`{uid}:alert:<aid>`) and the user's list (`{uid}:alerts`) that the ledger writes, and on
+    acknowledgement closes the user's incident (`{uid}:incident`). Scripts: ring_alerts (announce) and
+    ack_alert (`pushauth.alerts.scripts`). It also builds every ledger script's ARGV[1..6] (`ledger_args`),
+    since it holds the detection config they carry.
+
+    Called by the services whose scripts raise alerts (`Challenges`, `Devices`, `Accounts`, the expiry
+    worker) for `ledger_args` and `announce`; by the admin API and the console to list, read and
+    acknowledge; and by the alert worker (`workers/alerts.py`, through `AlertDelivery`) for `raw`,
+    `delivered` and `sweep`."""
+
     def __init__(self, redis: aioredis.Redis, keyspace: KeySpace, settings: Settings, *,
                  assertion_life_s: int) -> None:
         self._redis = redis
@@ -124,8 +136,9 @@ class AlertStore:
         if not notes:
             return
         try:
-            await RING(self._redis, [self._ks.alert_index, self._ks.alert_open, self.names.stream],
-                       [uid, int(time.time()), STREAM_MAXLEN, *notes])
+            await lua.ring_alerts(self._redis, index_key=self._ks.alert_index, open_key=self._ks.alert_open,
+                                  stream_key=self.names.stream, uid=uid, now=int(time.time()),
+                                  maxlen=STREAM_MAXLEN, notes=notes)
             for note in notes:
                 metrics.ALERTS_ANNOUNCED.labels("created" if note.endswith("|1") else "updated").inc()
         except STORE_DOWN_ERRORS as exc:
@@ -202,11 +215,12 @@ class AlertStore:
         uid = ids.alert_uid(aid)
         if uid is None:
             raise NotFound("no such alert")
-        res = await lua.ACK_ALERT(self._redis, [self._ks.alert(uid, aid), self._ks.incident(uid)],
-                                  [int(time.time()), by, aid], acks=self._acks)
-        if res[0] == "not_found":
+        acked = await lua.ack_alert(self._redis, alert_key=self._ks.alert(uid, aid),
+                                    incident_key=self._ks.incident(uid), now=int(time.time()), by=by, aid=aid,
+                                    acks=self._acks)
+        if acked is lua.Acked.NOT_FOUND:
             raise NotFound("no such alert")
-        if res[0] == "already":
+        if acked is lua.Acked.ALREADY:
             raise Conflict("this alert is already acknowledged", code="already_acked")
         await self._redis.zrem(self._ks.alert_open, f"{uid}/{aid}")
         return await self.get(aid)

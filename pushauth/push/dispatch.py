@@ -43,9 +43,10 @@ import structlog
 
 from pushauth import ids, metrics
 from pushauth.config import PushSettings
+from pushauth.push import scripts as lua
 from pushauth.push.base import Outcome, OutcomeKind, PushMessage, PushProvider
 from pushauth.store import KeySpace
-from pushauth.store.scripts import Script
+from pushauth.store.scripts import ArgT
 from pushauth.store.streams import Entry, Fields, StreamConsumer, StreamNames, schedule_command
 
 log = structlog.get_logger(__name__)
@@ -53,13 +54,6 @@ log = structlog.get_logger(__name__)
 STREAM = "push"
 # A notice push is worth retrying for a day; after that the phone has surely been opened.
 NOTICE_LIFE_S = 86400
-
-SET_DELIVERY = Script.load("pushauth.push", "set_delivery.lua")
-
-MARK_STALE = Script.load("pushauth.push", "mark_stale.lua")
-
-READ_TARGETS = Script.load("pushauth.push", "read_targets.lua")
-_PER_DEVICE = 6
 
 
 def delivery_view(h: Mapping[str, str]) -> dict[str, dict[str, str]]:
@@ -98,7 +92,7 @@ class PushQueue:
 class _Sink(Protocol):
     """Where outcomes go: the stream consumer (batched, acks after the writes), or `handle`'s own list."""
 
-    def write(self, entry_id: str, *command: str | int | float) -> None: ...
+    def write(self, entry_id: str, *command: ArgT) -> None: ...
 
     def done(self, entry_id: str) -> None: ...
 
@@ -107,10 +101,10 @@ class _Writes:
     """`handle`'s sink: the writes of one entry, stored by `handle` itself before it returns."""
 
     def __init__(self) -> None:
-        self.commands: list[tuple[str | int | float, ...]] = []
+        self.commands: list[tuple[ArgT, ...]] = []
         self.done_ids: set[str] = set()
 
-    def write(self, entry_id: str, *command: str | int | float) -> None:
+    def write(self, entry_id: str, *command: ArgT) -> None:
         self.commands.append(command)
 
     def done(self, entry_id: str) -> None:
@@ -134,7 +128,14 @@ class _Job:
 
 
 class PushDelivery:
-    """The consuming side: what a push worker runs for the entries of the push stream."""
+    """The consuming side: what a push worker runs for the entries of the push stream.
+
+    Consumes the push stream (`<prefix>:{push}:stream`, its retries `:delayed`, its dead letter `:dead`)
+    through a `StreamConsumer` (`consumer_for`, batch handler `handle_batch`). Reads each challenge and
+    its devices (script read_targets), writes the delivery state `pd:<device id>` on the challenge hash
+    (set_delivery) and marks refused push tokens stale on the device hash (mark_stale), all through
+    `pushauth.push.scripts`; it sends through the configured `PushProvider`s. Run by the push worker
+    (`workers/push.py`), or by the server itself in embedded mode (`pushauth.web.app`)."""
 
     def __init__(self, redis: aioredis.Redis, keyspace: KeySpace, settings: PushSettings, server: str,
                  providers: Mapping[str, PushProvider]) -> None:
@@ -187,8 +188,8 @@ class PushDelivery:
             if job is None:
                 log.error("push_entry_invalid", entry=entry_id, fields=str(fields)[:200])
                 continue  # poison: dead-lettered after dead_letter_after deliveries
-            pipe.execute_command("EVAL", READ_TARGETS.source, 1, job.key, self._ks.device(job.uid, ""), now,
-                                 job.target)
+            pipe.execute_command(*lua.read_targets_command(
+                job.key, device_prefix=self._ks.device(job.uid, ""), now=now, device_id=job.target))
             jobs.append(job)
         if not jobs:
             return
@@ -198,19 +199,22 @@ class PushDelivery:
             if isinstance(reply, Exception):
                 log.error("push_read_failed", entry=job.entry_id, error=str(reply))
                 continue
-            if not reply:
+            targets = lua.decode_targets(reply)
+            if targets is None:
                 sink.done(job.entry_id)  # decided, cancelled or expired meanwhile: nothing to push
                 continue
-            message = PushMessage(job.cid, self._server, int(reply[0]))
-            for i in range(1, len(reply), _PER_DEVICE):
-                did, state, st, token, stale, prov = reply[i:i + _PER_DEVICE]
-                if state and state.startswith("sent"):
+            message = PushMessage(job.cid, self._server, targets.expires_at)
+            for target in targets.devices:
+                did, token = target.device_id, target.token
+                if target.delivery and target.delivery.startswith("sent"):
                     continue  # acknowledged by the provider before a crash: never push twice
-                provider = self._providers.get(prov or "")
-                if st != "active" or not token or stale == "1":
-                    sink.write(job.entry_id, *_state(job.key, did, "polling"))
+                provider = self._providers.get(target.provider or "")
+                if target.status != "active" or not token or target.stale == "1":
+                    sink.write(job.entry_id, *lua.set_delivery_command(job.key, device_id=did,
+                                                                       state="polling"))
                 elif provider is None:
-                    sink.write(job.entry_id, *_state(job.key, did, "polling", "provider_not_configured"))
+                    sink.write(job.entry_id, *lua.set_delivery_command(
+                        job.key, device_id=did, state="polling", reason="provider_not_configured"))
                 else:
                     job.remaining += 1
                     sends.append(self._send(job, did, token, provider, message, sink))
@@ -241,7 +245,7 @@ class PushDelivery:
                sink: _Sink) -> None:
         kind = outcome.kind
         if kind is OutcomeKind.SENT:
-            sink.write(job.entry_id, *_state(job.key, did, "sent"))
+            sink.write(job.entry_id, *lua.set_delivery_command(job.key, device_id=did, state="sent"))
             return
         attempt = job.attempt
         fields: dict[str, Any] = {"entry": job.entry_id, "device": did, "outcome": kind.value,
@@ -249,20 +253,24 @@ class PushDelivery:
         if kind is OutcomeKind.RETRY:
             due = self._retry_at(attempt, outcome.retry_after_s)
             if attempt < self._settings.max_attempts and due < message.expires_at:
-                sink.write(job.entry_id, *_state(job.key, did, "retrying", outcome.reason))
+                sink.write(job.entry_id, *lua.set_delivery_command(job.key, device_id=did, state="retrying",
+                                                                   reason=outcome.reason))
                 retry = {"c": message.challenge_id, "d": did, "n": str(attempt + 1)}
                 sink.write(job.entry_id, *schedule_command(self._names, retry, due))
             else:
                 why = outcome.reason or "retries_exhausted"
-                sink.write(job.entry_id, *_state(job.key, did, "failed", why))
+                sink.write(job.entry_id, *lua.set_delivery_command(job.key, device_id=did, state="failed",
+                                                                   reason=why))
         elif kind is OutcomeKind.INVALID_TOKEN:
-            sink.write(job.entry_id, "EVAL", MARK_STALE.source, 1, self._ks.device(job.uid, did), token,
-                       int(time.time()))
-            sink.write(job.entry_id, *_state(job.key, did, "failed", "invalid_token"))
+            sink.write(job.entry_id, *lua.mark_stale_command(self._ks.device(job.uid, did), token=token,
+                                                             now=int(time.time())))
+            sink.write(job.entry_id, *lua.set_delivery_command(job.key, device_id=did, state="failed",
+                                                               reason="invalid_token"))
         else:
             if kind is OutcomeKind.AUTH_ERROR:
                 log.error("push_provider_auth_error", **fields)
-            sink.write(job.entry_id, *_state(job.key, did, "failed", outcome.reason or kind.value))
+            sink.write(job.entry_id, *lua.set_delivery_command(job.key, device_id=did, state="failed",
+                                                               reason=outcome.reason or kind.value))
         log.info("push_not_sent", **fields)
 
     async def _deliver_notices(self, entries: list[Entry], sink: _Sink) -> None:
@@ -309,8 +317,8 @@ class PushDelivery:
                 sink.write(entry_id, *schedule_command(self._names, {**fields, "n": str(attempt + 1)}, due))
         elif outcome.kind is OutcomeKind.INVALID_TOKEN:
             metrics.PUSH_STALE_TOKENS.labels(provider.name).inc()
-            sink.write(entry_id, "EVAL", MARK_STALE.source, 1, self._ks.device(uid, did), token,
-                       int(time.time()))
+            sink.write(entry_id, *lua.mark_stale_command(self._ks.device(uid, did), token=token,
+                                                         now=int(time.time())))
         elif outcome.kind is OutcomeKind.AUTH_ERROR:
             metrics.PUSH_AUTH_ERRORS.labels(provider.name).inc()
             log.error("push_provider_auth_error", entry=entry_id, device=did, reason=outcome.reason)
@@ -339,9 +347,3 @@ def _job(entry_id: str, fields: Fields, keyspace: KeySpace) -> _Job | None:
     except ValueError:
         return None
     return _Job(entry_id, cid, uid, keyspace.challenge(uid, cid), attempt, target)
-
-
-def _state(key: str, did: str, state: str, reason: str = "") -> tuple[str | int, ...]:
-    """The SET_DELIVERY write. Sent as EVAL, not EVALSHA: in a pipeline a NOSCRIPT answer (the script
-    cache is empty after a Redis restart) would fail the write; Redis caches the compiled script anyway."""
-    return ("EVAL", SET_DELIVERY.source, 1, key, f"pd:{did}", f"{state}:{reason}" if reason else state)

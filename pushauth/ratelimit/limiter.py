@@ -100,19 +100,19 @@ class RateLimiter:
         s = self._limits
         if not s.auth_failures:
             return
-        failures = await lua.RATE_AUTH_FAILURE(self._redis, [self._ks.rate_bucket("ip", address_bucket(ip))],
-                                               [clock.now(), s.auth_failures_window_s])
+        failures = await lua.rate_auth_failure(self._redis, self._ks.rate_bucket("ip", address_bucket(ip)),
+                                               now=clock.now(), window_s=s.auth_failures_window_s)
         if failures == s.auth_failures:
             log.warning("auth_failures_blocked", ip=ip, failures=failures,
                         window_s=s.auth_failures_window_s)
 
     async def _check(self, key: str, quota: int, auth_failures: int, scope: str, **who: str | None) -> None:
-        res = await lua.RATE_LIMIT(self._redis, [key],
-                                   [clock.now(), quota, self._limits.window_s, auth_failures])
-        if res[0] == "ok":
+        checked = await lua.rate_limit(self._redis, key, now=clock.now(), quota=quota,
+                                       window_s=self._limits.window_s, auth_failures=auth_failures)
+        if checked.result is lua.Limit.OK:
             return
-        refused = AUTH_FAILURES if res[0] == AUTH_FAILURES else scope
-        retry_after = max(1, int(res[1]))
+        refused = AUTH_FAILURES if checked.result is lua.Limit.AUTH_FAILURES else scope
+        retry_after = max(1, checked.retry_after_s)
         metrics.RATE_LIMITED.labels(refused).inc()
         log.warning("rate_limited", scope=refused, retry_after_s=retry_after, **who)
         raise RateLimited(f"{_MESSAGES[refused]}; retry after {retry_after} s", retry_after_s=retry_after)

@@ -46,7 +46,7 @@ import redis.exceptions as rex
 import structlog
 
 from pushauth.store.connection import STORE_DOWN_ERRORS
-from pushauth.store.scripts import Script
+from pushauth.store.scripts import ArgT, Script
 
 log = structlog.get_logger(__name__)
 
@@ -54,9 +54,16 @@ Fields = dict[str, str]
 Entry = tuple[str, Fields]
 Handler = Callable[[str, Fields], Awaitable[None]]
 BatchHandler = Callable[[list[Entry]], Awaitable[None]]
-Command = tuple[str | int | float, ...]
+Command = tuple[ArgT, ...]
 
 MOVE_DUE = Script.load("pushauth.store", "move_due.lua")
+
+
+async def move_due(redis: aioredis.Redis, *, delayed_key: str, stream_key: str, now: float, max_entries: int,
+                   maxlen: int) -> int:
+    """Move up to `max_entries` entries of the delayed set that are due by `now` into the stream, each in
+    one step (move_due.lua). Returns how many were moved."""
+    return int(await MOVE_DUE(redis, [delayed_key, stream_key], [now, max_entries, maxlen]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +96,15 @@ class _Track:
 
 
 class StreamConsumer:
+    """One consumer of one stream in its consumer group (see the module docstring): reads, reclaims,
+    dead-letters, moves due delayed entries back, and stores handlers' writes and acks in batches.
+
+    Owns the stream's keys (`StreamNames`: `<prefix>:{<name>}:stream`, `:delayed`, `:dead`, and the
+    consumer group named `<name>`); the only script it runs is move_due (`move_due` above). It knows
+    nothing of what an entry means: the handler given to it does. Built by the services that consume a
+    stream (`AlertDelivery.consumer_for`, `PushDelivery.consumer_for`) and run by the workers
+    (`workers/alerts.py`, `workers/push.py`) or, in embedded mode, by the server (`pushauth.web.app`)."""
+
     def __init__(self, redis: aioredis.Redis, names: StreamNames, consumer: str,
                  handler: Handler | None = None, *, batch_handler: BatchHandler | None = None,
                  batch: int = 128, reclaim_idle_s: float = 15.0, dead_letter_after: int = 5,
@@ -135,7 +151,7 @@ class StreamConsumer:
 
     # -- what handlers report --------------------------------------------------------------------------
 
-    def write(self, entry_id: str, *command: str | int | float) -> None:
+    def write(self, entry_id: str, *command: ArgT) -> None:
         """Queue a Redis command (`"HSET", key, field, value`) that must be stored before `entry_id` is
         acked. It is sent with others in a pipeline: it must be idempotent, and it must not depend on the
         reply of another queued command. Ignored for an entry this consumer is not handling."""
@@ -273,8 +289,8 @@ class StreamConsumer:
 
     async def _delayed_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            moved = await MOVE_DUE(self._redis, [self.names.delayed, self.names.stream],
-                                   [time.time(), 500, self._maxlen])
+            moved = await move_due(self._redis, delayed_key=self.names.delayed, stream_key=self.names.stream,
+                                   now=time.time(), max_entries=500, maxlen=self._maxlen)
             if not moved:
                 await asyncio.sleep(0.1)
 

@@ -1,7 +1,14 @@
 -- The security team issues a temporary access code (stored hashed, one per user: a new one replaces the
 -- old). Wrong codes typed before it no longer count toward its attempt limit (`acode_reset`): the user the
 -- team just helped must not meet "too many wrong access codes". Raises an info alert so its use is visible.
--- ARGV[7..]: sha256(code), expires_at, by   -> {"ok", NOTES}
+--
+-- KEYS[1]  the user hash "<prefix>:{<uid>}:user" (routes the call to the user's slot; the ledger builds
+--          every other key from UP, with the same hash tag)
+-- ARGV[1..6]  the ledger's (pushauth.detection.ledger.LedgerCall)
+-- ARGV[7]  code_hash: sha256 hex of the code as typed, normalised (upper case, no dashes or spaces)
+-- ARGV[8]  expires_at: Unix seconds; the code's hash (`acode`) expires then
+-- ARGV[9]  by: who issued it (the admin token's hash prefix)
+-- Returns  {"ok", NOTES}
 
 --@include pushauth.detection ledger.lua
 

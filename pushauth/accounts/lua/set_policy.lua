@@ -1,9 +1,17 @@
 -- The security team marks an account exempt or shared (or clears it). Setting either while the account is
 -- contained (locked, suspended, inside a push-bombing block, or with an open critical alert) is refused:
 -- an exemption must never silently lift containment. With `force` it is done, and raises a high alert.
--- (A lock and a suspension win over the flags anyway: CREATE_CHALLENGE checks them first.)
--- ARGV[7..]: exempt ('1' | '0' | ''), shared (the same), force ('1' | ''), by
--- -> {"ok", NOTES, "<what was active, comma-joined>"} | {"refused", NOTES, "<what is active>"}
+-- (A lock and a suspension win over the flags anyway: create_challenge.lua checks them first.)
+--
+-- KEYS[1]  the user hash "<prefix>:{<uid>}:user" (routes the call to the user's slot; the ledger builds
+--          every other key from UP, with the same hash tag)
+-- ARGV[1..6]  the ledger's (pushauth.detection.ledger.LedgerCall)
+-- ARGV[7]  exempt: '1' set, '0' clear, '' leave as it is
+-- ARGV[8]  shared: '1' set, '0' clear, '' leave as it is
+-- ARGV[9]  force: '1' to set a flag even while the account is contained, else ''
+-- ARGV[10] by: who (for the override alert)
+-- Returns  {"ok", NOTES, "<what was active, comma-joined; '' if nothing>"}
+--          | {"refused", NOTES, "<what is active, comma-joined>"}
 
 --@include pushauth.detection ledger.lua
 

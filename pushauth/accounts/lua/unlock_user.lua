@@ -2,8 +2,16 @@
 -- either way the counts that would refuse the user at once afterwards (the push-bombing window and the
 -- wrong-access-code window start again from now: `hist_count`'s reset marks). Says which blocks it ended,
 -- for the audit trail.
--- ARGV[7..]: by, what ('all' | 'lock' | 'suspension'), access-code window_s, access-code attempts
--- -> {"ok", NOTES, was_locked, was_suspended, push_bombing_block_ended, access_code_block_ended} (0/1)
+--
+-- KEYS[1]  the user hash "<prefix>:{<uid>}:user" (routes the call to the user's slot; the ledger builds
+--          every other key from UP, with the same hash tag)
+-- ARGV[1..6]  the ledger's (pushauth.detection.ledger.LedgerCall)
+-- ARGV[7]  by: who unlocked
+-- ARGV[8]  what: 'all' | 'lock' | 'suspension'
+-- ARGV[9]  code_window_s: the wrong-access-code window (seconds)
+-- ARGV[10] code_attempts: wrong access codes allowed in that window
+-- Returns  {"ok", NOTES, was_locked, was_suspended, push_bombing_block_ended, access_code_block_ended}
+--          (each 0 or 1)
 
 --@include pushauth.detection ledger.lua
 

@@ -1,7 +1,13 @@
 -- What refuses the user for a while without anyone's decision: the push-bombing window, and the
 -- wrong-access-code window while a code exists (for the user view; nothing is changed).
--- ARGV[7..]: access-code window_s, access-code attempts
--- -> {"ok", NOTES, bombing since, bombing until, codes since, codes until} (0: not blocked)
+--
+-- KEYS[1]  the user hash "<prefix>:{<uid>}:user" (routes the call to the user's slot; the ledger builds
+--          every other key from UP, with the same hash tag)
+-- ARGV[1..6]  the ledger's (pushauth.detection.ledger.LedgerCall)
+-- ARGV[7]  code_window_s: the wrong-access-code window (seconds)
+-- ARGV[8]  code_attempts: wrong access codes allowed in that window
+-- Returns  {"ok", NOTES, bombing_since, bombing_until, codes_since, codes_until}
+--          (Unix seconds; 0 and 0: not blocked)
 
 --@include pushauth.detection ledger.lua
 

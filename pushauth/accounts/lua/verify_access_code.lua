@@ -2,11 +2,19 @@
 -- rate limited per user and counted toward the lockout. Without one there is nothing to guess and nothing is
 -- counted (anyone with an application key could otherwise lock any user out, or block the code the service
 -- desk is about to issue). A valid code opens a window in which the user may add a phone at once
--- (`acode_grant`, spent by ENROLL_MODE): proving themselves to the service desk stands in for approving it
--- on a phone they no longer have. Comparing SHA-256 digests in Lua is not a timing oracle for the code: an
--- attacker learns at most a prefix of the digest of their own guess.
--- ARGV[7..]: sha256(code presented), attempts, window_s, enrollment grant_s
--- -> {"valid"|"invalid"|"locked"|"suspended", NOTES} | {"rate_limited", NOTES, retry_after_s}
+-- (`acode_grant`, spent by enroll_mode.lua): proving themselves to the service desk stands in for approving
+-- it on a phone they no longer have. Comparing SHA-256 digests in Lua is not a timing oracle for the code:
+-- an attacker learns at most a prefix of the digest of their own guess.
+--
+-- KEYS[1]  the user hash "<prefix>:{<uid>}:user" (routes the call to the user's slot; the ledger builds
+--          every other key from UP, with the same hash tag)
+-- ARGV[1..6]  the ledger's (pushauth.detection.ledger.LedgerCall)
+-- ARGV[7]  code_hash: sha256 hex of the code presented, normalised as issue_access_code.lua's
+-- ARGV[8]  attempts: wrong access codes allowed in the window
+-- ARGV[9]  window_s: the wrong-access-code window (seconds)
+-- ARGV[10] grant_s: how long a valid code lets the user add a phone at once (0: not at all)
+-- Returns  {"valid", NOTES} | {"invalid", NOTES} | {"locked", NOTES} | {"suspended", NOTES}
+--          | {"rate_limited", NOTES, retry_after_s}
 
 --@include pushauth.detection ledger.lua
 

@@ -1,5 +1,11 @@
 -- Acknowledge an alert. Its incident closes: later events open a new alert.
--- KEYS: alert, incident   ARGV: now, by, aid  -> {"ok"} | {"not_found"} | {"already"}
+--
+-- KEYS[1]  the alert hash "<prefix>:{<uid>}:alert:<aid>"
+-- KEYS[2]  the user's open incident (a string holding the alert id it belongs to)
+-- ARGV[1]  now: Unix seconds
+-- ARGV[2]  by: who acknowledged it
+-- ARGV[3]  aid: the alert's id (the incident is closed only if it is still this alert's)
+-- Returns  {"ok"} | {"not_found"} | {"already"}
 
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return {'not_found'} end

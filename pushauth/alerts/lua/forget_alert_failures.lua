@@ -1,6 +1,10 @@
--- Forget one sink's failures on an alert: its dead-lettered versions and its retry marks (deliveries that
--- succeeded stay recorded). Plain string comparisons: a sink name may hold Lua pattern characters.
--- KEYS: alert   ARGV: sink
+-- Forget one sink's failures on an alert: its dead-lettered versions (`dl:<sink>:<version>` = "dead:...")
+-- and its retry marks (`dls:<sink>:<version>`); deliveries that succeeded stay recorded. Plain string
+-- comparisons: a sink name may hold Lua pattern characters.
+--
+-- KEYS[1]  the alert hash
+-- ARGV[1]  sink: the sink's name
+-- Returns  the number of fields removed
 
 local h = redis.call('HGETALL', KEYS[1])
 local dl, dls = 'dl:' .. ARGV[1] .. ':', 'dls:' .. ARGV[1] .. ':'

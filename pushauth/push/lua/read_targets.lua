@@ -3,7 +3,12 @@
 -- id, its delivery state so far, and the device's st, ptok, ptok_stale, pprov (false when missing).
 -- The device keys are built here from ARGV[1] ("<prefix>:{<uid>}:dev:"): they share the challenge's hash
 -- tag, so they live in its Cluster slot.
--- KEYS: challenge   ARGV: device key prefix, now, device id or ''
+--
+-- KEYS[1]  the challenge hash
+-- ARGV[1]  device_prefix: the user's device key prefix, "<prefix>:{<uid>}:dev:"
+-- ARGV[2]  now: Unix seconds
+-- ARGV[3]  device_id: the one device to read (a retry), or '' for every device the challenge targets
+-- Returns  {} | {exp, then per device: id, pd:<id>, st, ptok, ptok_stale, pprov}
 
 local c = redis.call('HMGET', KEYS[1], 'st', 'exp', 'devs')
 local exp = tonumber(c[2])

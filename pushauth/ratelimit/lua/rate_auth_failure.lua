@@ -1,6 +1,10 @@
--- An authentication failure from a client address (its RATE_LIMIT bucket). The first one opens a window;
--- RATE_LIMIT refuses the address once the count reaches its limit, until the window closes.
--- KEYS[1]: the bucket   ARGV: now, window_s   -> the failures counted in the open window
+-- An authentication failure from a client address (its rate_limit.lua bucket). The first one opens a
+-- window; rate_limit.lua refuses the address once the count reaches its limit, until the window closes.
+--
+-- KEYS[1]  the bucket, a hash (see rate_limit.lua): fn = failures counted, fe = when their window closes
+-- ARGV[1]  now: Unix seconds
+-- ARGV[2]  window_s: how long a window opened now lasts
+-- Returns  the failures counted in the open window (this one included)
 
 local now, win = tonumber(ARGV[1]), tonumber(ARGV[2])
 local fe = tonumber(redis.call('HGET', KEYS[1], 'fe') or '0')

@@ -1,8 +1,12 @@
 -- A rate-limit check (pushauth/ratelimit/limiter.py): the one round trip a limited request costs.
--- KEYS[1]: the bucket, a hash: t = theoretical arrival time of its next request (GCRA), fn = auth failures
+--
+-- KEYS[1]  the bucket, a hash: t = theoretical arrival time of its next request (GCRA), fn = auth failures
 --          counted in the window that closes at fe (client addresses only)
--- ARGV: now, quota (requests per window; 0: not metered), window_s, auth failures allowed (0: not checked)
--- -> {"ok"} | {"requests", retry_after_s} | {"auth_failures", retry_after_s}
+-- ARGV[1]  now: Unix seconds
+-- ARGV[2]  quota: requests per window (0: not metered)
+-- ARGV[3]  window_s: the window (seconds)
+-- ARGV[4]  auth_failures: failures allowed in their window (0: not checked)
+-- Returns  {"ok"} | {"requests", retry_after_s} | {"auth_failures", retry_after_s}
 
 local now, quota, win, fmax = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local b = redis.call('HMGET', KEYS[1], 't', 'fn', 'fe')
