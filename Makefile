@@ -3,7 +3,8 @@
 #                started by the tests; the console's browser tests drive /usr/bin/chromium)
 #   make test-fast  the developers' loop: the suite without the slow process-level files (Cluster, Sentinel,
 #                the whole deployment, schemathesis, the browser, push end to end), stopping at the first failure
-#   make lint    ruff + mypy (strict; configured in pyproject.toml)
+#   make lint    ruff + mypy (strict; configured in pyproject.toml) + luacheck over the Redis scripts, each as
+#                Redis gets it (scripts/lint-lua, .luacheckrc; installs Debian's lua-check if missing)
 #   make demo    run the local demo
 #   make demo-live  the demo, then keep it running: console, sample login page, phone on this terminal
 #   make bench   run the challenge-cycle benchmark
@@ -17,7 +18,7 @@ STAMP := $(VENV)/.installed
 # Extra pytest arguments, e.g. make test PYTEST_ARGS="-k redis -x"
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-fast lint demo demo-live bench ensure-redis ensure-chromium clean
+.PHONY: venv test test-fast lint demo demo-live bench ensure-redis ensure-chromium ensure-luacheck clean
 
 venv: $(STAMP)
 
@@ -32,6 +33,9 @@ ensure-redis:
 ensure-chromium:
 	scripts/ensure-chromium
 
+ensure-luacheck:
+	scripts/ensure-luacheck
+
 test: venv ensure-redis ensure-chromium
 	$(BIN)/pytest $(PYTEST_ARGS)
 
@@ -39,8 +43,8 @@ SLOW_TESTS := test_cluster test_sentinel test_topology test_schemathesis test_co
 test-fast: venv ensure-redis
 	$(BIN)/pytest -x $(addprefix --ignore=tests/,$(addsuffix .py,$(SLOW_TESTS))) $(PYTEST_ARGS)
 
-lint: venv
-	$(BIN)/ruff check . && $(BIN)/mypy
+lint: venv ensure-luacheck
+	$(BIN)/ruff check . && $(BIN)/mypy && $(BIN)/python scripts/lint-lua
 
 demo: venv
 	$(BIN)/pushauth demo

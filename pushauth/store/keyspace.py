@@ -1,49 +1,373 @@
-"""Every Redis key name, in one place.
+"""Every Redis key pushauth writes, in one table (`KEYS`), and the field names of its hashes (`HASH_FIELDS`).
 
-    {p}:u:<sha256(user)>          -> uid                    user index (own slot; never changes once set)
-    {p}:{<uid>}:user              hash  name, locked, ...  per-user state
-    {p}:{<uid>}:devs              set   active device ids
-    {p}:{<uid>}:ndevs             set   ids of further phones waiting for approval (their hashes expire)
-    {p}:{<uid>}:notices:<did>     list  notices for a phone to show its user (a phone was added), newest first
-    {p}:{<uid>}:dev:<did>         hash  device record (public key, push token, status)
-    {p}:{<uid>}:ch:<cid>          hash  challenge
-    {p}:{<uid>}:pending           zset  pending challenge ids scored by expiry
-    {p}:{<uid>}:jti:<did>:<jti>   str   device-request replay cache, lives 2 x skew window
-    {p}:{<uid>}:recent            zset  the user's recent challenge ids by creation (evidence, admin view)
-    {p}:{<uid>}:hist              zset  security history for the detection windows ("<seq>:<kind>:<cid>")
-    {p}:{<uid>}:seen              hash  networks ("n:<net>") and locations ("l:<loc>") of approved sign-ins
-    {p}:{<uid>}:alert:<aid>       hash  an alert (incident) and its evidence
-    {p}:{<uid>}:alerts            zset  the user's alert ids by creation
-    {p}:{<uid>}:incident          str   the open incident new events join (expires with the window)
-    {p}:{<uid>}:aout              zset  alert versions not yet handed to the alert stream (outbox)
-    {p}:{<uid>}:remembered        hash  remembered browsers: token id -> {app, browser hash, exp}
-    {p}:enr:<sha256(code)>        hash  unused enrollment code (own slot; GETDEL consumes it)
-    {p}:jti:enr:<jkt>:<jti>       str   replay cache for enrollment requests (no uid yet)
-    {p}:events                    pub/sub channel for challenge decisions
-    {p}:{alerts}:index            zset  every alert ("<uid>/<aid>") by creation: the security team's list
-    {p}:{alerts}:open             zset  the same for alerts not yet acknowledged
-    {p}:{alerts}:stream|delayed|dead    the alert delivery stream (store.streams), its retries, dead letter
-    {p}:{alerts}:disabled         hash  alert sinks disabled by a 410, and when
-    {p}:{expiry}:due              zset  challenge ids by expiry, for the expiry worker
-    {p}:{audit}:stream            stream the audit trail (pushauth/audit.py)
-    {p}:{<uid>}:acode             hash  the user's temporary access code (hashed) and its expiry
-    {p}:rl:ip:<address>           hash  rate-limit bucket of a client address (IPv6: its /64, as
-                                        "<network>/64"); lives a window at most
-                                        (pushauth/ratelimit/limiter.py)
-    {p}:rl:a:<application id>     hash  rate-limit bucket of an application
+Key names start with the configured prefix (`store.prefix`, e.g. "pa"). A user's keys share the hash tag
+`{<uid>}`, so they live in one Redis Cluster slot and one script can change a challenge, the user's counters
+and the alert it raises together; the scripts that include the detection ledger build them from the user's
+key prefix (`KeySpace.user_prefix`). The other keys are global, each family under a tag of its own
+(`{alerts}`, `{push}`, `{expiry}`, `{audit}`, `{workers}`), or untagged where a key is the only one its
+command touches (the user index, enrollment codes, console sessions, rate-limit buckets). What links a
+user's slot to the global alert stream is the per-user outbox (`aout`): an alert is written with its cause,
+announced to the stream right after, and announced again by the alert worker's sweep if the server died in
+between (pushauth/alerts/store.py).
 
-The `{uid}` hash tag puts all of one user's keys in one Cluster slot, so one script can change a
-challenge, the user's counters and the alert it raises together. The `{alerts}` and `{expiry}` keys are
-global; what links a user's slot to them is the per-user outbox (`aout`): an alert is written with its
-cause, announced to the global stream right after, and re-announced by the alert worker's sweep if the
-server died in between (see pushauth/alerts/store.py).
+`KeySpace` builds the names most code uses; `KeySpec.built_by` says where each name is built (some in
+Lua from the user's prefix, a few outside this module). `describe(key)` names the row a concrete key
+belongs to; tests/test_keyspace_table.py runs every part of pushauth on a real Redis and fails on any key
+this table does not describe; `render()` prints it.
+
+The table, as `help()` shows it, follows.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
+from dataclasses import dataclass, field
 
 from pushauth.crypto.secrets import sha256_hex
+
+# -- the key table ---------------------------------------------------------------------------------------
+
+# What each <placeholder> of a pattern stands for in a concrete key (pushauth/ids.py makes the ids).
+_B32 = "[a-z2-7]"
+PLACEHOLDERS: dict[str, str] = {
+    "prefix": r"[A-Za-z0-9_-]{1,16}",  # store.prefix (checked in pushauth/config.py)
+    "uid": rf"{_B32}{{16}}",
+    "cid": rf"c{_B32}{{42}}",  # challenge id: "c" + uid + 26
+    "did": rf"d{_B32}{{32}}",  # device id: "d" + uid + 16
+    "aid": rf"a{_B32}{{32}}",  # alert id: "a" + uid + 16
+    "jti": r"[A-Za-z0-9_-]{16,64}",  # a signed request's id (ids.valid_jti)
+    "jkt": r"[A-Za-z0-9_-]{1,128}",  # the server key's JWK thumbprint the enrollment QR code names
+    "sha256(user)": r"[0-9a-f]{64}",
+    "sha256(code)": r"[0-9a-f]{64}",
+    "sha256(session id)": r"[0-9a-f]{64}",
+    "worker kind": r"push|alerts|expiry",  # pushauth.store.heartbeats.WORKER_KINDS
+    "address": r".+",  # a client address, IPv6 as its /64 ("<network>/64")
+    "application id": r".+",
+    # in hash field names
+    "sink": r".+",  # an alert sink's configured name
+    "version": r"[0-9]+",  # an alert's version
+    "network": r".+",
+    "location": r".+",
+    "worker name": r".+",
+}
+_PLACEHOLDER = re.compile(r"<([^<>]+)>")
+
+
+def _compile(pattern: str) -> re.Pattern[str]:
+    """A pattern's `<placeholders>` as their regular expressions, everything else literal."""
+    parts = []
+    last = 0
+    for m in _PLACEHOLDER.finditer(pattern):
+        parts.append(re.escape(pattern[last:m.start()]))
+        parts.append(f"(?:{PLACEHOLDERS[m.group(1)]})")
+        last = m.end()
+    parts.append(re.escape(pattern[last:]))
+    return re.compile("".join(parts))
+
+
+@dataclass(frozen=True, slots=True)
+class KeySpec:
+    """One kind of key: its name pattern (`<placeholders>`, literal `{}` are Redis hash tags), Redis type,
+    the package that owns it, how long it lives, what it is for, and where its name is built."""
+
+    pattern: str
+    type: str  # string | hash | set | zset | list | stream | channel (pub/sub: no key is stored)
+    owner: str
+    lifetime: str
+    purpose: str
+    built_by: str
+    fields: str | None = None  # the kind of hash in HASH_FIELDS
+    regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "regex", _compile(self.pattern))
+
+
+_U = "<prefix>:{<uid>}:"  # a user's keys
+_LEDGER = "(the ledger's uk(), from KeySpace.user_prefix)"
+
+KEYS: tuple[KeySpec, ...] = (
+    # -- the user index, then a user's own slot --
+    KeySpec("<prefix>:u:<sha256(user)>", "string", "pushauth.devices", "permanent",
+            "user index: the canonical user name's uid (own slot; never changes once set)",
+            "KeySpace.user_index"),
+    KeySpec(_U + "user", "hash", "pushauth.accounts", "permanent",
+            "the user's state: name, lock, suspension, pause, policy flags, counters",
+            f"KeySpace.user; Lua: uk('user') {_LEDGER}", fields="user"),
+    KeySpec(_U + "devs", "set", "pushauth.devices", "permanent (members leave when revoked)",
+            "the user's active device ids", f"KeySpace.devices; Lua: uk('devs') {_LEDGER}"),
+    KeySpec(_U + "ndevs", "set", "pushauth.devices",
+            "permanent (members leave when approved or refused)",
+            "further phones waiting for an existing phone's approval",
+            f"KeySpace.new_devices; Lua: uk('ndevs') {_LEDGER}"),
+    KeySpec(_U + "dev:<did>", "hash", "pushauth.devices",
+            "permanent once active; a phone waiting for approval expires with its approval prompt",
+            "a device: public key, push token, status",
+            f"KeySpace.device; Lua: uk('dev:' .. did) {_LEDGER}; read_targets.lua from ARGV[1]",
+            fields="device"),
+    KeySpec(_U + "notices:<did>", "list", "pushauth.devices",
+            "until the phone reads them (GET /v1/device/notices deletes it); 50 newest kept",
+            "notices for a phone to show its user (another phone was added), newest first",
+            f"KeySpace.notices; Lua: uk('notices:' .. other) {_LEDGER}"),
+    KeySpec(_U + "jti:<did>:<jti>", "string", "pushauth.devices",
+            "2 x device_auth.max_skew_s + 5 s (EX)",
+            "replay cache of a device's signed requests (DEVICE_GATE)", "KeySpace.jti"),
+    KeySpec(_U + "ch:<cid>", "hash", "pushauth.challenges",
+            "until exp + challenges.retention_s (EXPIREAT)",
+            "a challenge (sign-in prompt, or an approval prompt for a further phone) and its push delivery",
+            f"KeySpace.challenge; Lua: uk('ch:' .. cid) {_LEDGER}; from KeySpace.challenge_prefix in "
+            "device_gate.lua and revoke_device.lua", fields="challenge"),
+    KeySpec(_U + "pending", "zset", "pushauth.challenges",
+            "permanent (members leave when decided or settled)",
+            "the user's pending challenge ids by expiry", f"KeySpace.pending; Lua: uk('pending') {_LEDGER}"),
+    KeySpec(_U + "recent", "zset", "pushauth.challenges", "permanent, trimmed to 7 days and 200 entries",
+            "the user's recent challenge ids by creation (evidence, the admin view)",
+            f"KeySpace.recent; Lua: uk('recent') {_LEDGER}"),
+    KeySpec(_U + "remembered", "hash", "pushauth.challenges",
+            "permanent; expired entries pruned past 100, all dropped on a new phone or 'not me'",
+            "remembered browsers: token id -> {app, browser hash, exp}",
+            f"KeySpace.remembered; Lua: uk('remembered') {_LEDGER}", fields="remembered"),
+    KeySpec(_U + "hist", "zset", "pushauth.detection", "permanent, trimmed to the longest detection window",
+            "security history for the detection windows (\"<seq>:<kind>:<cid>\" by time)",
+            f"Lua only: uk('hist') {_LEDGER}"),
+    KeySpec(_U + "seen", "hash", "pushauth.detection", "permanent",
+            "networks and locations of approved sign-ins, and when (new_context)",
+            f"Lua only: uk('seen') {_LEDGER}", fields="seen"),
+    KeySpec(_U + "incident", "string", "pushauth.detection", "detection.incident_window_s (EX)",
+            "the open incident (alert id) new events join",
+            f"KeySpace.incident; Lua: uk('incident') {_LEDGER}"),
+    KeySpec(_U + "acode", "hash", "pushauth.accounts",
+            "until the code expires (EXPIREAT); deleted when used",
+            "the user's temporary access code (hashed)",
+            f"KeySpace.access_code; Lua: uk('acode') {_LEDGER}", fields="acode"),
+    KeySpec(_U + "alert:<aid>", "hash", "pushauth.alerts", "permanent",
+            "an alert (incident), its evidence and its delivery to each sink",
+            f"KeySpace.alert; Lua: uk('alert:' .. aid) {_LEDGER}", fields="alert"),
+    KeySpec(_U + "alerts", "zset", "pushauth.alerts", "permanent", "the user's alert ids by creation",
+            f"KeySpace.alerts; Lua: uk('alerts') {_LEDGER}"),
+    KeySpec(_U + "aout", "zset", "pushauth.alerts",
+            "permanent (members leave once the alert worker has them)",
+            "alert versions (\"<aid>|<version>\") not yet handled by the alert worker (outbox)",
+            f"KeySpace.alert_outbox; Lua: uk('aout') {_LEDGER}; AlertStore.sweep's SCAN pattern"),
+    # -- enrollment --
+    KeySpec("<prefix>:enr:<sha256(code)>", "hash", "pushauth.devices",
+            "enrollment.code_ttl_s (EXPIRE); deleted when used", "an unused enrollment code (own slot)",
+            "KeySpace.enrollment", fields="enrollment"),
+    KeySpec("<prefix>:jti:enr:<jkt>:<jti>", "string", "pushauth.devices",
+            "2 x device_auth.max_skew_s + 5 s (EX)",
+            "replay cache of enrollment requests (no uid yet)", "KeySpace.enrollment_jti"),
+    # -- global --
+    KeySpec("<prefix>:events", "channel", "pushauth.challenges", "pub/sub: nothing is stored",
+            "challenge decisions, waking the login flows that wait on any server", "KeySpace.events"),
+    KeySpec("<prefix>:{alerts}:index", "zset", "pushauth.alerts", "permanent",
+            "every alert (\"<uid>/<aid>\") by creation: the security team's list", "KeySpace.alert_index"),
+    KeySpec("<prefix>:{alerts}:open", "zset", "pushauth.alerts",
+            "permanent (members leave when acknowledged)",
+            "the alerts not yet acknowledged", "KeySpace.alert_open"),
+    KeySpec("<prefix>:{alerts}:disabled", "hash", "pushauth.alerts", "permanent (until re-enabled)",
+            "alert sinks disabled by a 410, and when", "KeySpace.alert_sinks_disabled",
+            fields="sinks_disabled"),
+    KeySpec("<prefix>:{alerts}:stream", "stream", "pushauth.alerts", "capped (~1,000,000 entries)",
+            "alert versions to deliver (consumer group \"alerts\")",
+            "StreamNames.for_(prefix, 'alerts') (pushauth/store/streams.py)"),
+    KeySpec("<prefix>:{alerts}:delayed", "zset", "pushauth.alerts", "permanent (members leave when due)",
+            "alert delivery retries, by when they are due", "StreamNames.for_(prefix, 'alerts')"),
+    KeySpec("<prefix>:{alerts}:dead", "stream", "pushauth.alerts", "capped (~100,000 entries)",
+            "alert deliveries given up (dead letter), for replay", "StreamNames.for_(prefix, 'alerts')"),
+    KeySpec("<prefix>:{push}:stream", "stream", "pushauth.push", "capped (~1,000,000 entries)",
+            "challenges and notices to push (consumer group \"push\")",
+            "StreamNames.for_(prefix, 'push') (pushauth/store/streams.py)"),
+    KeySpec("<prefix>:{push}:delayed", "zset", "pushauth.push", "permanent (members leave when due)",
+            "push retries, by when they are due", "StreamNames.for_(prefix, 'push')"),
+    KeySpec("<prefix>:{push}:dead", "stream", "pushauth.push", "capped (~100,000 entries)",
+            "push entries given up (dead letter)", "StreamNames.for_(prefix, 'push')"),
+    KeySpec("<prefix>:{expiry}:due", "zset", "pushauth.challenges", "permanent (members leave when claimed)",
+            "challenge ids by expiry, for the expiry worker", "KeySpace.expiry_due"),
+    KeySpec("<prefix>:{audit}:stream", "stream", "pushauth.audit", "capped (~1,000,000 entries)",
+            "the audit trail", "KeySpace.audit"),
+    KeySpec("<prefix>:{workers}:hb:<worker kind>", "hash", "pushauth.store",
+            "permanent; entries a day old removed by readers", "worker heartbeats: worker name -> Unix time",
+            "heartbeat_key (pushauth/store/heartbeats.py)", fields="heartbeats"),
+    KeySpec("<prefix>:console:sess:<sha256(session id)>", "string", "pushauth.web",
+            "8 h idle (EX, extended on each use), 24 h at most", "a security-team console session (JSON)",
+            "Sessions._key (pushauth/web/console.py)"),
+    KeySpec("<prefix>:rl:ip:<address>", "hash", "pushauth.ratelimit", "a rate-limit window at most (EXPIRE)",
+            "rate-limit bucket of a client address (requests and authentication failures)",
+            "KeySpace.rate_bucket", fields="rate_bucket"),
+    KeySpec("<prefix>:rl:a:<application id>", "hash", "pushauth.ratelimit",
+            "a rate-limit window at most (EXPIRE)",
+            "rate-limit bucket of an application", "KeySpace.rate_bucket", fields="rate_bucket"),
+)
+
+
+def describe(key: str | bytes) -> KeySpec | None:
+    """The row of `KEYS` a concrete key name belongs to (any prefix), or None."""
+    name = key.decode() if isinstance(key, bytes) else key
+    for spec in KEYS:
+        if spec.regex.fullmatch(name):
+            return spec
+    return None
+
+
+# -- hash field names ------------------------------------------------------------------------------------
+
+# The fields of each kind of hash, short names kept as they are stored. A name with a <placeholder> is a
+# family of fields. tests/test_keyspace_table.py checks every field a Lua script names is here, and every
+# field of every hash a full run leaves in Redis.
+HASH_FIELDS: dict[str, dict[str, str]] = {
+    "user": {
+        "name": "the canonical user name",
+        "seq": "sequence number of the user's last history entry (`hist`)",
+        "enrolled": "phones ever activated",
+        "approvals": "sign-ins approved",
+        "fails": "consecutive authentication failures (wrong numbers, wrong access codes): the lockout count",
+        "locked": "'1' while locked",
+        "locked_at": "when locked",
+        "locked_why": "why (who locked it, or 'failures')",
+        "locked_until": "when the lock lifts by itself (0: never)",
+        "unlocked_at": "when last unlocked",
+        "unlocked_by": "by whom ('auto' when the time was up)",
+        "suspended": "'1' while prompts are suspended",
+        "susp_at": "when suspended",
+        "susp_why": "why ('not_me')",
+        "susp_until": "when the suspension lifts by itself (0: never)",
+        "lifted_at": "when the suspension was last lifted",
+        "lifted_by": "by whom ('auto' when the time was up)",
+        "bomb_reset": "`seq` when the push-bombing count was last reset (an unlock)",
+        "acode_reset": "`seq` when the wrong-access-code count was last reset (an unlock, a new code)",
+        "acode_grant": "until when a further phone may be added without approval (a valid access code)",
+        "paused_until": "prompts paused by a phone until then",
+        "paused_by": "the phone that paused them",
+        "paused_at": "when paused",
+        "paused_refused": "prompts refused while paused",
+        "policy_exempt": "'1': the security team exempted the account",
+        "policy_shared": "'1': the security team marked it a shared mailbox",
+    },
+    "device": {
+        "user": "the canonical user name",
+        "jwk": "the phone's public key (JWK)",
+        "jkt": "the server key the enrollment named (JWK thumbprint)",
+        "name": "the phone's name",
+        "platform": "android | ios | other",
+        "pprov": "push provider (fcm | apns | none)",
+        "ptok": "push token",
+        "ptok_at": "when the push token was last replaced",
+        "ptok_stale": "'1': the provider refused the token",
+        "ptok_stale_at": "when it did",
+        "created": "when registered",
+        "eid": "the enrollment id",
+        "enroll_ip": "the address it enrolled from",
+        "by": "who issued the enrollment (admin:..., app:..., cli)",
+        "st": "active | pending (waiting for approval) | refused | revoked",
+        "activated": "when activated",
+        "appr": "the approval challenge of a pending phone",
+        "refused_at": "when its approval was refused",
+        "refused_by": "by which phone",
+        "refused_why": "why (the denial reason)",
+        "revoked_at": "when revoked",
+        "revoked_by": "by whom (admin:..., device:<did>, device)",
+        "may_revoke": "'1': the security team let this new phone revoke older ones",
+    },
+    "challenge": {
+        "app": "the application",
+        "user": "the canonical user name",
+        "st": "pending | approved | denied | cancelled",
+        "iat": "when created",
+        "exp": "when it expires",
+        "nonce": "the nonce the phone signs",
+        "num": "the number to match ('' without number matching)",
+        "ctx": "the login context (JSON)",
+        "pctx": "what the phone is shown of it (JSON)",
+        "rmb": "sha256 of the browser id to remember on approval",
+        "devs": "the targeted device ids, comma-joined",
+        "net": "the client's network",
+        "loc": "the client's location",
+        "purp": "'add_device' for an approval prompt",
+        "newdev": "the phone an approval prompt is about",
+        "ndp": "that phone's platform",
+        "dat": "when decided",
+        "dev": "the device that answered",
+        "rsn": "the denial reason ('-': none)",
+        "aip": "the answering phone's address ('-': unknown)",
+        "seen": "when a targeted phone fetched it",
+        "ign": "'1': counted as an ignored prompt",
+        "revoked": "an approval taken back by containment: why",
+        "revoked_at": "when",
+        "late": "an answer after expiry or cancellation (\"<status>:<reason>\")",
+        "late_at": "when it came",
+        "late_dev": "from which device",
+        "pd:<did>": "push delivery to that device: \"<state>\" or \"<state>:<reason>\" (pushauth/push)",
+    },
+    "alert": {
+        "id": "the alert id",
+        "kind": "the headline kind",
+        "sev": "severity",
+        "user": "the canonical user name",
+        "created": "when opened",
+        "updated": "when last changed",
+        "status": "open | acked",
+        "ver": "version, raised when the headline changes",
+        "n": "events joined",
+        "events": "evidence (JSON)",
+        "kinds": "events per kind (JSON)",
+        "contained": "containment actions taken (JSON)",
+        "cid": "the challenge of the headline",
+        "did": "the device of the headline",
+        "ctx": "login context (JSON)",
+        "acked_at": "when acknowledged",
+        "acked_by": "by whom",
+        "dl:<sink>:<version>": "that version settled for the sink: delivered (Unix time) or \"dead:<why>\"",
+        "dls:<sink>:<version>": "a retry of that version is scheduled (\"retrying:<n>:<reason>\")",
+    },
+    "acode": {"h": "sha256 of the code", "exp": "when it expires", "by": "who issued it", "at": "when"},
+    "enrollment": {
+        "id": "the enrollment id",
+        "user": "the canonical user name",
+        "exp": "when it expires",
+        "by": "who asked (admin:..., app:..., cli)",
+        "vouch": "admin | access_code | '' (a further phone then waits for approval)",
+    },
+    "seen": {"n:<network>": "last approval from that network", "l:<location>": "last approval from there"},
+    "remembered": {
+        "r<cid>": "a remembered browser, named by the approval that remembered it: JSON {app, bid, created, "
+                  "exp}",
+    },
+    "rate_bucket": {
+        "t": "theoretical arrival time of the next request (GCRA)",
+        "fn": "authentication failures in the window",
+        "fe": "when that window ends",
+    },
+    "sinks_disabled": {"<sink>": "when the sink was disabled (a 410)"},
+    "heartbeats": {"<worker name>": "the worker's last beat (Unix time)"},
+}
+
+
+_FIELD_FAMILIES = {kind: [(name, _compile(name)) for name in fields if "<" in name]
+                   for kind, fields in HASH_FIELDS.items()}
+
+
+def field_spec(kind: str, name: str) -> str | None:
+    """The documented field of a `kind` hash (see HASH_FIELDS) that a concrete field `name` is: itself, or
+    its family (e.g. "pd:<did>"); None when undocumented."""
+    if name in HASH_FIELDS[kind]:
+        return name
+    return next((pattern for pattern, regex in _FIELD_FAMILIES[kind] if regex.fullmatch(name)), None)
+
+
+def render() -> str:
+    """The table as text (the module docstring ends with it)."""
+    lines = []
+    for spec in KEYS:
+        lines.append(f"    {spec.pattern:<44} {spec.type:<7} {spec.owner}")
+        lines.append(f"        {spec.purpose}; lives: {spec.lifetime}; name built by {spec.built_by}")
+    lines.append("")
+    for kind, fields in HASH_FIELDS.items():
+        lines.append(f"    {kind} hash: " + ", ".join(fields))
+    return "\n".join(lines) + "\n"
+
+
+__doc__ = (__doc__ or "") + "\n" + render()
 
 
 class KeySpace:

@@ -1,0 +1,236 @@
+"""The house's floors, checked over the source (issue 15, item 4): no import cycle among pushauth's and the
+workers' modules, no core module importing a front (`pushauth.web`, `pushauth.cli`) or the workers, and
+EVALSHA sent from one place only (`pushauth/store/scripts.py`).
+
+The import graph is read with `ast`, not by importing: every `import` and `from ... import`, at module level
+or inside a function (a late import is still a dependency), except those under `if TYPE_CHECKING:` (never
+run). Importing `a.b.c` imports the packages `a` and `a.b` too (their `__init__` runs first), so those are
+edges as well; `from a.b import c` imports the module `a.b.c` when there is one.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+ROOTS = ("pushauth", "workers")
+# What may import the fronts and the workers: the fronts, the workers, and the entry point.
+OUTER = ("pushauth.web", "pushauth.cli", "workers", "pushauth.__main__")
+FRONTS = ("pushauth.web", "pushauth.cli", "workers")
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for root in ROOTS:
+        for path in sorted((REPO / root).rglob("*.py")):
+            parts = path.relative_to(REPO).with_suffix("").parts
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            out[".".join(parts)] = path
+    return out
+
+
+MODULES = _modules()
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _walk(node: ast.AST) -> Iterator[ast.AST]:
+    """Every node below `node`, but not the body of an `if TYPE_CHECKING:` (its `else:` runs)."""
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.If) and _is_type_checking(child.test):
+            for other in child.orelse:
+                yield other
+                yield from _walk(other)
+            continue
+        yield child
+        yield from _walk(child)
+
+
+def _with_packages(name: str) -> set[str]:
+    """`name` and every package above it."""
+    parts = name.split(".")
+    return {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+
+
+def _imported(module: str, source: str, *, is_package: bool = False) -> set[str]:
+    """The modules of this project that `module` imports (packages above them included, but not the
+    packages `module` is in: Python has begun importing those before `module`, and a submodule import
+    finds them in `sys.modules`; naming one, `from pushauth.store import KeySpace`, is an edge)."""
+    named: set[str] = set()
+    for node in _walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            named.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = module.split(".")
+                base = base[:len(base) - node.level + (1 if is_package else 0)]
+                source = ".".join([*base, *([node.module] if node.module else [])])
+            else:
+                source = node.module or ""
+            submodules = {f"{source}.{alias.name}" for alias in node.names} & MODULES.keys()
+            named.update(submodules)
+            if len(submodules) < len(node.names):  # a name defined in `source` itself
+                named.add(source)
+    enclosing = _with_packages(module) - {module}
+    out: set[str] = set()
+    for name in named:
+        out.update(n for n in _with_packages(name) - enclosing if n in MODULES)
+        if name in MODULES:
+            out.add(name)
+    out.discard(module)
+    return out
+
+
+GRAPH = {module: _imported(module, path.read_text(encoding="utf-8"), is_package=path.name == "__init__.py")
+         for module, path in MODULES.items()}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle through each strongly connected component that has one (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[set[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = set()
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.add(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                components.append(component)
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return [_one_cycle(graph, c) for c in components]
+
+
+def _one_cycle(graph: dict[str, set[str]], component: set[str]) -> list[str]:
+    """A shortest cycle through the component's first module (breadth first, inside the component)."""
+    start = min(component)
+    came_from: dict[str, str] = {}
+    frontier = [start]
+    while frontier:
+        nxt = []
+        for v in frontier:
+            for w in sorted(graph[v] & component):
+                if w == start:
+                    path = [v]
+                    while path[-1] != start:
+                        path.append(came_from[path[-1]])
+                    return [start, *reversed(path[:-1]), start]
+                if w not in came_from:
+                    came_from[w] = v
+                    nxt.append(w)
+        frontier = nxt
+    raise AssertionError(f"no cycle in {component}")  # pragma: no cover
+
+
+def _under(module: str, packages: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in packages)
+
+
+def test_the_graph_is_read() -> None:
+    """What the reader counts as an import, on a made-up module of pushauth.store."""
+    source = """
+from typing import TYPE_CHECKING
+import pushauth.crypto.secrets
+from pushauth.store import keyspace
+from pushauth.challenges import ADD_DEVICE
+from . import connection
+
+if TYPE_CHECKING:
+    from pushauth.web.app import create_app
+else:
+    from pushauth import clock
+
+
+def late() -> None:
+    from pushauth.alerts.store import AlertStore
+"""
+    assert _imported("pushauth.store.example", source) == {
+        "pushauth.crypto", "pushauth.crypto.secrets",  # a module and the packages above it (but `pushauth`,
+        # which holds pushauth.store.example itself)
+        "pushauth.store.keyspace",  # a submodule named by `from`; its own package is not an edge
+        "pushauth.challenges",  # a name from a package's __init__
+        "pushauth.store.connection",  # relative
+        "pushauth.clock",  # the `else:` of TYPE_CHECKING runs
+        "pushauth.alerts", "pushauth.alerts.store"}  # inside a function
+    assert "pushauth.store.keyspace" in GRAPH["pushauth.store"]
+    assert len(GRAPH) > 80
+
+
+def test_a_cycle_is_found_and_named() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set(), "e": {"e2"}, "e2": {"e"}}
+    assert sorted(_cycles(graph)) == [["a", "b", "c", "a"], ["e", "e2", "e"]]
+
+
+def test_no_import_cycle() -> None:
+    cycles = _cycles(GRAPH)
+    assert not cycles, "import cycles:\n" + "\n".join("  " + " -> ".join(c) for c in cycles)
+
+
+def test_no_core_module_imports_a_front_or_a_worker() -> None:
+    upward = sorted((module, target) for module, targets in GRAPH.items() if not _under(module, OUTER)
+                    for target in targets if _under(target, FRONTS))
+    assert not upward, "core modules importing web, cli or workers:\n" + "\n".join(
+        f"  {module} imports {target}" for module, target in upward)
+
+
+def _evalsha(node: ast.AST) -> str | None:
+    """The EVALSHA a node names: redis-py's `evalsha`/`evalsha_ro`, or the command as a string."""
+    if isinstance(node, ast.Attribute):
+        word = node.attr
+    elif isinstance(node, ast.Name):
+        word = node.id
+    elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+        word = node.value.strip()
+    else:
+        return None
+    return word if word.lower() in ("evalsha", "evalsha_ro") else None
+
+
+# Where else EVALSHA is sent today, and why that is still the script runner: `Script.__call__` hands a run
+# with replica acknowledgements to `ReplicaAcks.run`, which sends EVALSHA (then EVAL on NOSCRIPT) and WAIT
+# in one pipeline on one connection. Checked below to be called from scripts.py only.
+RUNNER_PARTS = {REPO / "pushauth" / "store" / "durability.py": "ReplicaAcks.run, Script.__call__'s acks path"}
+
+
+def test_only_the_script_runner_sends_evalsha() -> None:
+    """Every script runs through `pushauth.store.scripts.Script` (EVALSHA, then EVAL on NOSCRIPT); nothing
+    else sends EVALSHA (or calls redis-py's `evalsha`/`evalsha_ro`). Comments and docstrings may name it."""
+    allowed = REPO / "pushauth" / "store" / "scripts.py"
+    found = []
+    for path in MODULES.values():
+        if path == allowed or path in RUNNER_PARTS:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if (name := _evalsha(node)) is not None:
+                found.append(f"{path.relative_to(REPO)}:{getattr(node, 'lineno', '?')}: {name}")
+    assert not found, "EVALSHA outside pushauth/store/scripts.py:\n" + "\n".join(found)
+    assert any(_evalsha(node) for node in ast.walk(ast.parse(allowed.read_text(encoding="utf-8"))))
+    callers = sorted(str(path.relative_to(REPO)) for path in MODULES.values()
+                     if path != allowed and re.search(r"\backs\.run\(", path.read_text(encoding="utf-8")))
+    assert not callers, f"ReplicaAcks.run (EVALSHA) called outside pushauth/store/scripts.py: {callers}"
