@@ -18,7 +18,7 @@
 local by, what = ARGV[7], ARGV[8]
 local u = redis.call('HMGET', uk('user'), 'locked', 'suspended')
 local was_locked, was_suspended = 0, 0
-local bombing = window_block('prompt', CFG.bomb_win, CFG.bomb_max, 'bomb_reset') and 1 or 0
+local bombing_block = window_block('prompt', CFG.bomb_win, CFG.bomb_max, 'bomb_reset') and 1 or 0
 local codes = window_block('acode_fail', tonumber(ARGV[9]), tonumber(ARGV[10]), 'acode_reset')
 if what ~= 'suspension' then
   if u[1] == '1' then was_locked = 1 end
@@ -30,4 +30,4 @@ if what ~= 'lock' then
 end
 local last = redis.call('HGET', uk('user'), 'seq') or '0'
 redis.call('HSET', uk('user'), 'bomb_reset', last, 'acode_reset', last)
-return {'ok', NOTES, was_locked, was_suspended, bombing, codes and 1 or 0}
+return {'ok', NOTES, was_locked, was_suspended, bombing_block, codes and 1 or 0}
