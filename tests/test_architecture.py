@@ -11,7 +11,6 @@ edges as well; `from a.b import c` imports the module `a.b.c` when there is one.
 from __future__ import annotations
 
 import ast
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -212,25 +211,17 @@ def _evalsha(node: ast.AST) -> str | None:
     return word if word.lower() in ("evalsha", "evalsha_ro") else None
 
 
-# Where else EVALSHA is sent today, and why that is still the script runner: `Script.__call__` hands a run
-# with replica acknowledgements to `ReplicaAcks.run`, which sends EVALSHA (then EVAL on NOSCRIPT) and WAIT
-# in one pipeline on one connection. Checked below to be called from scripts.py only.
-RUNNER_PARTS = {REPO / "pushauth" / "store" / "durability.py": "ReplicaAcks.run, Script.__call__'s acks path"}
-
-
 def test_only_the_script_runner_sends_evalsha() -> None:
     """Every script runs through `pushauth.store.scripts.Script` (EVALSHA, then EVAL on NOSCRIPT); nothing
     else sends EVALSHA (or calls redis-py's `evalsha`/`evalsha_ro`). Comments and docstrings may name it."""
     allowed = REPO / "pushauth" / "store" / "scripts.py"
     found = []
     for path in MODULES.values():
-        if path == allowed or path in RUNNER_PARTS:
+        if path == allowed:
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
             if (name := _evalsha(node)) is not None:
                 found.append(f"{path.relative_to(REPO)}:{getattr(node, 'lineno', '?')}: {name}")
     assert not found, "EVALSHA outside pushauth/store/scripts.py:\n" + "\n".join(found)
     assert any(_evalsha(node) for node in ast.walk(ast.parse(allowed.read_text(encoding="utf-8"))))
-    callers = sorted(str(path.relative_to(REPO)) for path in MODULES.values()
-                     if path != allowed and re.search(r"\backs\.run\(", path.read_text(encoding="utf-8")))
-    assert not callers, f"ReplicaAcks.run (EVALSHA) called outside pushauth/store/scripts.py: {callers}"
+

@@ -30,7 +30,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import redis.asyncio as aioredis
-import redis.exceptions as rex
 import structlog
 
 from pushauth import metrics
@@ -38,7 +37,7 @@ from pushauth.config import StoreSettings
 from pushauth.errors import StoreUnavailable
 
 if TYPE_CHECKING:
-    from pushauth.store.scripts import ArgT, KeyT, Script
+    from pushauth.store.scripts import ArgT, KeyT
 
 log = structlog.get_logger(__name__)
 
@@ -60,34 +59,33 @@ class ReplicaAcks:
     def __repr__(self) -> str:
         return f"ReplicaAcks({self.count}, {self.timeout_ms} ms, {self.on_shortfall})"
 
-    async def run(self, redis: aioredis.Redis, script: Script, keys: Sequence[KeyT],
-                  args: Sequence[ArgT]) -> Any:
-        """`script` on `keys`, then WAIT on the same connection; the script's reply."""
-        reply, acked = await self._send(redis, ("EVALSHA", script.sha), keys, args)
-        if isinstance(reply, rex.NoScriptError):  # the script cache is empty (restart, failover)
-            reply, acked = await self._send(redis, ("EVAL", script.source), keys, args)
+    async def send(self, redis: aioredis.Redis, command: Sequence[ArgT], slot_key: KeyT) -> tuple[Any, Any]:
+        """`command` (a script run that `pushauth.store.scripts.Script` built), then WAIT on the same
+        connection, in one pipeline: the command's reply and the number of replicas that acknowledged it
+        (each an exception if it failed). On Cluster, WAIT goes to the node holding `slot_key`."""
+        pipe = redis.pipeline(transaction=False)
+        pipe.execute_command(*command)
+        if _is_cluster(redis):
+            node = redis.get_node_from_key(slot_key)  # type: ignore[attr-defined]
+            pipe.execute_command("WAIT", self.count, self.timeout_ms, target_nodes=node)
+        else:
+            pipe.execute_command("WAIT", self.count, self.timeout_ms)
+        reply, acked = await pipe.execute(raise_on_error=False)
+        return reply, acked
+
+    def settle(self, change: str, reply: Any, acked: Any) -> Any:
+        """The reply of a change sent with `send`, once enough replicas hold it (or per `on_shortfall`)."""
         if isinstance(reply, Exception):
             raise reply
         if isinstance(acked, Exception):
             raise acked
         if int(acked) < self.count:
-            self._shortfall(script, int(acked))
+            self._shortfall(change, int(acked))
         return reply
 
-    async def _send(self, redis: aioredis.Redis, call: tuple[str, str], keys: Sequence[KeyT],
-                    args: Sequence[ArgT]) -> list[Any]:
-        pipe = redis.pipeline(transaction=False)
-        pipe.execute_command(*call, len(keys), *keys, *args)
-        if _is_cluster(redis):
-            node = redis.get_node_from_key(keys[0])  # type: ignore[attr-defined]
-            pipe.execute_command("WAIT", self.count, self.timeout_ms, target_nodes=node)
-        else:
-            pipe.execute_command("WAIT", self.count, self.timeout_ms)
-        return list(await pipe.execute(raise_on_error=False))
-
-    def _shortfall(self, script: Script, acked: int) -> None:
+    def _shortfall(self, change: str, acked: int) -> None:
         metrics.REPLICA_ACK_SHORTFALLS.labels(self.on_shortfall).inc()
-        log.warning("replica_ack_shortfall", change=script.name, acked=acked, wanted=self.count,
+        log.warning("replica_ack_shortfall", change=change, acked=acked, wanted=self.count,
                     timeout_ms=self.timeout_ms, action=self.on_shortfall)
         if self.on_shortfall == "refuse":
             raise StoreUnavailable(f"{acked} of {self.count} replicas acknowledged the change in time")

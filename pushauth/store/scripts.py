@@ -82,7 +82,10 @@ class Script:
         """Run the script. With `acks`, the change is answered only once replicas hold it
         (`pushauth.store.durability`): what the API calls for every change it answers a client about."""
         if acks is not None:
-            return await acks.run(redis, self, keys, args)
+            reply, acked = await acks.send(redis, ("EVALSHA", self.sha, len(keys), *keys, *args), keys[0])
+            if isinstance(reply, rex.NoScriptError):  # the script cache is empty (restart, failover)
+                reply, acked = await acks.send(redis, self.command(keys, args), keys[0])
+            return acks.settle(self.name, reply, acked)
         try:
             return await redis.evalsha(self.sha, len(keys), *keys, *args)
         except rex.NoScriptError:
