@@ -101,6 +101,21 @@ class Created:
 
 
 class Challenges:
+    """Owns the sign-in prompts: creating them for a login flow, the phone fetching and answering them, the
+    login flow waiting for, collecting (the signed assertion, a remember token) or cancelling them.
+
+    Keys (all in the user's slot, `<p>:{<uid>}:`): `ch:<cid>` (the challenge hash), `pending` (zset of open
+    prompts by expiry), `recent` (zset of recent prompts, for containment), `remembered` (remembered
+    browsers), and through the ledger the user hash, `hist`, `seen`, `incident` and `alert:<aid>`; plus the
+    expiry index `{expiry}:due` (`ExpiryIndex`). Scripts: create_challenge, respond, cancel
+    (`pushauth.challenges.scripts`), and the device gate through `Devices.gate`. Decisions are published on
+    the events channel (`ChallengeEvents` wakes `status` waiters); new prompts go to the push queue.
+
+    Called by the login flow's routes (`web/login_flow.py`: create, status, cancel; the demo page) and the
+    phone's routes (`web/device.py`: device_pending, device_get, respond); built by the app factory.
+    Prompts nobody answered are settled by `ExpirySweeper` (the expiry worker), not here.
+    """
+
     def __init__(self, redis: aioredis.Redis, keyspace: KeySpace, settings: Settings,
                  keyring: Callable[[], KeyRing], devices: Devices, events: ChallengeEvents,
                  alerts: AlertStore, audit: Audit, push: PushQueue | None = None) -> None:

@@ -104,7 +104,21 @@ class AuthedDevice:
 
 class Devices:
     """Owns the user's phones: enrollment codes, registration (and the approval of a further phone), request
-    authentication and the replay gate, the phone's own account actions, revocation."""
+    authentication and the replay gate, the phone's own account actions, revocation.
+
+    Keys: `<p>:u:<sha256(user)>` (user name -> uid, written once), `<p>:enr:<sha256(code)>` (enrollment
+    codes) and `<p>:jti:enr:<jkt>:<jti>` (their replay cache); in the user's slot (`<p>:{<uid>}:`)
+    `dev:<did>` (the device hash), `devs` and `ndevs` (active phones, phones waiting for approval),
+    `jti:<did>:<jti>` (the request replay cache), `notices:<did>`, some fields of the user hash (`name`,
+    `enrolled`, `paused_*`; it spends `acode_grant`), and, for a further phone, its approval challenge
+    `ch:<cid>` in `pending`. Scripts: device_gate, register_device, revoke_device, revoke_by_device,
+    enroll_mode, update_push_token, pause_prompts (`pushauth.devices.scripts`).
+
+    Called by the phone's routes (`web/device.py`), the login flow's enrollment route
+    (`web/login_flow.py`), `Accounts` (the security team revoking a phone, the admin API and console),
+    `Challenges` (the gate before every fetch and answer, uids), and the CLI (`pushauth enroll`: codes only,
+    built without an AlertStore).
+    """
 
     def __init__(self, redis: aioredis.Redis, keyspace: KeySpace, settings: Settings,
                  keyring: Callable[[], KeyRing], alerts: AlertStore | None = None,

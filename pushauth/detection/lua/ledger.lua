@@ -252,7 +252,7 @@ end
 
 -- A per-user limit of `limit` entries of `kind` in `window` seconds (counted after the `reset` mark): when
 -- it is reached, since when and until when it refuses, and the entries; else nil. The one rule for
--- refusing, for the user view's blocks (USER_BLOCKS) and for what an unlock or exemption finds active.
+-- refusing, for the user view's blocks (user_blocks.lua) and for what an unlock or exemption finds active.
 local function window_block(kind, window, limit, reset)
   local n, found = hist_count(window, {[kind] = true}, reset)
   if n < limit then return nil end
