@@ -45,7 +45,14 @@ from pushauth.crypto.device_auth import BadDeviceRequest
 from pushauth.crypto.keys import KeyRing
 from pushauth.crypto.secrets import new_secret
 from pushauth.devices import scripts as lua
-from pushauth.devices.scripts import EnrollMode, Gated, Registration, RevocationByDevice, TokenUpdate
+from pushauth.devices.scripts import (
+    EnrollMode,
+    Gated,
+    Registration,
+    Revocation,
+    RevocationByDevice,
+    TokenUpdate,
+)
 from pushauth.errors import Forbidden, NotFound, RateLimited, Unauthorized, Unprocessable
 from pushauth.push.dispatch import PushQueue
 from pushauth.store import KeySpace, reads
@@ -345,7 +352,7 @@ class Devices:
             self._redis, devices_key=self._ks.devices(uid), device_key=self._ks.device(uid, did),
             pending_key=self._ks.pending(uid), new_devices_key=self._ks.new_devices(uid), device_id=did,
             now=clock.now(), by=by, challenge_prefix=self._ks.challenge_prefix(uid), acks=self._acks)
-        if res != lua.Revocation.OK:
+        if res != Revocation.OK:
             raise NotFound("no such active device")
 
     async def unenroll(self, dev: AuthedDevice) -> None:
