@@ -3,9 +3,9 @@ for the user's next sign-in.
 
 A challenge's expiry is computed on read (no timer can be lost); what needs doing when a prompt expires
 unanswered is counting it (detection rules, lockout). Every new challenge is indexed in `{expiry}:due`;
-the sweeper claims the due ones (one script: read and remove together, so several sweepers never claim
-the same one) and runs SETTLE for each user. SETTLE is idempotent and the user's next event runs it too, so
-an index entry lost in a crash only delays the count; it never loses it.
+the sweeper claims the due ones (claim_due.lua: read and remove together, so several sweepers never claim
+the same one) and runs settle.lua for each user. Settling is idempotent and the user's next event does it
+too, so an index entry lost in a crash only delays the count; it never loses it.
 """
 
 from __future__ import annotations
@@ -21,11 +21,8 @@ from pushauth.alerts.store import AlertStore
 from pushauth.challenges import scripts as lua
 from pushauth.store import KeySpace
 from pushauth.store.connection import STORE_DOWN_ERRORS
-from pushauth.store.scripts import Script
 
 log = structlog.get_logger(__name__)
-
-CLAIM_DUE = Script.load("pushauth.challenges", "claim_due.lua")
 
 
 class ExpiryIndex:
@@ -67,6 +64,8 @@ class ExpiryIndex:
 
 
 class ExpirySweeper:
+    """The worker's side: claims the due prompts from `{expiry}:due` and settles their users."""
+
     def __init__(self, redis: aioredis.Redis, keyspace: KeySpace, alerts: AlertStore, *,
                  interval_s: float = 1.0, batch: int = 500) -> None:
         self._redis = redis
@@ -78,13 +77,12 @@ class ExpirySweeper:
     async def settle_due(self) -> int:
         """One pass: settle the users whose prompts are due. Returns the number of prompts claimed."""
         now = clock.now()
-        due = list(await CLAIM_DUE(self._redis, [self._ks.expiry_due], [now, self._batch]))
+        due = await lua.claim_due(self._redis, self._ks.expiry_due, now=now, limit=self._batch)
         uids = {uid for uid in map(ids.challenge_uid, due) if uid is not None}
         for uid in uids:
-            ledger = self._alerts.ledger_args(uid, "", now)
-            res = await lua.SETTLE(self._redis, [self._ks.user(uid)], ledger.argv())
-            await self._alerts.announce(uid, res[1])
-            metrics.IGNORED_PROMPTS.inc(int(res[2]))
+            res = await lua.settle(self._redis, self._ks.user(uid), self._alerts.ledger_args(uid, "", now))
+            await self._alerts.announce(uid, res.notes)
+            metrics.IGNORED_PROMPTS.inc(int(res.detail[0]))
         return len(due)
 
     async def run(self, stop: asyncio.Event) -> None:

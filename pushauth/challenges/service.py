@@ -8,11 +8,13 @@
     expired | cancelled --"not me"----> unchanged, but the report is recorded, alerted and contained
                                         exactly as on a pending prompt
 
-A challenge with purpose "add_device" asks the user's existing phones to approve a new one (devices.py):
-it has no login flow (no application sees it or can cancel it), and its approval activates the new phone.
+A challenge with purpose "add_device" asks the user's existing phones to approve a new one
+(`pushauth.devices.service`): it has no login flow (no application sees it or can cancel it), and its
+approval activates the new phone.
 
-Every transition is one Lua script (`store.scripts`), which re-checks everything that could invalidate it
-and publishes the decision in the same step. Of any number of concurrent answers exactly one decides.
+Every transition is one Lua script (`lua/`, run through `pushauth.challenges.scripts`), which re-checks
+everything that could invalidate it and publishes the decision in the same step. Of any number of
+concurrent answers exactly one decides.
 
 What the phone sees is a challenge JWS signed on demand with the current server key (`aud` = device),
 which carries a 128-bit nonce the answer must echo, and never the number: the number is shown only on the
@@ -39,12 +41,15 @@ from pushauth.challenges import context as login_context
 from pushauth.challenges import scripts as lua
 from pushauth.challenges.events import ChallengeEvents, Decision
 from pushauth.challenges.expiry import ExpiryIndex
+from pushauth.challenges.scripts import Creation, Responded
 from pushauth.clock import rfc3339
 from pushauth.config import Application, Settings
 from pushauth.crypto import jws, secrets
 from pushauth.crypto.keys import KeyRing
 from pushauth.crypto.secrets import sha256_hex
+from pushauth.detection.ledger import LedgerReply
 from pushauth.detection.rules import network_of
+from pushauth.devices.scripts import Gated
 from pushauth.devices.service import AuthedDevice, Devices, raise_gate_failure
 from pushauth.errors import Conflict, Forbidden, NotFound, RateLimited, Unprocessable
 from pushauth.push.dispatch import PushQueue, delivery_view
@@ -96,6 +101,21 @@ class Created:
 
 
 class Challenges:
+    """Owns the sign-in prompts: creating them for a login flow, the phone fetching and answering them, the
+    login flow waiting for, collecting (the signed assertion, a remember token) or cancelling them.
+
+    Keys (all in the user's slot, `<p>:{<uid>}:`): `ch:<cid>` (the challenge hash), `pending` (zset of open
+    prompts by expiry), `recent` (zset of recent prompts, for containment), `remembered` (remembered
+    browsers), and through the ledger the user hash, `hist`, `seen`, `incident` and `alert:<aid>`; plus the
+    expiry index `{expiry}:due` (`ExpiryIndex`). Scripts: create_challenge, respond, cancel
+    (`pushauth.challenges.scripts`), and the device gate through `Devices.gate`. Decisions are published on
+    the events channel (`ChallengeEvents` wakes `status` waiters); new prompts go to the push queue.
+
+    Called by the login flow's routes (`web/login_flow.py`: create, status, cancel; the demo page) and the
+    phone's routes (`web/device.py`: device_pending, device_get, respond); built by the app factory.
+    Prompts nobody answered are settled by `ExpirySweeper` (the expiry worker), not here.
+    """
+
     def __init__(self, redis: aioredis.Redis, keyspace: KeySpace, settings: Settings,
                  keyring: Callable[[], KeyRing], devices: Devices, events: ChallengeEvents,
                  alerts: AlertStore, audit: Audit, push: PushQueue | None = None) -> None:
@@ -153,39 +173,39 @@ class Challenges:
             fields += ["rmb", sha256_hex(browser_id)]  # an approval then remembers this browser
         network = network_of(context["ip"]) if context and context.get("ip") else ""
         location = (context or {}).get("location", "")[:128]
-        res = await lua.CREATE_CHALLENGE(
-            self._redis, [self._ks.user(uid)],
-            [*self._alerts.ledger_args(uid, user, now).argv(), exp, exp + cfg.retention_s, cid, network,
-             location, ctx_json, app.id, rtid, rbid, kind or "", *fields], acks=self._acks)
-        await self._alerts.announce(uid, res[1])
-        what = res[0]
-        if what in ("exempt", "remembered", "ok"):
-            metrics.CHALLENGES.labels(app.id, "created" if what == "ok" else f"allowed_{what}").inc()
-        if what == "exempt":
-            await self._audit.record("allowed", user=user, who=who, why=res[2], reason="exempt", ip=ip)
-            return Allowed("exempt", account=str(res[2]))
-        if what == "remembered":
+        res = await lua.create_challenge(
+            self._redis, self._ks.user(uid), self._alerts.ledger_args(uid, user, now), exp=exp,
+            expire_at=exp + cfg.retention_s, cid=cid, network=network, location=location,
+            context_json=ctx_json, app_id=app.id, token_id=rtid, browser_hash=rbid, account_kind=kind or "",
+            fields=fields, acks=self._acks)
+        await self._alerts.announce(uid, res.notes)
+        what = res.result
+        if what in (Creation.EXEMPT, Creation.REMEMBERED, Creation.OK):
+            metrics.CHALLENGES.labels(app.id, "created" if what == Creation.OK else f"allowed_{what}").inc()
+        if what == Creation.EXEMPT:
+            account = str(res.detail[0])
+            await self._audit.record("allowed", user=user, who=who, why=account, reason="exempt", ip=ip)
+            return Allowed("exempt", account=account)
+        if what == Creation.REMEMBERED:
             await self._audit.record("allowed", user=user, who=who, why="remembered browser",
                                      reason="remembered", token_id=rtid, ip=ip)
             return Allowed("remembered")
-        if what == "not_enrolled":
+        if what == Creation.NOT_ENROLLED:  # a uid, but no active phone (every one revoked)
             return await self._not_enrolled(app, user, ip)
-        if what != "ok":
-            await self._audit.record("refused", user=user, who=who, why=what, ip=ip)
+        if what != Creation.OK:
+            await self._audit.record("refused", user=user, who=who, why=what.value, ip=ip)
             metrics.CHALLENGES.labels(app.id, f"refused_{what}").inc()
-        if what == "paused":
-            raise Forbidden(f"the user's phone has paused sign-in prompts until {rfc3339(int(res[2]))}",
-                            code="suspended")
-        if what == "locked":
+        if what == Creation.PAUSED:
+            until = rfc3339(int(res.detail[0]))
+            raise Forbidden(f"the user's phone has paused sign-in prompts until {until}", code="suspended")
+        if what == Creation.LOCKED:
             raise Forbidden(f"this account is locked. {self._user_message}", code="locked")
-        if what == "suspended":
+        if what == Creation.SUSPENDED:
             raise Forbidden(f"sign-in prompts for this account are suspended. {self._user_message}",
                             code="suspended")
-        if what == "not_enrolled":
-            raise Forbidden("no phone is enrolled for this user", code="not_enrolled")
-        if what == "rate_limited":
+        if what == Creation.RATE_LIMITED:
             raise RateLimited("too many sign-in prompts for this user; try again later",
-                              retry_after_s=int(res[2]))
+                              retry_after_s=int(res.detail[0]))
         if self._push is not None:
             await self._push.enqueue(cid)
         self._expiry_index.add(cid, exp)
@@ -278,7 +298,7 @@ class Challenges:
         res = await lua.cancel(self._redis, self._ks.user(uid), ledger, cid=cid, app_id=app.id,
                                acks=self._acks)
         await self._alerts.announce(uid, res.notes)
-        _raise_transition_failure([res.result.value, res.notes, *res.detail])
+        _raise_transition_failure(res)
         metrics.CHALLENGES.labels(app.id, "cancelled").inc()
 
     # -- device -------------------------------------------------------------------------------------------
@@ -338,23 +358,24 @@ class Challenges:
                 status, why = "approved", "-"
         else:
             status, why = "denied", reason or "mistake"
-        res = await lua.RESPOND(
-            self._redis, [self._ks.user(dev.uid)],
-            [*self._alerts.ledger_args(dev.uid, h["user"], clock.now()).argv(), cid, dev.device_id, status,
-             why, remote_ip or "-"], acks=self._acks)
-        await self._alerts.announce(dev.uid, res[1])
-        if res[0] == "revoked":
-            raise_gate_failure(res[0])
-        if res[0] in ("expired", "conflict") and res[-1] == "recorded":
+        res = await lua.respond(
+            self._redis, self._ks.user(dev.uid), self._alerts.ledger_args(dev.uid, h["user"], clock.now()),
+            cid=cid, device_id=dev.device_id, status=status, reason=why, answer_ip=remote_ip or "-",
+            acks=self._acks)
+        await self._alerts.announce(dev.uid, res.notes)
+        if res.result == Responded.REVOKED:
+            raise_gate_failure(Gated.REVOKED)
+        if (res.result in (Responded.EXPIRED, Responded.CONFLICT) and res.detail
+                and res.detail[-1] == "recorded"):
             # Too late to decide anything, but the "not me" was taken, alerted and contained.
-            what = "expired" if res[0] == "expired" else "was cancelled"
-            raise Conflict(f"this sign-in request {what}; your report that you did not request it was "
-                           f"recorded and the security team alerted. {self._user_message}",
-                           code="expired" if res[0] == "expired" else "already_decided")
+            expired = res.result == Responded.EXPIRED
+            raise Conflict(f"this sign-in request {'expired' if expired else 'was cancelled'}; your report "
+                           f"that you did not request it was recorded and the security team alerted. "
+                           f"{self._user_message}", code="expired" if expired else "already_decided")
         _raise_transition_failure(res, self._user_message)
         metrics.CHALLENGES.labels(h["app"], status if status == "approved" else f"denied_{why}").inc()
         metrics.TIME_TO_ANSWER.observe(max(0, clock.now() - int(h["iat"])))
-        notify = tuple(filter(None, str(res[2]).split(","))) if len(res) > 2 else ()
+        notify = tuple(filter(None, str(res.detail[0]).split(","))) if res.detail else ()
         if notify and self._push is not None:  # a new phone was approved: tell the user's other phones
             await self._push.enqueue_notice(dev.uid, notify)
         return Answered(status, self._user_message if why == "not_me" else None, notify)
@@ -448,9 +469,10 @@ def _targets(h: Mapping[str, str], did: str) -> bool:
     return did in h.get("devs", "").split(",")
 
 
-def _raise_transition_failure(res: list[Any], user_message: str = "") -> None:
-    """Scripts answer {result, NOTES, detail?}. `user_message` follows a refusal the user must act on."""
-    what = res[0]
+def _raise_transition_failure(res: LedgerReply[Any], user_message: str = "") -> None:
+    """The error for a respond.lua or cancel.lua reply that is not "ok" (their result words share meanings).
+    `user_message` follows a refusal the user must act on."""
+    what = res.result
     if what == "ok":
         return
     if what == "not_found":
@@ -463,5 +485,5 @@ def _raise_transition_failure(res: list[Any], user_message: str = "") -> None:
         raise Forbidden(f"sign-in prompts for this account are suspended. {user_message}".strip(),
                         code="suspended")
     if what == "conflict":
-        raise Conflict(f"this sign-in request is already {res[-1]}", code="already_decided")
+        raise Conflict(f"this sign-in request is already {res.detail[-1]}", code="already_decided")
     raise RuntimeError(f"unexpected script result {res!r}")

@@ -3,9 +3,10 @@ pushauth does about it before anyone picks up a phone.
 
 Every rule is in `RULES` below with its severity, its thresholds (settings in `[detection]` and
 `[containment]`) and where its default comes from. They are evaluated inside Redis, in the same Lua
-script as the transition that caused them (`LEDGER`, included by the challenge scripts), so an alert and
-the state change it is about are written together or not at all, and the counters the rules read cannot
-change between the read and the decision.
+script as the transition that caused them (`lua/ledger.lua`, included by the transition scripts; its
+calling convention is `pushauth.detection.ledger`), so an alert and the state change it is about are
+written together or not at all, and the counters the rules read cannot change between the read and the
+decision.
 
     event                               rule fired                      severity   containment
     deny "not_me" (also on a prompt     denied_not_me                   critical   suspend prompts, revoke
@@ -45,7 +46,7 @@ me" has its own containment), and an ignored prompt, or a wrong code for a user 
 anyone with the user's name and an application key can cause, so counting them would let a stranger lock
 any user out. They raise their alerts, and do not lock. An approval resets the count; a new challenge never
 does. Expired prompts are counted when the expiry worker or the user's next event settles them, whichever
-comes first (`SETTLE`).
+comes first (`pushauth/challenges/lua/settle.lua`).
 
 The security team's unlock also ends the blocks that refuse the user (the push-bombing window and the
 wrong-access-code window; issuing an access code ends the latter): each has a reset mark on the user
@@ -186,7 +187,7 @@ class ContainmentSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
 
 def ledger_config(detection: DetectionSettings, containment: ContainmentSettings, *,
                   assertion_life_s: int, remember_s: int = 0, other_windows_s: int = 0) -> str:
-    """The thresholds as the JSON the Lua ledger decodes (one ARGV, built once per process).
+    """The thresholds as the JSON the Lua ledger decodes (its ARGV[3], CFG; built once per process).
     `other_windows_s`: the longest window another user of the history needs (access-code attempts)."""
     d, c = detection, containment
     keep = max(d.push_bombing_window_s, d.repeated_denials_window_s, d.approved_after_window_s,

@@ -45,6 +45,14 @@ from pushauth.crypto.device_auth import BadDeviceRequest
 from pushauth.crypto.keys import KeyRing
 from pushauth.crypto.secrets import new_secret
 from pushauth.devices import scripts as lua
+from pushauth.devices.scripts import (
+    EnrollMode,
+    Gated,
+    Registration,
+    Revocation,
+    RevocationByDevice,
+    TokenUpdate,
+)
 from pushauth.errors import Forbidden, NotFound, RateLimited, Unauthorized, Unprocessable
 from pushauth.push.dispatch import PushQueue
 from pushauth.store import KeySpace, reads
@@ -103,7 +111,21 @@ class AuthedDevice:
 
 class Devices:
     """Owns the user's phones: enrollment codes, registration (and the approval of a further phone), request
-    authentication and the replay gate, the phone's own account actions, revocation."""
+    authentication and the replay gate, the phone's own account actions, revocation.
+
+    Keys: `<p>:u:<sha256(user)>` (user name -> uid, written once), `<p>:enr:<sha256(code)>` (enrollment
+    codes) and `<p>:jti:enr:<jkt>:<jti>` (their replay cache); in the user's slot (`<p>:{<uid>}:`)
+    `dev:<did>` (the device hash), `devs` and `ndevs` (active phones, phones waiting for approval),
+    `jti:<did>:<jti>` (the request replay cache), `notices:<did>`, some fields of the user hash (`name`,
+    `enrolled`, `paused_*`; it spends `acode_grant`), and, for a further phone, its approval challenge
+    `ch:<cid>` in `pending`. Scripts: device_gate, register_device, revoke_device, revoke_by_device,
+    enroll_mode, update_push_token, pause_prompts (`pushauth.devices.scripts`).
+
+    Called by the phone's routes (`web/device.py`), the login flow's enrollment route
+    (`web/login_flow.py`), `Accounts` (the security team revoking a phone, the admin API and console),
+    `Challenges` (the gate before every fetch and answer, uids), and the CLI (`pushauth enroll`: codes only,
+    built without an AlertStore).
+    """
 
     def __init__(self, redis: aioredis.Redis, keyspace: KeySpace, settings: Settings,
                  keyring: Callable[[], KeyRing], alerts: AlertStore | None = None,
@@ -170,11 +192,11 @@ class Devices:
         activation = IMMEDIATE
         if not vouch:
             uid = await self.uid_for(user)
-            mode = "first" if uid is None else await lua.ENROLL_MODE(
-                self._redis, [self._ks.user(uid), self._ks.devices(uid)], [clock.now()])
-            if mode == "access_code":
+            mode = EnrollMode.FIRST if uid is None else await lua.enroll_mode(
+                self._redis, user_key=self._ks.user(uid), devices_key=self._ks.devices(uid), now=clock.now())
+            if mode == EnrollMode.ACCESS_CODE:
                 vouch = VOUCH_ACCESS_CODE
-            elif mode == "approval":
+            elif mode == EnrollMode.APPROVAL:
                 activation = EXISTING_PHONE
         code = new_secret(32)
         eid = ids.new_enrollment_id()
@@ -238,25 +260,25 @@ class Devices:
         aexp = now + cfg.enrollment.approval_ttl_s
         number = secrets.number(cfg.challenges.number_digits)
         context = {"ip": remote_ip} if remote_ip else {}
-        res = await lua.REGISTER_DEVICE(
-            self._redis, [self._ks.user(uid)],
-            [*self._alerts.ledger_args(uid, user, now).argv(), did, enrollment.get("vouch", ""), acid, aexp,
-             aexp + cfg.challenges.retention_s, number, secrets.nonce(16), app,
-             msgspec.json.encode(context).decode() if context else "",
-             msgspec.json.encode(login_context.for_phone(context)).decode() if context else "",
-             *[x for kv in fields.items() for x in kv]],
-            acks=self._acks)
-        await self._alerts.announce(uid, res[1])
-        what = res[0]
-        if what in ("locked", "suspended"):
+        phone_json = msgspec.json.encode(login_context.for_phone(context)).decode() if context else ""
+        res = await lua.register_device(
+            self._redis, self._ks.user(uid), self._alerts.ledger_args(uid, user, now), device_id=did,
+            vouch=enrollment.get("vouch", ""), approval_cid=acid, approval_exp=aexp,
+            approval_expire_at=aexp + cfg.challenges.retention_s, number=number, nonce=secrets.nonce(16),
+            app_id=app, context_json=msgspec.json.encode(context).decode() if context else "",
+            phone_context_json=phone_json,
+            fields=[x for kv in fields.items() for x in kv], acks=self._acks)
+        await self._alerts.announce(uid, res.notes)
+        what = res.result
+        if what in (Registration.LOCKED, Registration.SUSPENDED):
             raise Forbidden(f"this account is {what}: no phone can be added. "
-                            f"{cfg.policy.user_message}", code=what)
-        if what == "rate_limited":
+                            f"{cfg.policy.user_message}", code=what.value)
+        if what == Registration.RATE_LIMITED:
             raise RateLimited("too many sign-in prompts for this user; try again later",
-                              retry_after_s=int(res[2]))
+                              retry_after_s=int(res.detail[0]))
         self._keys[did] = key
-        others = [d for d in str(res[2]).split(",") if d]
-        if what == "pending":
+        others = [d for d in str(res.detail[0]).split(",") if d]
+        if what == Registration.PENDING:
             # the approval prompt is pushed and settled when it expires, like any prompt: one round trip
             pipe = self._redis.pipeline(transaction=False)
             if self._push is not None:
@@ -308,29 +330,29 @@ class Devices:
 
     async def gate(self, dev: AuthedDevice, target: str, mode: str) -> list[Any]:
         """Record the jti and check the device is active (for mode "self", or waiting for approval), then
-        read `target` (see DEVICE_GATE)."""
-        jti_key = self._ks.jti(dev.uid, dev.device_id, dev.jti)
-        dev_key = self._ks.device(dev.uid, dev.device_id)
-        res = await lua.DEVICE_GATE(self._redis, [jti_key, dev_key, target],
-                                    [self._jti_ttl, mode, clock.now(), dev.device_id,
-                                     self._ks.challenge_prefix(dev.uid)])
-        raise_gate_failure(res[0])
-        return list(res[1])
+        read `target` (see `lua/device_gate.lua` for the modes)."""
+        res = await lua.device_gate(
+            self._redis, jti_key=self._ks.jti(dev.uid, dev.device_id, dev.jti),
+            device_key=self._ks.device(dev.uid, dev.device_id), target=target, jti_ttl=self._jti_ttl,
+            mode=mode, now=clock.now(), device_id=dev.device_id,
+            challenge_prefix=self._ks.challenge_prefix(dev.uid))
+        raise_gate_failure(res.result)
+        return res.data
 
     async def update_push_token(self, dev: AuthedDevice, provider: str, token: str) -> None:
         await self.gate(dev, self._ks.device(dev.uid, dev.device_id), "self")
-        res = await lua.UPDATE_PUSH_TOKEN(self._redis, [self._ks.device(dev.uid, dev.device_id)],
-                                          [provider, token, clock.now()], acks=self._acks)
-        if res[0] != "ok":
+        res = await lua.update_push_token(self._redis, self._ks.device(dev.uid, dev.device_id),
+                                          provider=provider, token=token, now=clock.now(), acks=self._acks)
+        if res != TokenUpdate.OK:
             raise BadDeviceRequest("device revoked", code="device_revoked")
 
     async def revoke(self, uid: str, did: str, *, by: str) -> None:
         """Revoke an active phone, or one waiting for approval (its prompt is withdrawn)."""
-        res = await lua.REVOKE_DEVICE(
-            self._redis, [self._ks.devices(uid), self._ks.device(uid, did), self._ks.pending(uid),
-                      self._ks.new_devices(uid)],
-            [did, clock.now(), by, self._ks.challenge_prefix(uid)], acks=self._acks)
-        if res[0] != "ok":
+        res = await lua.revoke_device(
+            self._redis, devices_key=self._ks.devices(uid), device_key=self._ks.device(uid, did),
+            pending_key=self._ks.pending(uid), new_devices_key=self._ks.new_devices(uid), device_id=did,
+            now=clock.now(), by=by, challenge_prefix=self._ks.challenge_prefix(uid), acks=self._acks)
+        if res != Revocation.OK:
             raise NotFound("no such active device")
 
     async def unenroll(self, dev: AuthedDevice) -> None:
@@ -364,15 +386,15 @@ class Devices:
             raise Unprocessable(f"duration_s must be at most {max_s}", code="invalid")
         await self.gate(dev, self._ks.device(dev.uid, dev.device_id), "challenge")
         until = clock.now() + duration_s
-        await lua.PAUSE_PROMPTS(self._redis, [self._ks.user(dev.uid)], [until, dev.device_id, clock.now()],
-                                acks=self._acks)
+        await lua.pause_prompts(self._redis, self._ks.user(dev.uid), until=until, device_id=dev.device_id,
+                                now=clock.now(), acks=self._acks)
         await self._audit_device(dev, "prompts_paused", until=rfc3339(until))
         return until
 
     async def resume(self, dev: AuthedDevice) -> None:
         await self.gate(dev, self._ks.device(dev.uid, dev.device_id), "challenge")
-        await lua.PAUSE_PROMPTS(self._redis, [self._ks.user(dev.uid)], [0, dev.device_id, clock.now()],
-                                acks=self._acks)
+        await lua.pause_prompts(self._redis, self._ks.user(dev.uid), until=0, device_id=dev.device_id,
+                                now=clock.now(), acks=self._acks)
         await self._audit_device(dev, "prompts_resumed")
 
     async def revoke_other(self, dev: AuthedDevice, other: str) -> None:
@@ -383,19 +405,19 @@ class Devices:
         await self.gate(dev, self._ks.device(dev.uid, dev.device_id), "challenge")
         if self._alerts is None:
             raise RuntimeError("Devices was built without an AlertStore")
-        res = await lua.REVOKE_BY_DEVICE(
-            self._redis, [self._ks.user(dev.uid)],
-            [*self._alerts.ledger_args(dev.uid, "", clock.now()).argv(), dev.device_id, other,
-             self._settings.enrollment.revoke_cooldown_s], acks=self._acks)
-        await self._alerts.announce(dev.uid, res[1])
-        if res[0] == "revoked":
-            raise_gate_failure("revoked")
-        if res[0] == "not_found":
+        res = await lua.revoke_by_device(
+            self._redis, self._ks.user(dev.uid), self._alerts.ledger_args(dev.uid, "", clock.now()),
+            by=dev.device_id, target=other, cooldown_s=self._settings.enrollment.revoke_cooldown_s,
+            acks=self._acks)
+        await self._alerts.announce(dev.uid, res.notes)
+        if res.result == RevocationByDevice.REVOKED:
+            raise_gate_failure(Gated.REVOKED)
+        if res.result == RevocationByDevice.NOT_FOUND:
             raise NotFound("no such other device of this user")
-        if res[0] == "cooldown":
+        if res.result == RevocationByDevice.COOLDOWN:
             await self._audit_device(dev, "device_revoke_refused", device_id=other, why="cool-down")
             raise Forbidden(f"a phone added less than {self._settings.enrollment.revoke_cooldown_s // 3600} "
-                            f"hours ago cannot remove an older phone (until {rfc3339(int(res[2]))}); "
+                            f"hours ago cannot remove an older phone (until {rfc3339(int(res.detail[0]))}); "
                             f"{self._settings.policy.user_message}", code="cooldown")
         await self._audit_device(dev, "device_revoked", device_id=other, why="lost or replaced phone")
 
@@ -445,14 +467,16 @@ class Devices:
         return out
 
 
-def raise_gate_failure(status: str) -> None:
-    if status == "ok":
+def raise_gate_failure(result: Gated) -> None:
+    """The error for a device request the gate refused (device_gate.lua's result; other scripts that find
+    the answering phone revoked answer as the gate would)."""
+    if result == Gated.OK:
         return
-    if status == "replay":
+    if result == Gated.REPLAY:
         raise BadDeviceRequest("request replayed (jti seen before)", code="replayed")
-    if status == "revoked":
+    if result == Gated.REVOKED:
         raise BadDeviceRequest("device revoked", code="device_revoked")
-    if status == "pending":
+    if result == Gated.PENDING:
         raise Forbidden("this phone waits for approval on one of your other phones "
                         "(GET /v1/device/activation)", code="device_pending")
     raise BadDeviceRequest("device request refused")

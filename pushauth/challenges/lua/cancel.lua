@@ -1,9 +1,18 @@
--- The login flow gives up on a pending challenge (DEL /v1/challenges/{id}). A prompt that had reached a
--- phone (`seen`: fetched by one; `pd:<device>` = sent: a provider accepted its push) counts as ignored, and
--- every cancellation counts toward prompt_cycling (`on_cancel` in the ledger). A prompt asking to add a
--- phone is no login flow's to cancel.
--- ARGV[7..]: cid, app
--- -> {"ok", NOTES} | {"not_found", NOTES} | {"expired", NOTES} | {"conflict", NOTES, status}
+-- cancel.lua: the login flow gives up on a pending challenge (DELETE /v1/challenges/{id}).
+--
+-- A prompt that had reached a phone (`seen`: fetched by one; `pd:<device>` = sent: a provider accepted its
+-- push) counts as ignored, and every cancellation counts toward prompt_cycling (`on_cancel` in the
+-- ledger). A prompt asking to add a phone is no login flow's to cancel.
+--
+-- KEYS[1]      user   the user hash (routes the call to the user's slot)
+-- ARGV[1..6]          the ledger's (LedgerCall)
+-- ARGV[7]      cid    the challenge's id
+-- ARGV[8]      app    the cancelling application's id
+-- RETURNS
+--   {"ok", NOTES}                cancelled
+--   {"not_found", NOTES}         no such challenge, another application's, or an add_device prompt
+--   {"expired", NOTES}           still pending but past its expiry
+--   {"conflict", NOTES, status}  already decided: its status
 
 --@include pushauth.detection ledger.lua
 

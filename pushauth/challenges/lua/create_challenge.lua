@@ -1,12 +1,32 @@
--- A login flow asks for a prompt. Expired prompts are settled first (ignored_prompts), then lock and
--- suspension (they win over every policy, exempt and shared accounts included), then the account's policy
--- (exempt or shared: no prompt), then the phone's own pause, then a remembered browser (no prompt), then
--- push bombing (refused: 429), then new_context; then the challenge is written.
--- ARGV[7..]: exp, expire_at, cid, network, location, context JSON, app, remembered token id, browser hash,
---            the account kind by the configured patterns ('' | 'shared' | 'exempt'), then field/value pairs
--- -> {"ok", NOTES, "<comma-joined device ids>"} | {"locked"|"suspended"|"not_enrolled"|"remembered", NOTES}
---    | {"rate_limited", NOTES, retry_after_s} | {"paused", NOTES, until}
---    | {"exempt", NOTES, "shared"|"exempt"}
+-- create_challenge.lua: a login flow asks for a prompt (POST /v1/challenges).
+--
+-- Expired prompts are settled first (ignored_prompts), then lock and suspension (they win over every
+-- policy, exempt and shared accounts included), then the account's policy (exempt or shared: no prompt),
+-- then the phone's own pause, then a remembered browser (no prompt), then push bombing (refused: 429),
+-- then new_context; then the challenge is written.
+--
+-- KEYS[1]      user           the user hash (routes the call to the user's slot)
+-- ARGV[1..6]                  the ledger's (LedgerCall)
+-- ARGV[7]      exp            when the prompt expires (Unix seconds)
+-- ARGV[8]      expire_at      when the challenge hash is deleted (exp + retention)
+-- ARGV[9]      cid            the new challenge's id
+-- ARGV[10]     network        the login's network ('' = unknown)
+-- ARGV[11]     location       the login's location ('' = unknown)
+-- ARGV[12]     context        the login context as JSON ('' = none)
+-- ARGV[13]     app            the application's id
+-- ARGV[14]     token_id       a valid remember token's id ('' = none)
+-- ARGV[15]     browser_hash   that token's browser hash ('' = none)
+-- ARGV[16]     account_kind   the account kind by the configured patterns ('' | 'shared' | 'exempt')
+-- ARGV[17..]   fields         field/value pairs of the challenge hash
+-- RETURNS
+--   {"ok", NOTES, devices}             written; devices: the comma-joined ids of the phones it goes to
+--   {"exempt", NOTES, kind}            no prompt: the account is 'shared' or 'exempt' (flag or pattern)
+--   {"remembered", NOTES}              no prompt: the token's browser is remembered for this application
+--   {"locked", NOTES}                  refused: the account is locked
+--   {"suspended", NOTES}               refused: the account's prompts are suspended
+--   {"paused", NOTES, until}           refused: a phone paused the prompts until `until` (Unix seconds)
+--   {"not_enrolled", NOTES}            no active phone
+--   {"rate_limited", NOTES, retry_after_s}   refused: push bombing
 
 --@include pushauth.detection ledger.lua
 

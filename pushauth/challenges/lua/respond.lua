@@ -1,17 +1,32 @@
--- A device answers a challenge (its request already passed DEVICE_GATE, which recorded the jti).
--- Everything that could make the answer invalid is re-checked here, at the moment of the transition, so
--- nothing can change between the check and the write: the device revoked meanwhile, the challenge
--- decided by a concurrent answer, expired, or the account locked or suspended. The rules run in the same
--- step: an alert and the decision it is about are written together.
+-- respond.lua: a phone answers a challenge (POST /v1/device/challenges/{id}/response).
+--
+-- Its request already passed device_gate.lua, which recorded the jti. Everything that could make the
+-- answer invalid is re-checked here, at the moment of the transition, so nothing can change between the
+-- check and the write: the device revoked meanwhile, the challenge decided by a concurrent answer,
+-- expired, or the account locked or suspended. The rules run in the same step: an alert and the decision
+-- it is about are written together.
 -- An answer to a prompt nobody waits for any more (it expired, or the login flow cancelled it) decides
 -- nothing, but a "not me" is still the user saying someone else is signing in: it is recorded, alerted and
 -- contained exactly as on a pending prompt (once per challenge).
--- A challenge with purpose 'add_device' asks an existing phone to approve a new one (DEVICE_LIB): its
--- approval activates the new phone, its denial refuses it.
--- ARGV[7..]: cid, did, status ('approved'|'denied'), reason, answer_ip
--- -> {"ok", NOTES, "<comma-joined devices to push a notice to>"}
---    | {"revoked"|"not_found"|"locked"|"suspended", NOTES}
---    | {"expired", NOTES, "", "recorded"?} | {"conflict", NOTES, status, "recorded"?}
+-- A challenge with purpose 'add_device' asks an existing phone to approve a new one (`device_added` in
+-- device_lib.lua): its approval activates the new phone, its denial refuses it.
+--
+-- KEYS[1]      user        the user hash (routes the call to the user's slot)
+-- ARGV[1..6]               the ledger's (LedgerCall)
+-- ARGV[7]      cid         the challenge's id
+-- ARGV[8]      did         the answering phone's id
+-- ARGV[9]      status      'approved' | 'denied'
+-- ARGV[10]     reason      '-' (approved) | 'not_me' | 'mistake' | 'wrong_number'
+-- ARGV[11]     answer_ip   the phone's address ('-' = unknown)
+-- RETURNS
+--   {"ok", NOTES, notify}                    decided; notify: the comma-joined phones to push a
+--                                            `device_added` notice to ('' unless a new phone was approved)
+--   {"revoked", NOTES}                       the answering phone is no longer active
+--   {"not_found", NOTES}                     no such challenge, or not sent to this phone
+--   {"locked", NOTES} | {"suspended", NOTES} an approval the account cannot take
+--   {"expired", NOTES, "", "recorded"?}      too late; "recorded": a "not me" was taken all the same
+--   {"conflict", NOTES, status, "recorded"?} already decided (status), or cancelled ("cancelled": the
+--                                            login flow withdrew it, or the new phone withdrew)
 
 --@include pushauth.detection ledger.lua
 --@include pushauth.devices device_lib.lua

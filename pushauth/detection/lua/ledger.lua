@@ -1,17 +1,29 @@
--- The ledger: Lua functions the transition scripts include (see `store.scripts.with_ledger`). The
--- including script sets, before calling any of them:
---   UP    the user's key prefix "<p>:{<uid>}:" (every key below shares the user's hash tag, so this works
---         unchanged on Redis Cluster)
---   NOW   integer Unix seconds        CFG   the decoded `ledger_config`
---   AID   a fresh alert id, used if an event opens a new incident
---   USER  the canonical user name     CHAN  the pub/sub channel that wakes waiting login flows
--- and returns NOTES (the "<alert id>|<version>" pairs to announce) with its result.
+-- ledger.lua: the detection ledger. A library, not a script: included with
+--   --@include pushauth.detection ledger.lua
+-- by every script that evaluates detection rules or writes alerts (the challenge scripts, the device
+-- scripts that add or revoke a phone, the account scripts), before their own code. Its top-level locals
+-- become the including script's. Python side: `pushauth.detection.ledger` (LedgerCall, LedgerReply);
+-- rules and thresholds: `pushauth.detection.rules`.
 --
--- The scripts below that evaluate detection rules include the ledger (`pushauth.detection.rules.LEDGER`). They
--- share one calling convention: KEYS[1] = the user hash (it routes the call to the user's slot; every
--- other key is built from UP and shares its hash tag), ARGV[1..6] = UP, NOW, CFG, AID, USER (empty: read
--- it from the user hash), CHAN, then their own arguments. Each returns {result, NOTES, ...}: NOTES are the
--- alerts to announce (`pushauth.alerts.store.AlertStore.announce`).
+-- NEEDS (the calling convention of every including script)
+--   KEYS[1]      user   the user hash: it routes the call to the user's slot; every other key is built
+--                       from UP and shares its hash tag, so this works unchanged on Redis Cluster
+--   ARGV[1]      UP     the user's key prefix "<p>:{<uid>}:"
+--   ARGV[2]      NOW    integer Unix seconds
+--   ARGV[3]      CFG    `rules.ledger_config` as JSON
+--   ARGV[4]      AID    a fresh alert id, used if an event opens a new incident
+--   ARGV[5]      USER   the canonical user name ('' = read it from the user hash)
+--   ARGV[6]      CHAN   the pub/sub channel that wakes waiting login flows
+--   ARGV[7..]           the including script's own arguments
+-- DEFINES
+--   values      UP, NOW, CFG (decoded), AID, USER, CHAN as above; SEV (severity ranks); NOTES (the
+--               "<alert id>|<version>" pairs to announce: the including script returns them second,
+--               {result, NOTES, detail...}, for `AlertStore.announce`); CONTAINED (actions taken)
+--   functions   uk(suffix) -> a user key; hist_add, hist_count (the user's event history); ch_evidence
+--               (a challenge as alert evidence); raise (an event into the open incident, or a new one);
+--               contained; deny_open; suspend; not_me; lock; fail (a lockout failure); gate_state (lock and
+--               suspension now, lifting expired ones); ignored; settle (expired prompts); on_denial;
+--               window_block; bombing (push bombing); on_cancel (prompt_cycling)
 
 local UP, NOW, CFG = ARGV[1], tonumber(ARGV[2]), cjson.decode(ARGV[3])
 local AID, USER, CHAN = ARGV[4], ARGV[5], ARGV[6]
@@ -240,7 +252,7 @@ end
 
 -- A per-user limit of `limit` entries of `kind` in `window` seconds (counted after the `reset` mark): when
 -- it is reached, since when and until when it refuses, and the entries; else nil. The one rule for
--- refusing, for the user view's blocks (USER_BLOCKS) and for what an unlock or exemption finds active.
+-- refusing, for the user view's blocks (user_blocks.lua) and for what an unlock or exemption finds active.
 local function window_block(kind, window, limit, reset)
   local n, found = hist_count(window, {[kind] = true}, reset)
   if n < limit then return nil end

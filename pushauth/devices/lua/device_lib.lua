@@ -1,5 +1,11 @@
--- Activating a phone, shared by registration (a first phone, or one the security team vouched for) and by
--- the answer that approves a further phone from an existing one. Included after the ledger.
+-- device_lib.lua: activating a phone. A library, not a script: included with
+--   --@include pushauth.devices device_lib.lua
+-- by register_device.lua (a first phone, or one the security team vouched for) and by
+-- challenges/lua/respond.lua (an existing phone approves a further one).
+--
+-- NEEDS     the ledger (it includes pushauth.detection ledger.lua itself, first; a script that included it
+--           already gets it once): UP, NOW, uk, raise, and KEYS/ARGV[1..6] as the ledger needs them
+-- DEFINES   device_added(did, how) -> the phones to push a `device_added` notice to
 
 --@include pushauth.detection ledger.lua
 

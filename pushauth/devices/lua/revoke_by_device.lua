@@ -1,9 +1,19 @@
--- One of the user's phones revokes another (lost or replaced). A phone activated less than the cool-down
--- ago cannot revoke a phone older than itself, unless the security team allowed it (`may_revoke`): a
--- phished password plus an approval tricked out of the user must not end with the real phone removed.
--- Either way the security team hears of it (high).
--- ARGV[7..]: revoking device, target device, cool-down seconds
--- -> {"ok", NOTES} | {"revoked", NOTES} | {"not_found", NOTES} | {"cooldown", NOTES, until}
+-- revoke_by_device.lua: one of the user's phones revokes another (lost or replaced).
+--
+-- A phone activated less than the cool-down ago cannot revoke a phone older than itself, unless the
+-- security team allowed it (`may_revoke`): a phished password plus an approval tricked out of the user must
+-- not end with the real phone removed. Either way the security team hears of it (high).
+--
+-- KEYS[1]      user       the user hash (routes the call to the user's slot)
+-- ARGV[1..6]              the ledger's (LedgerCall)
+-- ARGV[7]      by         the revoking device's id
+-- ARGV[8]      target     the device to revoke
+-- ARGV[9]      cooldown   seconds a new phone cannot revoke an older one (0 = no cool-down)
+-- RETURNS
+--   {"ok", NOTES}                revoked
+--   {"revoked", NOTES}           the revoking phone itself is no longer active
+--   {"not_found", NOTES}         the target is not an active device
+--   {"cooldown", NOTES, until}   refused until `until` (Unix seconds)
 
 --@include pushauth.detection ledger.lua
 
