@@ -244,9 +244,9 @@ local function on_denial(cid, kind, sev, extra)
   raise(kind, sev, ev)
   local count, found = hist_count(CFG.rep_win, {deny = true, wrong = true})
   if count >= CFG.rep_n then
-    local ev = ch_evidence(cid)
-    ev.denials = found
-    raise('repeated_denials', 'high', ev)
+    local rep = ch_evidence(cid)  -- its own evidence table: the per-event alert keeps its own
+    rep.denials = found
+    raise('repeated_denials', 'high', rep)
   end
 end
 
