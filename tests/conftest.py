@@ -11,16 +11,16 @@ from pathlib import Path
 import aiohttp
 import pytest
 import redis
-
-# tests/ is not a package; pytest's default --import-mode=prepend puts it on sys.path.
-from redis_cluster import RedisCluster
-from redis_server import RedisServer
 from support import Clock, LoginFlow, RunningServer, free_port, make_settings, start_server
 
 import pushauth.clock
 from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.crypto.keys import KeyRing
 from pushauth.phone import Phone
+
+# tests/ is not a package; pytest's default --import-mode=prepend puts it on sys.path.
+from testkit.redis_cluster import RedisCluster
+from testkit.redis_server import RedisServer
 
 # ---------------------------------------------------------------------------
 # Redis
@@ -29,7 +29,7 @@ from pushauth.phone import Phone
 # redis_url      (function) URL of that server, emptied with FLUSHALL before each test.
 # private_redis  (function) a redis-server of the test's own, appendonly=True, for tests that
 #                           stop / kill / restart Redis; stopped afterwards.
-# cluster        (module)   a real Redis Cluster, 3 masters and 3 replicas (tests/redis_cluster.py);
+# cluster        (module)   a real Redis Cluster, 3 masters and 3 replicas (testkit/redis_cluster.py);
 #                           a module of its own each, as the failover tests kill and restart nodes.
 # ---------------------------------------------------------------------------
 

@@ -19,8 +19,6 @@ from typing import cast
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from redis_cluster import RedisCluster
-from redis_server import RedisServer
 from support import ADMIN_TOKEN, LoginFlow, RunningServer, free_port, make_settings, start_server
 
 from pushauth import ids
@@ -31,6 +29,8 @@ from pushauth.push import Outcome, OutcomeKind, PushMessage
 from pushauth.push.dispatch import SET_DELIVERY, PushDelivery
 from pushauth.store import KeySpace, open_redis
 from pushauth.store.streams import StreamNames
+from testkit.redis_cluster import RedisCluster
+from testkit.redis_server import RedisServer
 
 USER = "dave@nhs.net"
 TOKEN = "fcm-token-dave-0001"
