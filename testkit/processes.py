@@ -1,4 +1,5 @@
-"""Real OS processes for tests: `pushauth serve`, the workers, redis-server.
+"""Real OS processes for tests: `pushauth serve`, the workers, redis-server (bench/ reuses the
+parent-death signal, `set_parent_death_signal`, for its own pinned children).
 
 Every child gets PR_SET_PDEATHSIG (Linux): if the test process dies, even by SIGKILL, the kernel kills
 the child too, so a crashed or interrupted run leaves nothing running. A child's stdout and stderr go to
