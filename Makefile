@@ -1,8 +1,9 @@
 # pushauth developer commands. Everything runs from the repo-local virtualenv in .venv/.
 #   make test    install redis-server and chromium if missing, then run the test suite (real Redis processes
 #                started by the tests; the console's browser tests drive /usr/bin/chromium)
-#   make test-fast  the developers' loop: the suite without the slow process-level files (Cluster, Sentinel,
-#                the whole deployment, schemathesis, the browser, push end to end), stopping at the first failure
+#   make test-fast  the developers' loop, under 30 s: every test that needs no Redis, no pushauth server, no
+#                browser and no child process (pytest -m "not integration"; tests/conftest.py sets the
+#                marker), stopping at the first failure. Installs nothing beyond the virtualenv
 #   make lint    ruff + mypy (strict; configured in pyproject.toml) + luacheck over the Redis scripts, each as
 #                Redis gets it (scripts/lint-lua, .luacheckrc; installs Debian's lua-check if missing)
 #   make demo    run the local demo
@@ -39,9 +40,8 @@ ensure-luacheck:
 test: venv ensure-redis ensure-chromium
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-SLOW_TESTS := test_cluster test_sentinel test_topology test_schemathesis test_console test_push_e2e test_durability
-test-fast: venv ensure-redis
-	$(BIN)/pytest -x $(addprefix --ignore=tests/,$(addsuffix .py,$(SLOW_TESTS))) $(PYTEST_ARGS)
+test-fast: venv
+	$(BIN)/pytest -x -m "not integration" $(PYTEST_ARGS)
 
 lint: venv ensure-luacheck
 	$(BIN)/ruff check . && $(BIN)/mypy && $(BIN)/python scripts/lint-lua

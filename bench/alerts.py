@@ -35,8 +35,6 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from bench.cycle import (
     API_KEY,
     HOST,

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import importlib.util
 import math
 import os
@@ -55,6 +54,7 @@ from pushauth.crypto import device_auth
 from pushauth.crypto.secrets import sha256_hex
 from pushauth.phone import Phone, PhoneError, ServerRejected
 from pushauth.store.keyspace import KeySpace
+from testkit.processes import set_parent_death_signal
 
 HOST = "127.0.0.1"
 API_KEY = "bench-api-key-" + "0" * 32
@@ -88,20 +88,6 @@ def now() -> float:
 # -- child processes -----------------------------------------------------------------------------------------
 
 
-def _load_prctl() -> Callable[..., int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
-        return prctl
-    except (OSError, AttributeError):
-        return None
-
-
-_PRCTL = _load_prctl()
-_PR_SET_PDEATHSIG = 1
-
-
 def _preexec(cpu: int | None) -> Callable[[], None]:
     """Runs in the forked child before exec: pin to `cpu`, and have the kernel send SIGTERM to the child if
     this benchmark dies without cleaning up (Ctrl-C twice, SIGKILL)."""
@@ -109,8 +95,7 @@ def _preexec(cpu: int | None) -> Callable[[], None]:
     def hook() -> None:  # pragma: no cover - runs in the child
         if cpu is not None:
             os.sched_setaffinity(0, {cpu})
-        if _PRCTL is not None:
-            _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        set_parent_death_signal(signal.SIGTERM)
 
     return hook
 
@@ -747,7 +732,7 @@ def _bucket(frames: Sequence[str]) -> str:
     return EVENT_LOOP
 
 
-def _short(frame: str) -> str:
+def short_frame(frame: str) -> str:
     """`func (/long/path/site-packages/pkg/mod.py:12)` -> `func (pkg/mod.py:12)`."""
     i = frame.rfind(" (")
     if i < 0:
@@ -772,7 +757,7 @@ def analyse_pyspy(raw_path: Path, top: int) -> dict[str, Any]:
         if not stack or not count.isdigit():
             continue
         n = int(count)
-        frames = [_short(f) for f in stack.split(";")]
+        frames = [short_frame(f) for f in stack.split(";")]
         # py-spy puts the thread name first when --threads is on; we do not use it.
         total += n
         self_c[frames[-1]] += n
@@ -799,7 +784,7 @@ def analyse_cprofile(prof_path: Path, top: int) -> dict[str, Any]:
     total = sum(v[2] for v in raw.values()) or 1.0
 
     def name(k: tuple[str, int, str]) -> str:
-        return _short(f"{k[2]} ({k[0]}:{k[1]})")
+        return short_frame(f"{k[2]} ({k[0]}:{k[1]})")
 
     by_self = sorted(raw.items(), key=lambda kv: kv[1][2], reverse=True)[:top]
     by_cum = sorted(raw.items(), key=lambda kv: kv[1][3], reverse=True)[: top * 3]
@@ -1349,7 +1334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["elapsed_s"] = round(time.monotonic() - started, 1)
         print(f"total time: {results['elapsed_s']:.0f} s")
         if args.json is not None:
-            args.json.write_text(msgspec.json.format(msgspec.json.encode(_jsonable(results))).decode() + "\n")
+            args.json.write_text(msgspec.json.format(msgspec.json.encode(jsonable(results))).decode() + "\n")
             print(f"results written to {args.json}")
         if args.keep_tmp or args.profile:
             print(f"temp dir kept: {tmp}")
@@ -1358,15 +1343,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return rc
 
 
-def _jsonable(x: Any) -> Any:
+def jsonable(x: Any) -> Any:
     if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
         return None
     if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
+        return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
+        return [jsonable(v) for v in x]
     if hasattr(x, "__dataclass_fields__"):
-        return _jsonable(asdict(x))
+        return jsonable(asdict(x))
     return x
 
 

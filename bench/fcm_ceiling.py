@@ -2,7 +2,7 @@
 """The ceiling of firebase-admin's async send path on one core, with no pushauth code at all (issue 3).
 
 Not a test. `.venv/bin/python bench/fcm_ceiling.py` (root: the push sandbox needs a mount namespace and
-port 443). The fake FCM of tests/fakes runs in this process on CPU 1; a child process on CPU 0, in the
+port 443). The fake FCM of testkit/fakes runs in this process on CPU 1; a child process on CPU 0, in the
 sandbox (its /etc/hosts sends fcm.googleapis.com to the fake; the test CA is its trust store), does
 nothing but call `messaging.send_each_async` the way FcmProvider does: the same app options, messages
 like pushauth's (a 163-character token, the contract's data, Android priority high and a ttl), at a
@@ -32,13 +32,10 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-for _p in (str(REPO / "tests"), str(REPO)):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
+from testkit.fakes.fcm import FakeFCM
+from testkit.fakes.sandbox import PrivateHosts, TestCA, available
 
-from fakes.fcm import FakeFCM  # noqa: E402
-from fakes.sandbox import PrivateHosts, TestCA, available  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 FAKE_CPU, CLIENT_CPU = 1, 0
 

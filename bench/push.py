@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Push delivery benchmark (issue 3). Not a test: run it with `.venv/bin/python bench/push.py --help`.
 
-What issue 3 asks for, measured against the local fakes (tests/fakes) with the real clients:
+What issue 3 asks for, measured against the local fakes (testkit/fakes) with the real clients:
 
     throughput   pushes/s that ONE `python -m workers.push` process sustains, FCM and APNs separately
                  (and mixed): N phones enrolled through the API, M challenges created through the API
@@ -15,7 +15,7 @@ What issue 3 asks for, measured against the local fakes (tests/fakes) with the r
                  the fake received them; APNs's JSON body (raw DATA bytes) and the HPACK header block.
 
 Processes: redis-server, one `pushauth serve` (the API: it only enqueues) and one push worker, in the
-sandbox of tests/fakes/sandbox.py (a private /etc/hosts maps fcm.googleapis.com and Apple's names to the
+sandbox of testkit/fakes/sandbox.py (a private /etc/hosts maps fcm.googleapis.com and Apple's names to the
 fakes, SSL_CERT_FILE trusts the test CA; nothing in the clients is patched). The fakes run inside this
 process. Pinning: the worker on CPU 0; server, Redis, the fakes and this load generator on CPU 1 (the
 server is moved to CPU 0 while phones are enrolled and challenges bulk-created, when no worker runs).
@@ -53,27 +53,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-for _p in (str(REPO / "tests"), str(REPO)):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
+import aiohttp
+import msgspec
+import redis.asyncio as aioredis
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from hpack import Encoder, NeverIndexedHeaderTuple
 
-import aiohttp  # noqa: E402
-import msgspec  # noqa: E402
-import redis.asyncio as aioredis  # noqa: E402
-from cryptography.hazmat.primitives import serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from fakes.apns import Answer, FakeAPNs, SeenRequest, _H2Server, _Stream  # noqa: E402
-from fakes.fcm import FakeFCM, SendRecord  # noqa: E402
-from fakes.sandbox import (  # noqa: E402
-    HTTPS_PORT,
-    PrivateHosts,
-    TestCA,
-    available,
-)
-from hpack import Encoder, NeverIndexedHeaderTuple  # noqa: E402
-
-from bench.cycle import (  # noqa: E402
+from bench.cycle import (
     ADMIN_TOKEN,
     API_KEY,
     APP_ID,
@@ -81,26 +68,37 @@ from bench.cycle import (  # noqa: E402
     PREFIX,
     Child,
     Load,
-    _jsonable,
-    _short,
     calibrate,
     core_jiffies,
     find_pyspy,
     fmt,
     free_port,
+    jsonable,
     now,
     percentile,
     print_calibration,
     proc_cpu_s,
     self_cpu_s,
+    short_frame,
     source_tree,
     start_redis,
     wait_http,
 )
-from pushauth import ids  # noqa: E402
-from pushauth.crypto.secrets import sha256_hex  # noqa: E402
-from pushauth.phone import Phone  # noqa: E402
-from pushauth.store.keyspace import KeySpace  # noqa: E402
+from pushauth import ids
+from pushauth.crypto.secrets import sha256_hex
+from pushauth.phone import Phone
+from pushauth.store.keyspace import KeySpace
+from testkit.fakes.apns import Answer, FakeAPNs, SeenRequest
+from testkit.fakes.fcm import FakeFCM, SendRecord
+from testkit.fakes.h2server import H2Request, H2ServerProtocol
+from testkit.fakes.sandbox import (
+    HTTPS_PORT,
+    PrivateHosts,
+    TestCA,
+    available,
+)
+
+REPO = Path(__file__).resolve().parent.parent
 
 WORKER_CPU = 0
 REST_CPU = 1
@@ -130,7 +128,7 @@ class BenchAPNs(FakeAPNs):
         super().__init__(ca, **kwargs)
         self.body_sizes: list[int] = []
 
-    def _answer_for(self, conn: _H2Server, stream: _Stream) -> tuple[Answer, SeenRequest]:
+    def _answer_for(self, conn: H2ServerProtocol, stream: H2Request) -> tuple[Answer, SeenRequest]:
         out = super()._answer_for(conn, stream)
         self.body_sizes.append(len(stream.body))
         return out
@@ -860,7 +858,7 @@ def analyse_profile(raw: Path, top: int) -> dict[str, Any]:
             idle_threads += n
             continue
         total += n
-        short = [_short(f) for f in frames]
+        short = [short_frame(f) for f in frames]
         self_c[short[-1]] += n
         for f in set(short):
             incl[f] += n
@@ -1477,7 +1475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["elapsed_s"] = round(time.monotonic() - started, 1)
         print(f"total time: {results['elapsed_s']:.0f} s")
         if args.json is not None:
-            args.json.write_text(msgspec.json.format(msgspec.json.encode(_jsonable(results))).decode() + "\n")
+            args.json.write_text(msgspec.json.format(msgspec.json.encode(jsonable(results))).decode() + "\n")
             print(f"results written to {args.json}")
         if args.keep_tmp or args.profile:
             print(f"temp dir kept: {tmp}")

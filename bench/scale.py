@@ -28,12 +28,8 @@ from typing import Any
 
 import aiohttp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from redis_cluster import RedisCluster
-
 from bench.cycle import HOST, Child, Load, VPhone, free_port, start_redis, summarise, wait_http, write_config
+from testkit.redis_cluster import RedisCluster
 
 
 def config_for(tmp: Path, i: int, port: int, redis_port: int, cluster_url: str | None,

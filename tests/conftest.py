@@ -1,6 +1,6 @@
-"""Shared pytest fixtures.
+"""Shared pytest fixtures, and the `integration` marker that `make test-fast` leaves out.
 
-Sections: Redis (a real redis-server per test session) below. App fixtures go in their own section.
+Sections: the marker; Redis (a real redis-server per test session); pushauth servers.
 """
 
 from __future__ import annotations
@@ -13,14 +13,54 @@ import pytest
 import redis
 
 # tests/ is not a package; pytest's default --import-mode=prepend puts it on sys.path.
-from redis_cluster import RedisCluster
-from redis_server import RedisServer
 from support import Clock, LoginFlow, RunningServer, free_port, make_settings, start_server
 
 import pushauth.clock
 from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.crypto.keys import KeyRing
 from pushauth.phone import Phone
+from testkit.redis_cluster import RedisCluster
+from testkit.redis_server import RedisServer
+
+# ---------------------------------------------------------------------------
+# The `integration` marker (pyproject.toml): a test that needs a real redis-server, a pushauth server, a
+# browser or child processes. `make test-fast` runs `pytest -m "not integration"`; `make test` runs all.
+#
+# Set here, never by hand: a test is integration when it uses one of INTEGRATION_FIXTURES (directly or
+# through another fixture), or when its module holds one of the process helpers (INTEGRATION_HELPERS:
+# the module starts them itself), or when it is listed in INTEGRATION_TESTS (child processes started
+# with nothing above to show for it).
+# ---------------------------------------------------------------------------
+
+INTEGRATION_FIXTURES = frozenset({"redis_server", "redis_url", "private_redis", "cluster", "server"})
+# (module, name): compared by name, so that this file need not import playwright.
+INTEGRATION_HELPERS = frozenset({
+    ("testkit.redis_server", "RedisServer"), ("testkit.redis_cluster", "RedisCluster"),
+    ("testkit.redis_sentinel", "RedisSentinelSet"), ("testkit.processes", "Child"),
+    ("testkit.fakes.sandbox", "PrivateHosts"), ("browser", "chromium"),
+})
+INTEGRATION_TESTS = frozenset({
+    "test_make.py::test_ci_runs_make_test_and_fails_when_a_test_fails",  # .ci/run: make test in a child
+    "test_cli.py::test_demo_smoke",  # `pushauth demo` in a child process
+})
+
+
+def _starts_processes(module: object) -> bool:
+    names = {(getattr(value, "__module__", None), getattr(value, "__qualname__", None))
+             for value in vars(module).values()}
+    return not names.isdisjoint(INTEGRATION_HELPERS)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    mark = pytest.mark.integration
+    for item in items:
+        module = getattr(item, "module", None)
+        fixtures = set(getattr(item, "fixturenames", ()))
+        named = f"{item.path.name}::{item.originalname if isinstance(item, pytest.Function) else item.name}"
+        if (fixtures & INTEGRATION_FIXTURES or named in INTEGRATION_TESTS
+                or (module is not None and _starts_processes(module))):
+            item.add_marker(mark)
+
 
 # ---------------------------------------------------------------------------
 # Redis
@@ -29,7 +69,7 @@ from pushauth.phone import Phone
 # redis_url      (function) URL of that server, emptied with FLUSHALL before each test.
 # private_redis  (function) a redis-server of the test's own, appendonly=True, for tests that
 #                           stop / kill / restart Redis; stopped afterwards.
-# cluster        (module)   a real Redis Cluster, 3 masters and 3 replicas (tests/redis_cluster.py);
+# cluster        (module)   a real Redis Cluster, 3 masters and 3 replicas (testkit/redis_cluster.py);
 #                           a module of its own each, as the failover tests kill and restart nodes.
 # ---------------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
 """Drive one real push provider from a child process (which the tests start inside the sandbox, see
-tests/fakes/sandbox.py) and print what each send came back as.
+testkit/fakes/sandbox.py) and print what each send came back as.
 
     python tests/push_driver.py '<push settings as JSON>'  < requests.jsonl  > outcomes.jsonl
 

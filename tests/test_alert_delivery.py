@@ -21,8 +21,6 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
-from processes import Child
-from redis_server import RedisServer
 from standardwebhooks.webhooks import Webhook
 from support import ADMIN_TOKEN, LoginFlow, RunningServer, eventually, free_port, make_settings, start_server
 
@@ -31,6 +29,8 @@ from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.phone import Phone
 from pushauth.store import reads
 from pushauth.store.streams import StreamNames
+from testkit.processes import Child
+from testkit.redis_server import RedisServer
 
 SECRET = "whsec_" + base64.b64encode(b"pushauth-test-webhook-secret-32b").decode()
 SINK = "siem-hook"

@@ -1,4 +1,4 @@
-"""Alert sinks against real receivers on 127.0.0.1 (tests/fakes/receivers.py): Standard Webhooks checked
+"""Alert sinks against real receivers on 127.0.0.1 (testkit/fakes/receivers.py): Standard Webhooks checked
 by the reference `standardwebhooks` library, Slack and Teams payload shapes, RFC 5424 syslog over UDP,
 TCP and TLS parsed strictly, SMTP through aiosmtpd with STARTTLS. Nothing of the sinks is mocked.
 
@@ -20,17 +20,6 @@ from typing import Any
 import msgspec
 import pytest
 import structlog
-from fakes.receivers import (
-    HttpReceiver,
-    Reply,
-    SmtpReceiver,
-    SyslogStreamReceiver,
-    SyslogUdpReceiver,
-    slack_check,
-    standard_webhooks_check,
-    teams_check,
-)
-from fakes.sandbox import TestCA
 from support import free_port
 
 from pushauth.alerts.settings import SinkSettings
@@ -49,6 +38,17 @@ from pushauth.alerts.sinks.teams import TeamsSink
 from pushauth.alerts.sinks.webhook import WebhookSink
 from pushauth.errors import ConfigError
 from pushauth.logs import configure
+from testkit.fakes.receivers import (
+    HttpReceiver,
+    Reply,
+    SmtpReceiver,
+    SyslogStreamReceiver,
+    SyslogUdpReceiver,
+    slack_check,
+    standard_webhooks_check,
+    teams_check,
+)
+from testkit.fakes.sandbox import TestCA
 
 DELIVERED, RETRY, GONE = SinkOutcomeKind.DELIVERED, SinkOutcomeKind.RETRY, SinkOutcomeKind.GONE
 SECRET = "whsec_" + base64.b64encode(b"pushauth-test-secret-0123456789ab").decode()

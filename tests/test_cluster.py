@@ -1,4 +1,4 @@
-"""pushauth on a real local Redis Cluster (3 masters, 3 replicas; tests/redis_cluster.py): the contract's
+"""pushauth on a real local Redis Cluster (3 masters, 3 replicas; testkit/redis_cluster.py): the contract's
 flows across two server instances, the detection rules, the alert and expiry workers, and a master
 failover in the middle of sign-ins.
 
@@ -20,7 +20,6 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from redis_cluster import RedisCluster
 from support import (
     ADMIN_TOKEN,
     ApprovalLoad,
@@ -35,6 +34,7 @@ from support import (
 from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.phone import Phone, ServerRejected
 from pushauth.store import KeySpace
+from testkit.redis_cluster import RedisCluster
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -19,7 +19,6 @@ import aiohttp
 import pytest
 from browser import Problems, chromium, new_page, screenshot
 from playwright.async_api import Browser, Page, expect
-from redis_server import RedisServer
 from support import (
     ADMIN_TOKEN,
     API_KEY,
@@ -36,6 +35,7 @@ from pushauth.errors import ConfigError
 from pushauth.phone import Phone
 from pushauth.web import console
 from pushauth.web.console_html import CSP
+from testkit.redis_server import RedisServer
 
 USER = "alice@nhs.net"
 WHO = "admin:" + sha256_hex(ADMIN_TOKEN)[:12]

@@ -20,7 +20,6 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
-from redis_server import RedisServer
 from support import LoginFlow, RunningServer, free_port, make_settings, start_server
 
 from pushauth.config import from_mapping
@@ -28,6 +27,7 @@ from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.errors import ConfigError
 from pushauth.phone import Phone, ServerRejected
 from pushauth.store import KeySpace
+from testkit.redis_server import RedisServer
 
 USER = "ward7@nhs.net"
 TIMEOUT_MS = 300

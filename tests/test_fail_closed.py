@@ -17,7 +17,6 @@ from typing import Any
 import aiohttp
 import pytest
 import redis
-from redis_server import RedisServer
 from support import LoginFlow, RunningServer, free_port, make_settings, start_server
 
 from pushauth.challenges.scripts import CREATE_CHALLENGE, RESPOND
@@ -25,6 +24,7 @@ from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.devices.scripts import DEVICE_GATE
 from pushauth.phone import Challenge, Phone, ServerRejected
 from pushauth.web.app import EVENTS
+from testkit.redis_server import RedisServer
 
 USER = "carol@nhs.net"
 REQUEST_LIMIT_S = 3.0  # store timeouts are 0.5 s (connect) and 1 s (socket) in the test settings

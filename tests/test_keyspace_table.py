@@ -23,12 +23,6 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 from cryptography.hazmat.primitives.asymmetric import ec
-from fakes import sandbox
-from fakes.apns import FakeAPNs, write_p8
-from fakes.fcm import FakeFCM
-from fakes.receivers import HttpReceiver, standard_webhooks_check
-from fakes.sandbox import PrivateHosts, TestCA
-from processes import Child
 from support import (
     ADMIN_TOKEN,
     AdminClient,
@@ -44,6 +38,12 @@ from support import (
 from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.phone import Phone
 from pushauth.store.keyspace import HASH_FIELDS, KEYS, KeySpec, describe, field_spec
+from testkit.fakes import sandbox
+from testkit.fakes.apns import FakeAPNs, write_p8
+from testkit.fakes.fcm import FakeFCM
+from testkit.fakes.receivers import HttpReceiver, standard_webhooks_check
+from testkit.fakes.sandbox import PrivateHosts, TestCA
+from testkit.processes import Child
 
 if (why := sandbox.available()) is not None:
     pytest.skip(why, allow_module_level=True)

@@ -19,7 +19,6 @@ from typing import IO, Any
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from redis_server import RedisServer
 from structlog.testing import capture_logs
 from support import (
     ADMIN_TOKEN,
@@ -42,6 +41,7 @@ from pushauth.phone import Phone, PhoneError, ServerRejected, parse_enroll_uri
 from pushauth.runtime import stop_task
 from pushauth.store import KeySpace, heartbeats
 from pushauth.store.connection import describe
+from testkit.redis_server import RedisServer
 
 REPO = Path(__file__).resolve().parent.parent
 

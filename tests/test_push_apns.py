@@ -1,6 +1,6 @@
 """The APNs provider through the real aioapns client, against a fake APNs that speaks HTTP/2 over TLS.
 
-The provider runs in a child process (tests/push_driver.py) inside the sandbox of tests/fakes/sandbox.py,
+The provider runs in a child process (tests/push_driver.py) inside the sandbox of testkit/fakes/sandbox.py,
 where Apple's host names resolve to the fake and the test CA is trusted; nothing in aioapns is patched.
 The few tests that need no network (credential files, the error table) run in-process.
 """
@@ -23,8 +23,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
-from fakes import sandbox
-from fakes.apns import (
+
+from pushauth import ids
+from pushauth.config import ApnsSettings
+from pushauth.errors import ConfigError
+from pushauth.push import Outcome, OutcomeKind, PushMessage
+from pushauth.push.apns import REASONS, ApnsProvider, classify
+from pushauth.push.base import CHALLENGE_ALERT as ALERT
+from testkit.fakes import sandbox
+from testkit.fakes.apns import (
     DROP,
     ERRORS,
     HANG,
@@ -33,14 +40,7 @@ from fakes.apns import (
     FakeAPNs,
     write_p8,
 )
-from fakes.sandbox import APNS_DEVELOPMENT_HOST, APNS_PRODUCTION_HOST, PrivateHosts
-
-from pushauth import ids
-from pushauth.config import ApnsSettings
-from pushauth.errors import ConfigError
-from pushauth.push import Outcome, OutcomeKind, PushMessage
-from pushauth.push.apns import REASONS, ApnsProvider, classify
-from pushauth.push.base import CHALLENGE_ALERT as ALERT
+from testkit.fakes.sandbox import APNS_DEVELOPMENT_HOST, APNS_PRODUCTION_HOST, PrivateHosts
 
 REPO = Path(__file__).resolve().parents[1]
 KEY_ID, TEAM_ID, TOPIC = "ABC123DEFG", "TEAM123456", "org.pushauth.app"

@@ -1,7 +1,7 @@
 """The real push worker process (`python -m workers.push`) with the real firebase-admin client, against
 the fake FCM, a real Redis and a real server: end to end, and `kill -9` in the middle of a batch.
 
-The worker runs in the sandbox (tests/fakes/sandbox.py): its own mount namespace maps fcm.googleapis.com
+The worker runs in the sandbox (testkit/fakes/sandbox.py): its own mount namespace maps fcm.googleapis.com
 to the fake and trusts the test CA; nothing in the client is patched.
 """
 
@@ -14,15 +14,15 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from fakes import fcm, sandbox
-from fakes.fcm import FakeFCM
-from fakes.sandbox import PrivateHosts, TestCA
-from processes import Child
 from support import API_KEY, LoginFlow, RunningServer, free_port, make_settings, start_server
 
 from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.crypto.secrets import sha256_hex
 from pushauth.phone import Phone
+from testkit.fakes import fcm, sandbox
+from testkit.fakes.fcm import FakeFCM
+from testkit.fakes.sandbox import PrivateHosts, TestCA
+from testkit.processes import Child
 
 if (why := sandbox.available()) is not None:
     pytest.skip(why, allow_module_level=True)

@@ -1,6 +1,6 @@
-"""FCM delivery through the real firebase-admin client, against the protocol fake in tests/fakes/fcm.py.
+"""FCM delivery through the real firebase-admin client, against the protocol fake in testkit/fakes/fcm.py.
 
-Every send here runs in a child process (tests/push_driver.py) inside the sandbox of tests/fakes/sandbox.py:
+Every send here runs in a child process (tests/push_driver.py) inside the sandbox of testkit/fakes/sandbox.py:
 fcm.googleapis.com resolves to the fake and the test CA is the trust store; the OAuth2 token endpoint is the
 `token_uri` of a service-account file the fake writes. Nothing in firebase-admin, google-auth or httpx is
 patched.
@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes import fcm, sandbox
-from fakes.fcm import FakeFCM, Reply
-from fakes.sandbox import PrivateHosts
+
+from testkit.fakes import fcm, sandbox
+from testkit.fakes.fcm import FakeFCM, Reply
+from testkit.fakes.sandbox import PrivateHosts
 
 _why_not = sandbox.available()
 if _why_not:

@@ -19,8 +19,6 @@ from typing import cast
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from redis_cluster import RedisCluster
-from redis_server import RedisServer
 from support import ADMIN_TOKEN, LoginFlow, RunningServer, free_port, make_settings, start_server
 
 from pushauth import ids
@@ -32,6 +30,8 @@ from pushauth.push.dispatch import PushDelivery
 from pushauth.push.scripts import SET_DELIVERY
 from pushauth.store import KeySpace, open_redis
 from pushauth.store.streams import StreamNames
+from testkit.redis_cluster import RedisCluster
+from testkit.redis_server import RedisServer
 
 USER = "dave@nhs.net"
 TOKEN = "fcm-token-dave-0001"

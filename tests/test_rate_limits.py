@@ -20,7 +20,6 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
-from redis_server import RedisServer
 from structlog.testing import capture_logs
 from support import (
     ADMIN_TOKEN,
@@ -43,6 +42,7 @@ from pushauth.errors import ConfigError
 from pushauth.netaddr import TrustedProxies
 from pushauth.phone import Phone, ServerRejected
 from pushauth.ratelimit.limiter import address_bucket
+from testkit.redis_server import RedisServer
 
 USER = "alice@nhs.net"
 BAD_KEY = "not-an-api-key-of-this-server-but-long-enough-000"

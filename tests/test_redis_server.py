@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 import redis
-from redis_server import RedisNotInstalledError, RedisServer, RedisServerError
+
+from testkit.redis_server import RedisNotInstalledError, RedisServer, RedisServerError
 
 
 def _client(server: RedisServer) -> redis.Redis:

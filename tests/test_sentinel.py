@@ -1,5 +1,5 @@
-"""pushauth on Redis Sentinel (tests/redis_sentinel.py: a primary, replicas, three sentinels): the contract's
-flows, and the primary killed in the middle of sign-ins, with and without `store.replica_acks`."""
+"""pushauth on Redis Sentinel (testkit/redis_sentinel.py: a primary, replicas, three sentinels): the
+contract's flows, and the primary killed in the middle of sign-ins, with and without `store.replica_acks`."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from redis_sentinel import SERVICE, RedisSentinelSet
 from support import ADMIN_TOKEN, ApprovalLoad, LoginFlow, free_port, make_settings, start_server
 
 from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.phone import Phone
+from testkit.redis_sentinel import SERVICE, RedisSentinelSet
 
 
 @pytest.fixture

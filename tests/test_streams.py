@@ -14,11 +14,11 @@ from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
-from redis_server import RedisServer
 
 from pushauth.config import StoreSettings
 from pushauth.store import open_redis
 from pushauth.store.streams import Entry, Fields, StreamConsumer, StreamNames
+from testkit.redis_server import RedisServer
 
 NAMES = StreamNames.for_("pt", "jobs")
 

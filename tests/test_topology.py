@@ -3,7 +3,7 @@
     3 x `pushauth -c cfg serve --port P`   one public base_url (a load balancer's) and one keys folder
     2 x `python -m workers.push`           in the push sandbox: real firebase-admin and aioapns, unpatched,
                                            reaching fake FCM and fake APNs on loopback addresses of this
-                                           test's own (tests/fakes/sandbox.py)
+                                           test's own (testkit/fakes/sandbox.py)
     2 x `python -m workers.alerts`         to a Standard Webhooks receiver that checks every signature
     1 x `python -m workers.expiry`
 
@@ -29,12 +29,6 @@ from typing import Any
 import aiohttp
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-from fakes import sandbox
-from fakes.apns import FakeAPNs, write_p8
-from fakes.fcm import FakeFCM
-from fakes.receivers import HttpReceiver, standard_webhooks_check
-from fakes.sandbox import PrivateHosts, TestCA
-from processes import Child
 from support import (
     ADMIN_TOKEN,
     API_KEY,
@@ -54,6 +48,12 @@ from pushauth.cli import main as pushauth_cli
 from pushauth.crypto.keys import KeyStore
 from pushauth.crypto.secrets import sha256_hex
 from pushauth.phone import Phone
+from testkit.fakes import sandbox
+from testkit.fakes.apns import FakeAPNs, write_p8
+from testkit.fakes.fcm import FakeFCM
+from testkit.fakes.receivers import HttpReceiver, standard_webhooks_check
+from testkit.fakes.sandbox import PrivateHosts, TestCA
+from testkit.processes import Child
 
 if (why := sandbox.available()) is not None:
     pytest.skip(why, allow_module_level=True)

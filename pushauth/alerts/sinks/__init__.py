@@ -6,6 +6,8 @@
     syslog   RFC 5424 over UDP, TCP or TLS, for a SIEM
     email    SMTP (STARTTLS or TLS) through the site's relay
 
+Slack and Teams differ only in their message's shape: both are a `_chat.ChatSink`, which does the rest.
+
 `open_sinks` builds the configured ones (reading their secret files once); the alert worker calls
 `deliver` and acts on the `SinkOutcome` (see base.py for what each outcome means).
 """

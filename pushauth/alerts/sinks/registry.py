@@ -1,4 +1,5 @@
-"""Building the configured sinks (the alert worker's cleanup context owns them).
+"""Building the configured sinks; whoever delivers alerts owns and closes them (the alert worker, or the
+server itself with the embedded store).
 
 Every file a sink needs (webhook secrets, SMTP password, CA certificates) is read here, once: a missing or
 malformed one is a ConfigError naming the sink when the worker starts, not a failed delivery hours later.

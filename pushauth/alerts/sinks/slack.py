@@ -18,11 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
-
-from pushauth.alerts.sinks._facts import Facts, clean, facts
-from pushauth.alerts.sinks._http import HttpTarget
-from pushauth.alerts.sinks.base import Notification, SinkOutcome
+from pushauth.alerts.sinks._chat import ChatSink
+from pushauth.alerts.sinks._facts import Facts, clean
 
 _EMOJI = {"CRITICAL": ":rotating_light:", "HIGH": ":red_circle:", "MEDIUM": ":large_orange_circle:",
           "LOW": ":large_yellow_circle:", "INFO": ":information_source:"}
@@ -51,22 +48,8 @@ def message(f: Facts) -> dict[str, Any]:
     return {"text": _escape(f"{headline}: {f.user} (alert {f.alert_id})"), "blocks": blocks}
 
 
-class SlackSink:
+class SlackSink(ChatSink):
     kind = "slack"
 
-    def __init__(self, name: str, *, url: str, timeout_s: float, console_url: str = "",
-                 ca_file: str = "") -> None:
-        self.name = name
-        self._console_url = console_url
-        self._http = HttpTarget(sink=name, kind=self.kind, url=url, timeout_s=timeout_s, ca_file=ca_file)
-
-    def __repr__(self) -> str:
-        return f"SlackSink({self.name!r}, {self._http.origin}/...)"
-
-    async def deliver(self, notification: Notification) -> SinkOutcome:
-        body = message(facts(notification.type, notification.alert, self._console_url))
-        return await self._http.post(msgspec.json.encode(body), {"Content-Type": "application/json"})
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
-
+    def format(self, alert: Facts) -> dict[str, Any]:
+        return message(alert)

@@ -18,11 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
-
-from pushauth.alerts.sinks._facts import Facts, facts
-from pushauth.alerts.sinks._http import HttpTarget
-from pushauth.alerts.sinks.base import Notification, SinkOutcome
+from pushauth.alerts.sinks._chat import ChatSink
+from pushauth.alerts.sinks._facts import Facts
 
 _COLOR = {"CRITICAL": "Attention", "HIGH": "Attention", "MEDIUM": "Warning"}
 
@@ -49,21 +46,8 @@ def card(f: Facts) -> dict[str, Any]:
         {"contentType": "application/vnd.microsoft.card.adaptive", "contentUrl": None, "content": content}]}
 
 
-class TeamsSink:
+class TeamsSink(ChatSink):
     kind = "teams"
 
-    def __init__(self, name: str, *, url: str, timeout_s: float, console_url: str = "",
-                 ca_file: str = "") -> None:
-        self.name = name
-        self._console_url = console_url
-        self._http = HttpTarget(sink=name, kind=self.kind, url=url, timeout_s=timeout_s, ca_file=ca_file)
-
-    def __repr__(self) -> str:
-        return f"TeamsSink({self.name!r}, {self._http.origin}/...)"
-
-    async def deliver(self, notification: Notification) -> SinkOutcome:
-        body = card(facts(notification.type, notification.alert, self._console_url))
-        return await self._http.post(msgspec.json.encode(body), {"Content-Type": "application/json"})
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
+    def format(self, alert: Facts) -> dict[str, Any]:
+        return card(alert)

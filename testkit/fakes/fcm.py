@@ -51,8 +51,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from fakes.h2server import H2App, H2Request, H2Response, H2ServerProtocol, next_connection_id
-from fakes.sandbox import FCM_HOST, HTTPS_PORT, TestCA
+from testkit.fakes.h2server import H2App, H2Request, H2Response, H2ServerProtocol, next_connection_id
+from testkit.fakes.sandbox import FCM_HOST, HTTPS_PORT, TestCA
 
 FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
 BAD_REQUEST_TYPE = "type.googleapis.com/google.rpc.BadRequest"

@@ -1,5 +1,6 @@
-"""A real Redis Sentinel set-up for tests: a primary and one or more replicas (tests/redis_server.py) watched
-by three `redis-server --sentinel` processes (quorum 2), all on 127.0.0.1, started and stopped by the test.
+"""A real Redis Sentinel set-up for tests: a primary and one or more replicas (testkit/redis_server.py)
+watched by three `redis-server --sentinel` processes (quorum 2), all on 127.0.0.1, started and stopped by
+the test.
 
 Failover is tuned to be quick, down after 2 s. (With 1 s the sentinels took the new primary, briefly slow
 on this busy 2-core machine, for dead and failed back to the old one while it was still resyncing: 400
@@ -15,8 +16,9 @@ from pathlib import Path
 from typing import Self
 
 import redis
-from processes import pdeathsig_preexec
-from redis_server import HOST, RedisServer, _free_port
+
+from testkit.processes import pdeathsig_preexec
+from testkit.redis_server import HOST, RedisServer, _free_port
 
 SERVICE = "pushauth"
 

@@ -1,4 +1,5 @@
-"""Real OS processes for tests: `pushauth serve`, the workers, redis-server.
+"""Real OS processes for tests: `pushauth serve`, the workers, redis-server (bench/ reuses the
+parent-death signal, `set_parent_death_signal`, for its own pinned children).
 
 Every child gets PR_SET_PDEATHSIG (Linux): if the test process dies, even by SIGKILL, the kernel kills
 the child too, so a crashed or interrupted run leaves nothing running. A child's stdout and stderr go to
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from fakes.sandbox import PrivateHosts
+    from testkit.fakes.sandbox import PrivateHosts
 
 REPO = Path(__file__).resolve().parent.parent
 STOP_TIMEOUT_S = 15.0
@@ -48,9 +49,15 @@ _PRCTL = _load_prctl()
 _PR_SET_PDEATHSIG = 1
 
 
-def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child process
+def set_parent_death_signal(sig: signal.Signals) -> None:  # pragma: no cover - runs in the child process
+    """Have the kernel send `sig` to this (forked, not yet exec'd) process when its parent's forking thread
+    dies; nothing where prctl() is not there. Call it only from a `preexec_fn`."""
     if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        _PRCTL(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+
+
+def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child process
+    set_parent_death_signal(signal.SIGKILL)
 
 
 def pdeathsig_preexec() -> Callable[[], None] | None:
@@ -76,7 +83,7 @@ class Child:
     @classmethod
     def python(cls, args: list[str], log: Path, *, hosts: PrivateHosts | None = None) -> Child:
         """`python <args>` from the repository; inside the push sandbox when `hosts` is given (its own
-        /etc/hosts and the test CA: tests/fakes/sandbox.py)."""
+        /etc/hosts and the test CA: testkit/fakes/sandbox.py)."""
         env = hosts.env() if hosts is not None else dict(os.environ)
         env["PYTHONPATH"] = str(REPO)
         argv = [sys.executable, *args]

@@ -36,8 +36,8 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from fakes.h2server import H2App, H2Request, H2Response, H2ServerProtocol
-from fakes.sandbox import APNS_HOSTS, HTTPS_PORT, TestCA
+from testkit.fakes.h2server import H2App, H2Request, H2Response, H2ServerProtocol
+from testkit.fakes.sandbox import APNS_HOSTS, HTTPS_PORT, TestCA
 
 MAX_PAYLOAD = 4096
 JWT_MAX_AGE_S = 3600
@@ -269,7 +269,3 @@ class FakeAPNs(H2App):
             except ValueError:
                 raise _Refused(400, "BadMessageId") from None
 
-
-# What bench/push.py's BenchAPNs names in its `_answer_for` override.
-_H2Server = H2ServerProtocol
-_Stream = H2Request

@@ -1,6 +1,6 @@
 """A real local Redis Cluster for tests: 3 masters and 3 replicas, each a `redis-server
 --cluster-enabled yes` child on 127.0.0.1, joined with `redis-cli --cluster create`. Started and stopped
-by the tests themselves, like tests/redis_server.py."""
+by the tests themselves, like testkit/redis_server.py."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Self
 
-from processes import pdeathsig_preexec
+from testkit.processes import pdeathsig_preexec
 
 HOST = "127.0.0.1"
 

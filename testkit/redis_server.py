@@ -26,7 +26,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from processes import pdeathsig_preexec
+from testkit.processes import pdeathsig_preexec
 
 __all__ = ["RedisNotInstalledError", "RedisServer", "RedisServerError"]
 

@@ -1,0 +1,55 @@
+"""The security team's console (`/console`): the alert feed, incidents, users and their containment, as
+server-rendered pages over the same domain objects as the admin API (`Accounts`, `AlertStore`), with the
+same audit "who" (`admin:<first 12 hex digits of the token's SHA-256>`).
+
+- `sessions`: sign-in with an admin token, the session cookie, CSRF and same-origin checks (`signed_in`);
+- `feed`: the live alert feed (`LiveFeed`) and its server-sent-event stream, `/console/events`;
+- `pages`: the pages and their static files.
+
+`setup` adds all of it to the server's app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from pushauth.web.console import feed, pages, sessions
+from pushauth.web.console.feed import FEED, QUEUE_MAX, REPLAY_MAX, LiveFeed
+from pushauth.web.console.sessions import COOKIE, SESSIONS, Session, Sessions, same_origin, secure
+from pushauth.web.state import ALERTS, REDIS, SETTINGS
+
+__all__ = ["COOKIE", "FEED", "QUEUE_MAX", "REPLAY_MAX", "SESSIONS", "LiveFeed", "Session", "Sessions",
+           "same_origin", "secure", "setup"]
+
+
+def setup(app: web.Application) -> None:
+    """Add the console to the app: its routes, its cleanup context (sessions and the feed task; after the
+    domain services, whose alert store it reads) and a shutdown hook that ends the open event streams."""
+
+    async def console_ctx(app: web.Application) -> AsyncIterator[None]:
+        settings = app[SETTINGS]
+        app[SESSIONS] = Sessions(app[REDIS], settings.store.prefix, settings.admin.token_sha256)
+        # XREAD BLOCK shorter than the socket timeout, or every quiet read would count as Redis down.
+        block_ms = 1000 if settings.embedded else int(min(1000, settings.store.socket_timeout_s * 500))
+        live = LiveFeed(app[REDIS], app[ALERTS], block_ms=block_ms)
+        app[FEED] = live
+        task = asyncio.create_task(live.run(), name="console-feed")
+        yield
+        live.close()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def end_streams(app: web.Application) -> None:
+        if FEED in app:
+            app[FEED].close()
+
+    app.cleanup_ctx.append(console_ctx)
+    app.on_shutdown.append(end_streams)
+    app.add_routes(sessions.routes)
+    app.add_routes(pages.routes)
+    app.add_routes(feed.routes)
