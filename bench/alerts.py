@@ -38,7 +38,7 @@ from aiohttp import web
 from bench.cycle import (
     API_KEY,
     HOST,
-    Child,
+    bench_child,
     free_port,
     proc_cpu_s,
     start_redis,
@@ -47,6 +47,7 @@ from bench.cycle import (
     write_config,
 )
 from pushauth.phone import Phone
+from testkit.processes import Child
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER_CPU = 0
@@ -140,8 +141,8 @@ async def deny_one(http: aiohttp.ClientSession, base: str, phone: Phone) -> floa
 
 def start_worker(tmp: Path, cfg: Path, name: str) -> Child:
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("PUSHAUTH_")}, "PYTHONPATH": str(REPO)}
-    return Child(name, [sys.executable, "-m", "workers.alerts", "-c", str(cfg), "--name", name],
-                 tmp / f"{name}.log", cpu=WORKER_CPU, env=env).start()
+    return bench_child(name, [sys.executable, "-m", "workers.alerts", "-c", str(cfg), "--name", name],
+                       tmp / f"{name}.log", cpu=WORKER_CPU, env=env)
 
 
 async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
@@ -152,8 +153,8 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     port = free_port()
     server_cfg, worker_cfg = write_configs(tmp, port, redis_port, receiver)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHAUTH_")}
-    server = Child("server", [sys.executable, "-m", "pushauth", "-c", str(server_cfg), "serve"],
-                   tmp / "server.log", cpu=OTHER_CPU, env=env).start()
+    server = bench_child("server", [sys.executable, "-m", "pushauth", "-c", str(server_cfg), "serve"],
+                         tmp / "server.log", cpu=OTHER_CPU, env=env)
     children = [redis_child, server]
     results: dict[str, Any] = {}
     try:

@@ -54,7 +54,7 @@ from pushauth.crypto import device_auth
 from pushauth.crypto.secrets import sha256_hex
 from pushauth.phone import Phone, PhoneError, ServerRejected
 from pushauth.store.keyspace import KeySpace
-from testkit.processes import set_parent_death_signal
+from testkit.processes import Child
 
 HOST = "127.0.0.1"
 API_KEY = "bench-api-key-" + "0" * 32
@@ -88,69 +88,11 @@ def now() -> float:
 # -- child processes -----------------------------------------------------------------------------------------
 
 
-def _preexec(cpu: int | None) -> Callable[[], None]:
-    """Runs in the forked child before exec: pin to `cpu`, and have the kernel send SIGTERM to the child if
-    this benchmark dies without cleaning up (Ctrl-C twice, SIGKILL)."""
-
-    def hook() -> None:  # pragma: no cover - runs in the child
-        if cpu is not None:
-            os.sched_setaffinity(0, {cpu})
-        set_parent_death_signal(signal.SIGTERM)
-
-    return hook
-
-
-class Child:
-    """A child process with its output in a log file, stopped (SIGTERM, then SIGKILL) on exit."""
-
-    def __init__(self, name: str, argv: list[str], log_path: Path, *, cpu: int | None,
-                 env: dict[str, str] | None = None) -> None:
-        self.name = name
-        self.argv = argv
-        self.log_path = log_path
-        self.cpu = cpu
-        self.env = env
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def start(self) -> Child:
-        with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                         env=self.env, preexec_fn=_preexec(self.cpu))
-        return self
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, timeout: float = 10.0) -> None:
-        proc = self.proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-    def wait(self, timeout: float) -> int | None:
-        assert self.proc is not None
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+def bench_child(name: str, argv: list[str], log: Path, *, cpu: int | None,
+                env: dict[str, str] | None = None) -> Child:
+    """A benchmark's child process (testkit's): pinned to `cpu`, its output in `log`, sent SIGTERM by the
+    kernel if this benchmark dies without cleaning up (Ctrl-C twice, SIGKILL)."""
+    return Child(argv, log, env=env, name=name, cpu=cpu, death_signal=signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -446,7 +388,7 @@ class Bench:
     def check_alive(self) -> None:
         for child in (self.server, self.redis_child):
             if not child.alive():
-                raise RuntimeError(f"{child.name} exited (code {child.proc.poll() if child.proc else '?'}):\n"
+                raise RuntimeError(f"{child.name} exited (code {child.returncode}):\n"
                                    f"{child.log_tail()}")
 
     async def enroll(self, n: int, concurrency: int = 32) -> None:
@@ -1005,10 +947,10 @@ def start_redis(tmp: Path, cpu: int | None) -> tuple[Child, int]:
         raise SystemExit("redis-server is not on PATH (make ensure-redis installs it)")
     for _ in range(3):
         port = free_port()
-        child = Child("redis-server", [
+        child = bench_child("redis-server", [
             binary, "--port", str(port), "--bind", HOST, "--dir", str(tmp), "--save", "",
             "--appendonly", "no", "--daemonize", "no", "--protected-mode", "no",
-            "--logfile", str(tmp / "redis.log")], tmp / "redis.stderr", cpu=cpu).start()
+            "--logfile", str(tmp / "redis.log")], tmp / "redis.stderr", cpu=cpu)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and child.alive():
             with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=0.5) as s:
@@ -1036,7 +978,7 @@ def wait_http(url: str, child: Child, timeout: float = 30.0) -> None:
 
 def report_gc(server: Child) -> dict[str, Any]:
     """The server's garbage-collector pauses over its whole life (see SERVER_WRAPPER)."""
-    text = server.log_path.read_text(errors="replace")
+    text = server.log_text()
     lines = [ln for ln in text.splitlines() if ln.startswith("BENCH-GC ")]
     if not lines:
         print("\nGC stats: the server wrote none (did it exit cleanly?)")
@@ -1156,14 +1098,14 @@ async def profile_pyspy(args: argparse.Namespace, bench: Bench, server: Child, t
             "--duration", str(math.ceil(dur)), "--format", "raw", "--function", "--output", str(out)]
     if args.profile_nonblocking:
         argv.append("--nonblocking")
-    spy = Child("py-spy", argv, tmp / "pyspy.log", cpu=CLIENT_CPU if args.pin else None)
+    spies: list[Child] = []  # started when the measured window opens
 
-    async def wait_spy() -> None:
+    async def wait_spy(spy: Child) -> None:
         await asyncio.to_thread(spy.wait, dur + 30)
 
     def on_window() -> Any:
-        spy.start()
-        return wait_spy()
+        spies.append(bench_child("py-spy", argv, tmp / "pyspy.log", cpu=CLIENT_CPU if args.pin else None))
+        return wait_spy(spies[0])
 
     try:
         if args.mode == "rate":
@@ -1174,12 +1116,15 @@ async def profile_pyspy(args: argparse.Namespace, bench: Bench, server: Child, t
             print(f"\n== profile: py-spy on the server during {dur:g} s at concurrency {c}")
             p = await bench.run_max(f"profiled c={c}", c, dur + 0.5, on_window=on_window)
     finally:
-        spy.stop()
+        for spy in spies:
+            spy.stop()
     print_phase_table([p])
     print("  (figures with py-spy attached; py-spy itself runs on the load generator's core)")
     if not out.exists():
-        print(f"py-spy wrote nothing:\n{spy.log_tail()}")
-        return {"phase": p, "error": spy.log_tail()}
+        why = spies[0].log_tail() if spies else "(never started)"
+        print(f"py-spy wrote nothing:\n{why}")
+        return {"phase": p, "error": why}
+    spy = spies[0]
     prof = analyse_pyspy(out, args.top)
     prof["raw_file"] = str(out)
     prof["phase"] = p
@@ -1287,9 +1232,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             cmd += ["-c", code, "-c", str(cfg), "serve"]
         else:
             cmd += ["-m", "pushauth", "-c", str(cfg), "serve"]
-        server = Child("pushauth server", cmd, tmp / "server.log", cpu=SERVER_CPU if args.pin else None,
-                       env=env_for_server(args.set))
-        children.append(server.start())
+        server = bench_child("pushauth server", cmd, tmp / "server.log", cpu=SERVER_CPU if args.pin else None,
+                             env=env_for_server(args.set))
+        children.append(server)
         base = f"http://{HOST}:{port}"
         wait_http(base + "/.well-known/jwks.json", server)
         shown = ["<wrapper: pushauth serve" + (" on uvloop" if args.server_loop == "uvloop" else "")
@@ -1302,7 +1247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("NOTE: the server runs under cProfile: every figure below carries its overhead")
         asyncio.run(run_async(args, server, redis_child, redis_port, base, tmp, results))
         results["loadavg_end"] = os.getloadavg()[0]
-        server.stop(timeout=40)
+        server.stop(40)
         if args.gc_stats:
             results["server_gc"] = report_gc(server)
         results["calibration_end"] = [calibrate(c) for c in cal_cpus]
@@ -1330,7 +1275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Interrupted: long-polling waiters may still be open, and a graceful server shutdown would wait
         # for them; give it 3 s, then SIGKILL.
         for child in reversed(children):
-            child.stop(timeout=3 if rc else 10)
+            child.stop(3 if rc else 10)
         results["elapsed_s"] = round(time.monotonic() - started, 1)
         print(f"total time: {results['elapsed_s']:.0f} s")
         if args.json is not None:

@@ -66,8 +66,8 @@ from bench.cycle import (
     APP_ID,
     HOST,
     PREFIX,
-    Child,
     Load,
+    bench_child,
     calibrate,
     core_jiffies,
     find_pyspy,
@@ -97,6 +97,7 @@ from testkit.fakes.sandbox import (
     TestCA,
     available,
 )
+from testkit.processes import Child
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -259,8 +260,8 @@ class Worker:
         env = {k: v for k, v in env.items() if not k.startswith("PUSHAUTH_")}
         self.starts += 1
         # `unshare` and `sh -c 'exec ...'` both exec: the child's pid is the worker's Python process.
-        self.child = Child("push worker", self.argv, self.tmp / "worker.log",
-                           cpu=WORKER_CPU if self.pin else None, env=env).start()
+        self.child = bench_child("push worker", self.argv, self.tmp / "worker.log",
+                                 cpu=WORKER_CPU if self.pin else None, env=env)
         return self.child
 
     def running(self) -> bool:
@@ -268,12 +269,12 @@ class Worker:
 
     def check(self) -> None:
         if self.child is not None and not self.child.alive():
-            code = self.child.proc.poll() if self.child.proc else "?"
-            raise RuntimeError(f"the push worker exited (code {code}):\n{self.child.log_tail()}")
+            raise RuntimeError(f"the push worker exited (code {self.child.returncode}):\n"
+                               f"{self.child.log_tail()}")
 
     def stop(self) -> None:
         if self.child is not None:
-            self.child.stop(timeout=15)
+            self.child.stop(15)
             self.child = None
 
     @property
@@ -577,7 +578,7 @@ class Bench:
                 "--format", "raw", "--function", "--output", str(out)]
         if self.args.profile_native:
             argv.append("--native")
-        return Child("py-spy", argv, self.tmp / "pyspy.log", cpu=REST_CPU if self.args.pin else None).start()
+        return bench_child("py-spy", argv, self.tmp / "pyspy.log", cpu=REST_CPU if self.args.pin else None)
 
     # -- latency -------------------------------------------------------------------------------------------
 
@@ -878,8 +879,8 @@ def analyse_profile(raw: Path, top: int) -> dict[str, Any]:
 
 def stop_pyspy(spy: Child) -> None:
     """py-spy writes its output when interrupted (SIGINT), like Ctrl-C."""
-    if spy.proc is not None and spy.proc.poll() is None:
-        spy.proc.send_signal(signal.SIGINT)
+    if spy.alive():
+        spy.signal(signal.SIGINT)
         if spy.wait(30) is None:
             spy.stop()
 
@@ -1191,9 +1192,9 @@ async def run_with_fakes(ctx: Ctx, providers: list[str], fakes: Fakes, hosts: Pr
                  providers=set(providers), service_account=service_account, p8=p8, args=args,
                  max_connections=args.worker_max_connections)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHAUTH_")}
-    server = Child("pushauth server", [sys.executable, "-m", "pushauth", "-c", str(cfg), "serve"],
-                   tmp / "server.log", cpu=pin_rest, env=env)
-    ctx.children.append(server.start())
+    server = bench_child("pushauth server", [sys.executable, "-m", "pushauth", "-c", str(cfg), "serve"],
+                         tmp / "server.log", cpu=pin_rest, env=env)
+    ctx.children.append(server)
     base = f"http://{HOST}:{port}"
     wait_http(base + "/.well-known/jwks.json", server)
     worker = ctx.worker = Worker(hosts, worker_cfg, tmp, args.pin)
@@ -1470,7 +1471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ctx.worker is not None:
             ctx.worker.stop()
         for child in reversed(ctx.children):
-            child.stop(timeout=3 if rc else 10)
+            child.stop(3 if rc else 10)
         results["loadavg_end"] = os.getloadavg()[0]
         results["elapsed_s"] = round(time.monotonic() - started, 1)
         print(f"total time: {results['elapsed_s']:.0f} s")

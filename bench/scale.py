@@ -28,7 +28,18 @@ from typing import Any
 
 import aiohttp
 
-from bench.cycle import HOST, Child, Load, VPhone, free_port, start_redis, summarise, wait_http, write_config
+from bench.cycle import (
+    HOST,
+    Load,
+    VPhone,
+    bench_child,
+    free_port,
+    start_redis,
+    summarise,
+    wait_http,
+    write_config,
+)
+from testkit.processes import Child
 from testkit.redis_cluster import RedisCluster
 
 
@@ -96,8 +107,9 @@ async def run_one(n: int, cluster: bool, args: argparse.Namespace, tmp: Path) ->
         env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHAUTH_")}
         for i, port in enumerate(ports):
             cfg = config_for(tmp, i, port, redis_port, cluster_url, public)
-            children.append(Child(f"server{i}", [sys.executable, "-m", "pushauth", "-c", str(cfg), "serve"],
-                                  tmp / f"server{i}-{n}-{cluster}.log", cpu=None, env=env).start())
+            children.append(bench_child(f"server{i}", [sys.executable, "-m", "pushauth", "-c", str(cfg),
+                                                       "serve"],
+                                        tmp / f"server{i}-{n}-{cluster}.log", cpu=None, env=env))
         for i, port in enumerate(ports):
             wait_http(f"http://{HOST}:{port}/healthz", children[-n + i])
         bases = [f"http://{HOST}:{p}" for p in ports]

@@ -1,5 +1,4 @@
-"""Real OS processes for tests: `pushauth serve`, the workers, redis-server (bench/ reuses the
-parent-death signal, `set_parent_death_signal`, for its own pinned children).
+"""Real OS processes for tests and benchmarks: `pushauth serve`, the workers, redis-server, py-spy.
 
 Every child gets PR_SET_PDEATHSIG (Linux): if the test process dies, even by SIGKILL, the kernel kills
 the child too, so a crashed or interrupted run leaves nothing running. A child's stdout and stderr go to
@@ -7,6 +6,7 @@ one log file of its own, which a test reads afterwards (`log_text`).
 
     child = Child.python(["-m", "pushauth", "-c", str(config), "serve"], tmp_path / "serve.log")
     child = Child.python(["-m", "workers.push", ...], log, hosts=hosts)   # in the push sandbox
+    child = Child(argv, log, name="server", cpu=0, death_signal=signal.SIGTERM)   # bench/: pinned
     ...
     assert await child.stop_async() == 0      # SIGTERM; SIGKILL if it does not exit in time
 """
@@ -56,29 +56,39 @@ def set_parent_death_signal(sig: signal.Signals) -> None:  # pragma: no cover - 
         _PRCTL(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
 
 
-def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child process
-    set_parent_death_signal(signal.SIGKILL)
-
-
-def pdeathsig_preexec() -> Callable[[], None] | None:
-    """A `preexec_fn` that has the kernel SIGKILL the child when this process dies, or None where that
-    cannot work. PR_SET_PDEATHSIG fires when the *thread* that forked dies, so only the main thread uses
-    it. The hook only calls an already-resolved libc function: no imports, no locks after fork."""
-    if _PRCTL is None or threading.current_thread() is not threading.main_thread():
+def pdeathsig_preexec(death_signal: signal.Signals = signal.SIGKILL,
+                      cpu: int | None = None) -> Callable[[], None] | None:
+    """A `preexec_fn` that pins the child to `cpu` (when given) and has the kernel send it `death_signal`
+    when this process dies, or None when there is nothing to do. PR_SET_PDEATHSIG fires when the *thread*
+    that forked dies, so only the main thread uses it. The hook only calls already-resolved functions: no
+    imports, no locks after fork."""
+    pdeath = _PRCTL is not None and threading.current_thread() is threading.main_thread()
+    if cpu is None and not pdeath:
         return None
-    return _set_pdeathsig
+
+    def hook() -> None:  # pragma: no cover - runs in the child process
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
+        if pdeath:
+            set_parent_death_signal(death_signal)
+
+    return hook
 
 
 class Child:
-    """One child process, its output in `log`."""
+    """One child process, started at once, its output in `log`. `cpu` pins it (the benchmarks);
+    `death_signal` is what the kernel sends it if this process dies (SIGKILL for tests; the benchmarks use
+    SIGTERM, so a server they leave behind still shuts down cleanly)."""
 
     def __init__(self, argv: list[str], log: Path, *, env: dict[str, str] | None = None,
-                 cwd: Path = REPO) -> None:
+                 cwd: Path = REPO, name: str | None = None, cpu: int | None = None,
+                 death_signal: signal.Signals = signal.SIGKILL) -> None:
         self.argv = argv
         self.log = log
+        self.name = name or Path(argv[0]).name
         with open(log, "ab") as out:  # the child has its own copy of the fd
             self.proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out,
-                                         stderr=out, preexec_fn=pdeathsig_preexec())
+                                         stderr=out, preexec_fn=pdeathsig_preexec(death_signal, cpu))
 
     @classmethod
     def python(cls, args: list[str], log: Path, *, hosts: PrivateHosts | None = None) -> Child:
@@ -97,6 +107,20 @@ class Child:
     @property
     def returncode(self) -> int | None:
         return self.proc.poll()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def wait(self, timeout_s: float) -> int | None:
+        """The exit code, or None if it is still running after `timeout_s`."""
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def log_tail(self, lines: int = 15) -> str:
+        """The last `lines` of the log, for an error message."""
+        return "\n".join(self.log_text().splitlines()[-lines:]) or "(empty log)"
 
     def log_text(self) -> str:
         try:
