@@ -107,9 +107,9 @@ async def run_one(n: int, cluster: bool, args: argparse.Namespace, tmp: Path) ->
         env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHAUTH_")}
         for i, port in enumerate(ports):
             cfg = config_for(tmp, i, port, redis_port, cluster_url, public)
-            children.append(bench_child(f"server{i}", [sys.executable, "-m", "pushauth", "-c", str(cfg),
-                                                       "serve"],
-                                        tmp / f"server{i}-{n}-{cluster}.log", cpu=None, env=env))
+            argv = [sys.executable, "-m", "pushauth", "-c", str(cfg), "serve"]
+            children.append(bench_child(f"server{i}", argv, tmp / f"server{i}-{n}-{cluster}.log", cpu=None,
+                                        env=env))
         for i, port in enumerate(ports):
             wait_http(f"http://{HOST}:{port}/healthz", children[-n + i])
         bases = [f"http://{HOST}:{p}" for p in ports]
