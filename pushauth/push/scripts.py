@@ -1,18 +1,16 @@
 """The push package's Lua scripts (`lua/`), each behind one typed wrapper: ARGV built by name, the reply
 decoded. Nothing else runs them; `pushauth.push.dispatch.PushDelivery` uses them.
 
-The push worker sends these scripts inside pipelines (one read per challenge of a batch; writes the stream
-consumer stores before it acks), so each has, beside its async wrapper, a `*_command` function giving the
-same call as one pipeline command (`Script.command`: EVAL, which a pipeline can carry through a NOSCRIPT),
-and READ_TARGETS a `decode_targets` for the reply the pipeline hands back.
+The push worker sends these scripts only inside pipelines (one read per challenge of a batch; writes the
+stream consumer stores before it acks), so each wrapper is a `*_command` function giving the call as one
+pipeline command (`Script.command`: EVAL, which a pipeline can carry through a NOSCRIPT), and READ_TARGETS
+has `decode_targets` for the reply the pipeline hands back.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-
-import redis.asyncio as aioredis
 
 from pushauth.store.scripts import ArgT, Script
 
@@ -35,23 +33,11 @@ def set_delivery_command(challenge_key: str, *, device_id: str, state: str, reas
     return SET_DELIVERY.command([challenge_key], _delivery_args(device_id, state, reason))
 
 
-async def set_delivery(redis: aioredis.Redis, challenge_key: str, *, device_id: str, state: str,
-                       reason: str = "") -> bool:
-    """The same, on its own. Returns whether it was written (not when the challenge is gone, nor over a
-    "sent")."""
-    return bool(await SET_DELIVERY(redis, [challenge_key], _delivery_args(device_id, state, reason)))
-
-
 # -- mark_stale: a push token the provider refused ----------------------------------------------------------
 
 def mark_stale_command(device_key: str, *, token: str, now: int) -> Command:
     """mark_stale.lua as a pipeline command: mark the device's `token` stale unless it has another now."""
     return MARK_STALE.command([device_key], [token, now])
-
-
-async def mark_stale(redis: aioredis.Redis, device_key: str, *, token: str, now: int) -> bool:
-    """The same, on its own. Returns whether the token was marked."""
-    return bool(await MARK_STALE(redis, [device_key], [token, now]))
 
 
 # -- read_targets: what a push needs about one challenge --------------------------------------------------
@@ -86,9 +72,3 @@ def decode_targets(reply: list[Any]) -> Targets | None:
         return None
     devices = [Target(*reply[i:i + _PER_DEVICE]) for i in range(1, len(reply), _PER_DEVICE)]
     return Targets(int(reply[0]), devices)
-
-
-async def read_targets(redis: aioredis.Redis, challenge_key: str, *, device_prefix: str, now: float,
-                       device_id: str) -> Targets | None:
-    """The same, on its own."""
-    return decode_targets(await READ_TARGETS(redis, [challenge_key], [device_prefix, now, device_id]))
