@@ -121,7 +121,7 @@ async def test_check_exits_by_whether_a_worker_of_the_kind_is_alive(redis_url: s
             assert time.monotonic() < deadline, "the expiry worker never beat"
             await asyncio.sleep(0.1)
         # The heartbeat hash expires: a kind nobody runs any more leaves no key behind.
-        ttl = await redis.ttl(heartbeats.heartbeat_key(KeySpace("pa"), "expiry"))
+        ttl = await redis.ttl(KeySpace("pa").worker_heartbeats("expiry"))
         assert 0 < ttl <= heartbeats.KEY_TTL_S
         rc, out = await _python("workers.expiry", "-c", str(config), "--check")
         assert (rc, out.strip()) == (0, "expiry workers alive: e1")

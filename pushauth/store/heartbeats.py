@@ -18,13 +18,9 @@ HEARTBEAT_TTL_S = 30
 KEY_TTL_S = 2 * HEARTBEAT_TTL_S  # longer than any entry can be alive: the expiry never hides a live worker
 
 
-def heartbeat_key(keyspace: KeySpace, kind: str) -> str:
-    return f"{keyspace.prefix}:{{workers}}:hb:{kind}"
-
-
 async def beat(redis: aioredis.Redis, keyspace: KeySpace, kind: str, name: str) -> None:
     """A worker is alive: its entry in the kind's heartbeat hash (name -> Unix time)."""
-    key = heartbeat_key(keyspace, kind)
+    key = keyspace.worker_heartbeats(kind)
     async with redis.pipeline(transaction=False) as pipe:
         pipe.hset(key, name, int(time.time()))
         pipe.expire(key, KEY_TTL_S)
@@ -36,7 +32,7 @@ async def live_workers(redis: aioredis.Redis, keyspace: KeySpace) -> dict[str, l
     now = time.time()
     out: dict[str, list[str]] = {}
     for kind in WORKER_KINDS:
-        key = heartbeat_key(keyspace, kind)
+        key = keyspace.worker_heartbeats(kind)
         beats = cast(dict[str, str], await redis.hgetall(key))
         out[kind] = sorted(n for n, t in beats.items() if now - int(t) <= HEARTBEAT_TTL_S)
         old = [n for n, t in beats.items() if now - int(t) > 86400]

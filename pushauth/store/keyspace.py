@@ -187,11 +187,11 @@ KEYS: tuple[KeySpec, ...] = (
     KeySpec("<prefix>:{audit}:stream", "stream", "pushauth.audit", "capped (~1,000,000 entries)",
             "the audit trail", "KeySpace.audit"),
     KeySpec("<prefix>:{workers}:hb:<worker kind>", "hash", "pushauth.store",
-            "permanent; entries a day old removed by readers", "worker heartbeats: worker name -> Unix time",
-            "heartbeat_key (pushauth/store/heartbeats.py)", fields="heartbeats"),
+            "60 s after the last beat (EXPIRE); entries a day old removed by readers",
+            "worker heartbeats: worker name -> Unix time", "KeySpace.worker_heartbeats", fields="heartbeats"),
     KeySpec("<prefix>:console:sess:<sha256(session id)>", "string", "pushauth.web",
             "8 h idle (EX, extended on each use), 24 h at most", "a security-team console session (JSON)",
-            "Sessions._key (pushauth/web/console.py)"),
+            "KeySpace.console_session"),
     KeySpec("<prefix>:rl:ip:<address>", "hash", "pushauth.ratelimit", "a rate-limit window at most (EXPIRE)",
             "rate-limit bucket of a client address (requests and authentication failures)",
             "KeySpace.rate_bucket", fields="rate_bucket"),
@@ -448,3 +448,10 @@ class KeySpace:
     def rate_bucket(self, kind: str, subject: str) -> str:
         # No hash tag: each bucket is the only key its scripts touch, so any slot will do.
         return f"{self.prefix}:rl:{kind}:{subject}"
+
+    def worker_heartbeats(self, kind: str) -> str:
+        return f"{self.prefix}:{{workers}}:hb:{kind}"
+
+    def console_session(self, session_id: str) -> str:
+        # Only the id's hash is stored: a copy of Redis does not hold a usable session cookie.
+        return f"{self.prefix}:console:sess:{sha256_hex(session_id)}"

@@ -25,9 +25,9 @@ import structlog
 from aiohttp import web
 from yarl import URL
 
-from pushauth.crypto.secrets import equal, sha256_hex
+from pushauth.crypto.secrets import equal
 from pushauth.errors import ApiError, Forbidden, Unauthorized
-from pushauth.store import STORE_DOWN_ERRORS
+from pushauth.store import STORE_DOWN_ERRORS, KeySpace
 from pushauth.web import console_html as ui
 from pushauth.web import io
 from pushauth.web.auth import Admin
@@ -60,13 +60,10 @@ def _by(admin: Admin) -> str:
 
 
 class Sessions:
-    def __init__(self, redis: aioredis.Redis, prefix: str, admin_hashes: list[str]) -> None:
+    def __init__(self, redis: aioredis.Redis, keyspace: KeySpace, admin_hashes: list[str]) -> None:
         self._redis = redis
-        self._prefix = prefix
+        self._key = keyspace.console_session
         self._admins = list(admin_hashes)
-
-    def _key(self, sid: str) -> str:
-        return f"{self._prefix}:console:sess:{sha256_hex(sid)}"
 
     async def create(self, admin: Admin) -> Session:
         sid, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
