@@ -45,6 +45,14 @@ PUSH_SENDS = Counter("pushauth_push_sends_total", "Push sends by provider and re
 PUSH_STALE_TOKENS = Counter("pushauth_push_stale_tokens_total", "Push tokens marked stale", ["provider"])
 PUSH_AUTH_ERRORS = Counter("pushauth_push_credential_errors_total",
                            "Sends refused for our own credentials (fix the provider config)", ["provider"])
+# From handing a push to its provider to the provider's answer (or the send's own deadline), the wait for a
+# connection slot and an OAuth2 token included: what the worker experiences, one figure per provider.
+PUSH_SEND_SECONDS = Histogram("pushauth_push_send_seconds", "Push send latency by provider", ["provider"],
+                              buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
+# Certificate auth only (token auth has no expiry): Apple refuses every push once the certificate expires,
+# so operators alert on `pushauth_push_apns_certificate_expiry_timestamp_seconds - time() < 30 * 86400`.
+APNS_CERT_EXPIRY = Gauge("pushauth_push_apns_certificate_expiry_timestamp_seconds",
+                         "notAfter of the APNs client certificate, Unix seconds", ["topic"])
 ALERT_DELIVERIES = Counter("pushauth_alert_deliveries_total", "Alert deliveries by sink and result",
                            ["sink", "result"])
 

@@ -226,7 +226,8 @@ class PushDelivery:
     async def _send(self, job: _Job, did: str, token: str, provider: PushProvider, message: PushMessage,
                     sink: _Sink) -> None:
         try:
-            outcome = await provider.send(token, message)
+            with metrics.PUSH_SEND_SECONDS.labels(provider.name).time():
+                outcome = await provider.send(token, message)
         except Exception:  # a provider must return an Outcome; if one raises, the entry is not finished
             log.exception("push_send_crashed", entry=job.entry_id, device=did)
             job.failed = True
@@ -305,7 +306,8 @@ class PushDelivery:
     async def _send_notice(self, entry_id: str, fields: Fields, uid: str, did: str, token: str,
                            provider: PushProvider, message: PushMessage, sink: _Sink) -> None:
         try:
-            outcome = await provider.send(token, message)
+            with metrics.PUSH_SEND_SECONDS.labels(provider.name).time():
+                outcome = await provider.send(token, message)
         except Exception:  # a provider must return an Outcome; if one raises, the entry stays pending
             log.exception("push_send_crashed", entry=entry_id, device=did)
             return
