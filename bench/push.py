@@ -1004,17 +1004,16 @@ def print_payload(name: str, sizes: dict[str, Any]) -> None:
 # Experiments, not pushauth code: with --worker-experiment the worker starts with this file as its
 # sitecustomize.py (first on its PYTHONPATH), which patches the running worker to try a change before anyone
 # makes it (as bench/cycle.py's SERVER_WRAPPER does for the server). Each name switches one change on.
-EXPERIMENTS = ("fcmhttp", "oldpool", "gcstats")
+EXPERIMENTS = ("oldpool", "gcstats")
 WORKER_PATCH = """'''
 EXPERIMENT ONLY (not pushauth code): patches the push worker process at start-up, to measure what a change
 would gain before anyone makes it. Enabled per change by PUSH_EXP (comma list):
 
-  fcmhttp  FCM's HTTP v1 request sent with aiohttp instead of firebase-admin's send_each_async (httpx);
-         token from the same google-auth credential; success path only
   oldpool  the worker's Redis pool as before 169166a (non-blocking; use with --worker-max-connections 1024)
   gcstats  record the worker's garbage-collector pauses after its start-up gc.freeze() (printed at exit)
 
-(bp, hc, reads, ack and gcfreeze, measured here before, are now how the worker works: see bench/README.md.)
+(bp, hc, reads, ack, gcfreeze and fcmhttp, measured here before, are now how the worker works: see
+bench/README.md.)
 '''
 import os
 
@@ -1024,45 +1023,6 @@ if EXP:
     import time
 
     import pushauth.store as store
-
-    if "fcmhttp" in EXP:
-        # The same HTTP v1 request (the body firebase-admin builds: message.token, data, android priority +
-        # ttl), sent with aiohttp instead of firebase-admin's send_each_async/httpx; the OAuth2 token still
-        # comes from the provider's google-auth credential. Success path only (errors -> FAILED http_<n>).
-        import aiohttp
-        from pushauth.push.base import Outcome, OutcomeKind
-        from pushauth.push.fcm import FcmProvider
-
-        async def send(self, token, message):
-            if time.time() >= message.expires_at:
-                return Outcome(OutcomeKind.FAILED, "expired")
-            session = self.__dict__.get("_exp_session")
-            if session is None:
-                session = self._exp_session = aiohttp.ClientSession(
-                    connector=aiohttp.TCPConnector(limit=self._slots._value))
-                self._exp_url = f"https://fcm.googleapis.com/v1/projects/{self._project_id}/messages:send"
-            await self._fresh_token()
-            body = {"message": {"token": token, "data": message.data(),
-                                "android": {"priority": "high",
-                                            "ttl": f"{max(0, int(message.expires_at - time.time()))}s"}}}
-            async with self._slots:
-                async with session.post(self._exp_url, json=body, headers={
-                        "Authorization": f"Bearer {self._google_credential.token}"}) as resp:
-                    data = await resp.read()
-            if resp.status == 200:
-                return Outcome(OutcomeKind.SENT)
-            return Outcome(OutcomeKind.FAILED, f"http_{resp.status}")
-
-        _aclose = FcmProvider.aclose
-
-        async def aclose(self):
-            session = self.__dict__.get("_exp_session")
-            if session is not None:
-                await session.close()
-            await _aclose(self)
-
-        FcmProvider.send = send
-        FcmProvider.aclose = aclose
 
     if "oldpool" in EXP:
         # The worker's Redis pool as committed at f234446 (before the BlockingConnectionPool change):

@@ -4,8 +4,9 @@ testkit/fakes/sandbox.py) and print what each send came back as.
     python tests/push_driver.py '<push settings as JSON>'  < requests.jsonl  > outcomes.jsonl
 
 Each stdin line: {"provider": "fcm"|"apns", "token": str, "challenge_id": str, "server": str,
-"expires_at": int}. Each stdout line: {"kind", "reason", "retry_after_s", "provider_id"}. Lines are sent
-concurrently when stdin carries several, as the worker would.
+"expires_at": int, optionally "delay_s": float (sent that long after the first)}. Each stdout line:
+{"kind", "reason", "retry_after_s", "provider_id"}, in the order of the requests. Lines are sent concurrently
+when stdin carries several, as the worker would.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ async def main() -> None:
     providers = open_providers(settings)
     try:
         async def one(req: dict[str, Any]) -> dict[str, Any]:
+            await asyncio.sleep(float(req.get("delay_s", 0)))
             msg = PushMessage(req["challenge_id"], req["server"], int(req["expires_at"]))
             out = await providers[req["provider"]].send(req["token"], msg)
             return {"kind": out.kind.value, "reason": out.reason, "retry_after_s": out.retry_after_s,

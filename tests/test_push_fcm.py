@@ -1,18 +1,18 @@
-"""FCM delivery through the real firebase-admin client, against the protocol fake in testkit/fakes/fcm.py.
+"""FCM delivery through pushauth's own client (pushauth/push/fcm.py: aiohttp for the send, firebase-admin and
+google-auth for the service account and its OAuth2 token), against the protocol fake in testkit/fakes/fcm.py.
 
 Every send here runs in a child process (tests/push_driver.py) inside the sandbox of testkit/fakes/sandbox.py:
 fcm.googleapis.com resolves to the fake and the test CA is the trust store; the OAuth2 token endpoint is the
-`token_uri` of a service-account file the fake writes. Nothing in firebase-admin, google-auth or httpx is
+`token_uri` of a service-account file the fake writes. Nothing in aiohttp, firebase-admin or google-auth is
 patched.
 
 The error cases share one driver run (`batch`, one device token per case, sent concurrently as the worker
-would): the slowest cases (the SDK's own 503 retries, a send timing out) then cost their time once.
+would): the slowest cases (a send timing out) then cost their time once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import os
 import secrets
@@ -36,7 +36,7 @@ if _why_not:
 
 from pushauth.config import FcmSettings  # noqa: E402 (after the skip: firebase-admin is heavy)
 from pushauth.errors import ConfigError  # noqa: E402
-from pushauth.push.fcm import SEND_TIMEOUT_S, FcmProvider  # noqa: E402
+from pushauth.push.fcm import REFRESH_AHEAD_S, SEND_TIMEOUT_S, FcmProvider  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DRIVER = REPO / "tests" / "push_driver.py"
@@ -80,9 +80,9 @@ def device_token() -> str:
     return f"dev{secrets.token_hex(8)}:APA91b{secrets.token_urlsafe(100)}"
 
 
-def push_request(token: str, ttl_s: float = 60) -> dict[str, Any]:
+def push_request(token: str, ttl_s: float = 60, delay_s: float = 0) -> dict[str, Any]:
     return {"provider": "fcm", "token": token, "challenge_id": "ch_" + secrets.token_urlsafe(16),
-            "server": SERVER, "expires_at": int(time.time() + ttl_s)}
+            "server": SERVER, "expires_at": int(time.time() + ttl_s), "delay_s": delay_s}
 
 
 @dataclass
@@ -146,37 +146,42 @@ class Case:
     replies: tuple[Reply, ...]  # what the fake answers this case's token, in order (then success)
     kind: str
     reason: str
-    attempts: int | None  # sends the fake saw for the token, the SDK's own retries included
+    attempts: int  # sends the fake saw for the token (a 401's resend included)
     retry_after_s: float | None = None
     ttl_s: float = 60
 
 
 UNAVAILABLE_RETRY_AFTER = replace(fcm.UNAVAILABLE, headers=(("Retry-After", "30"),))
 
+# One HTTP request per case: every retry but the two below is the worker's (backoff, Retry-After), so a 5xx
+# or a 429 comes back at once with what FCM said.
 CASES: dict[str, Case] = {
     "unregistered": Case((fcm.UNREGISTERED,), "invalid_token", "UNREGISTERED", 1),
     "sender_id_mismatch": Case((fcm.SENDER_ID_MISMATCH,), "invalid_token", "SENDER_ID_MISMATCH", 1),
     "invalid_argument_token": Case((fcm.INVALID_TOKEN_ARGUMENT,), "invalid_token", "INVALID_ARGUMENT", 1),
     "invalid_argument_token_field": Case((fcm.INVALID_TOKEN_FIELD,), "invalid_token", "INVALID_ARGUMENT", 1),
     "invalid_argument_payload": Case((fcm.INVALID_PAYLOAD_ARGUMENT,), "failed", "INVALID_ARGUMENT", 1),
-    # 429 is not retried by the SDK: one send, and the worker gets Retry-After.
     "quota_exceeded": Case((fcm.quota_exceeded(7),), "retry", "QUOTA_EXCEEDED", 1, retry_after_s=7),
-    # 500/503: the SDK itself sends 5 times (sleeping 0, 1, 2, 4 s) before answering.
-    "unavailable": Case((fcm.UNAVAILABLE,) * 5, "retry", "UNAVAILABLE", 5),
-    "unavailable_retry_after": Case((UNAVAILABLE_RETRY_AFTER,) * 5, "retry", "UNAVAILABLE", 5,
-                                    retry_after_s=30),
-    "internal": Case((fcm.INTERNAL,) * 5, "retry", "INTERNAL", 5),
-    # ... so a single 503 is absorbed by the SDK: the worker only sees the success.
-    "unavailable_once": Case((fcm.UNAVAILABLE,), "sent", "", 2),
-    # 401: the SDK refreshes its OAuth2 token and resends, twice, before giving up.
-    "third_party_auth_error": Case((fcm.THIRD_PARTY_AUTH_ERROR,) * 3, "auth_error", "THIRD_PARTY_AUTH_ERROR",
-                                   3),
-    "unauthenticated": Case((fcm.UNAUTHENTICATED,) * 3, "auth_error", "UNAUTHENTICATED", 3),
+    "unavailable": Case((fcm.UNAVAILABLE,), "retry", "UNAVAILABLE", 1),
+    "unavailable_retry_after": Case((UNAVAILABLE_RETRY_AFTER,), "retry", "UNAVAILABLE", 1, retry_after_s=30),
+    "internal": Case((fcm.INTERNAL,), "retry", "INTERNAL", 1),
+    # Google's front end (or a proxy) with an HTML page instead of FCM's JSON: by the status.
+    "bad_gateway_html": Case((fcm.BAD_GATEWAY,), "retry", "http_502", 1),
+    # 401 about the APNs credentials in the Firebase console: a new access token cannot help, no resend.
+    "third_party_auth_error": Case((fcm.THIRD_PARTY_AUTH_ERROR,), "auth_error", "THIRD_PARTY_AUTH_ERROR", 1),
+    # 401 about our access token: one refresh, one resend ...
+    "unauthenticated_once": Case((fcm.UNAUTHENTICATED,), "sent", "", 2),
+    # ... and if the new token is refused too, our credentials are wrong.
+    "unauthenticated": Case((fcm.UNAUTHENTICATED,) * 2, "auth_error", "UNAUTHENTICATED", 2),
     "permission_denied": Case((fcm.PERMISSION_DENIED,), "auth_error", "PERMISSION_DENIED", 1),
+    "project_not_found": Case((fcm.PROJECT_NOT_FOUND,), "auth_error", "NOT_FOUND", 1),
+    # A connection closed under the request (a stale keep-alive connection): one resend on a fresh one ...
+    "dropped_once": Case((fcm.DROP,), "sent", "", 2),
+    # ... and if that one is dropped too, the network is the problem: the worker retries later.
+    "dropped_twice": Case((fcm.DROP, fcm.DROP), "retry", "connection", 2),
     # No answer within the provider's send timeout (SEND_TIMEOUT_S; not a setting).
     "slow": Case((fcm.slow(SEND_TIMEOUT_S + 5),), "retry", "timeout", 1),
-    # The challenge expires first: the send is cut at expiry, the SDK's retries included.
-    "unavailable_until_expiry": Case((fcm.UNAVAILABLE,) * 5, "failed", "expired", None, ttl_s=3),
+    # The challenge expires first: the send is cut at expiry.
     "slow_past_expiry": Case((fcm.slow(8),), "failed", "expired", 1, ttl_s=3),
 }
 
@@ -211,8 +216,7 @@ def test_error_maps_to_outcome(batch: Batch, name: str) -> None:
     assert (outcome["kind"], outcome["reason"]) == (case.kind, case.reason), outcome
     assert outcome["retry_after_s"] == case.retry_after_s, outcome
     token = batch.requests[name]["token"]
-    if case.attempts is not None:
-        assert batch.fake.attempts(token) == case.attempts
+    assert batch.fake.attempts(token) == case.attempts
     if case.kind == "sent":
         assert str(outcome["provider_id"]).startswith(f"projects/{batch.fake.project_id}/messages/")
     else:
@@ -220,31 +224,29 @@ def test_error_maps_to_outcome(batch: Batch, name: str) -> None:
 
 
 def test_no_send_leaves_after_the_challenge_expired(batch: Batch) -> None:
-    for name in ("unavailable_until_expiry", "slow_past_expiry"):
-        request = batch.requests[name]
-        sends = batch.fake.sends_to(request["token"])
-        assert sends, name
-        # Arrival time at the fake; a send that left just before expiry may land a few ms after it.
-        assert all(s.at <= request["expires_at"] + 0.25 for s in sends), (name, request, sends)
-    # The SDK would have gone on to 5 sends over 7 s; expiry cut it short.
-    assert batch.fake.attempts(batch.requests["unavailable_until_expiry"]["token"]) < 5
+    request = batch.requests["slow_past_expiry"]
+    [sent] = batch.fake.sends_to(request["token"])
+    # Arrival time at the fake; the send was cut at expiry, not at SEND_TIMEOUT_S.
+    assert sent.at <= request["expires_at"]
+    assert batch.run.seconds < SEND_TIMEOUT_S + 5 + 10
 
 
-def test_sdk_retries_a_503_five_times_over_seven_seconds(batch: Batch) -> None:
-    sends = batch.fake.sends_to(batch.requests["unavailable"]["token"])
-    gaps = [round(b.at - a.at, 1) for a, b in itertools.pairwise(sends)]
-    # HttpxRetry(max_retries=4, status_forcelist=[500, 503], backoff_factor=0.5): 0, 1, 2, 4 s.
-    assert len(sends) == 5
-    assert [abs(g - want) < 0.5 for g, want in zip(gaps, (0, 1, 2, 4), strict=True)] == [True] * 4, gaps
+def test_a_401_costs_one_shared_token_refresh(batch: Batch) -> None:
+    # The first token, then one refresh shared by the two cases whose first send was refused with 401 (the
+    # second 401 of "unauthenticated" is final). THIRD_PARTY_AUTH_ERROR refreshes nothing.
+    assert batch.fake.token_requests == 2, batch.fake.token_rejections
+    resent = batch.fake.sends_to(batch.requests["unauthenticated_once"]["token"])
+    first, second = (r.headers["Authorization"] for r in resent)
+    assert first != second
+    assert second.removeprefix("Bearer ") in batch.fake.issued_tokens()
 
 
 def test_auth_errors_are_logged_loudly_without_device_tokens(batch: Batch) -> None:
-    # run_driver already checked that no device token reached the logs; the auth errors did.
-    assert batch.run.logs.count("push_auth_error") == 3, batch.run.logs
-    for name in ("third_party_auth_error", "unauthenticated", "permission_denied"):
-        assert CASES[name].reason in batch.run.logs
-    # The 401 path: 2 token refreshes per 401 answered send, on top of the first token.
-    assert batch.fake.token_requests == 1 + 2 * 2, batch.fake.token_rejections
+    # run_driver already checked that no device token reached the logs; the auth errors did, once each.
+    reasons = [CASES[name].reason for name, case in CASES.items() if case.kind == "auth_error"]
+    assert batch.run.logs.count("push_auth_error") == len(reasons) == 4, batch.run.logs
+    for reason in reasons:
+        assert reason in batch.run.logs
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -314,42 +316,74 @@ async def test_token_endpoint_unreachable_is_retried(fake: FakeFCM, service_acco
     assert fake.requests == []
 
 
-async def test_concurrency_is_capped(fake: FakeFCM, service_account: Path, hosts: PrivateHosts) -> None:
+async def test_sends_share_a_capped_pool_of_keep_alive_connections(fake: FakeFCM, service_account: Path,
+                                                                   hosts: PrivateHosts) -> None:
     fake.delay_s = 0.15  # hold each send long enough for sends to pile up against the cap
-    requests = [push_request(device_token()) for _ in range(200)]
-    run = await run_driver(hosts, push_settings(service_account, concurrency=20), requests)
-    assert [o["kind"] for o in run.outcomes] == ["sent"] * 200
-    assert len({o["provider_id"] for o in run.outcomes}) == 200
-    assert {r.token for r in fake.requests} == {r["token"] for r in requests}
-    assert fake.sends == 200
+    first = [push_request(device_token()) for _ in range(200)]
+    # A second wave after the first has finished: it finds the connections open.
+    later = [push_request(device_token(), delay_s=3.5) for _ in range(40)]
+    run = await run_driver(hosts, push_settings(service_account, concurrency=20), first + later)
+    assert [o["kind"] for o in run.outcomes] == ["sent"] * 240
+    assert len({o["provider_id"] for o in run.outcomes}) == 240
+    assert {r.token for r in fake.requests} == {r["token"] for r in first + later}
+    assert fake.sends == 240
     assert 10 <= fake.max_in_flight <= 20, fake.max_in_flight
-    assert fake.token_requests == 1  # one OAuth2 token for all 200 sends
+    # HTTP/1.1 (what pushauth's client offers), one request at a time per connection, kept alive: never more
+    # connections than sends in flight, each carrying many sends.
+    assert {r.http_version for r in fake.requests} == {"1.1"}
+    assert fake.connections <= 20, fake.connections
+    assert len({r.connection for r in fake.requests}) == fake.connections
+    first_tokens, later_tokens = {q["token"] for q in first}, {q["token"] for q in later}
+    second_wave = {r.connection for r in fake.requests if r.token in later_tokens}
+    assert second_wave <= {r.connection for r in fake.requests if r.token in first_tokens}
+    assert fake.token_requests == 1  # one OAuth2 token for all of them
 
 
-async def test_sdk_sends_over_http2_on_one_connection(fake: FakeFCM, service_account: Path,
-                                                      hosts: PrivateHosts) -> None:
-    # As against fcm.googleapis.com: ALPN picks h2, and httpx multiplexes concurrent sends on one connection.
-    fake.delay_s = 0.3  # hold the sends so they overlap
-    requests = [push_request(device_token()) for _ in range(20)]
+async def test_the_token_is_refreshed_ahead_of_expiry_off_the_event_loop(
+        fake: FakeFCM, service_account: Path, hosts: PrivateHosts) -> None:
+    # Tokens that enter the refresh window 2 s after they are issued, from a token endpoint that takes 1.5 s
+    # to answer. The first send waits for the first token; sends in the window go out at once with the
+    # current token while one refresh runs in a worker thread; a send after it uses the new token.
+    fake.token_lifetime_s = int(REFRESH_AHEAD_S) + 2
+    fake.token_delay_s = 1.5
+    requests = [push_request(device_token(), delay_s=d) for d in (0, 4.0, 4.2, 4.4, 7.0)]
     run = await run_driver(hosts, push_settings(service_account), requests)
-    assert [o["kind"] for o in run.outcomes] == ["sent"] * 20
-    assert {r.http_version for r in fake.requests} == {"2"}
-    assert len({r.connection for r in fake.requests}) == 1, fake.requests
-    assert fake.connections == 1
-    assert fake.max_in_flight >= 10, fake.max_in_flight
-    # The real HEADERS frames: the first request on the connection fills HPACK's dynamic table, later ones
-    # refer to it (the never-indexed Authorization header aside).
-    first, *later = sorted(fake.requests, key=lambda r: r.nth_on_connection)
-    assert first.nth_on_connection == 0
-    assert first.headers_frame_bytes is not None
-    assert fake.first_headers_frame_bytes == [first.headers_frame_bytes]
-    assert all(r.headers_frame_bytes is not None and r.headers_frame_bytes < first.headers_frame_bytes
-               for r in later), [r.headers_frame_bytes for r in fake.requests]
-    assert all(r.body_bytes == int(r.headers["content-length"]) for r in fake.requests)
+    assert [o["kind"] for o in run.outcomes] == ["sent"] * 5, run.logs
+    assert fake.token_requests == 2, fake.token_rejections
+    first_token, refreshed = fake.token_answers
+    sends = [fake.sends_to(r["token"])[0] for r in requests]
+    tokens = [s.headers["Authorization"] for s in sends]
+    # The sends in the window did not wait for the refresh (nor for each other): they reached the fake
+    # while the token endpoint was still sleeping on the refresh they started.
+    assert tokens[1] == tokens[2] == tokens[3] == tokens[0]
+    assert all(s.at < refreshed for s in sends[1:4]), ([s.at for s in sends], fake.token_answers)
+    assert tokens[4] != tokens[0]
+    assert sends[0].at > first_token
+
+
+async def test_a_revoked_token_is_refreshed_once_and_the_send_goes_through(
+        fake: FakeFCM, service_account: Path, hosts: PrivateHosts) -> None:
+    requests = [push_request(device_token()), *(push_request(device_token(), delay_s=3.0) for _ in range(5))]
+
+    async def revoke_after_the_first_send() -> None:
+        for _ in range(1000):
+            if fake.sends:
+                break
+            await asyncio.sleep(0.02)
+        fake.revoke_tokens()  # as when the service-account key is rotated
+
+    revoker = asyncio.create_task(revoke_after_the_first_send())
+    run = await run_driver(hosts, push_settings(service_account), requests)
+    await revoker
+    assert [o["kind"] for o in run.outcomes] == ["sent"] * 6, run.logs
+    # 5 sends refused with the old token, one refresh between them, 5 resends with the new one.
+    assert fake.unauthenticated_sends == 5
+    assert fake.token_requests == 2
+    assert all(fake.attempts(r["token"]) == 1 for r in requests)  # the fake records authenticated sends only
 
 
 def _in_process_token(fake: FakeFCM) -> str:
-    """An access token from the fake's token endpoint, through google-auth as the SDK gets one."""
+    """An access token from the fake's token endpoint, through google-auth as pushauth gets one."""
     import google.auth.transport.requests
     import requests
     from google.oauth2 import service_account

@@ -16,8 +16,13 @@ the kind drives what the worker does next:
 from __future__ import annotations
 
 import enum
+import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
+
+import structlog
+
+log = structlog.get_logger(__name__)
 
 
 class OutcomeKind(enum.Enum):
@@ -81,3 +86,23 @@ class PushProvider(Protocol):
     async def send(self, token: str, message: PushMessage) -> Outcome: ...
 
     async def aclose(self) -> None: ...
+
+
+class AuthErrorLog:
+    """The loud operational log for a provider's credential errors, throttled: the first of each reason
+    at once, then one line per reason per `interval_s` with the count since the last line. Every push fails
+    the same way until an operator fixes the credentials; a line per push would bury everything else."""
+
+    def __init__(self, provider: str, interval_s: float = 60.0) -> None:
+        self._provider = provider
+        self._interval_s = interval_s
+        self._seen: dict[str, tuple[float, int]] = {}
+
+    def error(self, reason: str, **context: Any) -> None:
+        now = time.monotonic()
+        last, count = self._seen.get(reason, (-self._interval_s, 0))
+        count += 1
+        if now - last >= self._interval_s:
+            log.error("push_auth_error", provider=self._provider, reason=reason, count=count, **context)
+            last, count = now, 0
+        self._seen[reason] = (last, count)

@@ -1,14 +1,14 @@
 """A protocol-faithful fake of Firebase Cloud Messaging (HTTP v1) and of Google's OAuth2 token endpoint.
 
-The real firebase-admin client reaches it unchanged (see sandbox.py): `POST https://fcm.googleapis.com/v1/
-projects/{project}/messages:send` lands on PrivateHosts.fcm_addr:443 over TLS with a test-CA certificate,
-and the OAuth2 service-account flow (RFC 7523 JWT bearer grant) goes to the `token_uri` of the
-service-account file this fake writes, a plain-HTTP listener on 127.0.0.1.
+pushauth's FCM client (pushauth/push/fcm.py) reaches it unchanged (see sandbox.py): `POST
+https://fcm.googleapis.com/v1/projects/{project}/messages:send` lands on PrivateHosts.fcm_addr:443 over TLS
+with a test-CA certificate, and google-auth's OAuth2 service-account flow (RFC 7523 JWT bearer grant) goes to
+the `token_uri` of the service-account file this fake writes, a plain-HTTP listener on 127.0.0.1.
 
 What it checks, as Google does: the token request's JWT assertion (RS256, signed with the service account's
-key, right `iss`/`aud`/`scope`, not expired); `Authorization: Bearer <a token it issued>` on every send
-(else 401 UNAUTHENTICATED); the project id in the path; the message shape (exactly one target, string data
-values, Android priority and ttl syntax), else 400 INVALID_ARGUMENT.
+key, right `iss`/`aud`/`scope`, not expired); `Authorization: Bearer <a token it issued, not yet expired
+or revoked>` on every send (else 401 UNAUTHENTICATED); the project id in the path; the message shape
+(exactly one target, string data values, Android priority and ttl syntax), else 400 INVALID_ARGUMENT.
 
 What it answers: per device token, a script of `Reply`s consumed in order (`fake.script(token, ...)`), then
 success. Errors use FCM v1's real error body:
@@ -20,9 +20,10 @@ success. Errors use FCM v1's real error body:
 The module-level replies (UNREGISTERED, SENDER_ID_MISMATCH, ...) cover every error pushauth maps.
 
 Protocols, as fcm.googleapis.com: one TLS listener whose ALPN offers "h2" first and "http/1.1" second.
-firebase-admin's httpx client (http2=True) gets HTTP/2 (fakes/h2server.py: one connection carries many
-sends, up to SETTINGS_MAX_CONCURRENT_STREAMS = 100 at once, as Google's front ends advertise); a client
-that offers only HTTP/1.1 (or no ALPN) gets aiohttp's HTTP/1.1 server on the same connection. Both hand the
+an HTTP/2 client (firebase-admin's own httpx client, http2=True) gets HTTP/2 (fakes/h2server.py: one
+connection carries many sends, up to SETTINGS_MAX_CONCURRENT_STREAMS = 100 at once, as Google's front ends
+advertise); a client that offers only HTTP/1.1 (pushauth's) or no ALPN gets aiohttp's HTTP/1.1 server on the
+same connection, with keep-alive. Both hand the
 request to the same code (`_handle`), so checks and answers are the same; `SendRecord.http_version` and
 `.connection` say how each send arrived. A client that gives up on a send cancels its handler (slow replies
 stop sleeping): RST_STREAM or a closed connection on HTTP/2, a closed connection on HTTP/1.1.
@@ -80,6 +81,11 @@ class Reply:
     field_violation: str | None = None  # a google.rpc.BadRequest detail naming this field
     headers: tuple[tuple[str, str], ...] = ()
     delay_s: float = 0.0  # sleep this long before answering
+    # Instead of FCM's JSON error: this HTML page (what Google's front ends, or a proxy, answer for a 502).
+    html: str | None = None
+    # No answer at all: the connection is aborted once the request has been read (as when a server closes
+    # a keep-alive connection under a request).
+    drop: bool = False
 
     def body(self, name: str) -> dict[str, Any]:
         if self.status == 200:
@@ -114,6 +120,13 @@ THIRD_PARTY_AUTH_ERROR = Reply(401, "THIRD_PARTY_AUTH_ERROR", "UNAUTHENTICATED",
 UNAUTHENTICATED = Reply(401, None, "UNAUTHENTICATED",
                         "Request had invalid authentication credentials. Expected OAuth 2 access token, "
                         "login cookie or other valid authentication credential.")
+# The service account's project is unknown to FCM (no FCM detail, only the canonical status).
+PROJECT_NOT_FOUND = Reply(404, None, "NOT_FOUND", "Requested entity was not found.")
+# A 502 from Google's front end: an HTML page, not FCM's JSON.
+BAD_GATEWAY = Reply(502, html="<!DOCTYPE html><html lang=en><title>Error 502 (Server Error)!!1</title>"
+                              "<p><b>502.</b> <ins>That's an error.</ins></html>")
+# The connection closes under the request, before any answer.
+DROP = Reply(drop=True)
 PERMISSION_DENIED = Reply(403, None, "PERMISSION_DENIED",
                           "Permission 'cloudmessaging.messages.create' denied on resource "
                           "'//cloudresourcemanager.googleapis.com/projects/{project}' (or it may not exist).")
@@ -160,6 +173,7 @@ class SendRecord:
 class _Counters:
     token_requests: int = 0
     token_rejections: list[str] = field(default_factory=list)
+    token_answers: list[float] = field(default_factory=list)
     unauthenticated_sends: int = 0
     in_flight: int = 0
     max_in_flight: int = 0
@@ -174,6 +188,7 @@ class _Answer:
     status: int
     headers: tuple[tuple[str, str], ...]
     body: bytes
+    drop: bool = False
 
 
 def _json_answer(status: int, text: str, headers: tuple[tuple[str, str], ...] = ()) -> _Answer:
@@ -234,11 +249,16 @@ class FakeFCM(H2App):
         self.requests: list[SendRecord] = []
         # Answer the token endpoint with 400 invalid_grant (a deleted or disabled service-account key).
         self.refuse_tokens = False
+        # The `expires_in` of the access tokens it issues (Google's: 3600 s); a send with an expired one
+        # gets 401 UNAUTHENTICATED, as from FCM.
+        self.token_lifetime_s = 3600
+        # The token endpoint sleeps this long before answering (a slow Google).
+        self.token_delay_s = 0.0
         # Added to every send's answer time (for concurrency tests).
         self.delay_s = 0.0
         self._counters = _Counters()
         self._scripts: dict[str, deque[Reply]] = {}
-        self._issued: set[str] = set()
+        self._issued: dict[str, float] = {}  # access token -> when it expires (time.time())
         self._message_ids = itertools.count(1)
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.private_key_id = secrets.token_hex(20)
@@ -357,6 +377,11 @@ class FakeFCM(H2App):
         return self._counters.token_requests
 
     @property
+    def token_answers(self) -> list[float]:
+        """When each access token was handed out (time.time())."""
+        return list(self._counters.token_answers)
+
+    @property
     def token_rejections(self) -> list[str]:
         """Why token requests were refused (other than `refuse_tokens`), for assertion messages."""
         return list(self._counters.token_rejections)
@@ -377,11 +402,17 @@ class FakeFCM(H2App):
     def issued_tokens(self) -> frozenset[str]:
         return frozenset(self._issued)
 
+    def revoke_tokens(self) -> None:
+        """Every access token issued so far is refused from now on (401), as after a key rotation."""
+        self._issued.clear()
+
     # -- OAuth2 token endpoint ---------------------------------------------------------------------
 
     async def _token(self, request: web.Request) -> web.Response:
         self._counters.token_requests += 1
         form = await request.post()
+        if self.token_delay_s:
+            await asyncio.sleep(self.token_delay_s)
         if self.refuse_tokens:
             refusal = {"error": "invalid_grant", "error_description": "Invalid JWT Signature."}
             return web.json_response(refusal, status=400)
@@ -390,8 +421,10 @@ class FakeFCM(H2App):
             self._counters.token_rejections.append(problem)
             return web.json_response({"error": "invalid_grant", "error_description": problem}, status=400)
         access_token = "ya29.fake-" + secrets.token_urlsafe(32)
-        self._issued.add(access_token)
-        return web.json_response({"access_token": access_token, "expires_in": 3600, "token_type": "Bearer"})
+        self._issued[access_token] = time.time() + self.token_lifetime_s
+        self._counters.token_answers.append(time.time())
+        return web.json_response({"access_token": access_token, "expires_in": self.token_lifetime_s,
+                                  "token_type": "Bearer"})
 
     def _check_assertion(self, grant_type: object, assertion: object) -> str | None:
         if grant_type != JWT_BEARER_GRANT:
@@ -457,7 +490,7 @@ class FakeFCM(H2App):
         headers = CIMultiDict((k, v) for k, v in request.headers.items() if not k.startswith(":"))
         via = _Via("2", conn.id, request.index, request.headers_frame_bytes)
         answer = await self._handle(request.method, request.path, headers, bytes(request.body), via)
-        return H2Response(answer.status, answer.headers, answer.body)
+        return H2Response(answer.status, answer.headers, answer.body, drop=answer.drop)
 
     # HTTP/1.1 (aiohttp)
 
@@ -473,6 +506,8 @@ class FakeFCM(H2App):
                                         via)
         finally:
             counters.in_flight -= 1
+        if answer.drop and request.transport is not None:
+            request.transport.abort()  # the response below goes nowhere
         return web.Response(status=answer.status, body=answer.body, headers=CIMultiDict(answer.headers))
 
     # Both
@@ -488,7 +523,7 @@ class FakeFCM(H2App):
         if rpc != "messages:send":
             return _error(404, "NOT_FOUND", "Method not found.")
         auth = headers.get("Authorization", "")
-        if not (auth.startswith("Bearer ") and auth[len("Bearer "):] in self._issued):
+        if not (auth.startswith("Bearer ") and self._issued.get(auth[len("Bearer "):], 0.0) > time.time()):
             self._counters.unauthenticated_sends += 1
             return _error(401, "UNAUTHENTICATED", UNAUTHENTICATED.message)
         if project != self.project_id:
@@ -516,6 +551,11 @@ class FakeFCM(H2App):
         delay = reply.delay_s + self.delay_s
         if delay:
             await asyncio.sleep(delay)
+        if reply.drop:
+            return _Answer(502, (), b"", drop=True)
+        if reply.html is not None:
+            return _Answer(reply.status, (("Content-Type", "text/html; charset=UTF-8"), *reply.headers),
+                           reply.html.encode())
         name = f"projects/{project}/messages/0:{next(self._message_ids)}%{secrets.token_hex(8)}"
         text = json.dumps(reply.body(name)).replace("{project}", project)
         return _json_answer(reply.status, text, reply.headers)
@@ -557,7 +597,8 @@ def _check_body(body: Any) -> str | None:
 
 
 __all__ = [
-    "INTERNAL", "INVALID_PAYLOAD_ARGUMENT", "INVALID_TOKEN_ARGUMENT", "INVALID_TOKEN_FIELD", "OK",
-    "PERMISSION_DENIED", "SENDER_ID_MISMATCH", "THIRD_PARTY_AUTH_ERROR", "UNAUTHENTICATED", "UNAVAILABLE",
-    "UNREGISTERED", "FakeFCM", "Reply", "SendRecord", "quota_exceeded", "slow",
+    "BAD_GATEWAY", "DROP", "INTERNAL", "INVALID_PAYLOAD_ARGUMENT", "INVALID_TOKEN_ARGUMENT",
+    "INVALID_TOKEN_FIELD", "OK", "PERMISSION_DENIED", "PROJECT_NOT_FOUND", "SENDER_ID_MISMATCH",
+    "THIRD_PARTY_AUTH_ERROR", "UNAUTHENTICATED", "UNAVAILABLE", "UNREGISTERED", "FakeFCM", "Reply",
+    "SendRecord", "quota_exceeded", "slow",
 ]
