@@ -13,7 +13,7 @@ import json
 import secrets
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
+from prometheus_client import REGISTRY
+from structlog.testing import capture_logs
 
 from pushauth import ids
 from pushauth.config import ApnsSettings
@@ -348,8 +350,10 @@ async def test_bad_p8_stops_the_driver_with_a_config_error(hosts: PrivateHosts, 
     assert "bm90IGEga2V5" not in run.logs
 
 
-def client_certificate(ca: sandbox.TestCA, path: Path) -> Path:
-    """An APNs-style client certificate (UID = the topic) and its key in one PEM, signed by the test CA."""
+def client_certificate(ca: sandbox.TestCA, path: Path, *,
+                       valid_for: dt.timedelta = dt.timedelta(days=1)) -> Path:
+    """An APNs-style client certificate (UID = the topic) and its key in one PEM, signed by the test CA,
+    valid until `valid_for` from now (negative: expired that long ago)."""
     ca_key = serialization.load_pem_private_key((ca.folder / "ca.key").read_bytes(), None)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
     ca_cert = x509.load_pem_x509_certificate(ca.ca_file.read_bytes())
@@ -359,7 +363,8 @@ def client_certificate(ca: sandbox.TestCA, path: Path) -> Path:
                          x509.NameAttribute(NameOID.COMMON_NAME, f"Apple Push Services: {TOPIC}")])
     cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca_cert.subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1))
+            .not_valid_before(min(now, now + valid_for) - dt.timedelta(hours=1))
+            .not_valid_after(now + valid_for)
             .sign(ca_key, hashes.SHA256()))
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
@@ -441,3 +446,80 @@ async def test_certificate_gone_after_start_is_an_auth_error(tmp_path: Path) -> 
     outcome = await provider.send(new_token(), message)
     assert (outcome.kind, outcome.reason) == (OutcomeKind.AUTH_ERROR, "client_setup_failed")
     await provider.aclose()
+
+
+# --- certificate expiry (certificate auth only) ----------------------------------------------------
+
+
+def cert_expiry_gauge(topic: str = TOPIC) -> float | None:
+    return REGISTRY.get_sample_value("pushauth_push_apns_certificate_expiry_timestamp_seconds",
+                                     {"topic": topic})
+
+
+def not_after(cert_file: Path) -> float:
+    return x509.load_pem_x509_certificate(cert_file.read_bytes()).not_valid_after_utc.timestamp()
+
+
+def expiry_logs(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping[str, Any]]:
+    return [e for e in logs if e["event"].startswith("push_apns_certificate_")]
+
+
+def build(cert_file: Path) -> tuple[ApnsProvider, list[MutableMapping[str, Any]]]:
+    with capture_logs() as logs:
+        provider = ApnsProvider.from_settings(ApnsSettings(enabled=True, cert_file=str(cert_file),
+                                                           topic=TOPIC))
+    return provider, logs
+
+
+def test_certificate_expiry_is_a_gauge(ca: sandbox.TestCA, tmp_path: Path) -> None:
+    cert_file = client_certificate(ca, tmp_path / "apns-cert.pem", valid_for=dt.timedelta(days=200))
+    _, logs = build(cert_file)
+    assert cert_expiry_gauge() == not_after(cert_file)
+    assert expiry_logs(logs) == []  # months left: nothing to say
+
+
+async def test_a_certificate_expiring_within_30_days_is_warned_of(ca: sandbox.TestCA, tmp_path: Path) -> None:
+    cert_file = client_certificate(ca, tmp_path / "apns-cert.pem", valid_for=dt.timedelta(days=10))
+    provider, logs = build(cert_file)
+    assert cert_expiry_gauge() == not_after(cert_file)
+    [line] = expiry_logs(logs)
+    assert (line["event"], line["log_level"]) == ("push_apns_certificate_expiring", "warning")
+    assert line["days_left"] == 9  # notAfter is in whole seconds, a moment under 10 days away
+    assert (line["path"], line["topic"]) == (str(cert_file), TOPIC)
+    assert line["not_after"] == dt.datetime.fromtimestamp(not_after(cert_file), dt.UTC).isoformat()
+    assert "PRIVATE" not in repr(logs)  # the PEM holds the key: nothing of the file's content is logged
+    # More clients the same day say nothing more (a burst of sends opens `connections` of them at once).
+    with capture_logs() as later:
+        provider._pick()  # a new aioapns client, which reads the file again; no connection until a send
+    assert expiry_logs(later) == []
+    await provider.aclose()
+
+
+async def test_a_renewed_certificate_shows_with_the_next_client(ca: sandbox.TestCA, tmp_path: Path) -> None:
+    cert_file = client_certificate(ca, tmp_path / "apns-cert.pem", valid_for=dt.timedelta(days=10))
+    provider, _ = build(cert_file)
+    old = not_after(cert_file)
+    client_certificate(ca, cert_file, valid_for=dt.timedelta(days=365))  # renewed on disk, no restart
+    assert cert_expiry_gauge() == old  # not read until aioapns reads it
+    provider._pick()
+    assert cert_expiry_gauge() == not_after(cert_file) > old
+    await provider.aclose()
+
+
+def test_an_expired_certificate_is_logged_as_an_error_but_the_provider_is_built(
+        ca: sandbox.TestCA, tmp_path: Path) -> None:
+    cert_file = client_certificate(ca, tmp_path / "apns-cert.pem", valid_for=dt.timedelta(days=-2))
+    provider, logs = build(cert_file)  # no ConfigError: the worker may serve FCM too
+    assert cert_expiry_gauge() == not_after(cert_file) < time.time()
+    [line] = expiry_logs(logs)
+    assert (line["event"], line["log_level"]) == ("push_apns_certificate_expired", "error")
+    assert (line["path"], line["topic"]) == (str(cert_file), TOPIC)
+    assert "PRIVATE" not in repr(logs)
+    assert provider.name == "apns"
+
+
+def test_token_auth_sets_no_certificate_gauge(p8: Path) -> None:
+    topic = "org.pushauth.token-only"
+    ApnsProvider.from_settings(ApnsSettings(enabled=True, key_file=str(p8), key_id=KEY_ID, team_id=TEAM_ID,
+                                            topic=topic))
+    assert cert_expiry_gauge(topic) is None

@@ -1,8 +1,10 @@
-"""The real push worker process (`python -m workers.push`) with the real firebase-admin client, against
-the fake FCM, a real Redis and a real server: end to end, and `kill -9` in the middle of a batch.
+"""The real push worker process (`python -m workers.push`) with the real pushauth FCM client and the real
+aioapns client, against the fake FCM and the fake APNs, a real Redis and a real server: end to end, and
+`kill -9` in the middle of a batch, for each provider.
 
 The worker runs in the sandbox (testkit/fakes/sandbox.py): its own mount namespace maps fcm.googleapis.com
-to the fake and trusts the test CA; nothing in the client is patched.
+and Apple's push hosts to the fakes and trusts the test CA; nothing in either client is patched. Both
+providers are enabled, as in a deployment with Android and iOS phones.
 """
 
 from __future__ import annotations
@@ -10,22 +12,27 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 from support import API_KEY, LoginFlow, RunningServer, free_port, make_settings, start_server
 
 from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.crypto.secrets import sha256_hex
 from pushauth.phone import Phone
 from testkit.fakes import fcm, sandbox
+from testkit.fakes.apns import Answer, FakeAPNs, write_p8
 from testkit.fakes.fcm import FakeFCM
 from testkit.fakes.sandbox import PrivateHosts, TestCA
 from testkit.processes import Child
 
 if (why := sandbox.available()) is not None:
     pytest.skip(why, allow_module_level=True)
+
+KEY_ID, TEAM_ID, TOPIC = "ABC123DEFG", "TEAM123456", "org.pushauth.app"
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +54,22 @@ def service_account(fake: FakeFCM, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def server(redis_url: str, keyring: KeyRingHolder,
-                 service_account: Path) -> AsyncIterator[RunningServer]:
-    push = {"fcm": {"enabled": True, "service_account_file": str(service_account)}, "reclaim_idle_s": 1}
+def apns_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+@pytest.fixture
+def p8(apns_key: ec.EllipticCurvePrivateKey, tmp_path: Path) -> Path:
+    return write_p8(tmp_path / f"AuthKey_{KEY_ID}.p8", apns_key)
+
+
+@pytest.fixture
+async def server(redis_url: str, keyring: KeyRingHolder, service_account: Path,
+                 p8: Path) -> AsyncIterator[RunningServer]:
+    push = {"fcm": {"enabled": True, "service_account_file": str(service_account)},
+            "apns": {"enabled": True, "key_file": str(p8), "key_id": KEY_ID, "team_id": TEAM_ID,
+                     "topic": TOPIC, "sandbox": True},
+            "reclaim_idle_s": 1}
     running = await start_server(make_settings(redis_url, free_port(), push=push), keyring)
     yield running
     await running.close()
@@ -73,7 +93,7 @@ class WorkerPool:
 
 
 @pytest.fixture
-def workers(server: RunningServer, tls: tuple[TestCA, PrivateHosts], service_account: Path,
+def workers(server: RunningServer, tls: tuple[TestCA, PrivateHosts], service_account: Path, p8: Path,
             redis_url: str, tmp_path: Path) -> Iterator[WorkerPool]:
     config = tmp_path / "worker.toml"
     config.write_text(f"""
@@ -86,6 +106,13 @@ reclaim_idle_s = 1
 [push.fcm]
 enabled = true
 service_account_file = "{service_account}"
+[push.apns]
+enabled = true
+key_file = "{p8}"
+key_id = "{KEY_ID}"
+team_id = "{TEAM_ID}"
+topic = "{TOPIC}"
+sandbox = true
 [logging]
 format = "json"
 """)
@@ -138,9 +165,9 @@ async def test_worker_pushes_and_the_phone_answers_from_the_push(
 async def test_a_slow_or_failing_provider_never_holds_up_a_login(
         login: LoginFlow, http: aiohttp.ClientSession, fake: FakeFCM, workers: WorkerPool,
         provider: str) -> None:
-    """FCM hangs (answers after 30 s) or fails (503 on every attempt, the SDK's own retries included): the
-    login page learns the push is not there, and the user opens the app, which finds the prompt by polling;
-    the login completes while the push worker is still stuck on, or retrying, the push."""
+    """FCM, through the real pushauth FCM client, hangs (answers after 30 s) or fails (503 on every
+    attempt): the login page learns the push is not there, and the user opens the app, which finds the
+    prompt by polling; the login completes while the push worker is still stuck on, or retrying, the push."""
     phone = await Phone.enroll(await login.enroll_uri("fay@nhs.net"), session=http, platform="android",
                                push_provider="fcm", push_token="tok-fay")
     fake.script("tok-fay", *((fcm.slow(30.0),) if provider == "hanging" else (fcm.UNAVAILABLE,) * 50))
@@ -159,14 +186,54 @@ async def test_a_slow_or_failing_provider_never_holds_up_a_login(
     assert time.monotonic() - start < 5, "the login waited on the push provider"
 
 
+@dataclass
+class ProviderFake:
+    """One provider's fake, as the kill -9 test sees it: its phones' tokens, a slow answer for a token, and
+    the challenge ids of the push requests that reached it for a token (failed or cut-off ones included)."""
+
+    name: str
+    platform: str
+    fcm: FakeFCM | None = None
+    apns: FakeAPNs | None = None
+
+    def token(self, i: int) -> str:
+        # APNs tokens are hex (the provider refuses anything else unsent); FCM's are opaque.
+        return f"{i:064x}" if self.apns else f"tok-{i}"
+
+    def answer_slowly(self, token: str, delay_s: float) -> None:
+        if self.apns:
+            self.apns.script(token, Answer.slow(delay_s))
+        else:
+            assert self.fcm is not None
+            self.fcm.script(token, fcm.slow(delay_s))
+
+    def pushes(self, token: str) -> list[str]:
+        if self.apns:
+            return [r.body["challenge_id"] for r in self.apns.seen(token)]
+        assert self.fcm is not None
+        return [s.data["challenge_id"] for s in self.fcm.sends_to(token)]
+
+
+@pytest.fixture(params=["fcm", "apns"])
+async def target(request: pytest.FixtureRequest, fake: FakeFCM, tls: tuple[TestCA, PrivateHosts],
+                 apns_key: ec.EllipticCurvePrivateKey) -> AsyncIterator[ProviderFake]:
+    """The provider a test's phones use, for each of the two; the FCM fake runs for every test anyway."""
+    if request.param == "fcm":
+        yield ProviderFake("fcm", "android", fcm=fake)
+        return
+    async with FakeAPNs(tls[0], topic=TOPIC, key_id=KEY_ID, team_id=TEAM_ID,
+                        public_key=apns_key.public_key(), host=tls[1].apns_addr) as apns:
+        yield ProviderFake("apns", "ios", apns=apns)
+
+
 async def test_kill_9_mid_batch_loses_nothing_and_repeats_nothing_acknowledged(
-        login: LoginFlow, http: aiohttp.ClientSession, fake: FakeFCM, workers: WorkerPool) -> None:
+        target: ProviderFake, login: LoginFlow, http: aiohttp.ClientSession, workers: WorkerPool) -> None:
     users = [f"user{i}@nhs.net" for i in range(24)]
     for i, user in enumerate(users):
-        await Phone.enroll(await login.enroll_uri(user), session=http, push_provider="fcm",
-                           push_token=f"tok-{i}")
+        await Phone.enroll(await login.enroll_uri(user), session=http, platform=target.platform,
+                           push_provider=target.name, push_token=target.token(i))
         if i >= 8:  # the provider answers these slowly: they are in flight when the worker dies
-            fake.script(f"tok-{i}", fcm.slow(4.0))
+            target.answer_slowly(target.token(i), 4.0)
     created = [await login.create(user) for user in users]
     ids = [c["id"] for c in created]
     # the fast third is acknowledged (state "sent" recorded), the rest are on the wire
@@ -178,11 +245,11 @@ async def test_kill_9_mid_batch_loses_nothing_and_repeats_nothing_acknowledged(
     after = await wait_for(["sent"], login, ids, within_s=30)
     assert set(after.values()) == {"sent"}, f"lost pushes: {after}\n{workers[1].log.read_text()[-3000:]}"
     for i, cid in enumerate(ids):
-        sends = fake.sends_to(f"tok-{i}")
-        assert sends, f"push for {cid} never reached the provider"
+        pushes = target.pushes(target.token(i))
+        assert pushes, f"push for {cid} never reached the provider"
         if cid in acknowledged:
-            assert len(sends) == 1, f"tok-{i} was acknowledged before the crash but pushed again"
-        assert all(s.data["challenge_id"] == cid for s in sends)
+            assert len(pushes) == 1, f"phone {i} was acknowledged before the crash but pushed again"
+        assert set(pushes) == {cid}
 
 
 async def test_embedded_server_runs_the_push_worker_itself(

@@ -4,6 +4,12 @@ Token-based auth (the `.p8` signing key, its key id and the team id) is the defa
 PEM holding certificate and key) is the alternative. Every push is an alert with `mutable-content: 1`,
 priority 10, `apns-collapse-id` = challenge id and `apns-expiration` = the challenge's expiry.
 
+A client certificate expires, and Apple then refuses every push. Its notAfter is the gauge
+`pushauth_push_apns_certificate_expiry_timestamp_seconds{topic}`, read when the provider is built and again
+with every new aioapns client (aioapns re-reads the file, so a certificate renewed on disk shows up without a
+restart). Under 30 days left logs `push_apns_certificate_expiring`, past it `push_apns_certificate_expired`;
+neither stops the worker, which may serve FCM too. Token auth has no expiry and no gauge.
+
 Things about aioapns 4.0 this module works around rather than patches (see `ApnsProvider`):
 
 - Its connection pool calls `asyncio.get_event_loop()` when built, so the client is created lazily on
@@ -33,6 +39,7 @@ Things about aioapns 4.0 this module works around rather than patches (see `Apns
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import ssl
 import time
@@ -44,10 +51,12 @@ from aioapns import APNs, NotificationRequest, PushType
 from aioapns.common import NotificationResult
 from aioapns.exceptions import ConnectionClosed, MaxAttemptsExceeded
 from aioapns.exceptions import ConnectionError as ApnsConnectionError
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from h2.exceptions import H2Error
 
+from pushauth import metrics
 from pushauth.config import ApnsSettings
 from pushauth.errors import ConfigError
 from pushauth.push.base import Outcome, OutcomeKind, PushMessage
@@ -117,6 +126,8 @@ MAX_SENDS_PER_CLIENT = 200_000
 _TOKEN = re.compile(r"[0-9A-Fa-f]{16,512}")
 # A throttled operational log for auth errors: one line per reason per interval, with the count.
 _AUTH_LOG_INTERVAL_S = 60.0
+# A client certificate with less than this left is logged as expiring: time to renew it with Apple.
+CERT_WARN_S = 30 * 86400.0
 
 
 def classify(status: str, reason: str) -> Outcome:
@@ -207,6 +218,7 @@ class ApnsProvider:
         self._retiring: set[_Client] = set()
         self._background: set[asyncio.Future[NotificationResult]] = set()
         self._auth_seen: dict[str, tuple[float, int]] = {}
+        self._cert_logged: tuple[float, int] | None = None  # (notAfter, whole days left) last logged
         self._closed = False
 
     @classmethod
@@ -217,7 +229,9 @@ class ApnsProvider:
                                   "connections": settings.connections, "concurrency": settings.concurrency}
         if settings.cert_file:
             _check_cert(settings.cert_file)
-            return cls(cert_file=settings.cert_file, **common)
+            provider = cls(cert_file=settings.cert_file, **common)
+            provider._watch_certificate()
+            return provider
         return cls(key_pem=_load_key(settings.key_file), key_id=settings.key_id, team_id=settings.team_id,
                    **common)
 
@@ -319,8 +333,38 @@ class ApnsProvider:
             "max_connection_attempts": 1, "ssl_context": ctx, "err_func": _quiet,
         }
         if self._cert_file:
-            return APNs(client_cert=self._cert_file, **common)
+            apns = APNs(client_cert=self._cert_file, **common)
+            self._watch_certificate()  # after aioapns has read the file: what this client will present
+            return apns
         return APNs(key=self._key_pem, key_id=self._key_id, team_id=self._team_id, **common)
+
+    def _watch_certificate(self) -> None:
+        """Sets the expiry gauge from the certificate file as it is now, and logs one that expires soon or
+        has expired, at most once per whole day left: the `connections` clients a burst of sends opens
+        together say it once, and a client opened days later says it again, with the new count."""
+        try:
+            # The first certificate in the PEM is the client's own; the key is never looked at.
+            cert = x509.load_pem_x509_certificate(Path(self._cert_file).read_bytes())
+        except (OSError, ValueError) as exc:
+            # OpenSSL accepted the file (or it changed since): only the metric is lost, never a push.
+            log.warning("push_apns_certificate_unreadable", path=self._cert_file, topic=self._topic,
+                        error=type(exc).__name__)
+            return
+        not_after_utc = cert.not_valid_after_utc
+        not_after = not_after_utc.timestamp()
+        metrics.APNS_CERT_EXPIRY.labels(self._topic).set(not_after)
+        left = not_after - time.time()
+        days_left = math.floor(left / 86400)
+        if left >= CERT_WARN_S or self._cert_logged == (not_after, days_left):
+            return
+        self._cert_logged = (not_after, days_left)
+        where = {"path": self._cert_file, "topic": self._topic, "not_after": not_after_utc.isoformat()}
+        if left <= 0:
+            # Not a ConfigError: Apple refuses with BadCertificate / an auth error, already mapped, and the
+            # worker keeps serving any other provider.
+            log.error("push_apns_certificate_expired", **where)
+        else:
+            log.warning("push_apns_certificate_expiring", days_left=days_left, **where)
 
     def _close_if_idle(self, client: _Client) -> None:
         if client.retired and client.inflight == 0:
