@@ -59,7 +59,7 @@ from h2.exceptions import H2Error
 from pushauth import metrics
 from pushauth.config import ApnsSettings
 from pushauth.errors import ConfigError
-from pushauth.push.base import Outcome, OutcomeKind, PushMessage
+from pushauth.push.base import AuthErrorLog, Outcome, OutcomeKind, PushMessage
 
 log = structlog.get_logger(__name__)
 
@@ -124,8 +124,6 @@ MAX_SENDS_PER_CLIENT = 200_000
 # APNs tokens are hex (32 bytes today; Apple says the length may change). Anything else would only put
 # odd characters into the request path.
 _TOKEN = re.compile(r"[0-9A-Fa-f]{16,512}")
-# A throttled operational log for auth errors: one line per reason per interval, with the count.
-_AUTH_LOG_INTERVAL_S = 60.0
 # A client certificate with less than this left is logged as expiring: time to renew it with Apple.
 CERT_WARN_S = 30 * 86400.0
 
@@ -217,7 +215,7 @@ class ApnsProvider:
         self._clients: list[_Client | None] = [None] * connections
         self._retiring: set[_Client] = set()
         self._background: set[asyncio.Future[NotificationResult]] = set()
-        self._auth_seen: dict[str, tuple[float, int]] = {}
+        self._auth_log = AuthErrorLog(self.name)
         self._cert_logged: tuple[float, int] | None = None  # (notAfter, whole days left) last logged
         self._closed = False
 
@@ -389,7 +387,8 @@ class ApnsProvider:
         # The body was {"reason": ...} plus, for 410, a "timestamp": count it against the window.
         client.error_bytes += len(reason) + 48
         if outcome.kind is AUTH_ERROR:
-            self._log_auth_error(status, outcome.reason)
+            self._auth_log.error(outcome.reason, status=status, topic=self._topic,
+                                 key_id=self._key_id or None, sandbox=self._sandbox)
         return outcome
 
     def _failure(self, exc: Exception) -> Outcome:
@@ -404,13 +403,3 @@ class ApnsProvider:
         # Only the type: an exception's text could quote the request path, which holds the token.
         log.warning("push_client_error", provider=self.name, error=type(exc).__name__)
         return Outcome(RETRY, "client_error")
-
-    def _log_auth_error(self, status: str, reason: str) -> None:
-        now = time.monotonic()
-        last, count = self._auth_seen.get(reason, (-_AUTH_LOG_INTERVAL_S, 0))
-        count += 1
-        if now - last >= _AUTH_LOG_INTERVAL_S:
-            log.error("push_auth_error", provider=self.name, status=status, reason=reason, count=count,
-                      topic=self._topic, key_id=self._key_id or None, sandbox=self._sandbox)
-            last, count = now, 0
-        self._auth_seen[reason] = (last, count)
