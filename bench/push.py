@@ -11,7 +11,8 @@ What issue 3 asks for, measured against the local fakes (testkit/fakes) with the
                  per challenge t_sent (before POST /v1/challenges), t_201 (its 201 arrived) and
                  t_provider (the fake received the push naming that challenge id); percentiles of
                  t_provider - t_201 and t_provider - t_sent. Every challenge must get exactly one push.
-    payload      bytes of each push on the wire: FCM's JSON request body and its HTTP/2 HEADERS frames as
+    payload      bytes of each push on the wire: FCM's JSON request body and its HTTP/1.1 request head (or
+                 HTTP/2 HEADERS frames, for a client that sends over HTTP/2) as
                  the fake received them; APNs's JSON body (raw DATA bytes) and the HPACK header block.
 
 Processes: redis-server, one `pushauth serve` (the API: it only enqueues) and one push worker, in the
@@ -765,9 +766,15 @@ def fcm_sizes(records: list[SendRecord], first_frames: list[int]) -> dict[str, A
     h2 = [r for r in records if r.http_version == "2" and r.headers_frame_bytes is not None]
     steady = [int(r.headers_frame_bytes or 0) for r in h2 if r.nth_on_connection > 0]
     first = first_frames or [int(r.headers_frame_bytes or 0) for r in h2 if r.nth_on_connection == 0]
+    # HTTP/1.1 (pushauth's client since issue 16): the request line and header lines as sent (aiohttp writes
+    # `Name: value\r\n`, keeping the names as the client spelled them), every request the same size.
+    h1 = [len(f"POST /v1/projects/{r.project}/messages:send HTTP/1.1\r\n")
+          + sum(len(k) + len(v) + 4 for k, v in r.headers.items()) + 2
+          for r in records if r.http_version == "1.1"]
     sample = records[-1]
     example = json.dumps({"message": sample.message}, separators=(",", ":"))
     return {"body_bytes": dist(body), "http_versions": dict(Counter(r.http_version for r in records)),
+            "http1_request_head_bytes": dist(h1),
             "connections": len({r.connection for r in records}),
             "h2_headers_frame_first": first[0] if first else None, "h2_headers_frame_first_all": dist(first),
             "h2_headers_frame_steady": dist(steady),
@@ -978,12 +985,16 @@ def print_payload(name: str, sizes: dict[str, Any]) -> None:
         steady = s["h2_headers_frame_steady"]
         if prov == "fcm":
             versions = ", ".join(f"HTTP/{v} {n}" for v, n in sorted(s["http_versions"].items()))
+            head = s["http1_request_head_bytes"]
+            framing = (f"request line and headers median {fmt(head.get('median'), 0)} B per push (the "
+                       f"{s['authorization_header_bytes']}-byte Authorization included)" if head else
+                       f"HEADERS frame as received (HPACK as httpx's h2 encodes it) first request on a "
+                       f"connection {s['h2_headers_frame_first']} B, then median "
+                       f"{fmt(steady.get('median'), 0)} B per push (min {steady.get('min')}, max "
+                       f"{steady.get('max')}; the {s['authorization_header_bytes']}-byte Authorization is "
+                       "never indexed)")
             print(f"  FCM ({name}): JSON request body median {fmt(b['median'], 0)} B (min {b['min']}, max "
-                  f"{b['max']}); HEADERS frame as received (HPACK as httpx's h2 encodes it) first request on "
-                  f"a connection {s['h2_headers_frame_first']} B, then median {fmt(steady.get('median'), 0)} "
-                  f"B per push (min {steady.get('min')}, max {steady.get('max')}; the "
-                  f"{s['authorization_header_bytes']}-byte Authorization is never indexed); {versions} on "
-                  f"{s['connections']} connection(s)")
+                  f"{b['max']}); {framing}; {versions} on {s['connections']} connection(s)")
             print(f"    token {s['token_chars']} chars; body (reconstructed from the parsed record, "
                   f"{s['example_body_reconstructed_bytes']} B): {s['example_body_reconstructed']}")
             print(f"    headers: {', '.join(s['header_names'])}")
@@ -1327,7 +1338,10 @@ def print_summary(results: dict[str, Any]) -> int:
     for p in results.get("latency", []):
         for prov, s in p["payload"].items():
             h = s["h2_headers_frame_steady"].get("median")
-            if prov == "fcm":
+            if prov == "fcm" and s.get("http1_request_head_bytes"):
+                print(f"  payload FCM: body {fmt(s['body_bytes']['median'], 0)} B, HTTP/1.1 request line "
+                      f"and headers {fmt(s['http1_request_head_bytes']['median'], 0)} B")
+            elif prov == "fcm":
                 print(f"  payload FCM: body {fmt(s['body_bytes']['median'], 0)} B, HTTP/2 HEADERS frame "
                       f"{s['h2_headers_frame_first']} B first on a connection, {fmt(h, 0)} B after "
                       "(as received)")

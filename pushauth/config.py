@@ -185,7 +185,7 @@ class FcmSettings(_Section, frozen=True):
     enabled: bool = False
     # Firebase service-account JSON (Project settings > Service accounts). Read once at worker start.
     service_account_file: str = ""
-    # Most sends in flight at once to FCM from one worker.
+    # Most sends in flight at once to FCM from one worker; each holds one keep-alive connection (HTTP/1.1).
     concurrency: int = 200
 
     def __post_init__(self) -> None:

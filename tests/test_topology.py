@@ -515,11 +515,15 @@ async def test_the_whole_deployment_as_processes(topology: Topology, keys_dir: P
     assert len(top.fakes.fcm.requests) + len(top.fakes.apns.requests) == expected, "pushes nobody expected"
     # What the two push workers counted adds up to what the fakes received, and both took part
     sent: dict[str, float] = {}
+    timed: dict[str, float] = {}  # pushauth_push_send_seconds observes every send, whatever its outcome
     for name, url in top.metrics.items():
         text = await scrape(top.http, url)
         sent[name] = sum(sample(text, "pushauth_push_sends_total", provider=provider, result="sent")
                          for provider in ("fcm", "apns"))
+        timed[name] = sum(sample(text, "pushauth_push_send_seconds_count", provider=provider)
+                          for provider in ("fcm", "apns"))
     assert sum(sent.values()) == expected, sent
+    assert timed == sent, (timed, sent)  # every send here succeeded
     assert all(sent.values()), f"one push worker did all the work: {sent}"
     assert not top.receiver.errors, top.receiver.errors
     assert sorted(r.headers["webhook-id"] for r in top.receiver.requests) == sorted(ids), \
