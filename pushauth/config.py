@@ -27,6 +27,7 @@ from pushauth.alerts.settings import SinkSettings
 from pushauth.demo_settings import DemoSettings
 from pushauth.detection.rules import ContainmentSettings, DetectionSettings
 from pushauth.errors import ConfigError
+from pushauth.radius.settings import RadiusSettings
 
 ENV_PREFIX = "PUSHAUTH_"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -387,6 +388,7 @@ class Settings(_Section, frozen=True):
     policy: PolicySettings = PolicySettings()
     metrics: MetricsSettings = MetricsSettings()
     rate_limits: RateLimitSettings = RateLimitSettings()
+    radius: RadiusSettings = RadiusSettings()
     demo: DemoSettings = DemoSettings()
     logging: LoggingSettings = LoggingSettings()
 

@@ -101,7 +101,8 @@ def _example_blocks() -> list[re.Match[str]]:
 
 def test_example_blocks_are_found() -> None:
     headers = [m.group(1) for m in _example_blocks()]
-    assert headers == ["[[applications]]", *["[[alerts.sinks]]"] * 5, "[[policy.enforcement]]"], headers
+    assert headers == ["[[applications]]", *["[[alerts.sinks]]"] * 5, "[[policy.enforcement]]",
+                       "[[radius.clients]]"], headers
 
 
 @pytest.mark.parametrize("index", range(len(_example_blocks())),
@@ -124,6 +125,11 @@ def test_every_commented_example_at_once_is_valid_uncommented(tmp_path: Path) ->
     # The rest of [policy] is still [policy]'s, not swallowed by the table above it.
     assert settings.policy.max_pause_s == 2592000
     assert settings.policy.access_code_ttl_s == 3600
+    [client] = settings.radius.clients
+    assert (client.name, client.application, client.mode, client.primary) == ("vpn-1", "vpn", "auto", "ldap")
+    assert settings.radius.problems({a.id for a in settings.applications}) == [
+        "radius client 'vpn-1': no application 'vpn' in [[applications]]",
+        'a client uses primary = "ldap": set [radius.ldap] url and user_dn']
 
 
 # -- environment ----------------------------------------------------------------------------------------
