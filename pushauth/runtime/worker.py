@@ -76,6 +76,10 @@ class Worker:
     refuses: Callable[[Settings], str | None] = _always
     redis_health_check_interval_s: int = 30
     freeze_gc: bool = False
+    # The command line that runs it, when not `python -m workers.<kind>` (`pushauth radius`).
+    prog: str = ""
+    # Why it cannot run on the embedded store, when not "the server runs it itself".
+    needs_redis: str = ""
 
     def main(self, argv: list[str] | None = None) -> int:
         args = self._parser().parse_args(argv)
@@ -92,7 +96,8 @@ class Worker:
         return 0
 
     def _parser(self) -> argparse.ArgumentParser:
-        parser = argparse.ArgumentParser(prog=f"python -m workers.{self.kind}", description=self.description)
+        parser = argparse.ArgumentParser(prog=self.prog or f"python -m workers.{self.kind}",
+                                         description=self.description)
         parser.add_argument("-c", "--config", type=Path, default=None)
         parser.add_argument("--name", default=None, help="worker name (default: host-pid)")
         parser.add_argument("--metrics-port", type=int, default=0,
@@ -109,8 +114,8 @@ class Worker:
         settings = load_settings(config)
         if settings.embedded:
             noun = self.event.replace("_", " ")  # "push worker"
-            raise PushAuthError(f"the {noun} needs store.redis_url: with the embedded store the server runs "
-                                f"the {noun} itself")
+            raise PushAuthError(self.needs_redis or f"the {noun} needs store.redis_url: with the embedded "
+                                                    f"store the server runs the {noun} itself")
         return settings
 
     async def run(self, config: Path | None, name: str, *, drain_s: float = DRAIN_S) -> None:

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 
 from pushauth.store.keyspace import KeySpace
 
-WORKER_KINDS = ("push", "alerts", "expiry")
+WORKER_KINDS = ("push", "alerts", "expiry", "radius")  # radius: `pushauth radius`, a front run like a worker
 HEARTBEAT_TTL_S = 30
 KEY_TTL_S = 2 * HEARTBEAT_TTL_S  # longer than any entry can be alive: the expiry never hides a live worker
 
