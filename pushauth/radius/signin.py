@@ -102,7 +102,7 @@ class SignIns:
             return reject("store_unavailable", "The sign-in service is unavailable. Try again shortly.")
 
     async def _answer(self, client: RadiusClient, request: Request) -> Answer:
-        if request.password is None:
+        if request.password is None and request.state is None:  # (a follow-up may carry no password: Enter)
             return reject("not_pap", "This server accepts PAP passwords only.")
         try:
             user = canonical(request.user)
@@ -165,14 +165,14 @@ class SignIns:
         status = view.get("status")
         if status == "approved":
             return Answer(Code.ACCEPT, outcome="approved")
-        if status == "pending":  # the deadline passed first: the prompt is left to expire and be counted
+        if status in ("pending", "expired"):  # the deadline passed (a prompt's life is the deadline)
             return reject("no_answer", "No answer from your phone. Try again.")
         if status == "denied":
             message = "Sign-in denied on your phone."
             if view.get("reason") == "not_me":
                 message += " " + self._user_message
             return reject(f"denied_{view.get('reason') or 'other'}", message)
-        return reject(str(status), "The sign-in was not approved in time. Try again.")
+        return reject(str(status), "The sign-in was cancelled. Start again.")
 
     async def _cancel(self, app: Application, cid: str) -> None:
         with contextlib.suppress(ApiError):  # answered or expired meanwhile: nothing to withdraw

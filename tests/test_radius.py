@@ -1,0 +1,390 @@
+"""The RADIUS front (pushauth/radius/) against FreeRADIUS's own client, radclient (Debian's freeradius-utils).
+
+Each test runs a pushauth server (for the phone) and the RADIUS front in this process, on one real Redis; the
+front listens on a loopback port and radclient, started as a process, is the VPN. The phone is the reference
+simulator (pushauth/phone.py) over HTTP. Nothing leaves loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import shutil
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+from prometheus_client import REGISTRY
+from support import AdminClient, LoginFlow, RunningServer, free_port, make_settings, start_server
+
+from pushauth.crypto.keyring import KeyRingHolder
+from pushauth.phone import Challenge, Phone
+from pushauth.runtime.root import open_runtime
+
+if shutil.which("radclient") is None:
+    pytest.skip("needs radclient (Debian's freeradius-utils; make test installs it)", allow_module_level=True)
+
+SECRET = "vpn-shared-secret-for-tests-0123"
+USER = "erin@nhs.net"
+VPN_ADDRESS = "203.0.113.9"
+
+
+@dataclass
+class Reply:
+    code: str | None  # "Access-Accept", "Access-Reject", "Access-Challenge", or None (no reply)
+    attributes: dict[str, str] = field(default_factory=dict)
+    output: str = ""
+    seconds: float = 0.0
+
+    @property
+    def message(self) -> str:
+        return self.attributes.get("Reply-Message", "").strip('"')
+
+    @property
+    def state(self) -> str | None:
+        return self.attributes.get("State")
+
+
+_RECEIVED = re.compile(r"^Received (Access-\w+) Id \d+", re.MULTILINE)
+_ATTRIBUTE = re.compile(r"^\t([A-Za-z-]+) = (.*)$", re.MULTILINE)
+
+
+async def radclient(port: int, attributes: dict[str, str], *, secret: str = SECRET, retries: int = 1,
+                    timeout_s: float = 30, message_authenticator: bool = True) -> Reply:
+    """One Access-Request through radclient (-r retries: radclient resends the same packet)."""
+    lines = [f'{name} = "{value}"' if not value.startswith("0x") else f"{name} = {value}"
+             for name, value in attributes.items()]
+    if message_authenticator:
+        lines.append("Message-Authenticator = 0x00")  # radclient fills it in
+    started = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        "radclient", "-x", "-r", str(retries), "-t", str(timeout_s), f"127.0.0.1:{port}", "auth", secret,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await proc.communicate(("\n".join(lines) + "\n").encode())
+    text = out.decode(errors="replace")
+    found = _RECEIVED.search(text)
+    reply = Reply(found.group(1) if found else None, output=text, seconds=time.monotonic() - started)
+    if found:
+        reply.attributes = dict(_ATTRIBUTE.findall(text[found.end():]))
+    return reply
+
+
+def counter(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+@dataclass
+class Front:
+    port: int
+    login: LoginFlow
+    admin: AdminClient
+    http: aiohttp.ClientSession
+    redis: aioredis.Redis
+    server: RunningServer
+
+    async def phone(self, user: str = USER) -> Phone:
+        return await Phone.enroll(await self.login.enroll_uri(user), session=self.http)
+
+    async def prompts(self) -> int:
+        """Sign-in prompts ever created (every challenge hash in Redis)."""
+        return len([k async for k in self.redis.scan_iter(match="*:ch:*")])
+
+
+ClientCfg = dict[str, Any]
+
+
+@contextlib.asynccontextmanager
+async def running_front(redis_url: str, keyring: KeyRingHolder, tmp_path: Path, clients: list[ClientCfg],
+                        **sections: Any) -> AsyncIterator[Front]:
+    secret_file = tmp_path / "vpn.secret"
+    secret_file.write_text(SECRET + "\n")
+    port = free_port()
+    radius = {"listen": ["127.0.0.1"], "port": port,
+              "clients": [{"secret_file": str(secret_file), "application": "webmail", **c} for c in clients]}
+    settings = make_settings(redis_url, free_port(), radius=radius, **sections)
+    server = await start_server(settings, keyring)
+    stop = asyncio.Event()
+    try:
+        async with (aiohttp.ClientSession() as http, aioredis.Redis.from_url(redis_url) as redis,
+                    open_runtime(settings, keyring=keyring) as runtime, runtime.radius_job("test") as job):
+            task = asyncio.create_task(job.loops["radius"](stop))
+            await _listening(port)
+            try:
+                yield Front(port, LoginFlow(http, server.url), AdminClient(http, server.url), http, redis,
+                            server)
+            finally:
+                stop.set()
+                await asyncio.wait_for(task, 30)
+    finally:
+        await server.close()
+
+
+async def _listening(port: int) -> None:
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                return  # taken: the front has it
+        await asyncio.sleep(0.02)
+    raise AssertionError("the RADIUS front never listened")
+
+
+AUTO: ClientCfg = {"name": "vpn", "address": "127.0.0.1/32", "mode": "auto", "primary": "none",
+                   "deadline_s": 12}
+CHALLENGE: ClientCfg = {**AUTO, "name": "gateway", "mode": "challenge"}
+
+
+@pytest.fixture
+async def front(redis_url: str, keyring: KeyRingHolder, tmp_path: Path) -> AsyncIterator[Front]:
+    async with running_front(redis_url, keyring, tmp_path, [AUTO]) as running:
+        yield running
+
+
+async def answer_when_prompted(phone: Phone, act: Callable[[Challenge], Awaitable[str]],
+                               within_s: float = 10) -> Challenge:
+    """Wait for the prompt on the phone, then `act` on it (approve, deny)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        pending = await phone.pending()
+        if pending:
+            await act(pending[0])
+            return pending[0]
+        await asyncio.sleep(0.05)
+    raise AssertionError("no prompt reached the phone")
+
+
+def request(user: str = USER, password: str = "irrelevant", **extra: str) -> dict[str, str]:  # noqa: S107
+    return {"User-Name": user, "User-Password": password, "Calling-Station-Id": VPN_ADDRESS, **extra}
+
+
+# -- auto mode -----------------------------------------------------------------------------------------------
+
+
+async def test_auto_mode_approved_on_the_phone_is_accepted(front: Front) -> None:
+    phone = await front.phone()
+    seen: list[Challenge] = []
+
+    async def approve(ch: Challenge) -> str:
+        seen.append(ch)
+        return await phone.approve(ch)
+
+    answering = asyncio.create_task(answer_when_prompted(phone, approve))
+    reply = await radclient(front.port, request())
+    await answering
+    assert reply.code == "Access-Accept", reply.output
+    assert "Message-Authenticator" in reply.attributes  # every reply is signed (BlastRADIUS)
+    [challenge] = seen
+    # Approve/deny with context: no number the VPN could not show; the application's name; the address.
+    assert challenge.number_matching is False
+    assert challenge.app == "NHSmail webmail"
+    assert challenge.context == {"ip": VPN_ADDRESS}
+
+
+async def test_auto_mode_not_me_is_rejected_alerted_and_suspends(redis_url: str, keyring: KeyRingHolder,
+                                                                 tmp_path: Path) -> None:
+    async with running_front(redis_url, keyring, tmp_path, [AUTO], quiet_detection=False) as front:
+        phone = await front.phone()
+        answering = asyncio.create_task(answer_when_prompted(phone, lambda ch: phone.deny(ch, "not_me")))
+        reply = await radclient(front.port, request())
+        await answering
+        assert reply.code == "Access-Reject", reply.output
+        assert "Contact your IT service desk" in reply.message
+        [alert] = await front.admin.alerts()
+        assert (alert["kind"], alert["severity"]) == ("denied_not_me", "critical"), alert
+        assert "'radius_client': 'vpn'" in str(alert) or '"radius_client": "vpn"' in str(alert), alert
+        # Contained: the next RADIUS sign-in is refused without a prompt.
+        before = await front.prompts()
+        again = await radclient(front.port, request())
+        assert again.code == "Access-Reject"
+        assert "blocked" in again.message
+        assert await front.prompts() == before
+
+
+async def test_no_answer_by_the_deadline_is_rejected(front: Front) -> None:
+    await front.phone()
+    reply = await radclient(front.port, request())
+    assert reply.code == "Access-Reject", reply.output
+    assert "No answer from your phone" in reply.message
+    assert AUTO["deadline_s"] - 1 <= reply.seconds <= AUTO["deadline_s"] + 3, reply.seconds
+
+
+async def test_retransmits_make_one_prompt_and_one_answer(front: Front) -> None:
+    phone = await front.phone()
+    held_before = counter("pushauth_radius_retransmits_total", state="held")
+
+    async def approve_late(ch: Challenge) -> str:
+        await asyncio.sleep(4.5)  # radclient resends every 1 s meanwhile
+        return await phone.approve(ch)
+
+    answering = asyncio.create_task(answer_when_prompted(phone, approve_late))
+    reply = await radclient(front.port, request(), retries=4, timeout_s=1.5)
+    await answering
+    assert reply.code == "Access-Accept", reply.output
+    assert await front.prompts() == 1
+    assert counter("pushauth_radius_retransmits_total", state="held") - held_before >= 2
+
+
+async def test_a_user_without_a_phone_is_rejected(front: Front) -> None:
+    reply = await radclient(front.port, request("nobody@nhs.net"))
+    assert reply.code == "Access-Reject"
+    assert "No phone" in reply.message
+
+
+# -- challenge mode ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def gateway(redis_url: str, keyring: KeyRingHolder, tmp_path: Path) -> AsyncIterator[Front]:
+    async with running_front(redis_url, keyring, tmp_path, [CHALLENGE]) as running:
+        yield running
+
+
+async def test_challenge_mode_shows_the_number_and_accepts_after_approval(gateway: Front) -> None:
+    phone = await gateway.phone()
+    first = await radclient(gateway.port, request())
+    assert first.code == "Access-Challenge", first.output
+    number = re.search(r"Enter (\d+) in the pushauth app", first.message)
+    assert number is not None, first.message
+    assert first.state is not None
+    assert first.state.startswith("0x")
+    [pending] = await phone.pending()
+    assert pending.number_matching is True
+    assert await phone.approve(pending, number=number.group(1)) == "approved"
+    # The user presses Enter: an empty response with the State.
+    second = await radclient(gateway.port, request(password="", State=first.state))
+    assert second.code == "Access-Accept", second.output
+    # The State was single-use.
+    replay = await radclient(gateway.port, request(password="", State=first.state))
+    assert replay.code == "Access-Reject"
+    assert "expired" in replay.message
+
+
+async def test_challenge_mode_waits_for_the_phone_after_enter(gateway: Front) -> None:
+    phone = await gateway.phone()
+    first = await radclient(gateway.port, request())
+    number = re.search(r"Enter (\d+)", first.message)
+    assert number is not None
+    assert first.state
+    approving = asyncio.create_task(answer_when_prompted(
+        phone, lambda ch: _later(1.0, phone.approve(ch, number=number.group(1)))))
+    second = await radclient(gateway.port, request(password="", State=first.state))
+    await approving
+    assert second.code == "Access-Accept", second.output
+    assert second.seconds >= 0.9
+
+
+async def _later(delay_s: float, action: Awaitable[str]) -> str:
+    await asyncio.sleep(delay_s)
+    return await action
+
+
+async def test_challenge_mode_wrong_number_is_rejected(gateway: Front) -> None:
+    phone = await gateway.phone()
+    first = await radclient(gateway.port, request())
+    number = re.search(r"Enter (\d+)", first.message)
+    assert number is not None
+    assert first.state
+    [pending] = await phone.pending()
+    wrong = str((int(number.group(1)) + 1) % 100).zfill(len(number.group(1)))
+    assert await phone.approve(pending, number=wrong) == "denied"
+    second = await radclient(gateway.port, request(password="", State=first.state))
+    assert second.code == "Access-Reject", second.output
+
+
+async def test_challenge_mode_takes_an_access_code_instead(gateway: Front) -> None:
+    await gateway.phone()
+    status, body = await gateway.admin.call("POST", f"/v1/users/{USER}/access-codes", {})
+    assert status == 201, body
+    first = await radclient(gateway.port, request())
+    assert first.code == "Access-Challenge"
+    assert first.state
+    wrong = await radclient(gateway.port, request(password="AAAA-BBBB-CCCC", State=first.state))
+    assert wrong.code == "Access-Reject"
+    again = await radclient(gateway.port, request())
+    right = await radclient(gateway.port, request(password=body["code"], State=again.state or ""))
+    assert right.code == "Access-Accept", right.output
+
+
+async def test_a_state_from_another_user_is_refused(gateway: Front) -> None:
+    await gateway.phone()
+    await gateway.phone("fay@nhs.net")
+    first = await radclient(gateway.port, request())
+    assert first.state
+    stolen = await radclient(gateway.port, request("fay@nhs.net", password="", State=first.state))
+    assert stolen.code == "Access-Reject"
+
+
+# -- what is dropped ---------------------------------------------------------------------------------------
+
+
+async def test_a_wrong_secret_gets_no_answer_and_no_prompt(front: Front) -> None:
+    await front.phone()
+    before = counter("pushauth_radius_dropped_total", reason="bad_message_authenticator")
+    reply = await radclient(front.port, request(), secret="not-the-shared-secret-at-all", timeout_s=1)
+    assert reply.code is None, reply.output
+    assert await front.prompts() == 0
+    assert counter("pushauth_radius_dropped_total", reason="bad_message_authenticator") == before + 1
+
+
+async def test_missing_message_authenticator_is_dropped(front: Front) -> None:
+    await front.phone()
+    before = counter("pushauth_radius_dropped_total", reason="no_message_authenticator")
+    reply = await radclient(front.port, request(), message_authenticator=False, timeout_s=1)
+    assert reply.code is None, reply.output
+    assert await front.prompts() == 0
+    assert counter("pushauth_radius_dropped_total", reason="no_message_authenticator") == before + 1
+
+
+async def test_a_client_that_opted_out_is_answered_and_counted(redis_url: str, keyring: KeyRingHolder,
+                                                                tmp_path: Path) -> None:
+    legacy = {**AUTO, "require_message_authenticator": False}
+    async with running_front(redis_url, keyring, tmp_path, [legacy]) as front:
+        phone = await front.phone()
+        before = counter("pushauth_radius_no_message_authenticator_total", client="vpn")
+        answering = asyncio.create_task(answer_when_prompted(phone, phone.approve))
+        reply = await radclient(front.port, request(), message_authenticator=False)
+        await answering
+        assert reply.code == "Access-Accept", reply.output
+        assert counter("pushauth_radius_no_message_authenticator_total", client="vpn") == before + 1
+
+
+async def test_unknown_clients_and_junk_are_dropped_and_the_front_survives(redis_url: str,
+                                                                          keyring: KeyRingHolder,
+                                                                          tmp_path: Path) -> None:
+    only_elsewhere = {**AUTO, "address": "192.0.2.0/24"}
+    trusted = {**AUTO, "name": "local", "address": "127.0.0.1/32"}
+    async with running_front(redis_url, keyring, tmp_path, [only_elsewhere, trusted]) as front:
+        phone = await front.phone()
+        unknown = counter("pushauth_radius_dropped_total", reason="unknown_client")
+        malformed = counter("pushauth_radius_dropped_total", reason="malformed")
+        junk = [b"", b"\x01", b"\x01\x02\x00\x14" + b"\x00" * 16, b"\x01\x02\xff\xff" + b"A" * 60,
+                b"\x01\x02\x00\x18" + b"\x00" * 16 + b"\x01\x00\x00\x00", bytes(range(256)) * 8]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.2", 0))  # not a client: dropped before anything else
+            sock.sendto(b"\x01\x07\x00\x14" + b"\x00" * 16, ("127.0.0.1", front.port))
+            for packet in junk:  # from the client's address: undecodable
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as own:
+                    own.sendto(packet, ("127.0.0.1", front.port))
+        await asyncio.sleep(0.3)
+        assert counter("pushauth_radius_dropped_total", reason="unknown_client") == unknown + 1
+        assert counter("pushauth_radius_dropped_total", reason="malformed") > malformed
+        answering = asyncio.create_task(answer_when_prompted(phone, phone.approve))
+        reply = await radclient(front.port, request())
+        await answering
+        assert reply.code == "Access-Accept", reply.output
+
+
+async def test_a_request_without_pap_is_rejected_without_a_prompt(front: Front) -> None:
+    await front.phone()
+    reply = await radclient(front.port, {"User-Name": USER, "CHAP-Password": "0x" + "00" * 17})
+    assert reply.code == "Access-Reject", reply.output
+    assert "PAP" in reply.message
+    assert await front.prompts() == 0
