@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from pushauth.errors import ConfigError
 from pushauth.radius.primary import open_checks
@@ -12,7 +13,9 @@ from pushauth.radius.server import ClientTable, RadiusServer
 from pushauth.radius.settings import read_secret
 from pushauth.radius.signin import SignIns
 from pushauth.radius.states import ChallengeStates
-from pushauth.runtime.root import Runtime
+
+if TYPE_CHECKING:  # the runtime enters this module (Runtime.radius_job), not the other way round
+    from pushauth.runtime.root import Runtime
 
 
 def client_table(runtime: Runtime) -> ClientTable:

@@ -268,7 +268,7 @@ class RadiusServer(ServerAsync):  # type: ignore[misc]  # pyrad is untyped
             self._replies[key] = (time.monotonic() + self._settings.reply_cache_s, raw)
             self._send(protocol, raw, addr)
             metrics.RADIUS_REQUESTS.labels(client.name, answer.code.value).inc()
-            log.info("radius_answered", client=client.name, user=request.user, code=answer.code.value,
+            log.info("radius_answered", client=client.name, user=request.user, answer=answer.code.value,
                      outcome=answer.outcome, follow_up=request.state is not None,
                      ms=round((time.monotonic() - started) * 1000))
         finally:
