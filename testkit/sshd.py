@@ -28,7 +28,7 @@ from types import TracebackType
 from typing import Self
 
 from testkit.processes import Child
-from testkit.radius_clients import LoginAttempt, find_program, converse, missing_radius_tools, unique_name
+from testkit.radius_clients import LoginAttempt, converse, find_program, missing_radius_tools, unique_name
 
 __all__ = ["LOGIN_MARKER", "LocalUser", "Sshd", "SshdError", "ssh_login"]
 

@@ -255,6 +255,18 @@ async def test_pamtester_challenge_answered(tmp_path: Path) -> None:
     assert unanswered.conversation.unanswered == PROMPT
 
 
+@needs_pam
+async def test_pam_radius_auth_retransmits_the_same_packet_while_the_reply_is_held(tmp_path: Path) -> None:
+    # What `auto` mode does to it: the reply waits for the phone. pam_radius_auth resends after its timeout
+    # (3 s, its minimum), the very same packet, and takes the reply to the first one.
+    async with stub_radius(delay_s=4.0) as stub:
+        with PamRadiusService(stub.port, SECRET, tmp_path, timeout_s=3, retries=2) as pam:
+            attempt = await pamtester(pam.name, "alice", ["right"])
+    assert attempt.succeeded, attempt.transcript
+    assert len(stub.received) == 2
+    assert len({(r.source, r.identifier, r.authenticator) for r in stub.received}) == 1
+
+
 # ---------------------------------------------------------------------------------------------------------
 # A real SSH login: sshd + PAM + pam_radius_auth, ssh driven by expect
 # ---------------------------------------------------------------------------------------------------------
