@@ -60,8 +60,9 @@ def _run(argv: list[str]) -> None:
 
 
 class LocalUser:
-    """A Unix user of a test's own, a name no one else has (pushauth-u-<hex>), for sshd to log in as: no
-    password (sshd asks PAM, which asks RADIUS), home /, shell /bin/sh. Deleted on exit with its group."""
+    """A Unix user of a test's own, for sshd to log in as, named so that no one else has it (pa-u-<8 hex
+    digits>, checked free): no password (sshd asks PAM, which asks RADIUS), home /, shell /bin/sh. Deleted
+    on exit with its group."""
 
     def __init__(self, name: str | None = None) -> None:
         self.name = name or unique_name("pa-u")
