@@ -34,7 +34,6 @@ from support import (
     make_settings,
     start_server,
 )
-from test_radius import radclient
 
 from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.crypto.secrets import sha256_hex
@@ -46,6 +45,7 @@ from testkit.fakes.fcm import FakeFCM
 from testkit.fakes.receivers import HttpReceiver, standard_webhooks_check
 from testkit.fakes.sandbox import PrivateHosts, TestCA
 from testkit.processes import Child
+from testkit.radius_clients import MESSAGE_AUTHENTICATOR, radclient
 
 if (why := sandbox.available()) is not None:
     pytest.skip(why, allow_module_level=True)
@@ -227,7 +227,8 @@ async def test_every_key_a_full_run_writes_is_in_the_table(deployment: Deploymen
     # A RADIUS sign-in through `pushauth radius` (python -m workers.radius) in challenge mode, left at the
     # Access-Challenge: its State waits in Redis, and the client's rate bucket counted it.
     # (radclient's own retransmits cover the process still starting: one request, one prompt.)
-    reply = await radclient(d.radius_port, {"User-Name": ALICE, "User-Password": "-"}, secret=RADIUS_SECRET,
+    reply = await radclient(d.radius_port, RADIUS_SECRET, {"User-Name": ALICE, "User-Password": "-",
+                                                          "Message-Authenticator": MESSAGE_AUTHENTICATOR},
                             retries=10, timeout_s=1)
     assert reply.code == "Access-Challenge", reply.output
 

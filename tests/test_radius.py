@@ -10,11 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import shutil
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,53 +26,23 @@ from support import AdminClient, LoginFlow, RunningServer, free_port, make_setti
 from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.phone import Challenge, Phone
 from pushauth.runtime.root import open_runtime
+from testkit.radius_clients import MESSAGE_AUTHENTICATOR, RadiusReply, missing_radius_tools, radclient
 
-if shutil.which("radclient") is None:
-    pytest.skip("needs radclient (Debian's freeradius-utils; make test installs it)", allow_module_level=True)
+if (why := missing_radius_tools("radclient")) is not None:
+    pytest.skip(why, allow_module_level=True)
 
 SECRET = "vpn-shared-secret-for-tests-0123"
 USER = "erin@nhs.net"
 VPN_ADDRESS = "203.0.113.9"
 
 
-@dataclass
-class Reply:
-    code: str | None  # "Access-Accept", "Access-Reject", "Access-Challenge", or None (no reply)
-    attributes: dict[str, str] = field(default_factory=dict)
-    output: str = ""
-    seconds: float = 0.0
-
-    @property
-    def message(self) -> str:
-        return self.attributes.get("Reply-Message", "").strip('"')
-
-    @property
-    def state(self) -> str | None:
-        return self.attributes.get("State")
-
-
-_RECEIVED = re.compile(r"^Received (Access-\w+) Id \d+", re.MULTILINE)
-_ATTRIBUTE = re.compile(r"^\t([A-Za-z-]+) = (.*)$", re.MULTILINE)
-
-
-async def radclient(port: int, attributes: dict[str, str], *, secret: str = SECRET, retries: int = 1,
-                    timeout_s: float = 30, message_authenticator: bool = True) -> Reply:
-    """One Access-Request through radclient (-r retries: radclient resends the same packet)."""
-    lines = [f'{name} = "{value}"' if not value.startswith("0x") else f"{name} = {value}"
-             for name, value in attributes.items()]
+async def ask(port: int, attributes: dict[str, str], *, secret: str = SECRET, retries: int = 1,
+              timeout_s: float = 30, message_authenticator: bool = True) -> RadiusReply:
+    """One Access-Request through radclient (`retries`: sends in all, the same packet each time)."""
+    attrs: dict[str, str | bytes] = dict(attributes)
     if message_authenticator:
-        lines.append("Message-Authenticator = 0x00")  # radclient fills it in
-    started = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(
-        "radclient", "-x", "-r", str(retries), "-t", str(timeout_s), f"127.0.0.1:{port}", "auth", secret,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    out, _ = await proc.communicate(("\n".join(lines) + "\n").encode())
-    text = out.decode(errors="replace")
-    found = _RECEIVED.search(text)
-    reply = Reply(found.group(1) if found else None, output=text, seconds=time.monotonic() - started)
-    if found:
-        reply.attributes = dict(_ATTRIBUTE.findall(text[found.end():]))
-    return reply
+        attrs["Message-Authenticator"] = MESSAGE_AUTHENTICATOR  # radclient fills it in
+    return await radclient(port, secret, attrs, retries=retries, timeout_s=timeout_s)
 
 
 def counter(name: str, **labels: str) -> float:
@@ -177,7 +146,7 @@ async def test_auto_mode_approved_on_the_phone_is_accepted(front: Front) -> None
         return await phone.approve(ch)
 
     answering = asyncio.create_task(answer_when_prompted(phone, approve))
-    reply = await radclient(front.port, request())
+    reply = await ask(front.port, request())
     await answering
     assert reply.code == "Access-Accept", reply.output
     assert "Message-Authenticator" in reply.attributes  # every reply is signed (BlastRADIUS)
@@ -193,27 +162,27 @@ async def test_auto_mode_not_me_is_rejected_alerted_and_suspends(redis_url: str,
     async with running_front(redis_url, keyring, tmp_path, [AUTO], quiet_detection=False) as front:
         phone = await front.phone()
         answering = asyncio.create_task(answer_when_prompted(phone, lambda ch: phone.deny(ch, "not_me")))
-        reply = await radclient(front.port, request())
+        reply = await ask(front.port, request())
         await answering
         assert reply.code == "Access-Reject", reply.output
-        assert "Contact your IT service desk" in reply.message
+        assert "Contact your IT service desk" in (reply.reply_message or "")
         [alert] = await front.admin.alerts()
         assert (alert["kind"], alert["severity"]) == ("denied_not_me", "critical"), alert
         assert "'radius_client': 'vpn'" in str(alert) or '"radius_client": "vpn"' in str(alert), alert
         # Contained: the next RADIUS sign-in is refused without a prompt.
         before = await front.prompts()
-        again = await radclient(front.port, request())
+        again = await ask(front.port, request())
         assert again.code == "Access-Reject"
-        assert "blocked" in again.message
+        assert "blocked" in (again.reply_message or "")
         assert await front.prompts() == before
 
 
 async def test_no_answer_by_the_deadline_is_rejected(front: Front) -> None:
     await front.phone()
-    reply = await radclient(front.port, request())
+    reply = await ask(front.port, request())
     assert reply.code == "Access-Reject", reply.output
-    assert "No answer from your phone" in reply.message
-    assert AUTO["deadline_s"] - 1 <= reply.seconds <= AUTO["deadline_s"] + 3, reply.seconds
+    assert "No answer from your phone" in (reply.reply_message or "")
+    assert AUTO["deadline_s"] - 1 <= reply.elapsed_s <= AUTO["deadline_s"] + 3, reply.elapsed_s
 
 
 async def test_retransmits_make_one_prompt_and_one_answer(front: Front) -> None:
@@ -225,7 +194,7 @@ async def test_retransmits_make_one_prompt_and_one_answer(front: Front) -> None:
         return await phone.approve(ch)
 
     answering = asyncio.create_task(answer_when_prompted(phone, approve_late))
-    reply = await radclient(front.port, request(), retries=4, timeout_s=1.5)
+    reply = await ask(front.port, request(), retries=4, timeout_s=1.5)
     await answering
     assert reply.code == "Access-Accept", reply.output
     assert await front.prompts() == 1
@@ -233,9 +202,9 @@ async def test_retransmits_make_one_prompt_and_one_answer(front: Front) -> None:
 
 
 async def test_a_user_without_a_phone_is_rejected(front: Front) -> None:
-    reply = await radclient(front.port, request("nobody@nhs.net"))
+    reply = await ask(front.port, request("nobody@nhs.net"))
     assert reply.code == "Access-Reject"
-    assert "No phone" in reply.message
+    assert "No phone" in (reply.reply_message or "")
 
 
 # -- challenge mode ----------------------------------------------------------------------------------------
@@ -249,36 +218,36 @@ async def gateway(redis_url: str, keyring: KeyRingHolder, tmp_path: Path) -> Asy
 
 async def test_challenge_mode_shows_the_number_and_accepts_after_approval(gateway: Front) -> None:
     phone = await gateway.phone()
-    first = await radclient(gateway.port, request())
+    first = await ask(gateway.port, request())
     assert first.code == "Access-Challenge", first.output
-    number = re.search(r"Enter (\d+) in the pushauth app", first.message)
-    assert number is not None, first.message
+    number = re.search(r"Enter (\d+) in the pushauth app", first.reply_message or "")
+    assert number is not None, first.reply_message
     assert first.state is not None
     assert first.state.startswith("0x")
     [pending] = await phone.pending()
     assert pending.number_matching is True
     assert await phone.approve(pending, number=number.group(1)) == "approved"
     # The user presses Enter: an empty response with the State.
-    second = await radclient(gateway.port, request(password="", State=first.state))
+    second = await ask(gateway.port, request(password="", State=first.state))
     assert second.code == "Access-Accept", second.output
     # The State was single-use.
-    replay = await radclient(gateway.port, request(password="", State=first.state))
+    replay = await ask(gateway.port, request(password="", State=first.state))
     assert replay.code == "Access-Reject"
-    assert "expired" in replay.message
+    assert "expired" in (replay.reply_message or "")
 
 
 async def test_challenge_mode_waits_for_the_phone_after_enter(gateway: Front) -> None:
     phone = await gateway.phone()
-    first = await radclient(gateway.port, request())
-    number = re.search(r"Enter (\d+)", first.message)
+    first = await ask(gateway.port, request())
+    number = re.search(r"Enter (\d+)", first.reply_message or "")
     assert number is not None
     assert first.state
     approving = asyncio.create_task(answer_when_prompted(
         phone, lambda ch: _later(1.0, phone.approve(ch, number=number.group(1)))))
-    second = await radclient(gateway.port, request(password="", State=first.state))
+    second = await ask(gateway.port, request(password="", State=first.state))
     await approving
     assert second.code == "Access-Accept", second.output
-    assert second.seconds >= 0.9
+    assert second.elapsed_s >= 0.9
 
 
 async def _later(delay_s: float, action: Awaitable[str]) -> str:
@@ -288,14 +257,14 @@ async def _later(delay_s: float, action: Awaitable[str]) -> str:
 
 async def test_challenge_mode_wrong_number_is_rejected(gateway: Front) -> None:
     phone = await gateway.phone()
-    first = await radclient(gateway.port, request())
-    number = re.search(r"Enter (\d+)", first.message)
+    first = await ask(gateway.port, request())
+    number = re.search(r"Enter (\d+)", first.reply_message or "")
     assert number is not None
     assert first.state
     [pending] = await phone.pending()
     wrong = str((int(number.group(1)) + 1) % 100).zfill(len(number.group(1)))
     assert await phone.approve(pending, number=wrong) == "denied"
-    second = await radclient(gateway.port, request(password="", State=first.state))
+    second = await ask(gateway.port, request(password="", State=first.state))
     assert second.code == "Access-Reject", second.output
 
 
@@ -303,22 +272,22 @@ async def test_challenge_mode_takes_an_access_code_instead(gateway: Front) -> No
     await gateway.phone()
     status, body = await gateway.admin.call("POST", f"/v1/users/{USER}/access-codes", {})
     assert status == 201, body
-    first = await radclient(gateway.port, request())
+    first = await ask(gateway.port, request())
     assert first.code == "Access-Challenge"
     assert first.state
-    wrong = await radclient(gateway.port, request(password="AAAA-BBBB-CCCC", State=first.state))
+    wrong = await ask(gateway.port, request(password="AAAA-BBBB-CCCC", State=first.state))
     assert wrong.code == "Access-Reject"
-    again = await radclient(gateway.port, request())
-    right = await radclient(gateway.port, request(password=body["code"], State=again.state or ""))
+    again = await ask(gateway.port, request())
+    right = await ask(gateway.port, request(password=body["code"], State=again.state or ""))
     assert right.code == "Access-Accept", right.output
 
 
 async def test_a_state_from_another_user_is_refused(gateway: Front) -> None:
     await gateway.phone()
     await gateway.phone("fay@nhs.net")
-    first = await radclient(gateway.port, request())
+    first = await ask(gateway.port, request())
     assert first.state
-    stolen = await radclient(gateway.port, request("fay@nhs.net", password="", State=first.state))
+    stolen = await ask(gateway.port, request("fay@nhs.net", password="", State=first.state))
     assert stolen.code == "Access-Reject"
 
 
@@ -328,7 +297,7 @@ async def test_a_state_from_another_user_is_refused(gateway: Front) -> None:
 async def test_a_wrong_secret_gets_no_answer_and_no_prompt(front: Front) -> None:
     await front.phone()
     before = counter("pushauth_radius_dropped_total", reason="bad_message_authenticator")
-    reply = await radclient(front.port, request(), secret="not-the-shared-secret-at-all", timeout_s=1)
+    reply = await ask(front.port, request(), secret="not-the-shared-secret-at-all", timeout_s=1)
     assert reply.code is None, reply.output
     assert await front.prompts() == 0
     assert counter("pushauth_radius_dropped_total", reason="bad_message_authenticator") == before + 1
@@ -337,7 +306,7 @@ async def test_a_wrong_secret_gets_no_answer_and_no_prompt(front: Front) -> None
 async def test_missing_message_authenticator_is_dropped(front: Front) -> None:
     await front.phone()
     before = counter("pushauth_radius_dropped_total", reason="no_message_authenticator")
-    reply = await radclient(front.port, request(), message_authenticator=False, timeout_s=1)
+    reply = await ask(front.port, request(), message_authenticator=False, timeout_s=1)
     assert reply.code is None, reply.output
     assert await front.prompts() == 0
     assert counter("pushauth_radius_dropped_total", reason="no_message_authenticator") == before + 1
@@ -350,7 +319,7 @@ async def test_a_client_that_opted_out_is_answered_and_counted(redis_url: str, k
         phone = await front.phone()
         before = counter("pushauth_radius_no_message_authenticator_total", client="vpn")
         answering = asyncio.create_task(answer_when_prompted(phone, phone.approve))
-        reply = await radclient(front.port, request(), message_authenticator=False)
+        reply = await ask(front.port, request(), message_authenticator=False)
         await answering
         assert reply.code == "Access-Accept", reply.output
         assert counter("pushauth_radius_no_message_authenticator_total", client="vpn") == before + 1
@@ -377,14 +346,14 @@ async def test_unknown_clients_and_junk_are_dropped_and_the_front_survives(redis
         assert counter("pushauth_radius_dropped_total", reason="unknown_client") == unknown + 1
         assert counter("pushauth_radius_dropped_total", reason="malformed") > malformed
         answering = asyncio.create_task(answer_when_prompted(phone, phone.approve))
-        reply = await radclient(front.port, request())
+        reply = await ask(front.port, request())
         await answering
         assert reply.code == "Access-Accept", reply.output
 
 
 async def test_a_request_without_pap_is_rejected_without_a_prompt(front: Front) -> None:
     await front.phone()
-    reply = await radclient(front.port, {"User-Name": USER, "CHAP-Password": "0x" + "00" * 17})
+    reply = await ask(front.port, {"User-Name": USER, "CHAP-Password": "0x" + "00" * 17})
     assert reply.code == "Access-Reject", reply.output
-    assert "PAP" in reply.message
+    assert "PAP" in (reply.reply_message or "")
     assert await front.prompts() == 0
