@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 import socket
+import sys
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 
+import aiohttp
 import pytest
 from radius_support import (
     AUTO,
     CHALLENGE,
+    SECRET,
     USER,
     VPN_ADDRESS,
     Front,
@@ -27,9 +31,12 @@ from radius_support import (
     request,
     running_front,
 )
+from support import API_KEY, LoginFlow, eventually, free_port, make_settings, start_server
 
 from pushauth.crypto.keyring import KeyRingHolder
-from pushauth.phone import Challenge
+from pushauth.crypto.secrets import sha256_hex
+from pushauth.phone import Challenge, Phone
+from testkit.processes import Child
 from testkit.radius_clients import missing_radius_tools
 
 if (why := missing_radius_tools("radclient")) is not None:
@@ -261,3 +268,77 @@ async def test_a_request_without_pap_is_rejected_without_a_prompt(front: Front) 
     assert reply.code == "Access-Reject", reply.output
     assert "PAP" in (reply.reply_message or "")
     assert await front.prompts() == 0
+
+
+# -- the process: pushauth radius -c config.toml -------------------------------------------------------------
+
+
+async def _check(config: Path) -> int:
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "pushauth", "radius", "-c", str(config),
+                                                "--check", stdout=asyncio.subprocess.DEVNULL,
+                                                stderr=asyncio.subprocess.DEVNULL)
+    return await proc.wait()
+
+
+async def test_the_process_beats_answers_and_drains_on_sigterm(redis_url: str, keyring: KeyRingHolder,
+                                                               tmp_path: Path) -> None:
+    secret = tmp_path / "vpn.secret"
+    secret.write_text(SECRET + "\n")
+    port = free_port()
+    server = await start_server(make_settings(redis_url, free_port()), keyring)
+    config = tmp_path / "radius.toml"
+    config.write_text(f"""
+[server]
+base_url = "{server.url}"
+[store]
+redis_url = "{redis_url}"
+[keys]
+ephemeral = true
+[[applications]]
+id = "webmail"
+name = "NHSmail webmail"
+api_key_sha256 = ["{sha256_hex(API_KEY)}"]
+[radius]
+listen = ["127.0.0.1"]
+port = {port}
+[[radius.clients]]
+name = "vpn"
+address = "127.0.0.1/32"
+secret_file = "{secret}"
+application = "webmail"
+mode = "auto"
+primary = "none"
+deadline_s = 20
+[logging]
+format = "json"
+""")
+    process = Child.python(["-m", "pushauth", "radius", "-c", str(config), "--name", "radius-1"],
+                           tmp_path / "radius.log")
+    try:
+        async with aiohttp.ClientSession() as http:
+            login = LoginFlow(http, server.url)
+            phone = await Phone.enroll(await login.enroll_uri(USER), session=http)
+
+            async def beating() -> bool | None:
+                return True if await _check(config) == 0 else None
+
+            await eventually(beating, 20, "pushauth radius --check")
+
+            async def approve_after_sigterm(ch: Challenge) -> str:
+                process.signal(signal.SIGTERM)  # stop taking requests; answer the one held
+                await asyncio.sleep(1.0)
+                return await phone.approve(ch)
+
+            answering = asyncio.create_task(answer_when_prompted(phone, approve_after_sigterm))
+            reply = await ask(port, request(), retries=1, timeout_s=20)
+            await answering
+            assert reply.code == "Access-Accept", f"{reply.output}\n{process.log_text()[-3000:]}"
+            assert await process.exited(30) == 0, process.log_text()[-3000:]
+        log = process.log_text()
+        assert '"event":"radius_started"' in log
+        assert '"event":"radius_stopped"' in log
+        assert SECRET not in log
+    finally:
+        if process.returncode is None:
+            process.kill9()
+        await server.close()

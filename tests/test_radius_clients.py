@@ -69,6 +69,7 @@ async def test_pamtester_challenge_mode_shows_the_number(pam_gateway: Front, tmp
         # The user reads the number off the terminal (the Reply-Message pam_radius_auth printed as its
         # prompt); the test reads it where the server keeps it, then types it on the phone.
         number = await pam_gateway.redis.hget(_challenge_key(pam_gateway, ch.id), "num")
+        assert isinstance(number, bytes)
         assert number
         return await phone.approve(ch, number=number.decode())
 

@@ -1,21 +1,28 @@
-"""`pushauth radius`: the RADIUS front (pushauth/radius/process.py takes its own options)."""
+"""`pushauth radius`: the RADIUS front, a process of its own run like the workers
+(pushauth/radius/process.py).
+
+    pushauth radius -c config.toml [--name N] [--metrics-port P] [--drain-s S] [--check]
+"""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser("radius", add_help=False,
-                            help="run the RADIUS front: push approval for VPNs, gateways and SSH (--help)")
-    parser.add_argument("args", nargs=argparse.REMAINDER)
+    from pushauth.radius.process import RADIUS
+
+    parser = sub.add_parser("radius", help="run the RADIUS front: push approval for VPNs, gateways and SSH",
+                            description=RADIUS.description)
+    # -c here as well as before the command: `pushauth radius -c config.toml`, as the README writes it.
+    parser.add_argument("-c", "--config", dest="radius_config", type=Path, default=None)
+    RADIUS.add_arguments(parser, config=False)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pushauth.radius.process import RADIUS  # pyrad and ldap3 only for this command
+    from pushauth.radius.process import RADIUS
 
-    argv = list(args.args)
-    if args.config is not None and not {"-c", "--config"} & set(argv):
-        argv = ["-c", str(args.config), *argv]
-    return RADIUS.main(argv)
+    args.config = args.radius_config or args.config
+    return RADIUS.run_parsed(args)

@@ -82,7 +82,10 @@ class Worker:
     needs_redis: str = ""
 
     def main(self, argv: list[str] | None = None) -> int:
-        args = self._parser().parse_args(argv)
+        return self.run_parsed(self._parser().parse_args(argv))
+
+    def run_parsed(self, args: argparse.Namespace) -> int:
+        """Run with options parsed by `add_arguments` (here, or as a subcommand of `pushauth`)."""
         try:
             if args.check:
                 return asyncio.run(self.check(args.config))
@@ -98,7 +101,13 @@ class Worker:
     def _parser(self) -> argparse.ArgumentParser:
         parser = argparse.ArgumentParser(prog=self.prog or f"python -m workers.{self.kind}",
                                          description=self.description)
-        parser.add_argument("-c", "--config", type=Path, default=None)
+        self.add_arguments(parser)
+        return parser
+
+    def add_arguments(self, parser: argparse.ArgumentParser, *, config: bool = True) -> None:
+        """The worker's options (`config=False`: a parent parser already takes -c/--config)."""
+        if config:
+            parser.add_argument("-c", "--config", type=Path, default=None)
         parser.add_argument("--name", default=None, help="worker name (default: host-pid)")
         parser.add_argument("--metrics-port", type=int, default=0,
                             help="serve Prometheus metrics on this port (default: off)")
@@ -108,7 +117,6 @@ class Worker:
                                  f"stays pending for another worker (default: {DRAIN_S:g})")
         parser.add_argument("--check", action="store_true",
                             help=f"exit 0 when a {self.kind} worker has a fresh heartbeat, else 1")
-        return parser
 
     def _settings(self, config: Path | None) -> Settings:
         settings = load_settings(config)
