@@ -38,6 +38,7 @@ from pushauth.crypto.secrets import sha256_hex
 from pushauth.phone import Challenge, Phone
 from testkit.processes import Child
 from testkit.radius_clients import missing_radius_tools
+from testkit.redis_server import RedisServer
 
 if (why := missing_radius_tools("radclient")) is not None:
     pytest.skip(why, allow_module_level=True)
@@ -342,3 +343,16 @@ format = "json"
         if process.returncode is None:
             process.kill9()
         await server.close()
+
+
+async def test_redis_down_fails_closed(private_redis: RedisServer, keyring: KeyRingHolder,
+                                       tmp_path: Path) -> None:
+    async with running_front(private_redis.url, keyring, tmp_path, [AUTO]) as front:
+        await front.phone()
+        private_redis.stop()
+        try:
+            reply = await ask(front.port, request(), timeout_s=15)
+            assert reply.code == "Access-Reject", reply.output
+            assert "unavailable" in (reply.reply_message or "")
+        finally:
+            private_redis.start()
