@@ -138,6 +138,10 @@ _CONNECTION_ERRORS = (OSError, ldap_errors.LDAPSocketOpenError, ldap_errors.LDAP
                       ldap_errors.LDAPSocketReceiveError, ldap_errors.LDAPSocketSendError)
 
 
+# Less time than this left before its deadline, a bind is not started (see LdapCheck._bind).
+_MIN_BIND_S = 0.05
+
+
 class LdapCheck:
     """`primary = "ldap"`: bind as the user (`user_dn` with `{user}` in it); the directory checks the
     password and its own lockout policy. ldap3 is synchronous, so each bind runs in a thread of a pool of
@@ -186,7 +190,8 @@ class LdapCheck:
         started = time.monotonic()
         try:
             async with asyncio.timeout(self._timeout_s):
-                verdict = await loop.run_in_executor(self._pool, self._bind, self.bind_dn(user), password)
+                verdict = await loop.run_in_executor(self._pool, self._bind, self.bind_dn(user), password,
+                                                     started + self._timeout_s)
         except TimeoutError:
             log.error("radius_ldap_unavailable", user=user, reason="timeout", timeout_s=self._timeout_s)
             return Verdict.UNAVAILABLE
@@ -196,16 +201,21 @@ class LdapCheck:
                  ms=round((time.monotonic() - started) * 1000))
         return verdict
 
-    def _bind(self, dn: str, password: str) -> Verdict:
-        """One connection, one bind, in a worker thread. Every socket operation is bounded (connect by
-        connect_timeout, the TLS handshake and each read by receive_timeout), so the thread ends soon after
-        the asyncio deadline even when the directory hangs."""
+    def _bind(self, dn: str, password: str, deadline: float) -> Verdict:
+        """One connection, one bind, in a worker thread, by `deadline` (time.monotonic()). Every socket
+        operation is bounded (connect by connect_timeout, the TLS handshake and each read by
+        receive_timeout), so the thread ends soon after the asyncio deadline even when the directory hangs.
+        A bind that waited for a thread until its deadline (nearly) passed is not made: the caller has
+        given up on it, and a directory that is slow already gets no extra load from it."""
+        left = deadline - time.monotonic()
+        if left < _MIN_BIND_S:
+            return Verdict.UNAVAILABLE
         server = ldap3.Server(self._host, port=self._port, use_ssl=self._ldaps, tls=self._tls,
-                              get_info=ldap3.NONE, connect_timeout=self._timeout_s)
+                              get_info=ldap3.NONE, connect_timeout=left)
         # ldap3 packs receive_timeout into SO_RCVTIMEO as an integer: a float raises.
         conn = ldap3.Connection(server, user=dn, password=password, authentication=ldap3.SIMPLE,
                                 auto_bind=ldap3.AUTO_BIND_NONE, auto_referrals=False, read_only=True,
-                                receive_timeout=max(1, math.ceil(self._timeout_s)))
+                                receive_timeout=max(1, math.ceil(left)))
         try:
             conn.open()
             if self._start_tls:
