@@ -238,6 +238,12 @@ class LdapCheck:
         finally:
             with contextlib.suppress(Exception):  # closing a connection that may never have opened
                 conn.unbind()
+            # ldap3 leaves the socket open when the connect or the TLS handshake fails (refused, a
+            # certificate we do not trust): close it here, not whenever the garbage collector runs.
+            sock = getattr(conn, "socket", None)
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.close()
 
     async def aclose(self) -> None:
         # Binds in flight end by their own socket timeouts; queued ones are dropped.
