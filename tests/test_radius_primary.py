@@ -8,9 +8,12 @@ directory, a user name cannot move the bind DN, and a reply the upstream did not
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
+import socket
 import threading
 import time
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +21,7 @@ from typing import Any
 
 import pyrad.packet
 import pytest
+import structlog.testing
 from pyrad.server import RemoteHost
 from pyrad.server_async import ServerAsync
 
@@ -116,10 +120,17 @@ async def test_the_connection_is_tls(check: LdapCheck, directory: slapd.Slapd) -
 
 @needs_slapd
 async def test_wrong_password_and_unknown_user_are_wrong(check: LdapCheck) -> None:
-    assert await check.check("alice", "not it") == Verdict.WRONG
-    assert await check.check("alice", USERS["bob"]) == Verdict.WRONG
-    assert await check.check("nobody", "whatever") == Verdict.WRONG
-    assert await check.check("ALICE ", USERS["alice"] + " ") == Verdict.WRONG
+    with structlog.testing.capture_logs() as logs:
+        assert await check.check("alice", "not it") == Verdict.WRONG
+        assert await check.check("alice", USERS["bob"]) == Verdict.WRONG
+        assert await check.check("nobody", "whatever") == Verdict.WRONG
+        assert await check.check("ALICE ", USERS["alice"] + " ") == Verdict.WRONG
+        assert await check.check("alice", USERS["alice"]) == Verdict.OK
+    # Logs name the user and the result, never a password.
+    assert [(e["user"], e["result"]) for e in logs] == [("alice", "wrong"), ("alice", "wrong"),
+                                                        ("nobody", "wrong"), ("ALICE ", "wrong"),
+                                                        ("alice", "ok")]
+    assert not any(p in repr(logs) + repr(check) for p in ("not it", *USERS.values()))
 
 
 @needs_slapd
@@ -181,6 +192,25 @@ async def test_a_certificate_from_another_ca_is_unavailable(tls: str, directory:
 
 
 @needs_slapd
+async def test_failed_connections_leave_no_socket_open(directory: slapd.Slapd, tmp_path: Path) -> None:
+    """ldap3 leaves its socket open when the connect or the handshake fails; the check closes it."""
+    other = TestCA.create(tmp_path / "other-ca")
+    refused = socket.socket()
+    refused.bind(("127.0.0.1", 0))
+    closed_port = refused.getsockname()[1]
+    refused.close()
+    checkers = [ldap_check(directory, other, tls=tls) for tls in ("ldaps", "starttls")]
+    checkers.append(ldap_check(directory, other, url=f"ldaps://127.0.0.1:{closed_port}"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        for checker in checkers:
+            assert await checker.check("alice", USERS["alice"]) == Verdict.UNAVAILABLE
+            await checker.aclose()
+        gc.collect()
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+
+
+@needs_slapd
 @pytest.mark.parametrize("tls", ["ldaps", "starttls"])
 async def test_a_certificate_for_another_name_is_unavailable(tls: str, directory: slapd.Slapd,
                                                              ca: TestCA) -> None:
@@ -224,6 +254,7 @@ class Silent:
         finally:
             self.active -= 1
             writer.close()
+            await writer.wait_closed()
 
 
 @pytest.mark.parametrize("scheme", ["ldap", "ldaps"])
@@ -245,7 +276,11 @@ async def test_a_hung_directory_is_unavailable_within_the_timeout_and_binds_are_
         assert silent.most == 2
         assert silent.total == 2
     finally:
-        await checker.aclose()
+        await checker.aclose()  # the threads close their sockets: each handler sees its end
+        for _ in range(100):
+            if not silent.active:
+                break
+            await asyncio.sleep(0.02)
         server.close()
         await server.wait_closed()
 
@@ -415,8 +450,23 @@ async def test_upstream_accept_and_reject(upstream: Upstream) -> None:
     assert len(upstream.received) == 4  # one send each: no retransmits when the answer comes
 
 
-async def test_upstream_challenge_is_wrong(upstream: Upstream) -> None:
-    assert await upstream_check(upstream.port).check("challenge", "x") == Verdict.WRONG
+async def test_upstream_challenge_is_wrong_and_said_so(upstream: Upstream) -> None:
+    with structlog.testing.capture_logs() as logs:
+        assert await upstream_check(upstream.port).check("challenge", "x") == Verdict.WRONG
+    assert [e["log_level"] for e in logs if e["event"] == "radius_upstream_challenge"] == ["warning"]
+
+
+async def test_no_password_in_logs_or_reprs(upstream: Upstream) -> None:
+    check = upstream_check(upstream.port, timeout_s=0.5, attempts=1)
+    with structlog.testing.capture_logs() as logs:
+        for user in ("alice", "challenge", "silent", "forger"):
+            await check.check(user, "the-Password-1")
+        await check.check("alice", UPSTREAM_USERS["alice"])
+    text = repr(logs) + repr(check)
+    assert "the-Password-1" not in text
+    assert UPSTREAM_USERS["alice"] not in text
+    assert SECRET.decode() not in text
+    assert {e["user"] for e in logs} >= {"alice", "challenge", "silent", "forger"}
 
 
 async def test_empty_password_is_not_forwarded(upstream: Upstream) -> None:
