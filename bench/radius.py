@@ -58,7 +58,7 @@ from bench.cycle import (
 )
 from pushauth.crypto.secrets import sha256_hex
 from pushauth.phone import Phone
-from pushauth.radius.server import load_dictionary
+from pushauth.radius.packets import load_dictionary
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "bench-radius-shared-secret-0123456789"  # noqa: S105 (a benchmark's own)

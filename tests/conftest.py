@@ -40,7 +40,7 @@ INTEGRATION_HELPERS = frozenset({
     ("testkit.fakes.sandbox", "PrivateHosts"), ("browser", "chromium"),
     # real RADIUS clients and daemons: radclient, pamtester (through expect), sshd
     ("testkit.radius_clients", "radclient"), ("testkit.radius_clients", "pamtester"),
-    ("testkit.sshd", "Sshd"),
+    ("testkit.sshd", "Sshd"), ("testkit.slapd", "Slapd"),
 })
 INTEGRATION_TESTS = frozenset({
     "test_make.py::test_ci_runs_make_test_and_fails_when_a_test_fails",  # .ci/run: make test in a child

@@ -68,7 +68,8 @@ async def running_front(redis_url: str, keyring: KeyRingHolder, tmp_path: Path, 
     secret_file.write_text(SECRET + "\n")
     port = free_port()
     radius = {"listen": ["127.0.0.1"], "port": port,
-              "clients": [{"secret_file": str(secret_file), "application": "webmail", **c} for c in clients]}
+              "clients": [{"secret_file": str(secret_file), "application": "webmail", **c} for c in clients],
+              **sections.pop("radius", {})}
     settings = make_settings(redis_url, free_port(), radius=radius, **sections)
     server = await start_server(settings, keyring)
     stop = asyncio.Event()

@@ -11,14 +11,26 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from radius_support import AUTO, CHALLENGE, SECRET, USER, Front, answer_when_prompted, running_front
+from radius_support import (
+    AUTO,
+    CHALLENGE,
+    SECRET,
+    USER,
+    Front,
+    answer_when_prompted,
+    ask,
+    request,
+    running_front,
+)
 
 from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.phone import Challenge, Phone
+from testkit import slapd
+from testkit.fakes.sandbox import TestCA
 from testkit.radius_clients import PamRadiusService, missing_radius_tools, pamtester
 from testkit.sshd import LocalUser, Sshd, ssh_login
 
@@ -116,3 +128,57 @@ async def test_ssh_login_approved_then_denied(pam_front: Front, tmp_path: Path) 
             await denying
             assert not refused.succeeded, refused.transcript
             assert "pushauth-login-ok" not in refused.transcript
+
+
+# -- the password first: slapd (OpenLDAP) as the directory ---------------------------------------------------
+
+DIRECTORY_USERS = {"gwen": "Gwen's directory password 1"}
+
+
+@pytest.fixture(scope="module")
+def directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[slapd.Slapd]:
+    if (why := slapd.available()) is not None:
+        pytest.skip(why)
+    ca = TestCA.create(tmp_path_factory.mktemp("ldap-ca"))
+    with slapd.Slapd(tmp_path_factory.mktemp("slapd"), ca, DIRECTORY_USERS) as running:
+        yield running
+
+
+@pytest.fixture
+async def ldap_front(redis_url: str, keyring: KeyRingHolder, tmp_path: Path,
+                     directory: slapd.Slapd) -> AsyncIterator[Front]:
+    ldap = {"url": directory.ldaps_url, "user_dn": directory.user_dn, "ca_file": str(directory.ca.ca_file)}
+    # pam_radius_auth's entry (no Message-Authenticator); radclient, sending one, fits it too
+    clients = [{**PAM_AUTO, "primary": "ldap"}]
+    async with running_front(redis_url, keyring, tmp_path, clients, radius={"ldap": ldap}) as front:
+        yield front
+
+
+async def test_a_wrong_directory_password_is_rejected_before_any_prompt(ldap_front: Front,
+                                                                        directory: slapd.Slapd) -> None:
+    phone = await ldap_front.phone("gwen")
+    binds = len(directory.binds())
+    wrong = await ask(ldap_front.port, request("gwen", "not Gwen's password"))
+    assert wrong.code == "Access-Reject", wrong.output
+    assert "Wrong user name or password" in (wrong.reply_message or "")
+    assert await ldap_front.prompts() == 0  # password spraying never reaches the phone
+    assert await phone.pending() == []
+    assert len(directory.binds()) == binds + 1  # the directory was asked, as the user
+    # The right password: now the phone is asked.
+    approving = asyncio.create_task(answer_when_prompted(phone, phone.approve))
+    right = await ask(ldap_front.port, request("gwen", DIRECTORY_USERS["gwen"]))
+    await approving
+    assert right.code == "Access-Accept", right.output
+    assert await ldap_front.prompts() == 1
+
+
+async def test_pamtester_with_the_directory_password(ldap_front: Front, tmp_path: Path) -> None:
+    phone = await ldap_front.phone("gwen")
+    with PamRadiusService(ldap_front.port, SECRET, tmp_path, timeout_s=PAM_WAIT_S) as pam:
+        refused = await pamtester(pam.name, "gwen", ["a guess"])
+        assert not refused.succeeded
+        assert await ldap_front.prompts() == 0
+        approving = asyncio.create_task(answer_when_prompted(phone, phone.approve))
+        attempt = await pamtester(pam.name, "gwen", [DIRECTORY_USERS["gwen"]])
+        await approving
+        assert attempt.succeeded, attempt.transcript

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import importlib.resources
 import ipaddress
 import logging
 import time
@@ -32,11 +31,11 @@ from typing import Any
 
 import structlog
 from pyrad import packet as rp
-from pyrad.dictionary import Dictionary
 from pyrad.server import RemoteHost
 from pyrad.server_async import ServerAsync
 
 from pushauth import metrics
+from pushauth.radius.packets import load_dictionary
 from pushauth.radius.settings import RadiusClient, RadiusSettings
 from pushauth.radius.signin import Answer, Code, Request, SignIns
 
@@ -46,11 +45,6 @@ PYRAD_LOGGER = "pushauth.radius.pyrad"
 # A Reply-Message is one attribute: at most 253 octets.
 MAX_REPLY_MESSAGE = 253
 _LOG_EVERY_S = 60.0
-
-
-def load_dictionary() -> Any:
-    with importlib.resources.as_file(importlib.resources.files("pushauth.radius") / "dictionary") as path:
-        return Dictionary(str(path))
 
 
 class ClientTable(Mapping[str, Any]):
