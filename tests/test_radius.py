@@ -8,6 +8,7 @@ simulator (pushauth/phone.py) over HTTP. Nothing leaves loopback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import signal
 import socket
@@ -356,3 +357,55 @@ async def test_redis_down_fails_closed(private_redis: RedisServer, keyring: KeyR
             assert "unavailable" in (reply.reply_message or "")
         finally:
             private_redis.start()
+
+
+async def test_proxy_state_is_echoed(front: Front) -> None:
+    # RFC 2865 5.33: a proxy between client and server finds its Proxy-State in the reply, unchanged.
+    reply = await ask(front.port, request("nobody@nhs.net", **{"Proxy-State": "0x70726f78792d3031"}))
+    assert reply.code == "Access-Reject", reply.output
+    assert reply.attributes.get("Proxy-State") == ["0x70726f78792d3031"], reply.output
+
+
+async def test_a_client_over_its_rate_limit_is_rejected_without_a_prompt(redis_url: str,
+                                                                          keyring: KeyRingHolder,
+                                                                          tmp_path: Path) -> None:
+    async with running_front(redis_url, keyring, tmp_path, [{**AUTO, "rate_limit": 1}]) as front:
+        phone = await front.phone()
+        answering = asyncio.create_task(answer_when_prompted(phone, phone.approve))
+        assert (await ask(front.port, request())).code == "Access-Accept"
+        await answering
+        refused = await ask(front.port, request())
+        assert refused.code == "Access-Reject", refused.output
+        assert "Too many sign-ins" in (refused.reply_message or "")
+        assert await front.prompts() == 1
+
+
+async def test_held_requests_are_bounded(redis_url: str, keyring: KeyRingHolder, tmp_path: Path) -> None:
+    async with running_front(redis_url, keyring, tmp_path, [AUTO], radius={"max_held": 1}) as front:
+        await front.phone()
+        await front.phone("fay@nhs.net")
+        before = counter("pushauth_radius_dropped_total", reason="too_many_held")
+        held = asyncio.create_task(ask(front.port, request(), timeout_s=20))  # waits for Erin's phone
+        for _ in range(100):
+            if await front.prompts():
+                break
+            await asyncio.sleep(0.05)
+        second = await ask(front.port, request("fay@nhs.net"), timeout_s=1)
+        assert second.code is None, second.output  # dropped: the client would resend later
+        assert counter("pushauth_radius_dropped_total", reason="too_many_held") == before + 1
+        held.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await held
+
+
+async def test_the_number_typed_at_the_prompt_counts_as_enter(gateway: Front) -> None:
+    phone = await gateway.phone()
+    first = await ask(gateway.port, request())
+    number = re.search(r"Enter (\d+)", first.reply_message or "")
+    assert number is not None
+    assert first.state
+    [pending] = await phone.pending()
+    assert await phone.approve(pending, number=number.group(1)) == "approved"
+    # The user types the number at the VPN's prompt too: taken as Enter, not as a wrong access code.
+    second = await ask(gateway.port, request(password=number.group(1), State=first.state))
+    assert second.code == "Access-Accept", second.output

@@ -164,6 +164,9 @@ async def test_a_wrong_directory_password_is_rejected_before_any_prompt(ldap_fro
     assert await ldap_front.prompts() == 0  # password spraying never reaches the phone
     assert await phone.pending() == []
     assert len(directory.binds()) == binds + 1  # the directory was asked, as the user
+    audit = await ldap_front.admin.audit("gwen")
+    assert any(e.get("what") == "refused" and e.get("why") == "password check: wrong"
+               and e.get("who") == "radius:linux-pam" for e in audit), audit
     # The right password: now the phone is asked.
     approving = asyncio.create_task(answer_when_prompted(phone, phone.approve))
     right = await ask(ldap_front.port, request("gwen", DIRECTORY_USERS["gwen"]))

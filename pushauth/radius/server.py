@@ -176,9 +176,7 @@ class RadiusServer(ServerAsync):  # type: ignore[misc]  # pyrad is untyped
         self._replies: collections.OrderedDict[Key, tuple[float, bytes]] = collections.OrderedDict()
         self._no_ma_warned: dict[str, float] = {}
         self._stopping = False
-        pyrad_log = logging.getLogger(PYRAD_LOGGER)
-        pyrad_log.addFilter(_PyradLog(self._drops))
-        pyrad_log.propagate = False
+        self._pyrad_log = _PyradLog(self._drops)
 
     def __repr__(self) -> str:
         return f"RadiusServer(port={self._settings.port}, clients={self._table!r})"
@@ -188,6 +186,9 @@ class RadiusServer(ServerAsync):  # type: ignore[misc]  # pyrad is untyped
         return len(self._held)
 
     async def run(self, stop: asyncio.Event) -> None:
+        pyrad_log = logging.getLogger(PYRAD_LOGGER)
+        pyrad_log.addFilter(self._pyrad_log)
+        pyrad_log.propagate = False
         await self.initialize_transports(enable_auth=True, addresses=list(self._settings.listen))
         try:
             await stop.wait()
@@ -198,6 +199,7 @@ class RadiusServer(ServerAsync):  # type: ignore[misc]  # pyrad is untyped
             for task in list(self._held.values()):
                 task.cancel()
             await self.deinitialize_transports()
+            pyrad_log.removeFilter(self._pyrad_log)
 
     # -- pyrad's callbacks ---------------------------------------------------------------------------
 

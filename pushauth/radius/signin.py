@@ -68,7 +68,7 @@ class Request:
 class Answer:
     code: Code
     message: str = ""
-    state: bytes | None = None
+    state: bytes | None = field(default=None, repr=False)  # a live reference to a prompt: not for logs
     # What happened, for metrics and logs ("approved", "wrong_password", "locked", ...).
     outcome: str = ""
     facts: Mapping[str, Any] = field(default_factory=dict)
@@ -146,7 +146,7 @@ class SignIns:
         if ref is None or ref.user != user or ref.client != client.name:
             return reject("unknown_state", "This sign-in has expired. Start again.")
         typed = (request.password or "").strip()
-        if typed:
+        if _looks_like_access_code(typed):
             # Not the Enter the challenge asked for: a temporary access code, typed instead of the phone.
             try:
                 valid, why = await self._accounts.verify_access_code(user, typed, by=f"radius:{client.name}")
@@ -177,6 +177,13 @@ class SignIns:
     async def _cancel(self, app: Application, cid: str) -> None:
         with contextlib.suppress(ApiError):  # answered or expired meanwhile: nothing to withdraw
             await self._challenges.cancel(app, cid)
+
+
+def _looks_like_access_code(typed: str) -> bool:
+    """An access code is 12 letters and digits (dashes and spaces optional; pushauth/accounts/service.py).
+    Anything shorter is taken as Enter: most likely the number, typed at the prompt as well as on the phone,
+    which must not count as a wrong access code toward the user's lockout."""
+    return len(typed.replace("-", "").replace(" ", "")) >= 8
 
 
 def _context(client: RadiusClient, request: Request) -> dict[str, str]:
