@@ -56,6 +56,21 @@ APNS_CERT_EXPIRY = Gauge("pushauth_push_apns_certificate_expiry_timestamp_second
 ALERT_DELIVERIES = Counter("pushauth_alert_deliveries_total", "Alert deliveries by sink and result",
                            ["sink", "result"])
 
+# -- the RADIUS front (pushauth/radius/) ---------------------------------------------------------------------
+
+RADIUS_REQUESTS = Counter("pushauth_radius_requests_total", "Access-Requests answered, by client and answer "
+                          "(accept, reject, challenge)", ["client", "answer"])
+RADIUS_DROPPED = Counter("pushauth_radius_dropped_total", "RADIUS packets dropped unanswered, by reason "
+                         "(unknown_client, no_message_authenticator, bad_message_authenticator, malformed, "
+                         "too_many_held, stopping, ...)", ["reason"])
+RADIUS_RETRANSMITS = Counter("pushauth_radius_retransmits_total",
+                             "Copies of a request already held (dropped) or already answered (the cached "
+                             "reply resent)", ["state"])
+RADIUS_NO_MESSAGE_AUTHENTICATOR = Counter(
+    "pushauth_radius_no_message_authenticator_total",
+    "Access-Requests taken without a Message-Authenticator from a client that opted out", ["client"])
+RADIUS_HELD = Gauge("pushauth_radius_held", "Access-Requests held now (password check or phone)")
+
 # -- read from Redis when scraped --------------------------------------------------------------------------
 
 STREAM_LAG = Gauge("pushauth_stream_lag", "Entries not yet read by the stream's consumer group", ["stream"])

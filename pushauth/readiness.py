@@ -28,6 +28,7 @@ _WITHOUT = {
     "push": "no push reaches a phone (phones find prompts only by polling)",
     "alerts": "no alert reaches the security team's sinks",
     "expiry": "prompts that expire unanswered are counted only at the user's next sign-in",
+    "radius": "VPNs, gateways and SSH servers get no answer to their RADIUS requests",
 }
 
 
@@ -40,6 +41,8 @@ def expected_workers(settings: Settings) -> list[str]:
         kinds.append("push")
     if settings.alerts.sinks:
         kinds.append("alerts")
+    if settings.radius.clients:
+        kinds.append("radius")  # `pushauth radius` (python -m workers.radius)
     return kinds
 
 

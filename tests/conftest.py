@@ -38,6 +38,9 @@ INTEGRATION_HELPERS = frozenset({
     ("testkit.redis_server", "RedisServer"), ("testkit.redis_cluster", "RedisCluster"),
     ("testkit.redis_sentinel", "RedisSentinelSet"), ("testkit.processes", "Child"),
     ("testkit.fakes.sandbox", "PrivateHosts"), ("browser", "chromium"),
+    # real RADIUS clients and daemons: radclient, pamtester (through expect), sshd
+    ("testkit.radius_clients", "radclient"), ("testkit.radius_clients", "pamtester"),
+    ("testkit.sshd", "Sshd"), ("testkit.slapd", "Slapd"),
 })
 INTEGRATION_TESTS = frozenset({
     "test_make.py::test_ci_runs_make_test_and_fails_when_a_test_fails",  # .ci/run: make test in a child

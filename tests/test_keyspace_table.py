@@ -36,6 +36,7 @@ from support import (
 )
 
 from pushauth.crypto.keyring import KeyRingHolder
+from pushauth.crypto.secrets import sha256_hex
 from pushauth.phone import Phone
 from pushauth.store.keyspace import HASH_FIELDS, KEYS, KeySpec, describe, field_spec
 from testkit.fakes import sandbox
@@ -44,6 +45,7 @@ from testkit.fakes.fcm import FakeFCM
 from testkit.fakes.receivers import HttpReceiver, standard_webhooks_check
 from testkit.fakes.sandbox import PrivateHosts, TestCA
 from testkit.processes import Child
+from testkit.radius_clients import MESSAGE_AUTHENTICATOR, radclient
 
 if (why := sandbox.available()) is not None:
     pytest.skip(why, allow_module_level=True)
@@ -54,7 +56,8 @@ BOB_TOKEN = "b0b" * 21 + "b"  # an APNs device token: 64 hex digits
 SECRET = "whsec_" + base64.b64encode(b"pushauth-keyspace-table-secret!!").decode()
 SINK = "soc"
 KEY_ID, TEAM_ID, TOPIC = "KEYS123456", "TEAMKEYS12", "org.pushauth.app"
-WORKERS = {"push": "push-1", "alerts": "alerts-1", "expiry": "expiry-1"}
+WORKERS = {"push": "push-1", "alerts": "alerts-1", "expiry": "expiry-1", "radius": "radius-1"}
+RADIUS_SECRET = "keyspace-table-radius-secret-01"
 # Rows a short run cannot be expected to leave a key of: retries, dead letters, a sink disabled by a 410, a
 # pub/sub channel (never a key), sets and lists emptied by the run itself. Every other row must turn up, so
 # the run stays a full one.
@@ -64,7 +67,8 @@ NOT_EXPECTED = {"<prefix>:{alerts}:delayed", "<prefix>:{alerts}:dead", "<prefix>
                 "<prefix>:{<uid>}:aout",  # emptied as the alert worker handles each version
                 "<prefix>:{<uid>}:acode",  # deleted when used
                 "<prefix>:{<uid>}:notices:<did>",  # deleted when the phone reads them (checked below)
-                "<prefix>:rl:a:<application id>"}  # applications are metered only with a quota
+                "<prefix>:rl:a:<application id>",  # applications are metered only with a quota
+                "<prefix>:rl:r:<RADIUS client name>"}  # one request's bucket expires within milliseconds
 
 
 @dataclass
@@ -76,6 +80,7 @@ class Deployment:
     receiver: HttpReceiver
     workers: dict[str, Child]
     redis_url: str
+    radius_port: int
 
 
 @pytest.fixture
@@ -96,9 +101,15 @@ async def deployment(redis_url: str, keyring: KeyRingHolder, tmp_path: Path) -> 
                      "topic": TOPIC, "sandbox": True}}
         sink = {"name": SINK, "kind": "webhook", "url": receiver.url + "/hook", "secret": SECRET,
                 "timeout_s": 2.0}
-        settings = make_settings(redis_url, free_port(), store={"prefix": PREFIX}, push=push,
-                                 alerts={"sinks": [sink], "sweep_interval_s": 1.0})
         config = tmp_path / "workers.toml"
+        radius_secret = tmp_path / "radius.secret"
+        radius_secret.write_text(RADIUS_SECRET + "\n")
+        radius_port = free_port()
+        radius = {"listen": ["127.0.0.1"], "port": radius_port,
+                  "clients": [{"name": "vpn", "address": "127.0.0.1/32", "secret_file": str(radius_secret),
+                               "application": "webmail", "mode": "challenge", "primary": "none"}]}
+        settings = make_settings(redis_url, free_port(), store={"prefix": PREFIX}, push=push,
+                                 alerts={"sinks": [sink], "sweep_interval_s": 1.0}, radius=radius)
         config.write_text(f"""
 [server]
 base_url = "{settings.server.base_url}"
@@ -125,6 +136,22 @@ secret = "{SECRET}"
 timeout_s = 2.0
 [logging]
 format = "json"
+[keys]
+ephemeral = true
+[[applications]]
+id = "webmail"
+name = "NHSmail webmail"
+api_key_sha256 = ["{sha256_hex('radius-process-has-no-use-for-it')}"]
+[radius]
+listen = ["127.0.0.1"]
+port = {radius_port}
+[[radius.clients]]
+name = "vpn"
+address = "127.0.0.1/32"
+secret_file = "{radius_secret}"
+application = "webmail"
+mode = "challenge"
+primary = "none"
 """)
         workers = {name: Child.python(["-m", f"workers.{kind}", "-c", str(config), "--name", name],
                                       tmp_path / f"{name}.log", hosts=hosts if kind == "push" else None)
@@ -132,7 +159,7 @@ format = "json"
         server = await start_server(settings, keyring)
         http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
         try:
-            yield Deployment(server, http, fcm, apns, receiver, workers, redis_url)
+            yield Deployment(server, http, fcm, apns, receiver, workers, redis_url, radius_port)
         finally:
             await http.close()
             await server.close()
@@ -196,6 +223,14 @@ async def test_every_key_a_full_run_writes_is_in_the_table(deployment: Deploymen
     status, verified = await login.call("POST", "/v1/access-codes/verify", {"user": ALICE,
                                                                              "code": issued["code"]})
     assert (status, verified.get("valid")) == (200, True), verified
+
+    # A RADIUS sign-in through `pushauth radius` (python -m workers.radius) in challenge mode, left at the
+    # Access-Challenge: its State waits in Redis, and the client's rate bucket counted it.
+    # (radclient's own retransmits cover the process still starting: one request, one prompt.)
+    reply = await radclient(d.radius_port, RADIUS_SECRET, {"User-Name": ALICE, "User-Password": "-",
+                                                          "Message-Authenticator": MESSAGE_AUTHENTICATOR},
+                            retries=10, timeout_s=1)
+    assert reply.code == "Access-Challenge", reply.output
 
     # A console sign-in (the session lives in Redis).
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as console, \

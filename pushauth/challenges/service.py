@@ -136,9 +136,11 @@ class Challenges:
 
     async def create(self, app: Application, user: str, context: dict[str, str] | None,
                      ttl_s: int | None, *, remember_token: str | None = None,
-                     browser_id: str | None = None) -> Created | Allowed:
+                     browser_id: str | None = None, number_matching: bool = True) -> Created | Allowed:
         """A prompt for `user`, or the policy's reason why none is needed (pushauth/accounts/policy.py); every
-        outcome but a plain prompt is audited."""
+        outcome but a plain prompt is audited. `number_matching=False`: no number even where the settings
+        ask for one, for a login flow that cannot show it (a RADIUS client that shows no challenge): the
+        phone then asks approve or deny, with the context."""
         cfg = self._settings.challenges
         ttl = cfg.default_ttl_s if ttl_s is None else ttl_s
         if not 10 <= ttl <= cfg.max_ttl_s:
@@ -160,7 +162,7 @@ class Challenges:
         cid = ids.new_challenge_id(uid)
         now = clock.now()
         exp = now + ttl
-        number = secrets.number(cfg.number_digits) if cfg.number_matching else ""
+        number = secrets.number(cfg.number_digits) if cfg.number_matching and number_matching else ""
         fields: list[str | int] = [
             "app", app.id, "user", user, "st", "pending", "iat", now, "exp", exp,
             "nonce", secrets.nonce(NONCE_BYTES), "num", number,

@@ -8,6 +8,7 @@
     pushauth phone ...                 the phone simulator (reference device)
     pushauth demo                      everything on the embedded store, end to end
     pushauth check                     exit non-zero when Redis, the keys or a worker is down
+    pushauth radius                    the RADIUS front: push approval for VPNs, gateways and SSH
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pushauth import __version__
-from pushauth.cli import check_cmd, demo, enroll_cmd, keys_cmd, phone_cmd, serve_cmd
+from pushauth.cli import check_cmd, demo, enroll_cmd, keys_cmd, phone_cmd, radius_cmd, serve_cmd
 from pushauth.errors import PushAuthError
 
 
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     phone_cmd.register(sub)
     demo.register(sub)
     check_cmd.register(sub)
+    radius_cmd.register(sub)
     return parser
 
 

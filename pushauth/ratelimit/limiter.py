@@ -11,6 +11,9 @@ stop a flood from one address, or for one application, before it costs more than
     auth_failures  failed authentications from one client  50 per 300 s, then  credential stuffing and bad
                    address (pushauth/web/limits.py says    refused for the     signature floods, stopped
                    which 401s count)                       rest of the window  before each costs a verify
+    radius_client  Access-Requests from one RADIUS client  6,000 per 60 s (the one gateway carries a whole
+                   (pushauth/radius/)                      client's own        site's sign-ins
+                                                           `rate_limit`)
 
 Requests are metered by GCRA (the generic cell rate algorithm, as in redis-cell): a bucket keeps one
 number, the theoretical arrival time of its next request. A burst of a whole window's quota passes, then
@@ -47,9 +50,11 @@ log = structlog.get_logger(__name__)
 APPLICATION: Final = "application"
 IP: Final = "ip"
 AUTH_FAILURES: Final = "auth_failures"
+RADIUS_CLIENT: Final = "radius_client"
 
 _MESSAGES: Final = {
     APPLICATION: "too many requests for this application",
+    RADIUS_CLIENT: "too many Access-Requests from this RADIUS client",
     IP: "too many requests from this address",
     AUTH_FAILURES: "too many failed authentications from this address",
 }
@@ -82,6 +87,12 @@ class RateLimiter:
         quota = self._quotas.get(app_id, self._limits.application_requests)
         if quota:
             await self._check(self._ks.rate_bucket("a", app_id), quota, 0, APPLICATION, app=app_id)
+
+    async def radius_client(self, name: str, quota: int) -> None:
+        """Access-Requests from one RADIUS client (a VPN, a gateway, a server's PAM): its own `rate_limit`,
+        counted per client rather than per address, since one gateway sends a whole site's sign-ins."""
+        if quota:
+            await self._check(self._ks.rate_bucket("r", name), quota, 0, RADIUS_CLIENT, radius_client=name)
 
     async def address(self, ip: str | None) -> None:
         if self._limits.ip_requests or self._limits.auth_failures:

@@ -76,9 +76,16 @@ class Worker:
     refuses: Callable[[Settings], str | None] = _always
     redis_health_check_interval_s: int = 30
     freeze_gc: bool = False
+    # The command line that runs it, when not `python -m workers.<kind>` (`pushauth radius`).
+    prog: str = ""
+    # Why it cannot run on the embedded store, when not "the server runs it itself".
+    needs_redis: str = ""
 
     def main(self, argv: list[str] | None = None) -> int:
-        args = self._parser().parse_args(argv)
+        return self.run_parsed(self._parser().parse_args(argv))
+
+    def run_parsed(self, args: argparse.Namespace) -> int:
+        """Run with options parsed by `add_arguments` (here, or as a subcommand of `pushauth`)."""
         try:
             if args.check:
                 return asyncio.run(self.check(args.config))
@@ -92,8 +99,15 @@ class Worker:
         return 0
 
     def _parser(self) -> argparse.ArgumentParser:
-        parser = argparse.ArgumentParser(prog=f"python -m workers.{self.kind}", description=self.description)
-        parser.add_argument("-c", "--config", type=Path, default=None)
+        parser = argparse.ArgumentParser(prog=self.prog or f"python -m workers.{self.kind}",
+                                         description=self.description)
+        self.add_arguments(parser)
+        return parser
+
+    def add_arguments(self, parser: argparse.ArgumentParser, *, config: bool = True) -> None:
+        """The worker's options (`config=False`: a parent parser already takes -c/--config)."""
+        if config:
+            parser.add_argument("-c", "--config", type=Path, default=None)
         parser.add_argument("--name", default=None, help="worker name (default: host-pid)")
         parser.add_argument("--metrics-port", type=int, default=0,
                             help="serve Prometheus metrics on this port (default: off)")
@@ -103,14 +117,13 @@ class Worker:
                                  f"stays pending for another worker (default: {DRAIN_S:g})")
         parser.add_argument("--check", action="store_true",
                             help=f"exit 0 when a {self.kind} worker has a fresh heartbeat, else 1")
-        return parser
 
     def _settings(self, config: Path | None) -> Settings:
         settings = load_settings(config)
         if settings.embedded:
             noun = self.event.replace("_", " ")  # "push worker"
-            raise PushAuthError(f"the {noun} needs store.redis_url: with the embedded store the server runs "
-                                f"the {noun} itself")
+            raise PushAuthError(self.needs_redis or f"the {noun} needs store.redis_url: with the embedded "
+                                                    f"store the server runs the {noun} itself")
         return settings
 
     async def run(self, config: Path | None, name: str, *, drain_s: float = DRAIN_S) -> None:

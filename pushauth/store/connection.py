@@ -98,7 +98,9 @@ def open_redis(settings: StoreSettings, *, health_check_interval_s: int = 30) ->
         # spurious 503s after recovery. We do not use the notifications (a Redis Enterprise feature).
         maint_notifications_config=MaintNotificationsConfig(enabled=False),
     )
-    return aioredis.Redis(connection_pool=pool)
+    # from_pool: the client owns the pool, so closing the client closes its connections (with
+    # Redis(connection_pool=...) aclose() leaves them open, one per process that ever ran a command).
+    return aioredis.Redis.from_pool(pool)
 
 
 class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):

@@ -13,7 +13,10 @@ import redis.asyncio as aioredis
 
 from pushauth.store.keyspace import KeySpace
 
-WORKER_KINDS = ("push", "alerts", "expiry")
+WORKER_KINDS = ("push", "alerts", "expiry", "radius")
+# Listed by `live_workers` only while one is alive: a deployment runs `pushauth radius` only if it has RADIUS
+# clients, so an empty list would say nothing.
+OPTIONAL_KINDS = frozenset({"radius"})
 HEARTBEAT_TTL_S = 30
 KEY_TTL_S = 2 * HEARTBEAT_TTL_S  # longer than any entry can be alive: the expiry never hides a live worker
 
@@ -34,7 +37,9 @@ async def live_workers(redis: aioredis.Redis, keyspace: KeySpace) -> dict[str, l
     for kind in WORKER_KINDS:
         key = keyspace.worker_heartbeats(kind)
         beats = cast(dict[str, str], await redis.hgetall(key))
-        out[kind] = sorted(n for n, t in beats.items() if now - int(t) <= HEARTBEAT_TTL_S)
+        alive = sorted(n for n, t in beats.items() if now - int(t) <= HEARTBEAT_TTL_S)
+        if alive or kind not in OPTIONAL_KINDS:
+            out[kind] = alive
         old = [n for n, t in beats.items() if now - int(t) > 86400]
         if old:
             await redis.hdel(key, *old)

@@ -41,9 +41,11 @@ PLACEHOLDERS: dict[str, str] = {
     "sha256(user)": r"[0-9a-f]{64}",
     "sha256(code)": r"[0-9a-f]{64}",
     "sha256(session id)": r"[0-9a-f]{64}",
-    "worker kind": r"push|alerts|expiry",  # pushauth.store.heartbeats.WORKER_KINDS
+    "sha256(State)": r"[0-9a-f]{64}",
+    "worker kind": r"push|alerts|expiry|radius",  # pushauth.store.heartbeats.WORKER_KINDS
     "address": r".+",  # a client address, IPv6 as its /64 ("<network>/64")
     "application id": r".+",
+    "RADIUS client name": r".+",
     # in hash field names
     "sink": r".+",  # an alert sink's configured name
     "version": r"[0-9]+",  # an alert's version
@@ -198,6 +200,13 @@ KEYS: tuple[KeySpec, ...] = (
     KeySpec("<prefix>:rl:a:<application id>", "hash", "pushauth.ratelimit",
             "a rate-limit window at most (EXPIRE)",
             "rate-limit bucket of an application", "KeySpace.rate_bucket", fields="rate_bucket"),
+    KeySpec("<prefix>:rl:r:<RADIUS client name>", "hash", "pushauth.ratelimit",
+            "a rate-limit window at most (EXPIRE)",
+            "rate-limit bucket of a RADIUS client", "KeySpace.rate_bucket", fields="rate_bucket"),
+    KeySpec("<prefix>:radius:state:<sha256(State)>", "string", "pushauth.radius",
+            "until the prompt expires (EXAT); deleted when used",
+            "what an Access-Challenge's State refers to: the prompt, user and client a RADIUS follow-up "
+            "answers (JSON)", "KeySpace.radius_state"),
 )
 
 
@@ -451,6 +460,10 @@ class KeySpace:
 
     def worker_heartbeats(self, kind: str) -> str:
         return f"{self.prefix}:{{workers}}:hb:{kind}"
+
+    def radius_state(self, state: bytes) -> str:
+        # Only the State's hash: a copy of Redis cannot answer a RADIUS challenge in flight.
+        return f"{self.prefix}:radius:state:{hashlib.sha256(state).hexdigest()}"
 
     def console_session(self, session_id: str) -> str:
         # Only the id's hash is stored: a copy of Redis does not hold a usable session cookie.

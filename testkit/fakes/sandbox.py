@@ -81,6 +81,15 @@ class TestCA:
 
     def server_context(self, *hostnames: str, alpn: list[str]) -> ssl.SSLContext:
         """A server-side TLS context with a certificate for `hostnames`, signed by this CA."""
+        cert_file, key_file = self.server_files(*hostnames)
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(cert_file, key_file)
+        ctx.set_alpn_protocols(alpn)
+        return ctx
+
+    def server_files(self, *hostnames: str) -> tuple[Path, Path]:
+        """A certificate for `hostnames` (and 127.0.0.1), signed by this CA, and its key: PEM files under
+        `folder`, for a server that reads its own (slapd: testkit/slapd.py)."""
         ca_key = serialization.load_pem_private_key((self.folder / "ca.key").read_bytes(), None)
         assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
         ca_cert = x509.load_pem_x509_certificate(self.ca_file.read_bytes())
@@ -101,10 +110,7 @@ class TestCA:
         cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                serialization.NoEncryption()))
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(cert_file, key_file)
-        ctx.set_alpn_protocols(alpn)
-        return ctx
+        return cert_file, key_file
 
 
 def loopback_address() -> str:
