@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import html
 import re
-import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +21,7 @@ import aiohttp
 import pytest
 from joserfc import jwt
 from joserfc.jwk import KeySet
+from oidc_support import REDIRECT, Browser, approve_on_phone, auth_params, form_field, pkce
 from support import AdminClient, LoginFlow, RunningServer, free_port, make_settings, start_server
 
 from pushauth.crypto.keyring import KeyRingHolder
@@ -31,7 +30,6 @@ from pushauth.phone import Phone
 
 USER = "erin@nhs.net"
 SECRET = "wiki-client-secret-" + "x" * 24
-REDIRECT = "http://127.0.0.1:9/callback"
 CLIENTS = [
     {"client_id": "wiki", "name": "Staff wiki", "application": "webmail",
      "secret_sha256": [sha256_hex(SECRET)], "redirect_uris": [REDIRECT], "first_factor": "passwordless"},
@@ -60,63 +58,6 @@ async def op(redis_url: str, keyring: KeyRingHolder) -> AsyncIterator[OP]:
     async with aiohttp.ClientSession() as http:
         yield OP(server, http, LoginFlow(http, server.url), AdminClient(http, server.url))
     await server.close()
-
-
-def pkce() -> tuple[str, str]:
-    verifier = secrets.token_urlsafe(48)
-    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
-    return verifier, challenge
-
-
-class Browser:
-    """A browser signing in: its own cookie jar, never following redirects by itself."""
-
-    def __init__(self, op: OP) -> None:
-        self.op = op
-        self.session = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
-
-    async def close(self) -> None:
-        await self.session.close()
-
-    async def get(self, path: str) -> tuple[int, str, str]:
-        async with self.session.get(self.op.url + path, allow_redirects=False) as resp:
-            return resp.status, await resp.text(), resp.headers.get("Location", "")
-
-    async def post(self, path: str, form: dict[str, str]) -> tuple[int, str, str]:
-        async with self.session.post(self.op.url + path, data=form, allow_redirects=False) as resp:
-            return resp.status, await resp.text(), resp.headers.get("Location", "")
-
-    async def authorize(self, **params: str) -> tuple[int, str, str]:
-        return await self.get("/oidc/authorize?" + urlencode(params))
-
-    async def sign_in(self, page: str, user: str) -> tuple[int, str, str]:
-        signin = _field(page, "signin")
-        csrf = _field(page, "csrf")
-        return await self.post("/oidc/signin", {"signin": signin, "csrf": csrf, "user": user})
-
-
-def _field(page: str, name: str) -> str:
-    found = re.search(rf'name="{name}" value="([^"]*)"', page)
-    assert found, page
-    return html.unescape(found.group(1))
-
-
-def auth_params(client_id: str = "wiki", **extra: str) -> dict[str, str]:
-    return {"client_id": client_id, "redirect_uri": REDIRECT, "response_type": "code", "scope": "openid",
-            "state": "st-" + secrets.token_urlsafe(8), "nonce": "n-" + secrets.token_urlsafe(8), **extra}
-
-
-async def approve_on_phone(phone: Phone, number: str | None, *, deny: str | None = None) -> None:
-    for _ in range(200):
-        pending = await phone.pending()
-        if pending:
-            if deny:
-                await phone.deny(pending[0], deny)
-            else:
-                await phone.approve(pending[0], number=number)
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("no prompt on the phone")
 
 
 async def full_signin(op: OP, browser: Browser, phone: Phone, params: dict[str, str]) -> dict[str, list[str]]:
@@ -157,7 +98,7 @@ async def jwks(op: OP) -> KeySet:
 
 @pytest.fixture
 async def browser(op: OP) -> AsyncIterator[Browser]:
-    b = Browser(op)
+    b = Browser(op.url)
     yield b
     await b.close()
 
@@ -306,12 +247,12 @@ async def test_not_me_ends_on_a_denial_page_and_alerts(op: OP, browser: Browser,
 
 async def test_a_signin_is_bound_to_its_browser_and_its_form(op: OP, browser: Browser, phone: Phone) -> None:
     status, page, _ = await browser.authorize(**auth_params())
-    other = Browser(op)
+    other = Browser(op.url)
     try:
         # Another browser (no cookie) cannot use the sign-in, even with its id and CSRF token.
         status, _, _ = await other.sign_in(page, USER)
         assert status == 400
-        status, _, _ = await browser.post("/oidc/signin", {"signin": _field(page, "signin"), "csrf": "x",
+        status, _, _ = await browser.post("/oidc/signin", {"signin": form_field(page, "signin"), "csrf": "x",
                                                             "user": USER})
         assert status == 400
         assert await phone.pending() == []
