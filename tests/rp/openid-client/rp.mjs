@@ -12,9 +12,11 @@
 //   node rp.mjs finish --issuer URL --client-id ID [...same client options] --state-file F
 //                      --callback-url URL [--skip-userinfo]
 //     the code grant (PKCE verifier, expected state and nonce, an ID token required), which validates the
-//     ID token itself (signature against the issuer's JWKS, iss, aud, exp, iat, nonce, at_hash/c_hash,
-//     auth_time against max_age), then userinfo with the access token, its sub checked against the ID
-//     token's; prints {"claims": {...}, "userinfo": {...}, "token": {...}}
+//     ID token itself (signature against the issuer's JWKS, alg, iss, aud, exp, iat, nonce, auth_time
+//     against max_age; not at_hash, which OIDC Core 3.1.3.8 leaves optional in the code flow and
+//     openid-client does not check there), then userinfo with the access token, its sub checked against
+//     the ID token's; prints {"claims": {...}, "userinfo": {...}, "token": {...}}. The signature check is
+//     one openid-client skips by default in the code flow: it is switched on here (see configure()).
 //
 // Either step prints exactly ONE line of JSON on stdout. On any error: {"error": "<class>", "message":
 // "...", "code": ..., "oauth_error": ...} and exit status 1 (2 for a usage error). Plain http is allowed
@@ -88,7 +90,11 @@ async function configure(options) {
   const discoveryOptions = {};
   // The tests' providers listen on plain http on 127.0.0.1; openid-client refuses http unless told, and
   // only a loopback issuer gets that exception here, so a typo cannot send a secret over the network.
-  if (issuer.protocol === 'http:' && isLoopback(issuer)) discoveryOptions.execute = [client.allowInsecureRequests];
+  // openid-client does not check an ID token's signature when it came straight from the token endpoint
+  // (OIDC Core 3.1.3.7 step 6 lets TLS stand in for it); enableNonRepudiationChecks makes it verify the
+  // signature against the issuer's JWKS too, as the provider's keys and JWKS are what these tests are about.
+  discoveryOptions.execute = [client.enableNonRepudiationChecks];
+  if (issuer.protocol === 'http:' && isLoopback(issuer)) discoveryOptions.execute.push(client.allowInsecureRequests);
   if (options['http-timeout'] !== undefined) discoveryOptions.timeout = Number(options['http-timeout']);
   return client.discovery(issuer, options['client-id'], metadata, clientAuth(options), discoveryOptions);
 }
