@@ -3,18 +3,21 @@ before pushauth's provider exists (issue 18): a stub OpenID Provider written her
 login at all, and the real relying party against it. What it proves is the harness, both ways: a provider
 that does everything right gets its claims through openid-client, and openid-client refuses what a wrong
 provider sends (another nonce or audience, an expired token, a signature by a key not in the JWKS, a
-userinfo for someone else), so a green run against pushauth later means openid-client checked, not that
-the harness let things through.
+userinfo for someone else, an ID token without the nonce), so a green run against pushauth later means
+openid-client checked, not that the harness let things through. And the harness's own edges: an https
+issuer trusted through a test CA (`ca_file`) and nothing else, a hung token endpoint ending in an error.
 
 The test plays the browser: it GETs the authorization URL and takes the Location, the redirect back.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
 import secrets
+import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -28,7 +31,8 @@ from aiohttp import web
 from joserfc import jwt
 from joserfc.jwk import ECKey
 
-from testkit.openid_client import ClientAuthMethod, RpClient, missing_node_rp, rp_finish, rp_start
+from testkit.fakes.sandbox import TestCA
+from testkit.openid_client import ClientAuthMethod, RpClient, RpError, missing_node_rp, rp_finish, rp_start
 
 pytestmark = pytest.mark.skipif(missing_node_rp() is not None, reason=missing_node_rp() or "")
 
@@ -67,10 +71,12 @@ class Grant:
 class StubProvider:
     """A minimal OpenID Provider: the code flow with PKCE S256, client_secret_basic, client_secret_post
     and a public client, single-use codes, ES256 ID tokens and userinfo. `tamper` makes its next ID tokens
-    (or userinfo) wrong in one way: "nonce", "aud", "expired", "foreign-key", "iss", "userinfo-sub"."""
+    (or userinfo) wrong in one way: "nonce", "no-nonce", "aud", "expired", "foreign-key", "iss",
+    "userinfo-sub"; "slow-token" makes the token endpoint hang. Over https with `tls`."""
 
     key: ECKey = field(default_factory=lambda: ECKey.generate_key("P-256", parameters={"kid": "stub-1"}))
     tamper: str | None = None
+    tls: ssl.SSLContext | None = None
     port: int = 0
     grants: dict[str, Grant] = field(default_factory=dict)
     access_tokens: dict[str, str] = field(default_factory=dict)  # token -> sub
@@ -81,7 +87,7 @@ class StubProvider:
 
     @property
     def issuer(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     # -- endpoints -----------------------------------------------------------------------------------
 
@@ -143,6 +149,8 @@ class StubProvider:
 
     async def token(self, request: web.Request) -> web.Response:
         form = {name: str(value) for name, value in (await request.post()).items()}
+        if self.tamper == "slow-token":
+            await asyncio.sleep(30)  # cancelled when the stub closes
         client_id, method = self._client(request, form)
         self.token_requests.append({**form, "client_auth": method})
         if client_id is None:
@@ -177,6 +185,8 @@ class StubProvider:
         match self.tamper:
             case "nonce":
                 claims["nonce"] = secrets.token_urlsafe(16)
+            case "no-nonce":
+                claims.pop("nonce", None)
             case "aud":
                 claims["aud"] = "another-client"
             case "iss":
@@ -208,7 +218,7 @@ class StubProvider:
         app.router.add_get("/userinfo", self.userinfo)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        await web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.tls).start()
         self.port = int(self._runner.addresses[0][1])
         return self
 
@@ -230,9 +240,10 @@ def confidential(provider: StubProvider, auth: ClientAuthMethod = "basic") -> Rp
     return RpClient(provider.issuer, CLIENT_ID, REDIRECT_URI, client_secret=CLIENT_SECRET, auth=auth)
 
 
-async def follow(url: str) -> str:
+async def follow(url: str, tls: ssl.SSLContext | None = None) -> str:
     """The browser's part: the authorization request, and where the provider sends it back."""
-    async with aiohttp.ClientSession() as http, http.get(url, allow_redirects=False) as response:
+    async with aiohttp.ClientSession() as http, \
+            http.get(url, allow_redirects=False, ssl=tls or True) as response:
         assert response.status == 302, (response.status, await response.text())
         return response.headers["Location"]
 
@@ -301,6 +312,7 @@ CLAIM = "OAUTH_JWT_CLAIM_COMPARISON_FAILED"
 # default for an ID token from the token endpoint): without it, a token signed by anyone would pass.
 @pytest.mark.parametrize(("tamper", "code", "reason"), [
     ("nonce", CLAIM, 'ID Token "nonce" claim'),
+    ("no-nonce", "OAUTH_INVALID_RESPONSE", 'JWT "nonce" (nonce) claim missing'),
     ("aud", CLAIM, '"aud" (audience)'),
     ("iss", CLAIM, '"iss" (issuer)'),
     ("expired", "OAUTH_JWT_TIMESTAMP_CHECK_FAILED", '"exp" (expiration time)'),
@@ -388,3 +400,38 @@ async def test_an_error_redirect_is_reported(provider: StubProvider, tmp_path: P
     result = await rp_finish(client, start.state_file, await follow(start.url))
     assert not result.ok
     assert (result.error, result.oauth_error) == ("AuthorizationResponseError", "invalid_request"), result
+
+
+async def test_an_https_issuer_is_trusted_through_ca_file_only(tmp_path: Path) -> None:
+    ca = TestCA.create(tmp_path / "ca")
+    stub = await StubProvider(tls=ca.server_context("localhost", alpn=["http/1.1"])).start()
+    try:
+        trusting = RpClient(stub.issuer, CLIENT_ID, REDIRECT_URI, client_secret=CLIENT_SECRET,
+                            ca_file=ca.ca_file)
+        start = await rp_start(trusting, tmp_path)
+        browser = ssl.create_default_context(cafile=ca.ca_file)
+        result = await rp_finish(trusting, start.state_file, await follow(start.url, browser))
+        assert result.ok, result
+        # Without the CA, openid-client trusts nothing the test CA signed: discovery itself fails.
+        untrusting = RpClient(stub.issuer, CLIENT_ID, REDIRECT_URI, client_secret=CLIENT_SECRET)
+        with pytest.raises(RpError, match="certificate"):
+            await rp_start(untrusting, tmp_path)
+    finally:
+        await stub.close()
+
+
+async def test_a_hung_token_endpoint_is_an_error_not_a_hang(provider: StubProvider, tmp_path: Path) -> None:
+    client = RpClient(provider.issuer, CLIENT_ID, REDIRECT_URI, client_secret=CLIENT_SECRET, http_timeout_s=1)
+    start = await rp_start(client, tmp_path)
+    callback = await follow(start.url)
+    provider.tamper = "slow-token"
+    result = await rp_finish(client, start.state_file, callback, timeout_s=20)
+    assert (result.error, result.code) == ("ClientError", "OAUTH_TIMEOUT"), result
+    assert result.elapsed_s < 10, result
+    # Without an HTTP timeout, openid-client would wait (30 s by default): the driver's own timeout ends
+    # the node process (its whole process group) and raises, so a hung provider cannot hang the suite.
+    patient = RpClient(provider.issuer, CLIENT_ID, REDIRECT_URI, client_secret=CLIENT_SECRET)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await rp_finish(patient, start.state_file, callback, timeout_s=1.5)
+    assert time.monotonic() - started < 5
