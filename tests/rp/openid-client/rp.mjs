@@ -114,6 +114,8 @@ async function start(options) {
   };
   if (options['login-hint'] !== undefined) parameters.login_hint = options['login-hint'];
   if (options['max-age'] !== undefined) parameters.max_age = options['max-age'];
+  // Last, so that a negative test can override any of the above (code_challenge_method=plain, ...); the
+  // state file still holds what rp.mjs generated.
   for (const pair of options.extra) {
     const at = pair.indexOf('=');
     if (at <= 0) throw new UsageError(`--extra takes key=value, not ${JSON.stringify(pair)}`);
