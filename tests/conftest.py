@@ -41,6 +41,8 @@ INTEGRATION_HELPERS = frozenset({
     # real RADIUS clients and daemons: radclient, pamtester (through expect), sshd
     ("testkit.radius_clients", "radclient"), ("testkit.radius_clients", "pamtester"),
     ("testkit.sshd", "Sshd"), ("testkit.slapd", "Slapd"),
+    # a real OpenID Connect relying party: Apache 2 with mod_auth_openidc
+    ("testkit.apache", "ApacheRP"),
 })
 INTEGRATION_TESTS = frozenset({
     "test_make.py::test_ci_runs_make_test_and_fails_when_a_test_fails",  # .ci/run: make test in a child
