@@ -125,12 +125,15 @@ class ApacheRP:
     """`apache2 -X` on 127.0.0.1:`port` (a free one by default), /private/ protected by mod_auth_openidc as
     a confidential client (`client_id`, `client_secret` sent by client_secret_basic) of the provider at
     `issuer` (discovery from `<issuer>/.well-known/openid-configuration`), authorization code flow with PKCE
-    S256, scope `scope`. `ca_file` is the CA bundle to trust for an https provider (OIDCCABundlePath);
-    `extra` are more directives, for the /private/ location, e.g. `OIDCAuthRequestParams login_hint=alice`."""
+    S256, scope `scope`. `ca_file` is the CA bundle to trust for an https provider (OIDCCABundlePath).
+    More directives: `extra` inside the /private/ location (`OIDCPathAuthRequestParams login_hint=alice`),
+    `server_extra` at server level, for those mod_auth_openidc allows only there (`OIDCAuthRequestParams
+    acr_values=...`, `OIDCIDTokenIatSlack 60`); `apache2 -t` refuses one in the wrong place on start."""
 
     def __init__(self, workdir: Path, issuer: str, client_id: str, client_secret: str, *,
                  port: int | None = None, scope: str = "openid", ca_file: Path | None = None,
-                 extra: Sequence[str] = (), log_level: str = "warn auth_openidc:debug") -> None:
+                 extra: Sequence[str] = (), server_extra: Sequence[str] = (),
+                 log_level: str = "warn auth_openidc:debug") -> None:
         self.workdir = Path(workdir).resolve()
         self.issuer = issuer.rstrip("/")
         self.client_id = client_id
@@ -140,6 +143,7 @@ class ApacheRP:
         self.scope = scope
         self.ca_file = ca_file
         self.extra = list(extra)
+        self.server_extra = list(server_extra)
         self.log_level = log_level
         # A fresh one per instance: sessions and state cookies of another run cannot be decrypted.
         self.passphrase = secrets.token_urlsafe(32)
@@ -215,6 +219,7 @@ class ApacheRP:
             # The claims for the page: environment variables only (no OIDC_CLAIM_* request headers).
             "OIDCPassClaimsAs environment",
             *([f"OIDCCABundlePath {quote(str(self.ca_file))}"] if self.ca_file is not None else []),
+            *self.server_extra,
             "<Location /private/>",
             "    AuthType openid-connect",
             "    Require valid-user",

@@ -20,13 +20,14 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
+import aiohttp
 import pytest
 from aiohttp import web
 from browser import chromium, new_page, screenshot
@@ -210,10 +211,11 @@ async def running(stub: StubProvider) -> AsyncIterator[StubProvider]:
 
 
 @asynccontextmanager
-async def relying_party(tmp_path: Path,
-                        bad: str | None = None) -> AsyncIterator[tuple[StubProvider, ApacheRP]]:
+async def relying_party(tmp_path: Path, bad: str | None = None, *, extra: Sequence[str] = (),
+                        server_extra: Sequence[str] = ()) -> AsyncIterator[tuple[StubProvider, ApacheRP]]:
     async with running(StubProvider(bad=bad)) as stub:
-        with ApacheRP(tmp_path / "apache", stub.issuer, CLIENT_ID, CLIENT_SECRET) as rp:
+        with ApacheRP(tmp_path / "apache", stub.issuer, CLIENT_ID, CLIENT_SECRET, extra=extra,
+                      server_extra=server_extra) as rp:
             stub.redirect_uri = rp.redirect_uri
             yield stub, rp
 
@@ -300,6 +302,22 @@ async def test_apache_refuses_an_id_token_it_must_not_trust(tmp_path: Path, brow
         names = {cookie.get("name") for cookie in await page.context.cookies(rp.base_url)}
         assert "mod_auth_openidc_session" not in names, names
         assert REFUSALS[bad] in rp.log_text(), rp.log_tail()
+
+
+async def test_extra_directives_reach_the_authorization_request(tmp_path: Path) -> None:
+    """The provider's tests will ask for login_hint, acr_values or prompt: per location and server-wide."""
+    extra = ["OIDCPathAuthRequestParams login_hint=alice"]
+    server_extra = ["OIDCAuthRequestParams acr_values=urn%3Apushauth%3Amfa"]
+    # A browser-like request (Accept: text/html) is redirected to the provider, not answered 401.
+    async with (relying_party(tmp_path, extra=extra, server_extra=server_extra) as (stub, rp),
+                aiohttp.ClientSession() as http,
+                http.get(rp.url, headers={"Accept": "text/html"}, allow_redirects=False) as resp):
+        assert resp.status == 302, await resp.text()
+        location = resp.headers["Location"]
+    assert location.startswith(f"{stub.issuer}/authorize?"), location
+    query = {name: values[0] for name, values in parse_qs(urlsplit(location).query).items()}
+    assert query.get("login_hint") == "alice", query
+    assert query.get("acr_values") == "urn:pushauth:mfa", query
 
 
 def test_config_values_cannot_break_out_of_their_directive() -> None:
