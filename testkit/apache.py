@@ -11,13 +11,19 @@
 ...), each in an element whose id is `claim-<name>`, and REMOTE_USER in `remote-user`: the test reads what
 the relying party itself accepted, not what the provider meant to send.
 
-Apache runs in the foreground as one process (`apache2 -X`: no children left behind, so the kernel's
-parent-death signal on the `Child` ends all of it) with a config of its own written to `workdir`:
+Apache runs in the foreground as one process (`apache2 -X`: no worker children) with a config of its own
+written to `workdir`:
 ServerRoot, PidFile, the runtime directory, the error and access logs all there, `Listen 127.0.0.1:<port>`,
 and only the modules it needs. Nothing under /etc/apache2 is read, so the package's sites, ports (:80) and
 modules play no part. As root Apache must switch to an unprivileged user (it refuses to serve as root), so
 the document root is a world-readable temporary folder of its own, removed on stop; everything Apache
 opens before switching (config, logs) stays in `workdir`.
+
+That switch also clears the kernel's parent-death signal (prctl(2): it is reset when the effective user
+changes), so an Apache started straight from a `Child` outlived a SIGKILLed test. It is therefore started
+through a guard, a few lines of Python that stay root: the guard is the `Child` (the kernel sends it SIGTERM
+if the test process dies) and passes SIGTERM on to Apache, SIGKILL after a grace period, then exits with
+Apache's code. `stop()` also kills an Apache that outlived its guard, by the pid in its PidFile.
 
 Chromium on http://127.0.0.1 needed nothing special (checked with mod_auth_openidc 2.4.12): over http
 the module marks no cookie `Secure` and, with OIDCCookieSameSite Off, sets no SameSite at all, so Chromium
@@ -38,8 +44,10 @@ import os
 import pwd
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -70,6 +78,26 @@ MODULES = {
 # The claims the page shows (each as <span id="claim-NAME">), in this order.
 CLAIMS = ("sub", "iss", "aud", "amr", "acr", "auth_time", "name", "email", "preferred_username")
 _DEBIAN_PACKAGES = "apache2 libapache2-mod-auth-openidc"
+# The guard between the test and Apache (module docstring): `python -c GUARD apache2 ARGS...`. SIGTERM (the
+# kernel's, when the test dies, or stop()'s) and SIGINT go on to Apache; if it has not exited GRACE seconds
+# later it is killed. Exits with Apache's exit code.
+GUARD_GRACE_S = 5.0
+_GUARD = f"""
+import signal, subprocess, sys, time
+apache = subprocess.Popen(sys.argv[1:])
+stopping = []
+def forward(sig, frame):
+    stopping.append(time.monotonic())
+    apache.send_signal(sig)
+signal.signal(signal.SIGTERM, forward)
+signal.signal(signal.SIGINT, forward)
+while True:
+    try:
+        sys.exit(apache.wait(0.2))
+    except subprocess.TimeoutExpired:
+        if stopping and time.monotonic() - stopping[0] > {GUARD_GRACE_S}:
+            apache.kill()
+"""
 
 
 class ApacheError(RuntimeError):
@@ -283,8 +311,9 @@ class ApacheRP:
         return {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "LANG": "C"}
 
     def _launch(self) -> bool:
-        self.child = Child([str(APACHE), "-X", "-f", str(self.config)], self.log, env=self._env(),
-                           cwd=self.workdir, name=f"apache2:{self.port}")
+        argv = [sys.executable, "-I", "-c", _GUARD, str(APACHE), "-X", "-f", str(self.config)]
+        self.child = Child(argv, self.log, env=self._env(), cwd=self.workdir, name=f"apache2:{self.port}",
+                           death_signal=signal.SIGTERM)  # the guard passes it on (module docstring)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if not self.child.alive():
@@ -310,11 +339,33 @@ class ApacheRP:
         child, self.child = self.child, None
         try:
             if child is not None:
-                child.stop(10)
+                child.stop(GUARD_GRACE_S + 5)
         finally:
+            self._kill_leftover()
             if self.docroot is not None:
                 shutil.rmtree(self.docroot, ignore_errors=True)
                 self.docroot = None
+
+    @property
+    def pid_file(self) -> Path:
+        return self.workdir / "run" / "apache2.pid"
+
+    def apache_pid(self) -> int | None:
+        """The pid of this instance's Apache, while it runs (its PidFile, checked against /proc: a pid
+        reused by another program is not it)."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return None
+        return pid if str(self.config).encode() in cmdline else None
+
+    def _kill_leftover(self) -> None:
+        """SIGKILL an Apache that outlived its guard (the guard itself killed, not stopped)."""
+        pid = self.apache_pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     # -- what it said --------------------------------------------------------------
 

@@ -18,7 +18,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import os
 import secrets
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -37,6 +41,7 @@ from playwright.async_api import Browser, Page, expect
 
 from testkit.apache import ApacheRP, quote
 
+REPO = Path(__file__).resolve().parent.parent
 CLIENT_ID = "apache-rp"
 CLIENT_SECRET = "apache-rp-secret"
 SUB = "alice"
@@ -318,6 +323,50 @@ async def test_extra_directives_reach_the_authorization_request(tmp_path: Path) 
     query = {name: values[0] for name, values in parse_qs(urlsplit(location).query).items()}
     assert query.get("login_hint") == "alice", query
     assert query.get("acr_values") == "urn:pushauth:mfa", query
+
+
+def _gone(pid: int, timeout_s: float = 10.0) -> bool:
+    """The process has exited (no /proc entry, or a zombie waiting for its parent)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
+                return True
+        except OSError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_apache_ends_when_the_test_process_is_killed(tmp_path: Path) -> None:
+    """Apache drops root, which clears the parent-death signal: the guard must still end it."""
+    workdir = tmp_path / "apache"
+    script = ("import os, signal, sys\n"
+              "from pathlib import Path\n"
+              "from testkit.apache import ApacheRP\n"
+              "rp = ApacheRP(Path(sys.argv[1]), 'http://127.0.0.1:9', 'c', 's').start()\n"
+              "print(rp.apache_pid(), flush=True)\n"
+              "os.kill(os.getpid(), signal.SIGKILL)\n")
+    done = subprocess.run([sys.executable, "-c", script, str(workdir)], capture_output=True, text=True,
+                          timeout=60, check=False, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    pid = int(done.stdout.strip())
+    assert _gone(pid), f"Apache {pid} outlived the test process that started it"
+    assert "shutdown" in (workdir / "error.log").read_text()  # SIGTERM, a clean stop
+
+
+def test_stop_kills_an_apache_whose_guard_was_killed(tmp_path: Path) -> None:
+    rp = ApacheRP(tmp_path / "apache", "http://127.0.0.1:9", "c", "s").start()
+    try:
+        pid = rp.apache_pid()
+        assert pid is not None
+        assert rp.child is not None
+        rp.child.kill9()  # the guard, with no chance to pass anything on
+        assert not _gone(pid, 0.5)
+    finally:
+        rp.stop()
+    assert _gone(pid)
+    assert rp.apache_pid() is None
 
 
 def test_config_values_cannot_break_out_of_their_directive() -> None:
