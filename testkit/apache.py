@@ -12,12 +12,11 @@
 the relying party itself accepted, not what the provider meant to send.
 
 Apache runs in the foreground as one process (`apache2 -X`: no worker children) with a config of its own
-written to `workdir`:
-ServerRoot, PidFile, the runtime directory, the error and access logs all there, `Listen 127.0.0.1:<port>`,
-and only the modules it needs. Nothing under /etc/apache2 is read, so the package's sites, ports (:80) and
-modules play no part. As root Apache must switch to an unprivileged user (it refuses to serve as root), so
-the document root is a world-readable temporary folder of its own, removed on stop; everything Apache
-opens before switching (config, logs) stays in `workdir`.
+written to `workdir`: ServerRoot, PidFile, the runtime directory, the error and access logs all there,
+`Listen 127.0.0.1:<port>`, and only the modules it needs. Nothing under /etc/apache2 is read, so the
+package's sites, ports (:80) and modules play no part. As root Apache must switch to an unprivileged user
+(it refuses to serve as root), so the document root is a world-readable temporary folder of its own, removed
+on stop; everything Apache opens before switching (config, logs) stays in `workdir`.
 
 That switch also clears the kernel's parent-death signal (prctl(2): it is reset when the effective user
 changes), so an Apache started straight from a `Child` outlived a SIGKILLed test. It is therefore started
@@ -25,16 +24,17 @@ through a guard, a few lines of Python that stay root: the guard is the `Child` 
 if the test process dies) and passes SIGTERM on to Apache, SIGKILL after a grace period, then exits with
 Apache's code. `stop()` also kills an Apache that outlived its guard, by the pid in its PidFile.
 
-Chromium on http://127.0.0.1 needed nothing special (checked with mod_auth_openidc 2.4.12): over http
-the module marks no cookie `Secure` and, with OIDCCookieSameSite Off, sets no SameSite at all, so Chromium
-keeps both the state and the session cookie (it would drop a `SameSite=None` cookie that is not `Secure`).
+Chromium on http://127.0.0.1 needed nothing special (checked with mod_auth_openidc 2.4.12): over http the
+module marks no cookie `Secure` and, with OIDCCookieSameSite Off, sets no SameSite at all, so Chromium keeps
+both the state and the session cookie (it would drop a `SameSite=None` cookie that is not `Secure`).
 `OIDCCookieSameSite On` is set anyway, for an explicit `SameSite=Lax` on both instead of the browser's
-default: the provider's redirect back is a top-level GET, and two ports of 127.0.0.1 are one site. A
-`form_post` response mode would be a cross-site POST and need the state cookie sent; the code flow here is
-a GET. OIDCStateInputHeaders keeps its default (User-Agent and X-Forwarded-For): Chromium's User-Agent does
-not change between the two legs and no proxy adds X-Forwarded-For. OIDCSSLValidateServer is not needed for
-an http provider; an https one (pushauth with the test CA) is trusted through `ca_file` (OIDCCABundlePath),
-not by turning the check off.
+default: two ports of 127.0.0.1 are one site, so the provider's redirect back carries the cookies (a
+provider on another site would still do, by a top-level GET; only a cross-site `form_post` answer would not
+carry a Lax state cookie, and this relying party asks for the query response mode). OIDCStateInputHeaders
+keeps its default (User-Agent and X-Forwarded-For): Chromium's User-Agent does not change between the two
+legs and no proxy adds X-Forwarded-For. OIDCSSLValidateServer is not needed for an http provider; an https
+one (pushauth with the test CA) is trusted through `ca_file` (OIDCCABundlePath), not by turning the check
+off.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ from typing import Self
 
 from testkit.processes import Child
 
-__all__ = ["APACHE", "CLAIMS", "MODULE_DIR", "ApacheError", "ApacheRP", "available"]
+__all__ = ["APACHE", "CLAIMS", "MODULE_DIR", "ApacheError", "ApacheRP", "available", "claims_page", "quote"]
 
 APACHE = Path("/usr/sbin/apache2")
 MODULE_DIR = Path("/usr/lib/apache2/modules")
