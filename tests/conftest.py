@@ -43,6 +43,8 @@ INTEGRATION_HELPERS = frozenset({
     ("testkit.sshd", "Sshd"), ("testkit.slapd", "Slapd"),
     # openid-client, a real OpenID Connect relying party: one node process a step
     ("testkit.openid_client", "rp_start"), ("testkit.openid_client", "rp_finish"),
+    # a real OpenID Connect relying party: Apache 2 with mod_auth_openidc
+    ("testkit.apache", "ApacheRP"),
 })
 INTEGRATION_TESTS = frozenset({
     "test_make.py::test_ci_runs_make_test_and_fails_when_a_test_fails",  # .ci/run: make test in a child
