@@ -70,7 +70,7 @@ async def full_signin(op: OP, browser: Browser, phone: Phone, params: dict[str, 
     assert status == 200, page
     number = re.search(r'<p class="number"[^>]*><strong>(\d+)</strong>', page)
     assert number, page
-    refresh = re.search(r'http-equiv="refresh" content="0; url=([^"]+)"', page)
+    refresh = re.search(r'http-equiv="refresh" content="1; url=([^"]+)"', page)
     assert refresh, page
     approving = asyncio.create_task(approve_on_phone(phone, number.group(1)))
     status, _, location = await browser.get(html.unescape(refresh.group(1)))

@@ -1,8 +1,8 @@
 """The provider's pages: sign in, the number while the phone decides, and what happened.
 
-No script at all. The number page waits for the phone with a plain navigation: it refreshes itself at once
-(`<meta http-equiv="refresh" content="0; url=...&poll=1">`), and the server holds that request (a long-poll
-of up to 25 s) until the phone answers; meanwhile the browser keeps showing the number. One request per
+No script at all. The number page waits for the phone with a plain navigation: it refreshes itself after a
+second (`<meta http-equiv="refresh" content="1; url=...&poll=1">`), and the server holds that request (a
+long-poll of up to 25 s) until the phone answers; meanwhile the browser keeps showing the number. One request per
 25 s per waiting browser, no polling storm, and nothing for the Content-Security-Policy to allow
 (`script-src 'none'`). Every value is escaped (pushauth/web/console_html.py's `render`).
 """
@@ -20,7 +20,9 @@ HEADERS = {**SECURITY_HEADERS, "Content-Security-Policy": CSP}
 
 
 def _layout(title: str, main: Markup, *, refresh: str | None = None) -> Markup:
-    head_extra = (render('<meta http-equiv="refresh" content="0; url={url}">', url=refresh)
+    # One second before the long-poll starts: the number is on screen, readable, before the browser begins
+    # a navigation (while one is pending, some tools, assistive ones among them, see no document).
+    head_extra = (render('<meta http-equiv="refresh" content="1; url={url}">', url=refresh)
                   if refresh else Markup(""))
     return render(
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
