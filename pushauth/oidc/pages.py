@@ -2,9 +2,9 @@
 
 No script at all. The number page waits for the phone with a plain navigation: it refreshes itself after a
 second (`<meta http-equiv="refresh" content="1; url=...&poll=1">`), and the server holds that request (a
-long-poll of up to 25 s) until the phone answers; meanwhile the browser keeps showing the number. One request per
-25 s per waiting browser, no polling storm, and nothing for the Content-Security-Policy to allow
-(`script-src 'none'`). Every value is escaped (pushauth/web/console_html.py's `render`).
+long-poll of up to 25 s) until the phone answers; meanwhile the browser keeps showing the number. One
+request per 25 s per waiting browser, no polling storm, and nothing for the Content-Security-Policy to
+allow (`script-src 'none'`). Every value is escaped (pushauth/web/console_html.py's `render`).
 """
 
 from __future__ import annotations
@@ -78,3 +78,26 @@ def message(title: str, text: str, *, back: str | None = None) -> Markup:
     link = render('<p><a href="{back}">Back to the application</a></p>', back=back) if back else Markup("")
     return _layout(title, render('<h1>{title}</h1><p role="alert">{text}</p>{link}', title=title, text=text,
                                  link=link))
+
+
+def form_post(action: str, fields: dict[str, str]) -> Markup:
+    """OAuth 2.0 Form Post Response Mode: the answer as a form the browser posts to the client. A one-line
+    script (console_static/form-post.js) submits it; without script, the button does."""
+    inputs = Markup("".join(render('<input type="hidden" name="{name}" value="{value}">', name=k, value=v)
+                            for k, v in fields.items()))
+    main = render('<h1>Signing you in</h1><form method="post" action="{action}" id="form-post">{inputs}'
+                  '<button type="submit">Continue</button></form>', action=action, inputs=inputs)
+    return render(
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<title>Signing you in - pushauth</title><link rel="stylesheet" href="{static}console.css">'
+        '<script src="{static}form-post.js" defer></script>'
+        '</head><body><main id="main">{main}</main></body></html>\n', static=STATIC, main=main)
+
+
+def respond_form_post(body: Markup, action_origin: str) -> web.Response:
+    """The form-post page may run our one script and post to the client's origin, nothing else."""
+    csp = (f"default-src 'none'; script-src 'self'; style-src 'self'; form-action {action_origin}; "
+           "frame-ancestors 'none'; base-uri 'none'")
+    return web.Response(text=body, content_type="text/html", charset="utf-8",
+                        headers={**HEADERS, "Content-Security-Policy": csp})
+

@@ -70,6 +70,37 @@ class OidcClient(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
         return not self.secret_sha256
 
 
+ENTRA_AUTHORITY = "https://login.microsoftonline.com"
+
+
+class EntraSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Microsoft Entra ID's external authentication method (EAM) profile: Entra, after its own first factor,
+    sends the user here with an `id_token_hint` naming them; pushauth prompts the phone and form-posts an
+    RS256 ID token back (pushauth/oidc/entra.py; README: the registration steps)."""
+
+    enabled: bool = False
+    # The Application (client) ID of the app registration that represents pushauth in Entra.
+    client_id: str = ""
+    # Directory (tenant) IDs whose users may be sent here; a hint from any other tenant is refused.
+    tenants: list[str] = []
+    # The pushauth application these sign-ins are (the phone shows its name; its policy applies).
+    application: str = ""
+    # Where Entra wants the answer, and its keys (for the hint's signature). Fixed by Microsoft; settings so
+    # that the tests can point them at a fake Entra.
+    redirect_uri: str = f"{ENTRA_AUTHORITY}/common/federation/externalauthprovider"
+    jwks_url: str = f"{ENTRA_AUTHORITY}/common/discovery/v2.0/keys"
+    authority: str = ENTRA_AUTHORITY
+    # Entra sends a hint that has expired or is about to (its contract says so): accepted up to this long
+    # after its exp, never later, and never before its iat.
+    hint_grace_s: int = 3600
+
+    def __post_init__(self) -> None:
+        if self.enabled and not (self.client_id and self.tenants and self.application):
+            raise ValueError("entra: client_id, tenants and application are required when enabled")
+        if not 0 <= self.hint_grace_s <= 86400:
+            raise ValueError("entra.hint_grace_s must be 0..86400")
+
+
 class OidcSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     enabled: bool = False
     # The issuer (`iss`); empty: server.base_url. Relying parties find everything else from
@@ -84,6 +115,7 @@ class OidcSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     id_token_ttl_s: int = 300
     access_token_ttl_s: int = 600
     ldap: LdapSettings = LdapSettings()
+    entra: EntraSettings = EntraSettings()
     clients: list[OidcClient] = []
 
     def __post_init__(self) -> None:
@@ -106,4 +138,8 @@ class OidcSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
                  for c in self.clients if c.application not in application_ids]
         if any(c.first_factor == "ldap" for c in self.clients) and not self.ldap.url:
             found.append('an oidc client uses first_factor = "ldap": set [oidc.ldap] url and user_dn')
+        if self.entra.enabled and self.entra.application not in application_ids:
+            found.append(f"oidc.entra: no application {self.entra.application!r} in [[applications]]")
+        if self.entra.enabled and self.entra.client_id in {c.client_id for c in self.clients}:
+            found.append("oidc.entra.client_id is also an [[oidc.clients]] client_id")
         return found

@@ -44,6 +44,8 @@ class SignIn(msgspec.Struct, kw_only=True):
     amr: list[str] = []
     acr: str = ""
     auth_time: int = 0
+    # Entra's external-method profile: the hint's sub (the answer's sub), and the answer form-posted
+    eam_sub: str = ""
 
 
 class Grant(msgspec.Struct, kw_only=True):

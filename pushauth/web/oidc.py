@@ -18,6 +18,7 @@ passwords count as failed authentications from the address (the rate limiter's b
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -30,7 +31,8 @@ from pushauth.challenges.service import Allowed
 from pushauth.config import Application, Settings
 from pushauth.crypto.secrets import equal, sha256_hex
 from pushauth.errors import ApiError, ConfigError
-from pushauth.oidc import pages
+from pushauth.oidc import entra, pages, rsa
+from pushauth.oidc.entra import EntraHints, HintRefused
 from pushauth.oidc.provider import Provider, RedirectError, ShownError, TokenError
 from pushauth.oidc.settings import ACR_MFA, ACR_SFA, OidcClient
 from pushauth.oidc.store import Grant, OidcStore, SignIn, new_secret
@@ -43,6 +45,8 @@ routes = web.RouteTableDef()
 
 PROVIDER = web.AppKey("oidc_provider", Provider)
 LDAP = web.AppKey("oidc_ldap", LdapCheck)
+ENTRA = web.AppKey("oidc_entra", EntraHints)
+RSA_KEY = web.AppKey("oidc_rsa_key", rsa.RsaSigningKey)
 BROWSER_COOKIE = "pushauth_oidc"
 POLL_S = 25.0
 # RFC 8176: the password (ldap), several factors, proof of possession of the phone's key, a software key
@@ -66,6 +70,11 @@ def setup(app: web.Application, settings: Settings) -> None:
         ldap = LdapCheck(oidc.ldap) if oidc.ldap.url else None
         if ldap is not None:
             app[LDAP] = ldap
+        if oidc.entra.enabled:
+            issuer = app[PROVIDER].issuer
+            app[ENTRA] = EntraHints(oidc.entra)
+            app[RSA_KEY] = (rsa.ephemeral(issuer) if settings.keys.ephemeral
+                            else rsa.load_or_create(Path(settings.keys.path), issuer))
         yield
         if ldap is not None:
             await ldap.aclose()
@@ -116,6 +125,12 @@ def _to_client(redirect_uri: str, **params: str | None) -> web.Response:
 async def discovery(request: web.Request) -> web.Response:
     metadata = request.app[PROVIDER].metadata(_base(request))
     metadata["authorization_response_iss_parameter_supported"] = True  # RFC 9207
+    if ENTRA in request.app:  # Entra's external-method profile: an RS256 ID token, form-posted
+        metadata["jwks_uri"] = f"{_base(request)}/oidc/jwks"
+        metadata["response_types_supported"] = ["code", "id_token"]
+        metadata["response_modes_supported"] = ["query", "form_post"]
+        metadata["id_token_signing_alg_values_supported"] = ["ES256", "RS256"]
+        metadata["acr_values_supported"] = [*metadata["acr_values_supported"], entra.ACR]
     response = io.json(metadata)
     response.headers["Cache-Control"] = "public, max-age=300"
     return response
@@ -133,6 +148,8 @@ async def authorize(request: web.Request) -> web.Response:
         params.update({k: v for k, v in (await request.post()).items() if isinstance(v, str)})
     browser, new_cookie = _browser(request)
     provider = request.app[PROVIDER]
+    if ENTRA in request.app and params.get("client_id") == request.app[SETTINGS].oidc.entra.client_id:
+        return _set_browser(await _entra_authorize(request, params, browser), request, new_cookie)
     try:
         auth = provider.check_authorization(params, browser)
     except ShownError as exc:
@@ -158,6 +175,75 @@ async def _own_signin(request: web.Request, signin_id: str) -> SignIn | None:
 def _expired() -> web.Response:
     return pages.respond(pages.message(
         "This sign-in has expired", "Go back to the application and sign in again."), status=400)
+
+
+@routes.get("/oidc/jwks")
+async def jwks(request: web.Request) -> web.Response:
+    """The provider's keys: the server's EC keys (as /.well-known/jwks.json) and, with the Entra profile, its
+    RSA key (with `x5c`)."""
+    keys = list(request.app[KEYRING].ring.jwks()["keys"])
+    if RSA_KEY in request.app:
+        keys.append(request.app[RSA_KEY].public_jwk())
+    response = io.json({"keys": keys})
+    response.headers["Cache-Control"] = "public, max-age=60"
+    return response
+
+
+async def _entra_authorize(request: web.Request, params: dict[str, str], browser: str) -> web.Response:
+    """Entra's external-method request (pushauth/oidc/entra.py): check it and the hint, prompt the phone,
+    and show the number; the answer is form-posted from /oidc/wait."""
+    cfg = request.app[SETTINGS].oidc.entra
+    if params.get("redirect_uri") != cfg.redirect_uri:
+        return pages.respond(pages.message("Cannot sign in", "The return address is not Microsoft's."),
+                             status=400)
+    state = params.get("state")
+
+    def fail(error: str, description: str) -> web.Response:
+        fields = {"error": error, "error_description": description}
+        if state is not None:
+            fields["state"] = state
+        return pages.respond_form_post(pages.form_post(cfg.redirect_uri, fields), _origin(cfg.redirect_uri))
+
+    if params.get("response_type") != "id_token" or params.get("response_mode") != "form_post":
+        return fail("unsupported_response_type", "this client is answered with an id_token, form_post")
+    if "openid" not in params.get("scope", "").split() or not params.get("nonce"):
+        return fail("invalid_request", "scope openid and a nonce are required")
+    try:
+        hint = await request.app[ENTRA].verify(params.get("id_token_hint", ""))
+        user = canonical(hint.user)
+    except HintRefused as exc:
+        log.warning("oidc_entra_hint_refused", why=exc.reason)
+        return fail("invalid_request", "the id_token_hint was refused")
+    except ApiError:
+        return fail("invalid_request", "the hint's user name is not valid")
+    application = next(a for a in request.app[SETTINGS].applications if a.id == cfg.application)
+    ip = io.client_ip(request)
+    context = {"ip": ip or "", "user_agent": request.headers.get("User-Agent", "")[:512]}
+    provider = request.app[PROVIDER]
+    try:
+        created = await request.app[CHALLENGES].create(
+            application, user, {k: v for k, v in context.items() if v}, provider.settings.prompt_ttl_s)
+    except ApiError as exc:
+        log.info("oidc_entra_refused", user=user, code=exc.code)
+        return fail("access_denied", _refusal(exc, request))
+    signin = SignIn(id=new_secret(), client_id=cfg.client_id, redirect_uri=cfg.redirect_uri, state=state,
+                    nonce=params["nonce"], browser=browser, csrf=new_secret(), user=user, eam_sub=hint.sub,
+                    auth_time=clock.now(), acr=entra.ACR, amr=[entra.AMR])
+    if not isinstance(created, Allowed):
+        signin.challenge_id, signin.number = created.id, created.number or ""
+    await provider.store.put_signin(signin, provider.settings.signin_ttl_s)
+    return web.Response(status=303, headers={**pages.HEADERS, "Location": f"/oidc/wait?signin={signin.id}"})
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _entra_answer(request: web.Request, signin: SignIn, fields: dict[str, str]) -> web.Response:
+    if signin.state is not None:
+        fields["state"] = signin.state
+    return pages.respond_form_post(pages.form_post(signin.redirect_uri, fields), _origin(signin.redirect_uri))
 
 
 @routes.post("/oidc/signin")
@@ -235,10 +321,18 @@ async def wait(request: web.Request) -> web.Response:
         if status == "pending":
             return pages.respond(pages.number(client.name, signin.number, poll_url))
         if status != "approved":
+            if signin.eam_sub and await provider.store.end_signin(signin.id):
+                return _entra_answer(request, signin, {"error": "access_denied",
+                                                       "error_description": f"the sign-in was {status}"})
             return _not_approved(request, str(status), view.get("reason"))
     # approved, or allowed without a prompt: the code, once
     if not await provider.store.end_signin(signin.id):
         return _expired()
+    if signin.eam_sub:
+        token = entra.id_token(request.app[RSA_KEY], issuer=provider.issuer, client_id=signin.client_id,
+                               sub=signin.eam_sub, nonce=signin.nonce or "", auth_time=signin.auth_time,
+                               ttl_s=provider.settings.id_token_ttl_s)
+        return _entra_answer(request, signin, {"id_token": token})
     grant = Grant(client_id=signin.client_id, redirect_uri=signin.redirect_uri, user=signin.user,
                   nonce=signin.nonce, code_challenge=signin.code_challenge, scope=signin.scope,
                   auth_time=signin.auth_time, amr=signin.amr, acr=signin.acr)
