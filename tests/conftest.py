@@ -45,6 +45,8 @@ INTEGRATION_HELPERS = frozenset({
     ("testkit.openid_client", "rp_start"), ("testkit.openid_client", "rp_finish"),
     # a real OpenID Connect relying party: Apache 2 with mod_auth_openidc
     ("testkit.apache", "ApacheRP"),
+    # the fake Microsoft Entra ID of the EAM harness: an aiohttp server on loopback
+    ("testkit.fakes.entra", "FakeEntra"),
 })
 INTEGRATION_TESTS = frozenset({
     "test_make.py::test_ci_runs_make_test_and_fails_when_a_test_fails",  # .ci/run: make test in a child
