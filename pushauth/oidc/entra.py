@@ -18,7 +18,7 @@ with number matching, exactly as for any sign-in.
 
 `EntraHints.verify` checks the hint: signature against Entra's keys (fetched from `jwks_url`, refreshed
 when a kid is unknown, at most once a minute), RS256 only, iss = `<authority>/<tid>/v2.0` with `tid` one of
-the configured tenants, aud = client_id, not before its iat, not after exp + `hint_grace_s`.
+the configured tenants, aud = client_id, issued (iat) at most `hint_grace_s` ago.
 """
 
 from __future__ import annotations
@@ -104,7 +104,9 @@ class EntraHints:
         exp, iat = claims.get("exp"), claims.get("iat")
         if not isinstance(exp, int) or not isinstance(iat, int):
             raise HintRefused("exp and iat are required")
-        if iat > now + 60 or exp + s.hint_grace_s < now:
+        # Entra issues the hint already expired (its example: exp one second before iat), so its age is read
+        # from iat: issued at most hint_grace_s ago, and not in the future (60 s of clock skew).
+        if iat > now + 60 or now - iat > s.hint_grace_s:
             raise HintRefused("expired")
         sub, user = claims.get("sub"), claims.get("preferred_username")
         if not isinstance(sub, str) or not sub or not isinstance(user, str) or not user:

@@ -90,9 +90,9 @@ class EntraSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     redirect_uri: str = f"{ENTRA_AUTHORITY}/common/federation/externalauthprovider"
     jwks_url: str = f"{ENTRA_AUTHORITY}/common/discovery/v2.0/keys"
     authority: str = ENTRA_AUTHORITY
-    # Entra sends a hint that has expired or is about to (its contract says so): accepted up to this long
-    # after its exp, never later, and never before its iat.
-    hint_grace_s: int = 3600
+    # Entra sends a hint that is already expired (its contract says so): accepted up to this long after it
+    # was issued (its iat), never later.
+    hint_grace_s: int = 600
 
     def __post_init__(self) -> None:
         if self.enabled and not (self.client_id and self.tenants and self.application):

@@ -1,5 +1,5 @@
 """The OpenID Provider's routes (`[oidc] enabled`): discovery, authorize, the sign-in and number pages, token,
-userinfo. The protocol is pushauth/oidc/provider.py; the pages pushauth/oidc/pages.py; the sign-in itself
+userinfo. The protocol is pushauth/oidc/provider.py; the pages pushauth/web/oidc_pages.py; the sign-in itself
 the same Challenges service as the REST login flow (policy, locks, suspensions, detection, alerts).
 
     GET  /.well-known/openid-configuration
@@ -31,13 +31,14 @@ from pushauth.challenges.service import Allowed
 from pushauth.config import Application, Settings
 from pushauth.crypto.secrets import equal, sha256_hex
 from pushauth.errors import ApiError, ConfigError
-from pushauth.oidc import entra, pages, rsa
+from pushauth.oidc import entra, rsa
 from pushauth.oidc.entra import EntraHints, HintRefused
 from pushauth.oidc.provider import Provider, RedirectError, ShownError, TokenError
 from pushauth.oidc.settings import ACR_MFA, ACR_SFA, OidcClient
 from pushauth.oidc.store import Grant, OidcStore, SignIn, new_secret
 from pushauth.radius.primary import LdapCheck, Verdict
 from pushauth.web import io
+from pushauth.web import oidc_pages as pages
 from pushauth.web.state import AUDIT, CHALLENGES, KEYRING, LIMITER, RUNTIME, SETTINGS
 
 log = structlog.get_logger(__name__)
@@ -311,15 +312,15 @@ async def wait(request: web.Request) -> web.Response:
     if signin is None or not signin.user:
         return _expired()
     provider = request.app[PROVIDER]
-    client = provider.clients[signin.client_id]
+    application, name = _signing_in_to(request, signin)
     poll_url = f"/oidc/wait?signin={signin.id}&poll=1"
     if signin.challenge_id:
         if "poll" not in request.query:
-            return pages.respond(pages.number(client.name, signin.number, poll_url))
-        view = await request.app[CHALLENGES].status(_app(request, client), signin.challenge_id, POLL_S)
+            return pages.respond(pages.number(name, signin.number, poll_url))
+        view = await request.app[CHALLENGES].status(application, signin.challenge_id, POLL_S)
         status = view.get("status")
         if status == "pending":
-            return pages.respond(pages.number(client.name, signin.number, poll_url))
+            return pages.respond(pages.number(name, signin.number, poll_url))
         if status != "approved":
             if signin.eam_sub and await provider.store.end_signin(signin.id):
                 return _entra_answer(request, signin, {"error": "access_denied",
@@ -338,6 +339,16 @@ async def wait(request: web.Request) -> web.Response:
                   auth_time=signin.auth_time, amr=signin.amr, acr=signin.acr)
     code = await provider.store.issue_code(grant, provider.settings.code_ttl_s)
     return _to_client(signin.redirect_uri, code=code, state=signin.state, iss=provider.issuer)
+
+
+def _signing_in_to(request: web.Request, signin: SignIn) -> tuple[Application, str]:
+    """The pushauth application of a sign-in, and the name the pages show."""
+    if signin.eam_sub:  # Entra's external method: its configured application
+        app_id = request.app[SETTINGS].oidc.entra.application
+        application = next(a for a in request.app[SETTINGS].applications if a.id == app_id)
+        return application, application.name
+    client = request.app[PROVIDER].clients[signin.client_id]
+    return _app(request, client), client.name
 
 
 def _not_approved(request: web.Request, status: str, reason: Any) -> web.Response:
