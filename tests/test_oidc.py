@@ -268,3 +268,33 @@ async def test_pages_are_locked_down(op: OP, browser: Browser) -> None:
     assert "script-src 'none'" in csp
     assert "HttpOnly" in cookie
     assert "SameSite=Lax" in cookie
+
+
+async def test_a_remembered_browser_signs_in_without_the_phone(op: OP, browser: Browser,
+                                                                 phone: Phone) -> None:
+    verifier, challenge = pkce()
+    pk = {"code_challenge": challenge, "code_challenge_method": "S256"}
+    await full_signin(op, browser, phone, auth_params(**pk))
+    assert any(c.key == "pushauth_oidc_remember" for c in browser.session.cookie_jar)
+    # The same browser again: no prompt, straight back with a code.
+    status, page, _ = await browser.authorize(**auth_params(**pk))
+    status, _, location = await browser.sign_in(page, USER)
+    status, _, location = await browser.get(location)
+    assert status == 303, location
+    code = parse_qs(urlsplit(location).query)["code"][0]
+    assert await phone.pending() == []
+    status, body = await token(op, {"grant_type": "authorization_code", "code": code,
+                                    "redirect_uri": REDIRECT, "code_verifier": verifier})
+    assert status == 200, body
+    claims = jwt.decode(body["id_token"], await jwks(op), algorithms=["ES256"]).claims
+    assert claims["acr"] == "https://refeds.org/profile/sfa"  # no phone this time: no second factor claimed
+    assert "amr" not in claims
+    # Another browser (no cookies) is prompted as usual.
+    other = Browser(op.url)
+    try:
+        status, page, _ = await other.authorize(**auth_params(**pk))
+        status, _, location = await other.sign_in(page, USER)
+        status, page, _ = await other.get(location)
+        assert "Approve on your phone" in page
+    finally:
+        await other.close()

@@ -221,8 +221,10 @@ class Provider:
         claims: dict[str, Any] = {
             "iss": self.issuer, "sub": grant.user, "aud": grant.client_id, "iat": now,
             "exp": now + self.settings.id_token_ttl_s, "auth_time": grant.auth_time, "acr": grant.acr,
-            "amr": grant.amr, "preferred_username": grant.user,
+            "preferred_username": grant.user,
         }
+        if grant.amr:  # (none at all for a passwordless sign-in that asked no phone: a remembered browser)
+            claims["amr"] = grant.amr
         if grant.nonce is not None:
             claims["nonce"] = grant.nonce
         current = keyring.current

@@ -49,6 +49,9 @@ LDAP = web.AppKey("oidc_ldap", LdapCheck)
 ENTRA = web.AppKey("oidc_entra", EntraHints)
 RSA_KEY = web.AppKey("oidc_rsa_key", rsa.RsaSigningKey)
 BROWSER_COOKIE = "pushauth_oidc"
+# A remembered browser (policy.remember_days): the remember token of REST login flows (PROTOCOL.md 11.7),
+# bound to this browser's cookie above; a sign-in from it needs no phone until it expires.
+REMEMBER_COOKIE = "pushauth_oidc_remember"
 POLL_S = 25.0
 # RFC 8176: the password (ldap), several factors, proof of possession of the phone's key, a software key
 # (pushauth does not attest where the phone keeps it).
@@ -104,8 +107,10 @@ def _browser(request: web.Request) -> tuple[str, str | None]:
 
 def _set_browser(response: web.Response, request: web.Request, value: str | None) -> web.Response:
     if value is not None:
+        # As long-lived as a remembered browser may be: the remember token is bound to this value.
+        days = request.app[SETTINGS].policy.remember_days
         response.set_cookie(BROWSER_COOKIE, value, path="/oidc", httponly=True, samesite="Lax",
-                            secure=_secure(request))
+                            secure=_secure(request), max_age=days * 86400 if days else None)
     return response
 
 
@@ -281,11 +286,13 @@ async def signin_post(request: web.Request) -> web.Response:
     try:
         created = await request.app[CHALLENGES].create(
             _app(request, client), user, {k: v for k, v in context.items() if v},
-            provider.settings.prompt_ttl_s)
+            provider.settings.prompt_ttl_s, remember_token=request.cookies.get(REMEMBER_COOKIE),
+            browser_id=request.cookies.get(BROWSER_COOKIE))
     except ApiError as exc:
         return pages.respond(pages.message("Sign-in refused", _refusal(exc, request)), status=403)
     signin.user, signin.auth_time = user, clock.now()
-    if isinstance(created, Allowed):  # exempt account, or before the enforcement date: no phone asked
+    if isinstance(created, Allowed):  # a remembered browser, an exempt account, or before the enforcement
+        # date: no phone asked this time, so no claim of a second factor
         signin.amr, signin.acr = (["pwd"] if ldap else []), ACR_SFA
     else:
         signin.challenge_id, signin.number = created.id, created.number or ""
@@ -314,6 +321,7 @@ async def wait(request: web.Request) -> web.Response:
     provider = request.app[PROVIDER]
     application, name = _signing_in_to(request, signin)
     poll_url = f"/oidc/wait?signin={signin.id}&poll=1"
+    remember: Any = None
     if signin.challenge_id:
         if "poll" not in request.query:
             return pages.respond(pages.number(name, signin.number, poll_url))
@@ -321,6 +329,7 @@ async def wait(request: web.Request) -> web.Response:
         status = view.get("status")
         if status == "pending":
             return pages.respond(pages.number(name, signin.number, poll_url))
+        remember = view.get("remember_token") if status == "approved" else None
         if status != "approved":
             if signin.eam_sub and await provider.store.end_signin(signin.id):
                 return _entra_answer(request, signin, {"error": "access_denied",
@@ -338,7 +347,12 @@ async def wait(request: web.Request) -> web.Response:
                   nonce=signin.nonce, code_challenge=signin.code_challenge, scope=signin.scope,
                   auth_time=signin.auth_time, amr=signin.amr, acr=signin.acr)
     code = await provider.store.issue_code(grant, provider.settings.code_ttl_s)
-    return _to_client(signin.redirect_uri, code=code, state=signin.state, iss=provider.issuer)
+    response = _to_client(signin.redirect_uri, code=code, state=signin.state, iss=provider.issuer)
+    if signin.challenge_id and isinstance(remember, str):
+        days = request.app[SETTINGS].policy.remember_days
+        response.set_cookie(REMEMBER_COOKIE, remember, path="/oidc", httponly=True, samesite="Lax",
+                            secure=_secure(request), max_age=days * 86400)
+    return response
 
 
 def _signing_in_to(request: web.Request, signin: SignIn) -> tuple[Application, str]:
