@@ -10,18 +10,23 @@ ago is refused; a denial on the phone goes back as an error.
 from __future__ import annotations
 
 import asyncio
+import base64
 import html
 import re
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import pytest
-from oidc_support import Browser, approve_on_phone
+from joserfc import jwt
+from joserfc.jwk import KeySet
+from oidc_support import REDIRECT, Browser, approve_on_phone, auth_params
 from support import LoginFlow, RunningServer, free_port, make_settings, start_server
 
 from pushauth.crypto.keyring import KeyRingHolder
+from pushauth.crypto.secrets import sha256_hex
 from pushauth.phone import Phone
 from testkit.fakes.entra import FakeEntra, fetch_provider_metadata
 
@@ -139,3 +144,78 @@ async def test_the_answer_page_may_post_only_to_entra(setup: Setup) -> None:
         await browser.close()
     assert f"form-action {setup.entra.url}" in csp
     assert "frame-ancestors 'none'" in csp
+
+
+# -- first_factor = "none": pushauth as the second factor behind an upstream identity provider ---------------
+# The upstream here is the same fake (an identity provider whose ID tokens name the user): what matters is
+# a hint signed by a configured issuer, for pushauth, recent.
+
+
+@pytest.fixture
+async def behind(redis_url: str, keyring: KeyRingHolder) -> AsyncIterator[Setup]:
+    async with FakeEntra(TENANT, "pushauth-upstream-audience") as upstream:
+        client = {"client_id": "portal", "name": "Staff portal", "application": "webmail",
+                  "secret_sha256": [sha256_hex(PORTAL_SECRET)], "redirect_uris": [REDIRECT],
+                  "first_factor": "none", "upstream_issuer": upstream.issuer,
+                  "upstream_jwks_url": upstream.jwks_url, "upstream_audience": "pushauth-upstream-audience"}
+        op = await start_server(make_settings(redis_url, free_port(), oidc={"enabled": True,
+                                                                           "clients": [client]}), keyring)
+        try:
+            async with aiohttp.ClientSession() as http:
+                phone = await Phone.enroll(await LoginFlow(http, op.url).enroll_uri(USER), session=http)
+                yield Setup(op, upstream, phone)
+        finally:
+            await op.close()
+
+
+PORTAL_SECRET = "portal-secret-" + "q" * 30
+
+
+async def test_behind_an_upstream_only_the_number_is_asked(behind: Setup) -> None:
+    hint = behind.entra.hint("upstream-sub-1", USER)
+    browser = Browser(behind.op.url)
+    try:
+        status, page, location = await browser.authorize(**auth_params("portal", id_token_hint=hint))
+        assert (status, location.split("?")[0]) == (303, "/oidc/wait"), page  # no sign-in page at all
+        status, page, _ = await browser.get(location)
+        number = re.search(r"<strong>(\d+)</strong>", page)
+        refresh = re.search(r'url=([^"]+)"', page)
+        assert number, page
+        assert refresh, page
+        answering = asyncio.create_task(approve_on_phone(behind.phone, number.group(1)))
+        status, _, location = await browser.get(html.unescape(refresh.group(1)))
+        await answering
+        assert status == 303, location
+        code = parse_qs(urlsplit(location).query)["code"][0]
+    finally:
+        await browser.close()
+    basic = base64.b64encode(f"portal:{PORTAL_SECRET}".encode()).decode()
+    async with aiohttp.ClientSession() as http, http.post(
+            behind.op.url + "/oidc/token", headers={"Authorization": f"Basic {basic}"},
+            data={"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT}) as resp:
+        body = await resp.json()
+    assert resp.status == 200, body
+    claims = jwt.decode(body["id_token"], await _jwks(behind.op.url), algorithms=["ES256"]).claims
+    assert claims["sub"] == USER
+    assert claims["amr"] == ["pop", "swk"]  # what pushauth did; the upstream vouches for the password
+
+
+@pytest.mark.parametrize("bad", ["missing", "foreign_key", "too_old", "other_audience"])
+async def test_behind_an_upstream_a_bad_hint_prompts_nothing(behind: Setup, bad: str) -> None:
+    hints: dict[str, Callable[[], str]] = {
+        "missing": lambda: "", "foreign_key": lambda: behind.entra.hint("s", USER, foreign_key=True),
+        "too_old": lambda: behind.entra.hint("s", USER, issued_ago=900),
+        "other_audience": lambda: behind.entra.hint("s", USER, aud="someone-else")}
+    browser = Browser(behind.op.url)
+    try:
+        status, _, location = await browser.authorize(**auth_params("portal", id_token_hint=hints[bad]()))
+    finally:
+        await browser.close()
+    assert status == 303, location
+    assert parse_qs(urlsplit(location).query)["error"] == ["login_required"]
+    assert await behind.phone.pending() == []
+
+
+async def _jwks(url: str) -> KeySet:
+    async with aiohttp.ClientSession() as http, http.get(url + "/.well-known/jwks.json") as resp:
+        return KeySet.import_key_set(await resp.json())

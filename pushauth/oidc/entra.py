@@ -16,23 +16,20 @@ keys from our discovery) with iss = us, aud = client_id, sub = the hint's sub, t
 ("possessionorinherence") and exactly one amr value. Between the two, pushauth prompts the user's phone
 with number matching, exactly as for any sign-in.
 
-`EntraHints.verify` checks the hint: signature against Entra's keys (fetched from `jwks_url`, refreshed
-when a kid is unknown, at most once a minute), RS256 only, iss = `<authority>/<tid>/v2.0` with `tid` one of
-the configured tenants, aud = client_id, issued (iat) at most `hint_grace_s` ago.
+`EntraHints.verify` checks the hint: signature against Entra's keys (pushauth/oidc/hints.py), RS256 only,
+iss = `<authority>/<tid>/v2.0` with `tid` one of the configured tenants, aud = client_id, issued (iat) at
+most `hint_grace_s` ago.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
 
-import aiohttp
 import structlog
-from joserfc import jws, jwt
-from joserfc.errors import JoseError
-from joserfc.jwk import KeySet
+from joserfc import jwt
 
+from pushauth.oidc.hints import HintRefused, SignedHints
 from pushauth.oidc.rsa import RsaSigningKey
 from pushauth.oidc.settings import EntraSettings
 
@@ -42,14 +39,6 @@ ACR = "possessionorinherence"
 # RFC 8176 "pop": proof of possession of a key, hardware or software not said (the phone's key storage is not
 # attested). One value, as the contract asks.
 AMR = "pop"
-JWKS_REFRESH_S = 60.0
-JWKS_TIMEOUT_S = 5.0
-
-
-class HintRefused(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -62,36 +51,10 @@ class Hint:
 class EntraHints:
     def __init__(self, settings: EntraSettings) -> None:
         self._settings = settings
-        self._keys: KeySet | None = None
-        self._fetched_at = -JWKS_REFRESH_S
-
-    async def _key_set(self, *, refresh: bool) -> KeySet:
-        now = time.monotonic()
-        if self._keys is None or (refresh and now - self._fetched_at >= JWKS_REFRESH_S):
-            timeout = aiohttp.ClientTimeout(total=JWKS_TIMEOUT_S)
-            async with aiohttp.ClientSession(timeout=timeout) as http, \
-                    http.get(self._settings.jwks_url) as resp:
-                if resp.status != 200:
-                    raise HintRefused(f"Entra's keys could not be fetched ({resp.status})")
-                self._keys = KeySet.import_key_set(await resp.json())
-                self._fetched_at = now
-        return self._keys
+        self._signed = SignedHints(settings.jwks_url, ["RS256"])  # Entra signs RS256 only
 
     async def verify(self, token: str) -> Hint:
-        try:
-            header = jws.extract_compact(token.encode()).protected  # unverified: only to find the key
-        except (JoseError, ValueError):
-            raise HintRefused("not a JWT") from None
-        if header.get("alg") != "RS256":
-            raise HintRefused("not RS256")
-        kid = header.get("kid")
-        keys = await self._key_set(refresh=False)
-        if not any(k.kid == kid for k in keys.keys):
-            keys = await self._key_set(refresh=True)
-        try:
-            claims: dict[str, Any] = jwt.decode(token, keys, algorithms=["RS256"]).claims
-        except (JoseError, ValueError) as exc:
-            raise HintRefused(f"signature: {type(exc).__name__}") from None
+        claims = await self._signed.claims(token)
         s = self._settings
         tid = claims.get("tid")
         if not isinstance(tid, str) or tid not in s.tenants:
@@ -120,3 +83,6 @@ def id_token(key: RsaSigningKey, *, issuer: str, client_id: str, sub: str, nonce
     claims = {"iss": issuer, "aud": client_id, "sub": sub, "nonce": nonce, "iat": now, "exp": now + ttl_s,
               "auth_time": auth_time, "acr": ACR, "amr": [AMR]}
     return jwt.encode({"alg": "RS256", "typ": "JWT", "kid": key.kid}, claims, key.key, algorithms=["RS256"])
+
+
+__all__ = ["ACR", "AMR", "EntraHints", "Hint", "HintRefused", "id_token"]

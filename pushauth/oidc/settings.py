@@ -46,8 +46,17 @@ class OidcClient(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     # Exact redirect URIs: anything else is refused on the page, never redirected to.
     redirect_uris: list[str]
     # ldap: user name and directory password, then the phone (amr pwd + mfa). passwordless: user name, then
-    # the phone with number matching only (a single factor: amr without mfa, acr REFEDS SFA).
-    first_factor: Literal["ldap", "passwordless"] = "ldap"
+    # the phone with number matching only (a single factor: amr without mfa, acr REFEDS SFA). none: pushauth
+    # is the second factor behind an identity provider (the `upstream_*` below) that checked the password
+    # and sends its ID token for the user as `id_token_hint`; no page asks anything but the number.
+    first_factor: Literal["ldap", "passwordless", "none"] = "ldap"
+    # For first_factor = "none": the upstream's issuer (its hint's `iss`), its keys, the audience its hint
+    # is for (default: this client_id), the claim naming the user, and how old a hint may be.
+    upstream_issuer: str = ""
+    upstream_jwks_url: str = ""
+    upstream_audience: str = ""
+    upstream_user_claim: str = "preferred_username"
+    upstream_max_age_s: int = 300
 
     def __post_init__(self) -> None:
         if not _CLIENT_ID.fullmatch(self.client_id):
@@ -64,6 +73,10 @@ class OidcClient(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
                 raise ValueError(f"redirect_uri {uri!r} must be an absolute http(s) URI without a fragment")
             if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
                 raise ValueError(f"redirect_uri {uri!r}: plain http is for loopback only")
+        if self.first_factor == "none" and not (self.upstream_issuer and self.upstream_jwks_url):
+            raise ValueError('first_factor = "none" needs upstream_issuer and upstream_jwks_url')
+        if not 10 <= self.upstream_max_age_s <= 3600:
+            raise ValueError("upstream_max_age_s must be 10..3600")
 
     @property
     def public(self) -> bool:

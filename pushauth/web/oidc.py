@@ -32,7 +32,8 @@ from pushauth.config import Application, Settings
 from pushauth.crypto.secrets import equal, sha256_hex
 from pushauth.errors import ApiError, ConfigError
 from pushauth.oidc import entra, rsa
-from pushauth.oidc.entra import EntraHints, HintRefused
+from pushauth.oidc.entra import EntraHints
+from pushauth.oidc.hints import HintRefused, SignedHints, check_upstream
 from pushauth.oidc.provider import Provider, RedirectError, ShownError, TokenError
 from pushauth.oidc.settings import ACR_MFA, ACR_SFA, OidcClient
 from pushauth.oidc.store import Grant, OidcStore, SignIn, new_secret
@@ -47,6 +48,7 @@ routes = web.RouteTableDef()
 PROVIDER = web.AppKey("oidc_provider", Provider)
 LDAP = web.AppKey("oidc_ldap", LdapCheck)
 ENTRA = web.AppKey("oidc_entra", EntraHints)
+UPSTREAMS = web.AppKey("oidc_upstreams", dict[str, SignedHints])  # client_id -> its upstream's keys
 RSA_KEY = web.AppKey("oidc_rsa_key", rsa.RsaSigningKey)
 BROWSER_COOKIE = "pushauth_oidc"
 # A remembered browser (policy.remember_days): the remember token of REST login flows (PROTOCOL.md 11.7),
@@ -74,6 +76,8 @@ def setup(app: web.Application, settings: Settings) -> None:
         ldap = LdapCheck(oidc.ldap) if oidc.ldap.url else None
         if ldap is not None:
             app[LDAP] = ldap
+        app[UPSTREAMS] = {c.client_id: SignedHints(c.upstream_jwks_url, ["RS256", "ES256"])
+                          for c in oidc.clients if c.first_factor == "none"}
         if oidc.entra.enabled:
             issuer = app[PROVIDER].issuer
             app[ENTRA] = EntraHints(oidc.entra)
@@ -163,11 +167,50 @@ async def authorize(request: web.Request) -> web.Response:
     except RedirectError as exc:
         return _to_client(exc.redirect_uri, error=exc.error, error_description=exc.description,
                           state=exc.state, iss=provider.issuer)
-    await provider.store.put_signin(auth.signin, provider.settings.signin_ttl_s)
     client = auth.client
+    if client.first_factor == "none":
+        return _set_browser(await _behind_upstream(request, auth.signin, client, params), request, new_cookie)
+    await provider.store.put_signin(auth.signin, provider.settings.signin_ttl_s)
     page = pages.signin(client.name, auth.signin.id, auth.signin.csrf, user=auth.signin.login_hint,
                         password=client.first_factor == "ldap")
     return _set_browser(pages.respond(page), request, new_cookie)
+
+
+async def _behind_upstream(request: web.Request, signin: SignIn, client: OidcClient,
+                           params: dict[str, str]) -> web.Response:
+    """first_factor = "none": the upstream identity provider checked the password and names the user in a
+    signed `id_token_hint`; straight to the phone."""
+    provider = request.app[PROVIDER]
+    try:
+        claims = await request.app[UPSTREAMS][client.client_id].claims(params.get("id_token_hint", ""))
+        user = canonical(check_upstream(claims, issuer=client.upstream_issuer,
+                                        audience=client.upstream_audience or client.client_id,
+                                        user_claim=client.upstream_user_claim,
+                                        max_age_s=client.upstream_max_age_s))
+    except HintRefused as exc:
+        log.warning("oidc_upstream_hint_refused", client=client.client_id, why=exc.reason)
+        return _to_client(signin.redirect_uri, error="login_required",
+                          error_description="a valid id_token_hint from the upstream is required",
+                          state=signin.state, iss=provider.issuer)
+    except ApiError:
+        return _to_client(signin.redirect_uri, error="invalid_request", error_description="invalid user",
+                          state=signin.state, iss=provider.issuer)
+    ip = io.client_ip(request)
+    context = {"ip": ip or "", "user_agent": request.headers.get("User-Agent", "")[:512]}
+    try:
+        created = await request.app[CHALLENGES].create(_app(request, client), user,
+                                                       {k: v for k, v in context.items() if v},
+                                                       provider.settings.prompt_ttl_s)
+    except ApiError as exc:
+        return pages.respond(pages.message("Sign-in refused", _refusal(exc, request)), status=403)
+    # What this token says is what pushauth did: the phone. The upstream vouches for the password.
+    signin.user, signin.auth_time, signin.amr, signin.acr = user, clock.now(), list(AMR_PHONE), ACR_SFA
+    if not isinstance(created, Allowed):
+        signin.challenge_id, signin.number = created.id, created.number or ""
+    else:
+        signin.amr = []
+    await provider.store.put_signin(signin, provider.settings.signin_ttl_s)
+    return web.Response(status=303, headers={**pages.HEADERS, "Location": f"/oidc/wait?signin={signin.id}"})
 
 
 async def _own_signin(request: web.Request, signin_id: str) -> SignIn | None:
