@@ -73,3 +73,23 @@ async def approve_on_phone(phone: Phone, number: str | None, *, deny: str | None
             return
         await asyncio.sleep(0.05)
     raise AssertionError("no prompt on the phone")
+
+
+async def sign_in_and_approve(browser: Browser, authorize_path: str, user: str, phone: Phone) -> str:
+    """What a person does: open the authorization URL, give the user name, read the number, approve on the
+    phone. The Location the provider sends the browser to (the client, with the code)."""
+    status, page, _ = await browser.get(authorize_path)
+    assert status == 200, page
+    status, _, location = await browser.sign_in(page, user)
+    assert status == 303, location
+    status, page, _ = await browser.get(location)
+    number = re.search(r"<strong>(\d+)</strong>", page)
+    refresh = re.search(r'url=([^"]+)"', page)
+    assert number, page
+    assert refresh, page
+    approving = asyncio.create_task(approve_on_phone(phone, number.group(1)))
+    status, _, location = await browser.get(html.unescape(refresh.group(1)))
+    await approving
+    assert status == 303, location
+    return location
+

@@ -13,20 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import html
-import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
 from cryptography.hazmat.primitives.asymmetric import ec
-from oidc_support import REDIRECT, Browser, approve_on_phone, auth_params
+from oidc_support import REDIRECT, Browser, auth_params, sign_in_and_approve
 from support import (
     ADMIN_TOKEN,
     AdminClient,
@@ -185,18 +183,7 @@ primary = "none"
 
 async def oidc_code(browser: Browser, phone: Phone) -> str:
     """Alice signs in to the relying party "wiki" (passwordless) and her phone approves: the code."""
-    status, page, _ = await browser.authorize(**auth_params())
-    assert status == 200, page
-    status, text, location = await browser.sign_in(page, ALICE)
-    assert status == 303, text
-    status, page, _ = await browser.get(location)
-    refresh = re.search(r'url=([^"]+)"', page)
-    number = re.search(r"<strong>(\d+)</strong>", page)
-    assert refresh, page
-    approving = asyncio.create_task(approve_on_phone(phone, number.group(1) if number else None))
-    status, _, location = await browser.get(html.unescape(refresh.group(1)))
-    await approving
-    assert status == 303, location
+    location = await sign_in_and_approve(browser, "/oidc/authorize?" + urlencode(auth_params()), ALICE, phone)
     return parse_qs(urlsplit(location).query)["code"][0]
 
 

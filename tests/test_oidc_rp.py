@@ -6,15 +6,12 @@ tests/oidc_support.py; the phone is the reference simulator.
 
 from __future__ import annotations
 
-import asyncio
-import html
-import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
-from oidc_support import REDIRECT, Browser, approve_on_phone
+from oidc_support import REDIRECT, Browser, sign_in_and_approve
 from support import LoginFlow, RunningServer, free_port, make_settings, start_server
 
 from pushauth.crypto.keyring import KeyRingHolder
@@ -47,21 +44,7 @@ async def browse(op: RunningServer, authorization_url: str, phone: Phone) -> str
     """What a person does in the browser: sign in, read the number, approve on the phone. The redirect."""
     browser = Browser(op.url)
     try:
-        path = authorization_url.removeprefix(op.url)
-        status, page, _ = await browser.get(path)
-        assert status == 200, page
-        status, _, location = await browser.sign_in(page, USER)
-        assert status == 303, location
-        status, page, _ = await browser.get(location)
-        number = re.search(r"<strong>(\d+)</strong>", page)
-        refresh = re.search(r'url=([^"]+)"', page)
-        assert number, page
-        assert refresh, page
-        approving = asyncio.create_task(approve_on_phone(phone, number.group(1)))
-        status, _, location = await browser.get(html.unescape(refresh.group(1)))
-        await approving
-        assert status == 303, location
-        return location
+        return await sign_in_and_approve(browser, authorization_url.removeprefix(op.url), USER, phone)
     finally:
         await browser.close()
 
