@@ -1,9 +1,13 @@
 # pushauth developer commands. Everything runs from the repo-local virtualenv in .venv/.
-#   make test    install redis-server, chromium and the RADIUS clients if missing, then run the test suite
-#                (real Redis processes started by the tests; the console's browser tests drive
-#                /usr/bin/chromium; the RADIUS front's tests drive radclient, pam_radius_auth through
-#                pamtester, sshd and ssh through expect, and slapd: scripts/ensure-radius-tools, which
-#                leaves no sshd or slapd service running)
+#   make test    install redis-server, chromium, the RADIUS clients, the Node relying party and Apache with
+#                mod_auth_openidc if missing, then run the test suite (real Redis processes started by the
+#                tests; the console's browser tests drive /usr/bin/chromium; the RADIUS front's tests drive
+#                radclient, pam_radius_auth through pamtester, sshd and ssh through expect, and slapd:
+#                scripts/ensure-radius-tools, which leaves no sshd or slapd service running; the OpenID
+#                Provider's tests drive openid-client, panva's certified Node RP (scripts/ensure-node-rp:
+#                nodejs and npm if missing, then tests/rp/openid-client/ with npm ci) and Apache 2 with
+#                mod_auth_openidc through Chromium (scripts/ensure-apache-oidc, which leaves no Apache
+#                running or listening on :80))
 #   make test-fast  the developers' loop, under 30 s: every test that needs no Redis, no pushauth server, no
 #                browser and no child process (pytest -m "not integration"; tests/conftest.py sets the
 #                marker), stopping at the first failure. Installs nothing beyond the virtualenv
@@ -22,7 +26,7 @@ STAMP := $(VENV)/.installed
 # Extra pytest arguments, e.g. make test PYTEST_ARGS="-k redis -x"
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-fast lint demo demo-live bench ensure-redis ensure-chromium ensure-radius-tools ensure-luacheck clean
+.PHONY: venv test test-fast lint demo demo-live bench ensure-redis ensure-chromium ensure-radius-tools ensure-node-rp ensure-apache-oidc ensure-luacheck clean
 
 venv: $(STAMP)
 
@@ -40,10 +44,16 @@ ensure-chromium:
 ensure-radius-tools:
 	scripts/ensure-radius-tools
 
+ensure-node-rp:
+	scripts/ensure-node-rp
+
+ensure-apache-oidc:
+	scripts/ensure-apache-oidc
+
 ensure-luacheck:
 	scripts/ensure-luacheck
 
-test: venv ensure-redis ensure-chromium ensure-radius-tools
+test: venv ensure-redis ensure-chromium ensure-radius-tools ensure-node-rp ensure-apache-oidc
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-fast: venv

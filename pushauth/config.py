@@ -27,6 +27,7 @@ from pushauth.alerts.settings import SinkSettings
 from pushauth.demo_settings import DemoSettings
 from pushauth.detection.rules import ContainmentSettings, DetectionSettings
 from pushauth.errors import ConfigError
+from pushauth.oidc.settings import OidcSettings
 from pushauth.radius.settings import RadiusSettings
 
 ENV_PREFIX = "PUSHAUTH_"
@@ -389,6 +390,7 @@ class Settings(_Section, frozen=True):
     metrics: MetricsSettings = MetricsSettings()
     rate_limits: RateLimitSettings = RateLimitSettings()
     radius: RadiusSettings = RadiusSettings()
+    oidc: OidcSettings = OidcSettings()
     demo: DemoSettings = DemoSettings()
     logging: LoggingSettings = LoggingSettings()
 

@@ -41,6 +41,12 @@ INTEGRATION_HELPERS = frozenset({
     # real RADIUS clients and daemons: radclient, pamtester (through expect), sshd
     ("testkit.radius_clients", "radclient"), ("testkit.radius_clients", "pamtester"),
     ("testkit.sshd", "Sshd"), ("testkit.slapd", "Slapd"),
+    # openid-client, a real OpenID Connect relying party: one node process a step
+    ("testkit.openid_client", "rp_start"), ("testkit.openid_client", "rp_finish"),
+    # a real OpenID Connect relying party: Apache 2 with mod_auth_openidc
+    ("testkit.apache", "ApacheRP"),
+    # the fake Microsoft Entra ID of the EAM harness: an aiohttp server on loopback
+    ("testkit.fakes.entra", "FakeEntra"),
 })
 INTEGRATION_TESTS = frozenset({
     "test_make.py::test_ci_runs_make_test_and_fails_when_a_test_fails",  # .ci/run: make test in a child

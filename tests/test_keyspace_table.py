@@ -18,11 +18,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
 from cryptography.hazmat.primitives.asymmetric import ec
+from oidc_support import REDIRECT, Browser, auth_params, sign_in_and_approve
 from support import (
     ADMIN_TOKEN,
     AdminClient,
@@ -58,6 +60,7 @@ SINK = "soc"
 KEY_ID, TEAM_ID, TOPIC = "KEYS123456", "TEAMKEYS12", "org.pushauth.app"
 WORKERS = {"push": "push-1", "alerts": "alerts-1", "expiry": "expiry-1", "radius": "radius-1"}
 RADIUS_SECRET = "keyspace-table-radius-secret-01"
+OIDC_SECRET = "keyspace-table-oidc-secret-0001"
 # Rows a short run cannot be expected to leave a key of: retries, dead letters, a sink disabled by a 410, a
 # pub/sub channel (never a key), sets and lists emptied by the run itself. Every other row must turn up, so
 # the run stays a full one.
@@ -108,8 +111,12 @@ async def deployment(redis_url: str, keyring: KeyRingHolder, tmp_path: Path) -> 
         radius = {"listen": ["127.0.0.1"], "port": radius_port,
                   "clients": [{"name": "vpn", "address": "127.0.0.1/32", "secret_file": str(radius_secret),
                                "application": "webmail", "mode": "challenge", "primary": "none"}]}
+        oidc = {"enabled": True, "code_ttl_s": 600,
+                "clients": [{"client_id": "wiki", "name": "Staff wiki", "application": "webmail",
+                             "secret_sha256": [sha256_hex(OIDC_SECRET)], "redirect_uris": [REDIRECT],
+                             "first_factor": "passwordless"}]}
         settings = make_settings(redis_url, free_port(), store={"prefix": PREFIX}, push=push,
-                                 alerts={"sinks": [sink], "sweep_interval_s": 1.0}, radius=radius)
+                                 alerts={"sinks": [sink], "sweep_interval_s": 1.0}, radius=radius, oidc=oidc)
         config.write_text(f"""
 [server]
 base_url = "{settings.server.base_url}"
@@ -138,6 +145,12 @@ timeout_s = 2.0
 format = "json"
 [keys]
 ephemeral = true
+# as the server's (support.QUIET_DETECTION): Alice signs in more often than a person would
+[detection]
+push_bombing_max = 1000
+[containment]
+suspend_on_not_me = false
+lockout_after_failures = 0
 [[applications]]
 id = "webmail"
 name = "NHSmail webmail"
@@ -166,6 +179,12 @@ primary = "none"
             for worker in workers.values():
                 if worker.returncode is None:
                     worker.kill9()
+
+
+async def oidc_code(browser: Browser, phone: Phone) -> str:
+    """Alice signs in to the relying party "wiki" (passwordless) and her phone approves: the code."""
+    location = await sign_in_and_approve(browser, "/oidc/authorize?" + urlencode(auth_params()), ALICE, phone)
+    return parse_qs(urlsplit(location).query)["code"][0]
 
 
 async def all_keys(redis_url: str) -> dict[str, tuple[str, list[str]]]:
@@ -223,6 +242,27 @@ async def test_every_key_a_full_run_writes_is_in_the_table(deployment: Deploymen
     status, verified = await login.call("POST", "/v1/access-codes/verify", {"user": ALICE,
                                                                              "code": issued["code"]})
     assert (status, verified.get("valid")) == (200, True), verified
+
+    # OpenID Connect: one sign-in exchanged for tokens (an access token, and the used code kept to catch a
+    # replay), one left at its code, one left at the sign-in page.
+    for exchange in (True, False):
+        browser = Browser(d.server.url)
+        try:
+            code = await oidc_code(browser, android)
+            if exchange:
+                basic = base64.b64encode(f"wiki:{OIDC_SECRET}".encode()).decode()
+                form = {"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT}
+                async with d.http.post(d.server.url + "/oidc/token", data=form,
+                                       headers={"Authorization": f"Basic {basic}"}) as resp:
+                    assert resp.status == 200, await resp.text()
+        finally:
+            await browser.close()
+    browser = Browser(d.server.url)
+    try:
+        status, _, _ = await browser.authorize(**auth_params())
+        assert status == 200
+    finally:
+        await browser.close()
 
     # A RADIUS sign-in through `pushauth radius` (python -m workers.radius) in challenge mode, left at the
     # Access-Challenge: its State waits in Redis, and the client's rate bucket counted it.

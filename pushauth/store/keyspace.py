@@ -42,6 +42,8 @@ PLACEHOLDERS: dict[str, str] = {
     "sha256(code)": r"[0-9a-f]{64}",
     "sha256(session id)": r"[0-9a-f]{64}",
     "sha256(State)": r"[0-9a-f]{64}",
+    "sha256(token)": r"[0-9a-f]{64}",
+    "sign-in id": r"[A-Za-z0-9_-]{22,64}",
     "worker kind": r"push|alerts|expiry|radius",  # pushauth.store.heartbeats.WORKER_KINDS
     "address": r".+",  # a client address, IPv6 as its /64 ("<network>/64")
     "application id": r".+",
@@ -203,6 +205,18 @@ KEYS: tuple[KeySpec, ...] = (
     KeySpec("<prefix>:rl:r:<RADIUS client name>", "hash", "pushauth.ratelimit",
             "a rate-limit window at most (EXPIRE)",
             "rate-limit bucket of a RADIUS client", "KeySpace.rate_bucket", fields="rate_bucket"),
+    KeySpec("<prefix>:oidc:signin:<sign-in id>", "string", "pushauth.oidc",
+            "oidc.signin_ttl_s (EX); deleted when the code is issued",
+            "an OpenID sign-in in progress: the relying party's request, the browser it is bound to, its "
+            "prompt (JSON)", "KeySpace.oidc_signin"),
+    KeySpec("<prefix>:oidc:code:<sha256(code)>", "string", "pushauth.oidc",
+            "oidc.code_ttl_s (EX); taken once",
+            "an authorization code: what its token request gets (JSON)", "KeySpace.oidc_code"),
+    KeySpec("<prefix>:oidc:used:<sha256(code)>", "string", "pushauth.oidc", "10 minutes (EX)",
+            "a code already exchanged, and the access token it gave: a replay revokes that token",
+            "KeySpace.oidc_used_code"),
+    KeySpec("<prefix>:oidc:at:<sha256(token)>", "string", "pushauth.oidc", "oidc.access_token_ttl_s (EX)",
+            "an access token for userinfo (JSON)", "KeySpace.oidc_access_token"),
     KeySpec("<prefix>:radius:state:<sha256(State)>", "string", "pushauth.radius",
             "until the prompt expires (EXAT); deleted when used",
             "what an Access-Challenge's State refers to: the prompt, user and client a RADIUS follow-up "
@@ -460,6 +474,19 @@ class KeySpace:
 
     def worker_heartbeats(self, kind: str) -> str:
         return f"{self.prefix}:{{workers}}:hb:{kind}"
+
+    def oidc_signin(self, signin_id: str) -> str:
+        return f"{self.prefix}:oidc:signin:{signin_id}"
+
+    # Codes and tokens by their hash only: a copy of Redis cannot be exchanged or presented.
+    def oidc_code(self, code: str) -> str:
+        return f"{self.prefix}:oidc:code:{sha256_hex(code)}"
+
+    def oidc_used_code(self, code: str) -> str:
+        return f"{self.prefix}:oidc:used:{sha256_hex(code)}"
+
+    def oidc_access_token(self, token: str) -> str:
+        return f"{self.prefix}:oidc:at:{sha256_hex(token)}"
 
     def radius_state(self, state: bytes) -> str:
         # Only the State's hash: a copy of Redis cannot answer a RADIUS challenge in flight.

@@ -20,7 +20,7 @@ from pushauth.config import Settings
 from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.netaddr import TrustedProxies
 from pushauth.runtime import open_runtime
-from pushauth.web import admin, console, demo_page, device, login_flow, openapi, ops, wellknown
+from pushauth.web import admin, console, demo_page, device, login_flow, oidc, openapi, ops, wellknown
 from pushauth.web.auth import Credentials
 from pushauth.web.limits import rate_limit
 from pushauth.web.middleware import error_boundary, request_context
@@ -105,4 +105,5 @@ def create_app(settings: Settings, *, keyring: KeyRingHolder | None = None,
     app.add_routes(openapi.routes)
     console.setup(app)  # the security team's console: routes, sessions and the live alert feed
     demo_page.setup(app, settings)  # the sample login page, when [demo] enabled
+    oidc.setup(app, settings)  # the OpenID Provider, when [oidc] enabled
     return app

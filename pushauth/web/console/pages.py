@@ -122,7 +122,7 @@ async def access_code(request: web.Request, session: Session) -> web.StreamRespo
 
 _TYPES = {"css": "text/css", "js": "text/javascript"}
 _STATIC = {name: resources.files("pushauth.web").joinpath("console_static", name).read_bytes()
-           for name in ("console.css", "console.js", "demo.js")}
+           for name in ("console.css", "console.js", "demo.js", "form-post.js")}
 
 
 @routes.get("/console/static/{name}")

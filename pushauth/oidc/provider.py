@@ -1,0 +1,240 @@
+"""The OpenID Connect protocol: the authorization code flow with PKCE (OpenID Connect Core 1.0, RFC 6749,
+RFC 7636), independent of the web framework. pushauth/web/oidc.py calls it from its routes.
+
+    authorize   `check_authorization(params)`: the client, the exact redirect URI, then everything else;
+                until the redirect URI is known to be the client's, an error is shown, never redirected
+                (no open redirector, RFC 6749 4.1.2.1); after, it goes back to the client as `error=`
+    token       `exchange(form, authorization)`: client authentication (client_secret_basic,
+                client_secret_post, or none for a public client), the code (single use; a replay revokes
+                the token it gave), redirect_uri equal to the authorization's, the PKCE verifier (S256)
+    ID token    ES256 with the server's current key (the keys at /.well-known/jwks.json): iss, sub, aud,
+                exp, iat, auth_time, nonce, acr, amr (RFC 8176)
+
+Hand-written rather than Authlib: Authlib's server side is built around Flask/Django/Starlette request
+objects, and the part that matters here (the checks below) is short; tests/test_oidc.py drives each
+negative case the specifications list, and openid-client (certified RP) and Apache mod_auth_openidc
+validate what it issues independently.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
+
+from pushauth.crypto import jws
+from pushauth.crypto.keys import KeyRing
+from pushauth.crypto.secrets import equal, sha256_hex
+from pushauth.oidc.settings import OidcClient, OidcSettings
+from pushauth.oidc.store import Grant, OidcStore, SignIn, new_secret
+
+# RFC 7636 4.1: 43-128 characters of [A-Z a-z 0-9 - . _ ~]; a challenge (S256) is 43 of base64url.
+_VERIFIER = re.compile(r"[A-Za-z0-9._~-]{43,128}")
+_CHALLENGE = re.compile(r"[A-Za-z0-9_-]{43}")
+MAX_PARAM = 512  # state, nonce, login_hint: generous, bounded
+
+
+class ShownError(Exception):
+    """An authorization request that cannot go back to its client (unknown client, unregistered redirect
+    URI): the browser is shown this, never redirected."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class RedirectError(Exception):
+    """An authorization error for the client, sent to its (verified) redirect URI."""
+
+    def __init__(self, error: str, description: str, redirect_uri: str, state: str | None) -> None:
+        super().__init__(description)
+        self.error, self.description = error, description
+        self.redirect_uri, self.state = redirect_uri, state
+
+
+class TokenError(Exception):
+    """RFC 6749 5.2: the token endpoint's error (400, or 401 for a client that failed to authenticate)."""
+
+    def __init__(self, error: str, description: str, status: int = 400) -> None:
+        super().__init__(description)
+        self.error, self.description, self.status = error, description, status
+
+
+@dataclass(frozen=True)
+class Authorization:
+    client: OidcClient
+    signin: SignIn
+    prompt: str
+
+
+def s256(verifier: str) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+
+
+class Provider:
+    def __init__(self, settings: OidcSettings, issuer: str, store: OidcStore) -> None:
+        self.settings = settings
+        self.issuer = issuer.rstrip("/")
+        self.store = store
+        self.clients: Mapping[str, OidcClient] = {c.client_id: c for c in settings.clients}
+
+    # -- discovery ----------------------------------------------------------------------------------------
+
+    def metadata(self, base: str) -> dict[str, Any]:
+        """OpenID Connect Discovery 1.0, section 3."""
+        return {
+            "issuer": self.issuer,
+            "authorization_endpoint": f"{base}/oidc/authorize",
+            "token_endpoint": f"{base}/oidc/token",
+            "userinfo_endpoint": f"{base}/oidc/userinfo",
+            "jwks_uri": f"{base}/.well-known/jwks.json",
+            "response_types_supported": ["code"],
+            "response_modes_supported": ["query"],
+            "grant_types_supported": ["authorization_code"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": [jws.ALG],
+            "scopes_supported": ["openid", "profile"],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+            "code_challenge_methods_supported": ["S256"],
+            "claims_supported": ["iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "acr", "amr",
+                                 "preferred_username"],
+            "acr_values_supported": ["https://refeds.org/profile/mfa", "https://refeds.org/profile/sfa"],
+            "prompt_values_supported": ["login", "none"],
+            "claims_parameter_supported": False,
+            "request_parameter_supported": False,
+            "request_uri_parameter_supported": False,
+        }
+
+    # -- authorize ----------------------------------------------------------------------------------------
+
+    def check_authorization(self, params: Mapping[str, str], browser: str) -> Authorization:
+        client = self.clients.get(params.get("client_id", ""))
+        if client is None:
+            raise ShownError("This application is not registered with this sign-in service.")
+        redirect_uri = params.get("redirect_uri", "")
+        if redirect_uri not in client.redirect_uris:  # exact match (OpenID Connect Core 3.1.2.1)
+            raise ShownError("The application sent a return address it has not registered.")
+        state = params.get("state")
+
+        def fail(error: str, description: str) -> RedirectError:
+            return RedirectError(error, description, redirect_uri, state)
+
+        if any(len(params.get(k, "")) > MAX_PARAM for k in ("state", "nonce", "login_hint", "scope")):
+            raise fail("invalid_request", "a parameter is too long")
+        if "request" in params or "request_uri" in params:
+            raise fail("request_not_supported", "request objects are not supported")
+        if params.get("response_type") != "code":
+            raise fail("unsupported_response_type", "only response_type=code is supported")
+        scopes = params.get("scope", "").split()
+        if "openid" not in scopes:
+            raise fail("invalid_scope", "the openid scope is required")
+        if params.get("response_mode", "query") != "query":
+            raise fail("invalid_request", "only response_mode=query is supported")
+        challenge, method = params.get("code_challenge"), params.get("code_challenge_method")
+        if challenge is not None or method is not None:
+            if method != "S256":
+                raise fail("invalid_request", "code_challenge_method must be S256")
+            if challenge is None or not _CHALLENGE.fullmatch(challenge):
+                raise fail("invalid_request", "code_challenge must be an S256 challenge (43 base64url)")
+        elif client.public:
+            raise fail("invalid_request", "a public client must use PKCE (S256)")
+        prompt = params.get("prompt", "")
+        if "none" in prompt.split():
+            # No silent sign-in: every sign-in here is a prompt on the phone.
+            raise fail("login_required", "a sign-in needs the user")
+        if "max_age" in params and not params["max_age"].isdigit():
+            raise fail("invalid_request", "max_age must be a number of seconds")
+        signin = SignIn(id=new_secret(), client_id=client.client_id, redirect_uri=redirect_uri, state=state,
+                        nonce=params.get("nonce"), code_challenge=challenge, scope=" ".join(scopes),
+                        login_hint=params.get("login_hint", ""), browser=browser, csrf=new_secret())
+        return Authorization(client, signin, prompt)
+
+    # -- token --------------------------------------------------------------------------------------------
+
+    def authenticate_client(self, form: Mapping[str, str], authorization: str | None) -> OidcClient:
+        """client_secret_basic (RFC 6749 2.3.1: the id and secret form-urlencoded, then Basic), or
+        client_secret_post, or a public client's bare client_id. One method per request."""
+        client_id, secret = form.get("client_id"), form.get("client_secret")
+        if authorization:
+            if secret is not None:
+                raise TokenError("invalid_request", "one client authentication method at a time")
+            scheme, _, value = authorization.partition(" ")
+            if scheme.lower() != "basic":
+                raise TokenError("invalid_client", "unsupported client authentication", 401)
+            try:
+                decoded = base64.b64decode(value.strip(), validate=True).decode()
+            except (ValueError, UnicodeDecodeError):
+                raise TokenError("invalid_client", "malformed Basic credentials", 401) from None
+            basic_id, sep, basic_secret = decoded.partition(":")
+            if not sep or (client_id is not None and client_id != unquote(basic_id)):
+                raise TokenError("invalid_client", "malformed Basic credentials", 401)
+            client_id, secret = unquote(basic_id), unquote(basic_secret)
+        client = self.clients.get(client_id or "")
+        if client is None:
+            raise TokenError("invalid_client", "unknown client", 401)
+        if client.public:
+            if secret:
+                raise TokenError("invalid_client", "a public client has no secret", 401)
+            return client
+        if not secret:
+            raise TokenError("invalid_client", "client authentication required", 401)
+        digest = sha256_hex(secret)
+        if not any(equal(digest, h) for h in client.secret_sha256):
+            raise TokenError("invalid_client", "client authentication failed", 401)
+        return client
+
+    async def exchange(self, form: Mapping[str, str], authorization: str | None,
+                       keyring: KeyRing) -> dict[str, Any]:
+        client = self.authenticate_client(form, authorization)
+        if form.get("grant_type") != "authorization_code":
+            raise TokenError("unsupported_grant_type", "only authorization_code is supported")
+        code = form.get("code", "")
+        grant = await self.store.take_code(code)
+        if grant is None:
+            if await self.store.revoke_replayed(code):
+                raise TokenError("invalid_grant", "the code was already used; what it gave is revoked")
+            raise TokenError("invalid_grant", "unknown or expired code")
+        if grant.client_id != client.client_id:
+            raise TokenError("invalid_grant", "the code was issued to another client")
+        if form.get("redirect_uri") != grant.redirect_uri:
+            raise TokenError("invalid_grant", "redirect_uri differs from the authorization request's")
+        verifier = form.get("code_verifier")
+        if grant.code_challenge is not None:
+            if verifier is None or not _VERIFIER.fullmatch(verifier) or \
+                    not equal(s256(verifier), grant.code_challenge):
+                raise TokenError("invalid_grant", "PKCE verification failed")
+        elif verifier is not None:
+            raise TokenError("invalid_grant", "no code_challenge was sent with the authorization request")
+        access_token = await self.store.issue_access_token(grant, self.settings.access_token_ttl_s)
+        await self.store.mark_used(code, access_token)
+        return {"access_token": access_token, "token_type": "Bearer",
+                "expires_in": self.settings.access_token_ttl_s, "scope": grant.scope,
+                "id_token": self.id_token(grant, keyring)}
+
+    def id_token(self, grant: Grant, keyring: KeyRing) -> str:
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "iss": self.issuer, "sub": grant.user, "aud": grant.client_id, "iat": now,
+            "exp": now + self.settings.id_token_ttl_s, "auth_time": grant.auth_time, "acr": grant.acr,
+            "preferred_username": grant.user,
+        }
+        if grant.amr:  # (none at all for a passwordless sign-in that asked no phone: a remembered browser)
+            claims["amr"] = grant.amr
+        if grant.nonce is not None:
+            claims["nonce"] = grant.nonce
+        current = keyring.current
+        return jws.sign(claims, current.key, typ="JWT", kid=current.kid)
+
+    async def userinfo(self, token: str) -> dict[str, Any] | None:
+        grant = await self.store.access_token(token)
+        if grant is None:
+            return None
+        return {"sub": grant.user, "preferred_username": grant.user}
+
+
+__all__ = ["Authorization", "Provider", "RedirectError", "ShownError", "TokenError", "new_secret", "s256"]

@@ -1,0 +1,130 @@
+"""What the provider keeps in Redis between a browser's requests, so that any server instance can serve the
+next one: the sign-in in progress, authorization codes (single use) and access tokens (for userinfo).
+
+    oidc:signin:<id>        the relying party's validated request, the hash of the browser's cookie it is
+                            bound to, the CSRF token of its form, and once the password is in, the prompt
+    oidc:code:<sha256>      what the code gets at the token endpoint; taken with GETDEL: one exchange
+    oidc:used:<sha256>      a code already exchanged and the access token it gave: a second exchange of the
+                            same code (RFC 6749 4.1.2: "the authorization server MUST deny the request and
+                            SHOULD revoke ... all tokens previously issued based on that authorization
+                            code") revokes that token
+    oidc:at:<sha256>        an access token's user and client
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import msgspec
+import redis.asyncio as aioredis
+
+from pushauth.store import KeySpace
+
+# A replayed code is caught for this long after its exchange (codes live a minute at most).
+USED_CODE_MEMORY_S = 600
+
+
+class SignIn(msgspec.Struct, kw_only=True):
+    """A sign-in in progress (the authorization request, validated)."""
+
+    id: str
+    client_id: str
+    redirect_uri: str
+    state: str | None = None
+    nonce: str | None = None
+    code_challenge: str | None = None
+    scope: str = "openid"
+    login_hint: str = ""
+    browser: str  # sha256 of the browser's cookie value
+    csrf: str
+    # set once the first factor passed
+    user: str = ""
+    challenge_id: str = ""
+    number: str = ""
+    amr: list[str] = []
+    acr: str = ""
+    auth_time: int = 0
+    # Entra's external-method profile: the hint's sub (the answer's sub), and the answer form-posted
+    eam_sub: str = ""
+
+
+class Grant(msgspec.Struct, kw_only=True):
+    """What an authorization code (and then its access token) stands for."""
+
+    client_id: str
+    redirect_uri: str
+    user: str
+    nonce: str | None = None
+    code_challenge: str | None = None
+    scope: str = "openid"
+    auth_time: int
+    amr: list[str]
+    acr: str
+
+
+_signin_decode = msgspec.json.Decoder(SignIn).decode
+_grant_decode = msgspec.json.Decoder(Grant).decode
+_encode = msgspec.json.Encoder().encode
+
+
+def new_secret() -> str:
+    return secrets.token_urlsafe(32)
+
+
+class OidcStore:
+    def __init__(self, redis: aioredis.Redis, keyspace: KeySpace) -> None:
+        self._redis = redis
+        self._ks = keyspace
+
+    async def put_signin(self, signin: SignIn, ttl_s: int) -> None:
+        await self._redis.set(self._ks.oidc_signin(signin.id), _encode(signin), ex=ttl_s)
+
+    async def update_signin(self, signin: SignIn) -> None:
+        # KEEPTTL: the browser's time to sign in runs from the relying party's redirect, not from each step.
+        await self._redis.set(self._ks.oidc_signin(signin.id), _encode(signin), keepttl=True, xx=True)
+
+    async def signin(self, signin_id: str) -> SignIn | None:
+        if not (16 <= len(signin_id) <= 64):
+            return None
+        raw = await self._redis.get(self._ks.oidc_signin(signin_id))
+        return None if raw is None else _signin_decode(raw)
+
+    async def end_signin(self, signin_id: str) -> bool:
+        """True for the one caller that ended it (the code is issued once)."""
+        return bool(await self._redis.delete(self._ks.oidc_signin(signin_id)))
+
+    async def issue_code(self, grant: Grant, ttl_s: int) -> str:
+        code = new_secret()
+        await self._redis.set(self._ks.oidc_code(code), _encode(grant), ex=ttl_s)
+        return code
+
+    async def take_code(self, code: str) -> Grant | None:
+        if not code or len(code) > 128:
+            return None
+        raw = await self._redis.getdel(self._ks.oidc_code(code))
+        return None if raw is None else _grant_decode(raw)
+
+    async def mark_used(self, code: str, access_token: str) -> None:
+        await self._redis.set(self._ks.oidc_used_code(code), self._ks.oidc_access_token(access_token),
+                              ex=USED_CODE_MEMORY_S)
+
+    async def revoke_replayed(self, code: str) -> bool:
+        """A code presented after its exchange: revoke what that exchange gave. True if it was such a code."""
+        if not code or len(code) > 128:
+            return False
+        token_key = await self._redis.getdel(self._ks.oidc_used_code(code))
+        if token_key is None:
+            return False
+        await self._redis.delete(str(token_key))
+        return True
+
+    async def issue_access_token(self, grant: Grant, ttl_s: int) -> str:
+        token = new_secret()
+        await self._redis.set(self._ks.oidc_access_token(token), _encode(grant), ex=ttl_s)
+        return token
+
+    async def access_token(self, token: str) -> Grant | None:
+        if not token or len(token) > 128:
+            return None
+        raw = await self._redis.get(self._ks.oidc_access_token(token))
+        return None if raw is None else _grant_decode(raw)

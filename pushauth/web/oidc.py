@@ -1,0 +1,463 @@
+"""The OpenID Provider's routes (`[oidc] enabled`): discovery, authorize, the sign-in and number pages, token,
+userinfo. The protocol is pushauth/oidc/provider.py; the pages pushauth/web/oidc_pages.py; the sign-in itself
+the same Challenges service as the REST login flow (policy, locks, suspensions, detection, alerts).
+
+    GET  /.well-known/openid-configuration
+    GET  /oidc/authorize        (POST too, OpenID Connect Core 3.1.2.1) -> the sign-in page
+    POST /oidc/signin           user (and password) -> the first factor; the prompt -> 303 /oidc/wait
+    GET  /oidc/wait?signin=     the number; &poll=1 holds up to 25 s for the phone, then 303 to the client
+                                with the code (approved) or says what happened
+    POST /oidc/token            the code -> ID token + access token
+    GET  /oidc/userinfo         (POST too) Bearer access token -> sub
+
+A sign-in is bound to the browser that started it: a random cookie (HttpOnly, SameSite=Lax, Secure on an
+https issuer, path /oidc) whose hash the sign-in keeps; its form carries a CSRF token it keeps too. Wrong
+passwords count as failed authentications from the address (the rate limiter's block), and never prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import structlog
+from aiohttp import web
+
+from pushauth import clock
+from pushauth.accounts.users import canonical
+from pushauth.challenges.service import Allowed
+from pushauth.config import Application, Settings
+from pushauth.crypto.secrets import equal, sha256_hex
+from pushauth.errors import ApiError, ConfigError
+from pushauth.oidc import entra, rsa
+from pushauth.oidc.entra import EntraHints
+from pushauth.oidc.hints import HintRefused, SignedHints, check_upstream
+from pushauth.oidc.provider import Provider, RedirectError, ShownError, TokenError
+from pushauth.oidc.settings import ACR_MFA, ACR_SFA, OidcClient
+from pushauth.oidc.store import Grant, OidcStore, SignIn, new_secret
+from pushauth.radius.primary import LdapCheck, Verdict
+from pushauth.web import io
+from pushauth.web import oidc_pages as pages
+from pushauth.web.state import AUDIT, CHALLENGES, KEYRING, LIMITER, RUNTIME, SETTINGS
+
+log = structlog.get_logger(__name__)
+routes = web.RouteTableDef()
+
+PROVIDER = web.AppKey("oidc_provider", Provider)
+LDAP = web.AppKey("oidc_ldap", LdapCheck)
+ENTRA = web.AppKey("oidc_entra", EntraHints)
+UPSTREAMS = web.AppKey("oidc_upstreams", dict[str, SignedHints])  # client_id -> its upstream's keys
+RSA_KEY = web.AppKey("oidc_rsa_key", rsa.RsaSigningKey)
+BROWSER_COOKIE = "pushauth_oidc"
+# A remembered browser (policy.remember_days): the remember token of REST login flows (PROTOCOL.md 11.7),
+# bound to this browser's cookie above; a sign-in from it needs no phone until it expires.
+REMEMBER_COOKIE = "pushauth_oidc_remember"
+POLL_S = 25.0
+# RFC 8176: the password (ldap), several factors, proof of possession of the phone's key, a software key
+# (pushauth does not attest where the phone keeps it).
+AMR_PHONE = ["pop", "swk"]
+
+
+def setup(app: web.Application, settings: Settings) -> None:
+    """Add the provider when `[oidc] enabled`."""
+    oidc = settings.oidc
+    if not oidc.enabled:
+        return
+    problems = oidc.problems({a.id for a in settings.applications})
+    if problems:
+        raise ConfigError("invalid setting oidc: " + "; ".join(problems))
+
+    async def provider_ctx(app: web.Application) -> AsyncIterator[None]:
+        runtime = app[RUNTIME]
+        app[PROVIDER] = Provider(oidc, oidc.issuer or settings.server.base_url,
+                                 OidcStore(runtime.redis, runtime.keyspace))
+        ldap = LdapCheck(oidc.ldap) if oidc.ldap.url else None
+        if ldap is not None:
+            app[LDAP] = ldap
+        app[UPSTREAMS] = {c.client_id: SignedHints(c.upstream_jwks_url, ["RS256", "ES256"])
+                          for c in oidc.clients if c.first_factor == "none"}
+        if oidc.entra.enabled:
+            issuer = app[PROVIDER].issuer
+            app[ENTRA] = EntraHints(oidc.entra)
+            app[RSA_KEY] = (rsa.ephemeral(issuer) if settings.keys.ephemeral
+                            else rsa.load_or_create(Path(settings.keys.path), issuer))
+        yield
+        if ldap is not None:
+            await ldap.aclose()
+
+    # After the runtime (Redis) is open: the cleanup contexts run in order.
+    app.cleanup_ctx.append(provider_ctx)
+    app.add_routes(routes)
+
+
+def _base(request: web.Request) -> str:
+    return request.app[SETTINGS].server.base_url.rstrip("/")
+
+
+def _secure(request: web.Request) -> bool:
+    return urlsplit(request.app[PROVIDER].issuer).scheme == "https"
+
+
+def _browser(request: web.Request) -> tuple[str, str | None]:
+    """(hash of this browser's cookie, a new cookie value to set or None)."""
+    value = request.cookies.get(BROWSER_COOKIE, "")
+    if 32 <= len(value) <= 64:
+        return sha256_hex(value), None
+    value = new_secret()
+    return sha256_hex(value), value
+
+
+def _set_browser(response: web.Response, request: web.Request, value: str | None) -> web.Response:
+    if value is not None:
+        # As long-lived as a remembered browser may be: the remember token is bound to this value.
+        days = request.app[SETTINGS].policy.remember_days
+        response.set_cookie(BROWSER_COOKIE, value, path="/oidc", httponly=True, samesite="Lax",
+                            secure=_secure(request), max_age=days * 86400 if days else None)
+    return response
+
+
+def _app(request: web.Request, client: OidcClient) -> Application:
+    return next(a for a in request.app[SETTINGS].applications if a.id == client.application)
+
+
+def _to_client(redirect_uri: str, **params: str | None) -> web.Response:
+    query = urlencode({k: v for k, v in params.items() if v is not None})
+    sep = "&" if "?" in redirect_uri else "?"
+    return web.Response(status=303, headers={**pages.HEADERS, "Location": f"{redirect_uri}{sep}{query}"})
+
+
+# -- discovery ---------------------------------------------------------------------------------------------
+
+
+@routes.get("/.well-known/openid-configuration")
+async def discovery(request: web.Request) -> web.Response:
+    metadata = request.app[PROVIDER].metadata(_base(request))
+    metadata["authorization_response_iss_parameter_supported"] = True  # RFC 9207
+    if ENTRA in request.app:  # Entra's external-method profile: an RS256 ID token, form-posted
+        metadata["jwks_uri"] = f"{_base(request)}/oidc/jwks"
+        metadata["response_types_supported"] = ["code", "id_token"]
+        metadata["response_modes_supported"] = ["query", "form_post"]
+        metadata["id_token_signing_alg_values_supported"] = ["ES256", "RS256"]
+        metadata["acr_values_supported"] = [*metadata["acr_values_supported"], entra.ACR]
+    response = io.json(metadata)
+    response.headers["Cache-Control"] = "public, max-age=300"
+    return response
+
+
+# -- authorize and the pages --------------------------------------------------------------------------------
+
+
+@routes.route("*", "/oidc/authorize")
+async def authorize(request: web.Request) -> web.Response:
+    if request.method not in ("GET", "POST"):
+        return pages.respond(pages.message("Not allowed", "Use GET or POST."), status=405)
+    params: dict[str, str] = dict(request.query)
+    if request.method == "POST":
+        params.update({k: v for k, v in (await request.post()).items() if isinstance(v, str)})
+    browser, new_cookie = _browser(request)
+    provider = request.app[PROVIDER]
+    if ENTRA in request.app and params.get("client_id") == request.app[SETTINGS].oidc.entra.client_id:
+        return _set_browser(await _entra_authorize(request, params, browser), request, new_cookie)
+    try:
+        auth = provider.check_authorization(params, browser)
+    except ShownError as exc:
+        return pages.respond(pages.message("Cannot sign in", exc.message), status=400)
+    except RedirectError as exc:
+        return _to_client(exc.redirect_uri, error=exc.error, error_description=exc.description,
+                          state=exc.state, iss=provider.issuer)
+    client = auth.client
+    if client.first_factor == "none":
+        return _set_browser(await _behind_upstream(request, auth.signin, client, params), request, new_cookie)
+    await provider.store.put_signin(auth.signin, provider.settings.signin_ttl_s)
+    page = pages.signin(client.name, auth.signin.id, auth.signin.csrf, user=auth.signin.login_hint,
+                        password=client.first_factor == "ldap")
+    return _set_browser(pages.respond(page), request, new_cookie)
+
+
+async def _behind_upstream(request: web.Request, signin: SignIn, client: OidcClient,
+                           params: dict[str, str]) -> web.Response:
+    """first_factor = "none": the upstream identity provider checked the password and names the user in a
+    signed `id_token_hint`; straight to the phone."""
+    provider = request.app[PROVIDER]
+    try:
+        claims = await request.app[UPSTREAMS][client.client_id].claims(params.get("id_token_hint", ""))
+        user = canonical(check_upstream(claims, issuer=client.upstream_issuer,
+                                        audience=client.upstream_audience or client.client_id,
+                                        user_claim=client.upstream_user_claim,
+                                        max_age_s=client.upstream_max_age_s))
+    except HintRefused as exc:
+        log.warning("oidc_upstream_hint_refused", client=client.client_id, why=exc.reason)
+        return _to_client(signin.redirect_uri, error="login_required",
+                          error_description="a valid id_token_hint from the upstream is required",
+                          state=signin.state, iss=provider.issuer)
+    except ApiError:
+        return _to_client(signin.redirect_uri, error="invalid_request", error_description="invalid user",
+                          state=signin.state, iss=provider.issuer)
+    ip = io.client_ip(request)
+    context = {"ip": ip or "", "user_agent": request.headers.get("User-Agent", "")[:512]}
+    try:
+        created = await request.app[CHALLENGES].create(_app(request, client), user,
+                                                       {k: v for k, v in context.items() if v},
+                                                       provider.settings.prompt_ttl_s)
+    except ApiError as exc:
+        return pages.respond(pages.message("Sign-in refused", _refusal(exc, request)), status=403)
+    # What this token says is what pushauth did: the phone. The upstream vouches for the password.
+    signin.user, signin.auth_time, signin.amr, signin.acr = user, clock.now(), list(AMR_PHONE), ACR_SFA
+    if not isinstance(created, Allowed):
+        signin.challenge_id, signin.number = created.id, created.number or ""
+    else:
+        signin.amr = []
+    await provider.store.put_signin(signin, provider.settings.signin_ttl_s)
+    return web.Response(status=303, headers={**pages.HEADERS, "Location": f"/oidc/wait?signin={signin.id}"})
+
+
+async def _own_signin(request: web.Request, signin_id: str) -> SignIn | None:
+    signin = await request.app[PROVIDER].store.signin(signin_id)
+    if signin is None:
+        return None
+    browser, _ = _browser(request)
+    return signin if equal(browser, signin.browser) else None
+
+
+def _expired() -> web.Response:
+    return pages.respond(pages.message(
+        "This sign-in has expired", "Go back to the application and sign in again."), status=400)
+
+
+@routes.get("/oidc/jwks")
+async def jwks(request: web.Request) -> web.Response:
+    """The provider's keys: the server's EC keys (as /.well-known/jwks.json) and, with the Entra profile, its
+    RSA key (with `x5c`)."""
+    keys = list(request.app[KEYRING].ring.jwks()["keys"])
+    if RSA_KEY in request.app:
+        keys.append(request.app[RSA_KEY].public_jwk())
+    response = io.json({"keys": keys})
+    response.headers["Cache-Control"] = "public, max-age=60"
+    return response
+
+
+async def _entra_authorize(request: web.Request, params: dict[str, str], browser: str) -> web.Response:
+    """Entra's external-method request (pushauth/oidc/entra.py): check it and the hint, prompt the phone,
+    and show the number; the answer is form-posted from /oidc/wait."""
+    cfg = request.app[SETTINGS].oidc.entra
+    if params.get("redirect_uri") != cfg.redirect_uri:
+        return pages.respond(pages.message("Cannot sign in", "The return address is not Microsoft's."),
+                             status=400)
+    state = params.get("state")
+
+    def fail(error: str, description: str) -> web.Response:
+        fields = {"error": error, "error_description": description}
+        if state is not None:
+            fields["state"] = state
+        return pages.respond_form_post(pages.form_post(cfg.redirect_uri, fields), _origin(cfg.redirect_uri))
+
+    if params.get("response_type") != "id_token" or params.get("response_mode") != "form_post":
+        return fail("unsupported_response_type", "this client is answered with an id_token, form_post")
+    if "openid" not in params.get("scope", "").split() or not params.get("nonce"):
+        return fail("invalid_request", "scope openid and a nonce are required")
+    try:
+        hint = await request.app[ENTRA].verify(params.get("id_token_hint", ""))
+        user = canonical(hint.user)
+    except HintRefused as exc:
+        log.warning("oidc_entra_hint_refused", why=exc.reason)
+        return fail("invalid_request", "the id_token_hint was refused")
+    except ApiError:
+        return fail("invalid_request", "the hint's user name is not valid")
+    application = next(a for a in request.app[SETTINGS].applications if a.id == cfg.application)
+    ip = io.client_ip(request)
+    context = {"ip": ip or "", "user_agent": request.headers.get("User-Agent", "")[:512]}
+    provider = request.app[PROVIDER]
+    try:
+        created = await request.app[CHALLENGES].create(
+            application, user, {k: v for k, v in context.items() if v}, provider.settings.prompt_ttl_s)
+    except ApiError as exc:
+        log.info("oidc_entra_refused", user=user, code=exc.code)
+        return fail("access_denied", _refusal(exc, request))
+    signin = SignIn(id=new_secret(), client_id=cfg.client_id, redirect_uri=cfg.redirect_uri, state=state,
+                    nonce=params["nonce"], browser=browser, csrf=new_secret(), user=user, eam_sub=hint.sub,
+                    auth_time=clock.now(), acr=entra.ACR, amr=[entra.AMR])
+    if not isinstance(created, Allowed):
+        signin.challenge_id, signin.number = created.id, created.number or ""
+    await provider.store.put_signin(signin, provider.settings.signin_ttl_s)
+    return web.Response(status=303, headers={**pages.HEADERS, "Location": f"/oidc/wait?signin={signin.id}"})
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _entra_answer(request: web.Request, signin: SignIn, fields: dict[str, str]) -> web.Response:
+    if signin.state is not None:
+        fields["state"] = signin.state
+    return pages.respond_form_post(pages.form_post(signin.redirect_uri, fields), _origin(signin.redirect_uri))
+
+
+@routes.post("/oidc/signin")
+async def signin_post(request: web.Request) -> web.Response:
+    form = await request.post()
+    signin = await _own_signin(request, str(form.get("signin", "")))
+    if signin is None or not equal(str(form.get("csrf", "")), signin.csrf):
+        return _expired()
+    provider = request.app[PROVIDER]
+    client = provider.clients[signin.client_id]
+    ldap = client.first_factor == "ldap"
+    raw_user, password = str(form.get("user", "")), str(form.get("password", ""))
+
+    def again(error: str) -> web.Response:
+        return pages.respond(pages.signin(client.name, signin.id, signin.csrf, user=raw_user[:256],
+                                          password=ldap, error=error), status=400)
+
+    try:
+        user = canonical(raw_user)
+    except ApiError:
+        return again("Wrong user name or password." if ldap else "That user name is not valid.")
+    ip = io.client_ip(request)
+    if ldap:
+        verdict = await request.app[LDAP].check(user, password)
+        if verdict is not Verdict.OK:
+            await request.app[AUDIT].record("refused", user=user, who=f"oidc:{client.client_id}",
+                                            why=f"password check: {verdict.value}", ip=ip or "")
+            if verdict is Verdict.UNAVAILABLE:
+                return again("Your password could not be checked just now. Try again shortly.")
+            await request.app[LIMITER].auth_failed(ip)
+            # The same words for an unknown user and a wrong password: nothing says who exists.
+            return again("Wrong user name or password.")
+    context = {"ip": ip or "", "user_agent": request.headers.get("User-Agent", "")[:512]}
+    try:
+        created = await request.app[CHALLENGES].create(
+            _app(request, client), user, {k: v for k, v in context.items() if v},
+            provider.settings.prompt_ttl_s, remember_token=request.cookies.get(REMEMBER_COOKIE),
+            browser_id=request.cookies.get(BROWSER_COOKIE))
+    except ApiError as exc:
+        return pages.respond(pages.message("Sign-in refused", _refusal(exc, request)), status=403)
+    signin.user, signin.auth_time = user, clock.now()
+    if isinstance(created, Allowed):  # a remembered browser, an exempt account, or before the enforcement
+        # date: no phone asked this time, so no claim of a second factor
+        signin.amr, signin.acr = (["pwd"] if ldap else []), ACR_SFA
+    else:
+        signin.challenge_id, signin.number = created.id, created.number or ""
+        signin.amr = (["pwd", "mfa", *AMR_PHONE] if ldap else list(AMR_PHONE))
+        signin.acr = ACR_MFA if ldap else ACR_SFA
+    await provider.store.update_signin(signin)
+    return web.Response(status=303, headers={**pages.HEADERS, "Location": f"/oidc/wait?signin={signin.id}"})
+
+
+def _refusal(exc: ApiError, request: web.Request) -> str:
+    user_message = request.app[SETTINGS].policy.user_message
+    if exc.code in ("locked", "suspended"):
+        return f"Sign-in is blocked for this account. {user_message}"
+    if exc.code == "not_enrolled":
+        return "No phone is set up for this account. " + user_message
+    if exc.status == 429:
+        return "Too many sign-in prompts. Wait a few minutes and try again."
+    return "The sign-in was refused."
+
+
+@routes.get("/oidc/wait")
+async def wait(request: web.Request) -> web.Response:
+    signin = await _own_signin(request, request.query.get("signin", ""))
+    if signin is None or not signin.user:
+        return _expired()
+    provider = request.app[PROVIDER]
+    application, name = _signing_in_to(request, signin)
+    poll_url = f"/oidc/wait?signin={signin.id}&poll=1"
+    remember: Any = None
+    if signin.challenge_id:
+        if "poll" not in request.query:
+            return pages.respond(pages.number(name, signin.number, poll_url))
+        view = await request.app[CHALLENGES].status(application, signin.challenge_id, POLL_S)
+        status = view.get("status")
+        if status == "pending":
+            return pages.respond(pages.number(name, signin.number, poll_url))
+        remember = view.get("remember_token") if status == "approved" else None
+        if status != "approved":
+            if signin.eam_sub and await provider.store.end_signin(signin.id):
+                return _entra_answer(request, signin, {"error": "access_denied",
+                                                       "error_description": f"the sign-in was {status}"})
+            return _not_approved(request, str(status), view.get("reason"))
+    # approved, or allowed without a prompt: the code, once
+    if not await provider.store.end_signin(signin.id):
+        return _expired()
+    if signin.eam_sub:
+        token = entra.id_token(request.app[RSA_KEY], issuer=provider.issuer, client_id=signin.client_id,
+                               sub=signin.eam_sub, nonce=signin.nonce or "", auth_time=signin.auth_time,
+                               ttl_s=provider.settings.id_token_ttl_s)
+        return _entra_answer(request, signin, {"id_token": token})
+    grant = Grant(client_id=signin.client_id, redirect_uri=signin.redirect_uri, user=signin.user,
+                  nonce=signin.nonce, code_challenge=signin.code_challenge, scope=signin.scope,
+                  auth_time=signin.auth_time, amr=signin.amr, acr=signin.acr)
+    code = await provider.store.issue_code(grant, provider.settings.code_ttl_s)
+    response = _to_client(signin.redirect_uri, code=code, state=signin.state, iss=provider.issuer)
+    if signin.challenge_id and isinstance(remember, str):
+        days = request.app[SETTINGS].policy.remember_days
+        response.set_cookie(REMEMBER_COOKIE, remember, path="/oidc", httponly=True, samesite="Lax",
+                            secure=_secure(request), max_age=days * 86400)
+    return response
+
+
+def _signing_in_to(request: web.Request, signin: SignIn) -> tuple[Application, str]:
+    """The pushauth application of a sign-in, and the name the pages show."""
+    if signin.eam_sub:  # Entra's external method: its configured application
+        app_id = request.app[SETTINGS].oidc.entra.application
+        application = next(a for a in request.app[SETTINGS].applications if a.id == app_id)
+        return application, application.name
+    client = request.app[PROVIDER].clients[signin.client_id]
+    return _app(request, client), client.name
+
+
+def _not_approved(request: web.Request, status: str, reason: Any) -> web.Response:
+    user_message = request.app[SETTINGS].policy.user_message
+    if status == "denied" and reason == "not_me":
+        text = f"You said you did not request this sign-in. Your security team has been told. {user_message}"
+    elif status == "denied":
+        text = "The sign-in was denied on your phone."
+    elif status == "expired":
+        text = "There was no answer from your phone in time. Go back to the application and try again."
+    else:
+        text = "The sign-in was cancelled. Go back to the application and try again."
+    return pages.respond(pages.message("Not signed in", text), status=403)
+
+
+# -- token and userinfo --------------------------------------------------------------------------------------
+
+
+def _token_error(exc: TokenError) -> web.Response:
+    response = io.json({"error": exc.error, "error_description": exc.description}, exc.status)
+    response.headers.update({"Cache-Control": "no-store", "Pragma": "no-cache"})
+    if exc.status == 401:
+        response.headers["WWW-Authenticate"] = 'Basic realm="pushauth"'
+    return response
+
+
+@routes.post("/oidc/token")
+async def token(request: web.Request) -> web.Response:
+    form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+    provider = request.app[PROVIDER]
+    try:
+        answer = await provider.exchange(form, request.headers.get("Authorization"),
+                                         request.app[KEYRING].ring)
+    except TokenError as exc:
+        if exc.status == 401:
+            await request.app[LIMITER].auth_failed(io.client_ip(request))
+        log.info("oidc_token_refused", error=exc.error, why=exc.description)
+        return _token_error(exc)
+    response = io.json(answer)
+    response.headers.update({"Cache-Control": "no-store", "Pragma": "no-cache"})
+    return response
+
+
+@routes.route("*", "/oidc/userinfo")
+async def userinfo(request: web.Request) -> web.Response:
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    claims = None
+    if scheme.lower() == "bearer" and value:
+        claims = await request.app[PROVIDER].userinfo(value.strip())
+    if claims is None:
+        response = io.json({"error": "invalid_token"}, 401)
+        response.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+        return response
+    return io.json(claims)
+

@@ -1,0 +1,300 @@
+"""The OpenID Provider (pushauth/oidc/, pushauth/web/oidc.py): the authorization code flow with PKCE, driven
+here by a scripted browser (aiohttp with a cookie jar) and the reference phone, and every negative case the
+specifications name: unknown client, unregistered redirect_uri (shown, never redirected), missing PKCE for a
+public client, wrong verifier, reused code (and what it gave revoked), wrong redirect_uri at the token
+endpoint, bad client secret, state and nonce round trips. Real relying parties (openid-client, Apache
+mod_auth_openidc) are in tests/test_oidc_rp.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import html
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import aiohttp
+import pytest
+from joserfc import jwt
+from joserfc.jwk import KeySet
+from oidc_support import REDIRECT, Browser, approve_on_phone, auth_params, form_field, pkce
+from support import AdminClient, LoginFlow, RunningServer, free_port, make_settings, start_server
+
+from pushauth.crypto.keyring import KeyRingHolder
+from pushauth.crypto.secrets import sha256_hex
+from pushauth.phone import Phone
+
+USER = "erin@nhs.net"
+SECRET = "wiki-client-secret-" + "x" * 24
+CLIENTS = [
+    {"client_id": "wiki", "name": "Staff wiki", "application": "webmail",
+     "secret_sha256": [sha256_hex(SECRET)], "redirect_uris": [REDIRECT], "first_factor": "passwordless"},
+    {"client_id": "spa", "name": "Rota app", "application": "webmail", "redirect_uris": [REDIRECT],
+     "first_factor": "passwordless"},
+]
+
+
+@dataclass
+class OP:
+    server: RunningServer
+    http: aiohttp.ClientSession
+    login: LoginFlow
+    admin: AdminClient
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+
+@pytest.fixture
+async def op(redis_url: str, keyring: KeyRingHolder) -> AsyncIterator[OP]:
+    settings = make_settings(redis_url, free_port(), quiet_detection=False,
+                             oidc={"enabled": True, "clients": CLIENTS})
+    server = await start_server(settings, keyring)
+    async with aiohttp.ClientSession() as http:
+        yield OP(server, http, LoginFlow(http, server.url), AdminClient(http, server.url))
+    await server.close()
+
+
+async def full_signin(op: OP, browser: Browser, phone: Phone, params: dict[str, str]) -> dict[str, list[str]]:
+    """authorize -> user name -> the number page -> the phone approves -> the redirect with the code."""
+    status, page, _ = await browser.authorize(**params)
+    assert status == 200, page
+    status, _, location = await browser.sign_in(page, USER)
+    assert (status, location.split("?")[0]) == (303, "/oidc/wait"), location
+    status, page, _ = await browser.get(location)
+    assert status == 200, page
+    number = re.search(r'<p class="number"[^>]*><strong>(\d+)</strong>', page)
+    assert number, page
+    refresh = re.search(r'http-equiv="refresh" content="1; url=([^"]+)"', page)
+    assert refresh, page
+    approving = asyncio.create_task(approve_on_phone(phone, number.group(1)))
+    status, _, location = await browser.get(html.unescape(refresh.group(1)))
+    await approving
+    assert status == 303, location
+    assert location.startswith(REDIRECT + "?"), location
+    return parse_qs(urlsplit(location).query)
+
+
+async def token(op: OP, form: dict[str, str], *, basic: tuple[str, str] | None = ("wiki", SECRET)
+                ) -> tuple[int, dict[str, Any]]:
+    headers = {}
+    if basic is not None:
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{basic[0]}:{basic[1]}".encode()).decode()
+    async with op.http.post(op.url + "/oidc/token", data=form, headers=headers) as resp:
+        return resp.status, await resp.json()
+
+
+async def jwks(op: OP) -> KeySet:
+    async with op.http.get(op.url + "/.well-known/openid-configuration") as resp:
+        meta = await resp.json()
+    async with op.http.get(meta["jwks_uri"]) as resp:
+        return KeySet.import_key_set(await resp.json())
+
+
+@pytest.fixture
+async def browser(op: OP) -> AsyncIterator[Browser]:
+    b = Browser(op.url)
+    yield b
+    await b.close()
+
+
+@pytest.fixture
+async def phone(op: OP) -> Phone:
+    return await Phone.enroll(await op.login.enroll_uri(USER), session=op.http)
+
+
+async def test_discovery_names_the_endpoints_and_what_is_supported(op: OP) -> None:
+    async with op.http.get(op.url + "/.well-known/openid-configuration") as resp:
+        assert resp.status == 200
+        meta = await resp.json()
+    assert meta["issuer"] == op.url
+    assert meta["authorization_endpoint"] == op.url + "/oidc/authorize"
+    assert meta["code_challenge_methods_supported"] == ["S256"]
+    assert meta["id_token_signing_alg_values_supported"] == ["ES256"]
+    assert set(meta["token_endpoint_auth_methods_supported"]) == {"client_secret_basic", "client_secret_post",
+                                                                   "none"}
+
+
+async def test_code_flow_with_pkce_gives_a_verified_id_token(op: OP, browser: Browser, phone: Phone) -> None:
+    verifier, challenge = pkce()
+    params = auth_params(code_challenge=challenge, code_challenge_method="S256")
+    answer = await full_signin(op, browser, phone, params)
+    assert answer["state"] == [params["state"]]
+    assert answer["iss"] == [op.url]  # RFC 9207
+    status, body = await token(op, {"grant_type": "authorization_code", "code": answer["code"][0],
+                                    "redirect_uri": REDIRECT, "code_verifier": verifier})
+    assert status == 200, body
+    assert body["token_type"] == "Bearer"
+    claims = jwt.decode(body["id_token"], await jwks(op), algorithms=["ES256"]).claims
+    assert claims["iss"] == op.url
+    assert claims["aud"] == "wiki"
+    assert claims["sub"] == USER
+    assert claims["nonce"] == params["nonce"]
+    assert claims["amr"] == ["pop", "swk"]  # passwordless: the phone only
+    assert claims["acr"] == "https://refeds.org/profile/sfa"
+    async with op.http.get(op.url + "/oidc/userinfo",
+                           headers={"Authorization": f"Bearer {body['access_token']}"}) as resp:
+        assert resp.status == 200
+        assert (await resp.json())["sub"] == USER
+
+
+async def test_a_public_client_must_use_pkce(op: OP, browser: Browser) -> None:
+    status, _, location = await browser.authorize(**auth_params("spa"))
+    assert status == 303
+    query = parse_qs(urlsplit(location).query)
+    assert query["error"] == ["invalid_request"]
+
+
+async def test_unknown_client_and_unregistered_redirect_are_shown_not_redirected(op: OP,
+                                                                                  browser: Browser) -> None:
+    status, page, location = await browser.authorize(**auth_params("nobody"))
+    assert (status, location) == (400, "")
+    assert "not registered" in page
+    status, page, location = await browser.authorize(**{**auth_params(), "redirect_uri": "https://evil.example/"})
+    assert (status, location) == (400, "")
+    assert "evil.example" not in page
+
+
+@pytest.mark.parametrize(("change", "error"), [
+    ({"response_type": "token"}, "unsupported_response_type"),
+    ({"scope": "profile"}, "invalid_scope"),
+    ({"code_challenge_method": "plain", "code_challenge": "x" * 43}, "invalid_request"),
+    ({"prompt": "none"}, "login_required"),
+])
+async def test_bad_requests_go_back_to_the_client_with_their_state(browser: Browser, change: dict[str, str],
+                                                                   error: str) -> None:
+    params = {**auth_params(), **change}
+    status, _, location = await browser.authorize(**params)
+    assert status == 303, location
+    query = parse_qs(urlsplit(location).query)
+    assert query["error"] == [error]
+    assert query["state"] == [params["state"]]
+
+
+async def test_token_endpoint_refuses_what_it_must(op: OP, browser: Browser, phone: Phone) -> None:
+    verifier, challenge = pkce()
+    answer = await full_signin(op, browser, phone, auth_params(code_challenge=challenge,
+                                                               code_challenge_method="S256"))
+    code = answer["code"][0]
+    good = {"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT,
+            "code_verifier": verifier}
+    status, body = await token(op, good, basic=("wiki", "wrong-secret"))
+    assert (status, body["error"]) == (401, "invalid_client")
+    status, body = await token(op, good, basic=("nobody", SECRET))
+    assert (status, body["error"]) == (401, "invalid_client")
+    # The code was not spent by the refused client authentication: a wrong verifier spends it.
+    status, body = await token(op, {**good, "code_verifier": pkce()[0]})
+    assert (status, body["error"]) == (400, "invalid_grant")
+    status, body = await token(op, good)
+    assert (status, body["error"]) == (400, "invalid_grant")  # single use, even after a failed exchange
+
+
+async def test_a_replayed_code_revokes_the_token_it_gave(op: OP, browser: Browser, phone: Phone) -> None:
+    verifier, challenge = pkce()
+    answer = await full_signin(op, browser, phone, auth_params(code_challenge=challenge,
+                                                               code_challenge_method="S256"))
+    form = {"grant_type": "authorization_code", "code": answer["code"][0], "redirect_uri": REDIRECT,
+            "code_verifier": verifier}
+    status, first = await token(op, form)
+    assert status == 200, first
+    bearer = {"Authorization": f"Bearer {first['access_token']}"}
+    async with op.http.get(op.url + "/oidc/userinfo", headers=bearer) as resp:
+        assert resp.status == 200
+    status, again = await token(op, form)
+    assert (status, again["error"]) == (400, "invalid_grant")
+    async with op.http.get(op.url + "/oidc/userinfo", headers=bearer) as resp:
+        assert resp.status == 401  # revoked
+
+
+async def test_redirect_uri_must_match_at_the_token_endpoint(op: OP, browser: Browser, phone: Phone) -> None:
+    verifier, challenge = pkce()
+    answer = await full_signin(op, browser, phone, auth_params(code_challenge=challenge,
+                                                               code_challenge_method="S256"))
+    status, body = await token(op, {"grant_type": "authorization_code", "code": answer["code"][0],
+                                    "redirect_uri": REDIRECT + "x", "code_verifier": verifier})
+    assert (status, body["error"]) == (400, "invalid_grant")
+
+
+async def test_client_secret_post_and_a_missing_verifier(op: OP, browser: Browser, phone: Phone) -> None:
+    _, challenge = pkce()
+    answer = await full_signin(op, browser, phone, auth_params(code_challenge=challenge,
+                                                               code_challenge_method="S256"))
+    status, body = await token(op, {"grant_type": "authorization_code", "code": answer["code"][0],
+                                    "redirect_uri": REDIRECT, "client_id": "wiki", "client_secret": SECRET},
+                               basic=None)
+    assert (status, body["error"]) == (400, "invalid_grant")  # authenticated, but no verifier
+
+
+async def test_not_me_ends_on_a_denial_page_and_alerts(op: OP, browser: Browser, phone: Phone) -> None:
+    status, page, _ = await browser.authorize(**auth_params())
+    status, _, location = await browser.sign_in(page, USER)
+    status, page, _ = await browser.get(location)
+    refresh = re.search(r'url=([^"]+)"', page)
+    assert refresh
+    denying = asyncio.create_task(approve_on_phone(phone, None, deny="not_me"))
+    status, page, location = await browser.get(html.unescape(refresh.group(1)))
+    await denying
+    assert (status, location) == (403, "")
+    assert "did not request this sign-in" in page
+    [alert] = await op.admin.alerts()
+    assert (alert["kind"], alert["severity"]) == ("denied_not_me", "critical")
+
+
+async def test_a_signin_is_bound_to_its_browser_and_its_form(op: OP, browser: Browser, phone: Phone) -> None:
+    status, page, _ = await browser.authorize(**auth_params())
+    other = Browser(op.url)
+    try:
+        # Another browser (no cookie) cannot use the sign-in, even with its id and CSRF token.
+        status, _, _ = await other.sign_in(page, USER)
+        assert status == 400
+        status, _, _ = await browser.post("/oidc/signin", {"signin": form_field(page, "signin"), "csrf": "x",
+                                                            "user": USER})
+        assert status == 400
+        assert await phone.pending() == []
+    finally:
+        await other.close()
+
+
+async def test_pages_are_locked_down(op: OP, browser: Browser) -> None:
+    async with browser.session.get(op.url + "/oidc/authorize?" + urlencode(auth_params())) as resp:
+        csp = resp.headers["Content-Security-Policy"]
+        cookie = resp.headers.get("Set-Cookie", "")
+    assert "frame-ancestors 'none'" in csp
+    assert "script-src 'none'" in csp
+    assert "HttpOnly" in cookie
+    assert "SameSite=Lax" in cookie
+
+
+async def test_a_remembered_browser_signs_in_without_the_phone(op: OP, browser: Browser,
+                                                                 phone: Phone) -> None:
+    verifier, challenge = pkce()
+    pk = {"code_challenge": challenge, "code_challenge_method": "S256"}
+    await full_signin(op, browser, phone, auth_params(**pk))
+    assert any(c.key == "pushauth_oidc_remember" for c in browser.session.cookie_jar)
+    # The same browser again: no prompt, straight back with a code.
+    status, page, _ = await browser.authorize(**auth_params(**pk))
+    status, _, location = await browser.sign_in(page, USER)
+    status, _, location = await browser.get(location)
+    assert status == 303, location
+    code = parse_qs(urlsplit(location).query)["code"][0]
+    assert await phone.pending() == []
+    status, body = await token(op, {"grant_type": "authorization_code", "code": code,
+                                    "redirect_uri": REDIRECT, "code_verifier": verifier})
+    assert status == 200, body
+    claims = jwt.decode(body["id_token"], await jwks(op), algorithms=["ES256"]).claims
+    assert claims["acr"] == "https://refeds.org/profile/sfa"  # no phone this time: no second factor claimed
+    assert "amr" not in claims
+    # Another browser (no cookies) is prompted as usual.
+    other = Browser(op.url)
+    try:
+        status, page, _ = await other.authorize(**auth_params(**pk))
+        status, _, location = await other.sign_in(page, USER)
+        status, page, _ = await other.get(location)
+        assert "Approve on your phone" in page
+    finally:
+        await other.close()
