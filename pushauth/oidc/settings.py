@@ -50,6 +50,9 @@ class OidcClient(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     # is the second factor behind an identity provider (the `upstream_*` below) that checked the password
     # and sends its ID token for the user as `id_token_hint`; no page asks anything but the number.
     first_factor: Literal["ldap", "passwordless", "none"] = "ldap"
+    # ES256 (the server keys) or RS256 (the provider's RSA key, published with x5c at /oidc/jwks) for a
+    # relying party that cannot verify ES256.
+    id_token_alg: Literal["ES256", "RS256"] = "ES256"  # noqa: S105 (an algorithm's name)
     # For first_factor = "none": the upstream's issuer (its hint's `iss`), its keys, the audience its hint
     # is for (default: this client_id), the claim naming the user, and how old a hint may be.
     upstream_issuer: str = ""

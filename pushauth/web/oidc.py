@@ -79,8 +79,9 @@ def setup(app: web.Application, settings: Settings) -> None:
         app[UPSTREAMS] = {c.client_id: SignedHints(c.upstream_jwks_url, ["RS256", "ES256"])
                           for c in oidc.clients if c.first_factor == "none"}
         if oidc.entra.enabled:
-            issuer = app[PROVIDER].issuer
             app[ENTRA] = EntraHints(oidc.entra)
+        if oidc.entra.enabled or any(c.id_token_alg == "RS256" for c in oidc.clients):  # noqa: S105
+            issuer = app[PROVIDER].issuer
             app[RSA_KEY] = (rsa.ephemeral(issuer) if settings.keys.ephemeral
                             else rsa.load_or_create(Path(settings.keys.path), issuer))
         yield
@@ -135,11 +136,12 @@ def _to_client(redirect_uri: str, **params: str | None) -> web.Response:
 async def discovery(request: web.Request) -> web.Response:
     metadata = request.app[PROVIDER].metadata(_base(request))
     metadata["authorization_response_iss_parameter_supported"] = True  # RFC 9207
-    if ENTRA in request.app:  # Entra's external-method profile: an RS256 ID token, form-posted
+    if RSA_KEY in request.app:  # RS256 for some clients (and Entra's profile): the keys with the RSA one
         metadata["jwks_uri"] = f"{_base(request)}/oidc/jwks"
+        metadata["id_token_signing_alg_values_supported"] = ["ES256", "RS256"]
+    if ENTRA in request.app:  # Entra's external-method profile: an ID token, form-posted
         metadata["response_types_supported"] = ["code", "id_token"]
         metadata["response_modes_supported"] = ["query", "form_post"]
-        metadata["id_token_signing_alg_values_supported"] = ["ES256", "RS256"]
         metadata["acr_values_supported"] = [*metadata["acr_values_supported"], entra.ACR]
     response = io.json(metadata)
     response.headers["Cache-Control"] = "public, max-age=300"
@@ -438,7 +440,7 @@ async def token(request: web.Request) -> web.Response:
     provider = request.app[PROVIDER]
     try:
         answer = await provider.exchange(form, request.headers.get("Authorization"),
-                                         request.app[KEYRING].ring)
+                                         request.app[KEYRING].ring, request.app.get(RSA_KEY))
     except TokenError as exc:
         if exc.status == 401:
             await request.app[LIMITER].auth_failed(io.client_ip(request))
