@@ -53,6 +53,11 @@ class OidcClient(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     # ES256 (the server keys) or RS256 (the provider's RSA key, published with x5c at /oidc/jwks) for a
     # relying party that cannot verify ES256.
     id_token_alg: Literal["ES256", "RS256"] = "ES256"  # noqa: S105 (an algorithm's name)
+    # OpenID CIBA (a login flow that cannot redirect a browser: a service desk, a kiosk): "poll" (the client
+    # asks the token endpoint) or "ping" (pushauth POSTs to ciba_notification_endpoint when the phone has
+    # answered); empty: not allowed. Confidential clients only.
+    ciba: Literal["", "poll", "ping"] = ""
+    ciba_notification_endpoint: str = ""
     # For first_factor = "none": the upstream's issuer (its hint's `iss`), its keys, the audience its hint
     # is for (default: this client_id), the claim naming the user, and how old a hint may be.
     upstream_issuer: str = ""
@@ -76,6 +81,10 @@ class OidcClient(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
                 raise ValueError(f"redirect_uri {uri!r} must be an absolute http(s) URI without a fragment")
             if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
                 raise ValueError(f"redirect_uri {uri!r}: plain http is for loopback only")
+        if self.ciba and not self.secret_sha256:
+            raise ValueError("ciba needs a confidential client (secret_sha256)")
+        if self.ciba == "ping" and urlsplit(self.ciba_notification_endpoint).scheme not in ("https", "http"):
+            raise ValueError("ciba = \"ping\" needs ciba_notification_endpoint")
         if self.first_factor == "none" and not (self.upstream_issuer and self.upstream_jwks_url):
             raise ValueError('first_factor = "none" needs upstream_issuer and upstream_jwks_url')
         if not 10 <= self.upstream_max_age_s <= 3600:
