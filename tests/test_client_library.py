@@ -37,6 +37,7 @@ from support import (
 from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.crypto.keys import KeyRing
 from pushauth.phone import Phone
+from testkit.redis_server import RedisServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "clients" / "python"))
 
@@ -294,7 +295,9 @@ async def test_an_unreachable_server_is_a_transport_error() -> None:
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
 async def test_a_wait_survives_a_server_restart(kind: str, redis_url: str, keyring: KeyRingHolder,
-                                                http: aiohttp.ClientSession) -> None:
+                                                http: aiohttp.ClientSession,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="pushauth_client")
     port = free_port()
     settings = make_settings(redis_url, port)
     first = await start_server(settings, keyring)
@@ -314,10 +317,44 @@ async def test_a_wait_survives_a_server_restart(kind: str, redis_url: str, keyri
         assert decided.status == "approved"
         assert decided.assertion is not None
         assert (await flow.verify(decided.assertion, created.id)).challenge_id == created.id
+        # It did meet the server gone (and came back for the answer), not merely a long-poll that outlived it.
+        assert "after=ConnectError" in caplog.text
     finally:
         await flow.close()
         if second is not None:
             await second.close()
+
+
+async def test_a_wait_survives_a_redis_outage(private_redis: RedisServer, keyring: KeyRingHolder,
+                                              http: aiohttp.ClientSession,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="pushauth_client")
+    running = await start_server(make_settings(private_redis.url, free_port()), keyring)
+    try:
+        async with pa.AsyncClient(running.url, API_KEY, application_id="webmail") as client:
+            phone = await Phone.enroll(await LoginFlow(http, running.url).enroll_uri(USER), session=http)
+            created = await client.create(USER)
+            assert isinstance(created, pa.Pending)
+            waiting = asyncio.ensure_future(client.wait(created.id, timeout_s=25))
+            await asyncio.sleep(0.3)
+            await asyncio.to_thread(private_redis.stop)
+            # Meanwhile a call that will not wait it out: 503 unavailable, with the contract's Retry-After.
+            async with pa.AsyncClient(running.url, API_KEY, application_id="webmail",
+                                      retry=pa.RetryPolicy(retries=0)) as impatient:
+                with pytest.raises(pa.Unavailable) as down:
+                    await impatient.status(created.id)
+            assert (down.value.status, down.value.error, down.value.retry_after) == (503, "unavailable", 2)
+            await asyncio.sleep(1.0)
+            assert not waiting.done()
+            await asyncio.to_thread(private_redis.start)  # the same port; the AOF brings the challenge back
+            assert await phone.approve(created.id, created.number) == "approved"
+            decided = await asyncio.wait_for(waiting, 20)
+            assert decided.status == "approved"
+            assert decided.assertion is not None
+            await client.verify_assertion(decided.assertion, challenge_id=created.id, user=USER)
+    finally:
+        await running.close()
+    assert "after=503" in caplog.text
 
 
 class CountingTransport(httpx.AsyncBaseTransport):
