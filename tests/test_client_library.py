@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import aiohttp
 import httpx
 import pytest
+from aiohttp import web
 from support import (
     ADMIN_TOKEN,
     API_KEY,
@@ -471,3 +472,58 @@ def test_assertion_vectors(vector: dict[str, Any]) -> None:
         else:
             with pytest.raises(pa.InvalidAssertion):
                 client.verify_assertion(vector["jws"], challenge_id=state["challenge_id"], user=state["user"])
+
+
+# -- the README's example ----------------------------------------------------------------------------------
+
+
+def readme_example() -> str:
+    text = (Path(__file__).resolve().parents[1] / "clients" / "python" / "README.md").read_text()
+    found = re.search(r"```python\n(.*?)```", text, re.DOTALL)
+    assert found is not None
+    return found.group(1)
+
+
+async def test_the_readme_example_protects_a_login(server: RunningServer, alice: Phone,
+                                                   http: aiohttp.ClientSession,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    code = readme_example()
+    assert len(code.splitlines()) < 30  # the README's promise
+    monkeypatch.setenv("PUSHAUTH_URL", server.url)
+    monkeypatch.setenv("PUSHAUTH_API_KEY", API_KEY)
+    namespace: dict[str, Any] = {"__name__": "readme_example"}
+    exec(compile(code, "clients/python/README.md", "exec"), namespace)  # noqa: S102 (our own README)
+    runner = web.AppRunner(namespace["app"])
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    base = f"http://127.0.0.1:{port}"
+
+    async def get(path: str) -> tuple[int, str]:
+        async with http.get(base + path) as resp:
+            return resp.status, await resp.text()
+
+    async def login(user: str) -> tuple[str, str]:
+        async with http.post(f"{base}/login", data={"user": user}) as resp:
+            page = await resp.text()
+            assert resp.status == 200, page
+        found = re.fullmatch(r"Enter (\d+) in your authenticator, then open (/login/(\S+))", page)
+        assert found is not None, page
+        return found.group(1), found.group(2)
+
+    try:
+        number, path = await login(USER)
+        cid = path.rsplit("/", 1)[1]
+        assert await while_waiting(get(path), lambda: alice.approve(cid, number)) == (200, f"Welcome, {USER}")
+        # A denial is no sign-in.
+        number, path = await login(USER)
+        cid = path.rsplit("/", 1)[1]
+        status, text = await while_waiting(get(path), lambda: alice.deny(cid, reason="mistake"))
+        assert (status, text) == (403, "Not approved: denied mistake")
+        # A user without a phone is refused, and told why.
+        async with http.post(f"{base}/login", data={"user": "nobody@nhs.net"}) as resp:
+            assert resp.status == 403
+            assert "not_enrolled" in await resp.text()
+    finally:
+        await runner.cleanup()
+        await namespace["pa"].aclose()
