@@ -19,12 +19,13 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 import httpx
 import pytest
 from aiohttp import web
+from joserfc.jwk import ECKey
 from support import (
     ADMIN_TOKEN,
     API_KEY,
@@ -35,15 +36,19 @@ from support import (
     start_server,
 )
 
+from pushauth.crypto.jws import sign as sign_jws
+from pushauth.crypto.jws import thumbprint as jws_thumbprint
 from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.crypto.keys import KeyRing
 from pushauth.phone import Phone
-from testkit.redis_server import RedisServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "clients" / "python"))
 
 import pushauth_client as pa
 from pushauth_client.jws import b64url_decode
+
+if TYPE_CHECKING:  # only a type here: a module holding RedisServer is all integration (conftest.py)
+    from testkit.redis_server import RedisServer
 
 T = TypeVar("T")
 USER = "alice@nhs.net"
@@ -527,3 +532,41 @@ async def test_the_readme_example_protects_a_login(server: RunningServer, alice:
     finally:
         await runner.cleanup()
         await namespace["pa"].aclose()
+
+
+def test_an_unknown_kid_refetches_the_jwks_once_then_not_again_for_a_while() -> None:
+    """A token naming a key the server does not publish costs one JWKS fetch (it could be a rotation), and
+    a flood of such tokens no more than one per jwks_min_refresh_s."""
+    state = json.loads((VECTORS / "assertions.json").read_text())["relying_party"]
+    jwks = json.loads((VECTORS / "keys.json").read_text())["jwks"]
+    fetched: list[str] = []
+
+    def serve(request: httpx.Request) -> httpx.Response:
+        fetched.append(request.url.path)
+        assert "Authorization" not in request.headers  # the API key is not sent to the public JWKS
+        return httpx.Response(200, json=jwks)
+
+    stranger = ECKey.generate_key("P-256", private=True)
+    claims = {"iss": state["server"], "aud": state["application_id"], "sub": state["user"],
+              "jti": state["challenge_id"], "iat": state["now"], "exp": state["now"] + 300,
+              "result": "approved"}
+    token = sign_jws(claims, stranger, typ="pushauth-assertion+jwt", kid=jws_thumbprint(stranger))
+    with pa.Client("http://pushauth.internal:8080", API_KEY, application_id=state["application_id"],
+                   issuer=state["server"], clock=lambda: float(state["now"]),
+                   transport=httpx.MockTransport(serve)) as client:
+        for _ in range(3):
+            with pytest.raises(pa.InvalidAssertion, match="does not publish"):
+                client.verify_assertion(token, challenge_id=state["challenge_id"], user=state["user"])
+    # The first fetch fills the cache, the second is the one refresh for the unknown kid; then none.
+    assert fetched == ["/.well-known/jwks.json"] * 2
+
+
+def test_error_classes_follow_the_status_for_codes_they_do_not_know() -> None:
+    from pushauth_client.errors import error_class
+
+    assert error_class(403, "locked") is pa.Locked
+    assert error_class(403, "some_new_refusal") is pa.Forbidden
+    assert error_class(409, "some_new_conflict") is pa.Conflict
+    assert error_class(400, "locked") is pa.BadRequest  # a known code under another status: the status wins
+    assert error_class(502, "unknown") is pa.ServerError
+    assert error_class(503, "unavailable") is pa.Unavailable
