@@ -54,7 +54,8 @@ async def env(redis_url: str, keyring: KeyRingHolder) -> AsyncIterator[Env]:
     await web.TCPSite(runner, "127.0.0.1", port).start()
     base = {"application": "webmail", "secret_sha256": [sha256_hex(SECRET)], "redirect_uris": [
         "http://127.0.0.1:9/unused"], "first_factor": "passwordless"}
-    clients = [{**base, "client_id": "desk", "name": "Service desk", "ciba": "poll"},
+    desk = {k: v for k, v in base.items() if k != "redirect_uris"}  # CIBA only: no browser comes back
+    clients = [{**desk, "client_id": "desk", "name": "Service desk", "ciba": "poll"},
                {**base, "client_id": "kiosk", "name": "Ward kiosk", "ciba": "ping",
                 "ciba_notification_endpoint": f"http://127.0.0.1:{port}/ciba/notify"},
                {**base, "client_id": "web", "name": "Web app"}]

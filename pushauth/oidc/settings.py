@@ -43,8 +43,9 @@ class OidcClient(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     # SHA-256 (hex) of the client secret(s); empty: a public client (a single-page or native app), which
     # must send a PKCE S256 challenge.
     secret_sha256: list[str] = []
-    # Exact redirect URIs: anything else is refused on the page, never redirected to.
-    redirect_uris: list[str]
+    # Exact redirect URIs: anything else is refused on the page, never redirected to. None for a client that
+    # signs in only through CIBA (no browser comes back to it).
+    redirect_uris: list[str] = []
     # ldap: user name and directory password, then the phone (amr pwd + mfa). passwordless: user name, then
     # the phone with number matching only (a single factor: amr without mfa, acr REFEDS SFA). none: pushauth
     # is the second factor behind an identity provider (the `upstream_*` below) that checked the password
@@ -73,7 +74,7 @@ class OidcClient(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
             raise ValueError("client name must not be empty")
         if not all(_HEX64.fullmatch(h) for h in self.secret_sha256):
             raise ValueError("secret_sha256 must be 64-char lower-case hex SHA-256 digests")
-        if not self.redirect_uris:
+        if not self.redirect_uris and not self.ciba:
             raise ValueError("redirect_uris must list at least one URI")
         for uri in self.redirect_uris:
             parts = urlsplit(uri)
