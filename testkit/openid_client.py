@@ -231,3 +231,62 @@ async def rp_finish(client: RpClient, state_file: Path, callback_url: str, *, sk
             status=answer.get("status"), elapsed_s=elapsed, stderr=stderr)
     return RpResult(claims=answer["claims"], userinfo=answer.get("userinfo"), token=answer.get("token", {}),
                     elapsed_s=elapsed, stderr=stderr)
+
+
+class BackchannelRun:
+    """`node rp.mjs ciba` under way: openid-client's backchannel authentication request answered
+    (`initiation`: auth_req_id, expires_in, interval, pushauth_number), and its polling for the tokens still
+    running until `result()`."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, initiation: dict[str, Any], started: float) -> None:
+        self._proc = proc
+        self.initiation = initiation
+        self._started = started
+
+    async def result(self, timeout_s: float = 60.0) -> RpResult:
+        try:
+            out, err = await asyncio.wait_for(self._proc.communicate(), timeout_s)
+        except BaseException:
+            await _kill_group(self._proc)
+            raise
+        lines = out.decode(errors="replace").strip().splitlines()
+        answer: dict[str, Any] = (json.loads(lines[-1]) if lines
+                                  else {"error": "RpError", "message": "no output"})
+        elapsed, stderr = time.monotonic() - self._started, err.decode(errors="replace")
+        if self._proc.returncode != 0 or "error" in answer:
+            return RpResult(claims=None, userinfo=None, error=str(answer.get("error", "Error")),
+                            message=answer.get("message"), code=answer.get("code"),
+                            oauth_error=answer.get("oauth_error"), status=answer.get("status"),
+                            elapsed_s=elapsed, stderr=stderr)
+        return RpResult(claims=answer["claims"], userinfo=None, token=answer.get("token", {}),
+                        elapsed_s=elapsed, stderr=stderr)
+
+
+async def rp_ciba(client: RpClient, login_hint: str, *, timeout_s: float = 30.0) -> BackchannelRun:
+    """openid-client's CIBA poll mode (`initiateBackchannelAuthentication`, then
+    `pollBackchannelAuthenticationGrant`, which honours interval and slow_down and validates the ID token):
+    returns once the provider answered the request, with the polling still running."""
+    reason = missing_node_rp()
+    if reason is not None:
+        raise FileNotFoundError(reason)
+    node = shutil.which("node")
+    assert node is not None
+    env = dict(os.environ)
+    if client.ca_file is not None:
+        env["NODE_EXTRA_CA_CERTS"] = str(client.ca_file)
+    started = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        node, str(RP_SCRIPT), "ciba", *client.argv(), "--login-hint", login_hint, cwd=RP_DIR, env=env,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        start_new_session=True)
+    assert proc.stdout is not None
+    try:
+        first = await asyncio.wait_for(proc.stdout.readline(), timeout_s)
+    except BaseException:
+        await _kill_group(proc)
+        raise
+    line = json.loads(first or b"{}")
+    if "initiation" not in line:
+        await _kill_group(proc)
+        raise RpError(f"rp.mjs ciba: {line}")
+    return BackchannelRun(proc, dict(line["initiation"]), started)

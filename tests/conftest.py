@@ -43,6 +43,7 @@ INTEGRATION_HELPERS = frozenset({
     ("testkit.sshd", "Sshd"), ("testkit.slapd", "Slapd"),
     # openid-client, a real OpenID Connect relying party: one node process a step
     ("testkit.openid_client", "rp_start"), ("testkit.openid_client", "rp_finish"),
+    ("testkit.openid_client", "rp_ciba"),
     # a real OpenID Connect relying party: Apache 2 with mod_auth_openidc
     ("testkit.apache", "ApacheRP"),
     # the fake Microsoft Entra ID of the EAM harness: an aiohttp server on loopback

@@ -114,7 +114,7 @@ async def deployment(redis_url: str, keyring: KeyRingHolder, tmp_path: Path) -> 
         oidc = {"enabled": True, "code_ttl_s": 600,
                 "clients": [{"client_id": "wiki", "name": "Staff wiki", "application": "webmail",
                              "secret_sha256": [sha256_hex(OIDC_SECRET)], "redirect_uris": [REDIRECT],
-                             "first_factor": "passwordless"}]}
+                             "first_factor": "passwordless", "ciba": "poll"}]}
         settings = make_settings(redis_url, free_port(), store={"prefix": PREFIX}, push=push,
                                  alerts={"sinks": [sink], "sweep_interval_s": 1.0}, radius=radius, oidc=oidc)
         config.write_text(f"""
@@ -245,12 +245,12 @@ async def test_every_key_a_full_run_writes_is_in_the_table(deployment: Deploymen
 
     # OpenID Connect: one sign-in exchanged for tokens (an access token, and the used code kept to catch a
     # replay), one left at its code, one left at the sign-in page.
+    basic = base64.b64encode(f"wiki:{OIDC_SECRET}".encode()).decode()
     for exchange in (True, False):
         browser = Browser(d.server.url)
         try:
             code = await oidc_code(browser, android)
             if exchange:
-                basic = base64.b64encode(f"wiki:{OIDC_SECRET}".encode()).decode()
                 form = {"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT}
                 async with d.http.post(d.server.url + "/oidc/token", data=form,
                                        headers={"Authorization": f"Basic {basic}"}) as resp:
@@ -263,6 +263,11 @@ async def test_every_key_a_full_run_writes_is_in_the_table(deployment: Deploymen
         assert status == 200
     finally:
         await browser.close()
+
+    # A backchannel (CIBA) request left waiting for Alice's phone.
+    async with d.http.post(d.server.url + "/oidc/bc-authorize", data={"scope": "openid", "login_hint": ALICE},
+                           headers={"Authorization": f"Basic {basic}"}) as resp:
+        assert resp.status == 200, await resp.text()
 
     # A RADIUS sign-in through `pushauth radius` (python -m workers.radius) in challenge mode, left at the
     # Access-Challenge: its State waits in Redis, and the client's rate bucket counted it.

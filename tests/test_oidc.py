@@ -22,6 +22,7 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import KeySet
 from oidc_support import REDIRECT, Browser, approve_on_phone, auth_params, form_field, pkce
+from structlog.testing import capture_logs
 from support import AdminClient, LoginFlow, RunningServer, free_port, make_settings, start_server
 
 from pushauth.crypto.keyring import KeyRingHolder
@@ -298,3 +299,22 @@ async def test_a_remembered_browser_signs_in_without_the_phone(op: OP, browser: 
         assert "Approve on your phone" in page
     finally:
         await other.close()
+
+
+async def test_a_signin_logs_no_code_token_or_secret(op: OP, browser: Browser, phone: Phone) -> None:
+    verifier, challenge = pkce()
+    with capture_logs() as events:
+        answer = await full_signin(op, browser, phone, auth_params(code_challenge=challenge,
+                                                                   code_challenge_method="S256"))
+        status, body = await token(op, {"grant_type": "authorization_code", "code": answer["code"][0],
+                                        "redirect_uri": REDIRECT, "code_verifier": verifier})
+        await token(op, {"grant_type": "authorization_code", "code": answer["code"][0],
+                         "redirect_uri": REDIRECT, "code_verifier": verifier})  # a replay, refused
+    assert status == 200, body
+    assert events, "the server logs its requests"
+    text = "\n".join(repr(e) for e in events)
+    for name, secret in {"code": answer["code"][0], "access token": body["access_token"],
+                         "ID token": body["id_token"], "client secret": SECRET, "verifier": verifier,
+                         "browser cookie": next(c.value for c in browser.session.cookie_jar
+                                                if c.key == "pushauth_oidc")}.items():
+        assert secret not in text, f"the {name} reached the logs"

@@ -133,6 +133,18 @@ async def test_a_bad_hint_is_refused_before_any_prompt(setup: Setup, bad: str) -
     assert await setup.phone.pending() == []
 
 
+async def test_a_request_without_a_nonce_is_refused(setup: Setup) -> None:
+    params = setup.entra.authorization_params(setup.entra.hint(HINT_SUB, USER), nonce="", state="s1")
+    browser = Browser(setup.op.url)
+    try:
+        status, page, _ = await browser.post("/oidc/authorize", params)
+    finally:
+        await browser.close()
+    _, fields = form_fields(page)
+    assert (status, fields["error"], fields["state"]) == (200, "invalid_request", "s1")
+    assert await setup.phone.pending() == []
+
+
 async def test_the_answer_page_may_post_only_to_entra(setup: Setup) -> None:
     browser = Browser(setup.op.url)
     try:

@@ -33,6 +33,9 @@ async def op(redis_url: str, keyring: KeyRingHolder) -> AsyncIterator[RunningSer
          "secret_sha256": [sha256_hex(SECRET)], "redirect_uris": [REDIRECT], "first_factor": "passwordless"},
         {"client_id": "spa", "name": "Rota app", "application": "webmail", "redirect_uris": [REDIRECT],
          "first_factor": "passwordless"},
+        {"client_id": "legacy", "name": "Old portal", "application": "webmail",
+         "secret_sha256": [sha256_hex(SECRET)], "redirect_uris": [REDIRECT], "first_factor": "passwordless",
+         "id_token_alg": "RS256"},
     ]
     server = await start_server(make_settings(redis_url, free_port(), oidc={"enabled": True,
                                                                            "clients": clients}), keyring)
@@ -49,15 +52,17 @@ async def browse(op: RunningServer, authorization_url: str, phone: Phone) -> str
         await browser.close()
 
 
-@pytest.mark.parametrize(("client_id", "secret", "auth"), [("webapp", SECRET, "basic"),
-                                                           ("webapp", SECRET, "post"),
-                                                           ("spa", None, "none")])
+@pytest.mark.parametrize(("client_id", "secret", "auth", "alg"), [("webapp", SECRET, "basic", "ES256"),
+                                                                  ("webapp", SECRET, "post", "ES256"),
+                                                                  ("spa", None, "none", "ES256"),
+                                                                  ("legacy", SECRET, "basic", "RS256")])
 async def test_openid_client_signs_in_and_validates_the_id_token(op: RunningServer, tmp_path: Path,
                                                                  client_id: str, secret: str | None,
-                                                                 auth: str) -> None:
+                                                                 auth: str, alg: str) -> None:
     async with aiohttp.ClientSession() as http:
         phone = await Phone.enroll(await LoginFlow(http, op.url).enroll_uri(USER), session=http)
-        rp = RpClient(op.url, client_id, REDIRECT, client_secret=secret, auth=auth)  # type: ignore[arg-type]
+        rp = RpClient(op.url, client_id, REDIRECT, client_secret=secret, auth=auth,  # type: ignore[arg-type]
+                      id_token_alg=alg)
         start = await rp_start(rp, tmp_path, login_hint=USER)
         callback = await browse(op, start.url, phone)
         result = await rp_finish(rp, start.state_file, callback)
@@ -69,6 +74,7 @@ async def test_openid_client_signs_in_and_validates_the_id_token(op: RunningServ
     assert result.claims["sub"] == USER
     assert result.claims["nonce"] == start.nonce
     assert result.claims["amr"] == ["pop", "swk"]
+    assert result.token["id_token_header"]["alg"] == alg  # checked by openid-client against our JWKS
     assert result.userinfo["sub"] == USER
 
 

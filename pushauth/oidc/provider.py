@@ -7,8 +7,9 @@ RFC 7636), independent of the web framework. pushauth/web/oidc.py calls it from 
     token       `exchange(form, authorization)`: client authentication (client_secret_basic,
                 client_secret_post, or none for a public client), the code (single use; a replay revokes
                 the token it gave), redirect_uri equal to the authorization's, the PKCE verifier (S256)
-    ID token    ES256 with the server's current key (the keys at /.well-known/jwks.json): iss, sub, aud,
-                exp, iat, auth_time, nonce, acr, amr (RFC 8176)
+    ID token    ES256 with the server's current key (the keys at /.well-known/jwks.json), or RS256 with the
+                provider's RSA key for a client that asks (`id_token_alg`): iss, sub, aud, exp, iat,
+                auth_time, nonce, acr, amr (RFC 8176)
 
 Hand-written rather than Authlib: Authlib's server side is built around Flask/Django/Starlette request
 objects, and the part that matters here (the checks below) is short; tests/test_oidc.py drives each
@@ -27,9 +28,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
+from joserfc import jwt
+
 from pushauth.crypto import jws
 from pushauth.crypto.keys import KeyRing
 from pushauth.crypto.secrets import equal, sha256_hex
+from pushauth.oidc.rsa import RsaSigningKey
 from pushauth.oidc.settings import OidcClient, OidcSettings
 from pushauth.oidc.store import Grant, OidcStore, SignIn, new_secret
 
@@ -70,6 +74,10 @@ class Authorization:
     client: OidcClient
     signin: SignIn
     prompt: str
+
+
+def _rsa(client: OidcClient) -> bool:
+    return client.id_token_alg == "RS256"  # noqa: S105 (an algorithm's name)
 
 
 def s256(verifier: str) -> str:
@@ -189,7 +197,7 @@ class Provider:
         return client
 
     async def exchange(self, form: Mapping[str, str], authorization: str | None,
-                       keyring: KeyRing) -> dict[str, Any]:
+                       keyring: KeyRing, rsa_key: RsaSigningKey | None = None) -> dict[str, Any]:
         client = self.authenticate_client(form, authorization)
         if form.get("grant_type") != "authorization_code":
             raise TokenError("unsupported_grant_type", "only authorization_code is supported")
@@ -214,9 +222,10 @@ class Provider:
         await self.store.mark_used(code, access_token)
         return {"access_token": access_token, "token_type": "Bearer",
                 "expires_in": self.settings.access_token_ttl_s, "scope": grant.scope,
-                "id_token": self.id_token(grant, keyring)}
+                "id_token": self.id_token(grant, keyring, rsa_key if _rsa(client) else None)}
 
-    def id_token(self, grant: Grant, keyring: KeyRing) -> str:
+    def id_token(self, grant: Grant, keyring: KeyRing, rsa_key: RsaSigningKey | None = None) -> str:
+        """ES256 with the current server key, or RS256 with the provider's RSA key when given."""
         now = int(time.time())
         claims: dict[str, Any] = {
             "iss": self.issuer, "sub": grant.user, "aud": grant.client_id, "iat": now,
@@ -227,6 +236,9 @@ class Provider:
             claims["amr"] = grant.amr
         if grant.nonce is not None:
             claims["nonce"] = grant.nonce
+        if rsa_key is not None:
+            return jwt.encode({"alg": "RS256", "typ": "JWT", "kid": rsa_key.kid}, claims, rsa_key.key,
+                              algorithms=["RS256"])
         current = keyring.current
         return jws.sign(claims, current.key, typ="JWT", kid=current.kid)
 

@@ -43,13 +43,22 @@ class OidcClient(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     # SHA-256 (hex) of the client secret(s); empty: a public client (a single-page or native app), which
     # must send a PKCE S256 challenge.
     secret_sha256: list[str] = []
-    # Exact redirect URIs: anything else is refused on the page, never redirected to.
-    redirect_uris: list[str]
+    # Exact redirect URIs: anything else is refused on the page, never redirected to. None for a client that
+    # signs in only through CIBA (no browser comes back to it).
+    redirect_uris: list[str] = []
     # ldap: user name and directory password, then the phone (amr pwd + mfa). passwordless: user name, then
     # the phone with number matching only (a single factor: amr without mfa, acr REFEDS SFA). none: pushauth
     # is the second factor behind an identity provider (the `upstream_*` below) that checked the password
     # and sends its ID token for the user as `id_token_hint`; no page asks anything but the number.
     first_factor: Literal["ldap", "passwordless", "none"] = "ldap"
+    # ES256 (the server keys) or RS256 (the provider's RSA key, published with x5c at /oidc/jwks) for a
+    # relying party that cannot verify ES256.
+    id_token_alg: Literal["ES256", "RS256"] = "ES256"  # noqa: S105 (an algorithm's name)
+    # OpenID CIBA (a login flow that cannot redirect a browser: a service desk, a kiosk): "poll" (the client
+    # asks the token endpoint) or "ping" (pushauth POSTs to ciba_notification_endpoint when the phone has
+    # answered); empty: not allowed. Confidential clients only.
+    ciba: Literal["", "poll", "ping"] = ""
+    ciba_notification_endpoint: str = ""
     # For first_factor = "none": the upstream's issuer (its hint's `iss`), its keys, the audience its hint
     # is for (default: this client_id), the claim naming the user, and how old a hint may be.
     upstream_issuer: str = ""
@@ -65,7 +74,7 @@ class OidcClient(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
             raise ValueError("client name must not be empty")
         if not all(_HEX64.fullmatch(h) for h in self.secret_sha256):
             raise ValueError("secret_sha256 must be 64-char lower-case hex SHA-256 digests")
-        if not self.redirect_uris:
+        if not self.redirect_uris and not self.ciba:
             raise ValueError("redirect_uris must list at least one URI")
         for uri in self.redirect_uris:
             parts = urlsplit(uri)
@@ -73,6 +82,10 @@ class OidcClient(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
                 raise ValueError(f"redirect_uri {uri!r} must be an absolute http(s) URI without a fragment")
             if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
                 raise ValueError(f"redirect_uri {uri!r}: plain http is for loopback only")
+        if self.ciba and not self.secret_sha256:
+            raise ValueError("ciba needs a confidential client (secret_sha256)")
+        if self.ciba == "ping" and urlsplit(self.ciba_notification_endpoint).scheme not in ("https", "http"):
+            raise ValueError("ciba = \"ping\" needs ciba_notification_endpoint")
         if self.first_factor == "none" and not (self.upstream_issuer and self.upstream_jwks_url):
             raise ValueError('first_factor = "none" needs upstream_issuer and upstream_jwks_url')
         if not 10 <= self.upstream_max_age_s <= 3600:

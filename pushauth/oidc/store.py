@@ -14,6 +14,7 @@ next one: the sign-in in progress, authorization codes (single use) and access t
 from __future__ import annotations
 
 import secrets
+import time
 
 import msgspec
 import redis.asyncio as aioredis
@@ -62,7 +63,21 @@ class Grant(msgspec.Struct, kw_only=True):
     acr: str
 
 
+class Backchannel(msgspec.Struct, kw_only=True):
+    """A CIBA authentication request (OpenID CIBA Core 1.0): the client waits for the phone out of band."""
+
+    client_id: str
+    user: str
+    challenge_id: str
+    scope: str = "openid"
+    expires_at: int
+    interval_s: int
+    last_poll: float = 0.0
+    notification_token: str = ""  # ping mode: the bearer the client's notification endpoint expects
+
+
 _signin_decode = msgspec.json.Decoder(SignIn).decode
+_backchannel_decode = msgspec.json.Decoder(Backchannel).decode
 _grant_decode = msgspec.json.Decoder(Grant).decode
 _encode = msgspec.json.Encoder().encode
 
@@ -128,3 +143,21 @@ class OidcStore:
             return None
         raw = await self._redis.get(self._ks.oidc_access_token(token))
         return None if raw is None else _grant_decode(raw)
+
+    async def put_backchannel(self, auth_req_id: str, request: Backchannel) -> None:
+        # A minute past the prompt's expiry: a poll after it is told expired_token, not an unknown id.
+        ttl = max(1, request.expires_at - int(time.time())) + 60
+        await self._redis.set(self._ks.oidc_ciba(auth_req_id), _encode(request), ex=ttl)
+
+    async def backchannel(self, auth_req_id: str) -> Backchannel | None:
+        if not auth_req_id or len(auth_req_id) > 128:
+            return None
+        raw = await self._redis.get(self._ks.oidc_ciba(auth_req_id))
+        return None if raw is None else _backchannel_decode(raw)
+
+    async def polled(self, auth_req_id: str, request: Backchannel) -> None:
+        await self._redis.set(self._ks.oidc_ciba(auth_req_id), _encode(request), keepttl=True, xx=True)
+
+    async def end_backchannel(self, auth_req_id: str) -> bool:
+        return bool(await self._redis.delete(self._ks.oidc_ciba(auth_req_id)))
+

@@ -217,6 +217,10 @@ KEYS: tuple[KeySpec, ...] = (
             "KeySpace.oidc_used_code"),
     KeySpec("<prefix>:oidc:at:<sha256(token)>", "string", "pushauth.oidc", "oidc.access_token_ttl_s (EX)",
             "an access token for userinfo (JSON)", "KeySpace.oidc_access_token"),
+    KeySpec("<prefix>:oidc:ciba:<sha256(token)>", "string", "pushauth.oidc",
+            "the request's expiry (EX); deleted when its tokens are issued",
+            "a backchannel (CIBA) authentication request by its auth_req_id: client, user, prompt (JSON)",
+            "KeySpace.oidc_ciba"),
     KeySpec("<prefix>:radius:state:<sha256(State)>", "string", "pushauth.radius",
             "until the prompt expires (EXAT); deleted when used",
             "what an Access-Challenge's State refers to: the prompt, user and client a RADIUS follow-up "
@@ -487,6 +491,9 @@ class KeySpace:
 
     def oidc_access_token(self, token: str) -> str:
         return f"{self.prefix}:oidc:at:{sha256_hex(token)}"
+
+    def oidc_ciba(self, auth_req_id: str) -> str:
+        return f"{self.prefix}:oidc:ciba:{sha256_hex(auth_req_id)}"
 
     def radius_state(self, state: bytes) -> str:
         # Only the State's hash: a copy of Redis cannot answer a RADIUS challenge in flight.

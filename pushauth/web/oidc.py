@@ -17,11 +17,13 @@ passwords count as failed authentications from the address (the rate limiter's b
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+import aiohttp
 import structlog
 from aiohttp import web
 
@@ -36,7 +38,7 @@ from pushauth.oidc.entra import EntraHints
 from pushauth.oidc.hints import HintRefused, SignedHints, check_upstream
 from pushauth.oidc.provider import Provider, RedirectError, ShownError, TokenError
 from pushauth.oidc.settings import ACR_MFA, ACR_SFA, OidcClient
-from pushauth.oidc.store import Grant, OidcStore, SignIn, new_secret
+from pushauth.oidc.store import Backchannel, Grant, OidcStore, SignIn, new_secret
 from pushauth.radius.primary import LdapCheck, Verdict
 from pushauth.web import io
 from pushauth.web import oidc_pages as pages
@@ -55,6 +57,11 @@ BROWSER_COOKIE = "pushauth_oidc"
 # bound to this browser's cookie above; a sign-in from it needs no phone until it expires.
 REMEMBER_COOKIE = "pushauth_oidc_remember"
 POLL_S = 25.0
+CIBA_GRANT = "urn:openid:params:grant-type:ciba"
+CIBA_INTERVAL_S = 2  # the least time between a client's polls (CIBA Core 7.3 `interval`)
+CIBA_MAX_EXPIRY_S = 600
+PING_ATTEMPTS = (0.0, 1.0, 5.0, 15.0)  # delays before each try of a ping notification
+PINGS: web.AppKey[set[asyncio.Task[None]]] = web.AppKey("oidc_pings")  # pings in flight (strong refs)
 # RFC 8176: the password (ldap), several factors, proof of possession of the phone's key, a software key
 # (pushauth does not attest where the phone keeps it).
 AMR_PHONE = ["pop", "swk"]
@@ -76,14 +83,19 @@ def setup(app: web.Application, settings: Settings) -> None:
         ldap = LdapCheck(oidc.ldap) if oidc.ldap.url else None
         if ldap is not None:
             app[LDAP] = ldap
+        app[PINGS] = set[asyncio.Task[None]]()
         app[UPSTREAMS] = {c.client_id: SignedHints(c.upstream_jwks_url, ["RS256", "ES256"])
                           for c in oidc.clients if c.first_factor == "none"}
         if oidc.entra.enabled:
-            issuer = app[PROVIDER].issuer
             app[ENTRA] = EntraHints(oidc.entra)
+        if oidc.entra.enabled or any(c.id_token_alg == "RS256" for c in oidc.clients):  # noqa: S105
+            issuer = app[PROVIDER].issuer
             app[RSA_KEY] = (rsa.ephemeral(issuer) if settings.keys.ephemeral
                             else rsa.load_or_create(Path(settings.keys.path), issuer))
         yield
+        pings: set[asyncio.Task[None]] = app[PINGS]
+        for task in list(pings):  # a shutdown drops pings still waiting (the client can poll)
+            task.cancel()
         if ldap is not None:
             await ldap.aclose()
 
@@ -135,11 +147,17 @@ def _to_client(redirect_uri: str, **params: str | None) -> web.Response:
 async def discovery(request: web.Request) -> web.Response:
     metadata = request.app[PROVIDER].metadata(_base(request))
     metadata["authorization_response_iss_parameter_supported"] = True  # RFC 9207
-    if ENTRA in request.app:  # Entra's external-method profile: an RS256 ID token, form-posted
+    if any(c.ciba for c in request.app[PROVIDER].clients.values()):  # OpenID CIBA Core 1.0, section 4
+        metadata["backchannel_authentication_endpoint"] = f"{_base(request)}/oidc/bc-authorize"
+        metadata["backchannel_token_delivery_modes_supported"] = ["poll", "ping"]
+        metadata["backchannel_user_code_parameter_supported"] = False
+        metadata["grant_types_supported"] = [*metadata["grant_types_supported"], CIBA_GRANT]
+    if RSA_KEY in request.app:  # RS256 for some clients (and Entra's profile): the keys with the RSA one
         metadata["jwks_uri"] = f"{_base(request)}/oidc/jwks"
+        metadata["id_token_signing_alg_values_supported"] = ["ES256", "RS256"]
+    if ENTRA in request.app:  # Entra's external-method profile: an ID token, form-posted
         metadata["response_types_supported"] = ["code", "id_token"]
         metadata["response_modes_supported"] = ["query", "form_post"]
-        metadata["id_token_signing_alg_values_supported"] = ["ES256", "RS256"]
         metadata["acr_values_supported"] = [*metadata["acr_values_supported"], entra.ACR]
     response = io.json(metadata)
     response.headers["Cache-Control"] = "public, max-age=300"
@@ -436,9 +454,11 @@ def _token_error(exc: TokenError) -> web.Response:
 async def token(request: web.Request) -> web.Response:
     form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
     provider = request.app[PROVIDER]
+    if form.get("grant_type") == CIBA_GRANT:
+        return await _ciba_token(request, form)
     try:
         answer = await provider.exchange(form, request.headers.get("Authorization"),
-                                         request.app[KEYRING].ring)
+                                         request.app[KEYRING].ring, request.app.get(RSA_KEY))
     except TokenError as exc:
         if exc.status == 401:
             await request.app[LIMITER].auth_failed(io.client_ip(request))
@@ -460,4 +480,139 @@ async def userinfo(request: web.Request) -> web.Response:
         response.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
         return response
     return io.json(claims)
+
+
+# -- OpenID CIBA: sign-in without a browser ---------------------------------------------------------------
+
+
+def _ciba_error(error: str, description: str, status: int = 400) -> web.Response:
+    return _token_error(TokenError(error, description, status))
+
+
+@routes.post("/oidc/bc-authorize")
+async def backchannel_authorize(request: web.Request) -> web.Response:
+    """CIBA Core 7: a client asks for a user's approval out of band. The phone is prompted with number
+    matching; the number goes back to the client (`pushauth_number`) to show the user on its side (a
+    service desk's screen, a kiosk). A `binding_message` is refused: the number is the binding."""
+    form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+    provider = request.app[PROVIDER]
+    try:
+        client = provider.authenticate_client(form, request.headers.get("Authorization"))
+    except TokenError as exc:
+        await request.app[LIMITER].auth_failed(io.client_ip(request))
+        return _token_error(exc)
+    if not client.ciba:
+        return _ciba_error("unauthorized_client", "this client may not use CIBA")
+    if "openid" not in form.get("scope", "").split():
+        return _ciba_error("invalid_scope", "the openid scope is required")
+    if "user_code" in form:
+        return _ciba_error("invalid_user_code", "user codes are not used: the phone is the factor")
+    if form.get("binding_message"):
+        return _ciba_error("invalid_binding_message",
+                           "pushauth binds with its own number (pushauth_number in the answer)")
+    if client.ciba == "ping" and not form.get("client_notification_token"):
+        return _ciba_error("invalid_request", "ping mode needs client_notification_token")
+    hints = [k for k in ("login_hint", "id_token_hint", "login_hint_token") if form.get(k)]
+    if hints != ["login_hint"]:
+        return _ciba_error("invalid_request", "exactly one hint, login_hint, is supported")
+    raw_expiry = form.get("requested_expiry", str(provider.settings.prompt_ttl_s))
+    if not raw_expiry.isdigit() or not 10 <= int(raw_expiry) <= CIBA_MAX_EXPIRY_S:
+        return _ciba_error("invalid_request", f"requested_expiry must be 10..{CIBA_MAX_EXPIRY_S} seconds")
+    try:
+        user = canonical(form["login_hint"])
+        created = await request.app[CHALLENGES].create(_app(request, client), user, None, int(raw_expiry))
+    except ApiError as exc:
+        if exc.code in ("not_enrolled", "invalid_user"):
+            return _ciba_error("unknown_user_id", "no phone is set up for this user")
+        return _ciba_error("access_denied", _refusal(exc, request), 403 if exc.status == 403 else 400)
+    if isinstance(created, Allowed):  # an exempt account: nothing to approve, nothing to bind
+        return _ciba_error("access_denied", "this account signs in without a phone: not through CIBA")
+    auth_req_id = new_secret()
+    await provider.store.put_backchannel(auth_req_id, Backchannel(
+        client_id=client.client_id, user=user, challenge_id=created.id, scope=form["scope"],
+        expires_at=created.expires_at, interval_s=CIBA_INTERVAL_S,
+        notification_token=form.get("client_notification_token", "")))
+    if client.ciba == "ping":
+        _start_ping(request, client, auth_req_id, form["client_notification_token"], created.id)
+    answer: dict[str, Any] = {"auth_req_id": auth_req_id, "expires_in": created.expires_at - clock.now(),
+                              "pushauth_number": created.number}
+    if client.ciba == "poll":
+        answer["interval"] = CIBA_INTERVAL_S
+    response = io.json(answer)
+    response.headers.update({"Cache-Control": "no-store", "Pragma": "no-cache"})
+    return response
+
+
+async def _ciba_token(request: web.Request, form: dict[str, str]) -> web.Response:
+    """CIBA Core 10-11: the token request with an auth_req_id."""
+    provider = request.app[PROVIDER]
+    try:
+        client = provider.authenticate_client(form, request.headers.get("Authorization"))
+    except TokenError as exc:
+        await request.app[LIMITER].auth_failed(io.client_ip(request))
+        return _token_error(exc)
+    auth_req_id = form.get("auth_req_id", "")
+    pending = await provider.store.backchannel(auth_req_id)
+    if pending is None or pending.client_id != client.client_id:
+        return _ciba_error("invalid_grant", "unknown or expired auth_req_id")
+    now = clock.now()
+    if client.ciba == "poll" and now - pending.last_poll < pending.interval_s:
+        pending.interval_s += 5  # CIBA 11: slow_down "the interval MUST be increased ... by at least 5 s"
+        pending.last_poll = now
+        await provider.store.polled(auth_req_id, pending)
+        return _ciba_error("slow_down", f"poll at most every {pending.interval_s} s")
+    pending.last_poll = now
+    view = await request.app[CHALLENGES].status(_app(request, client), pending.challenge_id, 0)
+    status = view.get("status")
+    if status == "pending":
+        await provider.store.polled(auth_req_id, pending)
+        return _ciba_error("authorization_pending", "the user has not answered yet")
+    if status != "approved":
+        await provider.store.end_backchannel(auth_req_id)
+        if status == "expired":
+            return _ciba_error("expired_token", "the request expired before the user answered")
+        return _ciba_error("access_denied", f"the sign-in was {status}")
+    if not await provider.store.end_backchannel(auth_req_id):
+        return _ciba_error("invalid_grant", "unknown or expired auth_req_id")
+    grant = Grant(client_id=client.client_id, redirect_uri="", user=pending.user, scope=pending.scope,
+                  auth_time=now, amr=list(AMR_PHONE), acr=ACR_SFA)
+    access_token = await provider.store.issue_access_token(grant, provider.settings.access_token_ttl_s)
+    rsa_key = request.app.get(RSA_KEY) if client.id_token_alg == "RS256" else None  # noqa: S105
+    response = io.json({"access_token": access_token, "token_type": "Bearer",
+                        "expires_in": provider.settings.access_token_ttl_s, "scope": pending.scope,
+                        "id_token": provider.id_token(grant, request.app[KEYRING].ring, rsa_key)})
+    response.headers.update({"Cache-Control": "no-store", "Pragma": "no-cache"})
+    return response
+
+
+def _start_ping(request: web.Request, client: OidcClient, auth_req_id: str, bearer: str, cid: str) -> None:
+    """Ping mode (CIBA Core 10.2): when the phone has answered (or the request expired), POST the
+    auth_req_id to the client's notification endpoint with its bearer, a few times until it takes it; the
+    client then fetches the result at the token endpoint. The task lives in this server process: a restart
+    loses the notification, and the client, polling as CIBA lets a ping client, still gets its answer."""
+    app = request.app
+    application = _app(request, client)
+    pings = app[PINGS]
+
+    async def ping() -> None:
+        deadline = clock.now() + CIBA_MAX_EXPIRY_S
+        while clock.now() < deadline:
+            view = await app[CHALLENGES].status(application, cid, POLL_S)
+            if view.get("status") != "pending":
+                break
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+            for delay in PING_ATTEMPTS:
+                await asyncio.sleep(delay)
+                try:
+                    async with http.post(client.ciba_notification_endpoint, json={"auth_req_id": auth_req_id},
+                                         headers={"Authorization": f"Bearer {bearer}"}) as resp:
+                        if resp.status < 300:
+                            return
+                except (aiohttp.ClientError, TimeoutError):
+                    pass
+            log.warning("oidc_ciba_ping_failed", client=client.client_id)
+
+    task = asyncio.get_running_loop().create_task(ping())
+    pings.add(task)
+    task.add_done_callback(pings.discard)
 

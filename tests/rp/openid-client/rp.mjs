@@ -9,6 +9,8 @@
 //                      [--extra k=v ...]
 //     discovery, a PKCE S256 verifier, a random state and nonce; writes them to F and prints
 //     {"authorization_url": "..."}
+//   node rp.mjs ciba   --issuer URL --client-id ID --client-secret S --login-hint USER
+//     OpenID CIBA poll mode: prints {"initiation": ...} at once, then the tokens as finish does
 //   node rp.mjs finish --issuer URL --client-id ID [...same client options] --state-file F
 //                      --callback-url URL [--skip-userinfo]
 //     the code grant (PKCE verifier, expected state and nonce, an ID token required), which validates the
@@ -39,7 +41,7 @@ const FLAGS = new Set(['skip-userinfo']);
 
 function parseArgs(argv) {
   const [command, ...rest] = argv;
-  if (command !== 'start' && command !== 'finish') throw new UsageError(USAGE);
+  if (command !== 'start' && command !== 'finish' && command !== 'ciba') throw new UsageError(USAGE);
   const options = { extra: [] };
   for (let i = 0; i < rest.length; i++) {
     const arg = rest[i];
@@ -56,8 +58,8 @@ function parseArgs(argv) {
       throw new UsageError(`unknown option --${name}; ${USAGE}`);
     }
   }
-  const required = ['issuer', 'client-id', 'state-file',
-    ...(command === 'start' ? ['redirect-uri'] : ['callback-url'])];
+  const required = command === 'ciba' ? ['issuer', 'client-id', 'login-hint']
+    : ['issuer', 'client-id', 'state-file', ...(command === 'start' ? ['redirect-uri'] : ['callback-url'])];
   for (const name of required) {
     if (options[name] === undefined) throw new UsageError(`--${name} is required; ${USAGE}`);
   }
@@ -166,6 +168,22 @@ async function finish(options) {
   };
 }
 
+// OpenID CIBA, poll mode: the backchannel authentication request, its answer printed as a line of its own at
+// once ({"initiation": {...}}: auth_req_id, expires_in, interval and whatever else the provider sent), then
+// openid-client polls the token endpoint (honouring interval and slow_down) until the user has answered,
+// and validates the ID token as in `finish`; that result is the last line.
+async function ciba(options) {
+  const config = await configure(options);
+  const parameters = { scope: options.scope ?? 'openid', login_hint: options['login-hint'] };
+  const response = await client.initiateBackchannelAuthentication(config, parameters);
+  process.stdout.write(JSON.stringify({ initiation: response }) + '\n');
+  const tokens = await client.pollBackchannelAuthenticationGrant(config, response);
+  const header = JSON.parse(Buffer.from(tokens.id_token.split('.')[0], 'base64url').toString('utf8'));
+  return { claims: tokens.claims(), userinfo: null,
+    token: { token_type: tokens.token_type, expires_in: tokens.expiresIn() ?? null, scope: tokens.scope ?? null,
+      refresh_token: tokens.refresh_token !== undefined, id_token_header: header } };
+}
+
 // The error's class, its message with every cause's after it (openid-client wraps the precise reason,
 // e.g. 'unexpected JWT claim value encountered' around 'unexpected ID Token "nonce" claim value'), its
 // code, and what an OAuth error response said (invalid_grant, ...).
@@ -196,7 +214,8 @@ async function main() {
   let status = 0;
   try {
     const { command, options } = parseArgs(process.argv.slice(2));
-    result = command === 'start' ? await start(options) : await finish(options);
+    result = command === 'start' ? await start(options)
+      : command === 'ciba' ? await ciba(options) : await finish(options);
   } catch (err) {
     result = describe(err);
     status = err instanceof UsageError ? 2 : 1;

@@ -1,0 +1,200 @@
+"""OpenID CIBA (Client-Initiated Backchannel Authentication Core 1.0) in pushauth's provider: a login flow
+with no browser to redirect (a service desk, a kiosk) asks for the user's approval; the phone is prompted
+with number matching and the number goes back to the client to show on its side. Poll mode (the token
+endpoint's authorization_pending, slow_down, access_denied, expired_token) and ping mode (a notification
+receiver on loopback gets the auth_req_id with the client's bearer), and the request's refusals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from joserfc import jwt
+from joserfc.jwk import KeySet
+from support import LoginFlow, RunningServer, free_port, make_settings, start_server
+
+from pushauth.crypto.keyring import KeyRingHolder
+from pushauth.crypto.secrets import sha256_hex
+from pushauth.phone import Phone
+from testkit.openid_client import RpClient, missing_node_rp, rp_ciba
+
+USER = "erin@nhs.net"
+SECRET = "service-desk-secret-" + "c" * 24
+PING_TOKEN = "ping-bearer-" + "p" * 30
+
+
+@dataclass
+class Env:
+    op: RunningServer
+    http: aiohttp.ClientSession
+    phone: Phone
+    pings: list[dict[str, Any]]
+
+
+@pytest.fixture
+async def env(redis_url: str, keyring: KeyRingHolder) -> AsyncIterator[Env]:
+    pings: list[dict[str, Any]] = []
+
+    async def notified(request: web.Request) -> web.Response:
+        pings.append({"auth": request.headers.get("Authorization"), "body": await request.json()})
+        return web.Response(status=204)
+
+    receiver = web.Application()
+    receiver.router.add_post("/ciba/notify", notified)
+    runner = web.AppRunner(receiver)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    base = {"application": "webmail", "secret_sha256": [sha256_hex(SECRET)], "redirect_uris": [
+        "http://127.0.0.1:9/unused"], "first_factor": "passwordless"}
+    desk = {k: v for k, v in base.items() if k != "redirect_uris"}  # CIBA only: no browser comes back
+    clients = [{**desk, "client_id": "desk", "name": "Service desk", "ciba": "poll"},
+               {**base, "client_id": "kiosk", "name": "Ward kiosk", "ciba": "ping",
+                "ciba_notification_endpoint": f"http://127.0.0.1:{port}/ciba/notify"},
+               {**base, "client_id": "web", "name": "Web app"}]
+    op = await start_server(make_settings(redis_url, free_port(), quiet_detection=False,
+                                          oidc={"enabled": True, "clients": clients}), keyring)
+    try:
+        async with aiohttp.ClientSession() as http:
+            phone = await Phone.enroll(await LoginFlow(http, op.url).enroll_uri(USER), session=http)
+            yield Env(op, http, phone, pings)
+    finally:
+        await op.close()
+        await runner.cleanup()
+
+
+def basic(client_id: str, secret: str = SECRET) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()}
+
+
+async def post(env: Env, path: str, form: dict[str, str], client_id: str = "desk",
+               secret: str = SECRET) -> tuple[int, dict[str, Any]]:
+    async with env.http.post(env.op.url + path, data=form, headers=basic(client_id, secret)) as resp:
+        return resp.status, await resp.json()
+
+
+async def initiate(env: Env, client_id: str = "desk", **extra: str) -> tuple[int, dict[str, Any]]:
+    return await post(env, "/oidc/bc-authorize", {"scope": "openid", "login_hint": USER, **extra}, client_id)
+
+
+async def poll(env: Env, auth_req_id: str, client_id: str = "desk") -> tuple[int, dict[str, Any]]:
+    return await post(env, "/oidc/token", {"grant_type": "urn:openid:params:grant-type:ciba",
+                                           "auth_req_id": auth_req_id}, client_id)
+
+
+async def test_discovery_lists_ciba(env: Env) -> None:
+    async with env.http.get(env.op.url + "/.well-known/openid-configuration") as resp:
+        meta = await resp.json()
+    assert meta["backchannel_authentication_endpoint"] == env.op.url + "/oidc/bc-authorize"
+    assert meta["backchannel_token_delivery_modes_supported"] == ["poll", "ping"]
+    assert "urn:openid:params:grant-type:ciba" in meta["grant_types_supported"]
+
+
+async def test_poll_mode_pending_slow_down_then_the_tokens(env: Env) -> None:
+    status, started = await initiate(env)
+    assert status == 200, started
+    assert started["interval"] == 2
+    number = started["pushauth_number"]
+    assert number.isdigit()  # for the service desk's screen: the caller types it on the phone
+    status, body = await poll(env, started["auth_req_id"])
+    assert (status, body["error"]) == (400, "authorization_pending")
+    status, body = await poll(env, started["auth_req_id"])  # at once: too fast
+    assert (status, body["error"]) == (400, "slow_down")
+    [pending] = await env.phone.pending()
+    assert await env.phone.approve(pending, number=number) == "approved"
+    await asyncio.sleep(7.1)  # the interval, raised by 5 s after the slow_down
+    status, tokens = await poll(env, started["auth_req_id"])
+    assert status == 200, tokens
+    async with env.http.get(env.op.url + "/.well-known/jwks.json") as resp:
+        keys = KeySet.import_key_set(await resp.json())
+    claims = jwt.decode(tokens["id_token"], keys, algorithms=["ES256"]).claims
+    assert (claims["sub"], claims["aud"], claims["amr"]) == (USER, "desk", ["pop", "swk"])
+    status, again = await poll(env, started["auth_req_id"])
+    assert (status, again["error"]) == (400, "invalid_grant")  # single use
+
+
+async def test_a_denial_is_access_denied(env: Env) -> None:
+    _, started = await initiate(env)
+    [pending] = await env.phone.pending()
+    await env.phone.deny(pending, "mistake")
+    status, body = await poll(env, started["auth_req_id"])
+    assert (status, body["error"]) == (400, "access_denied")
+
+
+async def test_no_answer_is_expired_token(env: Env) -> None:
+    _, started = await initiate(env, requested_expiry="10")
+    assert started["expires_in"] <= 10
+    await asyncio.sleep(11)
+    status, body = await poll(env, started["auth_req_id"])
+    assert (status, body["error"]) == (400, "expired_token")
+
+
+async def test_ping_mode_notifies_the_client(env: Env) -> None:
+    status, started = await initiate(env, "kiosk", client_notification_token=PING_TOKEN)
+    assert status == 200, started
+    assert "interval" not in started
+    [pending] = await env.phone.pending()
+    assert await env.phone.approve(pending, number=started["pushauth_number"]) == "approved"
+    for _ in range(100):
+        if env.pings:
+            break
+        await asyncio.sleep(0.05)
+    assert env.pings == [{"auth": f"Bearer {PING_TOKEN}", "body": {"auth_req_id": started["auth_req_id"]}}]
+    status, tokens = await poll(env, started["auth_req_id"], "kiosk")
+    assert status == 200, tokens
+    assert "id_token" in tokens
+
+
+@pytest.mark.parametrize(("client_id", "secret", "extra", "error"), [
+    ("desk", SECRET, {"binding_message": "Call 0113 496 0000"}, "invalid_binding_message"),
+    ("desk", SECRET, {"login_hint": "nobody@nhs.net"}, "unknown_user_id"),
+    ("desk", SECRET, {"user_code": "1234"}, "invalid_user_code"),
+    ("desk", SECRET, {"scope": "profile"}, "invalid_scope"),
+    ("desk", SECRET, {"requested_expiry": "86400"}, "invalid_request"),
+    ("kiosk", SECRET, {}, "invalid_request"),  # ping without client_notification_token
+    ("web", SECRET, {}, "unauthorized_client"),
+    ("desk", "not-the-secret", {}, "invalid_client"),
+])
+async def test_requests_refused(env: Env, client_id: str, secret: str, extra: dict[str, str],
+                                error: str) -> None:
+    form = {"scope": "openid", "login_hint": USER, **extra}
+    status, body = await post(env, "/oidc/bc-authorize", form, client_id, secret)
+    assert body["error"] == error, body
+    assert status in (400, 401)
+    assert await env.phone.pending() == []
+
+
+async def test_openid_client_signs_in_through_ciba(env: Env) -> None:
+    """openid-client v6 (npm; the certified RP library) runs CIBA poll mode: it initiates, polls (honouring
+    interval and slow_down), and validates the ID token against our JWKS itself."""
+    if (why := missing_node_rp()) is not None:
+        pytest.skip(why)
+    rp = RpClient(env.op.url, "desk", "http://127.0.0.1:9/unused", client_secret=SECRET)
+    run = await rp_ciba(rp, USER)
+    assert run.initiation["pushauth_number"].isdigit()
+    [pending] = await env.phone.pending()
+    assert await env.phone.approve(pending, number=run.initiation["pushauth_number"]) == "approved"
+    result = await run.result()
+    assert result.ok, (result.error, result.message)
+    assert result.claims is not None
+    assert (result.claims["sub"], result.claims["aud"]) == (USER, "desk")
+    assert result.claims["iss"] == env.op.url
+
+
+async def test_openid_client_is_told_access_denied(env: Env) -> None:
+    if (why := missing_node_rp()) is not None:
+        pytest.skip(why)
+    rp = RpClient(env.op.url, "desk", "http://127.0.0.1:9/unused", client_secret=SECRET)
+    run = await rp_ciba(rp, USER)
+    [pending] = await env.phone.pending()
+    await env.phone.deny(pending, "mistake")
+    result = await run.result()
+    assert not result.ok
+    assert result.oauth_error == "access_denied", result
