@@ -5,6 +5,7 @@ Sections: the marker; Redis (a real redis-server per test session); pushauth ser
 
 from __future__ import annotations
 
+import types
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -58,7 +59,10 @@ INTEGRATION_TESTS = frozenset({
 def _starts_processes(module: object) -> bool:
     names = {(getattr(value, "__module__", None), getattr(value, "__qualname__", None))
              for value in vars(module).values()}
-    return not names.isdisjoint(INTEGRATION_HELPERS)
+    # A helper's module imported whole (`from testkit import slapd`, then `slapd.Slapd(...)`) counts too.
+    helper_modules = {helper_module for helper_module, _ in INTEGRATION_HELPERS}
+    imported = {value.__name__ for value in vars(module).values() if isinstance(value, types.ModuleType)}
+    return not names.isdisjoint(INTEGRATION_HELPERS) or not imported.isdisjoint(helper_modules)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
