@@ -29,13 +29,12 @@ import aiohttp
 from aiohttp import web
 
 from bench.cycle import (
-    API_KEY,
     APP_ID,
     HOST,
-    PREFIX,
     Load,
     VPhone,
     bench_child,
+    config_head,
     free_port,
     now,
     proc_cpu_s,
@@ -52,26 +51,7 @@ GRANT = "urn:openid:params:grant-type:ciba"
 
 
 def write_config(path: Path, port: int, redis_port: int, notify_url: str) -> None:
-    path.write_text(f"""\
-[server]
-host = "{HOST}"
-port = {port}
-base_url = "http://{HOST}:{port}"
-[store]
-redis_url = "redis://{HOST}:{redis_port}/0"
-prefix = "{PREFIX}"
-[keys]
-ephemeral = true
-[[applications]]
-id = "{APP_ID}"
-name = "Service desk"
-api_key_sha256 = ["{sha256_hex(API_KEY)}"]
-[detection]
-push_bombing_max = 1000
-[rate_limits]
-ip_requests = 10000000
-application_requests = 10000000
-auth_failures = 0
+    path.write_text(config_head(port, redis_port, "Service desk") + f"""\
 [oidc]
 enabled = true
 [[oidc.clients]]

@@ -930,6 +930,33 @@ format = "json"
 """)
 
 
+def config_head(port: int, redis_port: int, app_name: str) -> str:
+    """What every benchmark's server config starts with (bench/radius.py, oidc.py, ciba.py add their own
+    sections): this host and Redis, throw-away keys, one application, and detection and rate limits set so
+    that the load itself is not refused (see write_config above for why each is what it is)."""
+    return f"""\
+[server]
+host = "{HOST}"
+port = {port}
+base_url = "http://{HOST}:{port}"
+[store]
+redis_url = "redis://{HOST}:{redis_port}/0"
+prefix = "{PREFIX}"
+[keys]
+ephemeral = true
+[[applications]]
+id = "{APP_ID}"
+name = "{app_name}"
+api_key_sha256 = ["{sha256_hex(API_KEY)}"]
+[detection]
+push_bombing_max = 1000
+[rate_limits]
+ip_requests = 10000000
+application_requests = 10000000
+auth_failures = 0
+"""
+
+
 def env_for_server(sets: list[str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHAUTH_")}
     for item in sets:

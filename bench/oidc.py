@@ -37,13 +37,12 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import aiohttp
 
 from bench.cycle import (
-    API_KEY,
     APP_ID,
     HOST,
-    PREFIX,
     Load,
     VPhone,
     bench_child,
+    config_head,
     free_port,
     now,
     proc_cpu_s,
@@ -59,27 +58,7 @@ REDIRECT = "http://127.0.0.1:9/callback"
 
 
 def write_config(path: Path, port: int, redis_port: int) -> None:
-    path.write_text(f"""\
-[server]
-host = "{HOST}"
-port = {port}
-base_url = "http://{HOST}:{port}"
-[store]
-redis_url = "redis://{HOST}:{redis_port}/0"
-prefix = "{PREFIX}"
-[keys]
-ephemeral = true
-[[applications]]
-id = "{APP_ID}"
-name = "Benchmark portal"
-api_key_sha256 = ["{sha256_hex(API_KEY)}"]
-# as bench/cycle.py's: enough phones keep each under 1000 prompts per 5 minutes
-[detection]
-push_bombing_max = 1000
-[rate_limits]
-ip_requests = 10000000
-application_requests = 10000000
-auth_failures = 0
+    path.write_text(config_head(port, redis_port, "Benchmark portal") + f"""\
 [oidc]
 enabled = true
 [[oidc.clients]]

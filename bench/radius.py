@@ -49,6 +49,7 @@ from bench.cycle import (
     HOST,
     PREFIX,
     bench_child,
+    config_head,
     free_port,
     now,
     proc_cpu_s,
@@ -56,7 +57,6 @@ from bench.cycle import (
     summarise,
     wait_http,
 )
-from pushauth.crypto.secrets import sha256_hex
 from pushauth.phone import Phone
 from pushauth.radius.packets import load_dictionary
 
@@ -67,27 +67,7 @@ DICTIONARY = load_dictionary()
 
 
 def write_config(path: Path, port: int, redis_port: int, radius_port: int, secret_file: Path) -> None:
-    path.write_text(f"""\
-[server]
-host = "{HOST}"
-port = {port}
-base_url = "http://{HOST}:{port}"
-[store]
-redis_url = "redis://{HOST}:{redis_port}/0"
-prefix = "{PREFIX}"
-[keys]
-ephemeral = true
-[[applications]]
-id = "{APP_ID}"
-name = "Benchmark VPN"
-api_key_sha256 = ["{sha256_hex(API_KEY)}"]
-# A benchmark phone signs in many times a minute (see bench/cycle.py's config): enough phones keep each
-# under 1000 prompts per 5 minutes.
-[detection]
-push_bombing_max = 1000
-[rate_limits]
-ip_requests = 10000000
-application_requests = 10000000
+    path.write_text(config_head(port, redis_port, "Benchmark VPN") + f"""\
 [radius]
 listen = ["{HOST}"]
 port = {radius_port}
