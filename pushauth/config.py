@@ -19,6 +19,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
@@ -33,6 +34,16 @@ from pushauth.radius.settings import RadiusSettings
 ENV_PREFIX = "PUSHAUTH_"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _APP_ID = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+
+
+def redact_url_password(url: str) -> str:
+    """The URL, quoted as repr would, with any password in its user info replaced by `***`."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return repr(url)
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return repr(urlunsplit(parts._replace(netloc=f"{user}:***@{host}")))
 
 
 class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -98,6 +109,15 @@ class StoreSettings(_Section, frozen=True):
     # lost, but changes stop while a primary has no replica: run two replicas per primary), "warn" answers
     # anyway, logs and counts it (available while a replica is down, at the old risk).
     replica_ack_shortfall: Literal["refuse", "warn"] = "refuse"
+
+    def __repr__(self) -> str:
+        # redis_url may carry the Redis password (redis://:secret@host); settings get logged and printed
+        # in tracebacks, so the repr shows the URL without it.
+        fields = ", ".join(
+            f"{name}={redact_url_password(value) if name == 'redis_url' else value!r}"
+            for name, value in msgspec.structs.asdict(self).items()
+        )
+        return f"StoreSettings({fields})"
 
     def __post_init__(self) -> None:
         if self.sentinels:

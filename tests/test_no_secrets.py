@@ -84,3 +84,26 @@ def test_json_log_lines_are_json_and_redacted() -> None:
     assert line["token"] == "[redacted]"
     assert b"s3cret-code" not in out.stderr
     assert b"t0k" not in out.stderr
+
+
+def test_settings_reprs_hide_passwords_and_sink_secrets() -> None:
+    """Settings are printed at start-up and land in tracebacks: the Redis password in `redis_url`, a
+    webhook's inline signing secrets and a Slack or Teams URL (the URL is the credential) stay out."""
+    from pushauth.alerts.settings import SinkSettings
+    from pushauth.config import Settings, StoreSettings
+
+    store = StoreSettings(redis_url="redis://pushauth:hunter2-redis@redis.internal:6379/0")
+    assert "hunter2-redis" not in repr(store)
+    assert "redis://pushauth:***@redis.internal:6379/0" in repr(store)
+    assert "redis://redis.internal:6379/0" in repr(StoreSettings(redis_url="redis://redis.internal:6379/0"))
+
+    secret = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo="
+    hook = SinkSettings(name="soc", kind="webhook", url="https://soc.example/hook", secret=secret)
+    rotating = SinkSettings(name="soc2", kind="webhook", url="https://soc.example/hook", secrets=[secret])
+    slack = SinkSettings(name="chat", kind="slack", url="https://hooks.slack.com/services/T0/B0/s3cr3tpath")
+    for sink in (hook, rotating, slack):
+        assert secret not in repr(sink)
+        assert "s3cr3tpath" not in repr(sink)
+
+    settings = Settings(store=store)
+    assert "hunter2-redis" not in repr(settings)
