@@ -5,6 +5,7 @@ codes out of the window or of another user, the wrong-code limit, the lockout an
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import stat
@@ -28,9 +29,11 @@ from support import (
     verify_assertion,
 )
 
+from pushauth.cli import main as cli_main
 from pushauth.codes import pskc, totp
 from pushauth.codes.seal import KekHolder, KekRing, KekStore, SealError
 from pushauth.crypto.keyring import KeyRingHolder
+from pushauth.crypto.keys import KeyStore
 from pushauth.errors import KeyStoreError, Unprocessable
 
 ALICE, BOB = "alice@nhs.net", "bob@nhs.net"
@@ -436,3 +439,31 @@ async def test_revoked_method_and_bad_requests(rp: LoginFlow, admin: AdminClient
     assert_error(status, body, 422, "invalid")
     status, body = await admin.call("POST", "/v1/codes/verify", {"user": ALICE, "code": "123456"})
     assert_error(status, body, 403)
+
+
+async def test_rotate_kek_reseals_every_seed_and_a_running_server_follows(
+        redis_url: str, tmp_path: Path, http: aiohttp.ClientSession, clock: Clock) -> None:
+    clock.freeze()
+    keys = tmp_path / "keys"
+    KeyStore(keys).generate()
+    config = tmp_path / "config.toml"
+    config.write_text(f'[store]\nredis_url = "{redis_url}"\n[keys]\npath = "{keys}"\n')
+    assert cli_main(["-c", str(config), "keys", "generate-kek"]) == 0
+    old = KekStore(keys).load().current
+    settings = make_settings(redis_url, free_port(), keys={"ephemeral": False, "path": str(keys)})
+    running = await start_server(settings, KeyRingHolder.from_settings(settings.keys))
+    try:
+        admin, rp = AdminClient(http, running.url), LoginFlow(http, running.url)
+        method, app = await enroll(admin, clock)
+        # the CLI runs its own event loop and Redis client, as it would in a shell beside the server
+        assert await asyncio.to_thread(cli_main, ["-c", str(config), "keys", "rotate-kek"]) == 0
+        ring = KekStore(keys).load()
+        assert ring.current != old
+        assert set(ring.keys) == {ring.current}  # the old key is gone from the file
+        async with aioredis.Redis.from_url(redis_url, decode_responses=True) as client:
+            uid = (await admin.user(ALICE))["otp_methods"][0]["id"][1:17]
+            sealed = await client.hget(f"pa:{{{uid}}}:otp:{method}", "seed")
+        assert str(sealed).startswith(f"v1.{ring.current}.")
+        assert (await verify(rp, ALICE, app.at(clock.now())))[1]["valid"] is True
+    finally:
+        await running.close()
