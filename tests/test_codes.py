@@ -35,6 +35,7 @@ from pushauth.codes.seal import KekHolder, KekRing, KekStore, SealError
 from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.crypto.keys import KeyStore
 from pushauth.errors import KeyStoreError, Unprocessable
+from pushauth.phone import Phone
 
 ALICE, BOB = "alice@nhs.net", "bob@nhs.net"
 
@@ -465,5 +466,43 @@ async def test_rotate_kek_reseals_every_seed_and_a_running_server_follows(
             sealed = await client.hget(f"pa:{{{uid}}}:otp:{method}", "seed")
         assert str(sealed).startswith(f"v1.{ring.current}.")
         assert (await verify(rp, ALICE, app.at(clock.now())))[1]["valid"] is True
+    finally:
+        await running.close()
+
+
+async def test_a_pushauth_phone_shows_codes_offline_until_it_is_revoked(
+        rp: LoginFlow, admin: AdminClient, clock: Clock, http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    clock.freeze()
+    phone = await Phone.enroll(await rp.enroll_uri(ALICE), session=http, offline_codes=True)
+    assert phone.has_offline_codes
+    phone.save(tmp_path / "phone.json")
+    reloaded = Phone.load(tmp_path / "phone.json")  # the code survives in the phone's own state
+    assert reloaded.offline_code() == phone.offline_code()
+    [method] = (await admin.user(ALICE))["otp_methods"]
+    assert (method["kind"], method["status"], method["device"]) == ("phone", "active", phone.device_id)
+    status, body = await verify(rp, ALICE, phone.offline_code())
+    assert (status, body["valid"], body["method"]) == (200, True, method["id"]), body
+    # a further phone waits for approval: no seed until then (it could otherwise skip the approval)
+    second = await Phone.enroll(await rp.enroll_uri(ALICE), session=http, offline_codes=True)
+    assert (second.status, second.has_offline_codes) == ("pending_approval", False)
+    # the lost phone is revoked: its codes end with it
+    status, _ = await admin.call("DELETE", f"/v1/users/{ALICE}/devices/{phone.device_id}")
+    assert status == 200
+    clock.advance(30)
+    assert (await verify(rp, ALICE, phone.offline_code()))[1] == {"valid": False, "user": ALICE,
+                                                                   "reason": "invalid"}
+    # a phone that does not ask gets no seed
+    plain = await Phone.enroll(await rp.enroll_uri(BOB), session=http)
+    assert not plain.has_offline_codes
+
+
+async def test_phone_seeds_can_be_turned_off(redis_url: str, keyring: KeyRingHolder,
+                                             http: aiohttp.ClientSession) -> None:
+    running = await start_server(make_settings(redis_url, free_port(), codes={"phone_seeds": False}), keyring)
+    try:
+        phone = await Phone.enroll(await LoginFlow(http, running.url).enroll_uri(ALICE), session=http,
+                                   offline_codes=True)
+        assert not phone.has_offline_codes
+        assert (await AdminClient(http, running.url).user(ALICE))["otp_methods"] == []
     finally:
         await running.close()

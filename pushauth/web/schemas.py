@@ -50,6 +50,8 @@ class RegisterDevice(_Body, frozen=True):
     name: Name
     platform: Literal["ios", "android", "other"]
     push: PushRegistration
+    # The phone can show offline one-time codes: it asks for a TOTP seed (PROTOCOL.md 17.5).
+    offline_codes: bool = False
 
 
 class DeviceAnswer(_Body, frozen=True):

@@ -30,8 +30,12 @@ if locked then return {'locked', NOTES} end
 if suspended then return {'suspended', NOTES} end
 
 local result = 'invalid'
--- the method may have been revoked since the caller read it: its code is then a wrong one
-if step_at >= 0 and mid ~= '' and redis.call('HGET', uk('otp:' .. mid), 'st') == 'active' then
+-- the method may have been revoked since the caller read it, and a pushauth phone's own seed works only while
+-- the phone is active (revoking the phone ends its codes): either way its code is then a wrong one
+local method = redis.call('HMGET', uk('otp:' .. mid), 'st', 'did')
+local usable = method[1] == 'active'
+if usable and method[2] then usable = redis.call('HGET', uk('dev:' .. method[2]), 'st') == 'active' end
+if step_at >= 0 and mid ~= '' and usable then
   if step_at > tonumber(redis.call('HGET', uk('user'), 'otp_step') or '-1') then
     redis.call('HSET', uk('user'), 'otp_step', step_at, 'fails', 0)
     redis.call('HSET', uk('otp:' .. mid), 'used', NOW)
