@@ -14,8 +14,9 @@ seed is re-encrypted under it (pushauth/codes/service.py `reseal_all`); then the
 crash in between leaves a file that still opens every seed. Servers notice a changed file (its inode, mtime
 and size) on their next use of a seed.
 
-With `keys.ephemeral` (tests, the demo) the KEK is random and held in memory only: seeds sealed by one
-process cannot be opened by another, as signing keys made that way cannot be verified by another.
+With `keys.ephemeral` (tests, the demo) the KEK is random and held in memory only, one per process (the
+server and a RADIUS front in one process share it): seeds sealed by one process cannot be opened by
+another, as signing keys made that way cannot be verified by another.
 """
 
 from __future__ import annotations
@@ -176,6 +177,15 @@ class KekStore:
         return only
 
 
+_EPHEMERAL: list[KekRing] = []
+
+
+def _process_ring() -> KekRing:
+    if not _EPHEMERAL:
+        _EPHEMERAL.append(KekRing.new())
+    return _EPHEMERAL[0]
+
+
 class KekHolder:
     """The KEKs a running server uses: loaded on first use (a server without TOTP methods needs no KEK
     file), and reloaded when the file changes (a rotation by the CLI, or on another host)."""
@@ -189,7 +199,7 @@ class KekHolder:
     @classmethod
     def from_settings(cls, settings: KeySettings) -> KekHolder:
         if settings.ephemeral:
-            return cls(None, KekRing.new())
+            return cls(None, _process_ring())
         return cls(KekStore(Path(settings.path)))
 
     def ring(self) -> KekRing:

@@ -10,6 +10,7 @@
     window_s = 900
     pending_ttl_s = 900         # an enrollment not activated with a code by then is gone
     phone_seeds = true          # give each pushauth phone a TOTP seed at registration (its offline codes)
+    radius_delimiter = ","      # RADIUS: "password,123456"
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class CodeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     # Give each pushauth phone a TOTP seed at registration, shown as its offline code (PROTOCOL.md 17.5).
     # Off: push only.
     phone_seeds: bool = True
+    # RADIUS: a code after this character in the password field ("password,123456"); "" turns that off.
+    radius_delimiter: str = ","
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -56,5 +59,7 @@ class CodeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
             raise ValueError("pending_ttl_s must be 60..604800")
         if not 1 <= self.activation_attempts <= 20:
             raise ValueError("activation_attempts must be 1..20")
+        if len(self.radius_delimiter) > 1 or self.radius_delimiter.isalnum():
+            raise ValueError("radius_delimiter must be one character that is not a letter or digit, or empty")
         if not (1 <= len(self.issuer) <= 64 and self.issuer.isprintable() and ":" not in self.issuer):
             raise ValueError("issuer must be 1..64 printable characters without ':'")

@@ -20,7 +20,19 @@ from pushauth.config import Settings
 from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.netaddr import TrustedProxies
 from pushauth.runtime import open_runtime
-from pushauth.web import admin, codes, console, demo_page, device, login_flow, oidc, openapi, ops, wellknown
+from pushauth.web import (
+    admin,
+    codes,
+    console,
+    demo_page,
+    device,
+    login_flow,
+    oidc,
+    oidc_codes,
+    openapi,
+    ops,
+    wellknown,
+)
 from pushauth.web.auth import Credentials
 from pushauth.web.limits import rate_limit
 from pushauth.web.middleware import error_boundary, request_context
@@ -109,4 +121,6 @@ def create_app(settings: Settings, *, keyring: KeyRingHolder | None = None,
     console.setup(app)  # the security team's console: routes, sessions and the live alert feed
     demo_page.setup(app, settings)  # the sample login page, when [demo] enabled
     oidc.setup(app, settings)  # the OpenID Provider, when [oidc] enabled
+    if settings.oidc.enabled:
+        app.add_routes(oidc_codes.routes)  # its sign-in page's "use a code" (offline codes)
     return app
