@@ -11,7 +11,7 @@ import os
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pyotp
@@ -36,6 +36,9 @@ from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.crypto.keys import KeyStore
 from pushauth.errors import KeyStoreError, Unprocessable
 from pushauth.phone import Phone
+
+if TYPE_CHECKING:  # only a fixture's type: importing it here would make every test here an integration one
+    from testkit.redis_server import RedisServer
 
 ALICE, BOB = "alice@nhs.net", "bob@nhs.net"
 
@@ -504,5 +507,26 @@ async def test_phone_seeds_can_be_turned_off(redis_url: str, keyring: KeyRingHol
                                    offline_codes=True)
         assert not phone.has_offline_codes
         assert (await AdminClient(http, running.url).user(ALICE))["otp_methods"] == []
+    finally:
+        await running.close()
+
+
+async def test_redis_down_fails_closed(private_redis: RedisServer, keyring: KeyRingHolder,
+                                       http: aiohttp.ClientSession, clock: Clock) -> None:
+    clock.freeze()
+    running = await start_server(make_settings(private_redis.url, free_port()), keyring)
+    try:
+        rp, admin = LoginFlow(http, running.url), AdminClient(http, running.url)
+        _, app = await enroll(admin, clock)
+        private_redis.kill()
+        status, body = await verify(rp, ALICE, app.at(clock.now()))
+        assert_error(status, body, 503, "unavailable")  # never a sign-in without the replay cache
+        private_redis.restart()
+        for _ in range(50):  # reconnects by itself; the code was never spent
+            status, body = await verify(rp, ALICE, app.at(clock.now()))
+            if status == 200:
+                break
+            await asyncio.sleep(0.1)
+        assert body["valid"] is True, body
     finally:
         await running.close()
