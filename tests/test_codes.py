@@ -530,3 +530,14 @@ async def test_redis_down_fails_closed(private_redis: RedisServer, keyring: KeyR
         assert body["valid"] is True, body
     finally:
         await running.close()
+
+
+async def test_an_import_is_all_or_nothing(admin: AdminClient) -> None:
+    status, _ = await admin.call("PUT", "/v1/users/mailbox@nhs.net/policy", {"shared": True})
+    assert status == 200
+    one, two = totp.Seed.new("SHA1"), totp.Seed.new("SHA1")
+    status, body = await admin.call("POST", "/v1/otp-methods/import", {
+        "format": "csv", "data": f"HW-1,{one.base32()},{BOB}\nHW-2,{two.base32()},mailbox@nhs.net\n"})
+    assert_error(status, body, 403, "shared_account")
+    status, body = await admin.call("GET", f"/v1/users/{BOB}/otp-methods")
+    assert (status, body["methods"]) == (200, [])

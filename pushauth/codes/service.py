@@ -199,9 +199,11 @@ class Codes:
         serials = [t.serial for t, _ in planned]
         if len(serials) != len(set(serials)):
             raise Unprocessable("a serial number appears twice in the file", code="invalid_import")
+        # every user checked (a shared mailbox is refused) before the first token is stored
+        owners = {user: await self._uid_for_enrollment(user, by) for user in {u for _, u in planned}}
         out = []
         for token, user in planned:
-            uid = await self._uid_for_enrollment(user, by)
+            uid = owners[user]
             method_id = new_method_id(uid)
             await self._store(uid, method_id, token.seed, token.params, kind="hardware", by=by,
                               name=f"token {token.serial}", expires_at=0, serial=token.serial)
