@@ -25,6 +25,7 @@ import msgspec
 
 from pushauth.accounts.policy import PolicySettings
 from pushauth.alerts.settings import SinkSettings
+from pushauth.codes.settings import CodeSettings
 from pushauth.demo_settings import DemoSettings
 from pushauth.detection.rules import ContainmentSettings, DetectionSettings
 from pushauth.errors import ConfigError
@@ -407,6 +408,7 @@ class Settings(_Section, frozen=True):
     containment: ContainmentSettings = ContainmentSettings()
     alerts: AlertSettings = AlertSettings()
     policy: PolicySettings = PolicySettings()
+    codes: CodeSettings = CodeSettings()
     metrics: MetricsSettings = MetricsSettings()
     rate_limits: RateLimitSettings = RateLimitSettings()
     radius: RadiusSettings = RadiusSettings()

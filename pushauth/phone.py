@@ -25,6 +25,7 @@ from joserfc.jwk import ECKey
 from yarl import URL
 
 from pushauth import clock
+from pushauth.codes import totp
 from pushauth.crypto import device_auth, jws
 from pushauth.errors import PushAuthError
 
@@ -123,6 +124,20 @@ def _public_jwk(key: ECKey) -> dict[str, str]:
     return {"kty": "EC", "crv": "P-256", "x": str(pub["x"]), "y": str(pub["y"])}
 
 
+def _otp_seed(value: Any) -> dict[str, Any] | None:
+    """The registration answer's `otp` (or the state file's), checked: None when absent or unusable."""
+    if not isinstance(value, dict):
+        return None
+    try:
+        seed = totp.Seed.from_base32(str(value["secret"]))
+        params = totp.Params(algorithm=value["algorithm"], digits=int(value["digits"]),
+                             period=int(value["period"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+    return {"secret": seed.base32(), "algorithm": params.algorithm, "digits": params.digits,
+            "period": params.period}
+
+
 class Phone:
     def __init__(self, *, device_id: str, user: str, server: str, key: ECKey, server_keys: dict[str, ECKey],
                  server_override: str | None = None, session: aiohttp.ClientSession | None = None) -> None:
@@ -133,6 +148,8 @@ class Phone:
         self.status = "active"
         self.approval_number: str | None = None
         self.user_message: str | None = None
+        # Offline codes (PROTOCOL.md 17.5): the TOTP seed the server gave at registration, if it did.
+        self._otp: dict[str, Any] | None = None
         self._key = key
         self._server_keys = dict(server_keys)
         self._override = server_override
@@ -159,7 +176,7 @@ class Phone:
     async def enroll(cls, uri: str, *, name: str = "Simulated phone", platform: str = "other",
                      push_provider: str = "none", push_token: str | None = None,
                      session: aiohttp.ClientSession | None = None,
-                     server_override: str | None = None) -> Phone:
+                     server_override: str | None = None, offline_codes: bool = False) -> Phone:
         parsed = parse_enroll_uri(uri)
         if server_override is not None:
             server_override = server_override.rstrip("/")
@@ -171,7 +188,10 @@ class Phone:
         push: dict[str, str] = {"provider": push_provider}
         if push_token is not None:
             push["token"] = push_token
-        raw = msgspec.json.encode({"code": parsed.code, "name": name, "platform": platform, "push": push})
+        request: dict[str, Any] = {"code": parsed.code, "name": name, "platform": platform, "push": push}
+        if offline_codes:
+            request["offline_codes"] = True
+        raw = msgspec.json.encode(request)
         path = "/v1/devices"
         token = device_auth.sign_request(key, method="POST", path_qs=path, body=raw, jti=_jti(),
                                          iat=clock.now(), jwk=_public_jwk(key))
@@ -199,7 +219,23 @@ class Phone:
         approval = data.get("approval")
         if isinstance(approval, dict) and isinstance(approval.get("number"), str):
             phone.approval_number = approval["number"]
+        phone._otp = _otp_seed(data.get("otp"))
         return phone
+
+    # -- offline codes ------------------------------------------------------------------------------------
+
+    @property
+    def has_offline_codes(self) -> bool:
+        return self._otp is not None
+
+    def offline_code(self, at: int | None = None) -> str:
+        """The code to type where there is no signal (PROTOCOL.md 17.5): made on the phone, no network."""
+        if self._otp is None:
+            raise PhoneError("this phone has no offline codes (the server gave no seed at enrollment)")
+        params = totp.Params(algorithm=self._otp["algorithm"], digits=self._otp["digits"],
+                             period=self._otp["period"])
+        return totp.code_at(totp.Seed.from_base32(self._otp["secret"]), clock.now() if at is None else at,
+                            params)
 
     # -- challenges ---------------------------------------------------------------------------------------
 
@@ -403,7 +439,8 @@ class Phone:
         return {"version": STATE_VERSION, "device_id": self.device_id, "user": self.user,
                 "server": self.server, "server_override": self._override,
                 "key": {k: str(priv[k]) for k in ("kty", "crv", "x", "y", "d")},
-                "server_keys": {kid: _public_jwk(k) for kid, k in self._server_keys.items()}}
+                "server_keys": {kid: _public_jwk(k) for kid, k in self._server_keys.items()},
+                **({"otp": self._otp} if self._otp else {})}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, session: aiohttp.ClientSession | None = None) -> Phone:
@@ -423,8 +460,10 @@ class Phone:
             server_keys = _import_server_keys({"keys": [{**v, "kid": k} for k, v in keys.items()]})
         except (KeyError, TypeError, ValueError, AttributeError, JoseError) as exc:
             raise PhoneError(f"phone state is invalid: {exc!r}") from exc
-        return cls(device_id=did, user=user, server=server, key=key, server_keys=server_keys,
-                   server_override=override, session=session)
+        phone = cls(device_id=did, user=user, server=server, key=key, server_keys=server_keys,
+                    server_override=override, session=session)
+        phone._otp = _otp_seed(d.get("otp"))
+        return phone
 
     def save(self, path: Path) -> None:
         """Write the state as JSON, mode 0600 from creation, atomically (temp file + fsync + rename)."""

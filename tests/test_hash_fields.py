@@ -30,6 +30,7 @@ KEY_KINDS: dict[str, str] = {
     "uk('ch:' .. cid)": "challenge", "ckey": "challenge",
     "uk('dev:' .. did)": "device", "uk('dev:' .. c[8])": "device", "uk('dev:' .. by)": "device",
     "uk('dev:' .. target)": "device", "dkey": "device", "ARGV[1] .. did": "device",
+    "uk('otp:' .. mid)": "otp", "uk('dev:' .. method[2])": "device",
 }
 FILE_KEY_KINDS: dict[tuple[str, str], str] = {
     ("ledger.lua", "KEYS[1]"): "user",
@@ -48,6 +49,7 @@ FILE_KEY_KINDS: dict[tuple[str, str], str] = {
     ("set_delivery.lua", "KEYS[1]"): "challenge",
     ("rate_limit.lua", "KEYS[1]"): "rate_bucket",
     ("rate_auth_failure.lua", "KEYS[1]"): "rate_bucket",
+    ("activate_code.lua", "key"): "otp",
 }
 _CALL = re.compile(r"redis\.call\(\s*'(" + "|".join(COMMANDS) + r")'\s*,")
 _LITERAL = re.compile(r"^'([^'\\]*)'$")

@@ -5,7 +5,8 @@ One full run on a real Redis, with a prefix of its own: a server (in this proces
 own OS process (push in the sandbox against the fake FCM and APNs, alerts to a webhook receiver, expiry);
 then a phone enrolled, a further phone approved from it, a third vouched for by the security team (a notice
 pushed to the first), an approved sign-in (pushed,
-remembered browser, new network), "not me" (an alert, delivered), an access code issued and used, a prompt
+remembered browser, new network), "not me" (an alert, delivered), an access code issued and used, an
+authenticator app (offline codes) enrolled, activated and used, a prompt
 left to expire (settled by the expiry worker), a console sign-in; then SCAN.
 """
 
@@ -21,6 +22,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import aiohttp
+import pyotp
 import pytest
 import redis.asyncio as aioredis
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -241,6 +243,18 @@ async def test_every_key_a_full_run_writes_is_in_the_table(deployment: Deploymen
     assert status == 201, issued
     status, verified = await login.call("POST", "/v1/access-codes/verify", {"user": ALICE,
                                                                              "code": issued["code"]})
+    assert (status, verified.get("valid")) == (200, True), verified
+
+    # An authenticator app enrolled for Alice (offline codes), activated with one code and used with the next.
+    status, method = await admin.call("POST", f"/v1/users/{ALICE}/otp-methods", {"name": "app"})
+    assert status == 201, method
+    otp_app = pyotp.parse_uri(method["uri"])
+    assert isinstance(otp_app, pyotp.TOTP)
+    status, _ = await admin.call("POST", f"/v1/users/{ALICE}/otp-methods/{method['id']}/activate",
+                                 {"code": otp_app.now()})
+    assert status == 200
+    status, verified = await login.call("POST", "/v1/codes/verify",
+                                        {"user": ALICE, "code": otp_app.at(int(time.time()) + 30)})
     assert (status, verified.get("valid")) == (200, True), verified
 
     # OpenID Connect: one sign-in exchanged for tokens (an access token, and the used code kept to catch a

@@ -16,6 +16,7 @@ from pushauth.accounts import scripts as lua
 from pushauth.alerts.store import AlertStore
 from pushauth.audit import Audit
 from pushauth.clock import rfc3339
+from pushauth.codes.views import method_views
 from pushauth.config import Settings
 from pushauth.crypto.secrets import sha256_hex
 from pushauth.devices.service import Devices
@@ -111,7 +112,9 @@ class Accounts:
         suspended = u.get("suspended") == "1"
         pending_devices = await self._pending_devices(uid)
         return {
-            "user": user, "devices": devices, "locked": locked, "suspended": suspended,
+            "user": user, "devices": devices,
+            "otp_methods": await method_views(self._redis, self._ks, uid),  # offline codes (TOTP)
+            "locked": locked, "suspended": suspended,
             "locked_at": _time(u.get("locked_at")) if locked else None,
             "locked_reason": u.get("locked_why") if locked else None,
             "locked_until": _time(u.get("locked_until")) if locked else None,

@@ -1,10 +1,11 @@
 """The `pushauth` command.
 
     pushauth serve                     run the API server
-    pushauth keys generate|rotate|list|retire KID
+    pushauth keys generate|rotate|list|retire KID|generate-kek|rotate-kek
     pushauth apps new-key APP_ID NAME  make an API key for a login flow (prints its config block)
     pushauth admin new-token           make an admin token for the security team
     pushauth enroll USER               make an enrollment code and show its QR code
+    pushauth otp enroll|activate|import|list|revoke   one-time-code (TOTP) methods
     pushauth phone ...                 the phone simulator (reference device)
     pushauth demo                      everything on the embedded store, end to end
     pushauth check                     exit non-zero when Redis, the keys or a worker is down
@@ -19,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pushauth import __version__
-from pushauth.cli import check_cmd, demo, enroll_cmd, keys_cmd, phone_cmd, radius_cmd, serve_cmd
+from pushauth.cli import check_cmd, codes_cmd, demo, enroll_cmd, keys_cmd, phone_cmd, radius_cmd, serve_cmd
 from pushauth.errors import PushAuthError
 
 
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.register(sub)
     keys_cmd.register(sub)
     enroll_cmd.register(sub)
+    codes_cmd.register(sub)
     phone_cmd.register(sub)
     demo.register(sub)
     check_cmd.register(sub)

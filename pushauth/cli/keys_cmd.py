@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pushauth.cli import codes_cmd
 from pushauth.config import from_mapping, load_settings
 from pushauth.crypto.keys import KeyStore
 from pushauth.crypto.secrets import new_secret, sha256_hex
@@ -22,6 +23,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     retire = ksub.add_parser("retire", help="stop publishing and accepting an old key")
     retire.add_argument("kid")
     retire.set_defaults(func=_retire)
+    ksub.add_parser("generate-kek", help="create the key-encryption key of TOTP seeds (keys/kek.json)"
+                    ).set_defaults(func=codes_cmd.generate_kek)
+    ksub.add_parser("rotate-kek", help="new key-encryption key; re-encrypt every TOTP seed under it"
+                    ).set_defaults(func=codes_cmd.rotate_kek)
 
     apps = sub.add_parser("apps", help="login-flow application credentials")
     asub = apps.add_subparsers(dest="apps_command", required=True)

@@ -37,7 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser.add_argument("--server-override", metavar="URL",
                    help="send HTTP requests here instead of the URI's server (e.g. through a proxy)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing state file")
+    parser.add_argument("--offline-codes", action="store_true",
+                        help="ask the server for a TOTP seed: offline one-time codes (`pushauth phone code`)")
     parser.set_defaults(func=run_enroll)
+
+    parser = cmds.add_parser("code", parents=[state], help="show the offline one-time code (no network)")
+    parser.set_defaults(func=run_code)
 
     parser = cmds.add_parser("list", parents=[state], help="list pending sign-in requests")
     parser.set_defaults(func=run_list)
@@ -104,17 +109,28 @@ def run_enroll(args: argparse.Namespace) -> int:
 
     async def go() -> int:
         phone = await Phone.enroll(args.uri, name=args.name, platform=args.platform,
-                                   server_override=args.server_override)
+                                   server_override=args.server_override, offline_codes=args.offline_codes)
         await phone.close()
         phone.save(path)
         print(f"enrolled device {phone.device_id} for user {phone.user} at {phone.server}")
         print(f"state saved to {path} (it holds the device private key)")
+        if args.offline_codes and not phone.has_offline_codes:
+            print("the server gave no offline codes (turned off, or the phone waits for approval)")
         if phone.status == "pending_approval":
             print(f"this phone waits for approval: on one of {phone.user}'s phones, approve adding it and "
                   f"enter {phone.approval_number}")
         return 0
 
     return _run(go)
+
+
+def run_code(args: argparse.Namespace) -> int:
+    try:
+        print(_load(args).offline_code())
+    except PhoneError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def run_list(args: argparse.Namespace) -> int:

@@ -115,6 +115,12 @@ RULES: Final = (
          "(while a code exists) locked the account",
          "NIST SP 800-63B 5.2.2: at most 100 consecutive failed authentication attempts; 10 is the common "
          "default (Microsoft Entra smart lockout). Only guesses at the authenticator count (see above)"),
+    Rule("otp_guessing", "high", "`codes.attempts` wrong or replayed one-time codes for one user within "
+         "`codes.window_s`: further codes are refused (429) until the window moves on",
+         "RFC 4226 section 7.3 (throttling) and NIST SP 800-63B 5.2.2: a 6-digit code falls to guessing "
+         "without a limit; every wrong code also counts toward the lockout"),
+    Rule("otp_enrolled", "info", "a one-time-code method (authenticator app or hardware token) was activated",
+         "a new second factor on the account is worth a line in the feed, as an access code is"),
     Rule("device_enrolled", "high", "a further phone was added to a user who already had an active one",
          "Microsoft and Duo notify the user and require the existing method to add a new one; a second "
          "phone is how a phished password becomes a lasting second factor"),

@@ -39,7 +39,7 @@ async def radius_server(runtime: Runtime) -> AsyncIterator[RadiusServer]:
     services = runtime.services
     try:
         signins = SignIns(settings, services.challenges, services.accounts, services.limiter, services.audit,
-                          ChallengeStates(runtime.redis, runtime.keyspace), checks)
+                          ChallengeStates(runtime.redis, runtime.keyspace), checks, codes=services.codes)
         yield RadiusServer(settings.radius, table, signins)
     finally:
         await services.challenges.close()

@@ -7,8 +7,11 @@
        auto          hold the request until the phone answers or the client's deadline passes; the prompt
                      asks approve/deny (no number: the client cannot show one)
        challenge     Access-Challenge: "Enter 42 in the app", with a State (pushauth/radius/states.py)
+       code          the password field ends in a one-time code ("password,123456", `codes.radius_delimiter`):
+                     the password is checked without it, then the code; no phone is prompted
     follow-up        (challenge mode: the request carries the State) the user pressed Enter -> wait for the
-                     phone's answer until the deadline; or typed a temporary access code instead -> verify it
+                     phone's answer until the deadline; or typed a temporary access code or a one-time code
+                     (6 or 8 digits) instead -> verify it
 
 Every answer is Accept, Reject or Challenge, with a Reply-Message a person can read; nothing here raises for
 a refusal (`Forbidden`, `RateLimited`, an invalid user name) - those are Rejects with their message.
@@ -30,6 +33,8 @@ from pushauth.accounts.users import canonical
 from pushauth.audit import Audit
 from pushauth.challenges import context as login_context
 from pushauth.challenges.service import Allowed, Challenges
+from pushauth.codes.service import Codes
+from pushauth.codes.totp import normal_code
 from pushauth.config import Application, Settings
 from pushauth.errors import ApiError, RateLimited, StoreUnavailable
 from pushauth.radius.primary import PasswordCheck, Verdict
@@ -82,7 +87,8 @@ class SignIns:
     """The sign-in logic of the RADIUS front, for every client."""
 
     def __init__(self, settings: Settings, challenges: Challenges, accounts: Accounts, limiter: RateLimiter,
-                 audit: Audit, states: ChallengeStates, checks: Mapping[str, PasswordCheck]) -> None:
+                 audit: Audit, states: ChallengeStates, checks: Mapping[str, PasswordCheck], *,
+                 codes: Codes | None = None) -> None:
         self._settings = settings
         self._challenges = challenges
         self._accounts = accounts
@@ -90,6 +96,8 @@ class SignIns:
         self._audit = audit
         self._states = states
         self._checks = checks
+        self._codes = codes
+        self._delimiter = settings.codes.radius_delimiter if codes is not None else ""
         self._apps: Mapping[str, Application] = {a.id: a for a in settings.applications}
         self._user_message = settings.policy.user_message
 
@@ -118,13 +126,16 @@ class SignIns:
         return await self._first(client, app, user, request)
 
     async def _first(self, client: RadiusClient, app: Application, user: str, request: Request) -> Answer:
-        verdict = await self._checks[client.primary].check(user, request.password or "")
+        password, code = self._split_code(request.password or "")
+        verdict = await self._checks[client.primary].check(user, password)
         if verdict is not Verdict.OK:
             await self._audit.record("refused", user=user, who=f"radius:{client.name}",
                                      why=f"password check: {verdict.value}", ip=request.calling_station)
             if verdict is Verdict.UNAVAILABLE:
                 return reject("primary_unavailable", "The password could not be checked. Try again shortly.")
             return reject("wrong_password", "Wrong user name or password.")
+        if code is not None:
+            return await self._one_time_code(client, user, code)
         auto = client.mode == "auto"
         try:
             created = await self._challenges.create(app, user, _context(client, request), client.deadline_s,
@@ -146,6 +157,12 @@ class SignIns:
         if ref is None or ref.user != user or ref.client != client.name:
             return reject("unknown_state", "This sign-in has expired. Start again.")
         typed = (request.password or "").strip()
+        if self._codes is not None and normal_code(typed) is not None:
+            # A one-time code from an app, a token or the phone's offline codes, typed instead of Enter.
+            answer = await self._one_time_code(client, user, typed)
+            if answer.code is Code.ACCEPT:
+                await self._cancel(app, ref.challenge_id)
+            return answer
         if _looks_like_access_code(typed):
             # Not the Enter the challenge asked for: a temporary access code, typed instead of the phone.
             try:
@@ -158,6 +175,26 @@ class SignIns:
             return Answer(Code.ACCEPT, outcome="access_code")
         wait_s = min(client.deadline_s, ref.expires_at - clock.now())
         return await self._decision(app, ref.challenge_id, wait_s)
+
+    def _split_code(self, password: str) -> tuple[str, str | None]:
+        """("password", "123456") from "password,123456"; the whole field and None when it ends in no code."""
+        if not self._delimiter or self._delimiter not in password:
+            return password, None
+        head, _, tail = password.rpartition(self._delimiter)
+        return (head, tail) if normal_code(tail) == tail else (password, None)
+
+    async def _one_time_code(self, client: RadiusClient, user: str, code: str) -> Answer:
+        assert self._codes is not None
+        try:
+            checked = await self._codes.verify(user, code, via="radius", by=f"radius:{client.name}")
+        except RateLimited:
+            return reject("otp_rate_limited", "Too many wrong codes. Try again later.")
+        if checked.valid:
+            return Answer(Code.ACCEPT, outcome="otp")
+        if checked.reason in ("locked", "suspended"):
+            return reject(f"otp_{checked.reason}",
+                          f"Sign-in is blocked for this account. {self._user_message}")
+        return reject(f"otp_{checked.reason}", "That code is not valid.")
 
     async def _decision(self, app: Application, cid: str, wait_s: float) -> Answer:
         """Wait for the phone's answer (the same long-poll the REST login flow uses)."""

@@ -35,6 +35,8 @@ from pushauth.challenges import context as login_context
 from pushauth.challenges.events import ChallengeEvents
 from pushauth.challenges.expiry import ExpirySweeper
 from pushauth.challenges.service import ASSERTION_LIFE_S, Challenges
+from pushauth.codes.seal import KekHolder
+from pushauth.codes.service import Codes
 from pushauth.config import Settings
 from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.devices.service import Devices
@@ -60,6 +62,7 @@ class Services:
     accounts: Accounts
     dead_letters: DeadLetters
     limiter: RateLimiter
+    codes: Codes
 
 
 class Runtime:
@@ -79,6 +82,11 @@ class Runtime:
     @cached_property
     def keyring(self) -> KeyRingHolder:
         return self._keyring or KeyRingHolder.from_settings(self.settings.keys)
+
+    @cached_property
+    def kek(self) -> KekHolder:
+        """The key-encryption key of TOTP seeds (keys/kek.json), read on first use."""
+        return KekHolder.from_settings(self.settings.keys)
 
     @cached_property
     def alerts(self) -> AlertStore:
@@ -109,7 +117,8 @@ class Runtime:
             alerts=self.alerts, audit=self.audit, devices=devices, challenges=challenges,
             accounts=Accounts(redis, keyspace, settings, devices, self.alerts, self.audit),
             dead_letters=DeadLetters(redis, keyspace, self.alerts),
-            limiter=RateLimiter(redis, keyspace, settings))
+            limiter=RateLimiter(redis, keyspace, settings),
+            codes=Codes(redis, keyspace, settings, self.keyring, self.kek, devices, self.alerts, self.audit))
 
     def enrollments(self) -> Devices:
         """Devices as the CLI uses them: to make enrollment codes only (no alerts, no audit, no pushes)."""

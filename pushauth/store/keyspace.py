@@ -36,6 +36,7 @@ PLACEHOLDERS: dict[str, str] = {
     "cid": rf"c{_B32}{{42}}",  # challenge id: "c" + uid + 26
     "did": rf"d{_B32}{{32}}",  # device id: "d" + uid + 16
     "aid": rf"a{_B32}{{32}}",  # alert id: "a" + uid + 16
+    "tid": rf"t{_B32}{{32}}",  # one-time-code (TOTP) method id: "t" + uid + 16 (pushauth/codes/store.py)
     "jti": r"[A-Za-z0-9_-]{16,64}",  # a signed request's id (ids.valid_jti)
     "jkt": r"[A-Za-z0-9_-]{1,128}",  # the server key's JWK thumbprint the enrollment QR code names
     "sha256(user)": r"[0-9a-f]{64}",
@@ -145,6 +146,13 @@ KEYS: tuple[KeySpec, ...] = (
             "until the code expires (EXPIREAT); deleted when used",
             "the user's temporary access code (hashed)",
             f"KeySpace.access_code; Lua: uk('acode') {_LEDGER}", fields="acode"),
+    KeySpec(_U + "otps", "set", "pushauth.codes", "permanent (members leave when revoked)",
+            "the user's one-time-code (TOTP) method ids, pending and active",
+            "KeySpace.otp_methods; Lua: uk('otps') " + _LEDGER),
+    KeySpec(_U + "otp:<tid>", "hash", "pushauth.codes",
+            "permanent once active; pending: until codes.pending_ttl_s (EXPIREAT), deleted when revoked",
+            "a one-time-code method: its seed sealed under the key-encryption key, how its codes are made",
+            "KeySpace.otp_method; Lua: uk('otp:' .. tid) " + _LEDGER, fields="otp"),
     KeySpec(_U + "alert:<aid>", "hash", "pushauth.alerts", "permanent",
             "an alert (incident), its evidence and its delivery to each sink",
             f"KeySpace.alert; Lua: uk('alert:' .. aid) {_LEDGER}", fields="alert"),
@@ -263,6 +271,9 @@ HASH_FIELDS: dict[str, dict[str, str]] = {
         "lifted_by": "by whom ('auto' when the time was up)",
         "bomb_reset": "`seq` when the push-bombing count was last reset (an unlock)",
         "acode_reset": "`seq` when the wrong-access-code count was last reset (an unlock, a new code)",
+        "otp_step": "start (Unix time) of the last one-time code's time step accepted: no earlier or equal "
+                    "step is accepted again (replay)",
+        "otp_reset": "`seq` when the wrong one-time-code count was last reset (an unlock)",
         "acode_grant": "until when a further phone may be added without approval (a valid access code)",
         "paused_until": "prompts paused by a phone until then",
         "paused_by": "the phone that paused them",
@@ -347,6 +358,17 @@ HASH_FIELDS: dict[str, dict[str, str]] = {
         "dl:<sink>:<version>": "that version settled for the sink: delivered (Unix time) or \"dead:<why>\"",
         "dls:<sink>:<version>": "a retry of that version is scheduled (\"retrying:<n>:<reason>\")",
     },
+    "otp": {
+        "st": "pending | active",
+        "kind": "app (an authenticator app) | hardware (an imported token) | phone (a pushauth phone's own)",
+        "seed": "the seed, AES-GCM sealed under the key-encryption key (pushauth/codes/seal.py)",
+        "alg": "SHA1 | SHA256 | SHA512", "dig": "digits (6 or 8)", "per": "period in seconds (30 or 60)",
+        "name": "what the security team calls it", "serial": "a hardware token's serial number",
+        "by": "who enrolled or imported it", "created": "when", "act": "when activated",
+        "exp": "a pending method's deadline (0: none, an imported token)",
+        "tries": "wrong codes tried at activation", "used": "when a code of it was last accepted",
+        "did": "the pushauth phone whose seed it is",
+    },
     "acode": {"h": "sha256 of the code", "exp": "when it expires", "by": "who issued it", "at": "when"},
     "enrollment": {
         "id": "the enrollment id",
@@ -428,6 +450,12 @@ class KeySpace:
 
     def recent(self, uid: str) -> str:
         return f"{self.prefix}:{{{uid}}}:recent"
+
+    def otp_methods(self, uid: str) -> str:
+        return f"{self.prefix}:{{{uid}}}:otps"
+
+    def otp_method(self, uid: str, tid: str) -> str:
+        return f"{self.prefix}:{{{uid}}}:otp:{tid}"
 
     def access_code(self, uid: str) -> str:
         return f"{self.prefix}:{{{uid}}}:acode"

@@ -20,7 +20,19 @@ from pushauth.config import Settings
 from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.netaddr import TrustedProxies
 from pushauth.runtime import open_runtime
-from pushauth.web import admin, console, demo_page, device, login_flow, oidc, openapi, ops, wellknown
+from pushauth.web import (
+    admin,
+    codes,
+    console,
+    demo_page,
+    device,
+    login_flow,
+    oidc,
+    oidc_codes,
+    openapi,
+    ops,
+    wellknown,
+)
 from pushauth.web.auth import Credentials
 from pushauth.web.limits import rate_limit
 from pushauth.web.middleware import error_boundary, request_context
@@ -29,6 +41,7 @@ from pushauth.web.state import (
     ALERTS,
     AUDIT,
     CHALLENGES,
+    CODES,
     CREDENTIALS,
     DEAD_LETTERS,
     DEVICES,
@@ -87,6 +100,7 @@ def create_app(settings: Settings, *, keyring: KeyRingHolder | None = None,
         app[ACCOUNTS] = services.accounts
         app[DEAD_LETTERS] = services.dead_letters
         app[LIMITER] = services.limiter
+        app[CODES] = services.codes
         yield
         await services.challenges.close()
 
@@ -101,9 +115,12 @@ def create_app(settings: Settings, *, keyring: KeyRingHolder | None = None,
     app.add_routes(login_flow.routes)
     app.add_routes(device.routes)
     app.add_routes(admin.routes)
+    app.add_routes(codes.routes)  # offline one-time codes: the login flow's check, the admin's methods
     ops.setup(app, settings)
     app.add_routes(openapi.routes)
     console.setup(app)  # the security team's console: routes, sessions and the live alert feed
     demo_page.setup(app, settings)  # the sample login page, when [demo] enabled
     oidc.setup(app, settings)  # the OpenID Provider, when [oidc] enabled
+    if settings.oidc.enabled:
+        app.add_routes(oidc_codes.routes)  # its sign-in page's "use a code" (offline codes)
     return app

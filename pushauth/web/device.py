@@ -6,13 +6,14 @@ from typing import Any
 
 from aiohttp import web
 
+from pushauth import ids
 from pushauth.clock import rfc3339
 from pushauth.crypto.device_auth import token_from_header
 from pushauth.devices.service import AuthedDevice
 from pushauth.errors import Unprocessable
 from pushauth.web import io
 from pushauth.web.schemas import DeviceAnswer, Pause, RegisterDevice, UpdatePushToken
-from pushauth.web.state import CHALLENGES, DEVICES, KEYRING
+from pushauth.web.state import CHALLENGES, CODES, DEVICES, KEYRING
 
 routes = web.RouteTableDef()
 
@@ -43,6 +44,15 @@ async def register_device(request: web.Request) -> web.Response:
         # The user types this number on one of their phones to approve this one (number matching).
         out["approval"] = {"number": registered.number,
                            "expires_at": rfc3339(registered.approval_expires_at)}
+    # Offline codes only for a phone that is active: one still waiting for approval must not be able to
+    # sign in with codes before the user has approved it.
+    uid = ids.device_uid(registered.device_id)
+    if body.offline_codes and registered.status == "active" and uid is not None:
+        given = await request.app[CODES].phone_seed(uid, registered.user, registered.device_id)
+        if given is not None:
+            secret, params = given
+            out["otp"] = {"secret": secret, "algorithm": params.algorithm, "digits": params.digits,
+                          "period": params.period}
     return io.json(out, status=201)
 
 

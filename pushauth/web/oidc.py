@@ -384,12 +384,14 @@ async def wait(request: web.Request) -> web.Response:
     poll_url = f"/oidc/wait?signin={signin.id}&poll=1"
     remember: Any = None
     if signin.challenge_id:
+        # offline codes: a link to the code form (pushauth/web/oidc_codes.py), not for Entra's profile
+        code_url = None if signin.eam_sub else f"/oidc/code?signin={signin.id}"
         if "poll" not in request.query:
-            return pages.respond(pages.number(name, signin.number, poll_url))
+            return pages.respond(pages.number(name, signin.number, poll_url, code_url=code_url))
         view = await request.app[CHALLENGES].status(application, signin.challenge_id, POLL_S)
         status = view.get("status")
         if status == "pending":
-            return pages.respond(pages.number(name, signin.number, poll_url))
+            return pages.respond(pages.number(name, signin.number, poll_url, code_url=code_url))
         remember = view.get("remember_token") if status == "approved" else None
         if status != "approved":
             if signin.eam_sub and await provider.store.end_signin(signin.id):

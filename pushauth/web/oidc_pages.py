@@ -60,7 +60,33 @@ def signin(app_name: str, signin_id: str, csrf: str, *, user: str = "", password
     return _layout("Sign in", main)
 
 
-def number(app_name: str, number_text: str, poll_url: str) -> Markup:
+def number(app_name: str, number_text: str, poll_url: str, *, code_url: str | None = None) -> Markup:
+    page = _number(app_name, number_text)
+    if code_url:  # offline codes (pushauth/web/oidc_codes.py): for a phone with no signal
+        page = Markup(page + render('<p class="hint"><a href="{url}">No signal on your phone? Use a code '
+                                    'instead</a></p>', url=code_url))
+    return _layout("Approve on your phone", page, refresh=poll_url)
+
+
+def code_form(app_name: str, signin_id: str, csrf: str, *, error: str | None = None) -> Markup:
+    """"Use a code": the one-time code from the phone's offline codes, an authenticator app or a token."""
+    main = render(
+        '<h1>Sign in to {app} with a code</h1>{error}'
+        '<form method="post" action="/oidc/code" class="stack">'
+        '<input type="hidden" name="signin" value="{signin_id}">'
+        '<input type="hidden" name="csrf" value="{csrf}">'
+        '<label for="code">Code</label>'
+        '<input id="code" name="code" inputmode="numeric" autocomplete="one-time-code" '
+        'pattern="[0-9 ]{{6,9}}" maxlength="9" required autofocus>'
+        '<button type="submit">Sign in</button></form>'
+        '<p class="hint">The 6-digit code from the pushauth app (offline codes), your authenticator app or '
+        'your token.</p>',
+        app=app_name, signin_id=signin_id, csrf=csrf,
+        error=render('<p class="error" role="alert">{e}</p>', e=error) if error else Markup(""))
+    return _layout("Sign in with a code", main)
+
+
+def _number(app_name: str, number_text: str) -> Markup:
     if number_text:
         main = render(
             '<h1>Approve on your phone</h1><p>Open the pushauth app and enter this number to sign in to '
@@ -71,7 +97,7 @@ def number(app_name: str, number_text: str, poll_url: str) -> Markup:
         main = render('<h1>Approve on your phone</h1><p>Open the pushauth app and approve the sign-in to '
                       '{app}.</p><p class="hint">This page moves on by itself once you have answered.</p>',
                       app=app_name)
-    return _layout("Approve on your phone", main, refresh=poll_url)
+    return main
 
 
 def message(title: str, text: str, *, back: str | None = None) -> Markup:

@@ -64,6 +64,8 @@ OPERATIONS: tuple[Op, ...] = (
        APP_KEY, s.CreateEnrollment, 201, (*_COMMON, 403)),
     Op("POST", "/v1/access-codes/verify", "login flow", "Check a temporary access code (single use)",
        APP_KEY, s.VerifyAccessCode, 200, _COMMON),
+    Op("POST", "/v1/codes/verify", "login flow", "Check an offline one-time code (TOTP): a signed "
+       "assertion when valid", APP_KEY, s.VerifyCode, 200, (*_COMMON, 429)),
     Op("POST", "/v1/remembered/revoke", "login flow", "Forget one remembered browser", APP_KEY,
        s.RevokeRemembered, 200, _COMMON),
     Op("POST", "/v1/signals/password-reset", "login flow", "The user's password was reset: forget every "
@@ -117,6 +119,17 @@ OPERATIONS: tuple[Op, ...] = (
        errors=(*_COMMON, 403)),
     Op("DELETE", "/v1/users/{user}/remembered/{token_id}", "security team", "Forget one remembered browser",
        ADMIN, errors=(*_COMMON, 403)),
+    Op("GET", "/v1/users/{user}/otp-methods", "security team", "The user's one-time-code methods (no seed)",
+       ADMIN, errors=(*_COMMON, 403)),
+    Op("POST", "/v1/users/{user}/otp-methods", "security team", "Enroll an authenticator app: otpauth:// URI "
+       "and QR code, shown once; pending until activated", ADMIN, s.EnrollCodeMethod, 201,
+       (*_COMMON, 403)),
+    Op("POST", "/v1/users/{user}/otp-methods/{id}/activate", "security team", "Activate a pending method "
+       "with one of its codes", ADMIN, s.ActivateCodeMethod, 200, (*_COMMON, 403, 409)),
+    Op("DELETE", "/v1/users/{user}/otp-methods/{id}", "security team", "Revoke a one-time-code method",
+       ADMIN, errors=(*_COMMON, 403)),
+    Op("POST", "/v1/otp-methods/import", "security team", "Import hardware tokens (RFC 6030 PSKC or CSV), "
+       "each assigned to a user", ADMIN, s.ImportTokens, 201, (*_COMMON, 403)),
     Op("GET", "/v1/audit", "security team", "The audit trail (`user`, `limit`)", ADMIN,
        errors=(*_COMMON, 403)),
     Op("GET", "/v1/alert-deliveries/dead", "security team", "Alert deliveries in the dead letter", ADMIN,

@@ -50,6 +50,8 @@ class RegisterDevice(_Body, frozen=True):
     name: Name
     platform: Literal["ios", "android", "other"]
     push: PushRegistration
+    # The phone can show offline one-time codes: it asks for a TOTP seed (PROTOCOL.md 17.5).
+    offline_codes: bool = False
 
 
 class DeviceAnswer(_Body, frozen=True):
@@ -92,3 +94,30 @@ class UserSignal(_Body, frozen=True):
 
 class Pause(_Body, frozen=True):
     duration_s: Annotated[int, msgspec.Meta(ge=60)]
+
+
+# -- offline codes (TOTP, pushauth/web/codes.py) ----------------------------------------------------------
+
+Code = Annotated[str, msgspec.Meta(min_length=1, max_length=16)]
+
+
+class VerifyCode(_Body, frozen=True):
+    user: Short
+    code: Code
+
+
+class EnrollCodeMethod(_Body, frozen=True):
+    # What the security team calls it in the user view ("Alice's FreeOTP").
+    name: Annotated[str, msgspec.Meta(max_length=64)] = ""
+
+
+class ActivateCodeMethod(_Body, frozen=True):
+    code: Code
+
+
+class ImportTokens(_Body, frozen=True):
+    format: Literal["pskc", "csv"]
+    # The vendor's file as text: RFC 6030 PSKC XML, or CSV lines serial,seed_base32[,user].
+    data: Annotated[str, msgspec.Meta(min_length=1, max_length=1_000_000)]
+    # serial -> user: who each token is for (the CSV may say it in a third column instead).
+    assignments: dict[Short, Short] = {}

@@ -11,6 +11,7 @@ from pushauth.alerts.store import AlertStore
 from pushauth.audit import Audit
 from pushauth.challenges.events import ChallengeEvents
 from pushauth.challenges.service import Challenges
+from pushauth.codes.service import Codes
 from pushauth.config import Settings
 from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.devices.service import Devices
@@ -32,4 +33,5 @@ DEAD_LETTERS = web.AppKey("dead_letters", DeadLetters)
 AUDIT = web.AppKey("audit", Audit)
 PROXIES = web.AppKey("trusted_proxies", TrustedProxies)
 LIMITER = web.AppKey("rate_limiter", RateLimiter)
+CODES = web.AppKey("codes", Codes)
 EVENTS = web.AppKey("events", ChallengeEvents)

@@ -1,7 +1,7 @@
 -- The security team unlocks a user: the lockout (and its failure count), the suspension, or both; and
--- either way the counts that would refuse the user at once afterwards (the push-bombing window and the
--- wrong-access-code window start again from now: `hist_count`'s reset marks). Says which blocks it ended,
--- for the audit trail.
+-- either way the counts that would refuse the user at once afterwards (the push-bombing window, the
+-- wrong-access-code and the wrong-one-time-code windows start again from now: `hist_count`'s reset
+-- marks). Says which blocks it ended, for the audit trail.
 --
 -- KEYS[1]  the user hash "<prefix>:{<uid>}:user" (routes the call to the user's slot; the ledger builds
 --          every other key from UP, with the same hash tag)
@@ -29,5 +29,5 @@ if what ~= 'lock' then
   redis.call('HSET', uk('user'), 'suspended', '0', 'lifted_at', NOW, 'lifted_by', by)
 end
 local last = redis.call('HGET', uk('user'), 'seq') or '0'
-redis.call('HSET', uk('user'), 'bomb_reset', last, 'acode_reset', last)
+redis.call('HSET', uk('user'), 'bomb_reset', last, 'acode_reset', last, 'otp_reset', last)
 return {'ok', NOTES, was_locked, was_suspended, bombing_block, codes and 1 or 0}

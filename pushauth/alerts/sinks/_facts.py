@@ -38,6 +38,8 @@ KIND_WORDS: dict[str, str] = {
     "device_enrolled": "A phone was added to the account",
     "device_revoked": "A phone removed another phone from the account",
     "device_revoke_refused": "A new phone tried to remove an older one (refused)",
+    "otp_guessing": "Too many wrong one-time codes (possible code guessing)",
+    "otp_enrolled": "A one-time-code method was added to the account",
     "policy_override": "Account made exempt or shared during an incident",
 }
 

@@ -1,0 +1,86 @@
+"""Offline codes on the OpenID sign-in page: "use a code" instead of the phone, through to a verified ID
+token whose amr says `otp`; a wrong code shows the form again and counts as a failed authentication."""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+import time
+from collections.abc import AsyncIterator
+from urllib.parse import parse_qs, urlsplit
+
+import aiohttp
+import pyotp
+import pytest
+from joserfc import jwt
+from joserfc.jwk import KeySet
+from oidc_support import REDIRECT, Browser, auth_params, form_field
+from support import AdminClient, LoginFlow, RunningServer, free_port, make_settings, start_server
+
+from pushauth.crypto.keyring import KeyRingHolder
+from pushauth.crypto.secrets import sha256_hex
+from pushauth.phone import Phone
+
+USER = "erin@nhs.net"
+SECRET = "wiki-client-secret-" + "x" * 24
+CLIENTS = [{"client_id": "wiki", "name": "Staff wiki", "application": "webmail",
+            "secret_sha256": [sha256_hex(SECRET)], "redirect_uris": [REDIRECT],
+            "first_factor": "passwordless"}]
+
+
+@pytest.fixture
+async def op(redis_url: str, keyring: KeyRingHolder) -> AsyncIterator[RunningServer]:
+    settings = make_settings(redis_url, free_port(), oidc={"enabled": True, "clients": CLIENTS})
+    server = await start_server(settings, keyring)
+    yield server
+    await server.close()
+
+
+async def test_use_a_code_instead_of_the_phone(op: RunningServer, http: aiohttp.ClientSession) -> None:
+    login, admin = LoginFlow(http, op.url), AdminClient(http, op.url)
+    phone = await Phone.enroll(await login.enroll_uri(USER), session=http)
+    status, body = await admin.call("POST", f"/v1/users/{USER}/otp-methods", {})
+    app = pyotp.parse_uri(body["uri"])
+    assert isinstance(app, pyotp.TOTP)
+    status, _ = await admin.call("POST", f"/v1/users/{USER}/otp-methods/{body['id']}/activate",
+                                 {"code": app.now()})
+    assert status == 200
+    code = app.at(int(time.time()) + 30)  # the next step: the activation spent this one
+    browser = Browser(op.url)
+    try:
+        params = auth_params()
+        status, page, _ = await browser.authorize(**params)
+        status, _, location = await browser.sign_in(page, USER)
+        assert status == 303, location
+        status, page, _ = await browser.get(location)
+        link = re.search(r'<a href="(/oidc/code\?[^"]+)">No signal on your phone\? Use a code', page)
+        assert link, page
+        status, form, _ = await browser.get(html.unescape(link.group(1)))
+        assert status == 200, form
+        fields = {"signin": form_field(form, "signin"), "csrf": form_field(form, "csrf")}
+        wrong = "000000" if code != "000000" else "111111"
+        status, again, _ = await browser.post("/oidc/code", {**fields, "code": wrong})
+        assert status == 400
+        assert "That code is not valid." in again
+        status, _, location = await browser.post("/oidc/code", {**fields, "code": code})
+        assert (status, location) == (303, f"/oidc/wait?signin={fields['signin']}")
+        assert await phone.pending() == []  # the prompt was withdrawn
+        status, _, location = await browser.get(location)
+        assert status == 303, location
+        answer = parse_qs(urlsplit(location).query)
+        assert answer["state"] == [params["state"]]
+    finally:
+        await browser.close()
+    basic = base64.b64encode(f"wiki:{SECRET}".encode()).decode()
+    form_data = {"grant_type": "authorization_code", "code": answer["code"][0], "redirect_uri": REDIRECT}
+    async with http.post(op.url + "/oidc/token", data=form_data,
+                         headers={"Authorization": f"Basic {basic}"}) as resp:
+        assert resp.status == 200, await resp.text()
+        tokens = await resp.json()
+    async with http.get(op.url + "/oidc/jwks") as resp:
+        keys = KeySet.import_key_set(await resp.json())
+    claims = jwt.decode(tokens["id_token"], keys, algorithms=["ES256"]).claims
+    assert (claims["sub"], claims["amr"]) == (USER, ["otp"])
+    whats = [(e["what"], e["why"]) for e in await admin.audit(USER) if e["what"].startswith("otp_")][:2]
+    assert whats == [("otp_used", "valid"), ("otp_refused", "invalid")]
