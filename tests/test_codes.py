@@ -460,7 +460,8 @@ async def test_rotate_kek_reseals_every_seed_and_a_running_server_follows(
         admin, rp = AdminClient(http, running.url), LoginFlow(http, running.url)
         method, app = await enroll(admin, clock)
         # the CLI runs its own event loop and Redis client, as it would in a shell beside the server
-        assert await asyncio.to_thread(cli_main, ["-c", str(config), "keys", "rotate-kek"]) == 0
+        rotate = ["-c", str(config), "keys", "rotate-kek", "--grace-s", "0.1"]
+        assert await asyncio.to_thread(cli_main, rotate) == 0
         ring = KekStore(keys).load()
         assert ring.current != old
         assert set(ring.keys) == {ring.current}  # the old key is gone from the file
@@ -471,6 +472,24 @@ async def test_rotate_kek_reseals_every_seed_and_a_running_server_follows(
         assert (await verify(rp, ALICE, app.at(clock.now())))[1]["valid"] is True
     finally:
         await running.close()
+
+
+async def test_a_reseal_never_overwrites_a_seed_that_changed_or_a_method_that_went(redis_url: str) -> None:
+    """The rotation's compare-and-set: a method revoked (or re-sealed by someone else) between the sweep's
+    read and its write is left as it is, and a revoked method is not brought back as a bare seed."""
+    from pushauth.codes import scripts as lua
+
+    async with aioredis.Redis.from_url(redis_url, decode_responses=True) as client:
+        key = "pa:{reseal-test}:otp:t1"
+        await client.hset(key, mapping={"seed": "v1.new-by-someone", "st": "active"})
+        assert await lua.reseal_seed(client, key, old="v1.read-before", new="v1.rotated") is False
+        assert await client.hget(key, "seed") == "v1.new-by-someone"
+        assert await lua.reseal_seed(client, key, old="v1.new-by-someone", new="v1.rotated") is True
+        assert await client.hget(key, "seed") == "v1.rotated"
+        gone = "pa:{reseal-test}:otp:t2"
+        assert await lua.reseal_seed(client, gone, old="v1.read-before", new="v1.rotated") is False
+        assert await client.exists(gone) == 0
+        await client.delete(key)
 
 
 async def test_a_pushauth_phone_shows_codes_offline_until_it_is_revoked(

@@ -144,8 +144,14 @@ def rotate_kek(args: argparse.Namespace) -> int:
         settings = load_settings(args.config)
         if settings.embedded:
             raise ConfigError("no store.redis_url: nothing to re-encrypt outside a server process")
+        # A server that read the old file just before the new one landed may be sealing a seed under the
+        # old key right now. Servers look at the file on every use of a seed, so after a pause longer than
+        # any one request nobody seals under the old key any more; a second sweep catches what the first
+        # could have missed, and only then are the old keys dropped.
+        await asyncio.sleep(args.grace_s)
         async with open_runtime(settings) as runtime:
-            return await runtime.services.codes.reseal_all(ring)
+            count = await runtime.services.codes.reseal_all(ring)
+            return count + await runtime.services.codes.reseal_all(ring)
     count = asyncio.run(reseal())
     store.drop_old()
     print(f"rotated: {ring.current} is now the key-encryption key; {count} seeds re-encrypted, old keys "

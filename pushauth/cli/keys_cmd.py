@@ -25,8 +25,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     retire.set_defaults(func=_retire)
     ksub.add_parser("generate-kek", help="create the key-encryption key of TOTP seeds (keys/kek.json)"
                     ).set_defaults(func=codes_cmd.generate_kek)
-    ksub.add_parser("rotate-kek", help="new key-encryption key; re-encrypt every TOTP seed under it"
-                    ).set_defaults(func=codes_cmd.rotate_kek)
+    rotate_kek = ksub.add_parser("rotate-kek",
+                                 help="new key-encryption key; re-encrypt every TOTP seed under it")
+    rotate_kek.add_argument("--grace-s", type=float, default=5.0,
+                            help="wait this long after the new key lands before re-encrypting, so no "
+                                 "server is still sealing under the old one (default 5)")
+    rotate_kek.set_defaults(func=codes_cmd.rotate_kek)
 
     apps = sub.add_parser("apps", help="login-flow application credentials")
     asub = apps.add_subparsers(dest="apps_command", required=True)

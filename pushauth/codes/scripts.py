@@ -17,6 +17,7 @@ from pushauth.store.scripts import Script
 
 USE_CODE = Script.load("pushauth.codes", "use_code.lua")
 ACTIVATE_CODE = Script.load("pushauth.codes", "activate_code.lua")
+RESEAL_SEED = Script.load("pushauth.codes", "reseal_seed.lua")
 
 
 class Used(StrEnum):
@@ -51,3 +52,8 @@ async def activate_code(redis: aioredis.Redis, user_key: str, ledger: LedgerCall
     reply = await ACTIVATE_CODE(redis, [user_key], [*ledger.argv(), method_id, step_at, max_tries, by],
                                 acks=acks)
     return LedgerReply.decode(Activated, reply)
+
+
+async def reseal_seed(redis: aioredis.Redis, method_key: str, *, old: str, new: str) -> bool:
+    """Replace a method's sealed seed with its re-encryption unless it changed meanwhile (reseal_seed.lua)."""
+    return bool(await RESEAL_SEED(redis, [method_key], [old, new]))

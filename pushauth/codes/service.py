@@ -337,21 +337,22 @@ class Codes:
     # -- key rotation --------------------------------------------------------------------------------------
 
     async def reseal_all(self, ring: KekRing) -> int:
-        """Re-encrypt every seed not sealed under `ring.current` (a KEK rotation). Each is written only if
-        it has not changed meanwhile (WATCH), so a method revoked during the rotation stays gone."""
+        """Re-encrypt every seed not sealed under `ring.current` (a KEK rotation). Each is replaced only if
+        it has not changed meanwhile (a compare-and-set script), so a method revoked during the rotation
+        stays gone. SCAN visits every primary on Redis Cluster."""
         done = 0
         async for raw in self._redis.scan_iter(match=f"{self._ks.prefix}:{{*}}:otp:t*", count=500):
             key = raw.decode() if isinstance(raw, bytes) else str(raw)
             uid, mid = key.split("{", 1)[1].split("}", 1)[0], key.rsplit(":", 1)[1]
-            async with self._redis.pipeline(transaction=True) as pipe:
-                await pipe.watch(key)
-                sealed = await pipe.hget(key, "seed")
-                if not sealed or ring.kid_of(str(sealed)) == ring.current:
-                    continue
-                secret = ring.open(str(sealed), uid=uid, method_id=mid)
-                pipe.multi()  # type: ignore[no-untyped-call]
-                pipe.hset(key, "seed", ring.seal(secret, uid=uid, method_id=mid))
-                await pipe.execute()
+            sealed = await self._redis.hget(key, "seed")
+            if not sealed:
+                continue
+            sealed = sealed.decode() if isinstance(sealed, bytes) else str(sealed)
+            if ring.kid_of(sealed) == ring.current:
+                continue
+            secret = ring.open(sealed, uid=uid, method_id=mid)
+            if await lua.reseal_seed(self._redis, key, old=sealed,
+                                         new=ring.seal(secret, uid=uid, method_id=mid)):
                 done += 1
         return done
 
