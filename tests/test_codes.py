@@ -513,6 +513,8 @@ async def test_a_pushauth_phone_shows_codes_offline_until_it_is_revoked(
     clock.advance(30)
     assert (await verify(rp, ALICE, phone.offline_code()))[1] == {"valid": False, "user": ALICE,
                                                                    "reason": "invalid"}
+    [method] = (await admin.user(ALICE))["otp_methods"]
+    assert method["status"] == "device_revoked", "the view must not call a revoked phone's codes active"
     # a phone that does not ask gets no seed
     plain = await Phone.enroll(await rp.enroll_uri(BOB), session=http)
     assert not plain.has_offline_codes

@@ -24,7 +24,23 @@ async def records(redis: aioredis.Redis, keyspace: KeySpace, uid: str) -> list[t
 
 
 async def method_views(redis: aioredis.Redis, keyspace: KeySpace, uid: str) -> list[dict[str, Any]]:
-    return [view(mid, m) for mid, m in await records(redis, keyspace, uid)]
+    rows = await records(redis, keyspace, uid)
+    # A pushauth phone's own seed works only while that phone is active (use_code.lua checks it at each
+    # use); the view says so too, rather than showing the method of a revoked phone as active.
+    phones = [m["did"] for _, m in rows if m.get("did")]
+    device_states: dict[str, str | None] = {}
+    if phones:
+        pipe = redis.pipeline(transaction=False)
+        for did in phones:
+            pipe.hget(keyspace.device(uid, did), "st")
+        device_states = dict(zip(phones, cast(list[str | None], await pipe.execute()), strict=True))
+    out = []
+    for mid, m in rows:
+        shown = view(mid, m)
+        if m.get("did") and shown["status"] == "active" and device_states.get(m["did"]) != "active":
+            shown["status"] = "device_revoked"
+        out.append(shown)
+    return out
 
 
 def _time(raw: str | None) -> str | None:
