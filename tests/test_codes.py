@@ -192,11 +192,108 @@ def test_rfc6030_example_imports_as_totp() -> None:
     assert totp.code_at(token.seed, 59, token.params) == "94287082"
 
 
-def test_rfc6030_hotp_example_is_refused_clearly() -> None:
-    with pytest.raises(Unprocessable, match="HOTP") as refused:
-        pskc.parse_pskc(RFC6030_FIGURE_2)
-    assert refused.value.code == "invalid_import"
-    assert "987654321" in refused.value.message
+# RFC 4226 appendix D: HOTP values of the test key for counters 0..9 (six digits).
+RFC4226_CODES = ["755224", "287082", "359152", "969429", "338314", "254676", "287922", "162583", "399871",
+                 "520489"]
+
+
+def test_rfc4226_hotp_vectors_and_the_look_ahead() -> None:
+    assert [totp.hotp(SEEDS["SHA1"], c) for c in range(10)] == RFC4226_CODES
+    seed, params = totp.Seed(SEEDS["SHA1"]), totp.Params(kind="hotp")
+    assert totp.matching_counter(seed, "969429", 0, params, look_ahead=10) == 3
+    assert totp.matching_counter(seed, "969429", 4, params, look_ahead=10) is None  # an older counter
+    assert totp.matching_counter(seed, "520489", 0, params, look_ahead=9) is None  # beyond the look-ahead
+    assert totp.matching_counter(seed, "520489", 0, params, look_ahead=10) == 9
+
+
+def test_rfc6030_figure_2_imports_as_an_hotp_token() -> None:
+    [token] = pskc.parse_pskc(RFC6030_FIGURE_2)
+    assert (token.serial, token.params, token.counter) == ("987654321", totp.Params(digits=8, kind="hotp"), 0)
+    assert token.seed.raw() == SEEDS["SHA1"]
+    assert totp.hotp(token.seed.raw(), 0, digits=8) == "84755224"
+
+
+# RFC 6030 section 6.1, figure 6: the same token with its secret encrypted (AES-128-CBC) under the
+# pre-shared transport key 12345678901234567890123456789012 (hex), and an HMAC-SHA1 over IV and ciphertext
+# whose MAC key is itself encrypted under the transport key.
+RFC6030_FIGURE_6 = """<?xml version="1.0" encoding="UTF-8"?>
+<KeyContainer Version="1.0"
+    xmlns="urn:ietf:params:xml:ns:keyprov:pskc"
+    xmlns:ds="http://www.w3.org/2000/09/xmldsig#"
+    xmlns:xenc="http://www.w3.org/2001/04/xmlenc#">
+    <EncryptionKey>
+        <ds:KeyName>Pre-shared-key</ds:KeyName>
+    </EncryptionKey>
+    <MACMethod Algorithm="http://www.w3.org/2000/09/xmldsig#hmac-sha1">
+        <MACKey>
+            <xenc:EncryptionMethod Algorithm="http://www.w3.org/2001/04/xmlenc#aes128-cbc"/>
+            <xenc:CipherData>
+                <xenc:CipherValue>
+    ESIzRFVmd4iZABEiM0RVZgKn6WjLaTC1sbeBMSvIhRejN9vJa2BOlSaMrR7I5wSX
+                </xenc:CipherValue>
+            </xenc:CipherData>
+        </MACKey>
+    </MACMethod>
+    <KeyPackage>
+        <DeviceInfo>
+            <Manufacturer>Manufacturer</Manufacturer>
+            <SerialNo>987654321</SerialNo>
+        </DeviceInfo>
+        <CryptoModuleInfo>
+            <Id>CM_ID_001</Id>
+        </CryptoModuleInfo>
+        <Key Id="12345678"
+            Algorithm="urn:ietf:params:xml:ns:keyprov:pskc:hotp">
+            <Issuer>Issuer</Issuer>
+            <AlgorithmParameters>
+                <ResponseFormat Length="8" Encoding="DECIMAL"/>
+            </AlgorithmParameters>
+            <Data>
+                <Secret>
+                    <EncryptedValue>
+                        <xenc:EncryptionMethod
+            Algorithm="http://www.w3.org/2001/04/xmlenc#aes128-cbc"/>
+                        <xenc:CipherData>
+                            <xenc:CipherValue>
+    AAECAwQFBgcICQoLDA0OD+cIHItlB3Wra1DUpxVvOx2lef1VmNPCMl8jwZqIUqGv
+                            </xenc:CipherValue>
+                        </xenc:CipherData>
+                    </EncryptedValue>
+                    <ValueMAC>Su+NvtQfmvfJzF6bmQiJqoLRExc=
+                    </ValueMAC>
+                </Secret>
+                <Counter>
+                    <PlainValue>0</PlainValue>
+                </Counter>
+            </Data>
+        </Key>
+    </KeyPackage>
+</KeyContainer>
+"""
+RFC6030_PSK = bytes.fromhex("12345678901234567890123456789012")
+
+
+def test_rfc6030_figure_6_opens_with_its_pre_shared_key() -> None:
+    [token] = pskc.parse_pskc(RFC6030_FIGURE_6, RFC6030_PSK)
+    assert token.seed.raw() == SEEDS["SHA1"]
+    assert (token.serial, token.params.kind, token.counter) == ("987654321", "hotp", 0)
+
+
+@pytest.mark.parametrize(("psk", "document", "why"), [
+    (None, RFC6030_FIGURE_6, "pre-shared key"),
+    (bytes(16), RFC6030_FIGURE_6, "transport key"),  # the wrong one: its MAC key or the MAC fails
+    (RFC6030_PSK[:8], RFC6030_FIGURE_6, "needs 16"),
+    (RFC6030_PSK, RFC6030_FIGURE_6.replace("Su+NvtQf", "Su+NvtQe"), "fails its MAC"),  # a changed file
+    (RFC6030_PSK, RFC6030_FIGURE_6.replace("AAECAwQF", "AAECAwQG"), "fails its MAC"),
+    (RFC6030_PSK, RFC6030_FIGURE_6.replace("<ValueMAC>Su+NvtQfmvfJzF6bmQiJqoLRExc=\n                    "
+                                           "</ValueMAC>", ""), "ValueMAC"),
+    (RFC6030_PSK, RFC6030_FIGURE_6.replace("hmac-sha1", "hmac-md5"), "MACMethod"),
+    (RFC6030_PSK, RFC6030_FIGURE_6.replace("<ds:KeyName>Pre-shared-key</ds:KeyName>", "<DerivedKey/>"),
+     "password"),
+])
+def test_an_encrypted_pskc_that_does_not_open_is_refused(psk: bytes | None, document: str, why: str) -> None:
+    with pytest.raises(Unprocessable, match=why):
+        pskc.parse_pskc(document, psk)
 
 
 @pytest.mark.parametrize(("document", "why"), [
@@ -425,10 +522,39 @@ async def test_pskc_and_csv_tokens_import_and_sign_in(rp: LoginFlow, admin: Admi
     status, body = await admin.call("POST", "/v1/otp-methods/import", {"format": "csv",
                                                                        "data": f"HW-2,{seed.base32()}\n"})
     assert_error(status, body, 422, "invalid_import")
-    status, body = await admin.call("POST", "/v1/otp-methods/import", {"format": "pskc",
-                                                                       "data": RFC6030_FIGURE_2})
-    assert_error(status, body, 422, "invalid_import")
+    status, body = await admin.call("POST", "/v1/otp-methods/import", {"format": "pskc", "psk": "00" * 16,
+                                                                       "data": RFC6030_FIGURE_6})
+    assert_error(status, body, 422, "invalid_import")  # the wrong transport key: nothing imported
     assert [m["kind"] for m in (await admin.user(BOB))["otp_methods"]] == ["hardware"]
+
+
+async def test_an_hotp_token_from_an_encrypted_pskc_signs_in_once_per_press(
+        rp: LoginFlow, admin: AdminClient, clock: Clock) -> None:
+    """RFC 6030 figure 6 imported with its transport key; then the codes of RFC 4226 appendix D (eight
+    digits here, as the file says): each counter once, never an older one, at most hotp_look_ahead ahead."""
+    clock.freeze()
+    status, body = await admin.call("POST", "/v1/otp-methods/import", {
+        "format": "pskc", "data": RFC6030_FIGURE_6, "psk": RFC6030_PSK.hex(),
+        "assignments": {"987654321": BOB}})
+    assert status == 201, body
+    [imported] = body["imported"]
+    token = pyotp.HOTP(base64.b32encode(SEEDS["SHA1"]).decode(), digits=8)
+    status, body = await admin.call("POST", f"/v1/users/{BOB}/otp-methods/{imported['id']}/activate",
+                                    {"code": token.at(0)})
+    assert status == 200, body
+    [method] = (await admin.user(BOB))["otp_methods"]
+    assert (method["type"], method["status"]) == ("hotp", "active")
+    assert (await verify(rp, BOB, token.at(0)))[1]["valid"] is False, "the activation code is spent"
+    assert (await verify(rp, BOB, token.at(1)))[1]["valid"] is True
+    assert (await verify(rp, BOB, token.at(1)))[1]["valid"] is False, "a replayed press"
+    assert (await verify(rp, BOB, token.at(5)))[1]["valid"] is True, "three presses lost on the way"
+    assert (await verify(rp, BOB, token.at(3)))[1]["valid"] is False, "an older press"
+    assert (await verify(rp, BOB, token.at(6 + 10)))[1]["valid"] is False, "beyond the look-ahead"
+    assert (await verify(rp, BOB, token.at(6)))[1]["valid"] is True
+    status, body = await admin.call("POST", "/v1/otp-methods/import", {
+        "format": "csv", "data": "HW-9,JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP,x@nhs.net\n",
+        "psk": RFC6030_PSK.hex()})
+    assert_error(status, body, 422, "invalid_import")
 
 
 async def test_revoked_method_and_bad_requests(rp: LoginFlow, admin: AdminClient, clock: Clock) -> None:

@@ -40,6 +40,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     imp.add_argument("--format", choices=("pskc", "csv"), default=None, help="default: by the file's suffix")
     imp.add_argument("--assign", action="append", default=[], metavar="SERIAL=USER",
                      help="assign a token to a user (repeat; a CSV may name users in a third column)")
+    imp.add_argument("--psk-file", type=Path, default=None,
+                     help="PSKC encrypted under a pre-shared key (RFC 6030 6.1): a file holding the "
+                          "transport key the vendor sent apart, in hex")
     imp.set_defaults(func=_import)
     listing = osub.add_parser("list", help="a user's methods (never the seeds)")
     listing.add_argument("user")
@@ -94,8 +97,15 @@ def _import(args: argparse.Namespace) -> int:
             raise ConfigError(f"--assign {item!r}: expected SERIAL=USER")
         assignments[serial] = canonical(user)
 
+    psk = None
+    if args.psk_file is not None:
+        try:
+            psk = bytes.fromhex(args.psk_file.read_text(encoding="ascii").strip())
+        except (OSError, UnicodeDecodeError, ValueError):
+            raise ConfigError(f"--psk-file {args.psk_file}: expected a file holding the key in hex") from None
+
     async def go() -> list[dict[str, str]]:
-        tokens = parse_pskc(text) if kind == "pskc" else parse_csv(text)
+        tokens = parse_pskc(text, psk) if kind == "pskc" else parse_csv(text)
         async with _codes(args) as codes:
             return await codes.import_tokens(tokens, assignments, by=BY, source=kind)
     for row in asyncio.run(go()):

@@ -38,19 +38,20 @@ class Activated(StrEnum):
 
 
 async def use_code(redis: aioredis.Redis, user_key: str, ledger: LedgerCall, *, method_id: str, step_at: int,
-                   attempts: int, window_s: int, via: str, acks: ReplicaAcks | None) -> LedgerReply[Used]:
-    """Accept (once per user and step) or refuse a one-time code (use_code.lua)."""
-    reply = await USE_CODE(redis, [user_key], [*ledger.argv(), method_id, step_at, attempts, window_s, via],
-                           acks=acks)
+                   attempts: int, window_s: int, via: str, acks: ReplicaAcks | None,
+                   counter: int = -1) -> LedgerReply[Used]:
+    """Accept (once per user and step, or per token and counter) or refuse a one-time code (use_code.lua)."""
+    reply = await USE_CODE(redis, [user_key],
+                           [*ledger.argv(), method_id, step_at, attempts, window_s, via, counter], acks=acks)
     return LedgerReply.decode(Used, reply)
 
 
 async def activate_code(redis: aioredis.Redis, user_key: str, ledger: LedgerCall, *, method_id: str,
-                        step_at: int, max_tries: int, by: str,
-                        acks: ReplicaAcks | None) -> LedgerReply[Activated]:
+                        step_at: int, max_tries: int, by: str, acks: ReplicaAcks | None,
+                        counter: int = -1) -> LedgerReply[Activated]:
     """Activate a pending method with one of its codes (activate_code.lua)."""
-    reply = await ACTIVATE_CODE(redis, [user_key], [*ledger.argv(), method_id, step_at, max_tries, by],
-                                acks=acks)
+    reply = await ACTIVATE_CODE(redis, [user_key],
+                                [*ledger.argv(), method_id, step_at, max_tries, by, counter], acks=acks)
     return LedgerReply.decode(Activated, reply)
 
 

@@ -148,7 +148,7 @@ class Codes:
 
     async def _store(self, uid: str, method_id: str, seed: totp.Seed, params: totp.Params, *, kind: str,
                      by: str, name: str, expires_at: int, serial: str = "", status: str = "pending",
-                     device_id: str = "") -> None:
+                     device_id: str = "", counter: int = 0) -> None:
         now = clock.now()
         fields: dict[Any, str | int] = {
             "st": status, "kind": kind, "alg": params.algorithm, "dig": params.digits, "per": params.period,
@@ -156,6 +156,8 @@ class Codes:
             "created": now, "exp": expires_at, "tries": 0}
         if serial:
             fields["serial"] = serial
+        if params.kind == "hotp":
+            fields["typ"], fields["ctr"] = "hotp", counter
         if device_id:
             fields["did"] = device_id
         if status == "active":
@@ -206,7 +208,8 @@ class Codes:
             uid = owners[user]
             method_id = new_method_id(uid)
             await self._store(uid, method_id, token.seed, token.params, kind="hardware", by=by,
-                              name=f"token {token.serial}", expires_at=0, serial=token.serial)
+                              name=f"token {token.serial}", expires_at=0, serial=token.serial,
+                              counter=token.counter)
             await self._audit.record("otp_imported", user=user, who=by, why=source, method_id=method_id,
                                      serial=token.serial, status="pending")
             out.append({"serial": token.serial, "user": user, "id": method_id, "status": "pending"})
@@ -235,12 +238,10 @@ class Codes:
             raise Conflict("this method is active already", code="already_active")
         typed = totp.normal_code(code)
         seed = self._seed(uid, method_id, m["seed"])
-        params = _params(m)
-        step = (totp.matching_step(seed, typed, clock.now(), params, self._cfg.window)
-                if typed and seed else None)
+        step_at, counter = self._match(seed, typed, m, clock.now())
         res = await lua.activate_code(self._redis, self._ks.user(uid),
                                       self._alerts.ledger_args(uid, user, clock.now()), method_id=method_id,
-                                      step_at=-1 if step is None else step * params.period,
+                                      step_at=step_at, counter=counter,
                                       max_tries=self._cfg.activation_attempts, by=by, acks=self._acks)
         await self._alerts.announce(uid, res.notes)
         what = res.result
@@ -299,15 +300,14 @@ class Codes:
             return Checked(False, "not_enrolled")
         typed = totp.normal_code(code)
         now = clock.now()
-        matched, step_at = "", -1
+        matched, step_at, counter = "", -1, -1
         for mid, m in active:  # every method tried, whatever an earlier one gave
-            seed = self._seed(uid, mid, m["seed"])
-            params = _params(m)
-            step = totp.matching_step(seed, typed, now, params, self._cfg.window) if typed and seed else None
-            if step is not None:
-                matched, step_at = mid, step * params.period
+            found = self._match(self._seed(uid, mid, m["seed"]), typed, m, now)
+            if found != (-1, -1):
+                matched, (step_at, counter) = mid, found
         res = await lua.use_code(self._redis, self._ks.user(uid), self._alerts.ledger_args(uid, user, now),
-                                 method_id=matched, step_at=step_at, attempts=self._cfg.attempts,
+                                 method_id=matched, step_at=step_at, counter=counter,
+                                 attempts=self._cfg.attempts,
                                  window_s=self._cfg.window_s, via=via, acks=self._acks)
         await self._alerts.announce(uid, res.notes)
         what = res.result
@@ -320,6 +320,20 @@ class Codes:
             return Checked(True, "", matched, now)
         # a replayed code is told apart in the audit trail only: to the caller it is just wrong
         return Checked(False, "invalid" if what is lua.Used.REPLAYED else what.value)
+
+    def _match(self, seed: totp.Seed | None, typed: str | None, m: dict[str, str],
+               now: int) -> tuple[int, int]:
+        """(start of the matched time step, -1) for a TOTP method, (-1, matched counter) for an HOTP token
+        (from its next expected counter over `hotp_look_ahead`), (-1, -1) when the code matches nothing."""
+        if not (typed and seed):
+            return -1, -1
+        params = _params(m)
+        if params.kind == "hotp":
+            counter = totp.matching_counter(seed, typed, int(m.get("ctr", "0")), params,
+                                            self._cfg.hotp_look_ahead)
+            return (-1, -1) if counter is None else (-1, counter)
+        step = totp.matching_step(seed, typed, now, params, self._cfg.window)
+        return (-1, -1) if step is None else (step * params.period, -1)
 
     def assertion(self, app: Application, user: str, checked: Checked) -> tuple[str, str]:
         """(id, assertion): the same signed statement an approval gives the login flow (PROTOCOL.md 11.5),
@@ -359,4 +373,4 @@ class Codes:
 
 def _params(m: dict[str, str]) -> totp.Params:
     return totp.Params(algorithm=cast(totp.Algorithm, m.get("alg", "SHA1")), digits=int(m.get("dig", "6")),
-                       period=int(m.get("per", "30")))
+                       period=int(m.get("per", "30")), kind="hotp" if m.get("typ") == "hotp" else "totp")

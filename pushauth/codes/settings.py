@@ -32,6 +32,10 @@ class CodeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     digits: int = 6
     # Steps (of a method's period) accepted either side of now, for clock drift: 1 is RFC 6238's advice.
     window: int = 1
+    # An HOTP (counter-based) hardware token: codes of this many counters from the next expected one are
+    # accepted, for a button pressed without signing in (RFC 4226 section 7.4); each costs one more guess
+    # an attacker gets per try, so keep it small.
+    hotp_look_ahead: int = 10
     # Wrong codes per user tolerated in window_s before verification is refused (429); each wrong code
     # also counts toward the account lockout, and reaching the limit raises an `otp_guessing` alert.
     attempts: int = 5
@@ -53,6 +57,8 @@ class CodeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
             raise ValueError("digits must be 6 or 8")
         if not 0 <= self.window <= 3:
             raise ValueError("window must be 0..3")
+        if not 1 <= self.hotp_look_ahead <= 50:
+            raise ValueError("hotp_look_ahead must be 1..50")
         if not (1 <= self.attempts <= 100 and 60 <= self.window_s <= 86400):
             raise ValueError("attempts must be 1..100 and window_s 60..86400")
         if not 60 <= self.pending_ttl_s <= 7 * 86400:

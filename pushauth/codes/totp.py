@@ -3,7 +3,9 @@
 A code is checked against every step of the window, each comparison constant-time and none skipped, so the
 time taken says nothing about which step (if any) matched, nor how many leading digits were right. Which
 step matched is returned, because replay is refused by step (each step is accepted once per user:
-pushauth/codes/lua/use_code.lua), not by code text.
+pushauth/codes/lua/use_code.lua), not by code text. Counter-based (HOTP) hardware tokens are checked the
+same way over a look-ahead of counters from the method's next expected one (RFC 4226 section 7.4), and
+replay is refused by counter: an accepted counter moves the method's past it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import Final, Literal
 from urllib.parse import quote, urlencode
 
 Algorithm = Literal["SHA1", "SHA256", "SHA512"]
+# totp: the moving factor is the time step; hotp: a counter the token and the server both keep.
+Kind = Literal["totp", "hotp"]
 ALGORITHMS: Final[tuple[Algorithm, ...]] = ("SHA1", "SHA256", "SHA512")
 _DIGESTS: Final = {"SHA1": hashlib.sha1, "SHA256": hashlib.sha256, "SHA512": hashlib.sha512}
 # RFC 6238 section 5.1 / RFC 4226 section 4: a key as long as the hash output (and never under 128 bits).
@@ -32,9 +36,12 @@ class Params:
 
     algorithm: Algorithm = "SHA1"
     digits: int = 6
-    period: int = 30
+    period: int = 30  # totp only
+    kind: Kind = "totp"
 
     def __post_init__(self) -> None:
+        if self.kind not in ("totp", "hotp"):
+            raise ValueError("kind must be totp or hotp")
         if self.algorithm not in ALGORITHMS:
             raise ValueError("algorithm must be SHA1, SHA256 or SHA512")
         if self.digits not in (6, 8):
@@ -108,6 +115,19 @@ def matching_step(seed: Seed, code: str, unix_time: int, params: Params, window:
         expected = hotp(seed.raw(), step, digits=params.digits, algorithm=params.algorithm).encode("ascii")
         if hmac.compare_digest(expected, typed):
             found = step
+    return found
+
+
+def matching_counter(seed: Seed, code: str, counter: int, params: Params, look_ahead: int) -> int | None:
+    """For an HOTP token: the counter in [counter, counter + look_ahead) whose code is `code`, or None (RFC
+    4226 section 7.4's look-ahead, for a button pressed without signing in). Every counter is computed and
+    compared constant-time; when two share a code the later one is taken, which spends more, never less."""
+    typed = code.encode("ascii", "replace")
+    found = None
+    for candidate in range(counter, counter + look_ahead):
+        expected = hotp(seed.raw(), candidate, digits=params.digits, algorithm=params.algorithm)
+        if hmac.compare_digest(expected.encode("ascii"), typed):
+            found = candidate
     return found
 
 

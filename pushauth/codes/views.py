@@ -48,7 +48,7 @@ def _time(raw: str | None) -> str | None:
 
 
 def view(method_id: str, m: dict[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {"id": method_id, "type": "totp", "kind": m.get("kind", ""),
+    out: dict[str, Any] = {"id": method_id, "type": m.get("typ") or "totp", "kind": m.get("kind", ""),
                            "status": m.get("st", ""), "name": m.get("name", ""),
                            "algorithm": m.get("alg", "SHA1"), "digits": int(m.get("dig", "6")),
                            "period": int(m.get("per", "30")), "created_at": _time(m.get("created")),

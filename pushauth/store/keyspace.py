@@ -368,6 +368,8 @@ HASH_FIELDS: dict[str, dict[str, str]] = {
         "exp": "a pending method's deadline (0: none, an imported token)",
         "tries": "wrong codes tried at activation", "used": "when a code of it was last accepted",
         "did": "the pushauth phone whose seed it is",
+        "typ": "hotp for a counter-based (RFC 4226) token; absent: TOTP",
+        "ctr": "an HOTP token's next expected counter (accepted counters move it past them)",
     },
     "acode": {"h": "sha256 of the code", "exp": "when it expires", "by": "who issued it", "at": "when"},
     "enrollment": {

@@ -3,11 +3,14 @@ activation, import, listing and revocation of a user's methods (PROTOCOL.md sect
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from aiohttp import web
 
 from pushauth.accounts.users import canonical
 from pushauth.clock import rfc3339
 from pushauth.codes.pskc import parse_csv, parse_pskc
+from pushauth.errors import Unprocessable
 from pushauth.web import io
 from pushauth.web.auth import Admin
 from pushauth.web.schemas import ActivateCodeMethod, EnrollCodeMethod, ImportTokens, VerifyCode
@@ -78,8 +81,11 @@ async def revoke_method(request: web.Request) -> web.Response:
 async def import_tokens(request: web.Request) -> web.Response:
     admin = request.app[CREDENTIALS].admin(request)
     body = io.decode(await io.read_body(request), ImportTokens)
-    tokens = parse_pskc(body.data) if body.format == "pskc" else parse_csv(body.data)
+    if body.psk and body.format != "pskc":
+        raise Unprocessable("psk goes with a PSKC file only", code="invalid_import")
+    psk = bytes.fromhex(body.psk) if body.psk else None
+    tokens = parse_pskc(body.data, psk) if body.format == "pskc" else parse_csv(body.data)
     assignments = {serial: canonical(user) for serial, user in body.assignments.items()}
-    tokens = [t if t.user is None else type(t)(t.serial, t.seed, t.params, canonical(t.user)) for t in tokens]
+    tokens = [t if t.user is None else replace(t, user=canonical(t.user)) for t in tokens]
     imported = await request.app[CODES].import_tokens(tokens, assignments, by=_by(admin), source=body.format)
     return io.json({"imported": imported}, status=201)

@@ -121,3 +121,6 @@ class ImportTokens(_Body, frozen=True):
     data: Annotated[str, msgspec.Meta(min_length=1, max_length=1_000_000)]
     # serial -> user: who each token is for (the CSV may say it in a third column instead).
     assignments: dict[Short, Short] = {}
+    # PSKC whose secrets are encrypted under a pre-shared key (RFC 6030 section 6.1): the transport key the
+    # vendor sent apart from the file, hex (AES-128, -192 or -256).
+    psk: Annotated[str, msgspec.Meta(pattern=r"^([0-9a-fA-F]{32}|[0-9a-fA-F]{48}|[0-9a-fA-F]{64})$")] = ""

@@ -11,12 +11,15 @@
 -- ARGV[8]  step_at: Unix time the matched step starts (-1 when the code did not match)
 -- ARGV[9]  max_tries: wrong codes allowed before the pending method is discarded
 -- ARGV[10] by: who activated it (for the alert's evidence)
+-- ARGV[11] counter: an HOTP token's counter whose code matched (-1: none, or TOTP); the method's next
+--          expected counter (`ctr`) moves past it, so the activation code cannot sign anyone in either
 -- Returns  {"active", NOTES} | {"invalid", NOTES, tries_left} | {"discarded", NOTES} | {"expired", NOTES}
 --          | {"not_pending", NOTES}
 
 --@include pushauth.detection ledger.lua
 
 local mid, step_at, max_tries, by = ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10]
+local counter = tonumber(ARGV[11] or '-1')
 local key = uk('otp:' .. mid)
 local m = redis.call('HMGET', key, 'st', 'exp', 'tries', 'kind', 'serial')
 if m[1] ~= 'pending' then return {'not_pending', NOTES} end
@@ -25,7 +28,8 @@ if tonumber(m[2] or '0') > 0 and NOW >= tonumber(m[2]) then
   redis.call('SREM', uk('otps'), mid)
   return {'expired', NOTES}
 end
-if step_at < 0 then
+if counter >= 0 and counter < tonumber(redis.call('HGET', key, 'ctr') or '0') then counter = -1 end
+if step_at < 0 and counter < 0 then
   local tries = redis.call('HINCRBY', key, 'tries', 1)
   if tries >= max_tries then
     redis.call('DEL', key)
@@ -36,6 +40,7 @@ if step_at < 0 then
 end
 redis.call('HSET', key, 'st', 'active', 'act', NOW, 'exp', 0, 'tries', 0)
 redis.call('PERSIST', key)
+if counter >= 0 then redis.call('HSET', key, 'ctr', counter + 1) end
 if step_at > tonumber(redis.call('HGET', uk('user'), 'otp_step') or '-1') then
   redis.call('HSET', uk('user'), 'otp_step', step_at)
 end

@@ -14,6 +14,9 @@
 -- ARGV[9]  attempts: wrong codes allowed in the window
 -- ARGV[10] window_s: the wrong-code window (seconds)
 -- ARGV[11] via: where the code was typed (login_flow, radius, oidc), for the alert's evidence
+-- ARGV[12] counter: for an HOTP (counter-based) token, the counter whose code matched (-1: none, or TOTP).
+--          Accepted only if it is at least the method's next expected counter (`ctr`), which then moves
+--          past it: each counter once, and never an older one.
 -- Returns  {"valid", NOTES} | {"invalid", NOTES} | {"replayed", NOTES} | {"locked", NOTES}
 --          | {"suspended", NOTES} | {"rate_limited", NOTES, retry_after_s}
 
@@ -21,6 +24,7 @@
 
 local mid, step_at = ARGV[7], tonumber(ARGV[8])
 local attempts, win, via = tonumber(ARGV[9]), tonumber(ARGV[10]), ARGV[11]
+local counter = tonumber(ARGV[12] or '-1')
 
 settle()
 local locked, suspended = gate_state()
@@ -35,7 +39,15 @@ local result = 'invalid'
 local method = redis.call('HMGET', uk('otp:' .. mid), 'st', 'did')
 local usable = method[1] == 'active'
 if usable and method[2] then usable = redis.call('HGET', uk('dev:' .. method[2]), 'st') == 'active' end
-if step_at >= 0 and mid ~= '' and usable then
+if counter >= 0 and mid ~= '' and usable then
+  if counter >= tonumber(redis.call('HGET', uk('otp:' .. mid), 'ctr') or '0') then
+    redis.call('HSET', uk('otp:' .. mid), 'ctr', counter + 1, 'used', NOW)
+    redis.call('HSET', uk('user'), 'fails', 0)
+    hist_add('otp_ok', '-')
+    return {'valid', NOTES}
+  end
+  result = 'replayed'
+elseif step_at >= 0 and mid ~= '' and usable then
   if step_at > tonumber(redis.call('HGET', uk('user'), 'otp_step') or '-1') then
     redis.call('HSET', uk('user'), 'otp_step', step_at, 'fails', 0)
     redis.call('HSET', uk('otp:' .. mid), 'used', NOW)
