@@ -30,14 +30,19 @@ class HintRefused(Exception):
 
 
 class SignedHints:
-    def __init__(self, jwks_url: str, algorithms: Sequence[str]) -> None:
+    """`keys`: a fixed key set (a JWKS file) instead of fetching `jwks_url`."""
+
+    def __init__(self, jwks_url: str, algorithms: Sequence[str], keys: KeySet | None = None) -> None:
         self._jwks_url = jwks_url
         self._algorithms = list(algorithms)
-        self._keys: KeySet | None = None
+        self._keys: KeySet | None = keys
+        self._fixed = keys is not None
         self._fetched_at = -JWKS_REFRESH_S
 
     async def _key_set(self, *, refresh: bool) -> KeySet:
         now = time.monotonic()
+        if self._fixed and self._keys is not None:
+            return self._keys
         if self._keys is None or (refresh and now - self._fetched_at >= JWKS_REFRESH_S):
             timeout = aiohttp.ClientTimeout(total=JWKS_TIMEOUT_S)
             try:

@@ -221,6 +221,10 @@ KEYS: tuple[KeySpec, ...] = (
             "the request's expiry (EX); deleted when its tokens are issued",
             "a backchannel (CIBA) authentication request by its auth_req_id: client, user, prompt (JSON)",
             "KeySpace.oidc_ciba"),
+    KeySpec("<prefix>:kc:req:<sha256(token)>", "string", "pushauth.oidc",
+            "until the realm's bearer expires (EX)",
+            "a Keycloak authentication channel request already taken (its bearer's jti): a replay starts no "
+            "second prompt", "KeySpace.keycloak_request"),
     KeySpec("<prefix>:radius:state:<sha256(State)>", "string", "pushauth.radius",
             "until the prompt expires (EXAT); deleted when used",
             "what an Access-Challenge's State refers to: the prompt, user and client a RADIUS follow-up "
@@ -494,6 +498,9 @@ class KeySpace:
 
     def oidc_ciba(self, auth_req_id: str) -> str:
         return f"{self.prefix}:oidc:ciba:{sha256_hex(auth_req_id)}"
+
+    def keycloak_request(self, issuer: str, jti: str) -> str:
+        return f"{self.prefix}:kc:req:{sha256_hex(issuer + chr(0) + jti)}"
 
     def radius_state(self, state: bytes) -> str:
         # Only the State's hash: a copy of Redis cannot answer a RADIUS challenge in flight.

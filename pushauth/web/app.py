@@ -20,7 +20,18 @@ from pushauth.config import Settings
 from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.netaddr import TrustedProxies
 from pushauth.runtime import open_runtime
-from pushauth.web import admin, console, demo_page, device, login_flow, oidc, openapi, ops, wellknown
+from pushauth.web import (
+    admin,
+    console,
+    demo_page,
+    device,
+    keycloak,
+    login_flow,
+    oidc,
+    openapi,
+    ops,
+    wellknown,
+)
 from pushauth.web.auth import Credentials
 from pushauth.web.limits import rate_limit
 from pushauth.web.middleware import error_boundary, request_context
@@ -106,4 +117,5 @@ def create_app(settings: Settings, *, keyring: KeyRingHolder | None = None,
     console.setup(app)  # the security team's console: routes, sessions and the live alert feed
     demo_page.setup(app, settings)  # the sample login page, when [demo] enabled
     oidc.setup(app, settings)  # the OpenID Provider, when [oidc] enabled
+    keycloak.setup(app, settings)  # Keycloak's CIBA authentication channel, when [oidc.keycloak] enabled
     return app
