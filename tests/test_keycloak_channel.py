@@ -121,7 +121,7 @@ async def test_a_prompt_nobody_answers_is_cancelled_while_the_bearer_still_holds
     # The realm's request lives 16 s; the prompt ends 5 s before it, so the callback still gets in.
     _, _, auth_result_id = await env.ask(expires_in=16)
     await prompt(env.phone)
-    assert await env.realm.result(auth_result_id, timeout=15) == "CANCELLED"
+    assert await env.realm.result(auth_result_id, within_s=15) == "CANCELLED"
     assert env.realm.callbacks[-1].status_code == 200
 
 
@@ -129,7 +129,7 @@ async def test_the_callback_is_retried_when_the_realm_fails_then_taken(env: Env)
     env.realm.fail_callbacks("503", "drop")
     _, _, auth_result_id = await env.ask()
     assert await env.phone.approve(await prompt(env.phone)) == "approved"
-    assert await env.realm.result(auth_result_id, timeout=15) == "SUCCEED"
+    assert await env.realm.result(auth_result_id, within_s=15) == "SUCCEED"
     assert [c.status_code for c in env.realm.callbacks] == [503, 0, 200]  # 0: dropped unanswered
 
 

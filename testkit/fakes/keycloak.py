@@ -96,9 +96,7 @@ class FakeKeycloak:
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = int(self._runner.addresses[0][1])
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -170,9 +168,9 @@ class FakeKeycloak:
         """The next callbacks answer 503, or have their connection closed unanswered, in this order."""
         self._failures.extend(how)
 
-    async def result(self, auth_result_id: str, timeout: float = 10.0) -> str:
+    async def result(self, auth_result_id: str, within_s: float = 10.0) -> str:
         """The decision the callback recorded for this request; waits for it."""
-        async with asyncio.timeout(timeout), self._decided:
+        async with asyncio.timeout(within_s), self._decided:
             await self._decided.wait_for(lambda: self.pending[auth_result_id].status is not None)
         status = self.pending[auth_result_id].status
         assert status is not None
