@@ -120,6 +120,16 @@ async def test_poll_mode_pending_slow_down_then_the_tokens(env: Env) -> None:
     assert (status, again["error"]) == (400, "invalid_grant")  # single use
 
 
+async def test_a_binding_message_is_shown_on_the_phone_beside_the_number(env: Env) -> None:
+    status, started = await initiate(env, binding_message="Service desk: ticket INC-4821")
+    assert status == 200, started
+    assert started["pushauth_binding_message"] == "Service desk: ticket INC-4821"
+    [pending] = await env.phone.pending()
+    assert pending.number_matching is True  # the number is still the binding the user types
+    assert pending.context == {"binding_message": "Service desk: ticket INC-4821"}
+    assert await env.phone.approve(pending, number=started["pushauth_number"]) == "approved"
+
+
 async def test_a_denial_is_access_denied(env: Env) -> None:
     _, started = await initiate(env)
     [pending] = await env.phone.pending()
@@ -153,7 +163,8 @@ async def test_ping_mode_notifies_the_client(env: Env) -> None:
 
 
 @pytest.mark.parametrize(("client_id", "secret", "extra", "error"), [
-    ("desk", SECRET, {"binding_message": "Call 0113 496 0000"}, "invalid_binding_message"),
+    ("desk", SECRET, {"binding_message": "Call\n0113 496 0000"}, "invalid_binding_message"),
+    ("desk", SECRET, {"binding_message": "x" * 65}, "invalid_binding_message"),
     ("desk", SECRET, {"login_hint": "nobody@nhs.net"}, "unknown_user_id"),
     ("desk", SECRET, {"user_code": "1234"}, "invalid_user_code"),
     ("desk", SECRET, {"scope": "profile"}, "invalid_scope"),

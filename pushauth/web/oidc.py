@@ -29,6 +29,7 @@ from aiohttp import web
 
 from pushauth import clock
 from pushauth.accounts.users import canonical
+from pushauth.challenges import context as login_context
 from pushauth.challenges.service import Allowed
 from pushauth.config import Application, Settings
 from pushauth.crypto.secrets import equal, sha256_hex
@@ -493,7 +494,9 @@ def _ciba_error(error: str, description: str, status: int = 400) -> web.Response
 async def backchannel_authorize(request: web.Request) -> web.Response:
     """CIBA Core 7: a client asks for a user's approval out of band. The phone is prompted with number
     matching; the number goes back to the client (`pushauth_number`) to show the user on its side (a
-    service desk's screen, a kiosk). A `binding_message` is refused: the number is the binding."""
+    service desk's screen, a kiosk). A `binding_message` (CIBA Core 7.1), once it passes
+    `login_context.binding_message`, is shown on the phone as text beside the number, and echoed back
+    (`pushauth_binding_message`) as the phone shows it (NFC)."""
     form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
     provider = request.app[PROVIDER]
     try:
@@ -507,9 +510,12 @@ async def backchannel_authorize(request: web.Request) -> web.Response:
         return _ciba_error("invalid_scope", "the openid scope is required")
     if "user_code" in form:
         return _ciba_error("invalid_user_code", "user codes are not used: the phone is the factor")
-    if form.get("binding_message"):
-        return _ciba_error("invalid_binding_message",
-                           "pushauth binds with its own number (pushauth_number in the answer)")
+    binding_message = None
+    if form.get("binding_message"):  # RFC 6749 3.1: a parameter without a value is as if omitted
+        binding_message = login_context.binding_message(form["binding_message"])
+        if binding_message is None:
+            return _ciba_error("invalid_binding_message", f"binding_message must be 1.."
+                               f"{login_context.MAX_BINDING_MESSAGE} printable characters")
     if client.ciba == "ping" and not form.get("client_notification_token"):
         return _ciba_error("invalid_request", "ping mode needs client_notification_token")
     hints = [k for k in ("login_hint", "id_token_hint", "login_hint_token") if form.get(k)]
@@ -520,7 +526,8 @@ async def backchannel_authorize(request: web.Request) -> web.Response:
         return _ciba_error("invalid_request", f"requested_expiry must be 10..{CIBA_MAX_EXPIRY_S} seconds")
     try:
         user = canonical(form["login_hint"])
-        created = await request.app[CHALLENGES].create(_app(request, client), user, None, int(raw_expiry))
+        created = await request.app[CHALLENGES].create(_app(request, client), user, None, int(raw_expiry),
+                                                       binding_message=binding_message)
     except ApiError as exc:
         if exc.code in ("not_enrolled", "invalid_user"):
             return _ciba_error("unknown_user_id", "no phone is set up for this user")
@@ -538,6 +545,8 @@ async def backchannel_authorize(request: web.Request) -> web.Response:
                               "pushauth_number": created.number}
     if client.ciba == "poll":
         answer["interval"] = CIBA_INTERVAL_S
+    if binding_message is not None:
+        answer["pushauth_binding_message"] = binding_message
     response = io.json(answer)
     response.headers.update({"Cache-Control": "no-store", "Pragma": "no-cache"})
     return response
