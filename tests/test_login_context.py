@@ -105,4 +105,5 @@ def test_a_shown_binding_message_is_bounded_and_printable(text: str) -> None:
     shown = login_context.binding_message(text)
     if shown is not None:
         assert 0 < len(shown) <= login_context.MAX_BINDING_MESSAGE
-        assert shown.isprintable() and shown == shown.strip()
+        assert shown.isprintable()
+        assert shown == shown.strip()
