@@ -33,7 +33,6 @@ reads it, a few times while the realm is unreachable or failing (5xx); a 4xx is 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import time
 from dataclasses import dataclass, field
@@ -47,7 +46,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from pushauth.errors import ConfigError, Unauthorized
-from pushauth.oidc.hints import CLOCK_SKEW_S, HintRefused, SignedHints
+from pushauth.oidc.hints import CLOCK_SKEW_S, HintRefused, SignedHints, unverified_issuer
 from pushauth.oidc.settings import KeycloakRealm, KeycloakSettings
 
 log = structlog.get_logger(__name__)
@@ -108,7 +107,7 @@ class KeycloakChannel:
         if scheme.lower() != "bearer" or not token or len(token) > MAX_TOKEN:
             raise _refused("a realm's bearer token is required")
         # The realm is chosen by the unverified iss, then everything is checked with that realm's keys.
-        issuer = _unverified_issuer(token)
+        issuer = unverified_issuer(token)
         realm = self._realms.get(issuer or "")
         if realm is None:
             raise _refused("the bearer is not from a configured realm")
@@ -117,22 +116,6 @@ class KeycloakChannel:
         except HintRefused as exc:
             raise _refused(f"the bearer was refused ({exc.reason})") from None
         return _check_claims(realm, claims, token)
-
-
-def _unverified_issuer(token: str) -> str | None:
-    parts = token.split(".")
-    if len(parts) != 3:
-        return None
-    try:
-        claims = json.loads(_b64decode(parts[1]))
-    except (ValueError, RecursionError):
-        return None
-    issuer = claims.get("iss") if isinstance(claims, dict) else None
-    return issuer if isinstance(issuer, str) else None
-
-
-def _b64decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def _check_claims(realm: KeycloakRealm, claims: dict[str, Any], token: str) -> Bearer:

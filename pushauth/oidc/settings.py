@@ -59,8 +59,9 @@ class OidcClient(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     # answered); empty: not allowed. Confidential clients only.
     ciba: Literal["", "poll", "ping"] = ""
     ciba_notification_endpoint: str = ""
-    # For first_factor = "none": the upstream's issuer (its hint's `iss`), its keys, the audience its hint
-    # is for (default: this client_id), the claim naming the user, and how old a hint may be.
+    # For first_factor = "none", and for a CIBA client's id_token_hint from an upstream: the upstream's
+    # issuer (its hint's `iss`), its keys, the audience its hint is for (default: this client_id), the claim
+    # naming the user, and how old a hint may be.
     upstream_issuer: str = ""
     upstream_jwks_url: str = ""
     upstream_audience: str = ""
@@ -88,6 +89,8 @@ class OidcClient(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
             raise ValueError("ciba = \"ping\" needs ciba_notification_endpoint")
         if self.first_factor == "none" and not (self.upstream_issuer and self.upstream_jwks_url):
             raise ValueError('first_factor = "none" needs upstream_issuer and upstream_jwks_url')
+        if bool(self.upstream_issuer) != bool(self.upstream_jwks_url):
+            raise ValueError("upstream_issuer and upstream_jwks_url go together")
         if not 10 <= self.upstream_max_age_s <= 3600:
             raise ValueError("upstream_max_age_s must be 10..3600")
 

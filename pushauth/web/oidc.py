@@ -36,7 +36,7 @@ from pushauth.crypto.secrets import equal, sha256_hex
 from pushauth.errors import ApiError, ConfigError
 from pushauth.oidc import entra, rsa
 from pushauth.oidc.entra import EntraHints
-from pushauth.oidc.hints import HintRefused, SignedHints, check_upstream
+from pushauth.oidc.hints import HintRefused, SignedHints, check_upstream, unverified_issuer
 from pushauth.oidc.provider import Provider, RedirectError, ShownError, TokenError
 from pushauth.oidc.settings import ACR_MFA, ACR_SFA, OidcClient
 from pushauth.oidc.store import Backchannel, Grant, OidcStore, SignIn, new_secret
@@ -85,8 +85,9 @@ def setup(app: web.Application, settings: Settings) -> None:
         if ldap is not None:
             app[LDAP] = ldap
         app[PINGS] = set[asyncio.Task[None]]()
+        # first_factor = "none" clients, and CIBA clients whose id_token_hint may come from an upstream
         app[UPSTREAMS] = {c.client_id: SignedHints(c.upstream_jwks_url, ["RS256", "ES256"])
-                          for c in oidc.clients if c.first_factor == "none"}
+                          for c in oidc.clients if c.upstream_jwks_url}
         if oidc.entra.enabled:
             app[ENTRA] = EntraHints(oidc.entra)
         if oidc.entra.enabled or any(c.id_token_alg == "RS256" for c in oidc.clients):  # noqa: S105
@@ -519,13 +520,18 @@ async def backchannel_authorize(request: web.Request) -> web.Response:
     if client.ciba == "ping" and not form.get("client_notification_token"):
         return _ciba_error("invalid_request", "ping mode needs client_notification_token")
     hints = [k for k in ("login_hint", "id_token_hint", "login_hint_token") if form.get(k)]
-    if hints != ["login_hint"]:
-        return _ciba_error("invalid_request", "exactly one hint, login_hint, is supported")
+    if hints not in (["login_hint"], ["id_token_hint"]):
+        return _ciba_error("invalid_request", "exactly one hint, login_hint or id_token_hint")
     raw_expiry = form.get("requested_expiry", str(provider.settings.prompt_ttl_s))
     if not raw_expiry.isdigit() or not 10 <= int(raw_expiry) <= CIBA_MAX_EXPIRY_S:
         return _ciba_error("invalid_request", f"requested_expiry must be 10..{CIBA_MAX_EXPIRY_S} seconds")
     try:
-        user = canonical(form["login_hint"])
+        named = form.get("login_hint") or await _hinted_user(request, client, form["id_token_hint"])
+    except HintRefused as exc:
+        log.warning("oidc_ciba_hint_refused", client=client.client_id, why=exc.reason)
+        return _ciba_error("invalid_request", "the id_token_hint was refused")
+    try:
+        user = canonical(named)
         created = await request.app[CHALLENGES].create(_app(request, client), user, None, int(raw_expiry),
                                                        binding_message=binding_message)
     except ApiError as exc:
@@ -550,6 +556,18 @@ async def backchannel_authorize(request: web.Request) -> web.Response:
     response = io.json(answer)
     response.headers.update({"Cache-Control": "no-store", "Pragma": "no-cache"})
     return response
+
+
+async def _hinted_user(request: web.Request, client: OidcClient, token: str) -> str:
+    """The user a CIBA `id_token_hint` names: an ID token of the client's configured upstream (its issuer,
+    keys, audience and age, as for first_factor = "none"), or one this provider issued to the client."""
+    if client.upstream_issuer and unverified_issuer(token) == client.upstream_issuer:
+        claims = await request.app[UPSTREAMS][client.client_id].claims(token)
+        return check_upstream(claims, issuer=client.upstream_issuer,
+                              audience=client.upstream_audience or client.client_id,
+                              user_claim=client.upstream_user_claim, max_age_s=client.upstream_max_age_s)
+    return request.app[PROVIDER].own_hint_user(token, client.client_id, request.app[KEYRING].ring,
+                                               request.app.get(RSA_KEY))
 
 
 async def _ciba_token(request: web.Request, form: dict[str, str]) -> web.Response:
