@@ -19,6 +19,7 @@ import pytest
 from support import AdminClient, LoginFlow, RunningServer, free_port, make_settings, start_server
 
 from pushauth.crypto.keyring import KeyRingHolder
+from pushauth.oidc import outbox
 from pushauth.phone import Challenge, Phone
 from testkit.fakes.keycloak import FakeKeycloak
 
@@ -223,3 +224,43 @@ async def test_the_realm_keys_from_a_file(redis_url: str, keyring: KeyRingHolder
 async def test_off_by_default(server: RunningServer, http: aiohttp.ClientSession) -> None:
     async with http.post(server.url + "/keycloak/authentication-channel", json={"login_hint": USER}) as resp:
         assert resp.status == 404
+
+
+async def test_the_callback_survives_a_restart_of_the_server(env: Env, keyring: KeyRingHolder) -> None:
+    """The server that took the request stops before the phone answers; the next one (same Redis, same
+    address) adopts the waiting callback at once (the stopping server gave its lease back)."""
+    _, _, auth_result_id = await env.ask()
+    challenge = await prompt(env.phone)
+    await env.server.close()
+    second = await start_server(env.server.settings, keyring)
+    try:
+        assert await env.phone.approve(challenge) == "approved"
+        assert await env.realm.result(auth_result_id, within_s=10) == "SUCCEED"
+        assert [c.status_code for c in env.realm.callbacks] == [200]  # once
+    finally:
+        await second.close()
+
+
+async def test_the_callback_survives_a_server_that_dies(env: Env, keyring: KeyRingHolder,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that dies gives nothing back: its lease runs out (3 s here), and another server adopts."""
+    monkeypatch.setattr(outbox, "LEASE_S", 3)
+    monkeypatch.setattr(outbox, "WAIT_S", 1.0)
+    _, _, auth_result_id = await env.ask()
+    challenge = await prompt(env.phone)
+
+    async def die(self: outbox.Outbox) -> None:  # stop following, as a killed process does, and no more
+        for task in list(self._tasks.values()):
+            task.cancel()
+
+    monkeypatch.setattr(outbox.Outbox, "close", die)
+    await env.server.close()
+    monkeypatch.undo()
+    monkeypatch.setattr(outbox, "LEASE_S", 3)
+    second = await start_server(env.server.settings, keyring)
+    try:
+        assert await env.phone.approve(challenge) == "approved"
+        assert await env.realm.result(auth_result_id, within_s=15) == "SUCCEED"
+        assert [c.status_code for c in env.realm.callbacks] == [200]
+    finally:
+        await second.close()

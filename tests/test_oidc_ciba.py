@@ -232,6 +232,27 @@ async def test_ping_mode_notifies_the_client(env: Env) -> None:
     assert "id_token" in tokens
 
 
+async def test_a_ping_survives_a_restart_of_the_server(env: Env) -> None:
+    """The ping waits in Redis (the outbox), not only in the process that took the request: the server
+    stops before the phone answers, the next one on the same Redis pings."""
+    status, started = await initiate(env, "kiosk", client_notification_token=PING_TOKEN)
+    assert status == 200, started
+    [pending] = await env.phone.pending()
+    await env.op.close()
+    second = await start_server(env.op.settings, env.keyring)  # the same address and Redis
+    try:
+        assert await env.phone.approve(pending, number=started["pushauth_number"]) == "approved"
+        for _ in range(200):
+            if env.pings:
+                break
+            await asyncio.sleep(0.05)
+        assert env.pings == [{"auth": f"Bearer {PING_TOKEN}", "body": {"auth_req_id": started["auth_req_id"]}}]
+        status, tokens = await poll(env, started["auth_req_id"], "kiosk")
+        assert status == 200, tokens
+    finally:
+        await second.close()
+
+
 @pytest.mark.parametrize(("client_id", "secret", "extra", "error"), [
     ("desk", SECRET, {"binding_message": "Call\n0113 496 0000"}, "invalid_binding_message"),
     ("desk", SECRET, {"binding_message": "x" * 65}, "invalid_binding_message"),

@@ -26,22 +26,20 @@ protocol/oidc/grants/ciba/):
 
 `KeycloakChannel.verify` checks the bearer as Keycloak would on its own callback: signature with a pinned
 algorithm against the realm's JWKS, `iss` one configured realm, `aud` the same, `typ` "Bearer", `exp` in
-the future, `iat` not in it, and `jti`, `azp`, `sub` present. `callback` posts the result, as Keycloak
-reads it, a few times while the realm is unreachable or failing (5xx); a 4xx is the realm's final word.
+the future, `iat` not in it, and `jti`, `azp`, `sub` present. The result goes to the realm's callback
+through the outbox (pushauth/oidc/outbox.py), as `CALLBACK_STATUS` maps the prompt's outcome, retried while
+the realm is unreachable or failing (5xx); a 4xx is the realm's final word.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-import aiohttp
 import msgspec
-import structlog
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
@@ -49,15 +47,11 @@ from pushauth.errors import ConfigError, Unauthorized
 from pushauth.oidc.hints import CLOCK_SKEW_S, HintRefused, SignedHints, unverified_issuer
 from pushauth.oidc.settings import KeycloakRealm, KeycloakSettings
 
-log = structlog.get_logger(__name__)
-
 # The phone's answer, as Keycloak's callback reads it (AuthenticationChannelResponse.Status). An expired or
 # cancelled prompt is nobody's denial: CANCELLED, which Keycloak records as "not allowed" rather than
 # "consent denied"; its client is told access_denied either way.
 CALLBACK_STATUS: Final = {"approved": "SUCCEED", "denied": "UNAUTHORIZED", "expired": "CANCELLED",
                           "cancelled": "CANCELLED"}
-CALLBACK_ATTEMPTS: Final = (0.0, 1.0, 5.0, 15.0)  # delays before each try, as the CIBA pings
-CALLBACK_TIMEOUT_S: Final = 10.0
 MAX_TOKEN = 8192  # a realm's bearer is ~1 KiB; anything far beyond is not one
 MAX_JTI = 128
 
@@ -145,32 +139,4 @@ def _refused(why: str) -> Unauthorized:
                         headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
 
 
-async def callback(bearer: Bearer, status: str, attempts: tuple[float, ...] = CALLBACK_ATTEMPTS) -> bool:
-    """POST `status` to the realm's callback with the request's bearer; True once the realm took it. Tried
-    again after a connection failure, a timeout or a 5xx; a 4xx is final (Keycloak: 403 when the request is
-    no longer pending, 400 for a bearer of another client), as is every try failing."""
-    realm = bearer.realm
-    headers = {"Authorization": f"Bearer {bearer.token}"}
-    timeout = aiohttp.ClientTimeout(total=CALLBACK_TIMEOUT_S)
-    async with aiohttp.ClientSession(timeout=timeout) as http:
-        for attempt, delay in enumerate(attempts, start=1):
-            await asyncio.sleep(delay)
-            try:
-                async with http.post(realm.callback_url, json={"status": status}, headers=headers) as resp:
-                    if resp.status < 300:
-                        log.info("keycloak_callback_taken", realm=realm.issuer, status=status,
-                                 attempt=attempt)
-                        return True
-                    if resp.status < 500:
-                        log.warning("keycloak_callback_refused", realm=realm.issuer, status=status,
-                                    http_status=resp.status)
-                        return False
-                    why = f"http {resp.status}"
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                why = type(exc).__name__
-            log.info("keycloak_callback_retry", realm=realm.issuer, attempt=attempt, why=why)
-    log.warning("keycloak_callback_failed", realm=realm.issuer, status=status, attempts=len(attempts))
-    return False
-
-
-__all__ = ["CALLBACK_STATUS", "Bearer", "ChannelRequest", "KeycloakChannel", "callback"]
+__all__ = ["CALLBACK_STATUS", "Bearer", "ChannelRequest", "KeycloakChannel"]

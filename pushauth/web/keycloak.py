@@ -4,7 +4,8 @@ protocol and the Keycloak source it follows):
     POST /keycloak/authentication-channel   Keycloak's request, `Authorization: Bearer <the realm's token>`
                                             -> 201, the phone prompted; then, when the phone has answered
                                             (or the prompt expired or was cancelled), a POST of the result
-                                            to the realm's callback with the same bearer
+                                            to the realm's callback with the same bearer (the outbox:
+                                            retried, and carried over a restart of this server)
 
 The sign-in is a prompt of the same Challenges service as every other login flow, for the realm's
 configured application: policy, locks, suspensions, "not me" and every detection rule apply unchanged. It
@@ -18,9 +19,6 @@ tells its client 503), so the shape is for whoever reads the logs.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-
 import structlog
 from aiohttp import web
 
@@ -30,25 +28,21 @@ from pushauth.challenges import context as login_context
 from pushauth.challenges.service import Allowed
 from pushauth.clock import rfc3339
 from pushauth.config import Application, Settings
-from pushauth.errors import ApiError, ConfigError, Conflict, Forbidden, PushAuthError, Unprocessable
-from pushauth.oidc import keycloak
+from pushauth.errors import ApiError, ConfigError, Conflict, Forbidden, Unprocessable
 from pushauth.oidc.keycloak import Bearer, ChannelRequest, KeycloakChannel
-from pushauth.store import STORE_DOWN_ERRORS
-from pushauth.web import io
+from pushauth.oidc.outbox import Notification
+from pushauth.web import io, outbox
+from pushauth.web.outbox import OUTBOX
 from pushauth.web.state import CHALLENGES, LIMITER, REDIS, RUNTIME, SETTINGS
 
 log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
 
 CHANNEL = web.AppKey("keycloak_channel", KeycloakChannel)
-CALLBACKS: web.AppKey[set[asyncio.Task[None]]] = web.AppKey("keycloak_callbacks")  # in flight (strong refs)
-WAIT_S = 25.0  # one long wait on the prompt's decision, repeated until it is decided or expires
 # The prompt ends this long before the realm's bearer does, so that its "expired" (CANCELLED) still reaches
 # Keycloak with a bearer its callback accepts.
 CALLBACK_MARGIN_S = 5
 MIN_PROMPT_S = 10
-STORE_RETRY_S = 1.0
-_STORE_DOWN: tuple[type[Exception], ...] = (PushAuthError, *STORE_DOWN_ERRORS)
 
 
 def setup(app: web.Application, settings: Settings) -> None:
@@ -60,15 +54,7 @@ def setup(app: web.Application, settings: Settings) -> None:
     if problems:
         raise ConfigError("invalid setting oidc.keycloak: " + "; ".join(problems))
     app[CHANNEL] = KeycloakChannel(cfg)  # a bad jwks_file fails here, before anything is served
-
-    async def callbacks_ctx(app: web.Application) -> AsyncIterator[None]:
-        callbacks: set[asyncio.Task[None]] = set()
-        app[CALLBACKS] = callbacks
-        yield
-        for task in list(callbacks):  # see _follow: a shutdown drops the callbacks still waiting
-            task.cancel()
-
-    app.cleanup_ctx.append(callbacks_ctx)
+    outbox.setup(app, settings)
     app.add_routes(routes)
 
 
@@ -107,7 +93,7 @@ async def authentication_channel(request: web.Request) -> web.Response:
                         code="no_prompt")
     log.info("keycloak_channel_prompt", realm=bearer.realm.issuer, client=bearer.client_id,
              binding_message=binding_message is not None, consent=body.is_consent_required)
-    _follow(request.app, application, bearer, created.id)
+    await _follow(request.app, application, bearer, created.id)
     return io.json({"status": "pending", "expires_at": rfc3339(created.expires_at)}, 201)
 
 
@@ -116,21 +102,9 @@ def _application(request: web.Request, bearer: Bearer) -> Application:
     return next(a for a in request.app[SETTINGS].applications if a.id == app_id)
 
 
-def _follow(app: web.Application, application: Application, bearer: Bearer, cid: str) -> None:
-    """Wait for the prompt's decision, then tell the realm. The task lives in this server process: a
-    restart before the phone answers loses the callback, and Keycloak's client is told expired_token when
-    the request runs out."""
-
-    async def follow() -> None:
-        status = "pending"
-        while status == "pending" and clock.now() < bearer.exp:
-            try:
-                status = str((await app[CHALLENGES].status(application, cid, WAIT_S)).get("status"))
-            except _STORE_DOWN:  # Redis unreachable: the decision is there when it is back
-                await asyncio.sleep(STORE_RETRY_S)
-        result = keycloak.CALLBACK_STATUS.get(status, "CANCELLED")
-        await keycloak.callback(bearer, result)
-
-    task = asyncio.get_running_loop().create_task(follow())
-    app[CALLBACKS].add(task)
-    task.add_done_callback(app[CALLBACKS].discard)
+async def _follow(app: web.Application, application: Application, bearer: Bearer, cid: str) -> None:
+    """When the prompt is decided, its result goes to the realm's callback with the realm's own bearer,
+    through the outbox (pushauth/oidc/outbox.py), which survives a restart of this server."""
+    await app[OUTBOX].add(Notification(
+        kind="keycloak", application=application.id, challenge_id=cid, url=bearer.realm.callback_url,
+        bearer=bearer.token, deadline=bearer.exp, sender=bearer.realm.issuer))

@@ -17,32 +17,32 @@ passwords count as failed authentications from the address (the rate limiter's b
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-import aiohttp
 import structlog
 from aiohttp import web
 
 from pushauth import clock
 from pushauth.accounts.users import canonical
 from pushauth.challenges import context as login_context
-from pushauth.challenges.service import Allowed
+from pushauth.challenges.service import Allowed, Created
 from pushauth.config import Application, Settings
 from pushauth.crypto.secrets import equal, sha256_hex
 from pushauth.errors import ApiError, ConfigError
 from pushauth.oidc import entra, rsa
 from pushauth.oidc.entra import EntraHints
 from pushauth.oidc.hints import HintRefused, SignedHints, check_upstream, unverified_issuer
+from pushauth.oidc.outbox import Notification
 from pushauth.oidc.provider import Provider, RedirectError, ShownError, TokenError
 from pushauth.oidc.settings import ACR_MFA, ACR_SFA, OidcClient
 from pushauth.oidc.store import Backchannel, Grant, OidcStore, SignIn, new_secret
 from pushauth.radius.primary import LdapCheck, Verdict
-from pushauth.web import io
+from pushauth.web import io, outbox
 from pushauth.web import oidc_pages as pages
+from pushauth.web.outbox import OUTBOX
 from pushauth.web.state import AUDIT, CHALLENGES, KEYRING, LIMITER, RUNTIME, SETTINGS
 
 log = structlog.get_logger(__name__)
@@ -61,8 +61,6 @@ POLL_S = 25.0
 CIBA_GRANT = "urn:openid:params:grant-type:ciba"
 CIBA_INTERVAL_S = 2  # the least time between a client's polls (CIBA Core 7.3 `interval`)
 CIBA_MAX_EXPIRY_S = 600
-PING_ATTEMPTS = (0.0, 1.0, 5.0, 15.0)  # delays before each try of a ping notification
-PINGS: web.AppKey[set[asyncio.Task[None]]] = web.AppKey("oidc_pings")  # pings in flight (strong refs)
 # RFC 8176: the password (ldap), several factors, proof of possession of the phone's key, a software key
 # (pushauth does not attest where the phone keeps it).
 AMR_PHONE = ["pop", "swk"]
@@ -84,7 +82,6 @@ def setup(app: web.Application, settings: Settings) -> None:
         ldap = LdapCheck(oidc.ldap) if oidc.ldap.url else None
         if ldap is not None:
             app[LDAP] = ldap
-        app[PINGS] = set[asyncio.Task[None]]()
         # first_factor = "none" clients, and CIBA clients whose id_token_hint may come from an upstream
         app[UPSTREAMS] = {c.client_id: SignedHints(c.upstream_jwks_url, ["RS256", "ES256"])
                           for c in oidc.clients if c.upstream_jwks_url}
@@ -95,14 +92,13 @@ def setup(app: web.Application, settings: Settings) -> None:
             app[RSA_KEY] = (rsa.ephemeral(issuer) if settings.keys.ephemeral
                             else rsa.load_or_create(Path(settings.keys.path), issuer))
         yield
-        pings: set[asyncio.Task[None]] = app[PINGS]
-        for task in list(pings):  # a shutdown drops pings still waiting (the client can poll)
-            task.cancel()
         if ldap is not None:
             await ldap.aclose()
 
     # After the runtime (Redis) is open: the cleanup contexts run in order.
     app.cleanup_ctx.append(provider_ctx)
+    if any(c.ciba == "ping" for c in oidc.clients):
+        outbox.setup(app, settings)
     app.add_routes(routes)
 
 
@@ -546,7 +542,7 @@ async def backchannel_authorize(request: web.Request) -> web.Response:
         expires_at=created.expires_at, interval_s=CIBA_INTERVAL_S,
         notification_token=form.get("client_notification_token", "")))
     if client.ciba == "ping":
-        _start_ping(request, client, auth_req_id, form["client_notification_token"], created.id)
+        await _start_ping(request, client, auth_req_id, form["client_notification_token"], created)
     answer: dict[str, Any] = {"auth_req_id": auth_req_id, "expires_in": created.expires_at - clock.now(),
                               "pushauth_number": created.number}
     if client.ciba == "poll":
@@ -612,34 +608,13 @@ async def _ciba_token(request: web.Request, form: dict[str, str]) -> web.Respons
     return response
 
 
-def _start_ping(request: web.Request, client: OidcClient, auth_req_id: str, bearer: str, cid: str) -> None:
+async def _start_ping(request: web.Request, client: OidcClient, auth_req_id: str, bearer: str,
+                      created: Created) -> None:
     """Ping mode (CIBA Core 10.2): when the phone has answered (or the request expired), POST the
-    auth_req_id to the client's notification endpoint with its bearer, a few times until it takes it; the
-    client then fetches the result at the token endpoint. The task lives in this server process: a restart
-    loses the notification, and the client, polling as CIBA lets a ping client, still gets its answer."""
-    app = request.app
-    application = _app(request, client)
-    pings = app[PINGS]
-
-    async def ping() -> None:
-        deadline = clock.now() + CIBA_MAX_EXPIRY_S
-        while clock.now() < deadline:
-            view = await app[CHALLENGES].status(application, cid, POLL_S)
-            if view.get("status") != "pending":
-                break
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
-            for delay in PING_ATTEMPTS:
-                await asyncio.sleep(delay)
-                try:
-                    async with http.post(client.ciba_notification_endpoint, json={"auth_req_id": auth_req_id},
-                                         headers={"Authorization": f"Bearer {bearer}"}) as resp:
-                        if resp.status < 300:
-                            return
-                except (aiohttp.ClientError, TimeoutError):
-                    pass
-            log.warning("oidc_ciba_ping_failed", client=client.client_id)
-
-    task = asyncio.get_running_loop().create_task(ping())
-    pings.add(task)
-    task.add_done_callback(pings.discard)
-
+    auth_req_id to the client's notification endpoint with its bearer, until it takes it; the client then
+    fetches the result at the token endpoint. Through the outbox (pushauth/oidc/outbox.py): a restart of
+    this server does not lose it."""
+    await request.app[OUTBOX].add(Notification(
+        kind="ping", application=client.application, challenge_id=created.id,
+        url=client.ciba_notification_endpoint, bearer=bearer, deadline=created.expires_at,
+        auth_req_id=auth_req_id, sender=client.client_id))
