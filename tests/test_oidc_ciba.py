@@ -246,7 +246,8 @@ async def test_a_ping_survives_a_restart_of_the_server(env: Env) -> None:
             if env.pings:
                 break
             await asyncio.sleep(0.05)
-        assert env.pings == [{"auth": f"Bearer {PING_TOKEN}", "body": {"auth_req_id": started["auth_req_id"]}}]
+        want = {"auth": f"Bearer {PING_TOKEN}", "body": {"auth_req_id": started["auth_req_id"]}}
+        assert env.pings == [want]
         status, tokens = await poll(env, started["auth_req_id"], "kiosk")
         assert status == 200, tokens
     finally:
