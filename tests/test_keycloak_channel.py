@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from structlog.testing import capture_logs
 from support import AdminClient, LoginFlow, RunningServer, free_port, make_settings, start_server
 
 from pushauth.crypto.keyring import KeyRingHolder
@@ -264,3 +265,22 @@ async def test_the_callback_survives_a_server_that_dies(env: Env, keyring: KeyRi
         assert [c.status_code for c in env.realm.callbacks] == [200]
     finally:
         await second.close()
+
+
+async def test_the_realm_bearer_is_never_logged(env: Env) -> None:
+    """The realm's token is a credential for Keycloak's callback: no log event of a whole run (request,
+    prompt, answer, callback, a refused forgery) carries it or a piece of its signature."""
+    body = env.realm.channel_request(USER)
+    with capture_logs() as events:
+        token, auth_result_id = env.realm.bearer(KEYCLOAK_USER_ID)
+        status, _ = await env.realm.request_authentication(env.channel, token, body)
+        assert status == 201
+        assert await env.phone.approve(await prompt(env.phone)) == "approved"
+        assert await env.realm.result(auth_result_id) == "SUCCEED"
+        forged, _ = env.realm.bearer(KEYCLOAK_USER_ID, foreign_key=True)
+        status, _ = await env.realm.request_authentication(env.channel, forged, body)
+        assert status == 401
+    logged = repr(events)
+    assert any(e.get("event") == "notification_taken" for e in events)  # the run was captured
+    for secret in (token, token.rsplit(".", 1)[1], forged.rsplit(".", 1)[1]):
+        assert secret not in logged
