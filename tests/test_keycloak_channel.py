@@ -23,6 +23,7 @@ from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.oidc import outbox
 from pushauth.phone import Challenge, Phone
 from testkit.fakes.keycloak import FakeKeycloak
+from testkit.redis_server import RedisServer
 
 USER = "erin@nhs.net"
 KEYCLOAK_USER_ID = "0b4ad5d2-52d5-4a2c-9d4b-0f3c8e1b6a21"  # Keycloak's id for the user: the bearer's sub
@@ -284,3 +285,24 @@ async def test_the_realm_bearer_is_never_logged(env: Env) -> None:
     assert any(e.get("event") == "notification_taken" for e in events)  # the run was captured
     for secret in (token, token.rsplit(".", 1)[1], forged.rsplit(".", 1)[1]):
         assert secret not in logged
+
+
+async def test_redis_down_fails_closed(private_redis: RedisServer, keyring: KeyRingHolder) -> None:
+    """No Redis, no prompt and no promise: 503, and Keycloak tells its client to come back later."""
+    async with FakeKeycloak() as realm:
+        server = await _start(private_redis.url, keyring, {"issuer": realm.issuer, "application": "webmail"})
+        try:
+            async with aiohttp.ClientSession() as http:
+                phone = await Phone.enroll(await LoginFlow(http, server.url).enroll_uri(USER), session=http)
+                env = Env(server, realm, http, phone)
+                private_redis.stop()
+                status, answer, _ = await env.ask()
+                assert (status, answer["error"]) == (503, "unavailable"), answer
+                private_redis.start()
+                assert await phone.pending() == []
+                status, answer, auth_result_id = await env.ask()  # and back to normal
+                assert status == 201, answer
+                assert await phone.approve(await prompt(phone)) == "approved"
+                assert await realm.result(auth_result_id) == "SUCCEED"
+        finally:
+            await server.close()
