@@ -150,7 +150,11 @@ class Outbox:
             await self._redis.zadd(self._ks.notify_due, {nid: time.time() + seconds}, xx=True)
 
     async def _deliver(self, nid: str, notification: Notification) -> None:
-        status = await self._decision(nid, notification)
+        try:
+            status = await self._decision(nid, notification)
+        except Exception:  # a bug, not an outage (those are waited out): sent as undecided, not re-adopted
+            log.exception("notification_follow_failed", kind=notification.kind, sender=notification.sender)
+            status = "cancelled"
         outcome = "failed"
         body = notification.body(status)
         for attempt, delay in enumerate(ATTEMPTS, start=1):
@@ -177,7 +181,9 @@ class Outbox:
 
     async def _decision(self, nid: str, notification: Notification) -> str:
         """The prompt's status once it is no longer pending, or at the deadline."""
-        application = self._applications[notification.application]
+        application = self._applications.get(notification.application)
+        if application is None:  # taken before a configuration change that removed its application
+            return "cancelled"
         status = "pending"
         while status == "pending" and time.time() < notification.deadline:
             await self._renew(nid, WAIT_S + LEASE_S)
