@@ -306,3 +306,18 @@ async def test_redis_down_fails_closed(private_redis: RedisServer, keyring: KeyR
                 assert await realm.result(auth_result_id) == "SUCCEED"
         finally:
             await server.close()
+
+
+async def test_a_refusal_by_the_realm_is_final(env: Env) -> None:
+    """Keycloak answers 403 to a callback for a request that is no longer pending (decided by another
+    path, or run out): no retry follows a 4xx."""
+    _, _, auth_result_id = await env.ask()
+    challenge = await prompt(env.phone)
+    env.realm.pending[auth_result_id].status = "CANCELLED"  # the realm has closed the request itself
+    assert await env.phone.approve(challenge) == "approved"
+    for _ in range(100):
+        if env.realm.callbacks:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(1.5)  # past the first retry's delay: nothing more comes
+    assert [(c.status_code, c.answer["error"]) for c in env.realm.callbacks] == [(403, "invalid_token")]
