@@ -49,6 +49,8 @@ INTEGRATION_HELPERS = frozenset({
     ("testkit.apache", "ApacheRP"),
     # the fake Microsoft Entra ID of the EAM harness: an aiohttp server on loopback
     ("testkit.fakes.entra", "FakeEntra"),
+    # the fake Keycloak realm of the CIBA authentication channel: an aiohttp server on loopback
+    ("testkit.fakes.keycloak", "FakeKeycloak"),
 })
 INTEGRATION_TESTS = frozenset({
     "test_make.py::test_ci_runs_make_test_and_fails_when_a_test_fails",  # .ci/run: make test in a child

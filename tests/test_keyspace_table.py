@@ -46,6 +46,7 @@ from pushauth.store.keyspace import HASH_FIELDS, KEYS, KeySpec, describe, field_
 from testkit.fakes import sandbox
 from testkit.fakes.apns import FakeAPNs, write_p8
 from testkit.fakes.fcm import FakeFCM
+from testkit.fakes.keycloak import FakeKeycloak
 from testkit.fakes.receivers import HttpReceiver, standard_webhooks_check
 from testkit.fakes.sandbox import PrivateHosts, TestCA
 from testkit.processes import Child
@@ -86,6 +87,7 @@ class Deployment:
     workers: dict[str, Child]
     redis_url: str
     radius_port: int
+    realm: FakeKeycloak
 
 
 @pytest.fixture
@@ -98,7 +100,7 @@ async def deployment(redis_url: str, keyring: KeyRingHolder, tmp_path: Path) -> 
     apns_fake = FakeAPNs(ca, topic=TOPIC, key_id=KEY_ID, team_id=TEAM_ID, public_key=key.public_key(),
                          host=hosts.apns_addr)
     async with FakeFCM(ca, host=hosts.fcm_addr) as fcm, apns_fake as apns, \
-            HttpReceiver(check=standard_webhooks_check(SECRET)) as receiver:
+            HttpReceiver(check=standard_webhooks_check(SECRET)) as receiver, FakeKeycloak() as realm:
         service_account = fcm.write_service_account(folder / "service-account.json")
         push: dict[str, Any] = {
             "fcm": {"enabled": True, "service_account_file": str(service_account)},
@@ -116,7 +118,8 @@ async def deployment(redis_url: str, keyring: KeyRingHolder, tmp_path: Path) -> 
         oidc = {"enabled": True, "code_ttl_s": 600,
                 "clients": [{"client_id": "wiki", "name": "Staff wiki", "application": "webmail",
                              "secret_sha256": [sha256_hex(OIDC_SECRET)], "redirect_uris": [REDIRECT],
-                             "first_factor": "passwordless", "ciba": "poll"}]}
+                             "first_factor": "passwordless", "ciba": "poll"}],
+                "keycloak": {"enabled": True, "realms": [{"issuer": realm.issuer, "application": "webmail"}]}}
         settings = make_settings(redis_url, free_port(), store={"prefix": PREFIX}, push=push,
                                  alerts={"sinks": [sink], "sweep_interval_s": 1.0}, radius=radius, oidc=oidc)
         config.write_text(f"""
@@ -174,7 +177,7 @@ primary = "none"
         server = await start_server(settings, keyring)
         http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
         try:
-            yield Deployment(server, http, fcm, apns, receiver, workers, redis_url, radius_port)
+            yield Deployment(server, http, fcm, apns, receiver, workers, redis_url, radius_port, realm)
         finally:
             await http.close()
             await server.close()
@@ -282,6 +285,12 @@ async def test_every_key_a_full_run_writes_is_in_the_table(deployment: Deploymen
     async with d.http.post(d.server.url + "/oidc/bc-authorize", data={"scope": "openid", "login_hint": ALICE},
                            headers={"Authorization": f"Basic {basic}"}) as resp:
         assert resp.status == 200, await resp.text()
+
+    # Keycloak's CIBA through its authentication channel, left waiting for Alice's phone.
+    token, _ = d.realm.bearer("alice-keycloak-id")
+    status, answer = await d.realm.request_authentication(
+        d.server.url + "/keycloak/authentication-channel", token, d.realm.channel_request(ALICE))
+    assert status == 201, answer
 
     # A RADIUS sign-in through `pushauth radius` (python -m workers.radius) in challenge mode, left at the
     # Access-Challenge: its State waits in Redis, and the client's rate bucket counted it.

@@ -82,3 +82,28 @@ def test_for_phone_keeps_only_what_passes() -> None:
     assert for_phone({}) == {}
     office = {"ip": "10.0.0.1", "location": "Leeds, GB"}
     assert for_phone(office) == office
+
+
+def test_binding_messages() -> None:
+    assert login_context.binding_message("Desk-7F2K") == "Desk-7F2K"
+    assert login_context.binding_message("Caller: Erin, ward 4") == "Caller: Erin, ward 4"
+    assert login_context.binding_message("x" * 64) == "x" * 64
+    for refused in ("", "x" * 65, " padded", "line\nbreak", "tab\there", "abc\u202edcba", "zero\u200bwidth",
+                    "nbsp\u00a0here", "\x00"):
+        assert login_context.binding_message(refused) is None, refused
+
+
+def test_a_binding_message_never_reaches_the_phone_through_the_login_context() -> None:
+    # Only a CIBA client's own binding_message (Challenges.create's argument) is shown; a login flow's
+    # context member of that name is not passed on.
+    assert for_phone({"binding_message": "type 42"}) == {}
+
+
+@given(st.text(max_size=80))
+@settings(max_examples=300)
+def test_a_shown_binding_message_is_bounded_and_printable(text: str) -> None:
+    shown = login_context.binding_message(text)
+    if shown is not None:
+        assert 0 < len(shown) <= login_context.MAX_BINDING_MESSAGE
+        assert shown.isprintable()
+        assert shown == shown.strip()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,15 +18,19 @@ import aiohttp
 import pytest
 from aiohttp import web
 from joserfc import jwt
-from joserfc.jwk import KeySet
+from joserfc.jwk import KeySet, RSAKey
 from support import LoginFlow, RunningServer, free_port, make_settings, start_server
 
+from pushauth.crypto import jws
 from pushauth.crypto.keyring import KeyRingHolder
+from pushauth.crypto.keys import KeyRing
 from pushauth.crypto.secrets import sha256_hex
 from pushauth.phone import Phone
 from testkit.openid_client import RpClient, missing_node_rp, rp_ciba
 
 USER = "erin@nhs.net"
+UPSTREAM = "https://idp.example.org"
+UPSTREAM_KEY = RSAKey.generate_key(2048, parameters={"kid": "upstream-1"})
 SECRET = "service-desk-secret-" + "c" * 24
 PING_TOKEN = "ping-bearer-" + "p" * 30
 
@@ -33,6 +38,7 @@ PING_TOKEN = "ping-bearer-" + "p" * 30
 @dataclass
 class Env:
     op: RunningServer
+    keyring: KeyRingHolder
     http: aiohttp.ClientSession
     phone: Phone
     pings: list[dict[str, Any]]
@@ -46,8 +52,12 @@ async def env(redis_url: str, keyring: KeyRingHolder) -> AsyncIterator[Env]:
         pings.append({"auth": request.headers.get("Authorization"), "body": await request.json()})
         return web.Response(status=204)
 
+    async def upstream_keys(_request: web.Request) -> web.Response:
+        return web.json_response({"keys": [UPSTREAM_KEY.as_dict(private=False)]})
+
     receiver = web.Application()
     receiver.router.add_post("/ciba/notify", notified)
+    receiver.router.add_get("/upstream/jwks", upstream_keys)  # an upstream IdP's keys, for id_token_hint
     runner = web.AppRunner(receiver)
     await runner.setup()
     port = free_port()
@@ -55,7 +65,8 @@ async def env(redis_url: str, keyring: KeyRingHolder) -> AsyncIterator[Env]:
     base = {"application": "webmail", "secret_sha256": [sha256_hex(SECRET)], "redirect_uris": [
         "http://127.0.0.1:9/unused"], "first_factor": "passwordless"}
     desk = {k: v for k, v in base.items() if k != "redirect_uris"}  # CIBA only: no browser comes back
-    clients = [{**desk, "client_id": "desk", "name": "Service desk", "ciba": "poll"},
+    clients = [{**desk, "client_id": "desk", "name": "Service desk", "ciba": "poll",
+                "upstream_issuer": UPSTREAM, "upstream_jwks_url": f"http://127.0.0.1:{port}/upstream/jwks"},
                {**base, "client_id": "kiosk", "name": "Ward kiosk", "ciba": "ping",
                 "ciba_notification_endpoint": f"http://127.0.0.1:{port}/ciba/notify"},
                {**base, "client_id": "web", "name": "Web app"}]
@@ -64,7 +75,7 @@ async def env(redis_url: str, keyring: KeyRingHolder) -> AsyncIterator[Env]:
     try:
         async with aiohttp.ClientSession() as http:
             phone = await Phone.enroll(await LoginFlow(http, op.url).enroll_uri(USER), session=http)
-            yield Env(op, http, phone, pings)
+            yield Env(op, keyring, http, phone, pings)
     finally:
         await op.close()
         await runner.cleanup()
@@ -120,6 +131,75 @@ async def test_poll_mode_pending_slow_down_then_the_tokens(env: Env) -> None:
     assert (status, again["error"]) == (400, "invalid_grant")  # single use
 
 
+async def test_a_binding_message_is_shown_on_the_phone_beside_the_number(env: Env) -> None:
+    status, started = await initiate(env, binding_message="Service desk: ticket INC-4821")
+    assert status == 200, started
+    assert started["pushauth_binding_message"] == "Service desk: ticket INC-4821"
+    [pending] = await env.phone.pending()
+    assert pending.number_matching is True  # the number is still the binding the user types
+    assert pending.context == {"binding_message": "Service desk: ticket INC-4821"}
+    assert await env.phone.approve(pending, number=started["pushauth_number"]) == "approved"
+
+
+def own_id_token(env: Env, **claims: Any) -> str:
+    """An ID token as the provider signs them (ES256, the server's current key), for the hint tests."""
+    now = int(time.time())
+    current = env.keyring.ring.current
+    return jws.sign({"iss": env.op.url, "sub": USER, "aud": "desk", "iat": now, "exp": now + 300, **claims},
+                    current.key, typ="JWT", kid=current.kid)
+
+
+def upstream_id_token(**claims: Any) -> str:
+    now = int(time.time())
+    return jwt.encode({"alg": "RS256", "kid": "upstream-1"}, {
+        "iss": UPSTREAM, "aud": "desk", "preferred_username": USER, "sub": "u-77", "iat": now,
+        "exp": now + 300, **claims}, UPSTREAM_KEY, algorithms=["RS256"])
+
+
+async def test_an_id_token_we_issued_names_the_user(env: Env) -> None:
+    """CIBA Core 7.1: the client sends back an ID token it got from us. The real one, from a sign-in."""
+    _, started = await initiate(env)
+    [pending] = await env.phone.pending()
+    assert await env.phone.approve(pending, number=started["pushauth_number"]) == "approved"
+    status, tokens = await poll(env, started["auth_req_id"])
+    assert status == 200, tokens
+    form = {"scope": "openid", "id_token_hint": tokens["id_token"]}
+    status, again = await post(env, "/oidc/bc-authorize", form)
+    assert status == 200, again
+    [_prompt] = await env.phone.pending()  # one prompt, for the hint's user (the phone is USER's)
+    # An expired one still names the user (the phone decides), when it is recent enough.
+    status, body = await post(env, "/oidc/bc-authorize", {"scope": "openid", "id_token_hint": own_id_token(
+        env, iat=int(time.time()) - 3600, exp=int(time.time()) - 3300)})
+    assert status == 200, body
+
+
+async def test_an_upstream_id_token_names_the_user(env: Env) -> None:
+    status, body = await post(env, "/oidc/bc-authorize", {"scope": "openid",
+                                                          "id_token_hint": upstream_id_token()})
+    assert status == 200, body
+    [_prompt] = await env.phone.pending()  # one prompt, for the hint's user (the phone is USER's)
+
+
+@pytest.mark.parametrize("make_hint", [
+    lambda env: own_id_token(env, aud="kiosk"),  # issued to another client
+    lambda env: own_id_token(env, iss="https://elsewhere.example.org"),
+    lambda env: own_id_token(env, iat=int(time.time()) - 2 * 86400),  # too old
+    lambda env: jws.sign({"iss": env.op.url, "sub": USER, "aud": "desk", "iat": int(time.time())},
+                         KeyRing.ephemeral().current.key, typ="JWT",
+                         kid=env.keyring.ring.current.kid),  # our kid, another key
+    lambda env: upstream_id_token(aud="someone-else"),
+    lambda env: upstream_id_token(iat=int(time.time()) - 3600),  # older than upstream_max_age_s
+    lambda env: jwt.encode({"alg": "RS256", "kid": "upstream-1"}, {
+        "iss": UPSTREAM, "aud": "desk", "preferred_username": USER, "iat": int(time.time()),
+        "exp": int(time.time()) + 60}, RSAKey.generate_key(2048), algorithms=["RS256"]),  # unpublished key
+    lambda env: "not-a-jwt",
+])
+async def test_a_bad_id_token_hint_prompts_no_one(env: Env, make_hint: Any) -> None:
+    status, body = await post(env, "/oidc/bc-authorize", {"scope": "openid", "id_token_hint": make_hint(env)})
+    assert (status, body["error"]) == (400, "invalid_request"), body
+    assert await env.phone.pending() == []
+
+
 async def test_a_denial_is_access_denied(env: Env) -> None:
     _, started = await initiate(env)
     [pending] = await env.phone.pending()
@@ -152,8 +232,31 @@ async def test_ping_mode_notifies_the_client(env: Env) -> None:
     assert "id_token" in tokens
 
 
+async def test_a_ping_survives_a_restart_of_the_server(env: Env) -> None:
+    """The ping waits in Redis (the outbox), not only in the process that took the request: the server
+    stops before the phone answers, the next one on the same Redis pings."""
+    status, started = await initiate(env, "kiosk", client_notification_token=PING_TOKEN)
+    assert status == 200, started
+    [pending] = await env.phone.pending()
+    await env.op.close()
+    second = await start_server(env.op.settings, env.keyring)  # the same address and Redis
+    try:
+        assert await env.phone.approve(pending, number=started["pushauth_number"]) == "approved"
+        for _ in range(200):
+            if env.pings:
+                break
+            await asyncio.sleep(0.05)
+        want = {"auth": f"Bearer {PING_TOKEN}", "body": {"auth_req_id": started["auth_req_id"]}}
+        assert env.pings == [want]
+        status, tokens = await poll(env, started["auth_req_id"], "kiosk")
+        assert status == 200, tokens
+    finally:
+        await second.close()
+
+
 @pytest.mark.parametrize(("client_id", "secret", "extra", "error"), [
-    ("desk", SECRET, {"binding_message": "Call 0113 496 0000"}, "invalid_binding_message"),
+    ("desk", SECRET, {"binding_message": "Call\n0113 496 0000"}, "invalid_binding_message"),
+    ("desk", SECRET, {"binding_message": "x" * 65}, "invalid_binding_message"),
     ("desk", SECRET, {"login_hint": "nobody@nhs.net"}, "unknown_user_id"),
     ("desk", SECRET, {"user_code": "1234"}, "invalid_user_code"),
     ("desk", SECRET, {"scope": "profile"}, "invalid_scope"),

@@ -16,6 +16,13 @@ victim: a User-Agent of "Security check: type 42 in the app" was shown, the vict
                    refused: v1 login flows keep working; PROTOCOL.md 8.2 says so).
     ip          -> shown only if it is an IP address, in its normal form.
 
+One member is text, and shown as such: a CIBA `binding_message` (OpenID CIBA Core 7.1), which the
+requesting client (an authenticated OpenID client, or a Keycloak realm for its client) shows the user on its
+side too, so that the two screens can be matched. It never comes from the browser signing in, and the client
+that writes it is the one that is told the number, so it cannot fish for a number it does not already know.
+It is still bounded (`binding_message`): at most 64 printable characters, none of them a control, format
+(bidirectional overrides) or line-breaking character; anything else is refused with the request.
+
 The security team's evidence keeps what the login flow sent (escaped wherever it is shown); only the phone's
 copy is reduced. The application's name on the phone is the configured one (`[[applications]] name`).
 """
@@ -32,6 +39,7 @@ import ua_parser
 from ua_parser.loaders import load_builtins
 
 MAX_LOCATION = 64
+MAX_BINDING_MESSAGE = 64
 _LOCATION_PUNCTUATION: Final = frozenset(" ,.'’-()/")
 
 # ua-parser family -> what the phone shows. Anything not here is "an unrecognised browser".
@@ -90,6 +98,16 @@ def place_name(location: str) -> str | None:
         elif category[0] != "M" and ch not in _LOCATION_PUNCTUATION:
             return None
     return text if has_letter else None
+
+
+def binding_message(text: str) -> str | None:
+    """`text` (NFC) if it may be shown on the phone as a binding message, else None."""
+    text = unicodedata.normalize("NFC", text)
+    # str.isprintable is False for every Cc, Cf (U+202E and the other bidi controls), Zl, Zp, unassigned
+    # and private-use character, and for every space but U+0020.
+    if not 0 < len(text) <= MAX_BINDING_MESSAGE or not text.isprintable() or text != text.strip():
+        return None
+    return text
 
 
 def address(ip: str) -> str | None:

@@ -136,11 +136,13 @@ class Challenges:
 
     async def create(self, app: Application, user: str, context: dict[str, str] | None,
                      ttl_s: int | None, *, remember_token: str | None = None,
-                     browser_id: str | None = None, number_matching: bool = True) -> Created | Allowed:
+                     browser_id: str | None = None, number_matching: bool = True,
+                     binding_message: str | None = None) -> Created | Allowed:
         """A prompt for `user`, or the policy's reason why none is needed (pushauth/accounts/policy.py); every
         outcome but a plain prompt is audited. `number_matching=False`: no number even where the settings
         ask for one, for a login flow that cannot show it (a RADIUS client that shows no challenge): the
-        phone then asks approve or deny, with the context."""
+        phone then asks approve or deny, with the context. `binding_message`: a CIBA client's text for the
+        phone (`ctx.binding_message`), already checked with `login_context.binding_message`."""
         cfg = self._settings.challenges
         ttl = cfg.default_ttl_s if ttl_s is None else ttl_s
         if not 10 <= ttl <= cfg.max_ttl_s:
@@ -168,9 +170,14 @@ class Challenges:
             "nonce", secrets.nonce(NONCE_BYTES), "num", number,
         ]
         ctx_json = _encode(context).decode() if context else ""
+        # what the phone will be shown of it, reduced once here rather than at every fetch
+        phone_ctx = login_context.for_phone(context or {})
+        if binding_message:
+            phone_ctx["binding_message"] = binding_message
         if ctx_json:
-            # what the phone will be shown of it, reduced once here rather than at every fetch
-            fields += ["ctx", ctx_json, "pctx", _encode(login_context.for_phone(context or {})).decode()]
+            fields += ["ctx", ctx_json]
+        if ctx_json or phone_ctx:
+            fields += ["pctx", _encode(phone_ctx).decode()]
         if browser_id and self._settings.policy.remember_days > 0:
             fields += ["rmb", sha256_hex(browser_id)]  # an approval then remembers this browser
         network = network_of(context["ip"]) if context and context.get("ip") else ""

@@ -9,6 +9,8 @@ list of algorithms; `check_upstream` then the claims an upstream's hint must car
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -30,14 +32,19 @@ class HintRefused(Exception):
 
 
 class SignedHints:
-    def __init__(self, jwks_url: str, algorithms: Sequence[str]) -> None:
+    """`keys`: a fixed key set (a JWKS file) instead of fetching `jwks_url`."""
+
+    def __init__(self, jwks_url: str, algorithms: Sequence[str], keys: KeySet | None = None) -> None:
         self._jwks_url = jwks_url
         self._algorithms = list(algorithms)
-        self._keys: KeySet | None = None
+        self._keys: KeySet | None = keys
+        self._fixed = keys is not None
         self._fetched_at = -JWKS_REFRESH_S
 
     async def _key_set(self, *, refresh: bool) -> KeySet:
         now = time.monotonic()
+        if self._fixed and self._keys is not None:
+            return self._keys
         if self._keys is None or (refresh and now - self._fetched_at >= JWKS_REFRESH_S):
             timeout = aiohttp.ClientTimeout(total=JWKS_TIMEOUT_S)
             try:
@@ -66,6 +73,19 @@ class SignedHints:
             return dict(jwt.decode(token, keys, algorithms=self._algorithms).claims)
         except (JoseError, ValueError) as exc:
             raise HintRefused(f"signature: {type(exc).__name__}") from None
+
+
+def unverified_issuer(token: str) -> str | None:
+    """The `iss` a compact JWS claims, unverified: only to choose whose keys verify it."""
+    parts = token.split(".")
+    if len(parts) != 3 or len(token) > 16384:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, RecursionError):
+        return None
+    issuer = claims.get("iss") if isinstance(claims, dict) else None
+    return issuer if isinstance(issuer, str) else None
 
 
 def check_upstream(claims: dict[str, Any], *, issuer: str, audience: str, user_claim: str,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
 import time
 from collections.abc import Mapping
@@ -29,10 +30,12 @@ from typing import Any
 from urllib.parse import unquote
 
 from joserfc import jwt
+from joserfc.errors import JoseError
 
 from pushauth.crypto import jws
 from pushauth.crypto.keys import KeyRing
 from pushauth.crypto.secrets import equal, sha256_hex
+from pushauth.oidc.hints import CLOCK_SKEW_S, HintRefused
 from pushauth.oidc.rsa import RsaSigningKey
 from pushauth.oidc.settings import OidcClient, OidcSettings
 from pushauth.oidc.store import Grant, OidcStore, SignIn, new_secret
@@ -41,6 +44,9 @@ from pushauth.oidc.store import Grant, OidcStore, SignIn, new_secret
 _VERIFIER = re.compile(r"[A-Za-z0-9._~-]{43,128}")
 _CHALLENGE = re.compile(r"[A-Za-z0-9_-]{43}")
 MAX_PARAM = 512  # state, nonce, login_hint: generous, bounded
+# A CIBA client's id_token_hint: one of our ID tokens issued to it at most this long ago (a service desk's
+# app holds on to the caller's last sign-in for a working day).
+ID_TOKEN_HINT_MAX_AGE_S = 86400
 
 
 class ShownError(Exception):
@@ -78,6 +84,17 @@ class Authorization:
 
 def _rsa(client: OidcClient) -> bool:
     return client.id_token_alg == "RS256"  # noqa: S105 (an algorithm's name)
+
+
+def jwt_header_alg(token: str) -> str | None:
+    """The `alg` a compact JWS's header names, unverified: only to choose the key."""
+    head = token.split(".", 1)[0]
+    try:
+        header = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
+    except (ValueError, RecursionError):
+        return None
+    alg = header.get("alg") if isinstance(header, dict) else None
+    return alg if isinstance(alg, str) else None
 
 
 def s256(verifier: str) -> str:
@@ -241,6 +258,36 @@ class Provider:
                               algorithms=["RS256"])
         current = keyring.current
         return jws.sign(claims, current.key, typ="JWT", kid=current.kid)
+
+    def own_hint_user(self, token: str, client_id: str, keyring: KeyRing,
+                      rsa_key: RsaSigningKey | None = None) -> str:
+        """The user of an ID token this provider issued to `client_id` (a CIBA `id_token_hint`, CIBA Core
+        7.1): ES256 with a server key still in the ring, or RS256 with the provider's RSA key; issued at most
+        ID_TOKEN_HINT_MAX_AGE_S ago. It may have expired: it names the user, the phone still decides.
+        Raises HintRefused."""
+        try:
+            alg = jwt_header_alg(token)
+            if alg == jws.ALG:
+                header = jws.read_header(token, typ="JWT")
+                claims = jws.verify(token, keyring.verifying_key(header["kid"]))
+            elif alg == "RS256" and rsa_key is not None:
+                claims = dict(jwt.decode(token, rsa_key.key, algorithms=["RS256"]).claims)
+            else:
+                raise HintRefused(f"alg {alg!r} is not one this provider signs with")
+        except (jws.InvalidJWS, JoseError, ValueError) as exc:
+            raise HintRefused(f"signature: {type(exc).__name__}") from None
+        if claims.get("iss") != self.issuer:
+            raise HintRefused("not issued by this provider")
+        aud = claims.get("aud")
+        if not (aud == client_id or (isinstance(aud, list) and client_id in aud)):
+            raise HintRefused("issued to another client")
+        iat, sub = claims.get("iat"), claims.get("sub")
+        now = time.time()
+        if type(iat) is not int or iat > now + CLOCK_SKEW_S or now - iat > ID_TOKEN_HINT_MAX_AGE_S:
+            raise HintRefused("too old, or issued in the future")
+        if not isinstance(sub, str) or not sub:
+            raise HintRefused("no sub")
+        return sub
 
     async def userinfo(self, token: str) -> dict[str, Any] | None:
         grant = await self.store.access_token(token)

@@ -59,8 +59,9 @@ class OidcClient(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     # answered); empty: not allowed. Confidential clients only.
     ciba: Literal["", "poll", "ping"] = ""
     ciba_notification_endpoint: str = ""
-    # For first_factor = "none": the upstream's issuer (its hint's `iss`), its keys, the audience its hint
-    # is for (default: this client_id), the claim naming the user, and how old a hint may be.
+    # For first_factor = "none", and for a CIBA client's id_token_hint from an upstream: the upstream's
+    # issuer (its hint's `iss`), its keys, the audience its hint is for (default: this client_id), the claim
+    # naming the user, and how old a hint may be.
     upstream_issuer: str = ""
     upstream_jwks_url: str = ""
     upstream_audience: str = ""
@@ -88,6 +89,8 @@ class OidcClient(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
             raise ValueError("ciba = \"ping\" needs ciba_notification_endpoint")
         if self.first_factor == "none" and not (self.upstream_issuer and self.upstream_jwks_url):
             raise ValueError('first_factor = "none" needs upstream_issuer and upstream_jwks_url')
+        if bool(self.upstream_issuer) != bool(self.upstream_jwks_url):
+            raise ValueError("upstream_issuer and upstream_jwks_url go together")
         if not 10 <= self.upstream_max_age_s <= 3600:
             raise ValueError("upstream_max_age_s must be 10..3600")
 
@@ -127,6 +130,70 @@ class EntraSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
             raise ValueError("entra.hint_grace_s must be 0..86400")
 
 
+# Asymmetric signatures only: a realm's HMAC key is its own secret, never shared with us.
+KEYCLOAK_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
+
+
+class KeycloakRealm(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One Keycloak realm whose CIBA sends its authentication requests here (Keycloak's HTTP authentication
+    channel: pushauth/oidc/keycloak.py)."""
+
+    # The realm's issuer, exactly as its tokens carry it: https://sso.example.org/realms/staff
+    issuer: str
+    # The [[applications]] id these sign-ins are (the phone shows its name; its policy applies).
+    application: str
+    # The realm's keys: a JWKS file, or a URL fetched and cached (refetched, at most once a minute, for an
+    # unknown kid). Neither: the realm's own <issuer>/protocol/openid-connect/certs.
+    jwks_file: str = ""
+    jwks_url: str = ""
+    # The realm's token signature algorithm (Realm settings > Tokens > Default signature algorithm;
+    # Keycloak's default is RS256). Nothing else is accepted.
+    algorithms: list[str] = msgspec.field(default_factory=lambda: ["RS256"])
+    # The longest a prompt may wait, whatever the realm's CIBA expiry (its bearer's exp) allows.
+    max_prompt_s: int = 120
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.issuer)
+        if parts.scheme not in ("https", "http") or not parts.netloc or self.issuer.endswith("/"):
+            raise ValueError("keycloak realm issuer must be an http(s) URL without a trailing slash")
+        if self.jwks_file and self.jwks_url:
+            raise ValueError("keycloak realm: jwks_file or jwks_url, not both")
+        if self.jwks_url and urlsplit(self.jwks_url).scheme not in ("https", "http"):
+            raise ValueError("keycloak realm jwks_url must be an http(s) URL")
+        if not self.algorithms or not set(self.algorithms) <= set(KEYCLOAK_ALGORITHMS):
+            raise ValueError(f"keycloak realm algorithms must be some of {', '.join(KEYCLOAK_ALGORITHMS)}")
+        if not 10 <= self.max_prompt_s <= 600:
+            raise ValueError("keycloak realm max_prompt_s must be 10..600")
+
+    @property
+    def keys_url(self) -> str:
+        return self.jwks_url or f"{self.issuer}/protocol/openid-connect/certs"
+
+    @property
+    def callback_url(self) -> str:
+        """Where the realm takes the answer (Keycloak's BackchannelAuthenticationCallbackEndpoint)."""
+        return f"{self.issuer}/protocol/openid-connect/ext/ciba/auth/callback"
+
+
+class KeycloakSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Keycloak's CIBA HTTP authentication channel (POST /keycloak/authentication-channel): off by default;
+    independent of `[oidc] enabled` (Keycloak is the OpenID Provider there, pushauth only the phone)."""
+
+    enabled: bool = False
+    realms: list[KeycloakRealm] = []
+
+    def __post_init__(self) -> None:
+        if self.enabled and not self.realms:
+            raise ValueError("keycloak: at least one [[oidc.keycloak.realms]] when enabled")
+        issuers = [r.issuer for r in self.realms]
+        if len(issuers) != len(set(issuers)):
+            raise ValueError("keycloak realm issuers must be unique")
+
+    def problems(self, application_ids: set[str]) -> list[str]:
+        return [f"oidc.keycloak realm {r.issuer!r}: no application {r.application!r} in [[applications]]"
+                for r in self.realms if r.application not in application_ids]
+
+
 class OidcSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     enabled: bool = False
     # The issuer (`iss`); empty: server.base_url. Relying parties find everything else from
@@ -142,6 +209,7 @@ class OidcSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     access_token_ttl_s: int = 600
     ldap: LdapSettings = LdapSettings()
     entra: EntraSettings = EntraSettings()
+    keycloak: KeycloakSettings = KeycloakSettings()
     clients: list[OidcClient] = []
 
     def __post_init__(self) -> None:

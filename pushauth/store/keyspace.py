@@ -45,6 +45,7 @@ PLACEHOLDERS: dict[str, str] = {
     "sha256(State)": r"[0-9a-f]{64}",
     "sha256(token)": r"[0-9a-f]{64}",
     "sign-in id": r"[A-Za-z0-9_-]{22,64}",
+    "notification id": r"[A-Za-z0-9_-]{22}",
     "worker kind": r"push|alerts|expiry|radius",  # pushauth.store.heartbeats.WORKER_KINDS
     "address": r".+",  # a client address, IPv6 as its /64 ("<network>/64")
     "application id": r".+",
@@ -229,6 +230,17 @@ KEYS: tuple[KeySpec, ...] = (
             "the request's expiry (EX); deleted when its tokens are issued",
             "a backchannel (CIBA) authentication request by its auth_req_id: client, user, prompt (JSON)",
             "KeySpace.oidc_ciba"),
+    KeySpec("<prefix>:{notify}:due", "zset", "pushauth.oidc", "permanent (members leave when delivered)",
+            "CIBA pings and Keycloak callbacks waiting for a prompt's decision, by when their server's lease "
+            "ends (a server that stops or dies leaves them for another to adopt)", "KeySpace.notify_due"),
+    KeySpec("<prefix>:{notify}:n:<notification id>", "string", "pushauth.oidc",
+            "the prompt's life and the retries (EX); deleted when delivered",
+            "one such notification: the prompt it waits for, where it goes, its bearer (JSON)",
+            "KeySpace.notification"),
+    KeySpec("<prefix>:kc:req:<sha256(token)>", "string", "pushauth.oidc",
+            "until the realm's bearer expires (EX)",
+            "a Keycloak authentication channel request already taken (its bearer's jti): a replay starts no "
+            "second prompt", "KeySpace.keycloak_request"),
     KeySpec("<prefix>:radius:state:<sha256(State)>", "string", "pushauth.radius",
             "until the prompt expires (EXAT); deleted when used",
             "what an Access-Challenge's State refers to: the prompt, user and client a RADIUS follow-up "
@@ -524,6 +536,16 @@ class KeySpace:
 
     def oidc_ciba(self, auth_req_id: str) -> str:
         return f"{self.prefix}:oidc:ciba:{sha256_hex(auth_req_id)}"
+
+    @property
+    def notify_due(self) -> str:
+        return f"{self.prefix}:{{notify}}:due"
+
+    def notification(self, notification_id: str) -> str:
+        return f"{self.prefix}:{{notify}}:n:{notification_id}"
+
+    def keycloak_request(self, issuer: str, jti: str) -> str:
+        return f"{self.prefix}:kc:req:{sha256_hex(issuer + chr(0) + jti)}"
 
     def radius_state(self, state: bytes) -> str:
         # Only the State's hash: a copy of Redis cannot answer a RADIUS challenge in flight.

@@ -26,6 +26,7 @@ from pushauth.web import (
     console,
     demo_page,
     device,
+    keycloak,
     login_flow,
     oidc,
     oidc_codes,
@@ -123,4 +124,5 @@ def create_app(settings: Settings, *, keyring: KeyRingHolder | None = None,
     oidc.setup(app, settings)  # the OpenID Provider, when [oidc] enabled
     if settings.oidc.enabled:
         app.add_routes(oidc_codes.routes)  # its sign-in page's "use a code" (offline codes)
+    keycloak.setup(app, settings)  # Keycloak's CIBA authentication channel, when [oidc.keycloak] enabled
     return app

@@ -17,31 +17,32 @@ passwords count as failed authentications from the address (the rate limiter's b
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-import aiohttp
 import structlog
 from aiohttp import web
 
 from pushauth import clock
 from pushauth.accounts.users import canonical
-from pushauth.challenges.service import Allowed
+from pushauth.challenges import context as login_context
+from pushauth.challenges.service import Allowed, Created
 from pushauth.config import Application, Settings
 from pushauth.crypto.secrets import equal, sha256_hex
 from pushauth.errors import ApiError, ConfigError
 from pushauth.oidc import entra, rsa
 from pushauth.oidc.entra import EntraHints
-from pushauth.oidc.hints import HintRefused, SignedHints, check_upstream
+from pushauth.oidc.hints import HintRefused, SignedHints, check_upstream, unverified_issuer
+from pushauth.oidc.outbox import Notification
 from pushauth.oidc.provider import Provider, RedirectError, ShownError, TokenError
 from pushauth.oidc.settings import ACR_MFA, ACR_SFA, OidcClient
 from pushauth.oidc.store import Backchannel, Grant, OidcStore, SignIn, new_secret
 from pushauth.radius.primary import LdapCheck, Verdict
-from pushauth.web import io
+from pushauth.web import io, outbox
 from pushauth.web import oidc_pages as pages
+from pushauth.web.outbox import OUTBOX
 from pushauth.web.state import AUDIT, CHALLENGES, KEYRING, LIMITER, RUNTIME, SETTINGS
 
 log = structlog.get_logger(__name__)
@@ -60,8 +61,6 @@ POLL_S = 25.0
 CIBA_GRANT = "urn:openid:params:grant-type:ciba"
 CIBA_INTERVAL_S = 2  # the least time between a client's polls (CIBA Core 7.3 `interval`)
 CIBA_MAX_EXPIRY_S = 600
-PING_ATTEMPTS = (0.0, 1.0, 5.0, 15.0)  # delays before each try of a ping notification
-PINGS: web.AppKey[set[asyncio.Task[None]]] = web.AppKey("oidc_pings")  # pings in flight (strong refs)
 # RFC 8176: the password (ldap), several factors, proof of possession of the phone's key, a software key
 # (pushauth does not attest where the phone keeps it).
 AMR_PHONE = ["pop", "swk"]
@@ -83,9 +82,9 @@ def setup(app: web.Application, settings: Settings) -> None:
         ldap = LdapCheck(oidc.ldap) if oidc.ldap.url else None
         if ldap is not None:
             app[LDAP] = ldap
-        app[PINGS] = set[asyncio.Task[None]]()
+        # first_factor = "none" clients, and CIBA clients whose id_token_hint may come from an upstream
         app[UPSTREAMS] = {c.client_id: SignedHints(c.upstream_jwks_url, ["RS256", "ES256"])
-                          for c in oidc.clients if c.first_factor == "none"}
+                          for c in oidc.clients if c.upstream_jwks_url}
         if oidc.entra.enabled:
             app[ENTRA] = EntraHints(oidc.entra)
         if oidc.entra.enabled or any(c.id_token_alg == "RS256" for c in oidc.clients):  # noqa: S105
@@ -93,14 +92,13 @@ def setup(app: web.Application, settings: Settings) -> None:
             app[RSA_KEY] = (rsa.ephemeral(issuer) if settings.keys.ephemeral
                             else rsa.load_or_create(Path(settings.keys.path), issuer))
         yield
-        pings: set[asyncio.Task[None]] = app[PINGS]
-        for task in list(pings):  # a shutdown drops pings still waiting (the client can poll)
-            task.cancel()
         if ldap is not None:
             await ldap.aclose()
 
     # After the runtime (Redis) is open: the cleanup contexts run in order.
     app.cleanup_ctx.append(provider_ctx)
+    if any(c.ciba == "ping" for c in oidc.clients):
+        outbox.setup(app, settings)
     app.add_routes(routes)
 
 
@@ -495,7 +493,9 @@ def _ciba_error(error: str, description: str, status: int = 400) -> web.Response
 async def backchannel_authorize(request: web.Request) -> web.Response:
     """CIBA Core 7: a client asks for a user's approval out of band. The phone is prompted with number
     matching; the number goes back to the client (`pushauth_number`) to show the user on its side (a
-    service desk's screen, a kiosk). A `binding_message` is refused: the number is the binding."""
+    service desk's screen, a kiosk). A `binding_message` (CIBA Core 7.1), once it passes
+    `login_context.binding_message`, is shown on the phone as text beside the number, and echoed back
+    (`pushauth_binding_message`) as the phone shows it (NFC)."""
     form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
     provider = request.app[PROVIDER]
     try:
@@ -509,20 +509,29 @@ async def backchannel_authorize(request: web.Request) -> web.Response:
         return _ciba_error("invalid_scope", "the openid scope is required")
     if "user_code" in form:
         return _ciba_error("invalid_user_code", "user codes are not used: the phone is the factor")
-    if form.get("binding_message"):
-        return _ciba_error("invalid_binding_message",
-                           "pushauth binds with its own number (pushauth_number in the answer)")
+    binding_message = None
+    if form.get("binding_message"):  # RFC 6749 3.1: a parameter without a value is as if omitted
+        binding_message = login_context.binding_message(form["binding_message"])
+        if binding_message is None:
+            return _ciba_error("invalid_binding_message", f"binding_message must be 1.."
+                               f"{login_context.MAX_BINDING_MESSAGE} printable characters")
     if client.ciba == "ping" and not form.get("client_notification_token"):
         return _ciba_error("invalid_request", "ping mode needs client_notification_token")
     hints = [k for k in ("login_hint", "id_token_hint", "login_hint_token") if form.get(k)]
-    if hints != ["login_hint"]:
-        return _ciba_error("invalid_request", "exactly one hint, login_hint, is supported")
+    if hints not in (["login_hint"], ["id_token_hint"]):
+        return _ciba_error("invalid_request", "exactly one hint, login_hint or id_token_hint")
     raw_expiry = form.get("requested_expiry", str(provider.settings.prompt_ttl_s))
     if not raw_expiry.isdigit() or not 10 <= int(raw_expiry) <= CIBA_MAX_EXPIRY_S:
         return _ciba_error("invalid_request", f"requested_expiry must be 10..{CIBA_MAX_EXPIRY_S} seconds")
     try:
-        user = canonical(form["login_hint"])
-        created = await request.app[CHALLENGES].create(_app(request, client), user, None, int(raw_expiry))
+        named = form.get("login_hint") or await _hinted_user(request, client, form["id_token_hint"])
+    except HintRefused as exc:
+        log.warning("oidc_ciba_hint_refused", client=client.client_id, why=exc.reason)
+        return _ciba_error("invalid_request", "the id_token_hint was refused")
+    try:
+        user = canonical(named)
+        created = await request.app[CHALLENGES].create(_app(request, client), user, None, int(raw_expiry),
+                                                       binding_message=binding_message)
     except ApiError as exc:
         if exc.code in ("not_enrolled", "invalid_user"):
             return _ciba_error("unknown_user_id", "no phone is set up for this user")
@@ -535,14 +544,28 @@ async def backchannel_authorize(request: web.Request) -> web.Response:
         expires_at=created.expires_at, interval_s=CIBA_INTERVAL_S,
         notification_token=form.get("client_notification_token", "")))
     if client.ciba == "ping":
-        _start_ping(request, client, auth_req_id, form["client_notification_token"], created.id)
+        await _start_ping(request, client, auth_req_id, form["client_notification_token"], created)
     answer: dict[str, Any] = {"auth_req_id": auth_req_id, "expires_in": created.expires_at - clock.now(),
                               "pushauth_number": created.number}
     if client.ciba == "poll":
         answer["interval"] = CIBA_INTERVAL_S
+    if binding_message is not None:
+        answer["pushauth_binding_message"] = binding_message
     response = io.json(answer)
     response.headers.update({"Cache-Control": "no-store", "Pragma": "no-cache"})
     return response
+
+
+async def _hinted_user(request: web.Request, client: OidcClient, token: str) -> str:
+    """The user a CIBA `id_token_hint` names: an ID token of the client's configured upstream (its issuer,
+    keys, audience and age, as for first_factor = "none"), or one this provider issued to the client."""
+    if client.upstream_issuer and unverified_issuer(token) == client.upstream_issuer:
+        claims = await request.app[UPSTREAMS][client.client_id].claims(token)
+        return check_upstream(claims, issuer=client.upstream_issuer,
+                              audience=client.upstream_audience or client.client_id,
+                              user_claim=client.upstream_user_claim, max_age_s=client.upstream_max_age_s)
+    return request.app[PROVIDER].own_hint_user(token, client.client_id, request.app[KEYRING].ring,
+                                               request.app.get(RSA_KEY))
 
 
 async def _ciba_token(request: web.Request, form: dict[str, str]) -> web.Response:
@@ -587,34 +610,13 @@ async def _ciba_token(request: web.Request, form: dict[str, str]) -> web.Respons
     return response
 
 
-def _start_ping(request: web.Request, client: OidcClient, auth_req_id: str, bearer: str, cid: str) -> None:
+async def _start_ping(request: web.Request, client: OidcClient, auth_req_id: str, bearer: str,
+                      created: Created) -> None:
     """Ping mode (CIBA Core 10.2): when the phone has answered (or the request expired), POST the
-    auth_req_id to the client's notification endpoint with its bearer, a few times until it takes it; the
-    client then fetches the result at the token endpoint. The task lives in this server process: a restart
-    loses the notification, and the client, polling as CIBA lets a ping client, still gets its answer."""
-    app = request.app
-    application = _app(request, client)
-    pings = app[PINGS]
-
-    async def ping() -> None:
-        deadline = clock.now() + CIBA_MAX_EXPIRY_S
-        while clock.now() < deadline:
-            view = await app[CHALLENGES].status(application, cid, POLL_S)
-            if view.get("status") != "pending":
-                break
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
-            for delay in PING_ATTEMPTS:
-                await asyncio.sleep(delay)
-                try:
-                    async with http.post(client.ciba_notification_endpoint, json={"auth_req_id": auth_req_id},
-                                         headers={"Authorization": f"Bearer {bearer}"}) as resp:
-                        if resp.status < 300:
-                            return
-                except (aiohttp.ClientError, TimeoutError):
-                    pass
-            log.warning("oidc_ciba_ping_failed", client=client.client_id)
-
-    task = asyncio.get_running_loop().create_task(ping())
-    pings.add(task)
-    task.add_done_callback(pings.discard)
-
+    auth_req_id to the client's notification endpoint with its bearer, until it takes it; the client then
+    fetches the result at the token endpoint. Through the outbox (pushauth/oidc/outbox.py): a restart of
+    this server does not lose it."""
+    await request.app[OUTBOX].add(Notification(
+        kind="ping", application=client.application, challenge_id=created.id,
+        url=client.ciba_notification_endpoint, bearer=bearer, deadline=created.expires_at,
+        auth_req_id=auth_req_id, sender=client.client_id))
