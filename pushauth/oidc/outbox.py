@@ -40,6 +40,7 @@ from pushauth.store.scripts import Script
 log = structlog.get_logger(__name__)
 
 LEASE_S: Final = 30  # how long a holder's claim lasts without renewal
+CLOSE_WAIT_S: Final = 5.0  # a shutdown waits at most this long for its followers to stop
 WAIT_S: Final = 10.0  # one wait on the prompt's decision (the lease is renewed between waits)
 SWEEP_S: Final = 2.0
 SWEEP_BATCH: Final = 100
@@ -90,6 +91,10 @@ class Outbox:
         self._applications = applications
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._http: aiohttp.ClientSession | None = None
+        # Set by close(). Cancelling a task is not enough on its own: on Python 3.11 a cancel that lands as
+        # asyncio.wait_for times out can be swallowed (gh-86296), and the follower, its Redis now closed,
+        # would then keep waiting out the prompt's deadline and hold up the shutdown.
+        self._closing = False
 
     async def add(self, notification: Notification) -> None:
         """Keep `notification` and follow it from this process."""
@@ -129,10 +134,13 @@ class Outbox:
 
     async def close(self) -> None:
         """Stop following, and give the leases back so that another server adopts them at once."""
+        self._closing = True
         held = list(self._tasks)
-        for task in self._tasks.values():
+        tasks = list(self._tasks.values())
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        if tasks:
+            await asyncio.wait(tasks, timeout=CLOSE_WAIT_S)
         if held:
             with contextlib.suppress(*_STORE_DOWN):  # else the leases run out by themselves
                 await self._redis.zadd(self._ks.notify_due, dict.fromkeys(held, 0), xx=True)
@@ -158,6 +166,8 @@ class Outbox:
         outcome = "failed"
         body = notification.body(status)
         for attempt, delay in enumerate(ATTEMPTS, start=1):
+            if self._closing:
+                raise asyncio.CancelledError
             await self._renew(nid, delay + POST_TIMEOUT_S + LEASE_S)
             await asyncio.sleep(delay)
             outcome = await self._post(notification, body)
@@ -186,6 +196,8 @@ class Outbox:
             return "cancelled"
         status = "pending"
         while status == "pending" and time.time() < notification.deadline:
+            if self._closing:  # stop following: the lease goes back and another server adopts it
+                raise asyncio.CancelledError
             await self._renew(nid, WAIT_S + LEASE_S)
             started = time.monotonic()
             try:
