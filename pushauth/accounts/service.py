@@ -61,6 +61,22 @@ class Accounts:
             raise NotFound("no such user (no phone was ever enrolled)")
         return uid
 
+    async def search(self, term: str, *, limit: int, scan_max: int = 100_000) -> list[str]:
+        """User names that start with `term` (first) or contain it (then), alphabetical within each, for the
+        console's search. Names are stored only in each user's own hash (the index is by hash), so this
+        scans users' hashes: up to `scan_max` of them, which keeps one search to a second or so."""
+        term = term.casefold()
+        names: list[str] = []
+        scanned = 0
+        pattern = f"{self._ks.prefix}:{{*}}:user"
+        async for key in self._redis.scan_iter(match=pattern, count=1000, _type="hash"):
+            names.append(cast(str, await self._redis.hget(key, "name")) or "")
+            scanned += 1
+            if scanned >= scan_max:
+                break
+        hits = sorted({n for n in names if n and term in n})
+        return sorted(hits, key=lambda n: not n.startswith(term))[:limit]
+
     async def view(self, user: str) -> dict[str, Any]:
         uid = await self._uid(user)
         u = await reads.hgetall(self._redis, self._ks.user(uid))

@@ -69,6 +69,11 @@ class Unlock(_Body, frozen=True):
     what: Literal["all", "lock", "suspension"] = "all"
 
 
+class ConsoleAccount(_Body, frozen=True):
+    # pushauth/operators.py ROLES
+    role: Literal["viewer", "service_desk", "responder", "owner"]
+
+
 class AccountPolicy(_Body, frozen=True):
     exempt: bool | None = None
     shared: bool | None = None

@@ -15,6 +15,7 @@ from pushauth.config import Settings
 from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.devices.service import Devices
 from pushauth.netaddr import TrustedProxies
+from pushauth.operators import Operators
 from pushauth.ratelimit.limiter import RateLimiter
 from pushauth.runtime import Runtime
 from pushauth.web.auth import Credentials
@@ -33,3 +34,4 @@ AUDIT = web.AppKey("audit", Audit)
 PROXIES = web.AppKey("trusted_proxies", TrustedProxies)
 LIMITER = web.AppKey("rate_limiter", RateLimiter)
 EVENTS = web.AppKey("events", ChallengeEvents)
+OPERATORS = web.AppKey("operators", Operators)  # the console accounts (set up with the console)
