@@ -58,7 +58,8 @@ async def test_approve_signs_in_under_the_persons_name(browser: Browser, srv: Ru
         number = await _send_prompt(page, srv.url, ANALYST)
         await screenshot(page, "console-sign-in-push-waiting")
         [prompt] = await sam.pending()
-        assert prompt.context is not None and prompt.context["location"] == "pushauth console"
+        assert prompt.context is not None
+        assert prompt.context["location"] == "pushauth console"
         assert await sam.approve(prompt, number=number) == "approved"
         await expect(page.get_by_role("heading", level=1)).to_have_text("Open alerts")
         await expect(page.get_by_text(f"Signed in as console:{ANALYST} (responder)")).to_be_visible()

@@ -113,7 +113,8 @@ async def test_admin_api_each_role_does_exactly_its_actions(srv: RunningServer,
     status, body = await _client(http, srv.url, "viewer").call("GET", f"/v1/alerts/{aid}")
     assert body["acked_by"] == "admin:responder-bot"
     status, body = await _client(http, srv.url, "owner").call("GET", "/v1/console-accounts")
-    assert [(a["user"], a["role"], a["set_by"]) for a in body["accounts"]] == [("bob@nhs.net", "viewer", owner)]
+    accounts = [(a["user"], a["role"], a["set_by"]) for a in body["accounts"]]
+    assert accounts == [("bob@nhs.net", "viewer", owner)]
     status, body = await _client(http, srv.url, "owner").call(
         "GET", "/v1/audit?what=console_account_set&who=" + owner)
     assert [(e["user"], e["details"]) for e in body["entries"]] == [("bob@nhs.net", {"role": "viewer"})]
@@ -123,7 +124,8 @@ async def test_console_accounts_refuse_bad_input(srv: RunningServer, http: aioht
     owner = _client(http, srv.url, "owner")
     for body in ({"role": "admin"}, {}, {"role": "owner", "extra": 1}):
         status, reply = await owner.call("PUT", "/v1/console-accounts/bob@nhs.net", body)
-        assert status == 422 and set(reply) == {"error", "message"}, (body, reply)
+        assert status == 422, (body, reply)
+        assert set(reply) == {"error", "message"}, reply
     status, reply = await owner.call("DELETE", "/v1/console-accounts/nobody@nhs.net")
     assert (status, reply["error"]) == (404, "not_found")
     for query in ("severity=urgent", "since=yesterday", "range=2h", "order=oldest", "kind=Not%20A%20Kind"):
@@ -139,7 +141,8 @@ async def test_console_accounts_refuse_bad_input(srv: RunningServer, http: aioht
 async def _console(url: str, role: str) -> tuple[aiohttp.ClientSession, str]:
     """A console session signed in with `role`'s token, and its CSRF token."""
     client = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
-    async with client.post(url + "/console/login", headers={"Authorization": f"Bearer {TOKENS[role]}"}) as resp:
+    bearer = {"Authorization": f"Bearer {TOKENS[role]}"}
+    async with client.post(url + "/console/login", headers=bearer) as resp:
         assert resp.status == 204, await resp.text()
     async with client.get(f"{url}/console/users/{USER}") as resp:
         m = re.search(r'name="csrf" value="([^"]+)"', await resp.text())
@@ -149,7 +152,7 @@ async def _console(url: str, role: str) -> tuple[aiohttp.ClientSession, str]:
 
 async def test_console_each_role_does_exactly_its_actions(srv: RunningServer,
                                                           http: aiohttp.ClientSession) -> None:
-    phone, aid = await _alice_with_an_alert(http, srv.url)
+    _, aid = await _alice_with_an_alert(http, srv.url)
     base = f"{srv.url}/console/users/{USER}"
     forms: list[tuple[str, dict[str, str], set[str]]] = [
         (f"{base}/unlock", {"what": "suspension"}, DESK),
@@ -172,11 +175,12 @@ async def test_console_each_role_does_exactly_its_actions(srv: RunningServer,
         finally:
             await client.close()
     assert not wrong, "\n".join(wrong)
-    status, alert = await _client(http, srv.url, "owner").call("GET", f"/v1/alerts/{aid}")
+    _, alert = await _client(http, srv.url, "owner").call("GET", f"/v1/alerts/{aid}")
     assert (alert["acked_by"], alert["ack_note"]) == ("admin:responder-bot", "checked with Alice")
 
 
-async def test_console_shows_each_role_only_its_buttons(srv: RunningServer, http: aiohttp.ClientSession) -> None:
+async def test_console_shows_each_role_only_its_buttons(srv: RunningServer,
+                                                        http: aiohttp.ClientSession) -> None:
     await _alice_with_an_alert(http, srv.url)
     await _client(http, srv.url, "owner").call("POST", f"/v1/users/{USER}/lock")  # "Unlock" is on offer
     buttons = {
