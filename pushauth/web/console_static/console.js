@@ -20,6 +20,22 @@ function localTimes(root) {
 }
 localTimes(document);
 
+// On a phone a wide table becomes one card per row (console.css): each cell is labelled with its column's
+// heading, copied here from the table's own header so the markup stays one table for every width.
+document.querySelectorAll("main table").forEach(function (table) {
+  const heads = Array.prototype.map.call(table.querySelectorAll("thead th"), function (th) {
+    return th.textContent;
+  });
+  table.querySelectorAll("tbody tr").forEach(function (row) {
+    Array.prototype.forEach.call(row.children, function (cell, i) {
+      if (heads[i]) {
+        cell.setAttribute("data-label", heads[i]);
+      }
+    });
+  });
+  table.classList.add("cards");
+});
+
 // Lock and revoke cut a user off: ask first. A form with data-confirm submits only when confirmed.
 document.querySelectorAll("form[data-confirm]").forEach(function (form) {
   form.addEventListener("submit", function (event) {
