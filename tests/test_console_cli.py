@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
+from typing import cast
 
 import pytest
 import redis
@@ -47,7 +48,7 @@ def test_accounts_set_list_remove(redis_url: str, tmp_path: Path, capsys: pytest
     assert "no such console account" in capsys.readouterr().err
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
-        entries = client.xrange(f"{prefix}:{{audit}}:stream")
+        entries = cast(list[tuple[str, dict[str, str]]], client.xrange(f"{prefix}:{{audit}}:stream"))
         assert [(f["what"], f["user"], f["who"]) for _, f in entries] == [
             ("console_account_set", "sam.analyst@nhs.net", "cli"),
             ("console_account_removed", "sam.analyst@nhs.net", "cli")]
