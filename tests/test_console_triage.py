@@ -74,6 +74,7 @@ async def test_critical_first_filters_in_the_url_local_time_and_ack_with_a_note(
         browser: Browser, srv: RunningServer, http: aiohttp.ClientSession) -> None:
     rp, admin = LoginFlow(http, srv.url), AdminClient(http, srv.url)
     await not_me(rp, http, ALICE)  # the critical one is the OLDEST: newest-first would sink it
+    await asyncio.sleep(1.1)  # alert times are whole seconds: strictly older
     for user in ("bob@nhs.net", "carol@nhs.net", "dave@nhs.net"):
         await ignored_prompts(rp, http, user)
     status, body = await admin.call("GET", "/v1/alerts?status=open")
