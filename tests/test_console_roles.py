@@ -134,6 +134,17 @@ async def test_console_accounts_refuse_bad_input(srv: RunningServer, http: aioht
     status, reply = await owner.call("GET", "/v1/audit?before=nope")
     assert (status, reply["error"]) == (422, "invalid_query")
 
+    # Acknowledging through the API takes an optional note, kept on the alert and in the audit trail.
+    _, aid = await _alice_with_an_alert(http, srv.url)
+    for body in ({"note": "x" * 501}, {"note": 5}, {"notes": "typo"}):
+        status, reply = await owner.call("POST", f"/v1/alerts/{aid}/ack", body)
+        assert status == 422, (body, reply)
+        assert set(reply) == {"error", "message"}, reply
+    status, reply = await owner.call("POST", f"/v1/alerts/{aid}/ack", {"note": " SOAR: password reset "})
+    assert (status, reply["status"], reply["ack_note"]) == (200, "acked", "SOAR: password reset")
+    status, reply = await owner.call("GET", f"/v1/audit?what=alert_acked&user={USER}")
+    assert [(e["why"], e["details"]) for e in reply["entries"]] == [("SOAR: password reset", {"alert": aid})]
+
 
 # -- through the console ---------------------------------------------------------------------------------
 

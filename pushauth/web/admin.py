@@ -15,7 +15,7 @@ from pushauth.errors import NotFound, Unprocessable
 from pushauth.web import io
 from pushauth.web.auth import Admin
 from pushauth.web.queries import alert_query, audit_cursor
-from pushauth.web.schemas import AccountPolicy, ConsoleAccount, Unlock
+from pushauth.web.schemas import AccountPolicy, AckAlert, ConsoleAccount, Unlock
 from pushauth.web.state import (
     ACCOUNTS,
     ALERTS,
@@ -70,8 +70,14 @@ async def get_alert(request: web.Request) -> web.Response:
 
 @routes.post("/v1/alerts/{id}/ack")
 async def ack_alert(request: web.Request) -> web.Response:
+    """Body optional: `{"note": "..."}`."""
     admin = _admin(request, "ack")
-    return io.json(await request.app[ALERTS].ack(request.match_info["id"], _by(admin)))
+    body = await io.read_body(request)
+    note = io.decode(body, AckAlert).note.strip() if body.strip() else ""
+    alert = await request.app[ALERTS].ack(request.match_info["id"], _by(admin), note)
+    await request.app[AUDIT].record("alert_acked", user=alert["user"], who=_by(admin), why=note,
+                                    alert=alert["id"])
+    return io.json(alert)
 
 
 @routes.get("/v1/users/{user}")
