@@ -122,3 +122,34 @@ async def test_no_account_no_prompt_and_the_wait_needs_its_cookie(srv: RunningSe
         async with client.post(srv.url + "/console/login/push/wait") as resp:
             assert resp.status == 401  # no sign-in was started from this client
     assert await sam.pending() == []  # none of it reached the analyst's phone
+
+
+async def test_service_desk_enrolls_a_new_phone_on_screen(browser: Browser, srv: RunningServer, sam: Phone,
+                                                          http: aiohttp.ClientSession) -> None:
+    """The service desk call: the user lost their phone; the desk revokes nothing (a responder would), but
+    starts an enrollment whose QR code is on screen; the new phone is active at once, and the record says
+    who did it."""
+    admin = AdminClient(http, srv.url)
+    await admin.call("PUT", f"/v1/console-accounts/{ANALYST}", {"role": "service_desk"})
+    user = "lost.phone@nhs.net"
+    await Phone.enroll(await LoginFlow(http, srv.url).enroll_uri(user), session=http)
+    async with new_page(browser) as (page, problems):
+        number = await _send_prompt(page, srv.url, ANALYST)
+        [prompt] = await sam.pending()
+        assert await sam.approve(prompt, number=number) == "approved"
+        await expect(page.get_by_text(f"Signed in as console:{ANALYST} (service desk)")).to_be_visible()
+        await page.goto(f"{srv.url}/console/users/{user}")
+        await expect(page.get_by_role("button", name="Revoke")).to_have_count(0)
+        await page.get_by_role("button", name="Enroll a new phone").click()
+        await expect(page.locator("#enrollment-qr svg")).to_be_visible()
+        await screenshot(page, "console-enrollment-qr")
+        uri = await page.locator("#enrollment-uri").text_content()
+        assert uri is not None
+        assert uri.startswith("pushauth://")
+        assert not problems.seen, problems.seen
+    new_phone = await Phone.enroll(uri, session=http)
+    status, view = await admin.call("GET", f"/v1/users/{user}")
+    assert status == 200, view
+    assert new_phone.device_id in {d["id"] for d in view["devices"] if d["status"] == "active"}
+    status, body = await admin.call("GET", f"/v1/audit?user={user}&who=console:{ANALYST}")
+    assert "enrollment_issued" in {e["what"] for e in body["entries"]}, body
