@@ -153,3 +153,20 @@ async def test_service_desk_enrolls_a_new_phone_on_screen(browser: Browser, srv:
     assert new_phone.device_id in {d["id"] for d in view["devices"] if d["status"] == "active"}
     status, body = await admin.call("GET", f"/v1/audit?user={user}&who=console:{ANALYST}")
     assert "enrollment_issued" in {e["what"] for e in body["entries"]}, body
+
+
+async def test_guessing_account_names_is_throttled(redis_url: str, keyring: KeyRingHolder) -> None:
+    """A name without a console account counts as a failed authentication: names cannot be tried in bulk
+    to find who may sign in (or to push prompts at them)."""
+    running = await start_server(make_settings(redis_url, free_port(), rate_limits={"auth_failures": 3}),
+                                 keyring)
+    try:
+        async with aiohttp.ClientSession() as client:
+            statuses = []
+            for i in range(5):
+                guess = {"user": f"guess{i}@nhs.net"}
+                async with client.post(running.url + "/console/login/push", json=guess) as resp:
+                    statuses.append(resp.status)
+        assert statuses == [403, 403, 403, 429, 429], statuses
+    finally:
+        await running.close()

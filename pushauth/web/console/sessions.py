@@ -37,7 +37,7 @@ from pushauth.store import STORE_DOWN_ERRORS, KeySpace
 from pushauth.web import console_html as ui
 from pushauth.web import io
 from pushauth.web.auth import Admin, Credentials
-from pushauth.web.state import AUDIT, CHALLENGES, CREDENTIALS, OPERATORS, REDIS, RUNTIME, SETTINGS
+from pushauth.web.state import AUDIT, CHALLENGES, CREDENTIALS, LIMITER, OPERATORS, REDIS, RUNTIME, SETTINGS
 
 log = structlog.get_logger(__name__)
 
@@ -268,6 +268,8 @@ async def push_sign_in(request: web.Request) -> web.StreamResponse:
     user = canonical(io.decode(await io.read_body(request), PushSignIn).user)
     ip = io.client_ip(request)
     if await request.app[OPERATORS].role_of(user) is None:
+        # A guess at who may sign in: counted like a wrong credential, so names cannot be tried in bulk.
+        await request.app[LIMITER].auth_failed(ip)
         log.warning("console_sign_in_refused", reason="no_account", ip=ip)
         raise Forbidden("that user has no console account: an owner adds one", code="no_console_account")
     agent = io.header_text(request, "User-Agent")[:512]
