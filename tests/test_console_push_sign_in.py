@@ -146,6 +146,11 @@ async def test_service_desk_enrolls_a_new_phone_on_screen(browser: Browser, srv:
         uri = await page.locator("#enrollment-uri").text_content()
         assert uri is not None
         assert uri.startswith("pushauth://")
+
+        # The analyst's own account locked (their phone may be someone else's now): out of the console.
+        await admin.call("POST", f"/v1/users/{ANALYST}/lock")
+        await page.goto(srv.url + "/console")
+        assert page.url == srv.url + "/console/login"
         assert not problems.seen, problems.seen
     new_phone = await Phone.enroll(uri, session=http)
     status, view = await admin.call("GET", f"/v1/users/{user}")

@@ -1,13 +1,16 @@
-"""Console sessions: sign-in with an admin token, the session cookie, and the CSRF and same-origin checks
-every console POST passes (`signed_in`).
+"""Console sessions: sign-in with a push to the person's own phone (their console account,
+pushauth/operators.py) or with an admin token, the session cookie, the session's role, and the CSRF and
+same-origin checks every console POST passes (`signed_in`).
 
-Sign-in takes an admin token, which the sign-in page's script sends as the admin API takes it
-(`Authorization: Bearer`), so the admin API's own `Credentials` check it. What follows is a server-side
-session: a random id in an HttpOnly, SameSite=Strict cookie (Secure over https), stored in Redis only as
-its SHA-256 (`<prefix>:console:sess:<sha256 of id>`), holding which token signed in and a CSRF token. It
-ends after 8 idle hours, 24 hours after sign-in, at sign-out, or when its admin token is no longer
-configured. Every POST needs the session's CSRF token (compared in constant time) and, from a browser,
-a same-origin `Origin` / `Sec-Fetch-Site`.
+A person's sign-in is a challenge like any login flow's (`CONSOLE_APP`), with number matching; its wait is
+bound to the browser by an HttpOnly cookie. Token sign-in takes an admin token, which the sign-in page's
+script sends as the admin API takes it (`Authorization: Bearer`), so the admin API's own `Credentials` check
+it. What follows is a server-side session: a random id in an HttpOnly, SameSite=Strict cookie (Secure over
+https), stored in Redis only as its SHA-256 (`<prefix>:console:sess:<sha256 of id>`), holding which token or
+person signed in and a CSRF token. It ends after 8 idle hours, 24 hours after sign-in, at sign-out, when its
+admin token is no longer configured, or when the person's console account is removed or their own pushauth
+account is locked or suspended. Every POST needs the session's CSRF token (compared in constant time) and,
+from a browser, a same-origin `Origin` / `Sec-Fetch-Site`.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from pushauth.challenges.service import Allowed
 from pushauth.clock import rfc3339
 from pushauth.config import Application
 from pushauth.crypto.secrets import equal, sha256_hex
+from pushauth.devices.service import Devices
 from pushauth.errors import ApiError, Forbidden, Unauthorized
 from pushauth.operators import Operators, may, person, require
 from pushauth.store import STORE_DOWN_ERRORS, KeySpace
@@ -76,11 +80,12 @@ class Sessions:
     from the account or the token's configuration, so taking a role away takes effect at once."""
 
     def __init__(self, redis: aioredis.Redis, keyspace: KeySpace, credentials: Credentials,
-                 operators: Operators) -> None:
+                 operators: Operators, devices: Devices) -> None:
         self._redis = redis
         self._key = keyspace.console_session
         self._credentials = credentials
         self._operators = operators
+        self._devices = devices
 
     async def create(self, admin: Admin) -> Session:
         return await self._create({"tok": admin.token_hash_prefix}, admin.who, admin.role)
@@ -113,7 +118,15 @@ class Sessions:
         if record.get("user"):
             user = str(record["user"])
             role = await self._operators.role_of(user)
-            return Session(sid, person(user), csrf, role) if role else None
+            if role is None:
+                return None
+            # A person whose own pushauth account is locked or suspended (their "not me", the team's lock:
+            # their phone or password may be someone else's now) is signed out of the console too.
+            _, flags = await self._devices.account_flags(user)
+            if flags.get("locked") == "1" or flags.get("suspended") == "1":
+                log.warning("console_session_ended", who=person(user), reason="account contained")
+                return None
+            return Session(sid, person(user), csrf, role)
         prefix = str(record.get("tok", ""))
         admin = self._credentials.admin_role(prefix) if prefix else None
         return Session(sid, admin.who, csrf, admin.role) if admin else None
