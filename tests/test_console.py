@@ -219,6 +219,8 @@ async def test_user_lookup_and_containment_actions(page: Page, srv: RunningServe
     await expect(page.locator("ul.blocks")).to_contain_text("Prompts suspended")
     await expect(page.locator("ul.blocks")).to_contain_text("until the security team acts")
     await expect(page.locator("body")).to_contain_text(HOSTILE["user_agent"])
+    await expect(page.locator("ul.open-alerts")).to_contain_text(
+        f"CRITICAL {USER} said they did not request this sign-in from 198.51.100.7")
     await screenshot(page, "console-user-suspended")
 
     await page.get_by_role("button", name="Lift the suspension").click()

@@ -450,7 +450,8 @@ def _user_actions(view: Mapping[str, Any], session: Session) -> list[Markup]:
     return actions
 
 
-def user_page(view: Mapping[str, Any], *, session: Session, done: str | None) -> Markup:
+def user_page(view: Mapping[str, Any], open_alerts: list[dict[str, Any]], *, session: Session,
+              done: str | None) -> Markup:
     user, csrf = str(view["user"]), session.csrf
     facts = _dl([("Locked", _state(view, "locked")), ("Prompts suspended", _state(view, "suspended")),
                  ("Consecutive failures", view.get("consecutive_failures")),
@@ -476,8 +477,9 @@ def user_page(view: Mapping[str, Any], *, session: Session, done: str | None) ->
         until=render("until {u}", u=when(b["until"])) if b.get("until") else "until the security team acts",
         reason=b.get("reason") or "-") for b in blocks) or render("<li>None: the user can sign in</li>")
     recent = join(_challenge_row(c) for c in view.get("recent_challenges", []))
-    alerts = join(render('<li><a href="/console/alerts/{id}">{id}</a></li>', id=a)
-                  for a in view.get("open_alerts", [])) or render("<li>None</li>")
+    alerts = join(render('<li>{badge} <a href="/console/alerts/{id}">{title}</a></li>',
+                         badge=severity_badge(str(a["severity"])), id=a["id"], title=alert_title(a))
+                  for a in open_alerts) or render("<li>None</li>")
     main = render(
         '<h1>{user}</h1>{notice}{facts}<h2>What stops this user signing in</h2>'
         '<ul class="blocks">{blocks}</ul><h2>Actions</h2><div class="actions">{actions}</div>'
@@ -488,7 +490,7 @@ def user_page(view: Mapping[str, Any], *, session: Session, done: str | None) ->
         '<h2>Recent sign-in prompts</h2><div class="scroll"><table><thead><tr><th scope="col">Time</th>'
         '<th scope="col">Application</th><th scope="col">Answer</th><th scope="col">Login IP</th>'
         '<th scope="col">Location</th><th scope="col">Browser</th><th scope="col">Phone IP</th></tr></thead>'
-        '<tbody>{recent}</tbody></table></div><h2>Open alerts</h2><ul>{alerts}</ul>'
+        '<tbody>{recent}</tbody></table></div><h2>Open alerts</h2><ul class="open-alerts">{alerts}</ul>'
         '<p><a href="/console/audit?user={u}">Audit trail for {user}</a></p>',
         user=user, notice=notice(done), facts=facts, actions=join(actions), devices=devices, recent=recent,
         alerts=alerts, blocks=block_items, u=quote(user))

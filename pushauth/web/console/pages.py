@@ -119,7 +119,11 @@ async def user_page(request: web.Request, session: Session) -> web.StreamRespons
     except NotFound as exc:
         return ui.respond(ui.user_search_page(session=session, query=user, error=f"{user}: {exc.message}"),
                           status=404)
-    return ui.respond(ui.user_page(view, session=session, done=DONE.get(request.query.get("done", ""))))
+    # The user's open alerts in words, not ids (a user has few: each is an incident).
+    uid = await request.app[DEVICES].uid_for(user) if view.get("open_alerts") else None
+    alerts = await request.app[ALERTS].alerts(status="open", uid=uid, limit=20) if uid else []
+    return ui.respond(ui.user_page(view, alerts, session=session,
+                                   done=DONE.get(request.query.get("done", ""))))
 
 
 @routes.post("/console/users/{user}/unlock")
