@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 from browser import Problems, chromium, new_page, screenshot
-from playwright.async_api import Browser, Page, expect
+from playwright.async_api import Browser, Dialog, Page, expect
 from support import (
     ADMIN_TOKEN,
     API_KEY,
@@ -595,3 +595,35 @@ async def test_demo_serve_keeps_running_with_console_login_page_and_terminal_pho
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_lock_and_revoke_ask_first_and_work_from_the_keyboard(
+        page: Page, srv: RunningServer, alice: Phone, api: AdminApi) -> None:
+    """Lock and revoke cut a user off: each asks for confirmation, and saying no changes nothing. Both are
+    reachable and confirmed with the keyboard alone."""
+    await sign_in(page, srv.url)
+    await page.goto(f"{srv.url}/console/users/{USER}")
+    asked: list[str] = []
+    answered = asyncio.Event()
+
+    async def answer(dialog: Dialog, accept: bool) -> None:
+        asked.append(dialog.message)
+        await (dialog.accept() if accept else dialog.dismiss())
+        answered.set()
+
+    for button, accept in (("Lock the account", False), ("Revoke", False), ("Lock the account", True)):
+        answered.clear()
+
+        def on_dialog(dialog: Dialog, accept: bool = accept) -> None:
+            asyncio.ensure_future(answer(dialog, accept))  # noqa: RUF006 - awaited through `answered`
+
+        page.once("dialog", on_dialog)
+        await page.get_by_role("button", name=button).focus()
+        await page.keyboard.press("Enter")
+        await asyncio.wait_for(answered.wait(), 5)
+        if not accept:  # dismissed: nothing was posted, nothing changed
+            view = await api.user()
+            assert (view["locked"], [d["status"] for d in view["devices"]]) == (False, ["active"])
+    await expect(page.get_by_role("status").filter(has_text="Account locked.")).to_be_visible()
+    assert [m.split("?")[0] for m in asked] == [f"Lock {USER}", "Revoke Simulated phone", f"Lock {USER}"]
+    assert (await api.user())["locked"]
