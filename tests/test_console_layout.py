@@ -72,7 +72,7 @@ async def test_every_page_at_1280_and_390_without_horizontal_overflow(
 
             pages = {"feed": "/console", "alert": f"/console/alerts/{aid}", "history": "/console/history",
                      "users": "/console/users?user=alice", "user": f"/console/users/{USER}",
-                     "audit": "/console/audit"}
+                     "audit": "/console/audit", "accounts": "/console/accounts"}
             for name, path in pages.items():
                 await page.goto(srv.url + path)
                 await expect(page.locator("h1")).to_be_visible()

@@ -6,6 +6,7 @@ pushauth/operators.py, so a change there that widens a role fails a test.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -136,9 +137,10 @@ async def test_console_accounts_refuse_bad_input(srv: RunningServer, http: aioht
 
     # Acknowledging through the API takes an optional note, kept on the alert and in the audit trail.
     _, aid = await _alice_with_an_alert(http, srv.url)
-    for body in ({"note": "x" * 501}, {"note": 5}, {"notes": "typo"}):
-        status, reply = await owner.call("POST", f"/v1/alerts/{aid}/ack", body)
-        assert status == 422, (body, reply)
+    bad_notes: list[dict[str, object]] = [{"note": "x" * 501}, {"note": 5}, {"notes": "typo"}]
+    for bad in bad_notes:
+        status, reply = await owner.call("POST", f"/v1/alerts/{aid}/ack", bad)
+        assert status == 422, (bad, reply)
         assert set(reply) == {"error", "message"}, reply
     status, reply = await owner.call("POST", f"/v1/alerts/{aid}/ack", {"note": " SOAR: password reset "})
     assert (status, reply["status"], reply["ack_note"]) == (200, "acked", "SOAR: password reset")
@@ -172,6 +174,8 @@ async def test_console_each_role_does_exactly_its_actions(srv: RunningServer,
         (f"{srv.url}/console/alerts/{aid}/ack", {"note": "checked with Alice"}, RESPONDER),
         (f"{base}/lock", {}, RESPONDER),
         (f"{base}/devices/dnotadevice/revoke", {}, RESPONDER),
+        (f"{srv.url}/console/accounts", {"user": "bob@nhs.net", "role": "viewer"}, OWNER),
+        (f"{srv.url}/console/accounts/zed@nhs.net/remove", {}, OWNER),
     ]
     wrong: list[str] = []
     for role in ROLES:
@@ -183,6 +187,9 @@ async def test_console_each_role_does_exactly_its_actions(srv: RunningServer,
                 refused = resp.status == 403 and "may not do this" in text
                 if refused == (role in allowed) or resp.status >= 500:
                     wrong.append(f"{role} {url}: {resp.status}")
+            async with client.get(f"{srv.url}/console/accounts") as resp:
+                if (resp.status == 403) == (role in OWNER):
+                    wrong.append(f"{role} GET /console/accounts: {resp.status}")
         finally:
             await client.close()
     assert not wrong, "\n".join(wrong)
@@ -210,3 +217,36 @@ async def test_console_shows_each_role_only_its_buttons(srv: RunningServer,
                 shown = set(await page.locator("main form button").all_inner_texts())
                 assert shown == want, (role, shown)
                 assert not problems.seen, problems.seen
+
+
+async def test_an_owner_manages_console_accounts_in_the_console(srv: RunningServer,
+                                                               http: aiohttp.ClientSession) -> None:
+    async with chromium() as browser, new_page(browser) as (page, problems):
+        await page.goto(srv.url + "/console/login")
+        await page.get_by_label("Admin token").fill(TOKENS["owner"])
+        await page.get_by_role("button", name="Sign in", exact=True).click()
+        await page.get_by_role("link", name="Accounts").click()
+        await page.get_by_label("User name").fill(" Sam.Analyst@NHS.net ")
+        await page.get_by_label("Role").select_option("service_desk")
+        await page.get_by_role("button", name="Save").click()
+        await expect(page.get_by_role("status")).to_have_text("Console account saved.")
+        row = page.locator("table.accounts tbody tr")
+        await expect(row).to_have_count(1)
+        await expect(row).to_contain_text("sam.analyst@nhs.net")
+        await expect(row).to_contain_text("service desk")
+        page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+        await row.get_by_role("button", name="Remove").click()
+        await expect(page.get_by_role("status")).to_contain_text("Console account removed")
+        await expect(row).to_have_count(0)
+        assert not problems.seen, problems.seen
+    _, body = await _client(http, srv.url, "owner").call("GET", "/v1/audit?who=admin:" +
+                                                              sha256_hex(ADMIN_TOKEN)[:12])
+    assert [e["what"] for e in body["entries"] if e["user"] == "sam.analyst@nhs.net"] == [
+        "console_account_removed", "console_account_set"]
+
+    async with chromium() as browser, new_page(browser) as (page, _):  # no link for anyone else
+        await page.goto(srv.url + "/console/login")
+        await page.get_by_label("Admin token").fill(TOKENS["responder"])
+        await page.get_by_role("button", name="Sign in", exact=True).click()
+        await expect(page.get_by_role("heading", level=1)).to_have_text("Open alerts")
+        await expect(page.get_by_role("link", name="Accounts")).to_have_count(0)

@@ -19,6 +19,7 @@ from urllib.parse import quote, urlencode
 from aiohttp import web
 
 from pushauth.detection.rules import RULES
+from pushauth.operators import ROLES, may
 
 if TYPE_CHECKING:
     from pushauth.web.console.sessions import Session
@@ -85,12 +86,15 @@ def layout(title: str, main: Markup, *, csrf: str | None = None, who: str | None
         nav = render(
             '<nav aria-label="Console"><ul>'
             '<li><a href="/console">Alerts</a></li><li><a href="/console/history">History</a></li>'
-            '<li><a href="/console/users">Users</a></li><li><a href="/console/audit">Audit</a></li></ul>'
+            '<li><a href="/console/users">Users</a></li><li><a href="/console/audit">Audit</a></li>{accounts}'
+            '</ul>'
             '<form method="post" action="/console/logout" class="inline">'
             '<input type="hidden" name="csrf" value="{csrf}">'
             '<span class="who">Signed in as {who}{role}</span> <button type="submit">Sign out</button>'
             '</form></nav>',
-            csrf=csrf, who=who or "", role=f" ({role.replace('_', ' ')})" if role else "")
+            csrf=csrf, who=who or "", role=f" ({role.replace('_', ' ')})" if role else "",
+            accounts=render('<li><a href="/console/accounts">Accounts</a></li>')
+            if role and may(role, "accounts") else Markup(""))
     return render(
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -523,6 +527,35 @@ def enrollment_page(user: str, uri: str, expires_at: str, qr: Markup, *, session
         '<p><a href="/console/users/{u}">Back to {user}</a></p>',
         user=user, exp=when(expires_at), qr=qr, uri=uri, u=path_part(user))
     return page("New phone", main, session)
+
+
+def accounts_page(accounts: list[dict[str, Any]], *, session: Session, done: str | None) -> Markup:
+    roles = _options(((r, r.replace("_", " ")) for r in ROLES), "viewer")
+    rows = join(render(
+        '<tr><th scope="row" class="id">{user}</th><td>{role}</td><td class="id">{by}</td><td>{at}</td>'
+        '<td><form method="post" action="/console/accounts/{u}/remove" class="inline" data-confirm="{ask}">'
+        '<input type="hidden" name="csrf" value="{csrf}"><button type="submit">Remove</button></form>'
+        '</td></tr>',
+        user=a["user"], role=str(a["role"]).replace("_", " "), by=a["set_by"], at=when(a["set_at"]),
+        u=path_part(str(a["user"])), csrf=session.csrf,
+        ask=f"Remove {a['user']}'s console account? They are signed out at once.") for a in accounts)
+    main = render(
+        '<h1>Console accounts</h1>{notice}'
+        '<p>Each account is a pushauth user, who signs in here with a push to their own phone, and a role: '
+        '<strong>viewer</strong> reads; <strong>service desk</strong> also unlocks, issues access codes and '
+        'enrolls new phones; <strong>responder</strong> also acknowledges alerts, locks and revokes; '
+        '<strong>owner</strong> also manages alert sinks, account policies and these accounts.</p>'
+        '<form method="post" action="/console/accounts" class="filters">'
+        '<input type="hidden" name="csrf" value="{csrf}">'
+        '<label>User name <input name="user" required size="28"></label>'
+        '<label>Role <select name="role">{roles}</select></label>'
+        '<button type="submit" class="primary">Save</button></form>'
+        '<div class="scroll"><table class="accounts"><thead><tr><th scope="col">User</th>'
+        '<th scope="col">Role</th><th scope="col">Set by</th><th scope="col">At</th>'
+        '<th scope="col">Action</th>'
+        '</tr></thead><tbody>{rows}</tbody></table></div>',
+        notice=notice(done), csrf=session.csrf, roles=roles, rows=rows)
+    return page("Console accounts", main, session)
 
 
 def audit_page(entries: list[dict[str, Any]], *, session: Session, filters: Mapping[str, str],

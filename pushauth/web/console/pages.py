@@ -16,12 +16,13 @@ from aiohttp import web
 from pushauth.accounts.users import canonical
 from pushauth.clock import rfc3339
 from pushauth.errors import Conflict, NotFound, Unprocessable
+from pushauth.operators import check_role
 from pushauth.web import console_html as ui
 from pushauth.web import io
 from pushauth.web.console.feed import FEED
 from pushauth.web.console.sessions import Session, form_field, signed_in
 from pushauth.web.queries import alert_query, audit_cursor
-from pushauth.web.state import ACCOUNTS, ALERTS, AUDIT, DEVICES
+from pushauth.web.state import ACCOUNTS, ALERTS, AUDIT, DEVICES, OPERATORS
 
 routes = web.RouteTableDef()
 
@@ -31,7 +32,8 @@ NOTE_MAX = 500
 DONE = {"acked": "Alert acknowledged.", "already_acked": "That alert was already acknowledged.",
         "lock": "Account unlocked.", "suspension": "Suspension lifted: the user gets prompts again.",
         "all": "Account unlocked and suspension lifted.", "locked": "Account locked.",
-        "revoked": "Device revoked."}
+        "revoked": "Device revoked.", "account_set": "Console account saved.",
+        "account_removed": "Console account removed: its sessions have ended."}
 
 
 # -- alerts ----------------------------------------------------------------------------------------------
@@ -175,6 +177,35 @@ async def enrollment(request: web.Request, session: Session) -> web.StreamRespon
     await request.app[AUDIT].record("enrollment_issued", user=user, who=session.who, enrollment=made.id)
     qr = ui.Markup(segno.make(made.uri, error="m").svg_inline(scale=5, title="Enrollment QR code"))
     return ui.respond(ui.enrollment_page(user, made.uri, rfc3339(made.expires_at), qr, session=session))
+
+
+# -- console accounts (owners) ----------------------------------------------------------------------------
+
+
+@routes.get("/console/accounts")
+@signed_in
+async def accounts_page(request: web.Request, session: Session) -> web.StreamResponse:
+    session.require("accounts")
+    return ui.respond(ui.accounts_page(await request.app[OPERATORS].list(), session=session,
+                                       done=DONE.get(request.query.get("done", ""))))
+
+
+@routes.post("/console/accounts")
+@signed_in
+async def set_account(request: web.Request, session: Session) -> web.StreamResponse:
+    session.require("accounts")
+    user = canonical(await form_field(request, "user") or "")
+    role = check_role(await form_field(request, "role") or "")
+    await request.app[OPERATORS].set(user, role, by=session.who)
+    return ui.redirect("/console/accounts?done=account_set")
+
+
+@routes.post("/console/accounts/{user}/remove")
+@signed_in
+async def remove_account(request: web.Request, session: Session) -> web.StreamResponse:
+    session.require("accounts")
+    await request.app[OPERATORS].remove(canonical(request.match_info["user"]), by=session.who)
+    return ui.redirect("/console/accounts?done=account_removed")
 
 
 # -- the audit trail -------------------------------------------------------------------------------------
