@@ -45,20 +45,23 @@ class Audit:
         except STORE_DOWN_ERRORS as exc:
             log.warning("audit_store_unavailable", what=what, error=type(exc).__name__)
 
-    async def entries(self, *, user: str | None, limit: int) -> list[dict[str, Any]]:
+    async def entries(self, *, user: str | None, limit: int, who: str | None = None, what: str | None = None,
+                      before: str | None = None) -> list[dict[str, Any]]:
+        """Newest first, up to `limit` records matching every filter given, from before the entry id
+        `before` (the last id of the previous page) when given. A filtered read looks back SCAN_LIMIT
+        records at most."""
         out: list[dict[str, Any]] = []
-        last = "+"
+        last = f"({before}" if before else "+"
         scanned = 0
         while len(out) < limit and scanned < SCAN_LIMIT:
             rows = cast(list[tuple[str, dict[str, str]]],
                         await self._redis.xrevrange(self._key, max=last, count=500))
-            if last != "+" and rows and rows[0][0] == last:
-                rows = rows[1:]
             if not rows:
                 break
             scanned += len(rows)
             for entry_id, f in rows:
-                if user is None or f.get("user") == user:
+                if ((user is None or f.get("user") == user) and (who is None or f.get("who") == who)
+                        and (what is None or f.get("what") == what)):
                     item: dict[str, Any] = {"id": entry_id, "at": rfc3339(int(f.get("at", "0"))),
                                             "what": f.get("what", ""), "user": f.get("user", ""),
                                             "who": f.get("who", ""), "why": f.get("why", "")}
@@ -67,5 +70,5 @@ class Audit:
                     out.append(item)
                     if len(out) >= limit:
                         break
-            last = rows[-1][0]
+            last = f"({rows[-1][0]}"
         return out

@@ -325,12 +325,35 @@ class Application(_Section, frozen=True):
             raise ValueError(f"rate_limit must be 0..{_MAX_QUOTA} (requests per rate_limits.window_s)")
 
 
+class AdminToken(_Section, frozen=True):
+    """An admin API token with a role (pushauth/operators.py), for automation that needs less than owner."""
+
+    sha256: str
+    role: Literal["viewer", "service_desk", "responder", "owner"]
+    name: str = ""  # what the token is for, shown in the audit trail instead of its hash prefix
+
+    def __post_init__(self) -> None:
+        if not _HEX64.fullmatch(self.sha256):
+            raise ValueError("admin.tokens sha256 must be a 64-char lower-case hex SHA-256 digest")
+        if self.name and not _APP_ID.fullmatch(self.name):
+            raise ValueError("admin.tokens name must be lower-case a-z 0-9 _ . - (max 64)")
+
+
 class AdminSettings(_Section, frozen=True):
+    # Owner tokens: automation, and the first owner's way into the console.
     token_sha256: list[str] = []
+    # Tokens with a role of their own (`pushauth admin new-token --role viewer`).
+    tokens: list[AdminToken] = []
 
     def __post_init__(self) -> None:
         if not all(_HEX64.fullmatch(h) for h in self.token_sha256):
             raise ValueError("token_sha256 must be 64-char lower-case hex SHA-256 digests")
+
+    def role_of(self, digest: str) -> tuple[str, str] | None:
+        """(role, name) of the admin token with this SHA-256, or None."""
+        if digest in self.token_sha256:
+            return "owner", ""
+        return next(((t.role, t.name) for t in self.tokens if t.sha256 == digest), None)
 
 
 class AlertSettings(_Section, frozen=True):
@@ -421,6 +444,7 @@ class Settings(_Section, frozen=True):
         if len(ids) != len(set(ids)):
             raise ValueError("application ids must be unique")
         hashes = [h for a in self.applications for h in a.api_key_sha256] + list(self.admin.token_sha256)
+        hashes += [t.sha256 for t in self.admin.tokens]
         if len(hashes) != len(set(hashes)):
             raise ValueError("an API key or admin token hash is listed twice")
 

@@ -55,8 +55,12 @@ class Problems:
 
 
 @asynccontextmanager
-async def new_page(browser: Browser, *, timeout_ms: float = 10_000) -> AsyncIterator[tuple[Page, Problems]]:
-    context = await browser.new_context()
+async def new_page(browser: Browser, *, timeout_ms: float = 10_000, width: int | None = None,
+                   timezone_id: str | None = None) -> AsyncIterator[tuple[Page, Problems]]:
+    """A page in a context of its own; `width`: the viewport's (CSS pixels), `timezone_id`: the browser's
+    time zone (an IANA name), for the tests of the console's layout and local times."""
+    context = await (browser.new_context(viewport={"width": width, "height": 900}, timezone_id=timezone_id)
+                     if width else browser.new_context(timezone_id=timezone_id))
     page = await context.new_page()
     page.set_default_timeout(timeout_ms)
     try:

@@ -101,8 +101,9 @@ def _example_blocks() -> list[re.Match[str]]:
 
 def test_example_blocks_are_found() -> None:
     headers = [m.group(1) for m in _example_blocks()]
-    assert headers == ["[[applications]]", *["[[alerts.sinks]]"] * 5, "[[policy.enforcement]]",
-                       "[[radius.clients]]", "[[oidc.keycloak.realms]]", "[[oidc.clients]]"], headers
+    assert headers == ["[[applications]]", "[[admin.tokens]]", *["[[alerts.sinks]]"] * 5,
+                       "[[policy.enforcement]]", "[[radius.clients]]", "[[oidc.keycloak.realms]]",
+                       "[[oidc.clients]]"], headers
 
 
 @pytest.mark.parametrize("index", range(len(_example_blocks())),

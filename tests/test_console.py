@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 from browser import Problems, chromium, new_page, screenshot
-from playwright.async_api import Browser, Page, expect
+from playwright.async_api import Browser, Dialog, Page, expect
 from support import (
     ADMIN_TOKEN,
     API_KEY,
@@ -160,7 +160,9 @@ async def test_not_me_appears_live_as_critical_and_is_acknowledged(
 
     attack = await rp.create(USER, context=HOSTILE)
     low = page.locator("#feed li.sev-low")
-    await expect(low).to_contain_text("LOW new_context", timeout=10_000)
+    await expect(low).to_contain_text("new_context", timeout=10_000)
+    await expect(low).to_contain_text(f"{USER} was asked to approve a sign-in from a new network and place "
+                                      "from 198.51.100.7")
     await expect(page.locator("#feed-empty")).to_be_hidden()
     await screenshot(page, "console-feed-live-low")
 
@@ -169,8 +171,9 @@ async def test_not_me_appears_live_as_critical_and_is_acknowledged(
     await expect(item).to_be_visible(timeout=10_000)
     await expect(item).to_contain_text("CRITICAL")
     await expect(item).to_contain_text("denied_not_me")
-    await expect(item).to_contain_text(USER)
-    await expect(item).to_contain_text("2 event(s)")
+    # in words, live as on a page load
+    await expect(item).to_contain_text(f"{USER} said they did not request this sign-in from 198.51.100.7")
+    await expect(item).to_contain_text("2 events")
     await expect(item).to_contain_text("ESCALATED")
     await expect(page.locator("#feed li")).to_have_count(1)
     await screenshot(page, "console-feed-live-critical")
@@ -216,6 +219,8 @@ async def test_user_lookup_and_containment_actions(page: Page, srv: RunningServe
     await expect(page.locator("ul.blocks")).to_contain_text("Prompts suspended")
     await expect(page.locator("ul.blocks")).to_contain_text("until the security team acts")
     await expect(page.locator("body")).to_contain_text(HOSTILE["user_agent"])
+    await expect(page.locator("ul.open-alerts")).to_contain_text(
+        f"CRITICAL {USER} said they did not request this sign-in from 198.51.100.7")
     await screenshot(page, "console-user-suspended")
 
     await page.get_by_role("button", name="Lift the suspension").click()
@@ -223,6 +228,7 @@ async def test_user_lookup_and_containment_actions(page: Page, srv: RunningServe
     view = await api.user()
     assert (view["suspended"], view["locked"]) == (False, False)
 
+    page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))  # lock asks first
     await page.get_by_role("button", name="Lock the account").click()
     await expect(page.get_by_role("status").filter(has_text="Account locked.")).to_be_visible()
     assert (await api.user())["locked"]
@@ -238,6 +244,7 @@ async def test_user_lookup_and_containment_actions(page: Page, srv: RunningServe
     assert (status, body) == (200, {"valid": True})
     await page.get_by_role("link", name=f"Back to {USER}").click()
 
+    page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))  # so does revoke
     await page.get_by_role("button", name="Revoke").click()
     await expect(page.get_by_role("status").filter(has_text="Device revoked.")).to_be_visible()
     assert (await api.user())["devices"] == []  # a revoked phone is no longer the user's
@@ -261,7 +268,8 @@ async def test_the_user_page_shows_every_block_and_lets_the_user_back_in(
     blocks = page.locator("ul.blocks")
     await expect(blocks).to_contain_text("Too many prompts (push-bombing limit)")
     until = (await api.user())["blocks"][0]["until"]
-    await expect(blocks).to_contain_text(f"until {until}")
+    # shown in the browser's zone; UTC in the markup and on hover
+    await expect(blocks.locator(f'time[datetime="{until}"]')).to_have_attribute("title", f"UTC {until}")
     await screenshot(page, "console-user-blocked")
     await page.get_by_role("button", name="Let the user back in now").click()
     await expect(blocks).to_contain_text("None: the user can sign in")
@@ -587,3 +595,35 @@ async def test_demo_serve_keeps_running_with_console_login_page_and_terminal_pho
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_lock_and_revoke_ask_first_and_work_from_the_keyboard(
+        page: Page, srv: RunningServer, alice: Phone, api: AdminApi) -> None:
+    """Lock and revoke cut a user off: each asks for confirmation, and saying no changes nothing. Both are
+    reachable and confirmed with the keyboard alone."""
+    await sign_in(page, srv.url)
+    await page.goto(f"{srv.url}/console/users/{USER}")
+    asked: list[str] = []
+    answered = asyncio.Event()
+
+    async def answer(dialog: Dialog, accept: bool) -> None:
+        asked.append(dialog.message)
+        await (dialog.accept() if accept else dialog.dismiss())
+        answered.set()
+
+    for button, accept in (("Lock the account", False), ("Revoke", False), ("Lock the account", True)):
+        answered.clear()
+
+        def on_dialog(dialog: Dialog, accept: bool = accept) -> None:
+            asyncio.ensure_future(answer(dialog, accept))  # noqa: RUF006 - awaited through `answered`
+
+        page.once("dialog", on_dialog)
+        await page.get_by_role("button", name=button).focus()
+        await page.keyboard.press("Enter")
+        await asyncio.wait_for(answered.wait(), 5)
+        if not accept:  # dismissed: nothing was posted, nothing changed
+            view = await api.user()
+            assert (view["locked"], [d["status"] for d in view["devices"]]) == (False, ["active"])
+    await expect(page.get_by_role("status").filter(has_text="Account locked.")).to_be_visible()
+    assert [m.split("?")[0] for m in asked] == [f"Lock {USER}", "Revoke Simulated phone", f"Lock {USER}"]
+    assert (await api.user())["locked"]

@@ -351,6 +351,12 @@ async def test_every_key_a_full_run_writes_is_in_the_table(deployment: Deploymen
     # What is left waiting: a prompt, and an enrollment code nobody used.
     await login.create(ALICE)
     await login.enroll_uri("carol@nhs.net")
+    # ... and a console sign-in with Bob's phone (his console account, set by an owner) left waiting.
+    status, body = await admin.call("PUT", f"/v1/console-accounts/{BOB}", {"role": "viewer"})
+    assert status == 200, body
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as console, \
+            console.post(d.server.url + "/console/login/push", json={"user": BOB}) as resp:
+        assert resp.status == 201, await resp.text()
 
     # -- every key, its type, its fields -------------------------------------------------------------------
     keys = await all_keys(d.redis_url)

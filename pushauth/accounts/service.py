@@ -62,6 +62,34 @@ class Accounts:
             raise NotFound("no such user (no phone was ever enrolled)")
         return uid
 
+    async def search(self, term: str, *, limit: int, scan_max: int = 100_000) -> list[str]:
+        """User names that start with `term` (first) or contain it (then), alphabetical within each, for the
+        console's search. Names are stored only in each user's own hash (the index is by hash), so this
+        scans users' hashes: up to `scan_max` of them, which keeps one search to a second or so."""
+        term = term.casefold()
+        names: list[str] = []
+        keys: list[str] = []
+        pattern = f"{self._ks.prefix}:{{*}}:user"
+
+        async def read() -> None:  # a round trip per 500 users, not per user
+            pipe = self._redis.pipeline(transaction=False)
+            for key in keys:
+                pipe.hget(key, "name")
+            names.extend(n for n in cast(list[str | None], await pipe.execute()) if n)
+            keys.clear()
+
+        scanned = 0
+        async for key in self._redis.scan_iter(match=pattern, count=1000, _type="hash"):
+            keys.append(key)
+            scanned += 1
+            if len(keys) >= 500:
+                await read()
+            if scanned >= scan_max:
+                break
+        await read()
+        hits = sorted({n for n in names if term in n})
+        return sorted(hits, key=lambda n: not n.startswith(term))[:limit]
+
     async def view(self, user: str) -> dict[str, Any]:
         uid = await self._uid(user)
         u = await reads.hgetall(self._redis, self._ks.user(uid))

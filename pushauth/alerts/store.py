@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import msgspec
@@ -94,7 +95,44 @@ def alert_view(h: Mapping[str, str]) -> dict[str, Any]:
     if h.get("acked_at"):
         out["acked_at"] = rfc3339(int(h["acked_at"]))
         out["acked_by"] = h.get("acked_by", "")
+        if h.get("ack_note"):
+            out["ack_note"] = h["ack_note"]
     return out
+
+
+SEVERITY_RANK: dict[str, int] = {"info": 0, "low": 1, "medium": 2, "high": 3, "critical": 4}
+
+
+def _ref(ref: str) -> tuple[str, str]:
+    uid, _, aid = ref.partition("/")
+    return uid, aid
+
+
+@dataclass(frozen=True, slots=True)
+class AlertQuery:
+    """What the triage view filters on; every field None matches every alert. Times are RFC 3339 strings,
+    compared as strings (every alert time is the same UTC `Z` form)."""
+
+    status: str | None = None
+    uid: str | None = None
+    severity: frozenset[str] | None = None
+    kind: str | None = None
+    app: str | None = None
+    since: str | None = None
+    until: str | None = None
+
+    def matches(self, alert: Mapping[str, Any]) -> bool:
+        if self.severity is not None and alert["severity"] not in self.severity:
+            return False
+        kinds = alert["evidence"]["kinds"]
+        if self.kind is not None and alert["kind"] != self.kind and self.kind not in kinds:
+            return False
+        if self.app is not None and not any(
+                isinstance(e, dict) and e.get("app") == self.app for e in alert["evidence"]["events"]):
+            return False
+        if self.since is not None and alert["updated_at"] < self.since:
+            return False
+        return self.until is None or alert["created_at"] <= self.until
 
 
 class AlertStore:
@@ -197,6 +235,49 @@ class AlertStore:
             refs = [(ref.split("/", 1)[0], ref.split("/", 1)[1]) for ref in page if "/" in ref]
         return await self._read_many(refs, status, limit)
 
+    async def search(self, query: AlertQuery, *, start: int, limit: int,
+                     by_severity: bool = False) -> tuple[list[dict[str, Any]], int | None]:
+        """One page of the triage view: alerts matching `query`, and where the next page starts (None at
+        the end). `by_severity`, for open alerts (few, by design: each is an incident someone must look at):
+        all are read and ordered by severity, then newest first, so a critical one is never under newer
+        lesser ones. Otherwise newest first by creation, paging back through the index, `start` being a
+        position in it: a
+        page is `limit` matches however many records were read to find them, and a new alert moves later
+        pages by one, which shows an alert twice at worst, never skips one."""
+        if by_severity and query.status == "open" and query.uid is None:
+            page = cast(list[str], await self._redis.zrevrange(self._ks.alert_open, 0, 4999))
+            refs = [_ref(r) for r in page]
+            found = [a for a in await self._read_many(refs, "open", len(refs)) if query.matches(a)]
+            found.sort(key=lambda a: (SEVERITY_RANK.get(a["severity"], 0), a["updated_at"]), reverse=True)
+            return found[start:start + limit], (start + limit if len(found) > start + limit else None)
+        if query.uid is not None:
+            key = self._ks.alerts(query.uid)
+        else:
+            key = self._ks.alert_open if query.status == "open" else self._ks.alert_index
+        out: list[dict[str, Any]] = []
+        position = start
+        chunk = 500
+        while len(out) < limit:
+            page = cast(list[str], await self._redis.zrevrange(key, position, position + chunk - 1))
+            if not page:
+                return out, None
+            refs = [(query.uid, r) for r in page] if query.uid is not None else [_ref(r) for r in page]
+            records = await self._read_all(refs)
+            for i, alert in enumerate(records):
+                if alert is not None and (query.status is None or alert["status"] == query.status) \
+                        and query.matches(alert):
+                    out.append(alert)
+                    if len(out) >= limit:
+                        return out, position + i + 1
+            position += len(page)
+        return out, position
+
+    async def _read_all(self, refs: Sequence[tuple[str, str]]) -> list[dict[str, Any] | None]:
+        pipe = self._redis.pipeline(transaction=False)
+        for uid, aid in refs:
+            pipe.hgetall(self._ks.alert(uid, aid))
+        return [alert_view(h) if h else None for h in cast(list[dict[str, str]], await pipe.execute())]
+
     async def _read_many(self, refs: Iterable[tuple[str, str]], status: str | None,
                          limit: int) -> list[dict[str, Any]]:
         refs = list(refs)
@@ -211,7 +292,7 @@ class AlertStore:
                     break
         return out
 
-    async def ack(self, aid: str, by: str) -> dict[str, Any]:
+    async def ack(self, aid: str, by: str, note: str = "") -> dict[str, Any]:
         uid = ids.alert_uid(aid)
         if uid is None:
             raise NotFound("no such alert")
@@ -223,4 +304,7 @@ class AlertStore:
         if acked is lua.Acked.ALREADY:
             raise Conflict("this alert is already acknowledged", code="already_acked")
         await self._redis.zrem(self._ks.alert_open, f"{uid}/{aid}")
+        if note:  # after the ack script, which stays as it is: a note is worth less than the ack itself
+            await lua.mark_alert_delivery(self._redis, self._ks.alert(uid, aid), field="ack_note", value=note,
+                                          drop="")
         return await self.get(aid)

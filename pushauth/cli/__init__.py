@@ -3,7 +3,8 @@
     pushauth serve                     run the API server
     pushauth keys generate|rotate|list|retire KID|generate-kek|rotate-kek
     pushauth apps new-key APP_ID NAME  make an API key for a login flow (prints its config block)
-    pushauth admin new-token           make an admin token for the security team
+    pushauth admin new-token [--role R] make an admin token for the security team (or automation)
+    pushauth admin accounts ...        console accounts: list, set USER ROLE, remove USER
     pushauth enroll USER               make an enrollment code and show its QR code
     pushauth otp enroll|activate|import|list|revoke   one-time-code (TOTP) methods
     pushauth phone ...                 the phone simulator (reference device)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pushauth.cli import codes_cmd
+from pushauth.cli import accounts_cmd, codes_cmd
 from pushauth.config import from_mapping, load_settings
 from pushauth.crypto.keys import KeyStore
 from pushauth.crypto.secrets import new_secret, sha256_hex
 from pushauth.errors import ConfigError
+from pushauth.operators import ROLES
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -42,7 +43,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     admin = sub.add_parser("admin", help="security-team credentials")
     adsub = admin.add_subparsers(dest="admin_command", required=True)
-    adsub.add_parser("new-token", help="generate an admin token").set_defaults(func=_new_admin_token)
+    new_token = adsub.add_parser("new-token", help="generate an admin token")
+    new_token.add_argument("--role", choices=ROLES, default="owner",
+                           help="what the token may do (default owner: everything)")
+    new_token.add_argument("--name", default="",
+                           help="what it is for (a-z 0-9 _ . -), shown in the audit trail")
+    new_token.set_defaults(func=_new_admin_token)
+    accounts_cmd.register(adsub)
 
 
 def _store(args: argparse.Namespace) -> KeyStore:
@@ -108,5 +115,10 @@ def _new_app_key(args: argparse.Namespace) -> int:
 def _new_admin_token(args: argparse.Namespace) -> int:
     token = new_secret(32)
     print(f"Admin token (give it to the security team; it is not stored anywhere):\n  {token}\n")
-    print(f'Add to config.toml under [admin]:\n  token_sha256 = ["{sha256_hex(token)}"]')
+    if args.role == "owner" and not args.name:
+        print(f'Add to config.toml under [admin]:\n  token_sha256 = ["{sha256_hex(token)}"]')
+        return 0
+    name = f"\nname = {_toml_string(args.name)}" if args.name else ""
+    print(f'Add to config.toml:\n[[admin.tokens]]\nsha256 = "{sha256_hex(token)}"\n'
+          f'role = "{args.role}"{name}')
     return 0

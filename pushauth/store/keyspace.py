@@ -56,6 +56,7 @@ PLACEHOLDERS: dict[str, str] = {
     "network": r".+",
     "location": r".+",
     "worker name": r".+",
+    "user name": r".+",
 }
 _PLACEHOLDER = re.compile(r"<([^<>]+)>")
 
@@ -205,6 +206,14 @@ KEYS: tuple[KeySpec, ...] = (
     KeySpec("<prefix>:console:sess:<sha256(session id)>", "string", "pushauth.web",
             "8 h idle (EX, extended on each use), 24 h at most", "a security-team console session (JSON)",
             "KeySpace.console_session"),
+    KeySpec("<prefix>:console:accounts", "hash", "pushauth.operators",
+            "permanent (fields leave when removed)",
+            "named console accounts: pushauth user name -> role record (JSON)", "KeySpace.console_accounts",
+            fields="console_accounts"),
+    KeySpec("<prefix>:console:push:<sha256(session id)>", "string", "pushauth.web",
+            "the sign-in prompt's life (EX); deleted when it is answered",
+            "a console sign-in waiting for the person's phone: the account and its prompt (JSON)",
+            "KeySpace.console_push"),
     KeySpec("<prefix>:rl:ip:<address>", "hash", "pushauth.ratelimit", "a rate-limit window at most (EXPIRE)",
             "rate-limit bucket of a client address (requests and authentication failures)",
             "KeySpace.rate_bucket", fields="rate_bucket"),
@@ -367,6 +376,7 @@ HASH_FIELDS: dict[str, dict[str, str]] = {
         "ctx": "login context (JSON)",
         "acked_at": "when acknowledged",
         "acked_by": "by whom",
+        "ack_note": "the note the acknowledger left (the console's acknowledge form)",
         "dl:<sink>:<version>": "that version settled for the sink: delivered (Unix time) or \"dead:<why>\"",
         "dls:<sink>:<version>": "a retry of that version is scheduled (\"retrying:<n>:<reason>\")",
     },
@@ -403,6 +413,7 @@ HASH_FIELDS: dict[str, dict[str, str]] = {
     },
     "sinks_disabled": {"<sink>": "when the sink was disabled (a 410)"},
     "heartbeats": {"<worker name>": "the worker's last beat (Unix time)"},
+    "console_accounts": {"<user name>": "the account's role, who set it and when (JSON)"},
 }
 
 
@@ -434,8 +445,8 @@ __doc__ = (__doc__ or "") + "\n" + render()
 
 
 class KeySpace:
-    __slots__ = ("alert_index", "alert_open", "alert_sinks_disabled", "audit", "events", "expiry_due",
-                 "prefix")
+    __slots__ = ("alert_index", "alert_open", "alert_sinks_disabled", "audit", "console_accounts", "events",
+                 "expiry_due", "prefix")
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
@@ -445,6 +456,7 @@ class KeySpace:
         self.alert_sinks_disabled = f"{prefix}:{{alerts}}:disabled"
         self.expiry_due = f"{prefix}:{{expiry}}:due"
         self.audit = f"{prefix}:{{audit}}:stream"
+        self.console_accounts = f"{prefix}:console:accounts"
 
     def user_prefix(self, uid: str) -> str:
         """What the Lua ledger builds a user's other keys from (same hash tag)."""
@@ -554,3 +566,6 @@ class KeySpace:
     def console_session(self, session_id: str) -> str:
         # Only the id's hash is stored: a copy of Redis does not hold a usable session cookie.
         return f"{self.prefix}:console:sess:{sha256_hex(session_id)}"
+
+    def console_push(self, pending_id: str) -> str:
+        return f"{self.prefix}:console:push:{sha256_hex(pending_id)}"

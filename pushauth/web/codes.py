@@ -20,7 +20,7 @@ routes = web.RouteTableDef()
 
 
 def _by(admin: Admin) -> str:
-    return f"admin:{admin.token_hash_prefix}"
+    return admin.who
 
 
 @routes.post("/v1/codes/verify")
@@ -42,14 +42,14 @@ async def verify_code(request: web.Request) -> web.Response:
 
 @routes.get("/v1/users/{user}/otp-methods")
 async def list_methods(request: web.Request) -> web.Response:
-    request.app[CREDENTIALS].admin(request)
+    request.app[CREDENTIALS].admin(request, "read")
     user = canonical(request.match_info["user"])
     return io.json({"user": user, "methods": await request.app[CODES].methods(user)})
 
 
 @routes.post("/v1/users/{user}/otp-methods")
 async def enroll_method(request: web.Request) -> web.Response:
-    admin = request.app[CREDENTIALS].admin(request)
+    admin = request.app[CREDENTIALS].admin(request, "enroll")
     raw = await io.read_body(request)
     body = io.decode(raw, EnrollCodeMethod) if raw.strip() else EnrollCodeMethod()
     user = canonical(request.match_info["user"])
@@ -62,7 +62,7 @@ async def enroll_method(request: web.Request) -> web.Response:
 
 @routes.post("/v1/users/{user}/otp-methods/{id}/activate")
 async def activate_method(request: web.Request) -> web.Response:
-    admin = request.app[CREDENTIALS].admin(request)
+    admin = request.app[CREDENTIALS].admin(request, "enroll")
     body = io.decode(await io.read_body(request), ActivateCodeMethod)
     user = canonical(request.match_info["user"])
     await request.app[CODES].activate(user, request.match_info["id"], body.code, by=_by(admin))
@@ -71,7 +71,7 @@ async def activate_method(request: web.Request) -> web.Response:
 
 @routes.delete("/v1/users/{user}/otp-methods/{id}")
 async def revoke_method(request: web.Request) -> web.Response:
-    admin = request.app[CREDENTIALS].admin(request)
+    admin = request.app[CREDENTIALS].admin(request, "revoke")
     user = canonical(request.match_info["user"])
     await request.app[CODES].revoke(user, request.match_info["id"], by=_by(admin))
     return io.json({"id": request.match_info["id"], "user": user, "status": "revoked"})
@@ -79,7 +79,7 @@ async def revoke_method(request: web.Request) -> web.Response:
 
 @routes.post("/v1/otp-methods/import")
 async def import_tokens(request: web.Request) -> web.Response:
-    admin = request.app[CREDENTIALS].admin(request)
+    admin = request.app[CREDENTIALS].admin(request, "enroll")
     body = io.decode(await io.read_body(request), ImportTokens)
     if body.psk and body.format != "pskc":
         raise Unprocessable("psk goes with a PSKC file only", code="invalid_import")

@@ -9,6 +9,7 @@ from aiohttp import web
 from pushauth.accounts.users import canonical
 from pushauth.challenges.service import Allowed
 from pushauth.clock import rfc3339
+from pushauth.operators import require
 from pushauth.web import io
 from pushauth.web.auth import Admin
 from pushauth.web.schemas import (
@@ -65,7 +66,9 @@ async def cancel_challenge(request: web.Request) -> web.Response:
 async def create_enrollment(request: web.Request) -> web.Response:
     who = request.app[CREDENTIALS].identify(request)
     body = io.decode(await io.read_body(request), CreateEnrollment)
-    by = f"admin:{who.token_hash_prefix}" if isinstance(who, Admin) else f"app:{who.id}"
+    if isinstance(who, Admin):  # a vouched enrollment: only a role that may enroll (pushauth/operators.py)
+        require(who.role, "enroll")
+    by = who.who if isinstance(who, Admin) else f"app:{who.id}"
     enrollment = await request.app[DEVICES].create_enrollment(canonical(body.user), requested_by=by)
     return io.json({"id": enrollment.id, "user": enrollment.user, "code": enrollment.code,
                     "uri": enrollment.uri, "expires_at": rfc3339(enrollment.expires_at),

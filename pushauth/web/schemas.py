@@ -71,6 +71,16 @@ class Unlock(_Body, frozen=True):
     what: Literal["all", "lock", "suspension"] = "all"
 
 
+class AckAlert(_Body, frozen=True):
+    # What the acknowledger found and did; kept on the alert (`ack_note`) and in the audit trail.
+    note: Annotated[str, msgspec.Meta(max_length=500)] = ""
+
+
+class ConsoleAccount(_Body, frozen=True):
+    # pushauth/operators.py ROLES
+    role: Literal["viewer", "service_desk", "responder", "owner"]
+
+
 class AccountPolicy(_Body, frozen=True):
     exempt: bool | None = None
     shared: bool | None = None

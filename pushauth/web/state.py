@@ -16,6 +16,7 @@ from pushauth.config import Settings
 from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.devices.service import Devices
 from pushauth.netaddr import TrustedProxies
+from pushauth.operators import Operators
 from pushauth.ratelimit.limiter import RateLimiter
 from pushauth.runtime import Runtime
 from pushauth.web.auth import Credentials
@@ -35,3 +36,4 @@ PROXIES = web.AppKey("trusted_proxies", TrustedProxies)
 LIMITER = web.AppKey("rate_limiter", RateLimiter)
 CODES = web.AppKey("codes", Codes)
 EVENTS = web.AppKey("events", ChallengeEvents)
+OPERATORS = web.AppKey("operators", Operators)  # the console accounts (set up with the console)

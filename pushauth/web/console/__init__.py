@@ -17,10 +17,11 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from pushauth.operators import Operators
 from pushauth.web.console import feed, pages, sessions
 from pushauth.web.console.feed import FEED, QUEUE_MAX, REPLAY_MAX, LiveFeed
 from pushauth.web.console.sessions import COOKIE, SESSIONS, Session, Sessions, same_origin, secure
-from pushauth.web.state import ALERTS, REDIS, RUNTIME, SETTINGS
+from pushauth.web.state import ALERTS, AUDIT, CREDENTIALS, DEVICES, OPERATORS, REDIS, RUNTIME, SETTINGS
 
 __all__ = ["COOKIE", "FEED", "QUEUE_MAX", "REPLAY_MAX", "SESSIONS", "LiveFeed", "Session", "Sessions",
            "same_origin", "secure", "setup"]
@@ -32,7 +33,9 @@ def setup(app: web.Application) -> None:
 
     async def console_ctx(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
-        app[SESSIONS] = Sessions(app[REDIS], app[RUNTIME].keyspace, settings.admin.token_sha256)
+        app[OPERATORS] = Operators(app[REDIS], app[RUNTIME].keyspace, app[AUDIT])
+        app[SESSIONS] = Sessions(app[REDIS], app[RUNTIME].keyspace, app[CREDENTIALS], app[OPERATORS],
+                                 app[DEVICES])
         # XREAD BLOCK shorter than the socket timeout, or every quiet read would count as Redis down.
         block_ms = 1000 if settings.embedded else int(min(1000, settings.store.socket_timeout_s * 500))
         live = LiveFeed(app[REDIS], app[ALERTS], block_ms=block_ms)

@@ -126,7 +126,7 @@ class LiveFeed:
         data = {"id": alert["id"], "kind": alert["kind"], "severity": alert["severity"],
                 "user": alert["user"], "status": alert["status"], "created_at": alert["created_at"],
                 "updated_at": alert["updated_at"], "version": alert["version"],
-                "event_count": alert["evidence"]["event_count"]}
+                "event_count": alert["evidence"]["event_count"], "title": ui.alert_title(alert)}
         frame = b"id: " + entry_id.encode() + b"\nevent: alert\ndata: " + _encode(data) + b"\n\n"
         return entry_id, frame
 

@@ -1,28 +1,39 @@
-"""The console's pages: the alert feed and one alert (acknowledge), users and their containment (unlock,
-lock, revoke a device, issue an access code), and the pages' static files. Every page is `signed_in`.
+"""The console's pages: open alerts (triage), their history, one alert (acknowledge with a note), users
+(search, containment, access codes, enrollment of a new phone), the audit trail (and its CSV), and the
+pages' static files. Every page is `signed_in`; every form names the action it needs, and the server
+refuses it (403) for a role that may not do it, whatever the page showed (pushauth/operators.py).
 """
 
 from __future__ import annotations
 
+import csv
+import io as stdio
 from importlib import resources
 
+import segno
 from aiohttp import web
 
 from pushauth.accounts.users import canonical
 from pushauth.clock import rfc3339
-from pushauth.errors import Conflict, NotFound
+from pushauth.errors import Conflict, NotFound, Unprocessable
+from pushauth.operators import check_role
 from pushauth.web import console_html as ui
+from pushauth.web import io
 from pushauth.web.console.feed import FEED
 from pushauth.web.console.sessions import Session, form_field, signed_in
-from pushauth.web.state import ACCOUNTS, ALERTS
+from pushauth.web.queries import alert_query, audit_cursor
+from pushauth.web.state import ACCOUNTS, ALERTS, AUDIT, DEVICES, OPERATORS
 
 routes = web.RouteTableDef()
 
+PAGE = 50
+NOTE_MAX = 500
 # What a finished action says on the page it leads back to (the query names one; nothing is reflected).
 DONE = {"acked": "Alert acknowledged.", "already_acked": "That alert was already acknowledged.",
         "lock": "Account unlocked.", "suspension": "Suspension lifted: the user gets prompts again.",
         "all": "Account unlocked and suspension lifted.", "locked": "Account locked.",
-        "revoked": "Device revoked."}
+        "revoked": "Device revoked.", "account_set": "Console account saved.",
+        "account_removed": "Console account removed: its sessions have ended."}
 
 
 # -- alerts ----------------------------------------------------------------------------------------------
@@ -31,28 +42,47 @@ DONE = {"acked": "Alert acknowledged.", "already_acked": "That alert was already
 @routes.get("/console")
 @signed_in
 async def feed_page(request: web.Request, session: Session) -> web.StreamResponse:
+    """Open alerts, most severe first, then newest; the filters are the page's query string."""
+    query = alert_query(request, uid=None, default_status="open")
+    start = io.int_query(request, "start", default=0, low=0, high=999_999)
     since = await request.app[FEED].tail()  # before the list: anything newer is replayed, not lost
-    alerts = await request.app[ALERTS].alerts(status="open", uid=None, limit=200)
-    return ui.respond(ui.feed_page(alerts, since=since, csrf=session.csrf, who=session.who,
-                                   done=DONE.get(request.query.get("done", ""))))
+    alerts, after = await request.app[ALERTS].search(query, start=start, limit=PAGE,
+                                                     by_severity=query.status == "open")
+    return ui.respond(ui.feed_page(alerts, since=since, session=session, filters=dict(request.query),
+                                   after=after, done=DONE.get(request.query.get("done", ""))))
 
 
+@routes.get("/console/history")
+@signed_in
+async def history_page(request: web.Request, session: Session) -> web.StreamResponse:
+    """Acknowledged alerts, newest first, a page at a time."""
+    query = alert_query(request, uid=None, default_status="acked")
+    start = io.int_query(request, "start", default=0, low=0, high=999_999)
+    alerts, after = await request.app[ALERTS].search(query, start=start, limit=PAGE)
+    return ui.respond(ui.history_page(alerts, session=session, filters=dict(request.query), start=start,
+                                      after=after))
 
 
 @routes.get("/console/alerts/{id}")
 @signed_in
 async def alert_page(request: web.Request, session: Session) -> web.StreamResponse:
     alert = await request.app[ALERTS].get(request.match_info["id"])
-    return ui.respond(ui.alert_page(alert, csrf=session.csrf, who=session.who))
+    return ui.respond(ui.alert_page(alert, session=session))
 
 
 @routes.post("/console/alerts/{id}/ack")
 @signed_in
 async def ack(request: web.Request, session: Session) -> web.StreamResponse:
+    session.require("ack")
+    note = (await form_field(request, "note") or "").strip()
+    if len(note) > NOTE_MAX:
+        raise Unprocessable(f"a note is {NOTE_MAX} characters at most", code="invalid_note")
     try:
-        await request.app[ALERTS].ack(request.match_info["id"], session.who)
+        alert = await request.app[ALERTS].ack(request.match_info["id"], session.who, note)
     except Conflict:
         return ui.redirect("/console?done=already_acked")
+    await request.app[AUDIT].record("alert_acked", user=alert["user"], who=session.who, why=note,
+                                    alert=alert["id"])
     return ui.redirect("/console?done=acked")
 
 
@@ -66,10 +96,20 @@ def _user_url(user: str, done: str | None = None) -> str:
 @routes.get("/console/users")
 @signed_in
 async def find_user(request: web.Request, session: Session) -> web.StreamResponse:
-    query = request.query.get("user", "")
-    if not query.strip():
-        return ui.respond(ui.user_search_page(csrf=session.csrf, who=session.who))
-    return ui.redirect(_user_url(canonical(query)))
+    """A user name that is one goes straight to its page; anything else is searched for, names that start
+    with it first, then names that contain it."""
+    query = request.query.get("user", "").strip()
+    if not query:
+        return ui.respond(ui.user_search_page(session=session))
+    try:
+        user = canonical(query)
+    except Unprocessable as exc:
+        return ui.respond(ui.user_search_page(session=session, query=query, error=exc.message), status=422)
+    if await request.app[DEVICES].uid_for(user) is not None:
+        return ui.redirect(_user_url(user))
+    found = await request.app[ACCOUNTS].search(user, limit=PAGE)
+    return ui.respond(ui.user_search_page(session=session, query=query, found=found,
+                                          error=None if found else f"No user name contains {query}."))
 
 
 @routes.get("/console/users/{user}")
@@ -79,15 +119,19 @@ async def user_page(request: web.Request, session: Session) -> web.StreamRespons
     try:
         view = await request.app[ACCOUNTS].view(user)
     except NotFound as exc:
-        return ui.respond(ui.user_search_page(csrf=session.csrf, who=session.who, query=user,
-                                              error=f"{user}: {exc.message}"), status=404)
-    return ui.respond(ui.user_page(view, csrf=session.csrf, who=session.who,
+        return ui.respond(ui.user_search_page(session=session, query=user, error=f"{user}: {exc.message}"),
+                          status=404)
+    # The user's open alerts in words, not ids (a user has few: each is an incident).
+    uid = await request.app[DEVICES].uid_for(user) if view.get("open_alerts") else None
+    alerts = await request.app[ALERTS].alerts(status="open", uid=uid, limit=20) if uid else []
+    return ui.respond(ui.user_page(view, alerts, session=session,
                                    done=DONE.get(request.query.get("done", ""))))
 
 
 @routes.post("/console/users/{user}/unlock")
 @signed_in
 async def unlock(request: web.Request, session: Session) -> web.StreamResponse:
+    session.require("unlock")
     user = canonical(request.match_info["user"])
     what = await form_field(request, "what") or "all"
     await request.app[ACCOUNTS].unlock(user, by=session.who, what=what)
@@ -97,6 +141,7 @@ async def unlock(request: web.Request, session: Session) -> web.StreamResponse:
 @routes.post("/console/users/{user}/lock")
 @signed_in
 async def lock(request: web.Request, session: Session) -> web.StreamResponse:
+    session.require("lock")
     user = canonical(request.match_info["user"])
     await request.app[ACCOUNTS].lock(user, by=session.who)
     return ui.redirect(_user_url(user, "locked"))
@@ -105,6 +150,7 @@ async def lock(request: web.Request, session: Session) -> web.StreamResponse:
 @routes.post("/console/users/{user}/devices/{device_id}/revoke")
 @signed_in
 async def revoke_device(request: web.Request, session: Session) -> web.StreamResponse:
+    session.require("revoke")
     user = canonical(request.match_info["user"])
     await request.app[ACCOUNTS].revoke_device(user, request.match_info["device_id"], by=session.who)
     return ui.redirect(_user_url(user, "revoked"))
@@ -113,16 +159,104 @@ async def revoke_device(request: web.Request, session: Session) -> web.StreamRes
 @routes.post("/console/users/{user}/access-code")
 @signed_in
 async def access_code(request: web.Request, session: Session) -> web.StreamResponse:
+    session.require("access_code")
     user = canonical(request.match_info["user"])
     code, expires = await request.app[ACCOUNTS].issue_access_code(user, by=session.who)
-    return ui.respond(ui.access_code_page(user, code, rfc3339(expires), csrf=session.csrf, who=session.who))
+    return ui.respond(ui.access_code_page(user, code, rfc3339(expires), session=session))
+
+
+@routes.post("/console/users/{user}/enrollment")
+@signed_in
+async def enrollment(request: web.Request, session: Session) -> web.StreamResponse:
+    """A new phone for the user, on a service desk call: the QR code on screen for the user to scan. It is
+    issued by a person of the security team, so it is vouched for like any admin-issued enrollment (the
+    trust rules of issue 14), and audited under the person's name."""
+    session.require("enroll")
+    user = canonical(request.match_info["user"])
+    made = await request.app[DEVICES].create_enrollment(user, requested_by=session.who)
+    await request.app[AUDIT].record("enrollment_issued", user=user, who=session.who, enrollment=made.id)
+    qr = ui.Markup(segno.make(made.uri, error="m").svg_inline(scale=5, title="Enrollment QR code"))
+    return ui.respond(ui.enrollment_page(user, made.uri, rfc3339(made.expires_at), qr, session=session))
+
+
+# -- console accounts (owners) ----------------------------------------------------------------------------
+
+
+@routes.get("/console/accounts")
+@signed_in
+async def accounts_page(request: web.Request, session: Session) -> web.StreamResponse:
+    session.require("accounts")
+    return ui.respond(ui.accounts_page(await request.app[OPERATORS].list(), session=session,
+                                       done=DONE.get(request.query.get("done", ""))))
+
+
+@routes.post("/console/accounts")
+@signed_in
+async def set_account(request: web.Request, session: Session) -> web.StreamResponse:
+    session.require("accounts")
+    user = canonical(await form_field(request, "user") or "")
+    role = check_role(await form_field(request, "role") or "")
+    await request.app[OPERATORS].set(user, role, by=session.who)
+    return ui.redirect("/console/accounts?done=account_set")
+
+
+@routes.post("/console/accounts/{user}/remove")
+@signed_in
+async def remove_account(request: web.Request, session: Session) -> web.StreamResponse:
+    session.require("accounts")
+    await request.app[OPERATORS].remove(canonical(request.match_info["user"]), by=session.who)
+    return ui.redirect("/console/accounts?done=account_removed")
+
+
+# -- the audit trail -------------------------------------------------------------------------------------
+
+
+async def _audit_entries(request: web.Request, limit: int) -> list[dict[str, object]]:
+    user = request.query.get("user", "").strip()
+    return await request.app[AUDIT].entries(
+        user=canonical(user) if user else None, limit=limit, who=request.query.get("who", "").strip() or None,
+        what=request.query.get("what", "").strip() or None, before=audit_cursor(request))
+
+
+@routes.get("/console/audit")
+@signed_in
+async def audit_page(request: web.Request, session: Session) -> web.StreamResponse:
+    entries = await _audit_entries(request, PAGE)
+    after = str(entries[-1]["id"]) if len(entries) == PAGE else None
+    return ui.respond(ui.audit_page(entries, session=session, filters=dict(request.query), after=after))
+
+
+CSV_MAX = 10_000
+
+
+@routes.get("/console/audit.csv")
+@signed_in
+async def audit_csv(request: web.Request, session: Session) -> web.StreamResponse:
+    """The filtered trail as CSV (newest first, up to CSV_MAX rows). A cell that a spreadsheet would read
+    as a formula (=, +, -, @ first) is prefixed with a quote: user names and reasons come from outside."""
+    entries = await _audit_entries(request, CSV_MAX)
+    out = stdio.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["at", "what", "user", "who", "why", "details"])
+    for e in entries:
+        details = e.get("details")
+        writer.writerow([_cell(e.get(k, "")) for k in ("at", "what", "user", "who", "why")]
+                        + [_cell(ui.json_text(details) if details else "")])
+    return web.Response(text=out.getvalue(), content_type="text/csv", charset="utf-8",
+                        headers={**ui.SECURITY_HEADERS,
+                                 "Content-Disposition": 'attachment; filename="pushauth-audit.csv"'})
+
+
+def _cell(value: object) -> str:
+    text = str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 # -- static files ----------------------------------------------------------------------------------------
 
-_TYPES = {"css": "text/css", "js": "text/javascript"}
+_TYPES = {"css": "text/css", "js": "text/javascript", "svg": "image/svg+xml"}
 _STATIC = {name: resources.files("pushauth.web").joinpath("console_static", name).read_bytes()
-           for name in ("console.css", "console.js", "demo.js", "form-post.js")}
+           for name in ("console.css", "console.js", "demo.js", "form-post.js", "favicon.svg")}
 
 
 @routes.get("/console/static/{name}")
@@ -131,5 +265,6 @@ async def static(request: web.Request) -> web.StreamResponse:
     body = _STATIC.get(name)
     if body is None:
         raise NotFound("no such file")
-    return web.Response(body=body, content_type=_TYPES[name.rsplit(".", 1)[1]], charset="utf-8",
+    kind = _TYPES[name.rsplit(".", 1)[1]]
+    return web.Response(body=body, content_type=kind, charset="utf-8" if kind != "image/svg+xml" else None,
                         headers={**ui.SECURITY_HEADERS, "Cache-Control": "max-age=300"})

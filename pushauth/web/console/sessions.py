@@ -1,13 +1,16 @@
-"""Console sessions: sign-in with an admin token, the session cookie, and the CSRF and same-origin checks
-every console POST passes (`signed_in`).
+"""Console sessions: sign-in with a push to the person's own phone (their console account,
+pushauth/operators.py) or with an admin token, the session cookie, the session's role, and the CSRF and
+same-origin checks every console POST passes (`signed_in`).
 
-Sign-in takes an admin token, which the sign-in page's script sends as the admin API takes it
-(`Authorization: Bearer`), so the admin API's own `Credentials` check it. What follows is a server-side
-session: a random id in an HttpOnly, SameSite=Strict cookie (Secure over https), stored in Redis only as
-its SHA-256 (`<prefix>:console:sess:<sha256 of id>`), holding which token signed in and a CSRF token. It
-ends after 8 idle hours, 24 hours after sign-in, at sign-out, or when its admin token is no longer
-configured. Every POST needs the session's CSRF token (compared in constant time) and, from a browser,
-a same-origin `Origin` / `Sec-Fetch-Site`.
+A person's sign-in is a challenge like any login flow's (`CONSOLE_APP`), with number matching; its wait is
+bound to the browser by an HttpOnly cookie. Token sign-in takes an admin token, which the sign-in page's
+script sends as the admin API takes it (`Authorization: Bearer`), so the admin API's own `Credentials` check
+it. What follows is a server-side session: a random id in an HttpOnly, SameSite=Strict cookie (Secure over
+https), stored in Redis only as its SHA-256 (`<prefix>:console:sess:<sha256 of id>`), holding which token or
+person signed in and a CSRF token. It ends after 8 idle hours, 24 hours after sign-in, at sign-out, when its
+admin token is no longer configured, or when the person's console account is removed or their own pushauth
+account is locked or suspended. Every POST needs the session's CSRF token (compared in constant time) and,
+from a browser, a same-origin `Origin` / `Sec-Fetch-Site`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Annotated, Any
 
 import msgspec
 import redis.asyncio as aioredis
@@ -25,13 +29,19 @@ import structlog
 from aiohttp import web
 from yarl import URL
 
-from pushauth.crypto.secrets import equal
+from pushauth.accounts.users import canonical
+from pushauth.challenges.service import Allowed
+from pushauth.clock import rfc3339
+from pushauth.config import Application
+from pushauth.crypto.secrets import equal, sha256_hex
+from pushauth.devices.service import Devices
 from pushauth.errors import ApiError, Forbidden, Unauthorized
+from pushauth.operators import Operators, may, person, require
 from pushauth.store import STORE_DOWN_ERRORS, KeySpace
 from pushauth.web import console_html as ui
 from pushauth.web import io
-from pushauth.web.auth import Admin
-from pushauth.web.state import CREDENTIALS, SETTINGS
+from pushauth.web.auth import Admin, Credentials
+from pushauth.web.state import AUDIT, CHALLENGES, CREDENTIALS, LIMITER, OPERATORS, REDIS, RUNTIME, SETTINGS
 
 log = structlog.get_logger(__name__)
 
@@ -48,28 +58,46 @@ _encode = msgspec.json.Encoder().encode
 @dataclass(frozen=True, slots=True, repr=False)
 class Session:
     sid: str
-    who: str  # the audit "who": admin:<token hash prefix>, as the admin API writes it
+    who: str  # the audit "who": console:<user> for a person, admin:<token> as the admin API writes it
     csrf: str
+    role: str = "owner"
 
     def __repr__(self) -> str:  # never the id or the CSRF token
-        return f"Session(who={self.who!r})"
+        return f"Session(who={self.who!r}, role={self.role!r})"
 
+    def may(self, action: str) -> bool:
+        return may(self.role, action)
 
-def _by(admin: Admin) -> str:
-    return f"admin:{admin.token_hash_prefix}"  # the admin API's format (pushauth/web/admin.py)
+    def require(self, action: str) -> None:
+        """Refuse (403 `role_forbidden`) what this session's role may not do: the server decides, whatever
+        the page showed."""
+        require(self.role, action)
 
 
 class Sessions:
-    def __init__(self, redis: aioredis.Redis, keyspace: KeySpace, admin_hashes: list[str]) -> None:
+    """Console sessions (`<prefix>:console:sess:<sha256 of id>`). A session is a person's (their console
+    account, signed in with their phone) or an admin token's; its role is read again on every request,
+    from the account or the token's configuration, so taking a role away takes effect at once."""
+
+    def __init__(self, redis: aioredis.Redis, keyspace: KeySpace, credentials: Credentials,
+                 operators: Operators, devices: Devices) -> None:
         self._redis = redis
         self._key = keyspace.console_session
-        self._admins = list(admin_hashes)
+        self._credentials = credentials
+        self._operators = operators
+        self._devices = devices
 
     async def create(self, admin: Admin) -> Session:
+        return await self._create({"tok": admin.token_hash_prefix}, admin.who, admin.role)
+
+    async def create_for(self, user: str, role: str) -> Session:
+        return await self._create({"user": user}, person(user), role)
+
+    async def _create(self, record: dict[str, str | int], who: str, role: str) -> Session:
         sid, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
-        record = {"tok": admin.token_hash_prefix, "csrf": csrf, "created": int(time.time())}
+        record = {**record, "csrf": csrf, "created": int(time.time())}
         await self._redis.set(self._key(sid), _encode(record), ex=SESSION_IDLE_S)
-        return Session(sid, _by(admin), csrf)
+        return Session(sid, who, csrf, role)
 
     async def get(self, sid: str) -> Session | None:
         if not _SESSION_ID.fullmatch(sid):
@@ -78,17 +106,33 @@ class Sessions:
         if not raw:
             return None
         record = msgspec.json.decode(raw)
-        prefix = str(record.get("tok", ""))
-        if (int(record.get("created", 0)) + SESSION_MAX_S < time.time() or not prefix
-                or not any(h.startswith(prefix) for h in self._admins)):
+        session = None
+        if int(record.get("created", 0)) + SESSION_MAX_S >= time.time():
+            session = await self._holder(sid, record)
+        if session is None:  # expired, or its token or account is gone
             await self.delete(sid)
-            return None
-        return Session(sid, _by(Admin(prefix)), str(record["csrf"]))
+        return session
+
+    async def _holder(self, sid: str, record: dict[str, object]) -> Session | None:
+        csrf = str(record.get("csrf", ""))
+        if record.get("user"):
+            user = str(record["user"])
+            role = await self._operators.role_of(user)
+            if role is None:
+                return None
+            # A person whose own pushauth account is locked or suspended (their "not me", the team's lock:
+            # their phone or password may be someone else's now) is signed out of the console too.
+            _, flags = await self._devices.account_flags(user)
+            if flags.get("locked") == "1" or flags.get("suspended") == "1":
+                log.warning("console_session_ended", who=person(user), reason="account contained")
+                return None
+            return Session(sid, person(user), csrf, role)
+        prefix = str(record.get("tok", ""))
+        admin = self._credentials.admin_role(prefix) if prefix else None
+        return Session(sid, admin.who, csrf, admin.role) if admin else None
 
     async def delete(self, sid: str) -> None:
         await self._redis.delete(self._key(sid))
-
-
 
 
 SESSIONS = web.AppKey("console_sessions", Sessions)
@@ -165,6 +209,8 @@ def signed_in(handler: Page) -> Callable[[web.Request], Awaitable[web.StreamResp
         try:
             return await handler(request, session)
         except ApiError as exc:
+            if exc.code == "role_forbidden":
+                log.warning("console_role_refused", who=session.who, role=session.role, route=request.path)
             return ui.error_page(exc.status, exc.message, csrf=session.csrf, who=session.who)
 
     return page
@@ -190,14 +236,105 @@ async def login(request: web.Request) -> web.StreamResponse:
     if "Authorization" not in request.headers:
         return ui.respond(ui.login_page(error="Signing in needs JavaScript in this browser."), status=400)
     try:
-        admin = request.app[CREDENTIALS].admin(request)
+        admin = request.app[CREDENTIALS].admin(request, "read")
     except (Unauthorized, Forbidden):
         log.warning("console_sign_in_refused", ip=io.client_ip(request))
         return web.Response(status=401, text="That is not an admin token of this server.",
                             headers=ui.SECURITY_HEADERS)
     session = await request.app[SESSIONS].create(admin)
+    await request.app[AUDIT].record("console_signed_in", user="", who=session.who, why="admin token",
+                                    role=admin.role)
     log.info("console_signed_in", who=session.who, ip=io.client_ip(request))
     response = web.Response(status=204, headers=ui.SECURITY_HEADERS)
+    response.set_cookie(COOKIE, session.sid, path="/console", httponly=True, samesite="Strict",
+                        secure=secure(request))
+    return response
+
+
+# -- sign-in with the person's own phone --------------------------------------------------------------------
+
+PUSH_COOKIE = "pushauth_console_push"
+# The console asks for its own sign-ins as an application of its own, through the same challenge service as
+# any login flow: number matching, the detection rules and "not me" alerts all apply to it. No API key
+# reaches it (its key hash is of a random value nobody holds).
+CONSOLE_APP = Application(id="pushauth-console", name="pushauth console",
+                          api_key_sha256=[sha256_hex(secrets.token_hex(32))])
+PUSH_WAIT_S = 20
+
+
+class PushSignIn(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    user: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+
+
+def _json(data: dict[str, Any], status: int = 200) -> web.Response:
+    response = io.json(data, status)
+    response.headers.update(ui.SECURITY_HEADERS)
+    return response
+
+
+@routes.post("/console/login/push")
+async def push_sign_in(request: web.Request) -> web.StreamResponse:
+    """Start a person's sign-in: a prompt with number matching to their own phone. The page shows the
+    number and waits (`/console/login/push/wait`), bound to this browser by an HttpOnly cookie."""
+    if not same_origin(request):
+        raise Forbidden("sign in from this server's own sign-in page", code="csrf")
+    user = canonical(io.decode(await io.read_body(request), PushSignIn).user)
+    ip = io.client_ip(request)
+    if await request.app[OPERATORS].role_of(user) is None:
+        # A guess at who may sign in: counted like a wrong credential, so names cannot be tried in bulk.
+        await request.app[LIMITER].auth_failed(ip)
+        log.warning("console_sign_in_refused", reason="no_account", ip=ip)
+        raise Forbidden("that user has no console account: an owner adds one", code="no_console_account")
+    agent = io.header_text(request, "User-Agent")[:512]
+    context = {k: v for k, v in (("ip", (ip or "")[:64]), ("user_agent", agent),
+                                 ("location", "pushauth console")) if v}
+    created = await request.app[CHALLENGES].create(CONSOLE_APP, user, context, None)
+    if isinstance(created, Allowed):  # exempt, or before enforcement: the console needs a phone
+        raise Forbidden("the console needs a push to your own phone, and this account has none",
+                        code="not_enrolled")
+    pending = secrets.token_urlsafe(32)
+    ttl = max(1, created.expires_at - int(time.time()))
+    await request.app[REDIS].set(request.app[RUNTIME].keyspace.console_push(pending),
+                                 _encode({"user": user, "cid": created.id}), ex=ttl)
+    response = _json({"status": "pending", "number": created.number,
+                      "expires_at": rfc3339(created.expires_at)}, status=201)
+    response.set_cookie(PUSH_COOKIE, pending, path="/console/login", httponly=True, samesite="Strict",
+                        secure=secure(request), max_age=ttl)
+    return response
+
+
+@routes.post("/console/login/push/wait")
+async def push_wait(request: web.Request) -> web.StreamResponse:
+    """Wait up to PUSH_WAIT_S for the phone: approved, the session cookie is set; denied or expired, the
+    sign-in is over (a "not me" has raised its critical alert through the detection rules as any login's
+    does); else still pending, and the page asks again."""
+    if not same_origin(request):
+        raise Forbidden("sign in from this server's own sign-in page", code="csrf")
+    pending = request.cookies.get(PUSH_COOKIE, "")
+    key = request.app[RUNTIME].keyspace.console_push(pending)
+    raw = await request.app[REDIS].get(key) if _SESSION_ID.fullmatch(pending) else None
+    if not raw:
+        raise Unauthorized("no sign-in is waiting for this browser: start again", code="no_sign_in")
+    record = msgspec.json.decode(raw)
+    user, cid = str(record["user"]), str(record["cid"])
+    view = await request.app[CHALLENGES].status(CONSOLE_APP, cid, PUSH_WAIT_S)
+    if view["status"] == "pending":
+        return _json({"status": "pending"}, status=202)
+    await request.app[REDIS].delete(key)
+    role = await request.app[OPERATORS].role_of(user) if view["status"] == "approved" else None
+    if role is None:
+        log.warning("console_sign_in_refused", reason=view["status"], ip=io.client_ip(request))
+        await request.app[AUDIT].record("console_sign_in_refused", user=user, who=person(user),
+                                        why=str(view.get("reason") or view["status"]))
+        response = _json({"error": "sign_in_refused", "status": view["status"], "reason": view.get("reason"),
+                          "message": "The sign-in was not approved on your phone."}, status=403)
+        response.del_cookie(PUSH_COOKIE, path="/console/login")
+        return response
+    session = await request.app[SESSIONS].create_for(user, role)
+    await request.app[AUDIT].record("console_signed_in", user=user, who=session.who, why="push", role=role)
+    log.info("console_signed_in", who=session.who, ip=io.client_ip(request))
+    response = _json({"status": "approved"})
+    response.del_cookie(PUSH_COOKIE, path="/console/login")
     response.set_cookie(COOKIE, session.sid, path="/console", httponly=True, samesite="Strict",
                         secure=secure(request))
     return response

@@ -1,7 +1,127 @@
-// The console's scripts: sign-in, and the live alert feed (server-sent events from /console/events,
-// put into the open list without a reload). Elements are built with textContent only: user names come
-// from attackers.
+// The console's scripts: sign-in (with the person's phone, or an admin token), the live alert feed
+// (server-sent events from /console/events, put into the open list without a reload), times in the
+// viewer's own zone, and confirmation before the actions that cut a user off. Elements are built with
+// textContent only: user names come from attackers.
 "use strict";
+
+// Times: the markup carries UTC (datetime and title, so hovering shows it); the text becomes local time.
+function localTimes(root) {
+  const format = new Intl.DateTimeFormat(undefined, {
+    year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit",
+    timeZoneName: "short",
+  });
+  root.querySelectorAll("time[datetime]").forEach(function (node) {
+    const at = new Date(node.getAttribute("datetime"));
+    if (!isNaN(at.getTime())) {
+      node.textContent = format.format(at);
+      node.title = "UTC " + node.getAttribute("datetime");
+    }
+  });
+}
+localTimes(document);
+
+// On a phone a wide table becomes one card per row (console.css): each cell is labelled with its column's
+// heading, copied here from the table's own header so the markup stays one table for every width.
+document.querySelectorAll("main table").forEach(function (table) {
+  const heads = Array.prototype.map.call(table.querySelectorAll("thead th"), function (th) {
+    return th.textContent;
+  });
+  table.querySelectorAll("tbody tr").forEach(function (row) {
+    Array.prototype.forEach.call(row.children, function (cell, i) {
+      if (heads[i]) {
+        cell.setAttribute("data-label", heads[i]);
+      }
+    });
+  });
+  table.classList.add("cards");
+});
+
+// Lock and revoke cut a user off: ask first. A form with data-confirm submits only when confirmed.
+document.querySelectorAll("form[data-confirm]").forEach(function (form) {
+  form.addEventListener("submit", function (event) {
+    if (!window.confirm(form.getAttribute("data-confirm"))) {
+      event.preventDefault();
+    }
+  });
+});
+
+// Sign-in with the person's phone: a prompt with number matching, then wait for the answer.
+(function () {
+  const form = document.getElementById("push-form");
+  if (!form) {
+    return;
+  }
+  const error = document.getElementById("login-error");
+  const wait = document.getElementById("push-wait");
+  const number = document.getElementById("push-number");
+  const status = document.getElementById("push-status");
+
+  function refuse(text) {
+    error.textContent = text;
+    error.hidden = false;
+    wait.hidden = true;
+    form.hidden = false;
+  }
+
+  async function answer() {
+    for (;;) {
+      let response;
+      try {
+        response = await fetch("/console/login/push/wait", {method: "POST", credentials: "same-origin"});
+      } catch (e) {
+        await new Promise(function (done) { setTimeout(done, 1000); });
+        continue;
+      }
+      if (response.status === 202) {
+        continue;
+      }
+      if (response.ok) {
+        status.textContent = "Approved";
+        window.location.assign("/console");
+        return;
+      }
+      let body = {};
+      try {
+        body = await response.json();
+      } catch (e) {
+        body = {};
+      }
+      refuse(body.status === "denied" ? "Refused: the sign-in was denied on the phone." :
+             body.status === "expired" ? "The prompt expired. Send another." :
+             "Could not sign in (" + (body.message || response.status) + ").");
+      return;
+    }
+  }
+
+  form.addEventListener("submit", async function (event) {
+    event.preventDefault();
+    error.hidden = true;
+    let response;
+    try {
+      response = await fetch(form.action, {
+        method: "POST", credentials: "same-origin", headers: {"Content-Type": "application/json"},
+        body: JSON.stringify({user: form.elements.user.value}),
+      });
+    } catch (e) {
+      refuse("Could not sign in: the server did not answer.");
+      return;
+    }
+    let body = {};
+    try {
+      body = await response.json();
+    } catch (e) {
+      body = {};
+    }
+    if (response.status !== 201) {
+      refuse(body.message || ("Could not sign in (" + response.status + ")."));
+      return;
+    }
+    number.textContent = body.number || "";
+    form.hidden = true;
+    wait.hidden = false;
+    answer();
+  });
+})();
 
 // Sign-in: the token goes as the admin API takes it, `Authorization: Bearer`, never in a form body.
 (function () {
@@ -41,9 +161,10 @@
 
 (function () {
   const feed = document.getElementById("feed");
-  if (!feed || !("EventSource" in window)) {
+  if (!feed || !("EventSource" in window) || feed.getAttribute("data-live") !== "1") {
     return;
   }
+  const RANK = {info: 0, low: 1, medium: 2, high: 3, critical: 4};
   const status = document.getElementById("feed-status");
   const empty = document.getElementById("feed-empty");
 
@@ -69,17 +190,22 @@
     const li = el("li", "alert sev-" + alert.severity + " new");
     li.id = "alert-" + alert.id;
     li.setAttribute("data-version", String(alert.version));
+    li.setAttribute("data-severity", alert.severity);
     const link = el("a");
     link.href = "/console/alerts/" + encodeURIComponent(alert.id);
     const when = el("time", null, alert.updated_at);
     when.setAttribute("datetime", alert.updated_at);
-    link.append(el("span", "badge sev-" + alert.severity, String(alert.severity).toUpperCase()), " ",
-                el("span", "kind", alert.kind), " ", el("span", "user", alert.user), " ",
-                el("span", "count", alert.event_count + " event(s)"), " ", when);
+    const meta = el("span", "meta");
+    meta.append(el("span", "kind", alert.kind), " ",
+                el("span", "count", alert.event_count === 1 ? "1 event" : alert.event_count + " events"), " ",
+                when);
     if (alert.version > 1) {
-      link.append(" ", el("span", "escalated", "ESCALATED"));
+      meta.append(" ", el("span", "escalated", "ESCALATED"));
     }
+    link.append(el("span", "badge sev-" + alert.severity, String(alert.severity).toUpperCase()), " ",
+                el("span", "title", alert.title), " ", meta);
     li.append(link);
+    localTimes(li);
     return li;
   }
 
@@ -114,7 +240,12 @@
       old.remove();
     }
     if (alert.status === "open") {
-      feed.insertBefore(item(alert), feed.firstChild);
+      // Most severe first, newest first within a severity: before the first item it outranks or equals.
+      const rank = RANK[alert.severity] || 0;
+      const after = Array.prototype.find.call(feed.children, function (li) {
+        return (RANK[li.getAttribute("data-severity")] || 0) <= rank;
+      });
+      feed.insertBefore(item(alert), after || null);
     }
     showEmpty();
   });

@@ -1,0 +1,177 @@
+"""A person signs in to the console with a push to their own pushauth phone (issue 21): number matching,
+approve -> in, under their own name and role; "not me" -> refused, and alerted like any login's "not me";
+no console account -> no prompt at all; a role taken away takes effect at the next page.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from browser import chromium, new_page, screenshot
+from playwright.async_api import Browser, Page, expect
+from support import AdminClient, LoginFlow, RunningServer, free_port, make_settings, start_server
+
+from pushauth.crypto.keyring import KeyRingHolder
+from pushauth.phone import Phone
+
+ANALYST = "sam.analyst@nhs.net"
+
+
+@pytest.fixture
+async def srv(redis_url: str, keyring: KeyRingHolder) -> AsyncIterator[RunningServer]:
+    running = await start_server(make_settings(redis_url, free_port(), quiet_detection=False), keyring)
+    yield running
+    await running.close()
+
+
+@pytest.fixture
+async def sam(http: aiohttp.ClientSession, srv: RunningServer) -> Phone:
+    """The analyst: enrolled like any user, with a console account an owner gave them."""
+    phone = await Phone.enroll(await LoginFlow(http, srv.url).enroll_uri(ANALYST), session=http)
+    status, body = await AdminClient(http, srv.url).call("PUT", f"/v1/console-accounts/{ANALYST}",
+                                                         {"role": "responder"})
+    assert status == 200, body
+    return phone
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with chromium() as b:
+        yield b
+
+
+async def _send_prompt(page: Page, url: str, user: str) -> str:
+    await page.goto(url + "/console/login")
+    await page.get_by_label("Your user name").fill(user)
+    await page.get_by_role("button", name="Send a sign-in prompt").click()
+    number = page.locator("#push-number")
+    await expect(number).to_have_text(re.compile(r"^\d{2}$"))
+    return await number.inner_text()
+
+
+async def test_approve_signs_in_under_the_persons_name(browser: Browser, srv: RunningServer, sam: Phone,
+                                                       http: aiohttp.ClientSession) -> None:
+    async with new_page(browser) as (page, problems):
+        number = await _send_prompt(page, srv.url, ANALYST)
+        await screenshot(page, "console-sign-in-push-waiting")
+        [prompt] = await sam.pending()
+        assert prompt.context is not None
+        assert prompt.context["location"] == "pushauth console"
+        assert await sam.approve(prompt, number=number) == "approved"
+        await expect(page.get_by_role("heading", level=1)).to_have_text("Open alerts")
+        await expect(page.get_by_text(f"Signed in as console:{ANALYST} (responder)")).to_be_visible()
+        assert not problems.seen, problems.seen
+
+        # The person's role is read again on every page: an owner lowering it takes effect at once.
+        admin = AdminClient(http, srv.url)
+        await admin.call("PUT", f"/v1/console-accounts/{ANALYST}", {"role": "viewer"})
+        await page.goto(f"{srv.url}/console/users/{ANALYST}")
+        await expect(page.get_by_text(f"Signed in as console:{ANALYST} (viewer)")).to_be_visible()
+        await expect(page.get_by_role("button", name="Lock the account")).to_have_count(0)
+        # ... and removing the account ends the session.
+        await admin.call("DELETE", f"/v1/console-accounts/{ANALYST}")
+        await page.goto(srv.url + "/console")
+        assert page.url == srv.url + "/console/login"
+
+    status, body = await admin.call("GET", f"/v1/audit?user={ANALYST}&what=console_signed_in")
+    assert status == 200, body
+    assert [(e["who"], e["why"]) for e in body["entries"]] == [(f"console:{ANALYST}", "push")]
+
+
+async def test_not_me_refuses_and_raises_a_critical_alert(browser: Browser, srv: RunningServer, sam: Phone,
+                                                         http: aiohttp.ClientSession) -> None:
+    async with new_page(browser) as (page, problems):
+        await _send_prompt(page, srv.url, ANALYST)
+        [prompt] = await sam.pending()
+        assert await sam.deny(prompt, reason="not_me") == "denied"
+        await expect(page.get_by_role("alert")).to_have_text("Refused: the sign-in was denied on the phone.")
+        await screenshot(page, "console-sign-in-push-refused")
+        assert not [c for c in await page.context.cookies() if c["name"] == "pushauth_console"]
+        await page.goto(srv.url + "/console")
+        assert page.url == srv.url + "/console/login"
+        assert not problems.seen, problems.seen
+
+    admin = AdminClient(http, srv.url)
+    status, body = await admin.call("GET", f"/v1/alerts?user={ANALYST}")
+    assert status == 200, body
+    [alert] = body["alerts"]
+    assert (alert["kind"], alert["severity"], alert["status"]) == ("denied_not_me", "critical", "open")
+    assert alert["evidence"]["events"][0]["app"] == "pushauth-console"
+    status, body = await admin.call("GET", f"/v1/audit?user={ANALYST}&what=console_sign_in_refused")
+    assert [e["why"] for e in body["entries"]] == ["not_me"]
+
+
+async def test_no_account_no_prompt_and_the_wait_needs_its_cookie(srv: RunningServer, sam: Phone,
+                                                                  http: aiohttp.ClientSession) -> None:
+    stranger = "nobody@nhs.net"
+    await Phone.enroll(await LoginFlow(http, srv.url).enroll_uri(stranger), session=http)
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as client:
+        async with client.post(srv.url + "/console/login/push", json={"user": stranger}) as resp:
+            assert resp.status == 403
+            assert (await resp.json())["error"] == "no_console_account"
+        for body in ({}, {"user": ""}, {"user": "x", "role": "owner"}):
+            async with client.post(srv.url + "/console/login/push", json=body) as resp:
+                assert resp.status == 422, body
+                assert set(await resp.json()) == {"error", "message"}
+        async with client.post(srv.url + "/console/login/push", json={"user": ANALYST},
+                               headers={"Sec-Fetch-Site": "cross-site"}) as resp:
+            assert resp.status == 403
+        async with client.post(srv.url + "/console/login/push/wait") as resp:
+            assert resp.status == 401  # no sign-in was started from this client
+    assert await sam.pending() == []  # none of it reached the analyst's phone
+
+
+async def test_service_desk_enrolls_a_new_phone_on_screen(browser: Browser, srv: RunningServer, sam: Phone,
+                                                          http: aiohttp.ClientSession) -> None:
+    """The service desk call: the user lost their phone; the desk revokes nothing (a responder would), but
+    starts an enrollment whose QR code is on screen; the new phone is active at once, and the record says
+    who did it."""
+    admin = AdminClient(http, srv.url)
+    await admin.call("PUT", f"/v1/console-accounts/{ANALYST}", {"role": "service_desk"})
+    user = "lost.phone@nhs.net"
+    await Phone.enroll(await LoginFlow(http, srv.url).enroll_uri(user), session=http)
+    async with new_page(browser) as (page, problems):
+        number = await _send_prompt(page, srv.url, ANALYST)
+        [prompt] = await sam.pending()
+        assert await sam.approve(prompt, number=number) == "approved"
+        await expect(page.get_by_text(f"Signed in as console:{ANALYST} (service desk)")).to_be_visible()
+        await page.goto(f"{srv.url}/console/users/{user}")
+        await expect(page.get_by_role("button", name="Revoke")).to_have_count(0)
+        await page.get_by_role("button", name="Enroll a new phone").click()
+        await expect(page.locator("#enrollment-qr svg")).to_be_visible()
+        await screenshot(page, "console-enrollment-qr")
+        uri = await page.locator("#enrollment-uri").text_content()
+        assert uri is not None
+        assert uri.startswith("pushauth://")
+
+        # The analyst's own account locked (their phone may be someone else's now): out of the console.
+        await admin.call("POST", f"/v1/users/{ANALYST}/lock")
+        await page.goto(srv.url + "/console")
+        assert page.url == srv.url + "/console/login"
+        assert not problems.seen, problems.seen
+    new_phone = await Phone.enroll(uri, session=http)
+    status, view = await admin.call("GET", f"/v1/users/{user}")
+    assert status == 200, view
+    assert new_phone.device_id in {d["id"] for d in view["devices"] if d["status"] == "active"}
+    status, body = await admin.call("GET", f"/v1/audit?user={user}&who=console:{ANALYST}")
+    assert "enrollment_issued" in {e["what"] for e in body["entries"]}, body
+
+
+async def test_guessing_account_names_is_throttled(redis_url: str, keyring: KeyRingHolder) -> None:
+    """A name without a console account counts as a failed authentication: names cannot be tried in bulk
+    to find who may sign in (or to push prompts at them)."""
+    running = await start_server(make_settings(redis_url, free_port(), rate_limits={"auth_failures": 3}),
+                                 keyring)
+    try:
+        async with aiohttp.ClientSession() as client:
+            statuses = []
+            for i in range(5):
+                guess = {"user": f"guess{i}@nhs.net"}
+                async with client.post(running.url + "/console/login/push", json=guess) as resp:
+                    statuses.append(resp.status)
+        assert statuses == [403, 403, 403, 429, 429], statuses
+    finally:
+        await running.close()

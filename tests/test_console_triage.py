@@ -1,0 +1,266 @@
+"""Triage in the console (issue 21): open alerts most severe first, then newest, on load and live; plain
+English titles; filters kept in the URL, surviving a reload; times in the browser's own zone with UTC on
+hover; acknowledging with a note; the history of acknowledged alerts paginating past 200; the user
+search by prefix and by part of a name; the audit view and its CSV.
+
+Alerts come from real flows: "not me" (critical), and three prompts that reached a phone and were then
+cancelled by the login flow (ignored_prompts, medium).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from browser import Problems, chromium, new_page, screenshot
+from playwright.async_api import Browser, Page, expect
+from support import ADMIN_TOKEN, AdminClient, LoginFlow, RunningServer, free_port, make_settings, start_server
+
+from pushauth.crypto.keyring import KeyRingHolder
+from pushauth.phone import Phone
+
+ALICE = "alice@nhs.net"
+ATTACKER_IP = "185.220.101.4"
+
+
+@pytest.fixture
+async def srv(redis_url: str, keyring: KeyRingHolder) -> AsyncIterator[RunningServer]:
+    running = await start_server(make_settings(redis_url, free_port(), quiet_detection=False), keyring)
+    yield running
+    await running.close()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with chromium() as b:
+        yield b
+
+
+async def not_me(rp: LoginFlow, http: aiohttp.ClientSession, user: str) -> Phone:
+    phone = await Phone.enroll(await rp.enroll_uri(user), session=http)
+    context = {"ip": ATTACKER_IP, "user_agent": "Firefox", "location": "Nowhere"}
+    created = await rp.create(user, context=context)
+    assert await phone.deny(created["id"], reason="not_me") == "denied"
+    return phone
+
+
+async def ignored_prompts(rp: LoginFlow, http: aiohttp.ClientSession, user: str) -> None:
+    """A MEDIUM alert: three prompts that reached the user's phone, each withdrawn by the login flow."""
+    phone = await Phone.enroll(await rp.enroll_uri(user), session=http)
+    for _ in range(3):
+        created = await rp.create(user, context={"ip": "10.9.8.7"})
+        await phone.fetch(created["id"])
+        status, body = await rp.call("DELETE", f"/v1/challenges/{created['id']}")
+        assert status == 200, body
+
+
+async def sign_in(page: Page, url: str) -> None:
+    await page.goto(url + "/console/login")
+    await page.get_by_label("Admin token").fill(ADMIN_TOKEN)
+    await page.get_by_role("button", name="Sign in", exact=True).click()
+    await expect(page.get_by_role("heading", level=1)).to_have_text("Open alerts")
+
+
+def _clean(problems: Problems) -> None:
+    assert not problems.seen, problems.seen
+
+
+async def test_critical_first_filters_in_the_url_local_time_and_ack_with_a_note(
+        browser: Browser, srv: RunningServer, http: aiohttp.ClientSession) -> None:
+    rp, admin = LoginFlow(http, srv.url), AdminClient(http, srv.url)
+    await not_me(rp, http, ALICE)  # the critical one is the OLDEST: newest-first would sink it
+    await asyncio.sleep(1.1)  # alert times are whole seconds: strictly older
+    for user in ("bob@nhs.net", "carol@nhs.net", "dave@nhs.net"):
+        await ignored_prompts(rp, http, user)
+    status, body = await admin.call("GET", "/v1/alerts?status=open")
+    assert status == 200, body
+    # the API's default order is newest first
+    assert [a["severity"] for a in body["alerts"]] == ["medium", "medium", "medium", "critical"]
+
+    async with new_page(browser, timezone_id="Asia/Tokyo") as (page, problems):
+        await sign_in(page, srv.url)
+        items = page.locator("#feed > li")
+        await expect(items).to_have_count(4)
+        first = items.first
+        await expect(first).to_have_class("alert sev-critical")
+        await expect(first).to_contain_text(
+            f"{ALICE} said they did not request this sign-in from {ATTACKER_IP}")
+        await expect(page.locator(".critical-banner")).to_have_text("1 critical: act on these first.")
+        assert await page.locator("#feed > li").evaluate_all("els => els.map(e => e.dataset.severity)") == [
+            "critical", "medium", "medium", "medium"]
+        await expect(items.nth(1)).to_contain_text("went unanswered")
+        # Local time (Tokyo is UTC+9, no daylight saving) on screen; UTC in the markup and on hover.
+        stamp = first.locator("time")
+        utc = await stamp.get_attribute("datetime")
+        assert utc is not None
+        assert utc.endswith("Z")
+        await expect(stamp).to_contain_text("GMT+9")
+        await expect(stamp).to_have_attribute("title", f"UTC {utc}")
+        await expect(page.locator("#feed-status")).to_contain_text("Live:")
+        await screenshot(page, "console-triage-critical-first")
+
+        # Live: a new MEDIUM alert goes under the critical one, not above it.
+        await ignored_prompts(rp, http, "erin@nhs.net")
+        await expect(items).to_have_count(5, timeout=10_000)
+        await expect(first).to_have_class("alert sev-critical")
+        await expect(items.nth(1)).to_contain_text("erin@nhs.net")
+
+        # Filters: in the URL, and still applied after a reload.
+        await page.get_by_label("Severity").select_option("medium")
+        await page.get_by_role("button", name="Filter").click()
+        await expect(items).to_have_count(4)
+        assert "severity=medium" in page.url
+        await page.reload()
+        await expect(items).to_have_count(4)
+        await expect(page.get_by_label("Severity")).to_have_value("medium")
+        await expect(page.locator("#feed > li.sev-critical")).to_have_count(0)
+        await page.goto(srv.url + "/console?kind=denied_not_me&range=24h")
+        await expect(items).to_have_count(1)
+        await expect(page.get_by_label("When")).to_have_value("24h")
+        await page.goto(srv.url + "/console?app=other")
+        await expect(items).to_have_count(0)
+        await expect(page.locator("#feed-empty")).to_be_visible()
+        await page.goto(srv.url + "/console?severity=urgent")
+        await expect(page.get_by_role("alert")).to_contain_text("severity must be among")
+
+        # Acknowledge with a note; the history shows it, and who.
+        await page.goto(srv.url + "/console")
+        await first.get_by_role("link").click()
+        await expect(page.locator("p.lead")).to_have_text(
+            f"{ALICE} said they did not request this sign-in from {ATTACKER_IP}")
+        await expect(page.locator("main")).to_contain_text("Raised because the user denied a prompt")
+        await page.get_by_label("Note").fill("Called Alice: she was asleep. Password reset, phone kept.")
+        await page.get_by_role("button", name="Acknowledge").click()
+        await expect(page.get_by_role("status").filter(has_text="Alert acknowledged.")).to_be_visible()
+        await expect(items).to_have_count(4)
+        await page.get_by_role("link", name="History").click()
+        row = page.locator("table.history tbody tr").first
+        await expect(row).to_contain_text("Called Alice: she was asleep.")
+        await expect(row).to_contain_text("admin:")
+        _clean(problems)
+    status, body = await admin.call("GET", f"/v1/audit?user={ALICE}&what=alert_acked")
+    assert [e["why"] for e in body["entries"]] == [
+        "Called Alice: she was asleep. Password reset, phone kept."]
+
+
+async def _denied_and_acked(rp: LoginFlow, admin: AdminClient, phone: Phone, user: str, times: int) -> None:
+    for _ in range(times):
+        created = await rp.create(user)
+        assert await phone.deny(created["id"], reason="mistake") == "denied"
+        status, body = await admin.call("GET", f"/v1/alerts?user={user}&status=open")
+        assert status == 200, body
+        for alert in body["alerts"]:
+            assert (await admin.call("POST", f"/v1/alerts/{alert['id']}/ack"))[0] == 200
+
+
+async def test_history_paginates_past_200(browser: Browser, redis_url: str, keyring: KeyRingHolder,
+                                          http: aiohttp.ClientSession) -> None:
+    running = await start_server(make_settings(redis_url, free_port()), keyring)  # quiet: no lockout
+    try:
+        rp, admin = LoginFlow(http, running.url), AdminClient(http, running.url)
+        users = [f"user{i}@nhs.net" for i in range(5)]
+        phones = [await Phone.enroll(await rp.enroll_uri(u), session=http) for u in users]
+        await asyncio.gather(*(_denied_and_acked(rp, admin, p, u, 41)
+                               for p, u in zip(phones, users, strict=True)))
+
+        # The API pages with `start` / `next`: every acknowledged alert once.
+        seen: list[str] = []
+        start: Any = 0
+        while start is not None:
+            status, body = await admin.call("GET", f"/v1/alerts?status=acked&limit=60&start={start}")
+            assert status == 200, body
+            seen += [a["id"] for a in body["alerts"]]
+            start = body["next"]
+        assert len(seen) == len(set(seen)) == 205
+
+        async with new_page(browser) as (page, problems):
+            await sign_in(page, running.url)
+            await page.get_by_role("link", name="History").click()
+            rows = page.locator("table.history tbody tr")
+            await expect(rows).to_have_count(50)
+            await expect(page.locator("main")).to_contain_text("Alerts 1 to 50, newest first.")
+            for first in (51, 101, 151, 201):
+                await page.get_by_role("link", name="Older alerts").click()
+                shown = f"Alerts {first} to {min(first + 49, 205)}"
+                await expect(page.locator("main")).to_contain_text(shown)
+            await expect(rows).to_have_count(5)
+            await expect(page.get_by_role("link", name="Older alerts")).to_have_count(0)
+            await page.reload()
+            await expect(rows).to_have_count(5)
+            await page.get_by_role("link", name="Newest").click()
+            await expect(rows).to_have_count(50)
+            _clean(problems)
+    finally:
+        await running.close()
+
+
+async def test_user_search_and_the_audit_view(browser: Browser, srv: RunningServer,
+                                              http: aiohttp.ClientSession) -> None:
+    rp = LoginFlow(http, srv.url)
+    for user in ("alice.smith@nhs.net", "alison.jones@nhs.net", "bob.alington@nhs.net", "carol@nhs.net"):
+        await Phone.enroll(await rp.enroll_uri(user), session=http)
+    admin = AdminClient(http, srv.url)
+    await admin.call("POST", "/v1/users/carol@nhs.net/lock")
+    await admin.call("POST", "/v1/users/carol@nhs.net/unlock")
+
+    async with new_page(browser) as (page, problems):
+        await sign_in(page, srv.url)
+        await page.goto(srv.url + "/console/users")
+        await page.get_by_label("User name").fill("ali")
+        await page.get_by_role("button", name="Look up").click()
+        results = page.locator("ul.results li")
+        # names that start with it first, then names that contain it
+        await expect(results).to_have_text(
+            ["alice.smith@nhs.net", "alison.jones@nhs.net", "bob.alington@nhs.net"])
+        assert "user=ali" in page.url
+        await page.reload()
+        await expect(results).to_have_count(3)
+        await page.get_by_label("User name").fill("JONES")
+        await page.get_by_role("button", name="Look up").click()
+        await expect(results).to_have_text(["alison.jones@nhs.net"])
+        await results.get_by_role("link").click()
+        await expect(page.get_by_role("heading", level=1)).to_have_text("alison.jones@nhs.net")
+
+        await page.goto(srv.url + "/console/audit?user=carol@nhs.net")
+        audit = page.locator("table.audit tbody tr")
+        await expect(audit.nth(0)).to_contain_text("unlocked")  # newest first
+        await expect(audit.nth(1)).to_contain_text("locked")
+        total = await audit.count()
+        await page.goto(srv.url + "/console/audit?user=carol@nhs.net&what=locked")
+        await expect(audit).to_have_count(1)
+        await expect(page.get_by_label("Action")).to_have_value("locked")
+        _clean(problems)
+
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as client:
+        async with client.post(srv.url + "/console/login",
+                               headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as resp:
+            assert resp.status == 204
+        async with client.get(srv.url + "/console/audit.csv?user=carol@nhs.net") as resp:
+            assert resp.status == 200
+            assert resp.content_type == "text/csv"
+            assert "attachment" in resp.headers["Content-Disposition"]
+            rows = list(csv.reader(io.StringIO(await resp.text())))
+        assert rows[0] == ["at", "what", "user", "who", "why", "details"]
+        assert [r[1] for r in rows[1:3]] == ["unlocked", "locked"]
+        assert len(rows) - 1 == total  # the same entries as the page
+        assert {r[2] for r in rows[1:]} == {"carol@nhs.net"}
+
+    # Paging the trail: each page starts after the last entry of the one before, none twice, none lost.
+    status, whole = await admin.call("GET", "/v1/audit?user=carol@nhs.net&limit=500")
+    assert status == 200, whole
+    paged: list[str] = []
+    before = ""
+    while True:
+        status, body = await admin.call("GET", f"/v1/audit?user=carol@nhs.net&limit=1{before}")
+        assert status == 200, body
+        paged += [e["id"] for e in body["entries"]]
+        if body["next"] is None:
+            break
+        before = f"&before={body['next']}"
+    assert paged == [e["id"] for e in whole["entries"]]
+    assert len(paged) == total
