@@ -279,8 +279,12 @@ async def test_the_user_page_shows_every_block_and_lets_the_user_back_in(
 
 async def test_unknown_user_and_alert_are_pages_not_json(page: Page, srv: RunningServer) -> None:
     await sign_in(page, srv.url)
-    await page.goto(srv.url + "/console/users/nobody@nhs.net")
-    await expect(page.get_by_role("alert")).to_contain_text("no such user")
+    response = await page.goto(srv.url + "/console/users/nobody@nhs.net")
+    assert response is not None
+    assert response.status == 404
+    # a name never enrolled: a page saying so, with what the desk can do for a first sign-in
+    await expect(page.get_by_role("status")).to_contain_text("no phone and no one-time-code method yet")
+    await expect(page.get_by_role("button", name="Set up an authenticator app")).to_be_visible()
     await page.goto(srv.url + "/console/alerts/not-an-alert")
     await expect(page.get_by_role("heading", level=1)).to_have_text("Not found")
 

@@ -9,6 +9,7 @@ import re
 from collections.abc import AsyncIterator
 
 import aiohttp
+import pyotp
 import pytest
 from browser import chromium, new_page, screenshot
 from playwright.async_api import Browser, Page, expect
@@ -158,6 +159,40 @@ async def test_service_desk_enrolls_a_new_phone_on_screen(browser: Browser, srv:
     assert new_phone.device_id in {d["id"] for d in view["devices"] if d["status"] == "active"}
     status, body = await admin.call("GET", f"/v1/audit?user={user}&who=console:{ANALYST}")
     assert "enrollment_issued" in {e["what"] for e in body["entries"]}, body
+
+
+async def test_service_desk_sets_up_an_authenticator_app_on_screen(
+        browser: Browser, srv: RunningServer, sam: Phone, http: aiohttp.ClientSession) -> None:
+    """A user who cannot use the pushauth app: the desk shows an authenticator app's QR code once, a wrong
+    code keeps it pending (and the key is not shown again), the right one activates it; its codes then
+    sign the user in, and the user page lists it (never its key)."""
+    admin = AdminClient(http, srv.url)
+    await admin.call("PUT", f"/v1/console-accounts/{ANALYST}", {"role": "service_desk"})
+    user = "no.app@nhs.net"
+    async with new_page(browser) as (page, problems):
+        number = await _send_prompt(page, srv.url, ANALYST)
+        [prompt] = await sam.pending()
+        assert await sam.approve(prompt, number=number) == "approved"
+        await expect(page.get_by_text(f"Signed in as console:{ANALYST} (service desk)")).to_be_visible()
+        await page.goto(f"{srv.url}/console/users/{user}")
+        await page.get_by_role("button", name="Set up an authenticator app").click()
+        await expect(page.locator("#otp-qr svg")).to_be_visible()
+        secret = await page.locator("#otp-secret").text_content()
+        assert secret
+        app = pyotp.TOTP(secret)
+        wrong = str((int(app.now()) + 1) % 1_000_000).zfill(6)
+        await page.get_by_label("The code the app shows now").fill(wrong)
+        await page.get_by_role("button", name="Activate").click()
+        await expect(page.get_by_role("alert")).to_contain_text("not the method's current code")
+        assert secret not in await page.content(), "the key is shown once only"
+        await page.get_by_label("The code the app shows now").fill(app.now())
+        await page.get_by_role("button", name="Activate").click()
+        await expect(page.get_by_text("Authenticator app active")).to_be_visible()
+        await expect(page.get_by_role("row", name="authenticator app")).to_contain_text("active")
+        assert secret not in await page.content()
+        assert not problems.seen, problems.seen
+    status, body = await admin.call("GET", f"/v1/audit?user={user}&who=console:{ANALYST}")
+    assert {"otp_enrolled", "otp_activated"} <= {e["what"] for e in body["entries"]}, body
 
 
 async def test_guessing_account_names_is_throttled(redis_url: str, keyring: KeyRingHolder) -> None:

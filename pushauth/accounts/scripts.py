@@ -64,6 +64,8 @@ class UserBlocks:
     bombing_until: int
     codes_since: int
     codes_until: int
+    otp_since: int
+    otp_until: int
 
 
 async def unlock_user(redis: aioredis.Redis, user_key: str, ledger: LedgerCall, *, by: str, what: str,
@@ -76,11 +78,12 @@ async def unlock_user(redis: aioredis.Redis, user_key: str, ledger: LedgerCall, 
 
 
 async def user_blocks(redis: aioredis.Redis, user_key: str, ledger: LedgerCall, *, code_window_s: int,
-                      code_attempts: int) -> UserBlocks:
-    """The push-bombing and wrong-access-code windows refusing the user now, by the ledger's own rule
-    (user_blocks.lua; reads only)."""
-    reply = await USER_BLOCKS(redis, [user_key], [*ledger.argv(), code_window_s, code_attempts])
-    return UserBlocks(list(reply[1]), int(reply[2]), int(reply[3]), int(reply[4]), int(reply[5]))
+                      code_attempts: int, otp_window_s: int, otp_attempts: int) -> UserBlocks:
+    """The push-bombing, wrong-access-code and wrong-one-time-code windows refusing the user now, by the
+    ledger's own rule (user_blocks.lua; reads only)."""
+    reply = await USER_BLOCKS(redis, [user_key],
+                              [*ledger.argv(), code_window_s, code_attempts, otp_window_s, otp_attempts])
+    return UserBlocks(list(reply[1]), *(int(v) for v in reply[2:8]))
 
 
 async def lock_user(redis: aioredis.Redis, user_key: str, ledger: LedgerCall, *, by: str,

@@ -177,8 +177,9 @@ class Accounts:
 
     async def _blocks(self, uid: str, u: dict[str, str], now: int) -> list[dict[str, Any]]:
         """Everything that refuses the user now, each with its end (null: until the security team acts):
-        the lock, the suspension, the phone's own pause, the push-bombing window, the wrong-access-code
-        window. What `unlock` ends (all but the pause) is what a service desk needs to see."""
+        the lock, the suspension, the phone's own pause, the push-bombing window, the wrong-access-code and
+        wrong-one-time-code windows. What `unlock` ends (all but the pause) is what a service desk needs to
+        see."""
         blocks: list[dict[str, Any]] = []
         if u.get("locked") == "1":
             blocks.append({"kind": "locked", "since": _time(u.get("locked_at")),
@@ -195,11 +196,14 @@ class Accounts:
         windows = await lua.user_blocks(self._redis, self._ks.user(uid),
                                         self._alerts.ledger_args(uid, "", now),
                                         code_window_s=policy.access_code_window_s,
-                                        code_attempts=policy.access_code_attempts)
+                                        code_attempts=policy.access_code_attempts,
+                                        otp_window_s=self._settings.codes.window_s,
+                                        otp_attempts=self._settings.codes.attempts)
         for kind, since, until, reason in (
                 ("push_bombing", windows.bombing_since, windows.bombing_until, "too many sign-in prompts"),
                 ("access_code_attempts", windows.codes_since, windows.codes_until,
-                 "too many wrong access codes")):
+                 "too many wrong access codes"),
+                ("otp_attempts", windows.otp_since, windows.otp_until, "too many wrong one-time codes")):
             if until:
                 blocks.append({"kind": kind, "since": rfc3339(since), "until": rfc3339(until),
                                "reason": reason})

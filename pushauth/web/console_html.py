@@ -439,7 +439,8 @@ def _user_actions(view: Mapping[str, Any], session: Session) -> list[Markup]:
             actions.append(_action(user, "unlock", "Lift the suspension", csrf, primary=True,
                                    extra='<input type="hidden" name="what" value="suspension">'))
         if not (view["locked"] or view["suspended"]) and any(
-                b.get("kind") in ("push_bombing", "access_code_attempts") for b in view.get("blocks") or []):
+                b.get("kind") in ("push_bombing", "access_code_attempts", "otp_attempts")
+                for b in view.get("blocks") or []):
             # unlock also ends the push-bombing and wrong-code windows (pushauth/accounts/service.py)
             actions.append(_action(user, "unlock", "Let the user back in now", csrf, primary=True,
                                    extra='<input type="hidden" name="what" value="all">'))
@@ -451,7 +452,27 @@ def _user_actions(view: Mapping[str, Any], session: Session) -> list[Markup]:
         actions.append(_action(user, "access-code", "Issue an access code", csrf))
     if session.may("enroll"):
         actions.append(_action(user, "enrollment", "Enroll a new phone", csrf))
+        actions.append(_action(user, "otp-methods", "Set up an authenticator app", csrf))
     return actions
+
+
+_OTP_KINDS = {"app": "authenticator app", "hardware": "hardware token", "phone": "pushauth phone (offline)"}
+
+
+def _otp_row(user: str, m: Mapping[str, Any], session: Session) -> Markup:
+    """One offline-code method: never its seed (the view has none)."""
+    detail = (f"serial {m['serial']}" if m.get("serial") else
+              f"phone {m['device']}" if m.get("device") else "-")
+    shape = f"{str(m.get('type', 'totp')).upper()}, {m.get('digits')} digits"
+    revoke = (_action(user, f"otp-methods/{path_part(str(m['id']))}/revoke", "Revoke", session.csrf,
+                      confirm=f"Revoke {m.get('name') or 'this method'}? Its codes stop working at once.")
+              if session.may("revoke") and m.get("kind") != "phone" else Markup("-"))
+    return render(
+        '<tr><th scope="row">{name}</th><td>{kind}</td><td>{shape}</td><td>{status}</td><td>{detail}</td>'
+        '<td>{activated}</td><td>{used}</td><td>{revoke}</td></tr>',
+        name=m.get("name") or "-", kind=_OTP_KINDS.get(str(m.get("kind")), str(m.get("kind"))), shape=shape,
+        status=str(m.get("status", "-")).replace("_", " "), detail=detail,
+        activated=when(m.get("activated_at")), used=when(m.get("last_used_at")), revoke=revoke)
 
 
 def user_page(view: Mapping[str, Any], open_alerts: list[dict[str, Any]], *, session: Session,
@@ -481,6 +502,8 @@ def user_page(view: Mapping[str, Any], open_alerts: list[dict[str, Any]], *, ses
         until=render("until {u}", u=when(b["until"])) if b.get("until") else "until the security team acts",
         reason=b.get("reason") or "-") for b in blocks) or render("<li>None: the user can sign in</li>")
     recent = join(_challenge_row(c) for c in view.get("recent_challenges", []))
+    otps = join(_otp_row(user, m, session) for m in view.get("otp_methods") or []) or render(
+        '<tr><td colspan="8">None</td></tr>')
     alerts = join(render('<li>{badge} <a href="/console/alerts/{id}">{title}</a></li>',
                          badge=severity_badge(str(a["severity"])), id=a["id"], title=alert_title(a))
                   for a in open_alerts) or render("<li>None</li>")
@@ -491,19 +514,25 @@ def user_page(view: Mapping[str, Any], open_alerts: list[dict[str, Any]], *, ses
         '<th scope="col">Platform</th><th scope="col">Status</th><th scope="col">Push</th>'
         '<th scope="col">Enrolled</th><th scope="col">Enrolled from</th><th scope="col">Id</th>'
         '<th scope="col">Action</th></tr></thead><tbody>{devices}</tbody></table></div>'
+        '<h2>One-time codes</h2><div class="scroll"><table><thead><tr><th scope="col">Name</th>'
+        '<th scope="col">Kind</th><th scope="col">Codes</th><th scope="col">Status</th>'
+        '<th scope="col">Token or phone</th><th scope="col">Activated</th><th scope="col">Last used</th>'
+        '<th scope="col">Action</th></tr></thead><tbody>{otps}</tbody></table></div>'
         '<h2>Recent sign-in prompts</h2><div class="scroll"><table><thead><tr><th scope="col">Time</th>'
         '<th scope="col">Application</th><th scope="col">Answer</th><th scope="col">Login IP</th>'
         '<th scope="col">Location</th><th scope="col">Browser</th><th scope="col">Phone IP</th></tr></thead>'
         '<tbody>{recent}</tbody></table></div><h2>Open alerts</h2><ul class="open-alerts">{alerts}</ul>'
         '<p><a href="/console/audit?user={u}">Audit trail for {user}</a></p>',
-        user=user, notice=notice(done), facts=facts, actions=join(actions), devices=devices, recent=recent,
+        user=user, notice=notice(done), facts=facts, actions=join(actions), devices=devices, otps=otps,
+        recent=recent,
         alerts=alerts, blocks=block_items, u=quote(user))
     return page(user, main, session)
 
 
 _BLOCK_WORDS = {"locked": "Locked", "suspended": "Prompts suspended", "paused": "Paused by the user's phone",
                 "push_bombing": "Too many prompts (push-bombing limit)",
-                "access_code_attempts": "Too many wrong access codes"}
+                "access_code_attempts": "Too many wrong access codes",
+                "otp_attempts": "Too many wrong one-time codes"}
 
 
 def access_code_page(user: str, code: str, expires_at: str, *, session: Session) -> Markup:
@@ -527,6 +556,44 @@ def enrollment_page(user: str, uri: str, expires_at: str, qr: Markup, *, session
         '<p><a href="/console/users/{u}">Back to {user}</a></p>',
         user=user, exp=when(expires_at), qr=qr, uri=uri, u=path_part(user))
     return page("New phone", main, session)
+
+
+def otp_activation_form(user: str, method_id: str, csrf: str) -> Markup:
+    return render(
+        '<form method="post" action="/console/users/{u}/otp-methods/{m}/activate" class="stack">'
+        '<input type="hidden" name="csrf" value="{csrf}">'
+        '<label for="otp-code">The code the app shows now</label>'
+        '<input id="otp-code" name="code" inputmode="numeric" autocomplete="one-time-code" '
+        'pattern="[0-9 -]{{6,10}}" required>'
+        '<button type="submit" class="primary">Activate</button></form>',
+        u=path_part(user), m=path_part(method_id), csrf=csrf)
+
+
+def otp_enrollment_page(user: str, method_id: str, secret: str, expires_at: str, qr: Markup, *,
+                        session: Session) -> Markup:
+    """The one time the seed is shown: for the user to scan (or type) into their authenticator app on a
+    service desk call. It is pending until one of its codes is typed back below."""
+    main = render(
+        '<h1>Authenticator app for {user}</h1>'
+        '<p>Ask the user to scan this code with Microsoft Authenticator, Google Authenticator or FreeOTP. '
+        'This page is the only time it is shown. Then type the 6-digit code their app shows, before {exp}: '
+        'the method works only once that code is right.</p>'
+        '<div class="qr" id="otp-qr">{qr}</div>'
+        '<details><summary>The key, for an app that cannot scan</summary>'
+        '<p class="id"><code id="otp-secret">{secret}</code></p></details>{form}'
+        '<p><a href="/console/users/{u}">Back to {user}</a></p>',
+        user=user, exp=when(expires_at), qr=qr, secret=secret, u=path_part(user),
+        form=otp_activation_form(user, method_id, session.csrf))
+    return page("Authenticator app", main, session)
+
+
+def otp_activation_page(user: str, method_id: str, error: str, *, session: Session) -> Markup:
+    """A wrong (or late) code: the form again, never the seed again."""
+    main = render('<h1>Authenticator app for {user}</h1><p class="error" role="alert">{error}</p>{form}'
+                  '<p><a href="/console/users/{u}">Back to {user}</a></p>',
+                  user=user, error=error, form=otp_activation_form(user, method_id, session.csrf),
+                  u=path_part(user))
+    return page("Authenticator app", main, session)
 
 
 def accounts_page(accounts: list[dict[str, Any]], *, session: Session, done: str | None) -> Markup:

@@ -22,7 +22,7 @@ from pushauth.web import io
 from pushauth.web.console.feed import FEED
 from pushauth.web.console.sessions import Session, form_field, signed_in
 from pushauth.web.queries import alert_query, audit_cursor
-from pushauth.web.state import ACCOUNTS, ALERTS, AUDIT, DEVICES, OPERATORS
+from pushauth.web.state import ACCOUNTS, ALERTS, AUDIT, CODES, DEVICES, OPERATORS
 
 routes = web.RouteTableDef()
 
@@ -33,7 +33,10 @@ DONE = {"acked": "Alert acknowledged.", "already_acked": "That alert was already
         "lock": "Account unlocked.", "suspension": "Suspension lifted: the user gets prompts again.",
         "all": "Account unlocked and suspension lifted.", "locked": "Account locked.",
         "revoked": "Device revoked.", "account_set": "Console account saved.",
-        "account_removed": "Console account removed: its sessions have ended."}
+        "account_removed": "Console account removed: its sessions have ended.",
+        "otp_active": "Authenticator app active: its codes sign the user in.",
+        "otp_revoked": "One-time-code method revoked.",
+        "never_enrolled": "This user has no phone and no one-time-code method yet."}
 
 
 # -- alerts ----------------------------------------------------------------------------------------------
@@ -118,9 +121,12 @@ async def user_page(request: web.Request, session: Session) -> web.StreamRespons
     user = canonical(request.match_info["user"])
     try:
         view = await request.app[ACCOUNTS].view(user)
-    except NotFound as exc:
-        return ui.respond(ui.user_search_page(session=session, query=user, error=f"{user}: {exc.message}"),
-                          status=404)
+    except NotFound:
+        # Never enrolled: the service desk may still give them a first phone, an authenticator app or an
+        # access code (staff without the app), or lock the name. The page says there is nothing yet.
+        view = {"user": user, "locked": False, "suspended": False, "devices": [], "pending_devices": [],
+                "blocks": [], "recent_challenges": [], "otp_methods": [], "open_alerts": 0}
+        return ui.respond(ui.user_page(view, [], session=session, done=DONE["never_enrolled"]), status=404)
     # The user's open alerts in words, not ids (a user has few: each is an incident).
     uid = await request.app[DEVICES].uid_for(user) if view.get("open_alerts") else None
     alerts = await request.app[ALERTS].alerts(status="open", uid=uid, limit=20) if uid else []
@@ -177,6 +183,43 @@ async def enrollment(request: web.Request, session: Session) -> web.StreamRespon
     await request.app[AUDIT].record("enrollment_issued", user=user, who=session.who, enrollment=made.id)
     qr = ui.Markup(segno.make(made.uri, error="m").svg_inline(scale=5, title="Enrollment QR code"))
     return ui.respond(ui.enrollment_page(user, made.uri, rfc3339(made.expires_at), qr, session=session))
+
+
+@routes.post("/console/users/{user}/otp-methods")
+@signed_in
+async def otp_enroll(request: web.Request, session: Session) -> web.StreamResponse:
+    """An authenticator app for the user, on a service desk call (pushauth/codes; PROTOCOL.md 17.2)."""
+    session.require("enroll")
+    user = canonical(request.match_info["user"])
+    made = await request.app[CODES].enroll_app(user, by=session.who)
+    qr = ui.Markup(segno.make(made.uri, error="m").svg_inline(scale=5, title="Authenticator app QR code"))
+    # the URI (with the key) goes into the QR code only; the page shows the key for typing
+    return ui.respond(ui.otp_enrollment_page(user, made.method_id, made.secret, rfc3339(made.expires_at), qr,
+                                             session=session))
+
+
+@routes.post("/console/users/{user}/otp-methods/{method_id}/activate")
+@signed_in
+async def otp_activate(request: web.Request, session: Session) -> web.StreamResponse:
+    session.require("enroll")
+    user, method_id = canonical(request.match_info["user"]), request.match_info["method_id"]
+    code = await form_field(request, "code") or ""
+    try:
+        await request.app[CODES].activate(user, method_id, code, by=session.who)
+    except (Unprocessable, Conflict) as exc:
+        status = 422 if isinstance(exc, Unprocessable) else 409
+        page = ui.otp_activation_page(user, method_id, exc.message, session=session)
+        return ui.respond(page, status=status)
+    return ui.redirect(_user_url(user, "otp_active"))
+
+
+@routes.post("/console/users/{user}/otp-methods/{method_id}/revoke")
+@signed_in
+async def otp_revoke(request: web.Request, session: Session) -> web.StreamResponse:
+    session.require("revoke")
+    user = canonical(request.match_info["user"])
+    await request.app[CODES].revoke(user, request.match_info["method_id"], by=session.who)
+    return ui.redirect(_user_url(user, "otp_revoked"))
 
 
 # -- console accounts (owners) ----------------------------------------------------------------------------
