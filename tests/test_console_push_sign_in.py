@@ -192,6 +192,7 @@ async def test_service_desk_sets_up_an_authenticator_app_on_screen(
         assert secret not in await page.content()
         assert not problems.seen, problems.seen
     status, body = await admin.call("GET", f"/v1/audit?user={user}&who=console:{ANALYST}")
+    assert status == 200, body
     assert {"otp_enrolled", "otp_activated"} <= {e["what"] for e in body["entries"]}, body
 
 
