@@ -161,7 +161,8 @@ class LeanPool(aioredis.ConnectionPool):
     """
 
     def __init__(self, *, wait_timeout_s: float, read_timeout_s: float, **kwargs: Any) -> None:
-        kwargs.pop("socket_timeout", None)  # the watchdog is the read bound: see the class docstring
+        # None, not left out: redis-py's default is 5 s. The watchdog is the read bound (class docstring).
+        kwargs["socket_timeout"] = None
         super().__init__(**kwargs)
         base = self.connection_class
         self.connection_class = type(f"Watched{base.__name__}", (_Watched, base), {})
