@@ -37,7 +37,8 @@ def main(args: argparse.Namespace) -> None:
     der = private.sign(data, ecdsa)
 
     def best(fn: Callable[[], object]) -> float:
-        return min(timeit.repeat(fn, number=args.number, repeat=args.repeat)) / args.number * 1e6
+        number: int = args.number
+        return min(timeit.repeat(fn, number=number, repeat=args.repeat)) / number * 1e6
 
     rows = [
         ("sign", "joserfc serialize_compact",

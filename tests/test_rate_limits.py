@@ -568,5 +568,6 @@ async def test_a_flood_is_refused_at_the_configured_rate(serve: Serve, http: aio
         clock.advance(1)
         sustained += await _admitted(200, servers, http, scope)
     expected = FLOOD_QUOTA / 60 * 10
-    print(f"\n{scope} x{instances}: burst {burst} of {FLOOD_QUOTA}, then {sustained} in 10 s of {expected:.0f}")
+    print(f"\n{scope} x{instances}: burst {burst} of {FLOOD_QUOTA}, "
+          f"then {sustained} in 10 s of {expected:.0f}")
     assert expected * 0.95 <= sustained <= expected * 1.05, (sustained, expected)
