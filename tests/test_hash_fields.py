@@ -48,6 +48,7 @@ FILE_KEY_KINDS: dict[tuple[str, str], str] = {
     ("set_delivery.lua", "KEYS[1]"): "challenge",
     ("rate_limit.lua", "KEYS[1]"): "rate_bucket",
     ("rate_auth_failure.lua", "KEYS[1]"): "rate_bucket",
+    ("rate_lease.lua", "KEYS[1]"): "rate_bucket",
 }
 _CALL = re.compile(r"redis\.call\(\s*'(" + "|".join(COMMANDS) + r")'\s*,")
 _LITERAL = re.compile(r"^'([^'\\]*)'$")
