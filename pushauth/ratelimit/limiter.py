@@ -50,6 +50,7 @@ busy bucket thus costs one round trip per up to 256 requests. What it costs in a
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import dataclass
 from typing import Final, NoReturn
@@ -85,6 +86,7 @@ _MESSAGES: Final = {
 }
 
 
+@functools.lru_cache(maxsize=4096)  # a pure function of the text, asked on every request from an address
 def address_bucket(ip: str | None) -> str:
     """What one client address is counted as: an IPv4 address, or the /64 of an IPv6 one: a single host is
     routinely given a whole /64, and counting its addresses one by one would let it rotate through them
