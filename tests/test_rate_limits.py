@@ -11,6 +11,7 @@ says the quotas it needs.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -528,3 +529,45 @@ def test_an_applications_rate_limit_is_validated() -> None:
     apps[0]["rate_limit"] = -5
     with pytest.raises(ConfigError, match=r"applications\[0\].*rate_limit must be 0"):
         from_mapping({"applications": apps})
+
+
+# -- the batched path at its configured rate (issue 22) ----------------------------------------------------
+
+FLOOD_QUOTA = 4000  # per 60 s: leases of up to 20 requests (1/200 of the quota), so batching is exercised
+
+
+async def _admitted(n: int, servers: list[RunningServer], http: aiohttp.ClientSession, scope: str) -> int:
+    """Send `n` requests, 50 at a time, spread over `servers`; how many were let through (the rest must be
+    429s)."""
+    path, token = (JWKS, None) if scope == "ip" else ("/v1/challenges/x", API_KEY)
+    ok = 200 if scope == "ip" else 404
+    passed = 0
+    for start in range(0, n, 50):
+        answers = await asyncio.gather(*(call(http, servers[i % len(servers)].url, "GET", path, token=token)
+                                         for i in range(start, min(n, start + 50))))
+        codes = [status for status, _, _ in answers]
+        assert set(codes) <= {ok, 429}, codes
+        passed += codes.count(ok)
+    return passed
+
+
+@pytest.mark.parametrize("instances", [1, 2])
+@pytest.mark.parametrize("scope", ["ip", "application"])
+async def test_a_flood_is_refused_at_the_configured_rate(serve: Serve, http: aiohttp.ClientSession,
+                                                         clock: Clock, scope: str, instances: int) -> None:
+    """The burst (the whole quota) and then the sustained rate (quota per window) within 5 %, through the
+    leased path, on one instance and on two sharing the bucket."""
+    clock.freeze()
+    limits = {"ip_requests": FLOOD_QUOTA, "application_requests": FLOOD_QUOTA, "window_s": 60}
+    servers = [await serve(rate_limits=limits) for _ in range(instances)]
+    burst = await _admitted(FLOOD_QUOTA + 400, servers, http, scope)
+    assert FLOOD_QUOTA * 0.95 <= burst <= FLOOD_QUOTA, burst
+    # sustained: 10 s of flood, one second at a time, at ~3x the rate the quota allows (66.7/s)
+    sustained = 0
+    for _ in range(10):
+        clock.advance(1)
+        sustained += await _admitted(200, servers, http, scope)
+    expected = FLOOD_QUOTA / 60 * 10
+    print(f"\n{scope} x{instances}: burst {burst} of {FLOOD_QUOTA}, "
+          f"then {sustained} in 10 s of {expected:.0f}")
+    assert expected * 0.95 <= sustained <= expected * 1.05, (sustained, expected)

@@ -39,9 +39,15 @@ class Creation(StrEnum):
 class Responded(StrEnum):
     """respond.lua's result."""
 
-    OK = "ok"  # detail: [the comma-joined phones to push a `device_added` notice to, or ""]
+    # detail: [the comma-joined phones to push a `device_added` notice to, or "", status, reason, app, iat]
+    OK = "ok"
+    REPLAY = "replay"  # the request's jti was seen before
+    PENDING = "pending"  # the answering phone waits for approval itself
     REVOKED = "revoked"
     NOT_FOUND = "not_found"
+    BAD_NONCE = "bad_nonce"
+    REASON_NOT_FOR_APPROVE = "reason_not_for_approve"
+    NUMBER_REQUIRED = "number_required"
     LOCKED = "locked"
     SUSPENDED = "suspended"
     EXPIRED = "expired"  # detail: ["", "recorded"?]
@@ -76,13 +82,16 @@ async def create_challenge(redis: aioredis.Redis, user_key: str, ledger: LedgerC
     return LedgerReply.decode(Creation, reply)
 
 
-async def respond(redis: aioredis.Redis, user_key: str, ledger: LedgerCall, *, cid: str, device_id: str,
-                  status: str, reason: str, answer_ip: str,
-                  acks: ReplicaAcks | None) -> LedgerReply[Responded]:
-    """Phone `device_id` answers challenge `cid` (respond.lua): `status` "approved" | "denied", `reason`
-    "-" for an approval, `answer_ip` "-" when unknown."""
-    reply = await RESPOND(redis, [user_key], [*ledger.argv(), cid, device_id, status, reason, answer_ip],
-                          acks=acks)
+async def respond(redis: aioredis.Redis, user_key: str, ledger: LedgerCall, *, jti_key: str, jti_ttl: int,
+                  cid: str, device_id: str, decision: str, reason: str | None, nonce: str, number: str | None,
+                  answer_ip: str, acks: ReplicaAcks | None) -> LedgerReply[Responded]:
+    """Phone `device_id` answers challenge `cid` (respond.lua): the device gate (`jti_key` recorded for
+    `jti_ttl` s), the nonce and number checks and the transition, in one call. `decision` "approve" |
+    "deny"; `reason` the phone's deny reason; `answer_ip` "-" when unknown."""
+    reply = await RESPOND(
+        redis, [user_key, jti_key],
+        [*ledger.argv(), cid, device_id, decision, reason or "", nonce, number or "",
+         "0" if number is None else "1", answer_ip, jti_ttl], acks=acks)
     return LedgerReply.decode(Responded, reply)
 
 

@@ -341,50 +341,38 @@ class Challenges:
 
     async def respond(self, dev: AuthedDevice, cid: str, *, nonce: str, decision: str, reason: str | None,
                       number: str | None, remote_ip: str | None) -> Answered:
+        """One round trip (respond.lua): the device gate (replay cache, device still active) first, like
+        every device request, so a replayed or revoked request is refused as such before anything about its
+        content is looked at; then the challenge, its nonce and number, and the transition."""
         if ids.challenge_uid(cid) != dev.uid:
             raise NotFound("no such challenge")
-        key = self._challenge_key(cid)
-        # The gate first (replay cache, device still active), like every device request: a replayed or
-        # revoked request is refused as such before anything about its content is looked at.
-        flat = await self._devices.gate(dev, key, "challenge")
-        h = dict(zip(flat[::2], flat[1::2], strict=True))
-        if not h or not _targets(h, dev.device_id):
-            raise NotFound("no such challenge")
-        # nonce and number never change after creation, so checking them before the script is safe; the
-        # script re-checks everything that can change.
-        if not secrets.equal(nonce, h["nonce"]):
-            raise Unprocessable("nonce does not match this challenge", code="bad_nonce")
-        if decision == "approve":
-            if reason is not None:
-                raise Unprocessable("reason is only for deny", code="invalid")
-            if h["num"]:
-                if number is None:
-                    raise Unprocessable("this sign-in uses number matching: send the number",
-                                        code="number_required")
-                ok = secrets.equal(number, h["num"])
-                status, why = ("approved", "-") if ok else ("denied", "wrong_number")
-            else:
-                status, why = "approved", "-"
-        else:
-            status, why = "denied", reason or "mistake"
         res = await lua.respond(
-            self._redis, self._ks.user(dev.uid), self._alerts.ledger_args(dev.uid, h["user"], clock.now()),
-            cid=cid, device_id=dev.device_id, status=status, reason=why, answer_ip=remote_ip or "-",
-            acks=self._acks)
+            self._redis, self._ks.user(dev.uid), self._alerts.ledger_args(dev.uid, "", clock.now()),
+            jti_key=self._ks.jti(dev.uid, dev.device_id, dev.jti), jti_ttl=self._devices.jti_ttl, cid=cid,
+            device_id=dev.device_id, decision=decision, reason=reason, nonce=nonce, number=number,
+            answer_ip=remote_ip or "-", acks=self._acks)
         await self._alerts.announce(dev.uid, res.notes)
-        if res.result == Responded.REVOKED:
-            raise_gate_failure(Gated.REVOKED)
-        if (res.result in (Responded.EXPIRED, Responded.CONFLICT) and res.detail
+        what = res.result
+        if what in (Responded.REPLAY, Responded.REVOKED, Responded.PENDING):
+            raise_gate_failure(Gated(what.value))
+        if what == Responded.BAD_NONCE:
+            raise Unprocessable("nonce does not match this challenge", code="bad_nonce")
+        if what == Responded.REASON_NOT_FOR_APPROVE:
+            raise Unprocessable("reason is only for deny", code="invalid")
+        if what == Responded.NUMBER_REQUIRED:
+            raise Unprocessable("this sign-in uses number matching: send the number", code="number_required")
+        if (what in (Responded.EXPIRED, Responded.CONFLICT) and res.detail
                 and res.detail[-1] == "recorded"):
             # Too late to decide anything, but the "not me" was taken, alerted and contained.
-            expired = res.result == Responded.EXPIRED
+            expired = what == Responded.EXPIRED
             raise Conflict(f"this sign-in request {'expired' if expired else 'was cancelled'}; your report "
                            f"that you did not request it was recorded and the security team alerted. "
                            f"{self._user_message}", code="expired" if expired else "already_decided")
         _raise_transition_failure(res, self._user_message)
-        metrics.CHALLENGES.labels(h["app"], status if status == "approved" else f"denied_{why}").inc()
-        metrics.TIME_TO_ANSWER.observe(max(0, clock.now() - int(h["iat"])))
-        notify = tuple(filter(None, str(res.detail[0]).split(","))) if res.detail else ()
+        notify_csv, status, why, app_id, iat = (str(v) for v in res.detail[:5])
+        metrics.CHALLENGES.labels(app_id, status if status == "approved" else f"denied_{why}").inc()
+        metrics.TIME_TO_ANSWER.observe(max(0, clock.now() - int(iat)))
+        notify = tuple(filter(None, notify_csv.split(",")))
         if notify and self._push is not None:  # a new phone was approved: tell the user's other phones
             await self._push.enqueue_notice(dev.uid, notify)
         return Answered(status, self._user_message if why == "not_me" else None, notify)

@@ -3,8 +3,8 @@
 A phone signs every request with its own P-256 key. The JWS binds the request: method (`htm`), path with
 query (`htu`), a fresh time (`iat`), a unique id (`jti`) and the SHA-256 of the body (`bh`). This module
 does the checks that need no storage; recording the `jti` in the replay cache and checking the device is
-still active happen atomically in Redis (`pushauth/devices/lua/device_gate.lua`, and again in
-`pushauth/challenges/lua/respond.lua` for an answer).
+still active happen atomically in Redis (`pushauth/devices/lua/device_gate.lua`, or for an answer
+`pushauth/challenges/lua/respond.lua`, which runs the same gate before the transition).
 
 Order matters: the header is policed before a key is chosen, and the signature is verified before any
 claim is trusted.

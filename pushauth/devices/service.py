@@ -144,7 +144,7 @@ class Devices:
         self._uids: dict[str, str] = {}
 
     @property
-    def _jti_ttl(self) -> int:
+    def jti_ttl(self) -> int:
         # A jti must be remembered as long as a request carrying it could still pass the iat check.
         return 2 * self._settings.device_auth.max_skew_s + 5
 
@@ -235,7 +235,7 @@ class Devices:
         req = device_auth.verify_request(token, key, method=method, path_qs=path_qs, body=body, now=now,
                                          max_skew_s=self._settings.device_auth.max_skew_s)
         jkt = jws.thumbprint(key)
-        if not await self._redis.set(self._ks.enrollment_jti(jkt, req.jti), "1", nx=True, ex=self._jti_ttl):
+        if not await self._redis.set(self._ks.enrollment_jti(jkt, req.jti), "1", nx=True, ex=self.jti_ttl):
             raise BadDeviceRequest("request replayed (jti seen before)", code="replayed")
         user = enrollment["user"]
         # Marked shared after the code was made: still refused (the code is spent either way).
@@ -333,7 +333,7 @@ class Devices:
         read `target` (see `lua/device_gate.lua` for the modes)."""
         res = await lua.device_gate(
             self._redis, jti_key=self._ks.jti(dev.uid, dev.device_id, dev.jti),
-            device_key=self._ks.device(dev.uid, dev.device_id), target=target, jti_ttl=self._jti_ttl,
+            device_key=self._ks.device(dev.uid, dev.device_id), target=target, jti_ttl=self.jti_ttl,
             mode=mode, now=clock.now(), device_id=dev.device_id,
             challenge_prefix=self._ks.challenge_prefix(dev.uid))
         raise_gate_failure(res.result)

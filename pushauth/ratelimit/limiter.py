@@ -29,11 +29,31 @@ soon as nothing in it matters (at most a window). If Redis does not answer, the 
 request fails closed with the 503 every call gives: never let through unchecked. The counts are not
 waited on by replicas (`store.replica_acks`): a failover that loses some lets a little more through for
 one window, where a WAIT on every request would double the cost of every request.
+
+The batched path (`application_batched`, `address_batched`; what the HTTP middleware uses, issue 22). A
+bucket is global (every instance counts into it), so on Redis Cluster it cannot share a slot with the
+user's keys, and the check cannot ride in the script a request makes anyway. Instead each process leases
+requests from the bucket in batches (rate_lease.lua, metered exactly as that many single checks) and spends
+them locally: a bucket's first request in a while leases 1 (the same round trip as a plain check); each
+lease spent within `LEASE_S` doubles the next, up to 1/`LEASE_SHARE` of the quota (at most `LEASE_MAX`). A
+busy bucket thus costs one round trip per up to 256 requests. What it costs in accuracy:
+
+    * never more than the quota: every request is charged to the bucket before it is let through;
+    * fewer, near the limit: requests a process leased but has not spent (at most quota/200 per bucket per
+      process, each kept `LEASE_S`) are charged but unused, so with N processes a flood is refused up to
+      (N - 1) x 0.5 % of the quota early; leftovers that expire are lost, not returned;
+    * an auth-failure block reaches a process's leased requests only at its next lease (<= LEASE_S, <=
+      quota/200 requests) in the other processes; the process that counts the failure drops its lease at
+      once. Quotas under 200 never lease more than one request, so they are checked exactly as before.
 """
 
 from __future__ import annotations
 
-from typing import Final
+import asyncio
+import functools
+import time
+from dataclasses import dataclass
+from typing import Final, NoReturn
 
 import redis.asyncio as aioredis
 import structlog
@@ -52,6 +72,12 @@ IP: Final = "ip"
 AUTH_FAILURES: Final = "auth_failures"
 RADIUS_CLIENT: Final = "radius_client"
 
+# The batched path: see the module docstring.
+LEASE_S: Final = 1.0
+LEASE_SHARE: Final = 200
+LEASE_MAX: Final = 256
+_LEASES_MAX: Final = 10_000  # buckets this process holds leases for; oldest dropped first
+
 _MESSAGES: Final = {
     APPLICATION: "too many requests for this application",
     RADIUS_CLIENT: "too many Access-Requests from this RADIUS client",
@@ -60,6 +86,7 @@ _MESSAGES: Final = {
 }
 
 
+@functools.lru_cache(maxsize=4096)  # a pure function of the text, asked on every request from an address
 def address_bucket(ip: str | None) -> str:
     """What one client address is counted as: an IPv4 address, or the /64 of an IPv6 one: a single host is
     routinely given a whole /64, and counting its addresses one by one would let it rotate through them
@@ -71,9 +98,20 @@ def address_bucket(ip: str | None) -> str:
     return str(addr) if addr.version == 4 else network_of(addr, v4=32, v6=64)
 
 
+@dataclass(slots=True)
+class _Lease:
+    """Requests leased from a bucket and not yet spent, until `until` (time.monotonic())."""
+
+    tokens: int
+    until: float
+    size: int  # how many the last lease asked for
+
+
 class RateLimiter:
     """The three limits. Each check is one script call (one round trip), or none when its limit is off;
-    a refusal raises `RateLimited` (429 with `Retry-After`), is counted and logged."""
+    a refusal raises `RateLimited` (429 with `Retry-After`), is counted and logged. The `_batched` checks
+    spend requests leased in batches (module docstring): no round trip for most requests of a busy bucket.
+    """
 
     def __init__(self, redis: aioredis.Redis, keyspace: KeySpace, settings: Settings) -> None:
         self._redis = redis
@@ -82,11 +120,25 @@ class RateLimiter:
         default = self._limits.application_requests
         self._quotas = {app.id: default if app.rate_limit is None else app.rate_limit
                         for app in settings.applications}
+        self._leases: dict[str, _Lease] = {}
+        self._refills: dict[str, asyncio.Future[lua.Leased | None]] = {}
 
     async def application(self, app_id: str) -> None:
         quota = self._quotas.get(app_id, self._limits.application_requests)
         if quota:
             await self._check(self._ks.rate_bucket("a", app_id), quota, 0, APPLICATION, app=app_id)
+
+    async def application_batched(self, app_id: str) -> None:
+        """`application`, from requests leased in batches (module docstring)."""
+        quota = self._quotas.get(app_id, self._limits.application_requests)
+        if quota:
+            await self._leased(self._ks.rate_bucket("a", app_id), quota, 0, APPLICATION, app=app_id)
+
+    async def address_batched(self, ip: str | None) -> None:
+        """`address`, from requests leased in batches (module docstring)."""
+        if self._limits.ip_requests or self._limits.auth_failures:
+            await self._leased(self._ks.rate_bucket("ip", address_bucket(ip)), self._limits.ip_requests,
+                               self._limits.auth_failures, IP, ip=ip)
 
     async def radius_client(self, name: str, quota: int) -> None:
         """Access-Requests from one RADIUS client (a VPN, a gateway, a server's PAM): its own `rate_limit`,
@@ -111,8 +163,10 @@ class RateLimiter:
         s = self._limits
         if not s.auth_failures:
             return
-        failures = await lua.rate_auth_failure(self._redis, self._ks.rate_bucket("ip", address_bucket(ip)),
-                                               now=clock.now(), window_s=s.auth_failures_window_s)
+        bucket = self._ks.rate_bucket("ip", address_bucket(ip))
+        self._leases.pop(bucket, None)  # the next request from there asks Redis, which knows of the block
+        failures = await lua.rate_auth_failure(self._redis, bucket, now=clock.now(),
+                                               window_s=s.auth_failures_window_s)
         if failures == s.auth_failures:
             log.warning("auth_failures_blocked", ip=ip, failures=failures,
                         window_s=s.auth_failures_window_s)
@@ -120,10 +174,63 @@ class RateLimiter:
     async def _check(self, key: str, quota: int, auth_failures: int, scope: str, **who: str | None) -> None:
         checked = await lua.rate_limit(self._redis, key, now=clock.now(), quota=quota,
                                        window_s=self._limits.window_s, auth_failures=auth_failures)
-        if checked.result is lua.Limit.OK:
-            return
-        refused = AUTH_FAILURES if checked.result is lua.Limit.AUTH_FAILURES else scope
-        retry_after = max(1, checked.retry_after_s)
+        if checked.result is not lua.Limit.OK:
+            self._refuse(checked.result, checked.retry_after_s, scope, **who)
+
+    async def _leased(self, key: str, quota: int, auth_failures: int, scope: str, **who: str | None) -> None:
+        while True:
+            lease = self._leases.get(key)
+            if lease is not None and lease.tokens > 0 and lease.until > time.monotonic():
+                lease.tokens -= 1
+                return
+            refill = self._refills.get(key)
+            if refill is None:
+                break
+            # One lease in flight per bucket: the requests that find it empty wait for it, then take theirs.
+            leased = await refill
+            if leased is not None and leased.result is not lua.Limit.OK:
+                self._refuse(leased.result, leased.retry_after_s, scope, **who)
+        refill = asyncio.get_running_loop().create_future()
+        self._refills[key] = refill
+        try:
+            leased = await self._lease(key, quota, auth_failures)
+        except Exception as exc:  # Redis down: every waiter fails closed with the same error
+            refill.set_exception(exc)
+            refill.exception()  # retrieved (no waiter is not an error)
+            raise
+        except BaseException:  # cancelled: a waiter takes over the lease
+            refill.set_result(None)
+            raise
+        finally:
+            del self._refills[key]
+        refill.set_result(leased)
+        if leased.result is not lua.Limit.OK:
+            self._refuse(leased.result, leased.retry_after_s, scope, **who)
+
+    async def _lease(self, key: str, quota: int, auth_failures: int) -> lua.Leased:
+        """Lease requests for `key`: 1 after a quiet spell or a refusal, twice the last lease when that was
+        spent within LEASE_S, at most LEASE_MAX or 1/LEASE_SHARE of the quota. Keeps all but one (this
+        request's) for the requests that follow."""
+        lease = self._leases.get(key)
+        size = 1
+        if lease is not None and lease.until > time.monotonic():  # the last one was spent in time: busy
+            size = min(lease.size * 2, LEASE_MAX, max(1, quota // LEASE_SHARE))
+        leased = await lua.rate_lease(self._redis, key, now=clock.now(), quota=quota,
+                                      window_s=self._limits.window_s, auth_failures=auth_failures, want=size)
+        lease = self._leases.get(key)
+        if lease is None:
+            if len(self._leases) >= _LEASES_MAX:
+                self._leases.pop(next(iter(self._leases)))
+            lease = self._leases[key] = _Lease(0, 0.0, 1)
+        if leased.result is lua.Limit.OK:
+            lease.tokens, lease.until, lease.size = leased.granted - 1, time.monotonic() + LEASE_S, size
+        else:
+            lease.tokens, lease.size = 0, 1
+        return leased
+
+    def _refuse(self, result: lua.Limit, retry_after_s: int, scope: str, **who: str | None) -> NoReturn:
+        refused = AUTH_FAILURES if result is lua.Limit.AUTH_FAILURES else scope
+        retry_after = max(1, retry_after_s)
         metrics.RATE_LIMITED.labels(refused).inc()
         log.warning("rate_limited", scope=refused, retry_after_s=retry_after, **who)
         raise RateLimited(f"{_MESSAGES[refused]}; retry after {retry_after} s", retry_after_s=retry_after)

@@ -13,8 +13,10 @@ and changed nothing. A request is counted against one bucket:
                                     whole organisation's sign-ins from a few addresses
     anything else                   its client address's, which also holds the address's auth failures
 
-Telling an API key from anything else here costs a SHA-256 and a dict lookup, no Redis, so a request
-costs one round trip at most for the check. A failed authentication costs a second one, after the fact.
+Telling an API key from anything else here costs a SHA-256 and a dict lookup, no Redis, and the check
+spends requests leased from the bucket in batches (`RateLimiter.application_batched`, `address_batched`;
+the limiter's docstring says what that costs in accuracy), so a request costs one round trip at most for
+the check, and on a busy bucket almost never one. A failed authentication costs one, after the fact.
 """
 
 from __future__ import annotations
@@ -51,9 +53,9 @@ async def rate_limit(request: web.Request, handler: Handler) -> web.StreamRespon
     if route not in UNMETERED:
         application = request.app[CREDENTIALS].application_of(request)
         if application is not None:
-            await limiter.application(application.id)
+            await limiter.application_batched(application.id)
         else:
-            await limiter.address(client_ip(request))
+            await limiter.address_batched(client_ip(request))
     try:
         response = await handler(request)
     except Unauthorized as exc:

@@ -8,8 +8,9 @@ is logged with its traceback and the client gets a bare 500 with no detail.
 
 from __future__ import annotations
 
-import secrets
+import random
 import time
+from typing import Any, Final
 
 import structlog
 from aiohttp import web
@@ -28,6 +29,14 @@ _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "
 
 _STORE_DOWN: tuple[type[Exception], ...] = (StoreUnavailable, *STORE_DOWN_ERRORS)
 
+# Request ids correlate log lines; they authorise nothing and are no secret, so they come from a fast PRNG
+# (seeded from os.urandom) rather than a getrandom() system call per request.
+_ids = random.Random()  # noqa: S311 (no secret: see above)
+# The metrics' labelled children per (route, method, status): prometheus_client's labels() takes a lock and
+# builds its key on every call. Bounded, since a client chooses the method.
+_CHILDREN: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+_CHILDREN_MAX: Final = 1000
+
 
 def error_response(status: int, code: str, message: str,
                    headers: dict[str, str] | None = None) -> web.Response:
@@ -40,7 +49,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     # isascii first: isalnum() is true of "é" and "١" too, and bytes that are not UTF-8 arrive as lone
     # surrogates; neither may be echoed in a response header or written to the log.
     if not (0 < len(request_id) <= 64 and request_id.isascii() and request_id.replace("-", "").isalnum()):
-        request_id = secrets.token_hex(8)
+        request_id = f"{_ids.getrandbits(64):016x}"
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
     start = time.perf_counter()
@@ -56,8 +65,19 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         route = resource.canonical if resource is not None else "-"
         seconds = time.perf_counter() - start
         log.info("request", method=request.method, route=route, status=status, ms=round(seconds * 1000, 2))
-        metrics.HTTP_REQUESTS.labels(route, request.method, str(status)).inc()
-        metrics.HTTP_SECONDS.labels(route).observe(seconds)
+        _count(route, request.method, status, seconds)
+
+
+def _count(route: str, method: str, status: int, seconds: float) -> None:
+    key = (route, method, status)
+    children = _CHILDREN.get(key)
+    if children is None:
+        children = (metrics.HTTP_REQUESTS.labels(route, method, str(status)),
+                    metrics.HTTP_SECONDS.labels(route))
+        if len(_CHILDREN) < _CHILDREN_MAX:
+            _CHILDREN[key] = children
+    children[0].inc()
+    children[1].observe(seconds)
 
 
 @web.middleware

@@ -1,10 +1,14 @@
--- respond.lua: a phone answers a challenge (POST /v1/device/challenges/{id}/response).
+-- respond.lua: a phone answers a challenge (POST /v1/device/challenges/{id}/response), in one round trip:
+-- the device gate, the answer's checks and the transition.
 --
--- Its request already passed device_gate.lua, which recorded the jti. Everything that could make the
--- answer invalid is re-checked here, at the moment of the transition, so nothing can change between the
--- check and the write: the device revoked meanwhile, the challenge decided by a concurrent answer,
--- expired, or the account locked or suspended. The rules run in the same step: an alert and the decision
--- it is about are written together.
+-- The gate first, as device_gate.lua does it for every device request (record the jti: a replay is refused
+-- as such; the phone must be active), then the challenge must exist and target this phone, the nonce must
+-- match, and the number decides approve or wrong_number (nonce and number compared by their SHA-1s, so
+-- the time a comparison takes says nothing about the secret). Everything that could make the answer
+-- invalid is checked here, at the moment of the transition, so nothing can change between the check and
+-- the write: the device revoked meanwhile, the challenge decided by a concurrent answer, expired, or the
+-- account locked or suspended. The rules run in the same step: an alert and the decision it is about are
+-- written together.
 -- An answer to a prompt nobody waits for any more (it expired, or the login flow cancelled it) decides
 -- nothing, but a "not me" is still the user saying someone else is signing in: it is recorded, alerted and
 -- contained exactly as on a pending prompt (once per challenge).
@@ -12,17 +16,30 @@
 -- device_lib.lua): its approval activates the new phone, its denial refuses it.
 --
 -- KEYS[1]      user        the user hash (routes the call to the user's slot)
--- ARGV[1..6]               the ledger's (LedgerCall)
+-- KEYS[2]      jti         the request's replay cache entry (`KeySpace.jti`, the user's slot)
+-- ARGV[1..6]               the ledger's (LedgerCall; USER '' : read from the user hash)
 -- ARGV[7]      cid         the challenge's id
 -- ARGV[8]      did         the answering phone's id
--- ARGV[9]      status      'approved' | 'denied'
--- ARGV[10]     reason      '-' (approved) | 'not_me' | 'mistake' | 'wrong_number'
--- ARGV[11]     answer_ip   the phone's address ('-' = unknown)
+-- ARGV[9]      decision    'approve' | 'deny'
+-- ARGV[10]     reason      the deny reason the phone gave ('' = none: 'mistake' for a deny)
+-- ARGV[11]     nonce       the nonce the phone echoes
+-- ARGV[12]     number      the number the phone sends ('' = none)
+-- ARGV[13]     has_number  '1' when the phone sent a number at all
+-- ARGV[14]     answer_ip   the phone's address ('-' = unknown)
+-- ARGV[15]     jti_ttl     seconds the jti is remembered
 -- RETURNS
---   {"ok", NOTES, notify}                    decided; notify: the comma-joined phones to push a
---                                            `device_added` notice to ('' unless a new phone was approved)
+--   {"ok", NOTES, notify, status, reason, app, iat}
+--                                            decided; notify: the comma-joined phones to push a
+--                                            `device_added` notice to ('' unless a new phone was approved);
+--                                            status 'approved' | 'denied', reason '-' | 'not_me' | 'mistake'
+--                                            | 'wrong_number'; the challenge's app and iat (for metrics)
+--   {"replay", NOTES}                        the jti was seen before
+--   {"pending", NOTES}                       the phone waits for approval itself
 --   {"revoked", NOTES}                       the answering phone is no longer active
 --   {"not_found", NOTES}                     no such challenge, or not sent to this phone
+--   {"bad_nonce", NOTES}                     the nonce does not match
+--   {"reason_not_for_approve", NOTES}        an approval that gives a reason
+--   {"number_required", NOTES}               the challenge uses number matching and no number was sent
 --   {"locked", NOTES} | {"suspended", NOTES} an approval the account cannot take
 --   {"expired", NOTES, "", "recorded"?}      too late; "recorded": a "not me" was taken all the same
 --   {"conflict", NOTES, status, "recorded"?} already decided (status), or cancelled ("cancelled": the
@@ -31,12 +48,25 @@
 --@include pushauth.detection ledger.lua
 --@include pushauth.devices device_lib.lua
 
-local cid, did, status, reason, aip = ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11]
+local cid, did, decision, given, aip = ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[14]
+if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[15]) then return {'replay', NOTES} end
+local dst = redis.call('HGET', uk('dev:' .. did), 'st')
+if dst ~= 'active' then return {dst == 'pending' and 'pending' or 'revoked', NOTES} end
 local ckey = uk('ch:' .. cid)
-if redis.call('HGET', uk('dev:' .. did), 'st') ~= 'active' then return {'revoked', NOTES} end
-local c = redis.call('HMGET', ckey, 'st', 'exp', 'devs', 'net', 'loc', 'late', 'purp', 'newdev')
+local c = redis.call('HMGET', ckey, 'st', 'exp', 'devs', 'net', 'loc', 'late', 'purp', 'newdev', 'nonce', 'num',
+                     'app', 'iat')
 if not c[1] then return {'not_found', NOTES} end
 if not string.find(',' .. c[3] .. ',', ',' .. did .. ',', 1, true) then return {'not_found', NOTES} end
+if redis.sha1hex(ARGV[11]) ~= redis.sha1hex(c[9] or '') then return {'bad_nonce', NOTES} end
+local status, reason = 'denied', given ~= '' and given or 'mistake'
+if decision == 'approve' then
+  if given ~= '' then return {'reason_not_for_approve', NOTES} end
+  status, reason = 'approved', '-'
+  if c[10] and c[10] ~= '' then
+    if ARGV[13] ~= '1' then return {'number_required', NOTES} end
+    if redis.sha1hex(ARGV[12]) ~= redis.sha1hex(c[10]) then status, reason = 'denied', 'wrong_number' end
+  end
+end
 local not_me_said = status == 'denied' and reason == 'not_me'
 local expired = c[1] == 'pending' and tonumber(c[2]) <= NOW
 if c[1] == 'cancelled' or expired then
@@ -97,7 +127,7 @@ if status == 'approved' then
   redis.call('HINCRBY', uk('user'), 'approvals', 1)
   if adding then
     notify = table.concat(device_added(c[8], {approved_by = did, approval_challenge_id = cid}), ',')
-    return {'ok', NOTES, notify}
+    return {'ok', NOTES, notify, status, reason, c[11] or '', c[12] or '0'}
   end
   -- remember this browser for this application, if the login flow named it and remembering is on
   local rm = redis.call('HMGET', ckey, 'rmb', 'app')
@@ -129,4 +159,4 @@ else
     on_denial(cid, 'denied', 'low')
   end
 end
-return {'ok', NOTES, notify}
+return {'ok', NOTES, notify, status, reason, c[11] or '', c[12] or '0'}
