@@ -840,13 +840,10 @@ def print_profile(prof: dict[str, Any]) -> None:
 
 
 # Experiments, not supported ways to run pushauth: the same `pushauth serve`, started through `python -c` so
-# that the event loop can be uvloop's and/or the garbage collector's pauses can be recorded (printed to the
-# server's stderr at exit as one `BENCH-GC {json}` line).
+# that the garbage collector's pauses can be recorded (printed to the server's stderr at exit as one
+# `BENCH-GC {json}` line). The event loop is the server's own setting (server.event_loop, --server-loop).
 SERVER_WRAPPER = """
 import asyncio, atexit, gc, json, sys, time
-if {uvloop}:
-    import uvloop
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 if {gc_stats}:
     _start = [0.0]
     _stats = {{g: {{"collections": 0, "total_ms": 0.0, "max_ms": 0.0}} for g in (0, 1, 2)}}
@@ -1192,8 +1189,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--profile-nonblocking", action="store_true",
                     help="py-spy --nonblocking: never stops the server, but some stacks come out broken")
     ap.add_argument("--top", type=int, default=25, help="profile entries to print")
-    ap.add_argument("--server-loop", choices=("asyncio", "uvloop"), default="asyncio",
-                    help="experiment: run the same server on uvloop (needs `pip install uvloop`)")
+    ap.add_argument("--server-loop", choices=("auto", "uvloop", "asyncio"), default="auto",
+                    help="the server's server.event_loop (default auto: uvloop when installed, as in "
+                         "production)")
     ap.add_argument("--gc-stats", action="store_true",
                     help="experiment: record the server's garbage-collection pauses (via a wrapper)")
     ap.add_argument("--gc-freeze", action="store_true",
@@ -1210,8 +1208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.profile_tool == "py-spy" and spy is None:
             raise SystemExit("py-spy not found: .venv/bin/pip install py-spy (or use --profile cprofile)")
 
-    if (args.server_loop == "uvloop" or args.gc_stats or args.gc_freeze) and args.profile_tool == "cprofile":
-        raise SystemExit("--server-loop uvloop / --gc-stats and --profile cprofile do not combine")
+    if (args.gc_stats or args.gc_freeze) and args.profile_tool == "cprofile":
+        raise SystemExit("--gc-stats / --gc-freeze and --profile cprofile do not combine")
     if args.server_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
         raise SystemExit("--server-loop uvloop: .venv/bin/pip install uvloop first")
     started = time.monotonic()
@@ -1253,18 +1251,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         cmd = [sys.executable]
         if args.profile_tool == "cprofile":
             cmd += ["-m", "cProfile", "-o", str(tmp / "server.prof")]
-        if args.server_loop == "uvloop" or args.gc_stats or args.gc_freeze:
-            code = SERVER_WRAPPER.format(uvloop=args.server_loop == "uvloop", gc_stats=args.gc_stats,
-                                         gc_freeze=args.gc_freeze)
+        if args.gc_stats or args.gc_freeze:
+            code = SERVER_WRAPPER.format(gc_stats=args.gc_stats, gc_freeze=args.gc_freeze)
             cmd += ["-c", code, "-c", str(cfg), "serve"]
         else:
             cmd += ["-m", "pushauth", "-c", str(cfg), "serve"]
         server = bench_child("pushauth server", cmd, tmp / "server.log", cpu=SERVER_CPU if args.pin else None,
-                             env=env_for_server(args.set))
+                             env=env_for_server([f"server.event_loop={args.server_loop}", *args.set]))
         children.append(server)
         base = f"http://{HOST}:{port}"
         wait_http(base + "/.well-known/jwks.json", server)
-        shown = ["<wrapper: pushauth serve" + (" on uvloop" if args.server_loop == "uvloop" else "")
+        shown = ["<wrapper: pushauth serve"
                  + (" + GC timing" if args.gc_stats else "") + (" + gc.freeze()" if args.gc_freeze else "")
                  + ">" if len(c) > 200 else c for c in cmd]
         print(f"server: {' '.join(shown)} (pid {server.pid}), log level {args.log_level}"

@@ -64,6 +64,9 @@ class ServerSettings(_Section, frozen=True):
     # one of them is taken to come from the right-most X-Forwarded-For address that is not (see
     # pushauth.netaddr.TrustedProxies). Empty: trust nobody; the peer is the client.
     trusted_proxies: list[str] = []
+    # The event loop `pushauth serve` runs on: uvloop (libuv; ~7% less server CPU per sign-in, measured in
+    # bench/README.md), asyncio (the standard library's), or auto (uvloop when it is installed).
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*[^/\s?#])?", self.base_url):

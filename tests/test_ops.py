@@ -411,6 +411,35 @@ def test_the_store_is_described_without_its_password() -> None:
         "redis sentinel service main via s1:26379, s2:26379 (redis://:***@pushauth/0)")
 
 
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+async def test_serve_runs_on_the_event_loop_it_is_given(loop: str, redis_url: str, tmp_path: Path,
+                                                       http: aiohttp.ClientSession) -> None:
+    """server.event_loop picks the loop (auto, the default, is uvloop: the other tests that start `pushauth
+    serve` run on it); a whole sign-in works on either, and the serving line says which."""
+    port = free_port()
+    config = server_config(tmp_path / "server.toml", redis_url, port)
+    config.write_text(config.read_text().replace("[server]\n", f'[server]\nevent_loop = "{loop}"\n', 1))
+    url = f"http://127.0.0.1:{port}"
+    log_path = tmp_path / "server.log"
+    with log_path.open("wb") as log:
+        proc = await serve(config, log)
+        try:
+            await wait_http(http, url, proc)
+            rp = LoginFlow(http, url)
+            phone = await Phone.enroll(await rp.enroll_uri("loop@nhs.net"), session=http)
+            created = await rp.create("loop@nhs.net")
+            [challenge] = await phone.pending()
+            assert await phone.approve(challenge, number=created["number"]) == "approved"
+            assert (await rp.status(created["id"]))["status"] == "approved"
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 40) == 0
+    events = [json.loads(line) for line in log_path.read_text().splitlines()
+              if line.startswith("{")]
+    [serving] = [e for e in events if e["event"] == "serving"]
+    assert serving["event_loop"] == loop
+
+
 async def test_sigterm_during_load_loses_no_answer_and_no_alert(redis_url: str, tmp_path: Path,
                                                                 http: aiohttp.ClientSession) -> None:
     port = free_port()

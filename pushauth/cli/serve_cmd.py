@@ -12,6 +12,7 @@ import structlog
 from aiohttp import web
 
 from pushauth.config import load_settings
+from pushauth.errors import ConfigError
 from pushauth.logs import configure
 from pushauth.readiness import expected_workers, missing_workers, missing_workers_hint
 from pushauth.store.connection import STORE_DOWN_ERRORS, describe
@@ -36,7 +37,23 @@ async def _freeze_startup_objects(app: web.Application) -> None:
     gc.freeze()
 
 
-def _announce(listen: str, keys: str, config: Path | None) -> Callable[[web.Application], Awaitable[None]]:
+def new_event_loop(choice: str) -> tuple[asyncio.AbstractEventLoop, str]:
+    """The server's event loop and its name, as `server.event_loop` asks. uvloop asked for by name and not
+    installed is a configuration error, not a silent fallback."""
+    if choice in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                raise ConfigError("server.event_loop = \"uvloop\" but uvloop is not installed "
+                                  "(pip install uvloop, or set \"asyncio\")") from None
+        else:
+            return uvloop.new_event_loop(), "uvloop"
+    return asyncio.new_event_loop(), "asyncio"
+
+
+def _announce(listen: str, keys: str, config: Path | None,
+              loop_name: str) -> Callable[[web.Application], Awaitable[None]]:
     """An on_startup hook (after the cleanup contexts opened the store and the keys): one line saying what
     this server is, and a warning naming the workers this deployment needs that have not beaten yet, with
     the command that starts each (`config`: the -c the server got, for those commands)."""
@@ -44,7 +61,7 @@ def _announce(listen: str, keys: str, config: Path | None) -> Callable[[web.Appl
     async def announce(app: web.Application) -> None:
         settings = app[SETTINGS]
         log.info("serving", listen=listen, base_url=settings.server.base_url, store=describe(settings.store),
-                 keys=keys, current_kid=app[KEYRING].ring.current.kid)
+                 keys=keys, current_kid=app[KEYRING].ring.current.kid, event_loop=loop_name)
         if not expected_workers(settings):
             return  # none, or (embedded store) this process runs them
         try:
@@ -63,11 +80,13 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     configure(settings.logging.level, settings.logging.format)
     host, port = args.host or settings.server.host, args.port or settings.server.port
+    loop, loop_name = new_event_loop(settings.server.event_loop)
+    asyncio.set_event_loop(loop)  # create_app's objects and run_app share the one loop
     app = create_app(settings)
     listen = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     keys = "ephemeral" if settings.keys.ephemeral else str(Path(settings.keys.path).resolve())
-    app.on_startup.append(_announce(listen, keys, args.config))
+    app.on_startup.append(_announce(listen, keys, args.config, loop_name))
     app.on_startup.append(_freeze_startup_objects)
     # shutdown_timeout: in-flight requests (a login flow long-polling) get this long to finish on SIGTERM.
-    web.run_app(app, host=host, port=port, access_log=None, shutdown_timeout=35, print=None)
+    web.run_app(app, host=host, port=port, access_log=None, shutdown_timeout=35, print=None, loop=loop)
     return 0
