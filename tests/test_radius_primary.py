@@ -1,8 +1,9 @@
-"""The RADIUS front's password check before any push (pushauth/radius/primary.py), against real servers on
-loopback: OpenLDAP's slapd for `ldap` (testkit/slapd.py: LDAPS and StartTLS with a test CA), and for
-`radius` an upstream written here with pyrad's own asyncio server (a RADIUS implementation that is not
-ours). What matters most: a wrong or empty password never comes back OK, an empty one never reaches the
-directory, a user name cannot move the bind DN, and a reply the upstream did not sign is not an answer.
+"""The RADIUS front's password check before any push (pushauth/radius/primary.py; the LDAP bind is
+pushauth/directory.py, which the OpenID sign-in page shares), against real servers on loopback: OpenLDAP's
+slapd for `ldap` (testkit/slapd.py: LDAPS and StartTLS with a test CA), and for `radius` an upstream
+written here with pyrad's own asyncio server (a RADIUS implementation that is not ours). What matters most:
+a wrong or empty password never comes back OK, an empty one never reaches the directory, a user name cannot
+move the bind DN, and a reply the upstream did not sign is not an answer.
 """
 
 from __future__ import annotations
@@ -25,22 +26,11 @@ import structlog.testing
 from pyrad.server import RemoteHost
 from pyrad.server_async import ServerAsync
 
+from pushauth.directory import LdapCheck, LdapSettings, Verdict, escape_dn_value
 from pushauth.errors import ConfigError
 from pushauth.radius.packets import load_dictionary
-from pushauth.radius.primary import (
-    LdapCheck,
-    NoCheck,
-    UpstreamCheck,
-    Verdict,
-    escape_dn_value,
-    open_checks,
-)
-from pushauth.radius.settings import (
-    LdapSettings,
-    RadiusClient,
-    RadiusSettings,
-    UpstreamSettings,
-)
+from pushauth.radius.primary import NoCheck, UpstreamCheck, open_checks
+from pushauth.radius.settings import RadiusClient, RadiusSettings, UpstreamSettings
 from testkit import slapd
 from testkit.fakes.sandbox import TestCA
 

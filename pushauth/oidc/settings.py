@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from pushauth.radius.settings import LdapSettings
+from pushauth.directory import LdapSettings
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _CLIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")

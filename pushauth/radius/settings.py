@@ -28,6 +28,8 @@ from typing import Literal
 
 import msgspec
 
+from pushauth.directory import LdapSettings
+
 # RFC 2865 3: "the secret (password) shared between a client and a RADIUS server SHOULD be at least as large
 # and unguessable as a well-chosen password"; RFC 6614/BlastRADIUS guidance: long and random. 16 bytes is
 # the floor a deployment gets away with here.
@@ -44,35 +46,6 @@ def read_secret(path: str, where: str) -> bytes:
     if len(secret) < MIN_SECRET_BYTES:
         raise ValueError(f"{where}: the secret in {path} is shorter than {MIN_SECRET_BYTES} bytes")
     return secret
-
-
-class LdapSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    # ldaps://host[:port] (TLS from the start) or ldap://host[:port] with start_tls = true. Plain LDAP
-    # would put every password on the wire: refused unless allow_plaintext (a test directory on loopback).
-    url: str = ""
-    start_tls: bool = False
-    allow_plaintext: bool = False
-    # The CA that signed the directory's certificate (PEM); empty: the system's trust store.
-    ca_file: str = ""
-    # The DN to bind as, `{user}` replaced by the user name (escaped as RFC 4514 requires), e.g.
-    # "uid={user},ou=people,dc=example,dc=org", or "{user}@example.org" for Active Directory's UPN bind.
-    user_dn: str = ""
-    # Connect + bind, all included.
-    timeout_s: float = 5.0
-    # Binds in flight at once (each runs in a worker thread).
-    concurrency: int = 8
-
-    def __post_init__(self) -> None:
-        if self.url and not self.url.startswith(("ldaps://", "ldap://")):
-            raise ValueError("ldap.url must start with ldaps:// or ldap://")
-        if self.url.startswith("ldap://") and not (self.start_tls or self.allow_plaintext):
-            raise ValueError("ldap.url is plain ldap://: set start_tls = true (or use ldaps://)")
-        if self.url and "{user}" not in self.user_dn:
-            raise ValueError("ldap.user_dn must contain {user}")
-        if not 0.5 <= self.timeout_s <= 60:
-            raise ValueError("ldap.timeout_s must be 0.5..60")
-        if not 1 <= self.concurrency <= 256:
-            raise ValueError("ldap.concurrency must be 1..256")
 
 
 class UpstreamSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

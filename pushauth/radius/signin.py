@@ -36,8 +36,9 @@ from pushauth.challenges.service import Allowed, Challenges
 from pushauth.codes.service import Codes
 from pushauth.codes.totp import normal_code
 from pushauth.config import Application, Settings
+from pushauth.directory import Verdict
 from pushauth.errors import ApiError, RateLimited, StoreUnavailable
-from pushauth.radius.primary import PasswordCheck, Verdict
+from pushauth.radius.primary import PasswordCheck
 from pushauth.radius.settings import RadiusClient
 from pushauth.radius.states import ChallengeRef, ChallengeStates
 from pushauth.ratelimit.limiter import RateLimiter

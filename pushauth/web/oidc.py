@@ -31,6 +31,7 @@ from pushauth.challenges import context as login_context
 from pushauth.challenges.service import Allowed, Created
 from pushauth.config import Application, Settings
 from pushauth.crypto.secrets import equal, sha256_hex
+from pushauth.directory import LdapCheck, Verdict
 from pushauth.errors import ApiError, ConfigError
 from pushauth.oidc import entra, rsa
 from pushauth.oidc.entra import EntraHints
@@ -39,7 +40,6 @@ from pushauth.oidc.outbox import Notification
 from pushauth.oidc.provider import Provider, RedirectError, ShownError, TokenError
 from pushauth.oidc.settings import ACR_MFA, ACR_SFA, OidcClient
 from pushauth.oidc.store import Backchannel, Grant, OidcStore, SignIn, new_secret
-from pushauth.radius.primary import LdapCheck, Verdict
 from pushauth.web import io, outbox
 from pushauth.web import oidc_pages as pages
 from pushauth.web.outbox import OUTBOX
@@ -79,7 +79,7 @@ def setup(app: web.Application, settings: Settings) -> None:
         runtime = app[RUNTIME]
         app[PROVIDER] = Provider(oidc, oidc.issuer or settings.server.base_url,
                                  OidcStore(runtime.redis, runtime.keyspace))
-        ldap = LdapCheck(oidc.ldap) if oidc.ldap.url else None
+        ldap = LdapCheck(oidc.ldap, "oidc.ldap") if oidc.ldap.url else None
         if ldap is not None:
             app[LDAP] = ldap
         # first_factor = "none" clients, and CIBA clients whose id_token_hint may come from an upstream
