@@ -94,6 +94,18 @@ class Operators:
         role = _decode(raw).get("role")
         return role if role in ROLES else None
 
+    async def require_outranks(self, actor_role: str, user: str) -> None:
+        """Refuse (403 `role_forbidden`) giving `user` a new way to prove who they are (a phone enrolled
+        on the security team's word, an access code, a one-time-code method) unless `actor_role` is at
+        least the role of `user`'s console account. The console lets a person in with their own phone, so
+        a service desk that could give an owner's account a phone of its choosing could sign in as that
+        owner."""
+        held = await self.role_of(user)
+        rank = ROLES.index(actor_role) if actor_role in ROLES else -1
+        if held is not None and rank < ROLES.index(held):
+            raise Forbidden(f"{user} has a console account of role {held}: only that role or above may give "
+                            "them a new phone, access code or code method", code="role_forbidden")
+
     async def list(self) -> list[dict[str, Any]]:
         rows = cast(dict[str, str], await self._redis.hgetall(self._key))
         out = []

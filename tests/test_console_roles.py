@@ -126,6 +126,43 @@ async def test_admin_api_each_role_does_exactly_its_actions(srv: RunningServer,
     assert [(e["user"], e["details"]) for e in body["entries"]] == [("bob@nhs.net", {"role": "viewer"})]
 
 
+async def test_no_role_can_give_a_higher_console_account_a_way_in(srv: RunningServer,
+                                                                  http: aiohttp.ClientSession) -> None:
+    """The escalation a review found: a service desk vouching a phone of its own for an owner's account,
+    then signing in to the console as that owner with it. A new phone (vouched), an access code or a code
+    method for a person with a console account needs a role at least theirs; for anyone else the desk's
+    powers are unchanged."""
+    owner_person, desk_person = "olive@nhs.net", "dana@nhs.net"
+    owner = _client(http, srv.url, "owner")
+    for person_, role_ in ((owner_person, "owner"), (desk_person, "service_desk")):
+        assert (await owner.call("PUT", f"/v1/console-accounts/{person_}", {"role": role_}))[0] == 200
+    attempts: list[tuple[str, str, Any]] = [
+        ("POST", "/v1/enrollments", {"user": owner_person}),
+        ("POST", f"/v1/users/{owner_person}/access-codes", None),
+        ("POST", f"/v1/users/{owner_person}/otp-methods", None),
+        ("POST", "/v1/otp-methods/import",
+         {"format": "csv", "data": f"HW-1,JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP,{owner_person}\n"}),
+    ]
+    for role in ("service_desk", "responder"):
+        for method, path, body in attempts:
+            status, reply = await _client(http, srv.url, role).call(method, path, body)
+            assert (status, reply.get("error")) == (403, "role_forbidden"), (role, path, status, reply)
+    # a peer's account (service desk for service desk) and a plain user are fine
+    desk = _client(http, srv.url, "service_desk")
+    assert (await desk.call("POST", "/v1/enrollments", {"user": desk_person}))[0] == 201
+    assert (await desk.call("POST", "/v1/enrollments", {"user": "plain@nhs.net"}))[0] == 201
+    assert (await owner.call("POST", "/v1/enrollments", {"user": owner_person}))[0] == 201
+    # and through the console's forms
+    client, csrf = await _console(srv.url, "service_desk")
+    try:
+        for form in ("enrollment", "access-code", "otp-methods"):
+            async with client.post(f"{srv.url}/console/users/{owner_person}/{form}", data={"csrf": csrf},
+                                   allow_redirects=False) as resp:
+                assert resp.status == 403, (form, resp.status)
+    finally:
+        await client.close()
+
+
 async def test_console_accounts_refuse_bad_input(srv: RunningServer, http: aiohttp.ClientSession) -> None:
     owner = _client(http, srv.url, "owner")
     for body in ({"role": "admin"}, {}, {"role": "owner", "extra": 1}):

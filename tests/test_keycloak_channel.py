@@ -321,3 +321,31 @@ async def test_a_refusal_by_the_realm_is_final(env: Env) -> None:
         await asyncio.sleep(0.05)
     await asyncio.sleep(1.5)  # past the first retry's delay: nothing more comes
     assert [(c.status_code, c.answer["error"]) for c in env.realm.callbacks] == [(403, "invalid_token")]
+
+
+async def test_a_refused_bearer_counts_once_and_an_unreachable_jwks_is_no_failure(
+        redis_url: str, keyring: KeyRingHolder) -> None:
+    """A refused bearer is one failed authentication of Keycloak's address (it once counted twice, so a
+    few bearers expired by clock drift blocked Keycloak at half the limit); a realm whose keys cannot be
+    fetched (Keycloak restarting) answers 503 and counts nothing."""
+    async with FakeKeycloak() as realm:
+        dead = f"http://127.0.0.1:{free_port()}/certs"  # nothing listens: the keys cannot be fetched
+        server = await _start(redis_url, keyring, {"issuer": realm.issuer, "application": "webmail"},
+                              rate_limits={"auth_failures": 4})
+        broken = await _start(redis_url, keyring, {"issuer": realm.issuer, "application": "webmail",
+                                                   "jwks_url": dead}, rate_limits={"auth_failures": 4})
+        try:
+            # both servers share Redis and so this address's failure count: the 503s first, then the 401s
+            # still get to the limit of 4 (had the 503s counted, the block would come sooner)
+            body = realm.channel_request(USER)
+            good, _ = realm.bearer(KEYCLOAK_USER_ID)
+            url = broken.url + "/keycloak/authentication-channel"
+            statuses = [(await realm.request_authentication(url, good, body))[0] for _ in range(3)]
+            assert statuses == [503, 503, 503], statuses
+            forged, _ = realm.bearer(KEYCLOAK_USER_ID, foreign_key=True)
+            url = server.url + "/keycloak/authentication-channel"
+            statuses = [(await realm.request_authentication(url, forged, body))[0] for _ in range(5)]
+            assert statuses == [401, 401, 401, 401, 429], statuses
+        finally:
+            await server.close()
+            await broken.close()

@@ -31,6 +31,10 @@ class HintRefused(Exception):
         self.reason = reason
 
 
+class KeysUnavailable(HintRefused):
+    """The issuer's keys could not be fetched: nothing was judged, so not the sender's failure."""
+
+
 class SignedHints:
     """`keys`: a fixed key set (a JWKS file) instead of fetching `jwks_url`."""
 
@@ -50,10 +54,11 @@ class SignedHints:
             try:
                 async with aiohttp.ClientSession(timeout=timeout) as http, http.get(self._jwks_url) as resp:
                     if resp.status != 200:
-                        raise HintRefused(f"the issuer's keys could not be fetched ({resp.status})")
+                        raise KeysUnavailable(f"the issuer's keys could not be fetched ({resp.status})")
                     self._keys = KeySet.import_key_set(await resp.json())
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                raise HintRefused(f"the issuer's keys could not be fetched ({type(exc).__name__})") from None
+                why = type(exc).__name__
+                raise KeysUnavailable(f"the issuer's keys could not be fetched ({why})") from None
             self._fetched_at = now
         return self._keys
 

@@ -43,8 +43,8 @@ import msgspec
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
-from pushauth.errors import ConfigError, Unauthorized
-from pushauth.oidc.hints import CLOCK_SKEW_S, HintRefused, SignedHints, unverified_issuer
+from pushauth.errors import ConfigError, ServiceUnavailable, Unauthorized
+from pushauth.oidc.hints import CLOCK_SKEW_S, HintRefused, KeysUnavailable, SignedHints, unverified_issuer
 from pushauth.oidc.settings import KeycloakRealm, KeycloakSettings
 
 # The phone's answer, as Keycloak's callback reads it (AuthenticationChannelResponse.Status). An expired or
@@ -107,6 +107,11 @@ class KeycloakChannel:
             raise _refused("the bearer is not from a configured realm")
         try:
             claims = await self._keys[realm.issuer].claims(token)
+        except KeysUnavailable as exc:
+            # The realm's JWKS is unreachable (Keycloak restarting): a 503 Keycloak passes on to its client
+            # as one, and not an authentication failure that would end in blocking Keycloak's address.
+            raise ServiceUnavailable(f"the realm's keys are unavailable ({exc.reason})",
+                                     code="realm_keys_unavailable") from None
         except HintRefused as exc:
             raise _refused(f"the bearer was refused ({exc.reason})") from None
         return _check_claims(realm, claims, token)

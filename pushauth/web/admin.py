@@ -171,6 +171,7 @@ async def set_policy(request: web.Request) -> web.Response:
 async def issue_access_code(request: web.Request) -> web.Response:
     admin = _admin(request, "access_code")
     user = canonical(request.match_info["user"])
+    await request.app[OPERATORS].require_outranks(admin.role, user)
     code, expires = await request.app[ACCOUNTS].issue_access_code(user, by=_by(admin))
     return io.json({"code": code, "expires_at": rfc3339(expires)}, status=201)
 

@@ -14,7 +14,7 @@ from pushauth.errors import Unprocessable
 from pushauth.web import io
 from pushauth.web.auth import Admin
 from pushauth.web.schemas import ActivateCodeMethod, EnrollCodeMethod, ImportTokens, VerifyCode
-from pushauth.web.state import CODES, CREDENTIALS, SETTINGS
+from pushauth.web.state import CODES, CREDENTIALS, OPERATORS, SETTINGS
 
 routes = web.RouteTableDef()
 
@@ -53,6 +53,7 @@ async def enroll_method(request: web.Request) -> web.Response:
     raw = await io.read_body(request)
     body = io.decode(raw, EnrollCodeMethod) if raw.strip() else EnrollCodeMethod()
     user = canonical(request.match_info["user"])
+    await request.app[OPERATORS].require_outranks(admin.role, user)
     enrolled = await request.app[CODES].enroll_app(user, by=_by(admin), name=body.name)
     # The only time the seed leaves the server: shown to the security team, scanned by the user's app.
     return io.json({"id": enrolled.method_id, "user": user, "status": "pending", "uri": enrolled.uri,
@@ -65,6 +66,7 @@ async def activate_method(request: web.Request) -> web.Response:
     admin = request.app[CREDENTIALS].admin(request, "enroll")
     body = io.decode(await io.read_body(request), ActivateCodeMethod)
     user = canonical(request.match_info["user"])
+    await request.app[OPERATORS].require_outranks(admin.role, user)
     await request.app[CODES].activate(user, request.match_info["id"], body.code, by=_by(admin))
     return io.json({"id": request.match_info["id"], "user": user, "status": "active"})
 
@@ -87,5 +89,7 @@ async def import_tokens(request: web.Request) -> web.Response:
     tokens = parse_pskc(body.data, psk) if body.format == "pskc" else parse_csv(body.data)
     assignments = {serial: canonical(user) for serial, user in body.assignments.items()}
     tokens = [t if t.user is None else replace(t, user=canonical(t.user)) for t in tokens]
+    for user in {*assignments.values(), *(t.user for t in tokens if t.user)}:
+        await request.app[OPERATORS].require_outranks(admin.role, user)
     imported = await request.app[CODES].import_tokens(tokens, assignments, by=_by(admin), source=body.format)
     return io.json({"imported": imported}, status=201)

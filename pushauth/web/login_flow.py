@@ -19,7 +19,7 @@ from pushauth.web.schemas import (
     UserSignal,
     VerifyAccessCode,
 )
-from pushauth.web.state import ACCOUNTS, CHALLENGES, CREDENTIALS, DEVICES, SETTINGS
+from pushauth.web.state import ACCOUNTS, CHALLENGES, CREDENTIALS, DEVICES, OPERATORS, SETTINGS
 
 routes = web.RouteTableDef()
 
@@ -66,10 +66,12 @@ async def cancel_challenge(request: web.Request) -> web.Response:
 async def create_enrollment(request: web.Request) -> web.Response:
     who = request.app[CREDENTIALS].identify(request)
     body = io.decode(await io.read_body(request), CreateEnrollment)
+    user = canonical(body.user)
     if isinstance(who, Admin):  # a vouched enrollment: only a role that may enroll (pushauth/operators.py)
         require(who.role, "enroll")
+        await request.app[OPERATORS].require_outranks(who.role, user)
     by = who.who if isinstance(who, Admin) else f"app:{who.id}"
-    enrollment = await request.app[DEVICES].create_enrollment(canonical(body.user), requested_by=by)
+    enrollment = await request.app[DEVICES].create_enrollment(user, requested_by=by)
     return io.json({"id": enrollment.id, "user": enrollment.user, "code": enrollment.code,
                     "uri": enrollment.uri, "expires_at": rfc3339(enrollment.expires_at),
                     "activation": enrollment.activation}, status=201)

@@ -167,6 +167,7 @@ async def revoke_device(request: web.Request, session: Session) -> web.StreamRes
 async def access_code(request: web.Request, session: Session) -> web.StreamResponse:
     session.require("access_code")
     user = canonical(request.match_info["user"])
+    await request.app[OPERATORS].require_outranks(session.role, user)
     code, expires = await request.app[ACCOUNTS].issue_access_code(user, by=session.who)
     return ui.respond(ui.access_code_page(user, code, rfc3339(expires), session=session))
 
@@ -179,6 +180,7 @@ async def enrollment(request: web.Request, session: Session) -> web.StreamRespon
     trust rules of issue 14), and audited under the person's name."""
     session.require("enroll")
     user = canonical(request.match_info["user"])
+    await request.app[OPERATORS].require_outranks(session.role, user)
     made = await request.app[DEVICES].create_enrollment(user, requested_by=session.who)
     await request.app[AUDIT].record("enrollment_issued", user=user, who=session.who, enrollment=made.id)
     qr = ui.Markup(segno.make(made.uri, error="m").svg_inline(scale=5, title="Enrollment QR code"))
@@ -191,6 +193,7 @@ async def otp_enroll(request: web.Request, session: Session) -> web.StreamRespon
     """An authenticator app for the user, on a service desk call (pushauth/codes; PROTOCOL.md 17.2)."""
     session.require("enroll")
     user = canonical(request.match_info["user"])
+    await request.app[OPERATORS].require_outranks(session.role, user)
     made = await request.app[CODES].enroll_app(user, by=session.who)
     qr = ui.Markup(segno.make(made.uri, error="m").svg_inline(scale=5, title="Authenticator app QR code"))
     # the URI (with the key) goes into the QR code only; the page shows the key for typing
@@ -203,6 +206,7 @@ async def otp_enroll(request: web.Request, session: Session) -> web.StreamRespon
 async def otp_activate(request: web.Request, session: Session) -> web.StreamResponse:
     session.require("enroll")
     user, method_id = canonical(request.match_info["user"]), request.match_info["method_id"]
+    await request.app[OPERATORS].require_outranks(session.role, user)
     code = await form_field(request, "code") or ""
     try:
         await request.app[CODES].activate(user, method_id, code, by=session.who)
