@@ -12,15 +12,10 @@ from pushauth.clock import rfc3339
 from pushauth.codes.pskc import parse_csv, parse_pskc
 from pushauth.errors import Unprocessable
 from pushauth.web import io
-from pushauth.web.auth import Admin
 from pushauth.web.schemas import ActivateCodeMethod, EnrollCodeMethod, ImportTokens, VerifyCode
 from pushauth.web.state import CODES, CREDENTIALS, OPERATORS, SETTINGS
 
 routes = web.RouteTableDef()
-
-
-def _by(admin: Admin) -> str:
-    return admin.who
 
 
 @routes.post("/v1/codes/verify")
@@ -54,7 +49,7 @@ async def enroll_method(request: web.Request) -> web.Response:
     body = io.decode(raw, EnrollCodeMethod) if raw.strip() else EnrollCodeMethod()
     user = canonical(request.match_info["user"])
     await request.app[OPERATORS].require_outranks(admin.role, user)
-    enrolled = await request.app[CODES].enroll_app(user, by=_by(admin), name=body.name)
+    enrolled = await request.app[CODES].enroll_app(user, by=admin.who, name=body.name)
     # The only time the seed leaves the server: shown to the security team, scanned by the user's app.
     return io.json({"id": enrolled.method_id, "user": user, "status": "pending", "uri": enrolled.uri,
                     "secret": enrolled.secret, "qr_svg": enrolled.qr_svg,
@@ -67,7 +62,7 @@ async def activate_method(request: web.Request) -> web.Response:
     body = io.decode(await io.read_body(request), ActivateCodeMethod)
     user = canonical(request.match_info["user"])
     await request.app[OPERATORS].require_outranks(admin.role, user)
-    await request.app[CODES].activate(user, request.match_info["id"], body.code, by=_by(admin))
+    await request.app[CODES].activate(user, request.match_info["id"], body.code, by=admin.who)
     return io.json({"id": request.match_info["id"], "user": user, "status": "active"})
 
 
@@ -75,7 +70,7 @@ async def activate_method(request: web.Request) -> web.Response:
 async def revoke_method(request: web.Request) -> web.Response:
     admin = request.app[CREDENTIALS].admin(request, "revoke")
     user = canonical(request.match_info["user"])
-    await request.app[CODES].revoke(user, request.match_info["id"], by=_by(admin))
+    await request.app[CODES].revoke(user, request.match_info["id"], by=admin.who)
     return io.json({"id": request.match_info["id"], "user": user, "status": "revoked"})
 
 
@@ -91,5 +86,5 @@ async def import_tokens(request: web.Request) -> web.Response:
     tokens = [t if t.user is None else replace(t, user=canonical(t.user)) for t in tokens]
     for user in {*assignments.values(), *(t.user for t in tokens if t.user)}:
         await request.app[OPERATORS].require_outranks(admin.role, user)
-    imported = await request.app[CODES].import_tokens(tokens, assignments, by=_by(admin), source=body.format)
+    imported = await request.app[CODES].import_tokens(tokens, assignments, by=admin.who, source=body.format)
     return io.json({"imported": imported}, status=201)
