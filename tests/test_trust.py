@@ -336,6 +336,37 @@ async def test_a_couple_of_retries_are_normal(rp: LoginFlow, phone: Phone, admin
     _status, c = await sign_in(rp)
     assert await phone.approve(c["id"], number=c["number"]) == "approved"
     assert await admin.alerts() == []
+    assert (await admin.user(USER))["blocks"] == []  # three prompts: nowhere near the push-bombing window
+
+
+async def test_cancelled_prompts_still_fill_the_push_bombing_window(
+        rp: LoginFlow, phone: Phone, admin: AdminClient, server: RunningServer,
+        http: aiohttp.ClientSession, clock: Clock) -> None:
+    """Withdrawing a prompt after the phone showed it does not take it back: the phone buzzed all the same.
+    Five prompts (`push_bombing_max`) created and cancelled inside the window, and the sixth is refused
+    with the push-bombing alert, whose evidence is exactly the five cancelled prompts."""
+    clock.freeze()  # one second: Retry-After is the whole window, counted from the first cancelled prompt
+    cancelled = []
+    for _ in range(5):
+        status, c = await sign_in(rp)
+        assert status == 201, c
+        await phone.pending()  # the prompt is on the phone
+        assert (await rp.call("DELETE", f"/v1/challenges/{c['id']}"))[0] == 200
+        assert (await rp.status(c["id"]))["status"] == "cancelled"
+        cancelled.append(c["id"])
+    assert all_kinds(await admin.alerts()) == {"ignored_prompts", "prompt_cycling"}  # no push bombing yet
+
+    async with http.post(server.url + "/v1/challenges", json={"user": USER, "context": OFFICE},
+                         headers=rp.headers) as resp:
+        status, body, retry_after = resp.status, await resp.json(), resp.headers.get("Retry-After")
+    assert_error(status, body, 429, "rate_limited")
+    assert retry_after == "300"  # detection.push_bombing_window_s
+    [alert] = await admin.alerts()
+    assert all_kinds([alert]) == {"ignored_prompts", "prompt_cycling", "push_bombing"}
+    [bombing] = [e for e in alert["evidence"]["events"] if e["kind"] == "push_bombing"]
+    assert bombing["refused"] is True
+    assert sorted(p["challenge_id"] for p in bombing["prompts"]) == sorted(cancelled)
+    assert [b["kind"] for b in (await admin.user(USER))["blocks"]] == ["push_bombing"]
 
 
 async def test_a_cancelled_prompt_that_never_reached_a_phone_is_not_ignored(
