@@ -14,6 +14,7 @@ import binascii
 import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 from pyrad import packet as rp
@@ -32,6 +33,7 @@ from radius_support import (
 from support import eventually
 
 from pushauth.crypto.keyring import KeyRingHolder
+from pushauth.radius.retransmits import ReplySeal, ReplyUnreadable
 
 __all__ = ["front"]  # a fixture, used by name
 
@@ -64,6 +66,23 @@ async def reply_to(client: RawClient, request: rp.AuthPacket, port: int, timeout
     reply, source = got
     assert source == port, f"the reply came from {source}, not {port}"
     return reply
+
+
+async def rx_values(front: Front) -> list[bytes]:
+    """What the `radius:rx` keys hold (the tests' Redis client does not decode)."""
+    values = [cast(bytes | None, await front.redis.get(key))
+              async for key in front.redis.scan_iter(match="*:radius:rx:*")]
+    return [v for v in values if v is not None]
+
+
+async def kept(front: Front, replies: int) -> None:
+    """Wait until Redis holds `replies` sealed replies: the claimant stores its reply just after sending
+    it, and a copy sent to another instance before then is (rightly) dropped as still pending."""
+    async def stored() -> bool | None:
+        values = await rx_values(front)
+        return True if sum(1 for v in values if v.startswith(b"r1.")) == replies else None
+
+    await eventually(stored, 5, f"{replies} sealed replies in Redis")
 
 
 async def prompted(front: Front) -> None:
@@ -102,6 +121,7 @@ async def test_a_copy_on_another_instance_is_dropped_then_answered_with_the_same
     accept = await reply_to(client, request, a)
     assert accept.code == rp.AccessAccept
 
+    await kept(pair, 1)
     client.send(raw, b)  # the reply was lost on the way: the next copy reaches B
     again = await reply_to(client, request, b)
     assert again.raw == accept.raw  # A's reply, byte for byte: B did no sign-in of its own
@@ -145,12 +165,13 @@ async def test_a_challenge_follow_up_on_either_instance_gets_one_accept_and_no_r
     assert number is not None, challenge.reply_message
 
     # A copy of the first request reaching B gets A's Access-Challenge, the same State in it...
+    await kept(gateways, 1)
     client.send(first_raw, b)
     assert (await reply_to(client, first, b)).raw == challenge.raw
     # ...which Redis holds sealed only: a copy of Redis does not answer the challenge.
-    stored = [await gateways.redis.get(key) async for key in gateways.redis.scan_iter(match="*:radius:rx:*")]
+    stored = await rx_values(gateways)
     assert stored
-    assert all(value and challenge.state not in _opened(value) and challenge.state.hex().encode() not in value
+    assert all(challenge.state not in _opened(value) and challenge.state.hex().encode() not in value
                for value in stored), stored
 
     # The user presses Enter: the follow-up reaches B, which takes the State and waits for the phone.
@@ -169,6 +190,7 @@ async def test_a_challenge_follow_up_on_either_instance_gets_one_accept_and_no_r
     assert await phone.approve(pending, number=number.group(1)) == "approved"
     accept = await reply_to(client, follow_up, b)
     assert accept.code == rp.AccessAccept
+    await kept(gateways, 2)
     client.send(follow_raw, a)
     assert (await reply_to(client, follow_up, a)).raw == accept.raw
 
@@ -200,3 +222,21 @@ async def test_a_copy_after_the_answer_gets_the_cached_reply_without_a_second_si
     assert await front.prompts() == 1
     after = answers()
     assert (after["accept"] - before["accept"], after["reject"] - before["reject"]) == (1, 0)
+
+
+# -- the seal ----------------------------------------------------------------------------------------------
+
+
+def test_a_sealed_reply_opens_only_under_its_own_key_name_and_its_clients_secret() -> None:
+    seal = ReplySeal(b"vpn-shared-secret-for-tests-0123")
+    reply = b"\x0b\x07\x00\x14" + bytes(16)
+    stored = seal.seal(reply, "pa:radius:rx:" + "a" * 64)
+    assert reply not in _opened(stored.encode())
+    assert seal.open(stored, "pa:radius:rx:" + "a" * 64) == reply
+    for wrong_seal, name in ((seal, "pa:radius:rx:" + "b" * 64),  # copied onto another request's key
+                             (ReplySeal(b"another-clients-secret-000000000"), "pa:radius:rx:" + "a" * 64)):
+        with pytest.raises(ReplyUnreadable):
+            wrong_seal.open(stored, name)
+    with pytest.raises(ReplyUnreadable):
+        seal.open(stored[:-2] + ("A" if stored[-2] != "A" else "B") + stored[-1], "pa:radius:rx:" + "a" * 64)
+    assert "secret" not in repr(seal)
