@@ -62,10 +62,11 @@ RADIUS_REQUESTS = Counter("pushauth_radius_requests_total", "Access-Requests ans
                           "(accept, reject, challenge)", ["client", "answer"])
 RADIUS_DROPPED = Counter("pushauth_radius_dropped_total", "RADIUS packets dropped unanswered, by reason "
                          "(unknown_client, no_message_authenticator, bad_message_authenticator, malformed, "
-                         "too_many_held, stopping, ...)", ["reason"])
+                         "too_many_held, stopping, store_unavailable, ...)", ["reason"])
 RADIUS_RETRANSMITS = Counter("pushauth_radius_retransmits_total",
                              "Copies of a request already held (dropped) or already answered (the cached "
-                             "reply resent)", ["state"])
+                             "reply resent), by this instance (held, answered) or another one "
+                             "(held_elsewhere, answered_elsewhere)", ["state"])
 RADIUS_NO_MESSAGE_AUTHENTICATOR = Counter(
     "pushauth_radius_no_message_authenticator_total",
     "Access-Requests taken without a Message-Authenticator from a client that opted out", ["client"])

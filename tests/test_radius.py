@@ -348,15 +348,23 @@ format = "json"
 
 async def test_redis_down_fails_closed(private_redis: RedisServer, keyring: KeyRingHolder,
                                        tmp_path: Path) -> None:
+    # Nothing is done before the request is claimed in Redis (pushauth/radius/retransmits.py): without
+    # Redis, no password check, no prompt, no answer; the packet is dropped and counted, and the client
+    # resends (or gives up) -- never an Accept.
     async with running_front(private_redis.url, keyring, tmp_path, [AUTO]) as front:
         await front.phone()
+        before = counter("pushauth_radius_dropped_total", reason="store_unavailable")
         private_redis.stop()
         try:
-            reply = await ask(front.port, request(), timeout_s=15)
-            assert reply.code == "Access-Reject", reply.output
-            assert "unavailable" in (reply.reply_message or "")
+            reply = await ask(front.port, request(), timeout_s=3)
+            assert reply.code is None, reply.output
+            assert counter("pushauth_radius_dropped_total", reason="store_unavailable") == before + 1
         finally:
             private_redis.start()
+        # Redis back: the same front answers again (dropping was not a crash).
+        reply = await ask(front.port, request("nobody@nhs.net"), timeout_s=10)
+        assert reply.code == "Access-Reject", reply.output
+        assert "No phone" in (reply.reply_message or "")
 
 
 async def test_proxy_state_is_echoed(front: Front) -> None:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from pushauth.errors import ConfigError
 from pushauth.radius.primary import open_checks
+from pushauth.radius.retransmits import Retransmits
 from pushauth.radius.server import ClientTable, RadiusServer
 from pushauth.radius.settings import read_secret
 from pushauth.radius.signin import SignIns
@@ -40,7 +41,9 @@ async def radius_server(runtime: Runtime) -> AsyncIterator[RadiusServer]:
     try:
         signins = SignIns(settings, services.challenges, services.accounts, services.limiter, services.audit,
                           ChallengeStates(runtime.redis, runtime.keyspace), checks, codes=services.codes)
-        yield RadiusServer(settings.radius, table, signins)
+        retransmits = Retransmits(runtime.redis, runtime.keyspace, table.secrets(),
+                                  settings.radius.reply_cache_s)
+        yield RadiusServer(settings.radius, table, signins, retransmits)
     finally:
         await services.challenges.close()
         for check in checks.values():

@@ -10,8 +10,13 @@ Access-Request whose Message-Authenticator does not verify. This module adds, pe
     retransmits            a client resends the same packet every few seconds while a person decides. Same
                            source address and port, Identifier and Request Authenticator = the same
                            request: while it is held the copies are dropped; once answered, they get the
-                           cached reply for `reply_cache_s`. One sign-in, one push, one answer
-    held requests          at most `max_held` at once; more are dropped (the client resends) and counted
+                           cached reply for `reply_cache_s`. One sign-in, one push, one answer, on every
+                           instance: a request is claimed in Redis before any work, and a copy reaching
+                           another instance is dropped there, then answered with the reply the claimant
+                           stored (pushauth/radius/retransmits.py). This process's own copies attach
+                           in memory, without a Redis call. Redis down: dropped (fail closed)
+    held requests          at most `max_held` at once (counted from the claim on); more are dropped (the
+                           client resends) and counted
     drops                  every packet not answered is counted (`pushauth_radius_dropped_total{reason}`)
                            and logged at most once per reason a minute, with the count; pyrad's own drop
                            messages go through the same throttle (`_PyradLog`)
@@ -29,15 +34,19 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import redis.exceptions as rex
 import structlog
 from pyrad import packet as rp
 from pyrad.server import RemoteHost
 from pyrad.server_async import ServerAsync
 
 from pushauth import metrics
+from pushauth.errors import StoreUnavailable
 from pushauth.radius.packets import load_dictionary
+from pushauth.radius.retransmits import Answered, Key, Ours, ReplyUnreadable, Retransmits
 from pushauth.radius.settings import RadiusClient, RadiusSettings
 from pushauth.radius.signin import Answer, Code, Request, SignIns
+from pushauth.store.connection import STORE_DOWN_ERRORS
 
 log = structlog.get_logger(__name__)
 
@@ -45,6 +54,9 @@ PYRAD_LOGGER = "pushauth.radius.pyrad"
 # A Reply-Message is one attribute: at most 253 octets.
 MAX_REPLY_MESSAGE = 253
 _LOG_EVERY_S = 60.0
+# What a failed claim can raise: Redis is not there (or answered an error); nothing was done, so the packet
+# is dropped and the client resends.
+_CLAIM_FAILED: tuple[type[Exception], ...] = (StoreUnavailable, rex.RedisError, *STORE_DOWN_ERRORS)
 
 
 class ClientTable(Mapping[str, Any]):
@@ -82,6 +94,10 @@ class ClientTable(Mapping[str, Any]):
 
     def __len__(self) -> int:
         return len(self._rows)
+
+    def secrets(self) -> dict[str, bytes]:
+        """Each client's shared secret, by name (what its cached replies are sealed under)."""
+        return {client.name: host.secret for _, client, host in self._rows}
 
     def __repr__(self) -> str:  # never the secrets
         return f"ClientTable({[c.name for _, c, _ in self._rows]})"
@@ -158,19 +174,19 @@ def _truncate(message: str) -> str:
 
 _CODES = {Code.ACCEPT: rp.AccessAccept, Code.REJECT: rp.AccessReject, Code.CHALLENGE: rp.AccessChallenge}
 
-Key = tuple[str, int, int, bytes]
-
 
 class RadiusServer(ServerAsync):  # type: ignore[misc]  # pyrad is untyped
     """One listener. `run(stop)` serves until `stop` is set, then stops taking requests and answers the ones
     it holds (the worker runner bounds how long: --drain-s)."""
 
-    def __init__(self, settings: RadiusSettings, table: ClientTable, signins: SignIns) -> None:
+    def __init__(self, settings: RadiusSettings, table: ClientTable, signins: SignIns,
+                 retransmits: Retransmits) -> None:
         super().__init__(auth_port=settings.port, hosts=table, dictionary=load_dictionary(),
                          logger_name=PYRAD_LOGGER, enable_pkt_verify=True, enforce_ma=False)
         self._settings = settings
         self._table = table
         self._signins = signins
+        self._retransmits = retransmits
         self._drops = DropLog()
         self._held: dict[Key, asyncio.Task[None]] = {}
         self._replies: collections.OrderedDict[Key, tuple[float, bytes]] = collections.OrderedDict()
@@ -253,23 +269,67 @@ class RadiusServer(ServerAsync):  # type: ignore[misc]  # pyrad is untyped
 
     async def _serve(self, protocol: Any, client: RadiusClient, pkt: Any, request: Request,
                      addr: tuple[str, int], key: Key) -> None:
-        started = time.monotonic()
+        """One request, held (in `_held`, toward max_held) from its claim to its answer."""
         try:
-            try:
-                answer = await self._signins.answer(client, request)
-            except Exception:  # a bug must cost one sign-in (a Reject), not the listener
-                log.exception("radius_request_failed", client=client.name)
-                answer = Answer(Code.REJECT, "The sign-in failed. Try again.", outcome="internal_error")
-            raw = self._reply(pkt, answer)
-            self._replies[key] = (time.monotonic() + self._settings.reply_cache_s, raw)
-            self._send(protocol, raw, addr)
-            metrics.RADIUS_REQUESTS.labels(client.name, answer.code.value).inc()
-            log.info("radius_answered", client=client.name, user=request.user, answer=answer.code.value,
-                     outcome=answer.outcome, follow_up=request.state is not None,
-                     ms=round((time.monotonic() - started) * 1000))
+            if await self._claimed(protocol, client, addr, key):
+                await self._answer(protocol, client, pkt, request, addr, key)
         finally:
             self._held.pop(key, None)
             metrics.RADIUS_HELD.set(len(self._held))
+
+    async def _claimed(self, protocol: Any, client: RadiusClient, addr: tuple[str, int], key: Key) -> bool:
+        """Whether this process answers the request: it claimed it in Redis. Otherwise the copy is dropped
+        (another instance holds it, or Redis is down) or answered with the reply another instance stored."""
+        try:
+            claim = await self._retransmits.claim(client.name, key,
+                                                  client.deadline_s + self._settings.reply_cache_s)
+        except _CLAIM_FAILED as exc:
+            self._drops.drop("store_unavailable", client=client.name, error=type(exc).__name__)
+            return False
+        except ReplyUnreadable:
+            self._drops.drop("unreadable_reply", client=client.name)
+            return False
+        if isinstance(claim, Ours):
+            return True
+        if isinstance(claim, Answered):
+            metrics.RADIUS_RETRANSMITS.labels("answered_elsewhere").inc()
+            self._remember(key, claim.reply)
+            self._send(protocol, claim.reply, addr)
+        else:
+            metrics.RADIUS_RETRANSMITS.labels("held_elsewhere").inc()
+        return False
+
+    async def _answer(self, protocol: Any, client: RadiusClient, pkt: Any, request: Request,
+                      addr: tuple[str, int], key: Key) -> None:
+        started = time.monotonic()
+        try:
+            answer = await self._signins.answer(client, request)
+        except Exception:  # a bug must cost one sign-in (a Reject), not the listener
+            log.exception("radius_request_failed", client=client.name)
+            answer = Answer(Code.REJECT, "The sign-in failed. Try again.", outcome="internal_error")
+        raw = self._reply(pkt, answer)
+        self._remember(key, raw)
+        self._send(protocol, raw, addr)
+        metrics.RADIUS_REQUESTS.labels(client.name, answer.code.value).inc()
+        log.info("radius_answered", client=client.name, user=request.user, answer=answer.code.value,
+                 outcome=answer.outcome, follow_up=request.state is not None,
+                 ms=round((time.monotonic() - started) * 1000))
+        await self._keep(client, key, raw)
+
+    async def _keep(self, client: RadiusClient, key: Key, raw: bytes) -> None:
+        """The reply for copies that reach other instances (after it is sent: the client waits for nothing).
+        Not kept (Redis down, or the claim outlived its hold): copies reaching other instances are
+        dropped until the claim expires."""
+        try:
+            kept = await self._retransmits.answered(client.name, key, raw)
+        except _CLAIM_FAILED as exc:
+            log.warning("radius_reply_not_kept", client=client.name, error=type(exc).__name__)
+            return
+        if not kept:
+            log.warning("radius_reply_not_kept", client=client.name, error="claim_expired")
+
+    def _remember(self, key: Key, raw: bytes) -> None:
+        self._replies[key] = (time.monotonic() + self._settings.reply_cache_s, raw)
 
     def _reply(self, pkt: Any, answer: Answer) -> bytes:
         # CreateReply copies the Identifier, Request Authenticator and Proxy-State and marks the reply for a

@@ -117,7 +117,9 @@ class RadiusSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     # Access-Requests held at once by one process (waiting for a password check or a phone); more are
     # dropped (the client resends) and counted.
     max_held: int = 2000
-    # How long a reply is kept to answer the client's retransmits of the same request.
+    # How long a reply is kept to answer the client's retransmits of the same request: in the process, and
+    # sealed in Redis for copies reaching another instance (pushauth/radius/retransmits.py), whose claim
+    # of the request lasts the client's deadline_s + this.
     reply_cache_s: int = 30
     ldap: LdapSettings = LdapSettings()
     upstream: UpstreamSettings = UpstreamSettings()

@@ -5,10 +5,10 @@ Key names start with the configured prefix (`store.prefix`, e.g. "pa"). A user's
 and the alert it raises together; the scripts that include the detection ledger build them from the user's
 key prefix (`KeySpace.user_prefix`). The other keys are global, each family under a tag of its own
 (`{alerts}`, `{push}`, `{expiry}`, `{audit}`, `{workers}`), or untagged where a key is the only one its
-command touches (the user index, enrollment codes, console sessions, rate-limit buckets). What links a
-user's slot to the global alert stream is the per-user outbox (`aout`): an alert is written with its cause,
-announced to the stream right after, and announced again by the alert worker's sweep if the server died in
-between (pushauth/alerts/store.py).
+command touches (the user index, enrollment codes, console sessions, rate-limit buckets, RADIUS States
+and request claims). What links a user's slot to the global alert stream is the per-user outbox (`aout`):
+an alert is written with its cause, announced to the stream right after, and announced again by the alert
+worker's sweep if the server died in between (pushauth/alerts/store.py).
 
 `KeySpace` builds the names most code uses; `KeySpec.built_by` says where each name is built (some in
 Lua from the user's prefix, a few outside this module). `describe(key)` names the row a concrete key
@@ -43,6 +43,7 @@ PLACEHOLDERS: dict[str, str] = {
     "sha256(code)": r"[0-9a-f]{64}",
     "sha256(session id)": r"[0-9a-f]{64}",
     "sha256(State)": r"[0-9a-f]{64}",
+    "sha256(request)": r"[0-9a-f]{64}",  # a RADIUS request (KeySpace.radius_request)
     "sha256(token)": r"[0-9a-f]{64}",
     "sign-in id": r"[A-Za-z0-9_-]{22,64}",
     "notification id": r"[A-Za-z0-9_-]{22}",
@@ -254,6 +255,12 @@ KEYS: tuple[KeySpec, ...] = (
             "until the prompt expires (EXAT); deleted when used",
             "what an Access-Challenge's State refers to: the prompt, user and client a RADIUS follow-up "
             "answers (JSON)", "KeySpace.radius_state"),
+    KeySpec("<prefix>:radius:rx:<sha256(request)>", "string", "pushauth.radius",
+            "the client's deadline_s + radius.reply_cache_s (PX) while claimed; reply_cache_s once answered",
+            "a RADIUS Access-Request claimed by the instance answering it (\"p\"), then its reply sealed "
+            "under the client's secret (\"r1.<...>\"): a client's retransmit reaching another instance is "
+            "dropped, then answered with that reply (pushauth/radius/retransmits.py; own slot)",
+            "KeySpace.radius_request"),
 )
 
 
@@ -562,6 +569,18 @@ class KeySpace:
     def radius_state(self, state: bytes) -> str:
         # Only the State's hash: a copy of Redis cannot answer a RADIUS challenge in flight.
         return f"{self.prefix}:radius:state:{hashlib.sha256(state).hexdigest()}"
+
+    def radius_request(self, client: str, address: str, port: int, identifier: int,
+                       authenticator: bytes) -> str:
+        """One Access-Request and its retransmits: what makes two packets copies of one request (source
+        address and port, Identifier, Request Authenticator), and the client it came from; each part
+        length-prefixed, so no two different requests share a digest."""
+        digest = hashlib.sha256()
+        for part in (client.encode(), address.encode(), str(port).encode(), str(identifier).encode(),
+                     authenticator):
+            digest.update(len(part).to_bytes(4, "big"))
+            digest.update(part)
+        return f"{self.prefix}:radius:rx:{digest.hexdigest()}"
 
     def console_session(self, session_id: str) -> str:
         # Only the id's hash is stored: a copy of Redis does not hold a usable session cookie.
