@@ -20,6 +20,7 @@ from support import AdminClient, LoginFlow, RunningServer, free_port, make_setti
 
 from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.phone import Challenge, Phone
+from pushauth.radius.process import radius_job
 from pushauth.runtime.root import open_runtime
 from testkit.radius_clients import MESSAGE_AUTHENTICATOR, RadiusReply, radclient
 
@@ -75,7 +76,7 @@ async def running_front(redis_url: str, keyring: KeyRingHolder, tmp_path: Path, 
     stop = asyncio.Event()
     try:
         async with (aiohttp.ClientSession() as http, aioredis.Redis.from_url(redis_url) as redis,
-                    open_runtime(settings, keyring=keyring) as runtime, runtime.radius_job("test") as job):
+                    open_runtime(settings, keyring=keyring) as runtime, radius_job(runtime, "test") as job):
             task = asyncio.create_task(job.loops["radius"](stop))
             await _listening(port)
             try:
