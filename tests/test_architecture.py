@@ -12,6 +12,7 @@ edges as well; `from a.b import c` imports the module `a.b.c` when there is one.
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -254,3 +255,51 @@ def test_only_the_script_runner_sends_evalsha() -> None:
     assert not found, "EVALSHA outside pushauth/store/scripts.py:\n" + "\n".join(found)
     assert any(_evalsha(node) for node in ast.walk(ast.parse(allowed.read_text(encoding="utf-8"))))
 
+
+
+# A backticked token ARCHITECTURE.md names as a file or folder of this repository: no spaces, no
+# placeholders (`<package>/lua/`), no HTTP path (`/v1/...`), not a bare extension (`.lua`), and either a
+# `/` or a file extension.
+_DOC_PATH = re.compile(r"(\w[\w.-]*|\.[\w.-]+(?=/))(/[\w.*-]*)*")
+_EXTENSIONS = (".py", ".lua", ".md", ".toml", ".txt", ".json", ".cfg")
+
+
+def _doc_paths(text: str) -> list[str]:
+    return [token for token in re.findall(r"`([^`\n]+)`", text)
+            if _DOC_PATH.fullmatch(token) and ("/" in token or token.endswith(_EXTENSIONS))]
+
+
+def _exists(token: str) -> bool:
+    """From the repository's root or from pushauth/ (the page's tables say `web/app.py`); a bare file
+    name, anywhere in the source; a glob, when it matches something."""
+    bases = (REPO, REPO / "pushauth")
+    if "*" in token:
+        return any(any(base.glob(token)) for base in bases)
+    if "/" not in token:
+        return any(any(root.rglob(token)) for root in bases) or (REPO / token).exists()
+    return any((base / token).exists() for base in bases)
+
+
+def test_every_path_architecture_names_exists() -> None:
+    text = (REPO / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    paths = _doc_paths(text)
+    assert len(paths) > 100
+    assert {"pushauth/radius/", "runtime/jobs.py", "errors.py", ".ci/run"} <= set(paths)
+    assert _doc_paths("`web/app.py`, `<package>/lua/`, `/v1/challenges`, `ROLES`, `python -m x`, `a.py`, "
+                      "`.lua`, `.ci/run`, `pushauth/*/lua/*.lua`") == [
+        "web/app.py", "a.py", ".ci/run", "pushauth/*/lua/*.lua"]
+    missing = sorted({p for p in paths if not _exists(p)})
+    assert not missing, "ARCHITECTURE.md names paths that do not exist:\n" + "\n".join(
+        f"  {p}" for p in missing)
+
+
+def test_architecture_names_every_package_and_module_of_pushauth() -> None:
+    """Each package under pushauth/ and each top-level module is on the page, so a new one is placed on a
+    floor when it is added."""
+    text = (REPO / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    named = set(_doc_paths(text))
+    expected = {f"pushauth/{p.name}/" for p in (REPO / "pushauth").iterdir()
+                if (p / "__init__.py").exists()}
+    expected |= {p.name for p in (REPO / "pushauth").glob("*.py") if p.name != "__init__.py"}
+    missing = sorted(e for e in expected if e not in named and f"pushauth/{e}" not in named)
+    assert not missing, "not on ARCHITECTURE.md's floors: " + ", ".join(missing)
