@@ -8,9 +8,10 @@
 #                nodejs and npm if missing, then tests/rp/openid-client/ with npm ci) and Apache 2 with
 #                mod_auth_openidc through Chromium (scripts/ensure-apache-oidc, which leaves no Apache
 #                running or listening on :80))
-#   make test-fast  the developers' loop, ~35 s: every test that needs no Redis, no pushauth server, no
-#                browser and no child process (pytest -m "not integration"; tests/conftest.py sets the
-#                marker), stopping at the first failure. Installs nothing beyond the virtualenv
+#   make test-fast  the developers' loop, ~25 s on 2 cores: every test that needs no Redis, no pushauth
+#                server, no browser and no child process, less the few property tests that take seconds each
+#                (pytest -m "not integration"; tests/conftest.py sets the marker), stopping at the first
+#                failure. Installs nothing beyond the virtualenv
 #   make lint    ruff + mypy (strict; configured in pyproject.toml) + luacheck over the Redis scripts, each as
 #                Redis gets it (scripts/lint-lua, .luacheckrc; installs Debian's lua-check if missing)
 #   make demo    run the local demo

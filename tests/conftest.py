@@ -30,7 +30,7 @@ from testkit.redis_server import RedisServer
 # Set here, never by hand: a test is integration when it uses one of INTEGRATION_FIXTURES (directly or
 # through another fixture), or when its module holds one of the process helpers (INTEGRATION_HELPERS:
 # the module starts them itself), or when it is listed in INTEGRATION_TESTS (child processes started
-# with nothing above to show for it).
+# with nothing above to show for it) or in SLOW_TESTS (no process at all, but seconds of examples).
 # ---------------------------------------------------------------------------
 
 INTEGRATION_FIXTURES = frozenset({"redis_server", "redis_url", "private_redis", "cluster", "server"})
@@ -56,6 +56,16 @@ INTEGRATION_TESTS = frozenset({
     "test_make.py::test_ci_runs_make_test_and_fails_when_a_test_fails",  # .ci/run: make test in a child
     "test_cli.py::test_demo_smoke",  # `pushauth demo` in a child process
 })
+# Property tests whose thousands of examples take over 2 s each (pytest --durations, 2 cores): 24 s of the
+# developers' loop, which must stay under 30 s. `make test` runs them with their example counts unchanged.
+SLOW_TESTS = frozenset({
+    "test_jws_fuzz.py::test_structured_hostile_tokens",  # ~10 s
+    "test_jws_fuzz.py::test_arbitrary_input_is_rejected_cleanly",
+    "test_jws_fuzz.py::test_claim_binding_matches_the_reference",
+    "test_jws_fuzz.py::test_mutations_of_a_valid_token",
+    "test_user_names.py::test_canonical_is_idempotent_where_normalising_makes_white_space",
+    "test_duplicate_keys.py::test_refused_exactly_when_an_object_has_a_key_twice",
+})
 
 
 def _starts_processes(module: object) -> bool:
@@ -73,7 +83,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         module = getattr(item, "module", None)
         fixtures = set(getattr(item, "fixturenames", ()))
         named = f"{item.path.name}::{item.originalname if isinstance(item, pytest.Function) else item.name}"
-        if (fixtures & INTEGRATION_FIXTURES or named in INTEGRATION_TESTS
+        if (fixtures & INTEGRATION_FIXTURES or named in INTEGRATION_TESTS or named in SLOW_TESTS
                 or (module is not None and _starts_processes(module))):
             item.add_marker(mark)
 

@@ -25,6 +25,7 @@ from support import AdminClient, LoginFlow, RunningServer, free_port, make_setti
 from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.phone import Challenge, Phone
 from pushauth.radius.packets import load_dictionary
+from pushauth.radius.process import radius_job
 from pushauth.runtime.root import open_runtime
 from testkit.radius_clients import MESSAGE_AUTHENTICATOR, RadiusReply, radclient
 
@@ -89,7 +90,7 @@ async def running_front(redis_url: str, keyring: KeyRingHolder, tmp_path: Path, 
                 own = msgspec.structs.replace(settings, radius=msgspec.structs.replace(settings.radius,
                                                                                       port=port))
                 runtime = await stack.enter_async_context(open_runtime(own, keyring=keyring))
-                job = await stack.enter_async_context(runtime.radius_job(f"radius-{port}"))
+                job = await stack.enter_async_context(radius_job(runtime, f"radius-{port}"))
                 tasks.append(asyncio.create_task(job.loops["radius"](stop)))
             for port in ports:
                 await _listening(port)

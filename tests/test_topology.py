@@ -1,9 +1,9 @@
 """The deployment of README "Deploying it", whole, on one machine: every part a real OS process.
 
     3 x `pushauth -c cfg serve --port P`   one public base_url (a load balancer's) and one keys folder
-    2 x `python -m workers.push`           in the push sandbox: real firebase-admin and aioapns, unpatched,
-                                           reaching fake FCM and fake APNs on loopback addresses of this
-                                           test's own (testkit/fakes/sandbox.py)
+    2 x `python -m workers.push`           in the push sandbox: pushauth's own FCM sender and aioapns,
+                                           unpatched, reaching fake FCM and fake APNs on loopback
+                                           addresses of this test's own (testkit/fakes/sandbox.py)
     2 x `python -m workers.alerts`         to a Standard Webhooks receiver that checks every signature
     1 x `python -m workers.expiry`
 

@@ -5,9 +5,9 @@ One `FcmProvider` per worker. firebase-admin does what it is good at: it loads t
 token `AccessToken` refreshes in a worker thread. The send itself is one `POST
 https://fcm.googleapis.com/v1/projects/{project}/messages:send` on a keep-alive connection from an aiohttp
 pool, as sygnal (the Matrix push gateway) sends with google-auth and its own HTTP agent. Why not the SDK's
-`send_each_async` (bench/README.md, "Push delivery"): ~1.5 ms of CPU per push in its httpx/h2 stack, 500 and
-503 retried by itself for up to 7 s while ignoring `Retry-After`, and OAuth2 refreshes run synchronously on
-the event loop.
+`send_each_async` (bench/README.md, "Push delivery" and "Issue 16"): 1.11-1.14 ms of worker CPU per push in
+its httpx/h2 stack (0.15 ms with this client), 500 and 503 retried by itself for up to 7 s while ignoring
+`Retry-After`, and OAuth2 refreshes run synchronously on the event loop.
 
 One `send` is one HTTP request, with two exceptions, both immediate and inside the same deadline:
 - 401 UNAUTHENTICATED (our access token was refused: revoked, or expired early): one token refresh, shared

@@ -1,5 +1,5 @@
 """Wiring the RADIUS front from a Runtime: the same services as `serve` (pushauth/runtime/root.py), the
-clients' secrets, the password checks and the listener. `Runtime.radius_job` enters it."""
+clients' secrets, the password checks and the listener. `radius_job` (radius/process.py) enters it."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pushauth.radius.settings import read_secret
 from pushauth.radius.signin import SignIns
 from pushauth.radius.states import ChallengeStates
 
-if TYPE_CHECKING:  # the runtime enters this module (Runtime.radius_job), not the other way round
+if TYPE_CHECKING:  # the front builds itself from the runtime (radius_job), never the other way round
     from pushauth.runtime.root import Runtime
 
 

@@ -1,8 +1,9 @@
 """The composition root: every service pushauth runs is built here from `Settings`, and nowhere else.
 
-The aiohttp app factory (pushauth/web/app.py), the embedded mode (the server running the workers in its own
-process) and the three worker processes (`python -m workers.<kind>`) all take their services from one
-`Runtime`, so a new front (RADIUS, OpenID Connect) gets the same wiring by asking for it.
+The aiohttp app factory (pushauth/web/app.py, which serves the OpenID Provider too), the embedded mode (the
+server running the workers in its own process), the three worker processes (`python -m workers.<kind>`) and
+the RADIUS front (pushauth/radius/process.py) all take their services from one `Runtime`. The fronts build
+themselves from it; nothing here imports a front (tests/test_architecture.py).
 
     open_runtime(settings)    an async context: the Redis client opened and, on exit, closed
     Runtime.services          the domain services one server instance uses (`Services`)
@@ -10,7 +11,6 @@ process) and the three worker processes (`python -m workers.<kind>`) all take th
     Runtime.push_job(name)    what each worker kind does, as a `Job` (pushauth/runtime/jobs.py); the
     Runtime.alert_job(name)   context opens what the job needs (push providers, alert sinks) and
     Runtime.expiry_job(name)  closes it after
-    Runtime.radius_job(name)  the RADIUS front (`pushauth radius`), a process of its own like a worker
     Runtime.embedded_workers()  an async context running all three jobs in this process (embedded store)
 
 Lifetimes are async context managers; nothing here starts work at construction.
@@ -173,18 +173,6 @@ class Runtime:
         """Settle prompts soon after they expire unanswered."""
         sweeper = ExpirySweeper(self.redis, self.keyspace, self.alerts)
         yield Job({"expiry-worker": sweeper.run}, who={"name": name})
-
-    @contextlib.asynccontextmanager
-    async def radius_job(self, name: str) -> AsyncIterator[Job]:
-        """Answer RADIUS Access-Requests (`pushauth radius`, pushauth/radius/) on this runtime's services,
-        with the listener that wakes sign-ins waiting for a phone."""
-        from pushauth.radius.front import radius_server  # pyrad and ldap3 only where RADIUS runs
-
-        async with self.listening(), radius_server(self) as server:
-            radius = self.settings.radius
-            yield Job({"radius": server.run}, who={"name": name},
-                      facts={"listen": radius.listen, "port": radius.port,
-                             "clients": sorted(c.name for c in radius.clients)})
 
     @contextlib.asynccontextmanager
     async def embedded_workers(self) -> AsyncIterator[None]:

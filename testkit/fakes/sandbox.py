@@ -1,11 +1,14 @@
-"""Point the real firebase-admin and aioapns clients at fakes on loopback, without patching either.
+"""Point pushauth's real push clients at fakes on loopback, without patching either: its own FCM sender
+(pushauth/push/fcm.py, aiohttp) and aioapns.
 
-firebase-admin hard-codes https://fcm.googleapis.com, and aioapns https://api(.sandbox).push.apple.com.
-So the fakes listen on loopback addresses of their own, port 443, with certificates for those names from a
-test CA, and the process under test runs in a private mount namespace whose /etc/hosts maps the names to
-those addresses (`unshare --mount`, then a bind mount over /etc/hosts). `SSL_CERT_FILE` makes the test CA
-the trust store: httpx (under firebase-admin) and Python's default SSL context (aioapns) both honour it.
-The production code path runs unchanged; only name resolution and the trust store differ.
+The FCM sender posts to https://fcm.googleapis.com (`fcm.FCM_ENDPOINT`), and aioapns to
+https://api(.sandbox).push.apple.com. So the fakes listen on loopback addresses of their own, port 443, with
+certificates for those names from a test CA, and the process under test runs in a private mount namespace
+whose /etc/hosts maps the names to those addresses (`unshare --mount`, then a bind mount over /etc/hosts).
+`SSL_CERT_FILE` makes the test CA the trust store of Python's default SSL context, which both the FCM
+sender's aiohttp pool and aioapns use; `REQUESTS_CA_BUNDLE` does the same for google-auth's token refresh
+(firebase-admin only loads the service account: it sends nothing). The production code path runs unchanged;
+only name resolution and the trust store differ.
 
 Needs root (mount namespaces, port 443), as the test suite has on this project's machines and CI.
 """
