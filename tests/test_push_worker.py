@@ -19,6 +19,7 @@ from typing import cast
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
+from prometheus_client import REGISTRY
 from support import ADMIN_TOKEN, LoginFlow, RunningServer, free_port, make_settings, start_server
 
 from pushauth import ids
@@ -171,6 +172,43 @@ async def test_retries_are_bounded(login: LoginFlow, http: aiohttp.ClientSession
     state = await delivery_of(login, created["id"], phone.device_id, "failed", within_s=15)
     assert state["state"] == "failed"
     assert len(provider.sent) == server.settings.push.max_attempts
+
+
+def send_seconds(provider: str) -> tuple[float, float, float]:
+    """pushauth_push_send_seconds{provider} so far: (count, sum, observations of 0.25 s or less)."""
+    labels = {"provider": provider}
+
+    def sample(name: str, **extra: str) -> float:
+        return REGISTRY.get_sample_value(f"pushauth_push_send_seconds_{name}", {**labels, **extra}) or 0.0
+
+    return sample("count"), sample("sum"), sample("bucket", le="0.25")
+
+
+async def test_send_latency_is_observed_for_failed_and_timed_out_sends_too(
+        login: LoginFlow, http: aiohttp.ClientSession, worker: PushDelivery,
+        provider: ScriptedProvider) -> None:
+    """Every send is timed, whatever came of it: a refused one, and one that ran into its deadline (what
+    the FCM and APNs providers answer then: RETRY "timeout", after the wait), as well as a success."""
+    phone = await enrolled(login, http)
+    count0, sum0, fast0 = send_seconds(provider.name)
+    provider.script[TOKEN] = [Outcome(OutcomeKind.FAILED, "SENDER_ID_MISMATCH")]
+    refused = await login.create(USER)
+    state = await delivery_of(login, refused["id"], phone.device_id, "failed")
+    assert state == {"state": "failed", "reason": "SENDER_ID_MISMATCH"}
+    # The next send waits 0.4 s on the wire, then times out; its retry goes through.
+    wire = asyncio.Event()
+    provider.hold[TOKEN] = wire
+    provider.script[TOKEN] = [Outcome(OutcomeKind.RETRY, "timeout")]
+    timed_out = await login.create(USER)
+    assert await until(lambda: _true(len(provider.sent) == 2))  # on the wire
+    await asyncio.sleep(0.4)
+    wire.set()
+    assert (await delivery_of(login, timed_out["id"], phone.device_id, "sent"))["state"] == "sent"
+    assert len(provider.sent) == 3  # refused, timed out, its retry
+    count, total, fast = send_seconds(provider.name)
+    assert count - count0 == 3, (count0, count)
+    assert fast - fast0 == 2, "the refused send and the retry are quick; the timed-out one is not"
+    assert total - sum0 >= 0.4, (sum0, total)
 
 
 async def test_invalid_token_falls_back_to_polling_and_login_completes(

@@ -1,6 +1,7 @@
 """The command pool (`pushauth.store.connection.LeanPool`) against a real redis-server: more concurrent
 commands than connections wait rather than fail, a Redis that stops answering fails a command as a
-timeout within the bound (1.25 x socket_timeout_s), and no command PINGs first."""
+timeout within the bound (1.25 x socket_timeout_s), no command PINGs first, and no connection carries
+redis-py's own socket timeout (the watchdog is the bound)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,24 @@ async def test_no_ping_before_commands(redis_url: str) -> None:
             assert after == before
         finally:
             await client.aclose()
+
+
+async def test_connections_carry_no_socket_timeout_of_their_own(redis_url: str) -> None:
+    """redis-py's socket_timeout wraps every write in asyncio.wait_for and every read in asyncio.timeout;
+    the pool sets it to None (left out, it is redis-py's 5 s default: a slip that passed every other test,
+    since the watchdog still bounded the frozen-Redis cases). The watchdog keeps the configured bound."""
+    client = open_redis(StoreSettings(redis_url=redis_url, socket_timeout_s=0.4, max_connections=4))
+    try:
+        pool = client.connection_pool
+        assert isinstance(pool, LeanPool)
+        await asyncio.gather(*(client.incr("timeouts") for _ in range(20)))  # opens several connections
+        connections = [*pool._available_connections, *pool._in_use_connections]
+        assert len(connections) > 1, connections
+        assert [c.socket_timeout for c in connections] == [None] * len(connections)
+        assert pool.connection_kwargs.get("socket_timeout", "left out") is None  # so new ones too
+        assert pool._read_timeout_s == 0.4
+    finally:
+        await client.aclose()
 
 
 async def test_a_frozen_redis_fails_the_command_as_a_timeout_within_the_bound(

@@ -13,6 +13,7 @@ from enum import StrEnum
 import redis.asyncio as aioredis
 
 from pushauth.detection.ledger import LedgerCall, LedgerReply
+from pushauth.push.dispatch import STREAM_MAXLEN
 from pushauth.store.durability import ReplicaAcks
 from pushauth.store.scripts import Script
 
@@ -72,13 +73,17 @@ class Settled(StrEnum):
 async def create_challenge(redis: aioredis.Redis, user_key: str, ledger: LedgerCall, *, exp: int,
                            expire_at: int, cid: str, network: str, location: str, context_json: str,
                            app_id: str, token_id: str, browser_hash: str, account_kind: str,
-                           fields: Sequence[str | int], acks: ReplicaAcks | None) -> LedgerReply[Creation]:
+                           fields: Sequence[str | int], push_stream: str | None,
+                           acks: ReplicaAcks | None) -> LedgerReply[Creation]:
     """A login flow asks for a prompt (create_challenge.lua): `fields` are the challenge hash's
-    field/value pairs; `token_id` and `browser_hash` a valid remember token's, or ""."""
+    field/value pairs; `token_id` and `browser_hash` a valid remember token's, or "". With `push_stream`
+    (`PushQueue.script_stream`: not on Cluster), a created challenge is queued for the push worker in the
+    same call."""
+    keys = [user_key] if push_stream is None else [user_key, push_stream]
     reply = await CREATE_CHALLENGE(
-        redis, [user_key],
+        redis, keys,
         [*ledger.argv(), exp, expire_at, cid, network, location, context_json, app_id, token_id,
-         browser_hash, account_kind, *fields], acks=acks)
+         browser_hash, account_kind, STREAM_MAXLEN, *fields], acks=acks)
     return LedgerReply.decode(Creation, reply)
 
 

@@ -109,7 +109,8 @@ class Challenges:
     browsers), and through the ledger the user hash, `hist`, `seen`, `incident` and `alert:<aid>`; plus the
     expiry index `{expiry}:due` (`ExpiryIndex`). Scripts: create_challenge, respond, cancel
     (`pushauth.challenges.scripts`), and the device gate through `Devices.gate`. Decisions are published on
-    the events channel (`ChallengeEvents` wakes `status` waiters); new prompts go to the push queue.
+    the events channel (`ChallengeEvents` wakes `status` waiters); new prompts go to the push queue, written
+    by create_challenge.lua itself except on Cluster (`PushQueue.script_stream`).
 
     Called by the login flow's routes (`web/login_flow.py`: create, status, cancel; the demo page) and the
     phone's routes (`web/device.py`: device_pending, device_get, respond); built by the app factory.
@@ -182,11 +183,13 @@ class Challenges:
             fields += ["rmb", sha256_hex(browser_id)]  # an approval then remembers this browser
         network = network_of(context["ip"]) if context and context.get("ip") else ""
         location = (context or {}).get("location", "")[:128]
+        # The push entry goes in with the challenge (one round trip), except on Cluster (`script_stream`).
+        push_stream = self._push.script_stream if self._push is not None else None
         res = await lua.create_challenge(
             self._redis, self._ks.user(uid), self._alerts.ledger_args(uid, user, now), exp=exp,
             expire_at=exp + cfg.retention_s, cid=cid, network=network, location=location,
             context_json=ctx_json, app_id=app.id, token_id=rtid, browser_hash=rbid, account_kind=kind or "",
-            fields=fields, acks=self._acks)
+            fields=fields, push_stream=push_stream, acks=self._acks)
         await self._alerts.announce(uid, res.notes)
         what = res.result
         if what in (Creation.EXEMPT, Creation.REMEMBERED, Creation.OK):
@@ -215,7 +218,8 @@ class Challenges:
         if what == Creation.RATE_LIMITED:
             raise RateLimited("too many sign-in prompts for this user; try again later",
                               retry_after_s=int(res.detail[0]))
-        if self._push is not None:
+        if self._push is not None and push_stream is None:
+            # Cluster: the stream's slot is not the user's, so the entry is a round trip of its own.
             await self._push.enqueue(cid)
         self._expiry_index.add(cid, exp)
         return Created(cid, exp, number or None)

@@ -1,7 +1,10 @@
 """Push delivery: turning a new challenge into pushes, and recording what became of each.
 
-The API only enqueues (`PushQueue.enqueue`, one stream entry per challenge); it never waits on Google
-or Apple. A push worker (`workers/push.py`, or the server itself in embedded mode) handles each entry:
+The API only enqueues (one stream entry per challenge); it never waits on Google or Apple. On a single
+Redis or Sentinel the entry is written by create_challenge.lua itself, in the call that creates the
+challenge (`PushQueue.script_stream`); on Cluster, where the stream is in a slot of its own, by a separate
+XADD (`PushQueue.enqueue`). A push worker (`workers/push.py`, or the server itself in embedded mode)
+handles each entry:
 
     for each device the challenge targets:
         already sent                      -> skip (a reclaimed entry never pushes twice)
@@ -46,12 +49,15 @@ from pushauth.config import PushSettings
 from pushauth.push import scripts as lua
 from pushauth.push.base import Outcome, OutcomeKind, PushMessage, PushProvider
 from pushauth.store import KeySpace
+from pushauth.store.connection import is_cluster
 from pushauth.store.scripts import ArgT
 from pushauth.store.streams import Entry, Fields, StreamConsumer, StreamNames, schedule_command
 
 log = structlog.get_logger(__name__)
 
 STREAM = "push"
+# The stream's cap (XADD MAXLEN ~): far beyond any backlog a worker could clear before the prompts expire.
+STREAM_MAXLEN = 1_000_000
 # A notice push is worth retrying for a day; after that the phone has surely been opened.
 NOTICE_LIFE_S = 86400
 
@@ -66,18 +72,25 @@ def delivery_view(h: Mapping[str, str]) -> dict[str, dict[str, str]]:
 
 
 class PushQueue:
-    """The producing side, used by the API: one entry per new challenge."""
+    """The producing side, used by the API: one entry (`{"c": <challenge id>}`) per new challenge.
+
+    `script_stream` is the stream's key for create_challenge.lua to write the entry itself, saving a round
+    trip on every sign-in: on a single Redis or Sentinel (one node holds every key). On Cluster it is None:
+    a script may only touch its own slot (the user's), the stream's is `{push}`, so the caller sends
+    `enqueue`'s XADD after the script instead."""
 
     def __init__(self, redis: aioredis.Redis, prefix: str) -> None:
         self._redis = redis
         self._names = StreamNames.for_(prefix, STREAM)
+        self.script_stream: str | None = None if is_cluster(redis) else self._names.stream
 
     async def enqueue(self, challenge_id: str) -> None:
-        await self._redis.xadd(self._names.stream, {"c": challenge_id}, maxlen=1_000_000, approximate=True)
+        await self._redis.xadd(self._names.stream, {"c": challenge_id}, maxlen=STREAM_MAXLEN,
+                               approximate=True)
 
     def enqueue_in(self, pipe: Any, challenge_id: str) -> None:
         """The same, as part of the caller's pipeline (one round trip with its other writes)."""
-        pipe.xadd(self._names.stream, {"c": challenge_id}, maxlen=1_000_000, approximate=True)
+        pipe.xadd(self._names.stream, {"c": challenge_id}, maxlen=STREAM_MAXLEN, approximate=True)
 
     async def enqueue_notice(self, uid: str, device_ids: Sequence[str]) -> None:
         """A notice push to each of these phones of one user (their notices are already written)."""
@@ -85,7 +98,7 @@ class PushQueue:
         pipe = self._redis.pipeline(transaction=False)
         for did in device_ids:
             pipe.xadd(self._names.stream, {"t": "notice", "u": uid, "d": did, "x": expires},
-                      maxlen=1_000_000, approximate=True)
+                      maxlen=STREAM_MAXLEN, approximate=True)
         await pipe.execute()
 
 

@@ -1,4 +1,22 @@
-"""Opening the Redis client: a real server, or the embedded in-process store."""
+"""Opening the Redis client: a real server, or the embedded in-process store.
+
+Three kinds of real store, three pools:
+
+    single Redis   `LeanPool` (issue 22): no PING before a command, no per-command socket timeout (a
+                   watchdog task per pool bounds every reply instead), a free connection taken without
+                   a lock. The hot path of every sign-in.
+    Sentinel       redis-py's own pool (`_BlockingSentinelPool`: SentinelConnectionPool waiting like
+    Cluster        BlockingConnectionPool) and the cluster client's own per-node pools, as they were: a
+                   PING health check on connections idle for `health_check_interval_s` (Sentinel), and
+                   `socket_timeout_s` as redis-py's per-command socket timeout (both), with the
+                   asyncio.timeout around each read and write that it costs. Deliberately left alone:
+                   these pools also follow failovers (the sentinels' answer, MOVED/ASK and the slot map),
+                   which the lean pool does not know how to do, and the watchdog has not been tested
+                   against either. bench/README.md (issue 22) says what that costs.
+
+Only a single Redis or Sentinel lets one script touch keys of several hash tags (one node holds them all):
+`is_cluster` tells the callers that must then split a write (`pushauth.push.dispatch.PushQueue`).
+"""
 
 from __future__ import annotations
 
@@ -99,6 +117,14 @@ def open_redis(settings: StoreSettings, *, health_check_interval_s: int = 30) ->
     # from_pool: the client owns the pool, so closing the client closes its connections (with
     # Redis(connection_pool=...) aclose() leaves them open, one per process that ever ran a command).
     return aioredis.Redis.from_pool(pool)
+
+
+def is_cluster(redis: aioredis.Redis) -> bool:
+    """Whether `redis` is a Redis Cluster client (`store.cluster`), on which every command and script must
+    keep to one slot."""
+    from redis.asyncio.cluster import RedisCluster
+
+    return isinstance(redis, RedisCluster)
 
 
 class _Watched:

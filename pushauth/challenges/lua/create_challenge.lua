@@ -3,9 +3,14 @@
 -- Expired prompts are settled first (ignored_prompts), then lock and suspension (they win over every
 -- policy, exempt and shared accounts included), then the account's policy (exempt or shared: no prompt),
 -- then the phone's own pause, then a remembered browser (no prompt), then push bombing (refused: 429),
--- then new_context; then the challenge is written.
+-- then new_context; then the challenge is written, and queued for the push worker when KEYS[2] is given.
 --
 -- KEYS[1]      user           the user hash (routes the call to the user's slot)
+-- KEYS[2]      push           optional: the push stream (`<prefix>:{push}:stream`), to which the new challenge
+--                             is added in this same call (the entry PushQueue.enqueue writes). Given on a
+--                             single Redis and on Sentinel, where every key is on the one node; never on
+--                             Cluster, where the stream is in another slot than the user's and the caller
+--                             sends its own XADD.
 -- ARGV[1..6]                  the ledger's (LedgerCall)
 -- ARGV[7]      exp            when the prompt expires (Unix seconds)
 -- ARGV[8]      expire_at      when the challenge hash is deleted (exp + retention)
@@ -17,7 +22,8 @@
 -- ARGV[14]     token_id       a valid remember token's id ('' = none)
 -- ARGV[15]     browser_hash   that token's browser hash ('' = none)
 -- ARGV[16]     account_kind   the account kind by the configured patterns ('' | 'shared' | 'exempt')
--- ARGV[17..]   fields         field/value pairs of the challenge hash
+-- ARGV[17]     push_maxlen    the push stream's cap (XADD MAXLEN ~), as PushQueue.enqueue's
+-- ARGV[18..]   fields         field/value pairs of the challenge hash
 -- RETURNS
 --   {"ok", NOTES, devices}             written; devices: the comma-joined ids of the phones it goes to
 --   {"exempt", NOTES, kind}            no prompt: the account is 'shared' or 'exempt' (flag or pattern)
@@ -83,11 +89,14 @@ end
 table.sort(devs)
 local joined = table.concat(devs, ',')
 local ckey = uk('ch:' .. cid)
-redis.call('HSET', ckey, 'devs', joined, 'net', net, 'loc', loc, unpack(ARGV, 17))
+redis.call('HSET', ckey, 'devs', joined, 'net', net, 'loc', loc, unpack(ARGV, 18))
 redis.call('EXPIREAT', ckey, expire_at)
 redis.call('ZADD', uk('pending'), exp, cid)
 redis.call('ZADD', uk('recent'), NOW, cid)
 redis.call('ZREMRANGEBYSCORE', uk('recent'), '-inf', NOW - 7 * 86400)
 redis.call('ZREMRANGEBYRANK', uk('recent'), 0, -201)
 hist_add('prompt', cid)
+-- Created, with phones to go to (none: 'not_enrolled' above). The worker decides per phone what to do
+-- (push, or record 'polling' for a phone without a usable token), exactly as for an entry sent apart.
+if KEYS[2] then redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[17], '*', 'c', cid) end
 return {'ok', NOTES, joined}
