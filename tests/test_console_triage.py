@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,8 +23,11 @@ from browser import Problems, chromium, new_page, screenshot
 from playwright.async_api import Browser, Page, expect
 from support import ADMIN_TOKEN, AdminClient, LoginFlow, RunningServer, free_port, make_settings, start_server
 
+from pushauth.alerts.sinks._facts import KIND_WORDS
 from pushauth.crypto.keyring import KeyRingHolder
+from pushauth.detection.rules import RULES
 from pushauth.phone import Phone
+from pushauth.web.console_html import alert_explanation, alert_title
 
 ALICE = "alice@nhs.net"
 ATTACKER_IP = "185.220.101.4"
@@ -68,6 +73,53 @@ async def sign_in(page: Page, url: str) -> None:
 
 def _clean(problems: Problems) -> None:
     assert not problems.seen, problems.seen
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _lua_kinds() -> set[str]:
+    """Every alert kind the Lua can raise: `raise('kind', ...)`, and the kinds the ledger's `on_denial`
+    passes on to its one `raise(kind, ...)`. Any other raise with a kind that is not written out fails
+    here, so this collector cannot quietly miss a new way of raising."""
+    kinds: set[str] = set()
+    forwarded: list[str] = []
+    for script in (ROOT / "pushauth").rglob("*.lua"):
+        text = script.read_text(encoding="utf-8")
+        for arg in re.findall(r"\braise\(\s*([^,)]+)", text):
+            if m := re.fullmatch(r"'([a-z_]+)'", arg.strip()):
+                kinds.add(m.group(1))
+            elif not (script.name == "ledger.lua" and arg.strip() in ("kind", "kind, sev, ev")):
+                forwarded.append(f"{script.name}: raise({arg}")
+        kinds |= set(re.findall(r"\bon_denial\(\s*\w+,\s*'([a-z_]+)'", text))
+    assert not forwarded, f"a raise whose kind this test cannot read: {forwarded}"
+    return kinds
+
+
+def _protocol_kinds() -> set[str]:
+    """The kinds in PROTOCOL.md 12.4's table; a row may name two."""
+    text = (ROOT / "PROTOCOL.md").read_text(encoding="utf-8")
+    table = text.split("| `kind` | severity |", 1)[1].split("\n\n", 1)[0]
+    return {k for row in table.splitlines()[2:] for k in re.findall(r"`([a-z_]+)`", row.split("|")[1])}
+
+
+def test_every_alert_kind_has_a_title_and_an_explanation() -> None:
+    """No alert reads as a machine word in the console: every kind the Lua raises (nothing in Python writes
+    an alert; they all go through the ledger's `raise`), every detection rule, every kind PROTOCOL.md
+    promises receivers and every kind the sinks describe has a title in words and an explanation."""
+    lua = _lua_kinds()
+    protocol = _protocol_kinds()
+    assert {"denied_not_me", "wrong_number", "account_locked", "otp_guessing", "blocked_prompt"} <= lua, lua
+    assert {"denied_not_me", "access_code_used", "blocked_approval"} <= protocol, protocol
+    assert lua <= protocol, f"raised but not in PROTOCOL.md 12.4: {sorted(lua - protocol)}"
+    kinds = lua | protocol | {rule.kind for rule in RULES} | set(KIND_WORDS)
+    unknown = {"user": ALICE, "kind": "no_such_kind"}
+    untitled = [k for k in sorted(kinds) if alert_title({"user": ALICE, "kind": k}) == f"{k} for {ALICE}"]
+    unexplained = [k for k in sorted(kinds)
+                   if alert_explanation({"user": ALICE, "kind": k}) == alert_explanation(unknown)]
+    assert alert_title(unknown) == f"no_such_kind for {ALICE}"  # what an untitled kind looks like
+    assert not untitled, f"no title in words: {untitled}"
+    assert not unexplained, f"no explanation: {unexplained}"
 
 
 async def test_critical_first_filters_in_the_url_local_time_and_ack_with_a_note(

@@ -188,8 +188,25 @@ _TITLES: Mapping[str, str] = {
     "device_revoked": "One of {user}'s phones removed another",
     "device_revoke_refused": "A new phone of {user} tried to remove an older one",
     "policy_override": "{user}'s account was exempted while it was contained",
+    "otp_guessing": "Someone typed wrong one-time codes for {user} again and again",
+    "otp_enrolled": "An authenticator app or hardware token was added to {user}'s account",
+    "access_code_issued": "A temporary access code was issued for {user}",
+    "access_code_used": "A temporary access code for {user} was used to sign in",
+    "blocked_prompt": "A sign-in prompt for {user} was refused: the account is locked or suspended{src}",
+    "blocked_approval": "{user} approved a sign-in that was refused: the account is locked or suspended{src}",
 }
-_WHY: Mapping[str, str] = {rule.kind: rule.what for rule in RULES}
+# Why each kind was raised: the detection rules' own words, and the kinds that are records rather than
+# rules (pushauth/detection/rules.py lists only the rules; PROTOCOL.md 12.4 lists every kind).
+_WHY: Mapping[str, str] = {
+    **{rule.kind: rule.what for rule in RULES},
+    "access_code_issued": "the security team issued a temporary access code for a user without their "
+                          "phone; it works once, until it expires",
+    "access_code_used": "a login flow accepted the user's temporary access code in place of a prompt",
+    "blocked_prompt": "a login asked for a prompt while the account was locked or its prompts suspended, "
+                      "during an open incident; no prompt was sent",
+    "blocked_approval": "a phone approved a prompt after the account was locked or its prompts suspended, "
+                        "during an open incident; the approval did not count",
+}
 
 
 def _login_ip(alert: Mapping[str, Any]) -> str:
