@@ -220,10 +220,20 @@ def _login_ip(alert: Mapping[str, Any]) -> str:
     return str(context.get("ip", "")) if isinstance(context, dict) else ""
 
 
+def _locked_by_it(alert: Mapping[str, Any]) -> bool:
+    """The incident locked the account while another kind heads it: a lock takes the headline only from
+    an alert of its own severity or lower (ledger.lua HEADLINE), so under a critical one it would show
+    only in the containment list, which a reader of the feed never sees."""
+    contained = alert.get("evidence", {}).get("containment", [])
+    return alert["kind"] != "account_locked" and any(
+        isinstance(c, dict) and c.get("action") == "account_locked" for c in contained)
+
+
 def alert_title(alert: Mapping[str, Any]) -> str:
     ip = _login_ip(alert)
     template = _TITLES.get(str(alert["kind"]), "{kind} for {user}{src}")
-    return template.format(user=alert["user"], kind=alert["kind"], src=f" from {ip}" if ip else "")
+    title = template.format(user=alert["user"], kind=alert["kind"], src=f" from {ip}" if ip else "")
+    return title + ("; the account was locked" if _locked_by_it(alert) else "")
 
 
 def alert_explanation(alert: Mapping[str, Any]) -> str:
