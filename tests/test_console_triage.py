@@ -10,6 +10,7 @@ cancelled by the login flow (ignored_prompts, medium).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import re
@@ -21,9 +22,20 @@ import aiohttp
 import pytest
 from browser import Problems, chromium, new_page, screenshot
 from playwright.async_api import Browser, Page, expect
-from support import ADMIN_TOKEN, AdminClient, LoginFlow, RunningServer, free_port, make_settings, start_server
+from support import (
+    ADMIN_TOKEN,
+    OTHER_API_KEY,
+    AdminClient,
+    Clock,
+    LoginFlow,
+    RunningServer,
+    free_port,
+    make_settings,
+    start_server,
+)
 
 from pushauth.alerts.sinks._facts import KIND_WORDS
+from pushauth.clock import rfc3339
 from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.detection.rules import RULES
 from pushauth.phone import Phone
@@ -198,6 +210,58 @@ async def test_critical_first_filters_in_the_url_local_time_and_ack_with_a_note(
     status, body = await admin.call("GET", f"/v1/audit?user={ALICE}&what=alert_acked")
     assert [e["why"] for e in body["entries"]] == [
         "Called Alice: she was asleep. Password reset, phone kept."]
+
+
+@contextlib.asynccontextmanager
+async def console_client(url: str) -> AsyncIterator[aiohttp.ClientSession]:
+    """A plain HTTP client holding a console session (unsafe=True: the jar otherwise drops 127.0.0.1's)."""
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as client:
+        bearer = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        async with client.post(url + "/console/login", headers=bearer) as resp:
+            assert resp.status == 204, await resp.text()
+        yield client
+
+
+async def test_time_application_and_status_filters_narrow(srv: RunningServer, http: aiohttp.ClientSession,
+                                                         clock: Clock) -> None:
+    """Each filter keeps what it names and drops what it does not, so a filter the server ignored would
+    fail here: an alert three days old (webmail, open), one of now from the other application (open), and
+    one of now from webmail, acknowledged."""
+    rp, other = LoginFlow(http, srv.url), LoginFlow(http, srv.url, OTHER_API_KEY)
+    admin = AdminClient(http, srv.url)
+    await not_me(rp, http, "carol@nhs.net")
+    clock.advance(3 * 86400)  # challenges expire out of Redis in real time: the old one is made first
+    dave = await Phone.enroll(await rp.enroll_uri("dave@nhs.net"), session=http)
+    created = await other.create("dave@nhs.net")
+    assert await dave.deny(created["id"], reason="not_me") == "denied"
+    await not_me(rp, http, "erin@nhs.net")
+    users = {a["id"]: a["user"].split("@")[0] for a in await admin.alerts()}
+    [erin] = [aid for aid, user in users.items() if user == "erin"]
+    assert (await admin.call("POST", f"/v1/alerts/{erin}/ack"))[0] == 200
+    a_day_ago = rfc3339(clock.now() - 86400)
+
+    async with console_client(srv.url) as client:
+        async def shown(path: str) -> list[str]:
+            async with client.get(srv.url + path) as resp:
+                assert resp.status == 200, await resp.text()
+                ids = re.findall(r'<a href="/console/alerts/([a-z0-9]+)"', await resp.text())
+            return sorted(users[aid] for aid in ids)
+
+        assert await shown("/console") == ["carol", "dave"]
+        assert await shown("/console?range=24h") == ["dave"]
+        assert await shown("/console?range=7d") == ["carol", "dave"]
+        assert await shown("/console?app=other") == ["dave"]
+        assert await shown("/console?app=webmail") == ["carol"]
+        assert await shown("/console?app=webmail&range=24h") == []
+        assert await shown(f"/console?until={a_day_ago}") == ["carol"]
+        assert await shown(f"/console?since={a_day_ago}") == ["dave"]
+        # the history: acknowledged by default; the status select's Open and Any
+        assert await shown("/console/history") == ["erin"]
+        assert await shown("/console/history?status=open") == ["carol", "dave"]
+        assert await shown("/console/history?status=") == ["carol", "dave", "erin"]
+        assert await shown("/console/history?status=&app=webmail&range=24h") == ["erin"]
+        async with client.get(srv.url + "/console/history?status=open") as resp:
+            assert '<option value="open" selected>Open</option>' in await resp.text()
 
 
 async def _denied_and_acked(rp: LoginFlow, admin: AdminClient, phone: Phone, user: str, times: int) -> None:
