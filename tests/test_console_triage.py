@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import html
 import io
 import re
 from collections.abc import AsyncIterator
@@ -34,12 +35,15 @@ from support import (
     start_server,
 )
 
+import pushauth.audit
 from pushauth.alerts.sinks._facts import KIND_WORDS
 from pushauth.clock import rfc3339
 from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.detection.rules import RULES
 from pushauth.phone import Phone
+from pushauth.web.console import pages
 from pushauth.web.console_html import alert_explanation, alert_title
+from pushauth.web.state import AUDIT
 
 ALICE = "alice@nhs.net"
 ATTACKER_IP = "185.220.101.4"
@@ -380,3 +384,73 @@ async def test_user_search_and_the_audit_view(browser: Browser, srv: RunningServ
         before = f"&before={body['next']}"
     assert paged == [e["id"] for e in whole["entries"]]
     assert len(paged) == total
+
+
+async def _get(client: aiohttp.ClientSession, url: str) -> str:
+    async with client.get(url) as resp:
+        assert resp.status == 200, await resp.text()
+        return await resp.text()
+
+
+def _link(page: str, label: str) -> str | None:
+    m = re.search(rf'<a href="([^"]+)" rel="next">{label}</a>', page)
+    return html.unescape(m.group(1)) if m else None
+
+
+async def test_the_audit_pages_on_and_says_when_it_stopped_looking(
+        srv: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The audit page's "Older entries" link leads to the next page, none twice, none lost; a filtered read
+    that stops at its scan bound says the older trail was not searched and offers to search on, instead of
+    "No entries match"."""
+    audit = srv.app[AUDIT]
+    for i in range(60):
+        await audit.record("noted", user="carol@nhs.net", who="console:sam", why=f"n{i}")
+    whys = [f"n{i}" for i in range(59, -1, -1)]  # newest first
+    shown = re.compile(r"<td>(n[0-9]+)</td>")
+    async with console_client(srv.url) as client:
+        first = await _get(client, srv.url + "/console/audit?user=carol@nhs.net")
+        assert shown.findall(first) == whys[:50]
+        older = _link(first, "Older entries")
+        assert older is not None, first
+        assert "user=carol%40nhs.net" in older  # the filter is kept
+        second = await _get(client, srv.url + older)
+        assert shown.findall(second) == whys[50:]
+        assert _link(second, "Older entries") is None
+        assert "not searched" not in second
+
+        # 600 newer entries about someone else, and a read that looks at 500 at most
+        for i in range(600):
+            await audit.record("noted", user="bob@nhs.net", who="console:sam", why=f"b{i}")
+        monkeypatch.setattr(pushauth.audit, "SCAN_LIMIT", 500)
+        cut = await _get(client, srv.url + "/console/audit?user=carol@nhs.net")
+        assert shown.findall(cut) == []
+        assert "No entries match among the 500 entries searched" in cut
+        assert "older entries were not searched" in cut
+        assert "No entries match." not in cut
+        on = _link(cut, "Search older entries")
+        assert on is not None, cut
+        resumed = await _get(client, srv.url + on)
+        assert shown.findall(resumed) == whys[:50]
+
+
+async def test_a_user_search_cut_short_says_so(srv: RunningServer, http: aiohttp.ClientSession,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    rp = LoginFlow(http, srv.url)
+    names = ["alice.smith@nhs.net", "alison.jones@nhs.net", "bob.alington@nhs.net", "carol@nhs.net"]
+    for user in names:
+        await Phone.enroll(await rp.enroll_uri(user), session=http)
+    listed = re.compile(r'<li><a href="/console/users/[^"]+">([^<]+)</a></li>')
+    async with console_client(srv.url) as client:
+        whole = await _get(client, srv.url + "/console/users?user=ali")
+        assert listed.findall(whole) == names[:3]
+        assert "searched" not in whole
+        assert "More than" not in whole
+        monkeypatch.setattr(pages, "PAGE", 2)  # more matches than a page holds
+        capped = await _get(client, srv.url + "/console/users?user=ali")
+        assert listed.findall(capped) == names[:2]
+        assert "More than 2 names match" in capped
+        monkeypatch.setattr(pages, "PAGE", 50)
+        monkeypatch.setattr(pages, "USER_SCAN", 2)  # two users looked at of four
+        cut = await _get(client, srv.url + "/console/users?user=zed")
+        assert "No user name contains" not in cut
+        assert "Only 2 users were searched: a name that is not listed may still exist." in cut

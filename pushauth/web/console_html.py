@@ -18,6 +18,7 @@ from urllib.parse import quote, urlencode
 
 from aiohttp import web
 
+from pushauth.clock import rfc3339
 from pushauth.detection.rules import RULES
 from pushauth.operators import ROLES, may
 
@@ -406,12 +407,15 @@ def alert_page(alert: Mapping[str, Any], *, session: Session) -> Markup:
 
 
 def user_search_page(*, session: Session, query: str = "", error: str | None = None,
-                     found: list[str] | None = None) -> Markup:
+                     found: list[str] | None = None, partial: str | None = None) -> Markup:
+    """`partial`: why the list may not be every match (the search stopped at a bound)."""
     results = Markup("")
-    if found:
+    if found or partial:
         items = join(render('<li><a href="/console/users/{u}">{name}</a></li>', u=path_part(n), name=n)
-                     for n in found)
-        results = render('<h2>Users matching {q}</h2><ul class="results">{items}</ul>', q=query, items=items)
+                     for n in found or [])
+        results = render('<h2>Users matching {q}</h2>{partial}<ul class="results">{items}</ul>', q=query,
+                         items=items, partial=render('<p class="partial" role="status">{p}</p>', p=partial)
+                         if partial else Markup(""))
     main = render(
         '<h1>Look up a user</h1>{error}'
         '<form method="get" action="/console/users" class="stack" role="search">'
@@ -652,8 +656,27 @@ def accounts_page(accounts: list[dict[str, Any]], *, session: Session, done: str
     return page("Console accounts", main, session)
 
 
+def _audit_pager(entries: list[dict[str, Any]], filters: Mapping[str, str], after: str | None,
+                 scanned: int | None) -> Markup:
+    """The link on to older entries; and, when the read stopped at its bound before filling the page, that
+    the older part of the trail was not searched (never "No entries match" about entries not looked at)."""
+    if not after:
+        return Markup("") if entries else render("No entries match.")
+    if scanned is None:
+        return _page_link("/console/audit", filters, "Older entries", before=after)
+    back_to = rfc3339(int(after.split("-", 1)[0]) // 1000)
+    return render(
+        '<span class="partial" role="status">{found} among the {n} entries searched, back to {at}; older '
+        'entries were not searched.</span> {link}',
+        found=f"{len(entries)} {'entry matches' if len(entries) == 1 else 'entries match'}" if entries
+        else "No entries match", n=f"{scanned:,}", at=when(back_to),
+        link=_page_link("/console/audit", filters, "Search older entries", before=after))
+
+
 def audit_page(entries: list[dict[str, Any]], *, session: Session, filters: Mapping[str, str],
-               after: str | None) -> Markup:
+               after: str | None, partial_after: int | None = None) -> Markup:
+    """`partial_after`: how many entries the read looked at, when it stopped at its bound before it
+    filled the page (None when it did not)."""
     rows = join(render(
         '<tr><td>{at}</td><td>{what}</td><td class="id">{user}</td><td class="id">{who}</td><td>{why}</td>'
         '<td class="ua">{details}</td></tr>',
@@ -674,8 +697,7 @@ def audit_page(entries: list[dict[str, Any]], *, session: Session, filters: Mapp
         '<th scope="col">User</th><th scope="col">By</th><th scope="col">Why</th><th scope="col">Details</th>'
         '</tr></thead><tbody>{rows}</tbody></table></div><p class="pager">{more}</p>',
         user=filters.get("user", ""), who=filters.get("who", ""), what=filters.get("what", ""), rows=rows,
-        csv=csv_query, more=_page_link("/console/audit", filters, "Older entries", before=after)
-        if after else (Markup("") if entries else render("No entries match.")))
+        csv=csv_query, more=_audit_pager(entries, filters, after, partial_after))
     return page("Audit trail", main, session)
 
 
