@@ -256,6 +256,27 @@ async def test_user_lookup_and_containment_actions(page: Page, srv: RunningServe
     assert {"unlocked", "locked", "access_code_issued", "device_revoked"} <= console_actions, audit
 
 
+async def test_the_user_page_shows_each_phones_push_state(srv: RunningServer, rp: LoginFlow, alice: Phone,
+                                                          http: aiohttp.ClientSession) -> None:
+    """The Devices table's Push column: the provider and whether pushauth holds a token it can push to."""
+    bob = await Phone.enroll(await rp.enroll_uri("bob@nhs.net"), session=http, name="Bob's Pixel",
+                             platform="android", push_provider="fcm", push_token="fcm-token-" + "x" * 40)
+    push = re.compile(r'<tr><th scope="row">([^<]+)</th><td>[^<]*</td><td>[^<]*</td><td>([^<]+)</td>')
+    client = await _signed_in_client(srv.url)
+    try:
+        async def pushes(user: str) -> list[tuple[str, str]]:
+            async with client.get(f"{srv.url}/console/users/{user}") as resp:
+                assert resp.status == 200, await resp.text()
+                return push.findall(await resp.text())
+
+        assert await pushes("bob@nhs.net") == [("Bob&#x27;s Pixel", "fcm (ok)")]
+        assert await pushes(USER) == [("Simulated phone", "none (none)")]
+        await bob.update_push_token("none", None)  # notifications turned off: the phone polls
+        assert await pushes("bob@nhs.net") == [("Bob&#x27;s Pixel", "none (none)")]
+    finally:
+        await client.close()
+
+
 async def test_the_user_page_shows_every_block_and_lets_the_user_back_in(
         page: Page, srv: RunningServer, rp: LoginFlow, alice: Phone, api: AdminApi) -> None:
     """The service desk's walk-through (issue 14): the user is refused for too many prompts; the page says
