@@ -7,6 +7,7 @@ secret: codes and tokens are named by what they are for, never by their value.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, cast
 
 import msgspec
@@ -50,16 +51,26 @@ class Audit:
         """Newest first, up to `limit` records matching every filter given, from before the entry id
         `before` (the last id of the previous page) when given. A filtered read looks back SCAN_LIMIT
         records at most."""
+        return (await self.page(user=user, limit=limit, who=who, what=what, before=before)).entries
+
+    async def page(self, *, user: str | None, limit: int, who: str | None = None, what: str | None = None,
+                   before: str | None = None) -> AuditPage:
+        """`entries`, and where the read stopped: a page that is short because the scan reached SCAN_LIMIT
+        says so (`partial`), with the id to read on from, so a reader is never told "nothing matches"
+        about records that were not looked at."""
         out: list[dict[str, Any]] = []
         last = f"({before}" if before else "+"
         scanned = 0
+        older: str | None = None
         while len(out) < limit and scanned < SCAN_LIMIT:
             rows = cast(list[tuple[str, dict[str, str]]],
                         await self._redis.xrevrange(self._key, max=last, count=500))
             if not rows:
+                older = None
                 break
             scanned += len(rows)
             for entry_id, f in rows:
+                older = entry_id
                 if ((user is None or f.get("user") == user) and (who is None or f.get("who") == who)
                         and (what is None or f.get("what") == what)):
                     item: dict[str, Any] = {"id": entry_id, "at": rfc3339(int(f.get("at", "0"))),
@@ -71,4 +82,16 @@ class Audit:
                     if len(out) >= limit:
                         break
             last = f"({rows[-1][0]}"
-        return out
+        return AuditPage(out, older, partial=len(out) < limit and older is not None, scanned=scanned)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditPage:
+    """A page of the trail: its entries, newest first; `older`, the id to read on from (`before`), or None
+    when the read reached the start of the trail; `partial` when the read stopped at SCAN_LIMIT records
+    before it filled the page (older records were not looked at); `scanned`, how many records it read."""
+
+    entries: list[dict[str, Any]]
+    older: str | None
+    partial: bool
+    scanned: int

@@ -22,6 +22,7 @@ from playwright.async_api import Browser, Dialog, Page, expect
 from support import (
     ADMIN_TOKEN,
     API_KEY,
+    Clock,
     LoginFlow,
     RunningServer,
     free_port,
@@ -255,6 +256,27 @@ async def test_user_lookup_and_containment_actions(page: Page, srv: RunningServe
     assert {"unlocked", "locked", "access_code_issued", "device_revoked"} <= console_actions, audit
 
 
+async def test_the_user_page_shows_each_phones_push_state(srv: RunningServer, rp: LoginFlow, alice: Phone,
+                                                          http: aiohttp.ClientSession) -> None:
+    """The Devices table's Push column: the provider and whether pushauth holds a token it can push to."""
+    bob = await Phone.enroll(await rp.enroll_uri("bob@nhs.net"), session=http, name="Bob's Pixel",
+                             platform="android", push_provider="fcm", push_token="fcm-token-" + "x" * 40)
+    push = re.compile(r'<tr><th scope="row">([^<]+)</th><td>[^<]*</td><td>[^<]*</td><td>([^<]+)</td>')
+    client = await _signed_in_client(srv.url)
+    try:
+        async def pushes(user: str) -> list[tuple[str, str]]:
+            async with client.get(f"{srv.url}/console/users/{user}") as resp:
+                assert resp.status == 200, await resp.text()
+                return push.findall(await resp.text())
+
+        assert await pushes("bob@nhs.net") == [("Bob&#x27;s Pixel", "fcm (ok)")]
+        assert await pushes(USER) == [("Simulated phone", "none (none)")]
+        await bob.update_push_token("none", None)  # notifications turned off: the phone polls
+        assert await pushes("bob@nhs.net") == [("Bob&#x27;s Pixel", "none (none)")]
+    finally:
+        await client.close()
+
+
 async def test_the_user_page_shows_every_block_and_lets_the_user_back_in(
         page: Page, srv: RunningServer, rp: LoginFlow, alice: Phone, api: AdminApi) -> None:
     """The service desk's walk-through (issue 14): the user is refused for too many prompts; the page says
@@ -275,6 +297,50 @@ async def test_the_user_page_shows_every_block_and_lets_the_user_back_in(
     await expect(blocks).to_contain_text("None: the user can sign in")
     assert (await api.user())["blocks"] == []
     assert (await rp.call("POST", "/v1/challenges", {"user": USER}))[0] == 201
+
+
+async def _answer_wrong(rp: LoginFlow, phone: Phone, user: str, clock: Clock, times: int) -> None:
+    """Approvals with the wrong number, two minutes apart: one incident, never the push-bombing limit."""
+    for _ in range(times):
+        created = await rp.create(user)
+        await phone.approve(created["id"], number="00" if created["number"] != "00" else "01")
+        clock.advance(120)
+
+
+async def test_a_lock_by_wrong_numbers_says_so_on_the_alert_card(
+        srv: RunningServer, rp: LoginFlow, alice: Phone, api: AdminApi, http: aiohttp.ClientSession,
+        clock: Clock) -> None:
+    """Issue 14 item 12: an account locked by wrong numbers says so in the alert's headline, in the feed and
+    on the alert's page; also when a critical alert already heads the incident and the lock cannot."""
+    bob = await Phone.enroll(await rp.enroll_uri("bob@nhs.net"), session=http)
+    await _answer_wrong(rp, bob, "bob@nhs.net", clock, 10)
+    # Alice: three wrong numbers, then an approval (MFA fatigue that worked: critical), then ten more.
+    await _answer_wrong(rp, alice, USER, clock, 3)
+    created = await rp.create(USER)
+    assert await alice.approve(created["id"], number=created["number"]) == "approved"
+    clock.advance(120)
+    await _answer_wrong(rp, alice, USER, clock, 10)
+    alerts = {a["user"]: a for a in (await api.get("/v1/alerts?status=open"))["alerts"]}
+    assert alerts["bob@nhs.net"]["kind"] == "account_locked"
+    assert alerts[USER]["kind"] == "approved_after_denials"  # critical: the lock cannot take the headline
+    assert "account_locked" in {c["action"] for c in alerts[USER]["evidence"]["containment"]}
+    client = await _signed_in_client(srv.url)
+    try:
+        async with client.get(srv.url + "/console") as resp:
+            feed = await resp.text()
+        cards = {user: re.search(rf'<li id="alert-{a["id"]}".*?</li>', feed, re.S)
+                 for user, a in alerts.items()}
+        bob_card, alice_card = cards["bob@nhs.net"], cards[USER]
+        assert bob_card is not None, feed
+        assert alice_card is not None, feed
+        assert "bob@nhs.net&#x27;s account was locked" in bob_card.group(0)
+        assert "MFA fatigue may have worked; the account was locked" in alice_card.group(0)
+        async with client.get(f"{srv.url}/console/alerts/{alerts[USER]['id']}") as resp:
+            lead = re.search(r'<p class="lead[^"]*">(.*?)</p>', await resp.text(), re.S)
+        assert lead is not None
+        assert lead.group(1).endswith("; the account was locked")
+    finally:
+        await client.close()
 
 
 async def test_unknown_user_and_alert_are_pages_not_json(page: Page, srv: RunningServer) -> None:

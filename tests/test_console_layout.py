@@ -22,6 +22,7 @@ USER = "alice.with-a-rather-long-name.smith@hospital-trust.nhs.net"
 AGENT = ("Mozilla/5.0 (Linux; Android 14; SM-S918B Build/UP1A.231005.007; wv) AppleWebKit/537.36 "
          "(KHTML, like Gecko) Version/4.0 Chrome/120.0.6099.230 Mobile Safari/537.36")
 IPV6 = "2001:db8:85a3:1234:5678:8a2e:370:7334"
+NEVER = "bartholomew.never-enrolled-anywhere.featherstonehaugh@hospital-trust.nhs.net"
 WIDTHS = (1280, 390)
 
 
@@ -72,7 +73,11 @@ async def test_every_page_at_1280_and_390_without_horizontal_overflow(
 
             pages = {"feed": "/console", "alert": f"/console/alerts/{aid}", "history": "/console/history",
                      "users": "/console/users?user=alice", "user": f"/console/users/{USER}",
-                     "audit": "/console/audit", "accounts": "/console/accounts"}
+                     "audit": "/console/audit", "accounts": "/console/accounts",
+                     # a name never enrolled (404: what the desk can give them), and error pages
+                     "user-never-enrolled": f"/console/users/{NEVER}",
+                     "error-not-found": "/console/alerts/not-an-alert",
+                     "error-not-valid": "/console/history?severity=urgent"}
             for name, path in pages.items():
                 await page.goto(srv.url + path)
                 await expect(page.locator("h1")).to_be_visible()
@@ -80,14 +85,24 @@ async def test_every_page_at_1280_and_390_without_horizontal_overflow(
                 if await _overflow(page):
                     overflowing.append(f"{name}@{width}: {await _overflow(page)} px")
             for name, button in (("access-code", "Issue an access code"),
-                                 ("enrollment", "Enroll a new phone")):
+                                 ("enrollment", "Enroll a new phone"),
+                                 ("authenticator-app", "Set up an authenticator app")):
                 await page.goto(f"{srv.url}/console/users/{USER}")
                 await page.get_by_role("button", name=button).click()
                 await expect(page.locator("h1")).to_be_visible()
                 await screenshot(page, f"layout-{name}-{width}")
                 if await _overflow(page):
                     overflowing.append(f"{name}@{width}: {await _overflow(page)} px")
-            await expect(page.locator("#enrollment-qr svg")).to_be_visible()
+                if name == "enrollment":
+                    await expect(page.locator("#enrollment-qr svg")).to_be_visible()
+            await expect(page.locator("#otp-qr svg")).to_be_visible()
+            # a wrong code: the activation page again, with the error and without the key
+            await page.get_by_label("The code the app shows now").fill("000000")
+            await page.get_by_role("button", name="Activate").click()
+            await expect(page.get_by_role("alert")).to_be_visible()
+            await screenshot(page, f"layout-authenticator-app-wrong-code-{width}")
+            if await _overflow(page):
+                overflowing.append(f"authenticator-app-wrong-code@{width}: {await _overflow(page)} px")
             assert not problems.seen, problems.seen
     assert not overflowing, overflowing
 

@@ -116,6 +116,13 @@ async def test_admin_api_each_role_does_exactly_its_actions(srv: RunningServer,
     assert {("unlocked", "admin:service-desk-bot"), ("access_code_issued", "admin:service-desk-bot"),
             ("locked", "admin:responder-bot")} <= by, by
     owner = "admin:" + sha256_hex(ADMIN_TOKEN)[:12]
+    # a vouched enrollment (an admin caller's) names the token that vouched, as the console's names the person
+    status, body = await _client(http, srv.url, "viewer").call(
+        "GET", "/v1/audit?user=carol@nhs.net&what=enrollment_issued")
+    assert status == 200, body
+    issued = sorted((e["who"], sorted(e["details"])) for e in body["entries"])
+    assert issued == [(owner, ["enrollment"]), ("admin:responder-bot", ["enrollment"]),
+                      ("admin:service-desk-bot", ["enrollment"])], issued
     status, body = await _client(http, srv.url, "viewer").call("GET", f"/v1/alerts/{aid}")
     assert body["acked_by"] == "admin:responder-bot"
     status, body = await _client(http, srv.url, "owner").call("GET", "/v1/console-accounts")

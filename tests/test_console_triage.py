@@ -10,19 +10,40 @@ cancelled by the login flow (ignored_prompts, medium).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
+import html
 import io
+import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from browser import Problems, chromium, new_page, screenshot
 from playwright.async_api import Browser, Page, expect
-from support import ADMIN_TOKEN, AdminClient, LoginFlow, RunningServer, free_port, make_settings, start_server
+from support import (
+    ADMIN_TOKEN,
+    OTHER_API_KEY,
+    AdminClient,
+    Clock,
+    LoginFlow,
+    RunningServer,
+    free_port,
+    make_settings,
+    start_server,
+)
 
+import pushauth.audit
+from pushauth.alerts.sinks._facts import KIND_WORDS
+from pushauth.clock import rfc3339
 from pushauth.crypto.keyring import KeyRingHolder
+from pushauth.detection.rules import RULES
 from pushauth.phone import Phone
+from pushauth.web.console import pages
+from pushauth.web.console_html import alert_explanation, alert_title
+from pushauth.web.state import AUDIT
 
 ALICE = "alice@nhs.net"
 ATTACKER_IP = "185.220.101.4"
@@ -68,6 +89,53 @@ async def sign_in(page: Page, url: str) -> None:
 
 def _clean(problems: Problems) -> None:
     assert not problems.seen, problems.seen
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _lua_kinds() -> set[str]:
+    """Every alert kind the Lua can raise: `raise('kind', ...)`, and the kinds the ledger's `on_denial`
+    passes on to its one `raise(kind, ...)`. Any other raise with a kind that is not written out fails
+    here, so this collector cannot quietly miss a new way of raising."""
+    kinds: set[str] = set()
+    forwarded: list[str] = []
+    for script in (ROOT / "pushauth").rglob("*.lua"):
+        text = script.read_text(encoding="utf-8")
+        for arg in re.findall(r"\braise\(\s*([^,)]+)", text):
+            if m := re.fullmatch(r"'([a-z_]+)'", arg.strip()):
+                kinds.add(m.group(1))
+            elif not (script.name == "ledger.lua" and arg.strip() in ("kind", "kind, sev, ev")):
+                forwarded.append(f"{script.name}: raise({arg}")
+        kinds |= set(re.findall(r"\bon_denial\(\s*\w+,\s*'([a-z_]+)'", text))
+    assert not forwarded, f"a raise whose kind this test cannot read: {forwarded}"
+    return kinds
+
+
+def _protocol_kinds() -> set[str]:
+    """The kinds in PROTOCOL.md 12.4's table; a row may name two."""
+    text = (ROOT / "PROTOCOL.md").read_text(encoding="utf-8")
+    table = text.split("| `kind` | severity |", 1)[1].split("\n\n", 1)[0]
+    return {k for row in table.splitlines()[2:] for k in re.findall(r"`([a-z_]+)`", row.split("|")[1])}
+
+
+def test_every_alert_kind_has_a_title_and_an_explanation() -> None:
+    """No alert reads as a machine word in the console: every kind the Lua raises (nothing in Python writes
+    an alert; they all go through the ledger's `raise`), every detection rule, every kind PROTOCOL.md
+    promises receivers and every kind the sinks describe has a title in words and an explanation."""
+    lua = _lua_kinds()
+    protocol = _protocol_kinds()
+    assert {"denied_not_me", "wrong_number", "account_locked", "otp_guessing", "blocked_prompt"} <= lua, lua
+    assert {"denied_not_me", "access_code_used", "blocked_approval"} <= protocol, protocol
+    assert lua <= protocol, f"raised but not in PROTOCOL.md 12.4: {sorted(lua - protocol)}"
+    kinds = lua | protocol | {rule.kind for rule in RULES} | set(KIND_WORDS)
+    unknown = {"user": ALICE, "kind": "no_such_kind"}
+    untitled = [k for k in sorted(kinds) if alert_title({"user": ALICE, "kind": k}) == f"{k} for {ALICE}"]
+    unexplained = [k for k in sorted(kinds)
+                   if alert_explanation({"user": ALICE, "kind": k}) == alert_explanation(unknown)]
+    assert alert_title(unknown) == f"no_such_kind for {ALICE}"  # what an untitled kind looks like
+    assert not untitled, f"no title in words: {untitled}"
+    assert not unexplained, f"no explanation: {unexplained}"
 
 
 async def test_critical_first_filters_in_the_url_local_time_and_ack_with_a_note(
@@ -146,6 +214,58 @@ async def test_critical_first_filters_in_the_url_local_time_and_ack_with_a_note(
     status, body = await admin.call("GET", f"/v1/audit?user={ALICE}&what=alert_acked")
     assert [e["why"] for e in body["entries"]] == [
         "Called Alice: she was asleep. Password reset, phone kept."]
+
+
+@contextlib.asynccontextmanager
+async def console_client(url: str) -> AsyncIterator[aiohttp.ClientSession]:
+    """A plain HTTP client holding a console session (unsafe=True: the jar otherwise drops 127.0.0.1's)."""
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as client:
+        bearer = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        async with client.post(url + "/console/login", headers=bearer) as resp:
+            assert resp.status == 204, await resp.text()
+        yield client
+
+
+async def test_time_application_and_status_filters_narrow(srv: RunningServer, http: aiohttp.ClientSession,
+                                                         clock: Clock) -> None:
+    """Each filter keeps what it names and drops what it does not, so a filter the server ignored would
+    fail here: an alert three days old (webmail, open), one of now from the other application (open), and
+    one of now from webmail, acknowledged."""
+    rp, other = LoginFlow(http, srv.url), LoginFlow(http, srv.url, OTHER_API_KEY)
+    admin = AdminClient(http, srv.url)
+    await not_me(rp, http, "carol@nhs.net")
+    clock.advance(3 * 86400)  # challenges expire out of Redis in real time: the old one is made first
+    dave = await Phone.enroll(await rp.enroll_uri("dave@nhs.net"), session=http)
+    created = await other.create("dave@nhs.net")
+    assert await dave.deny(created["id"], reason="not_me") == "denied"
+    await not_me(rp, http, "erin@nhs.net")
+    users = {a["id"]: a["user"].split("@")[0] for a in await admin.alerts()}
+    [erin] = [aid for aid, user in users.items() if user == "erin"]
+    assert (await admin.call("POST", f"/v1/alerts/{erin}/ack"))[0] == 200
+    a_day_ago = rfc3339(clock.now() - 86400)
+
+    async with console_client(srv.url) as client:
+        async def shown(path: str) -> list[str]:
+            async with client.get(srv.url + path) as resp:
+                assert resp.status == 200, await resp.text()
+                ids = re.findall(r'<a href="/console/alerts/([a-z0-9]+)"', await resp.text())
+            return sorted(users[aid] for aid in ids)
+
+        assert await shown("/console") == ["carol", "dave"]
+        assert await shown("/console?range=24h") == ["dave"]
+        assert await shown("/console?range=7d") == ["carol", "dave"]
+        assert await shown("/console?app=other") == ["dave"]
+        assert await shown("/console?app=webmail") == ["carol"]
+        assert await shown("/console?app=webmail&range=24h") == []
+        assert await shown(f"/console?until={a_day_ago}") == ["carol"]
+        assert await shown(f"/console?since={a_day_ago}") == ["dave"]
+        # the history: acknowledged by default; the status select's Open and Any
+        assert await shown("/console/history") == ["erin"]
+        assert await shown("/console/history?status=open") == ["carol", "dave"]
+        assert await shown("/console/history?status=") == ["carol", "dave", "erin"]
+        assert await shown("/console/history?status=&app=webmail&range=24h") == ["erin"]
+        async with client.get(srv.url + "/console/history?status=open") as resp:
+            assert '<option value="open" selected>Open</option>' in await resp.text()
 
 
 async def _denied_and_acked(rp: LoginFlow, admin: AdminClient, phone: Phone, user: str, times: int) -> None:
@@ -264,3 +384,73 @@ async def test_user_search_and_the_audit_view(browser: Browser, srv: RunningServ
         before = f"&before={body['next']}"
     assert paged == [e["id"] for e in whole["entries"]]
     assert len(paged) == total
+
+
+async def _get(client: aiohttp.ClientSession, url: str) -> str:
+    async with client.get(url) as resp:
+        assert resp.status == 200, await resp.text()
+        return await resp.text()
+
+
+def _link(page: str, label: str) -> str | None:
+    m = re.search(rf'<a href="([^"]+)" rel="next">{label}</a>', page)
+    return html.unescape(m.group(1)) if m else None
+
+
+async def test_the_audit_pages_on_and_says_when_it_stopped_looking(
+        srv: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The audit page's "Older entries" link leads to the next page, none twice, none lost; a filtered read
+    that stops at its scan bound says the older trail was not searched and offers to search on, instead of
+    "No entries match"."""
+    audit = srv.app[AUDIT]
+    for i in range(60):
+        await audit.record("noted", user="carol@nhs.net", who="console:sam", why=f"n{i}")
+    whys = [f"n{i}" for i in range(59, -1, -1)]  # newest first
+    shown = re.compile(r"<td>(n[0-9]+)</td>")
+    async with console_client(srv.url) as client:
+        first = await _get(client, srv.url + "/console/audit?user=carol@nhs.net")
+        assert shown.findall(first) == whys[:50]
+        older = _link(first, "Older entries")
+        assert older is not None, first
+        assert "user=carol%40nhs.net" in older  # the filter is kept
+        second = await _get(client, srv.url + older)
+        assert shown.findall(second) == whys[50:]
+        assert _link(second, "Older entries") is None
+        assert "not searched" not in second
+
+        # 600 newer entries about someone else, and a read that looks at 500 at most
+        for i in range(600):
+            await audit.record("noted", user="bob@nhs.net", who="console:sam", why=f"b{i}")
+        monkeypatch.setattr(pushauth.audit, "SCAN_LIMIT", 500)
+        cut = await _get(client, srv.url + "/console/audit?user=carol@nhs.net")
+        assert shown.findall(cut) == []
+        assert "No entries match among the 500 entries searched" in cut
+        assert "older entries were not searched" in cut
+        assert "No entries match." not in cut
+        on = _link(cut, "Search older entries")
+        assert on is not None, cut
+        resumed = await _get(client, srv.url + on)
+        assert shown.findall(resumed) == whys[:50]
+
+
+async def test_a_user_search_cut_short_says_so(srv: RunningServer, http: aiohttp.ClientSession,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    rp = LoginFlow(http, srv.url)
+    names = ["alice.smith@nhs.net", "alison.jones@nhs.net", "bob.alington@nhs.net", "carol@nhs.net"]
+    for user in names:
+        await Phone.enroll(await rp.enroll_uri(user), session=http)
+    listed = re.compile(r'<li><a href="/console/users/[^"]+">([^<]+)</a></li>')
+    async with console_client(srv.url) as client:
+        whole = await _get(client, srv.url + "/console/users?user=ali")
+        assert listed.findall(whole) == names[:3]
+        assert "searched" not in whole
+        assert "More than" not in whole
+        monkeypatch.setattr(pages, "PAGE", 2)  # more matches than a page holds
+        capped = await _get(client, srv.url + "/console/users?user=ali")
+        assert listed.findall(capped) == names[:2]
+        assert "More than 2 names match" in capped
+        monkeypatch.setattr(pages, "PAGE", 50)
+        monkeypatch.setattr(pages, "USER_SCAN", 2)  # two users looked at of four
+        cut = await _get(client, srv.url + "/console/users?user=zed")
+        assert "No user name contains" not in cut
+        assert "Only 2 users were searched: a name that is not listed may still exist." in cut

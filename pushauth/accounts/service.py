@@ -62,10 +62,11 @@ class Accounts:
             raise NotFound("no such user (no phone was ever enrolled)")
         return uid
 
-    async def search(self, term: str, *, limit: int, scan_max: int = 100_000) -> list[str]:
+    async def search(self, term: str, *, limit: int, scan_max: int = 100_000) -> tuple[list[str], bool]:
         """User names that start with `term` (first) or contain it (then), alphabetical within each, for the
-        console's search. Names are stored only in each user's own hash (the index is by hash), so this
-        scans users' hashes: up to `scan_max` of them, which keeps one search to a second or so."""
+        console's search, and whether every user was looked at. Names are stored only in each user's own
+        hash (the index is by hash), so this scans users' hashes: up to `scan_max` of them, which keeps one
+        search to a second or so; False then, so the console can say the answer may be incomplete."""
         term = term.casefold()
         names: list[str] = []
         keys: list[str] = []
@@ -78,17 +79,18 @@ class Accounts:
             names.extend(n for n in cast(list[str | None], await pipe.execute()) if n)
             keys.clear()
 
-        scanned = 0
+        scanned, complete = 0, True
         async for key in self._redis.scan_iter(match=pattern, count=1000, _type="hash"):
+            if scanned >= scan_max:
+                complete = False  # a user beyond the bound: not looked at
+                break
             keys.append(key)
             scanned += 1
             if len(keys) >= 500:
                 await read()
-            if scanned >= scan_max:
-                break
         await read()
         hits = sorted({n for n in names if term in n})
-        return sorted(hits, key=lambda n: not n.startswith(term))[:limit]
+        return sorted(hits, key=lambda n: not n.startswith(term))[:limit], complete
 
     async def view(self, user: str) -> dict[str, Any]:
         uid = await self._uid(user)

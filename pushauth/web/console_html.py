@@ -18,6 +18,7 @@ from urllib.parse import quote, urlencode
 
 from aiohttp import web
 
+from pushauth.clock import rfc3339
 from pushauth.detection.rules import RULES
 from pushauth.operators import ROLES, may
 
@@ -188,8 +189,25 @@ _TITLES: Mapping[str, str] = {
     "device_revoked": "One of {user}'s phones removed another",
     "device_revoke_refused": "A new phone of {user} tried to remove an older one",
     "policy_override": "{user}'s account was exempted while it was contained",
+    "otp_guessing": "Someone typed wrong one-time codes for {user} again and again",
+    "otp_enrolled": "An authenticator app or hardware token was added to {user}'s account",
+    "access_code_issued": "A temporary access code was issued for {user}",
+    "access_code_used": "A temporary access code for {user} was used to sign in",
+    "blocked_prompt": "A sign-in prompt for {user} was refused: the account is locked or suspended{src}",
+    "blocked_approval": "{user} approved a sign-in that was refused: the account is locked or suspended{src}",
 }
-_WHY: Mapping[str, str] = {rule.kind: rule.what for rule in RULES}
+# Why each kind was raised: the detection rules' own words, and the kinds that are records rather than
+# rules (pushauth/detection/rules.py lists only the rules; PROTOCOL.md 12.4 lists every kind).
+_WHY: Mapping[str, str] = {
+    **{rule.kind: rule.what for rule in RULES},
+    "access_code_issued": "the security team issued a temporary access code for a user without their "
+                          "phone; it works once, until it expires",
+    "access_code_used": "a login flow accepted the user's temporary access code in place of a prompt",
+    "blocked_prompt": "a login asked for a prompt while the account was locked or its prompts suspended, "
+                      "during an open incident; no prompt was sent",
+    "blocked_approval": "a phone approved a prompt after the account was locked or its prompts suspended, "
+                        "during an open incident; the approval did not count",
+}
 
 
 def _login_ip(alert: Mapping[str, Any]) -> str:
@@ -203,10 +221,20 @@ def _login_ip(alert: Mapping[str, Any]) -> str:
     return str(context.get("ip", "")) if isinstance(context, dict) else ""
 
 
+def _locked_by_it(alert: Mapping[str, Any]) -> bool:
+    """The incident locked the account while another kind heads it: a lock takes the headline only from
+    an alert of its own severity or lower (ledger.lua HEADLINE), so under a critical one it would show
+    only in the containment list, which a reader of the feed never sees."""
+    contained = alert.get("evidence", {}).get("containment", [])
+    return alert["kind"] != "account_locked" and any(
+        isinstance(c, dict) and c.get("action") == "account_locked" for c in contained)
+
+
 def alert_title(alert: Mapping[str, Any]) -> str:
     ip = _login_ip(alert)
     template = _TITLES.get(str(alert["kind"]), "{kind} for {user}{src}")
-    return template.format(user=alert["user"], kind=alert["kind"], src=f" from {ip}" if ip else "")
+    title = template.format(user=alert["user"], kind=alert["kind"], src=f" from {ip}" if ip else "")
+    return title + ("; the account was locked" if _locked_by_it(alert) else "")
 
 
 def alert_explanation(alert: Mapping[str, Any]) -> str:
@@ -379,12 +407,15 @@ def alert_page(alert: Mapping[str, Any], *, session: Session) -> Markup:
 
 
 def user_search_page(*, session: Session, query: str = "", error: str | None = None,
-                     found: list[str] | None = None) -> Markup:
+                     found: list[str] | None = None, partial: str | None = None) -> Markup:
+    """`partial`: why the list may not be every match (the search stopped at a bound)."""
     results = Markup("")
-    if found:
+    if found or partial:
         items = join(render('<li><a href="/console/users/{u}">{name}</a></li>', u=path_part(n), name=n)
-                     for n in found)
-        results = render('<h2>Users matching {q}</h2><ul class="results">{items}</ul>', q=query, items=items)
+                     for n in found or [])
+        results = render('<h2>Users matching {q}</h2>{partial}<ul class="results">{items}</ul>', q=query,
+                         items=items, partial=render('<p class="partial" role="status">{p}</p>', p=partial)
+                         if partial else Markup(""))
     main = render(
         '<h1>Look up a user</h1>{error}'
         '<form method="get" action="/console/users" class="stack" role="search">'
@@ -625,8 +656,27 @@ def accounts_page(accounts: list[dict[str, Any]], *, session: Session, done: str
     return page("Console accounts", main, session)
 
 
+def _audit_pager(entries: list[dict[str, Any]], filters: Mapping[str, str], after: str | None,
+                 scanned: int | None) -> Markup:
+    """The link on to older entries; and, when the read stopped at its bound before filling the page, that
+    the older part of the trail was not searched (never "No entries match" about entries not looked at)."""
+    if not after:
+        return Markup("") if entries else render("No entries match.")
+    if scanned is None:
+        return _page_link("/console/audit", filters, "Older entries", before=after)
+    back_to = rfc3339(int(after.split("-", 1)[0]) // 1000)
+    return render(
+        '<span class="partial" role="status">{found} among the {n} entries searched, back to {at}; older '
+        'entries were not searched.</span> {link}',
+        found=f"{len(entries)} {'entry matches' if len(entries) == 1 else 'entries match'}" if entries
+        else "No entries match", n=f"{scanned:,}", at=when(back_to),
+        link=_page_link("/console/audit", filters, "Search older entries", before=after))
+
+
 def audit_page(entries: list[dict[str, Any]], *, session: Session, filters: Mapping[str, str],
-               after: str | None) -> Markup:
+               after: str | None, partial_after: int | None = None) -> Markup:
+    """`partial_after`: how many entries the read looked at, when it stopped at its bound before it
+    filled the page (None when it did not)."""
     rows = join(render(
         '<tr><td>{at}</td><td>{what}</td><td class="id">{user}</td><td class="id">{who}</td><td>{why}</td>'
         '<td class="ua">{details}</td></tr>',
@@ -647,8 +697,7 @@ def audit_page(entries: list[dict[str, Any]], *, session: Session, filters: Mapp
         '<th scope="col">User</th><th scope="col">By</th><th scope="col">Why</th><th scope="col">Details</th>'
         '</tr></thead><tbody>{rows}</tbody></table></div><p class="pager">{more}</p>',
         user=filters.get("user", ""), who=filters.get("who", ""), what=filters.get("what", ""), rows=rows,
-        csv=csv_query, more=_page_link("/console/audit", filters, "Older entries", before=after)
-        if after else (Markup("") if entries else render("No entries match.")))
+        csv=csv_query, more=_audit_pager(entries, filters, after, partial_after))
     return page("Audit trail", main, session)
 
 

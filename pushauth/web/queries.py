@@ -6,11 +6,11 @@ when it is not."""
 from __future__ import annotations
 
 import re
-import time
 from typing import Final
 
 from aiohttp import web
 
+from pushauth import clock
 from pushauth.alerts.store import SEVERITY_RANK, AlertQuery
 from pushauth.clock import rfc3339
 from pushauth.errors import Unprocessable
@@ -53,7 +53,8 @@ def alert_query(request: web.Request, *, uid: str | None, default_status: str | 
     if span is not None:
         if span not in RANGES:
             raise Unprocessable(f"range must be one of {', '.join(RANGES)}", code="invalid_query")
-        since = max(since or "", rfc3339(int(time.time()) - RANGES[span]))
+        # the clock the alert times were written by (pushauth.clock), not the wall clock beside it
+        since = max(since or "", rfc3339(clock.now() - RANGES[span]))
     return AlertQuery(status=status, uid=uid, severity=severity, kind=_word(request, "kind"),
                       app=_word(request, "app"), since=since, until=_time(request, "until"))
 

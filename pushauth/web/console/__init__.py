@@ -1,8 +1,11 @@
-"""The security team's console (`/console`): the alert feed, incidents, users and their containment, as
-server-rendered pages over the same domain objects as the admin API (`Accounts`, `AlertStore`), with the
-same audit "who" (`admin:<first 12 hex digits of the token's SHA-256>`).
+"""The security team's console (`/console`): the alert feed, incidents, users and their containment, the
+audit trail and the console accounts, as server-rendered pages over the same domain objects as the admin
+API (`Accounts`, `AlertStore`, `Audit`, `Operators`). Every action is audited under who signed in: a person
+as `console:<their user name>`, an admin token as the admin API names it (`admin:<the token's name>`, or
+`admin:<first 12 hex digits of its SHA-256>` for an unnamed one).
 
-- `sessions`: sign-in with an admin token, the session cookie, CSRF and same-origin checks (`signed_in`);
+- `sessions`: sign-in with a push to the person's own phone (a console account with a role) or with an
+  admin token, the session cookie, the session's role, CSRF and same-origin checks (`signed_in`);
 - `feed`: the live alert feed (`LiveFeed`) and its server-sent-event stream, `/console/events`;
 - `pages`: the pages and their static files.
 

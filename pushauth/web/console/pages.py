@@ -14,6 +14,7 @@ import segno
 from aiohttp import web
 
 from pushauth.accounts.users import canonical
+from pushauth.audit import AuditPage
 from pushauth.clock import rfc3339
 from pushauth.errors import Conflict, NotFound, Unprocessable
 from pushauth.operators import check_role
@@ -28,6 +29,8 @@ routes = web.RouteTableDef()
 
 PAGE = 50
 NOTE_MAX = 500
+# How many users one search looks at (pushauth/accounts/service.py `search`): about a second's work.
+USER_SCAN = 100_000
 # What a finished action says on the page it leads back to (the query names one; nothing is reflected).
 DONE = {"acked": "Alert acknowledged.", "already_acked": "That alert was already acknowledged.",
         "lock": "Account unlocked.", "suspension": "Suspension lifted: the user gets prompts again.",
@@ -110,9 +113,17 @@ async def find_user(request: web.Request, session: Session) -> web.StreamRespons
         return ui.respond(ui.user_search_page(session=session, query=query, error=exc.message), status=422)
     if await request.app[DEVICES].uid_for(user) is not None:
         return ui.redirect(_user_url(user))
-    found = await request.app[ACCOUNTS].search(user, limit=PAGE)
-    return ui.respond(ui.user_search_page(session=session, query=query, found=found,
-                                          error=None if found else f"No user name contains {query}."))
+    found, complete = await request.app[ACCOUNTS].search(user, limit=PAGE + 1, scan_max=USER_SCAN)
+    if not complete:  # "no user name contains it" would be a claim about users nobody looked at
+        partial = (f"Only {USER_SCAN:,} users were searched: a name that is not listed may still exist. "
+                   "The whole user name goes straight to its page.")
+    elif len(found) > PAGE:
+        partial = f"More than {PAGE} names match: only the first {PAGE} are shown. Type more of the name."
+    else:
+        partial = None
+    return ui.respond(ui.user_search_page(
+        session=session, query=query, found=found[:PAGE], partial=partial,
+        error=None if found or not complete else f"No user name contains {query}."))
 
 
 @routes.get("/console/users/{user}")
@@ -258,9 +269,9 @@ async def remove_account(request: web.Request, session: Session) -> web.StreamRe
 # -- the audit trail -------------------------------------------------------------------------------------
 
 
-async def _audit_entries(request: web.Request, limit: int) -> list[dict[str, object]]:
+async def _audit_read(request: web.Request, limit: int) -> AuditPage:
     user = request.query.get("user", "").strip()
-    return await request.app[AUDIT].entries(
+    return await request.app[AUDIT].page(
         user=canonical(user) if user else None, limit=limit, who=request.query.get("who", "").strip() or None,
         what=request.query.get("what", "").strip() or None, before=audit_cursor(request))
 
@@ -268,9 +279,10 @@ async def _audit_entries(request: web.Request, limit: int) -> list[dict[str, obj
 @routes.get("/console/audit")
 @signed_in
 async def audit_page(request: web.Request, session: Session) -> web.StreamResponse:
-    entries = await _audit_entries(request, PAGE)
-    after = str(entries[-1]["id"]) if len(entries) == PAGE else None
-    return ui.respond(ui.audit_page(entries, session=session, filters=dict(request.query), after=after))
+    found = await _audit_read(request, PAGE)
+    partial_after = found.scanned if found.partial else None
+    return ui.respond(ui.audit_page(found.entries, session=session, filters=dict(request.query),
+                                    after=found.older, partial_after=partial_after))
 
 
 CSV_MAX = 10_000
@@ -281,7 +293,7 @@ CSV_MAX = 10_000
 async def audit_csv(request: web.Request, session: Session) -> web.StreamResponse:
     """The filtered trail as CSV (newest first, up to CSV_MAX rows). A cell that a spreadsheet would read
     as a formula (=, +, -, @ first) is prefixed with a quote: user names and reasons come from outside."""
-    entries = await _audit_entries(request, CSV_MAX)
+    entries = (await _audit_read(request, CSV_MAX)).entries
     out = stdio.StringIO()
     writer = csv.writer(out)
     writer.writerow(["at", "what", "user", "who", "why", "details"])
