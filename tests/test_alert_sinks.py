@@ -714,3 +714,19 @@ async def test_syslog_hostname_defaults_to_this_machine() -> None:
         assert await deliver_once(sink) == SinkOutcome(DELIVERED)
         [message] = await receiver.wait_for(1)
     assert message.hostname == re.sub(r"[^\x21-\x7e]", "_", socket.gethostname())
+
+
+def test_a_lock_that_joins_a_more_severe_alert_is_in_the_title() -> None:
+    """Ten wrong numbers after MFA fatigue lock the account inside the critical alert already open; the
+    receiver's title must say so, not only the "Action taken" row (issue 14, item 12)."""
+    from pushauth.alerts.sinks._facts import facts
+
+    plain = facts("alert.created", ALERT)
+    assert plain.title == "User reported a sign-in they did not request"
+    locked = {**ALERT, "evidence": {**ALERT["evidence"], "containment": [
+        *ALERT["evidence"]["containment"], {"action": "account_locked", "at": "2025-01-31T09:15:02Z"}]}}
+    assert facts("alert.updated", locked).title == \
+        "Update: User reported a sign-in they did not request; the account was locked"
+    # the lock's own alert says it once
+    own = {**locked, "kind": "account_locked", "severity": "high"}
+    assert facts("alert.created", own).title == "Account locked after repeated wrong numbers or access codes"

@@ -136,6 +136,9 @@ def test_every_alert_kind_has_a_title_and_an_explanation() -> None:
     assert alert_title(unknown) == f"no_such_kind for {ALICE}"  # what an untitled kind looks like
     assert not untitled, f"no title in words: {untitled}"
     assert not unexplained, f"no explanation: {unexplained}"
+    # ... and the webhooks, e-mails and chat messages say it in words too (pushauth/alerts/sinks/_facts.py)
+    unworded = sorted(kinds - set(KIND_WORDS))
+    assert not unworded, f"no words for the sinks: {unworded}"
 
 
 async def test_critical_first_filters_in_the_url_local_time_and_ack_with_a_note(

@@ -184,9 +184,9 @@ class Devices:
                             code="shared_account")
 
     async def create_enrollment(self, user: str, *, requested_by: str) -> Enrollment:
-        """A one-time code for a phone of `user`. `requested_by` is "admin:..." or "cli" (the security
-        team: the phone is vouched for) or "app:<id>" (an application: a further phone waits for approval,
-        unless a temporary access code proved the user just before)."""
+        """A one-time code for a phone of `user`. `requested_by` is "admin:...", "console:..." or "cli"
+        (the security team: the phone is vouched for) or "app:<id>" (an application: a further phone waits
+        for approval, unless a temporary access code proved the user just before)."""
         await self._refuse_shared(user, requested_by)
         vouch = VOUCH_ADMIN if not requested_by.startswith("app:") else ""
         activation = IMMEDIATE

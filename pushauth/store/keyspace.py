@@ -2,13 +2,13 @@
 
 Key names start with the configured prefix (`store.prefix`, e.g. "pa"). A user's keys share the hash tag
 `{<uid>}`, so they live in one Redis Cluster slot and one script can change a challenge, the user's counters
-and the alert it raises together; the scripts that include the detection ledger build them from the user's
-key prefix (`KeySpace.user_prefix`). The other keys are global, each family under a tag of its own
-(`{alerts}`, `{push}`, `{expiry}`, `{audit}`, `{workers}`), or untagged where a key is the only one its
-command touches (the user index, enrollment codes, console sessions, rate-limit buckets, RADIUS States
-and request claims). What links a user's slot to the global alert stream is the per-user outbox (`aout`):
-an alert is written with its cause, announced to the stream right after, and announced again by the alert
-worker's sweep if the server died in between (pushauth/alerts/store.py).
+and the alert it raises together; the scripts that include the detection ledger build them from the user's key
+prefix (`KeySpace.user_prefix`). The other keys are global, each family under a tag of its own (`{alerts}`,
+`{push}`, `{expiry}`, `{audit}`, `{workers}`, `{notify}`), or untagged where a key is the only one its command
+touches (the user index, enrollment codes, console sessions, rate-limit buckets, RADIUS States and request
+claims). What links a user's slot to the global alert stream is the per-user outbox (`aout`): an alert is
+written with its cause, announced to the stream right after, and announced again by the alert worker's sweep
+if the server died in between (pushauth/alerts/store.py).
 
 `KeySpace` builds the names most code uses; `KeySpec.built_by` says where each name is built (some in
 Lua from the user's prefix, a few outside this module). `describe(key)` names the row a concrete key

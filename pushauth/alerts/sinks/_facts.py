@@ -41,6 +41,10 @@ KIND_WORDS: dict[str, str] = {
     "otp_guessing": "Too many wrong one-time codes (possible code guessing)",
     "otp_enrolled": "A one-time-code method was added to the account",
     "policy_override": "Account made exempt or shared during an incident",
+    "access_code_issued": "A temporary access code was issued for the account",
+    "access_code_used": "A temporary access code was used in place of a sign-in prompt",
+    "blocked_prompt": "A sign-in prompt was refused: the account is locked or suspended",
+    "blocked_approval": "A sign-in approved on the phone was refused: the account is locked or suspended",
 }
 
 _SPACES = re.compile(r"\s+")
@@ -114,6 +118,10 @@ def facts(notification_type: str, alert: Mapping[str, Any], console_url: str = "
         ("Alert", f"{alert_id} ({alert.get('status', 'open')})"),
     ]
     title = kind_words(kind)
+    # A lock joins the incident's alert rather than heading it when the alert is already more severe
+    # (MFA fatigue, then wrong numbers): the receiver must read it in the title, not only in a row.
+    if kind != "account_locked" and "account locked" in actions:
+        title += "; the account was locked"
     if notification_type == "alert.updated":
         title = "Update: " + title
     link = f"{console_url.rstrip('/')}/alerts/{quote(alert_id, safe='')}" if console_url and alert_id else ""
