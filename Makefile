@@ -55,7 +55,7 @@ ensure-luacheck:
 	scripts/ensure-luacheck
 
 test: venv ensure-redis ensure-chromium ensure-radius-tools ensure-node-rp ensure-apache-oidc
-	$(BIN)/pytest $(PYTEST_ARGS)
+	PUSHAUTH_TESTS_NO_SKIP=1 $(BIN)/pytest $(PYTEST_ARGS)
 
 test-fast: venv
 	$(BIN)/pytest -x -m "not integration" $(PYTEST_ARGS)
