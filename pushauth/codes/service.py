@@ -284,6 +284,15 @@ class Codes:
         uid = await self._devices.uid_for(user)
         return [] if uid is None else await method_views(self._redis, self._ks, uid)
 
+    async def usable(self, user: str) -> bool:
+        """Whether `user` has a method whose codes would be accepted now (active; a pushauth phone's own
+        seed only while that phone is active): the fronts then ask a user with no phone for a code rather
+        than refusing the sign-in. Only a question: lock, suspension and the wrong-code limit are decided
+        when the code is checked (`verify`)."""
+        if not self._cfg.enabled:
+            return False
+        return any(m["status"] == "active" for m in await self.methods(user))
+
     # -- verification --------------------------------------------------------------------------------------
 
     async def verify(self, user: str, code: str, *, via: str, by: str) -> Checked:
