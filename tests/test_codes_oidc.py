@@ -110,7 +110,8 @@ async def _token_claims(op: RunningServer, http: aiohttp.ClientSession, code: st
     return dict(jwt.decode(tokens["id_token"], keys, algorithms=["ES256"]).claims)
 
 
-async def test_staff_without_a_phone_are_asked_for_a_code(op: RunningServer, http: aiohttp.ClientSession) -> None:
+async def test_staff_without_a_phone_are_asked_for_a_code(op: RunningServer,
+                                                         http: aiohttp.ClientSession) -> None:
     """Staff with only an authenticator app: the sign-in page asks for the code instead of saying that no
     phone is set up; nothing is issued before a valid code, and a wrong one counts as a wrong code."""
     admin = AdminClient(http, op.url)
@@ -146,7 +147,8 @@ async def test_staff_without_a_phone_are_asked_for_a_code(op: RunningServer, htt
         await browser.close()
     claims = await _token_claims(op, http, answer["code"][0])
     assert (claims["sub"], claims["amr"]) == ("frank@nhs.net", ["otp"])
-    whats = [(e["what"], e["why"]) for e in await admin.audit("frank@nhs.net") if e["what"].startswith("otp_")]
+    entries = await admin.audit("frank@nhs.net")
+    whats = [(e["what"], e["why"]) for e in entries if e["what"].startswith("otp_")]
     assert whats[:2] == [("otp_used", "valid"), ("otp_refused", "invalid")]
 
 
