@@ -600,6 +600,47 @@ async def test_rotate_kek_reseals_every_seed_and_a_running_server_follows(
         await running.close()
 
 
+async def test_without_a_kek_a_phone_registers_without_codes_and_check_warns(
+        redis_url: str, tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    """No keys/kek.json: a phone asking for offline codes is registered all the same (its enrollment code is
+    not wasted on a 503 it never learns its device id from), told there are none, and works; /readyz and
+    `pushauth check` warn until `pushauth keys generate-kek` has run."""
+    keys = tmp_path / "keys"
+    KeyStore(keys).generate()
+    settings = make_settings(redis_url, free_port(), keys={"ephemeral": False, "path": str(keys)})
+    running = await start_server(settings, KeyRingHolder.from_settings(settings.keys))
+    try:
+        rp, admin = LoginFlow(http, running.url), AdminClient(http, running.url)
+        async with http.get(running.url + "/readyz") as resp:
+            [warning] = (await resp.json())["warnings"]
+        assert "pushauth keys generate-kek" in warning
+        assert str(keys / "kek.json") in warning
+        uri = await rp.enroll_uri(ALICE)
+        phone = await Phone.enroll(uri, session=http, offline_codes=True)
+        assert (bool(phone.device_id), phone.has_offline_codes) == (True, False)
+        assert phone.offline_codes_unavailable  # the answer said so
+        assert await phone.pending() == []  # registered and active: its signed calls work
+        assert (await admin.user(ALICE))["otp_methods"] == []
+        # a second phone of the same user: pending, and no seed stored for later either
+        second = await Phone.enroll(await rp.enroll_uri(ALICE), session=http, offline_codes=True)
+        assert (second.status, second.offline_codes_unavailable) == ("pending_approval", True)
+        assert (await admin.user(ALICE))["otp_methods"] == []
+        assert cli_main(["-c", str(_config(tmp_path, redis_url, keys)), "keys", "generate-kek"]) == 0
+        async with http.get(running.url + "/readyz") as resp:
+            assert "warnings" not in await resp.json()
+        third = await Phone.enroll(await rp.enroll_uri(BOB), session=http, offline_codes=True)
+        # the running server follows the new file
+        assert (third.has_offline_codes, third.offline_codes_unavailable) == (True, False)
+    finally:
+        await running.close()
+
+
+def _config(tmp_path: Path, redis_url: str, keys: Path) -> Path:
+    config = tmp_path / "config.toml"
+    config.write_text(f'[store]\nredis_url = "{redis_url}"\n[keys]\npath = "{keys}"\n')
+    return config
+
+
 async def test_a_reseal_never_overwrites_a_seed_that_changed_or_a_method_that_went(redis_url: str) -> None:
     """The rotation's compare-and-set: a method revoked (or re-sealed by someone else) between the sweep's
     read and its write is left as it is, and a revoked method is not brought back as a bare seed."""
@@ -639,11 +680,43 @@ async def test_a_pushauth_phone_shows_codes_offline_until_it_is_revoked(
     clock.advance(30)
     assert (await verify(rp, ALICE, phone.offline_code()))[1] == {"valid": False, "user": ALICE,
                                                                    "reason": "invalid"}
-    [method] = (await admin.user(ALICE))["otp_methods"]
-    assert method["status"] == "device_revoked", "the view must not call a revoked phone's codes active"
+    methods = {m["device"]: m for m in (await admin.user(ALICE))["otp_methods"]}
+    assert methods[phone.device_id]["status"] == "device_revoked", \
+        "the view must not call a revoked phone's codes active"
+    assert methods[second.device_id]["status"] == "pending"  # its seed waits for the approval
     # a phone that does not ask gets no seed
     plain = await Phone.enroll(await rp.enroll_uri(BOB), session=http)
     assert not plain.has_offline_codes
+
+
+async def test_a_phone_approved_on_another_gets_its_seed_once_when_active(
+        rp: LoginFlow, admin: AdminClient, clock: Clock, http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    """A further phone that asked for offline codes while it waited for approval gets its seed from its
+    activation once approved: that answer only, and then its codes sign in."""
+    clock.freeze()
+    first = await Phone.enroll(await rp.enroll_uri(ALICE), session=http, offline_codes=True)
+    second = await Phone.enroll(await rp.enroll_uri(ALICE), session=http, offline_codes=True)
+    assert (second.status, second.has_offline_codes) == ("pending_approval", False)
+    waiting = await second.activation()
+    assert (waiting["status"], "otp" in waiting) == ("pending_approval", False)
+    assert not second.has_offline_codes
+    assert second.approval_number is not None
+    await first.approve_new_phone(second.approval_number)
+    approved = await second.activation()
+    assert approved["status"] == "active"
+    assert set(approved["otp"]) == {"secret", "algorithm", "digits", "period"}
+    assert second.has_offline_codes
+    status, again = await second.signed_request("GET", "/v1/device/activation")
+    assert (status, again) == (200, {"status": "active"})  # once: a second read gets no seed
+    second.save(tmp_path / "second.json")
+    second = Phone.load(tmp_path / "second.json", session=http)
+    methods = {m["device"]: m for m in (await admin.user(ALICE))["otp_methods"]}
+    assert methods[second.device_id]["status"] == "active"
+    assert first.offline_code() != second.offline_code()  # a seed of its own
+    status, body = await verify(rp, ALICE, second.offline_code())
+    assert (status, body["valid"], body["method"]) == (200, True, methods[second.device_id]["id"]), body
+    activated = [e for e in await admin.audit(ALICE) if e["what"] == "otp_activated"]
+    assert [(e["who"], e["details"]["device_id"]) for e in activated] == [("device", second.device_id)]
 
 
 async def test_phone_seeds_can_be_turned_off(redis_url: str, keyring: KeyRingHolder,
