@@ -494,6 +494,41 @@ async def test_a_right_code_restarts_the_lockout_count(rp: LoginFlow, admin: Adm
     assert (await admin.user(ALICE))["consecutive_failures"] == 0
 
 
+async def test_a_suspended_users_code_is_refused_until_the_team_lifts_it(
+        rp: LoginFlow, admin: AdminClient, clock: Clock, http: aiohttp.ClientSession) -> None:
+    """A "not me" suspends the account: its codes are refused as its prompts are, and the refusal spends
+    nothing (the same code works once the security team lifts the suspension)."""
+    clock.freeze()
+    phone = await Phone.enroll(await rp.enroll_uri(ALICE), session=http)
+    _, app = await enroll(admin, clock)
+    created = await rp.create(ALICE)
+    assert await phone.deny(created["id"], reason="not_me") == "denied"
+    assert (await admin.user(ALICE))["suspended"] is True
+    status, body = await verify(rp, ALICE, app.at(clock.now()))
+    assert (status, body["valid"], body["reason"]) == (200, False, "suspended"), body
+    assert body["user_message"]
+    status, _ = await admin.call("POST", f"/v1/users/{ALICE}/unlock")
+    assert status == 200
+    status, body = await verify(rp, ALICE, app.at(clock.now()))
+    assert (status, body["valid"]) == (200, True), body
+    whats = [(e["what"], e["why"]) for e in await admin.audit(ALICE) if e["what"].startswith("otp_")][:2]
+    assert whats == [("otp_used", "valid"), ("otp_refused", "suspended")]
+
+
+async def test_a_pause_stops_prompts_but_not_codes(rp: LoginFlow, admin: AdminClient, clock: Clock,
+                                                   http: aiohttp.ClientSession) -> None:
+    """PROTOCOL.md 17.4: a phone's pause (a holiday) refuses prompts; a code, which prompts nobody and is a
+    second factor of its own, still signs in."""
+    clock.freeze()
+    phone = await Phone.enroll(await rp.enroll_uri(ALICE), session=http)
+    _, app = await enroll(admin, clock)
+    await phone.pause(3600)
+    status, body = await rp.call("POST", "/v1/challenges", {"user": ALICE})
+    assert_error(status, body, 403, "suspended")
+    status, body = await verify(rp, ALICE, app.at(clock.now()))
+    assert (status, body["valid"]) == (200, True), body
+
+
 async def test_a_user_without_codes_is_not_counted(rp: LoginFlow, admin: AdminClient) -> None:
     for _ in range(8):
         assert (await verify(rp, BOB, "123456"))[1] == {"valid": False, "user": BOB, "reason": "not_enrolled"}
