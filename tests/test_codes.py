@@ -425,6 +425,29 @@ async def test_activation_needs_a_valid_code_and_a_pending_method_signs_nobody_i
     assert_error(status, refused, 409, "expired")
 
 
+async def test_too_many_wrong_activation_codes_discard_the_pending_method(
+        rp: LoginFlow, admin: AdminClient, clock: Clock) -> None:
+    """`codes.activation_attempts` (5) wrong codes: the 5th discards the method (409), and then even its
+    right code activates nothing: enroll again."""
+    clock.freeze()
+    status, body = await admin.call("POST", f"/v1/users/{ALICE}/otp-methods")
+    assert status == 201, body
+    app = pyotp.parse_uri(body["uri"])
+    assert isinstance(app, pyotp.TOTP)
+    path = f"/v1/users/{ALICE}/otp-methods/{body['id']}/activate"
+    wrong = "000000" if app.at(clock.now()) != "000000" else "111111"
+    for tries_left in (4, 3, 2, 1):
+        status, refused = await admin.call("POST", path, {"code": wrong})
+        assert_error(status, refused, 422, "invalid_code")
+        assert f"({tries_left} tries left)" in refused["message"]
+    status, refused = await admin.call("POST", path, {"code": wrong})
+    assert_error(status, refused, 409, "discarded")
+    assert (await admin.user(ALICE))["otp_methods"] == []
+    status, refused = await admin.call("POST", path, {"code": app.at(clock.now())})
+    assert status == 404, refused
+    assert (await verify(rp, ALICE, app.at(clock.now())))[1]["reason"] == "not_enrolled"
+
+
 async def test_a_seed_is_never_readable_back(rp: LoginFlow, admin: AdminClient, clock: Clock,
                                              redis_url: str) -> None:
     clock.freeze()
