@@ -215,20 +215,15 @@ class Codes:
             out.append({"serial": token.serial, "user": user, "id": method_id, "status": "pending"})
         return out
 
-    @property
-    def phone_seeds(self) -> bool:
-        """Whether a registering phone that asks for offline codes is given a seed (`[codes]`)."""
-        return self._cfg.enabled and self._cfg.phone_seeds
-
     async def phone_seed(self, uid: str, user: str, device_id: str, *,
                          approval_expires_at: int | None = None) -> tuple[str, totp.Params] | None:
         """A pushauth phone's own seed. For an active phone, active at once (the registration proved the
         phone holds its key, and the seed travels in the same answer): its base32 and parameters. For a phone
         waiting for approval (`approval_expires_at`), stored pending, to be handed over once by
         `deliver_phone_seed` when it is approved (gone `pending_ttl_s` after the approval's deadline
-        otherwise): None. None too
-        when turned off. Raises ServiceUnavailable, having stored nothing, without a key-encryption key."""
-        if not self.phone_seeds:
+        otherwise): None. None too when turned off. Raises ServiceUnavailable, having stored nothing,
+        without a key-encryption key."""
+        if not (self._cfg.enabled and self._cfg.phone_seeds):
             return None
         params = totp.Params()
         seed = totp.Seed.new(params.algorithm)
