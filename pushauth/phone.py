@@ -148,8 +148,11 @@ class Phone:
         self.status = "active"
         self.approval_number: str | None = None
         self.user_message: str | None = None
-        # Offline codes (PROTOCOL.md 17.5): the TOTP seed the server gave at registration, if it did.
+        # Offline codes (PROTOCOL.md 17.5): the TOTP seed the server gave at registration (or, for a phone
+        # that waited for approval, with its activation), if it did.
         self._otp: dict[str, Any] | None = None
+        # The server could not give the seed asked for at enrollment (no key-encryption key): tell the user.
+        self.offline_codes_unavailable = False
         self._key = key
         self._server_keys = dict(server_keys)
         self._override = server_override
@@ -220,6 +223,7 @@ class Phone:
         if isinstance(approval, dict) and isinstance(approval.get("number"), str):
             phone.approval_number = approval["number"]
         phone._otp = _otp_seed(data.get("otp"))
+        phone.offline_codes_unavailable = data.get("otp_unavailable") is True
         return phone
 
     # -- offline codes ------------------------------------------------------------------------------------
@@ -334,12 +338,17 @@ class Phone:
     # -- adding a phone to an account that has one ----------------------------------------------------------
 
     async def activation(self) -> dict[str, Any]:
-        """This phone's activation: {"status": "active"} or, while one of the user's other phones must
-        approve it, {"status": "pending_approval", "number", "expires_at"} (show the number), or
-        {"status": "expired"} (enroll again)."""
+        """This phone's activation: {"status": "active"} (with "otp", kept, the first time after an approval
+        when the phone asked for offline codes) or, while one of the user's other phones must approve it,
+        {"status": "pending_approval", "number", "expires_at"} (show the number), or {"status": "expired"}
+        (enroll again)."""
         data = _ok(*await self.signed_request("GET", "/v1/device/activation"))
         if not isinstance(data.get("status"), str):
             raise PhoneError("server answered without an activation status")
+        # Offline codes asked for at enrollment come with the first answer after the approval, once.
+        seed = _otp_seed(data.get("otp"))
+        if seed is not None:
+            self._otp = seed
         return data
 
     async def add_device_prompts(self) -> list[Challenge]:

@@ -1,10 +1,11 @@
 """Can this deployment serve sign-ins? What the servers' /readyz, `pushauth check` and `pushauth serve`'s
 start-up line all ask, in one place (pushauth/web/ops.py only turns the answer into HTTP).
 
-Ready means Redis answers and the signing keys are loaded. The answer also says which worker kinds have a
-fresh heartbeat (pushauth/store/heartbeats.py); missing workers make it "degraded", not "not ready": sign-ins
-still work (phones poll; alerts wait in their stream), and taking every server out of the balancer because
-an alert worker died would turn a delay into an outage.
+Ready means Redis answers and the signing keys are loaded; `warnings` lists what the settings turn on that
+cannot work (offline codes without a key-encryption key), which does not change the status. The answer also
+says which worker kinds have a fresh heartbeat (pushauth/store/heartbeats.py); missing workers make it
+"degraded", not "not ready": sign-ins still work (phones poll; alerts wait in their stream), and taking every
+server out of the balancer because an alert worker died would turn a delay into an outage.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from pushauth import metrics
+from pushauth.codes.seal import KekStore
 from pushauth.config import Settings
 from pushauth.store import KeySpace, heartbeats
 from pushauth.store.connection import STORE_DOWN_ERRORS
@@ -87,4 +89,19 @@ async def readiness(redis: aioredis.Redis, settings: Settings,
     body = {"status": status, "checks": checks, "workers": workers}
     if missing:
         body["missing_workers"] = missing
+    if warnings := config_warnings(settings):
+        body["warnings"] = warnings
     return (200 if ready else 503), body
+
+
+def config_warnings(settings: Settings) -> list[str]:
+    """What works for push sign-ins but not for everything the settings turn on. Only warnings: a missing
+    key-encryption key stops offline codes, never a push sign-in, so it must not take a server out of the
+    balancer."""
+    out = []
+    kek = KekStore(Path(settings.keys.path))
+    if settings.codes.enabled and not settings.keys.ephemeral and not kek.exists():
+        out.append(f"offline codes are on ([codes] enabled) but there is no key-encryption key ({kek.path}): "
+                   "no code method can be enrolled or used, and phones register without offline codes. Run "
+                   "`pushauth keys generate-kek`.")
+    return out

@@ -16,8 +16,18 @@ import tomllib
 from pathlib import Path
 
 import aiohttp
+import pyotp
 import pytest
-from support import ADMIN_TOKEN, LoginFlow, RunningServer, free_port, make_settings, start_server
+from support import (
+    ADMIN_TOKEN,
+    AdminClient,
+    Clock,
+    LoginFlow,
+    RunningServer,
+    free_port,
+    make_settings,
+    start_server,
+)
 
 from pushauth.cli import main
 from pushauth.config import from_mapping
@@ -29,6 +39,7 @@ from pushauth.phone import Phone, ServerRejected
 USER = "ivan@nhs.net"
 KID = r"[A-Za-z0-9_-]{43}"
 PUSHAUTH_BIN = Path(sys.executable).parent / "pushauth"
+LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[")
 
 
 @pytest.fixture(autouse=True)
@@ -271,6 +282,83 @@ async def test_enroll_via_store_on_a_server_host(redis_url: str, tmp_path: Path,
         login = LoginFlow(http, running.url)
         created = await login.create(USER)
         assert await phone.approve(created["id"], number=created["number"]) == "approved"
+    finally:
+        await running.close()
+
+
+# -- otp ------------------------------------------------------------------------------------------------
+
+
+async def test_otp_enroll_activate_import_list_revoke(redis_url: str, tmp_path: Path, clock: Clock,
+                                                      http: aiohttp.ClientSession,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """`pushauth otp` on a server host writes to the store the server reads: an app enrolled and activated
+    there signs in through the server; a token imported is pending; a revoked method signs nobody in; each
+    step is on the audit trail as the CLI's."""
+    clock.freeze()
+    keys = tmp_path / "keys"
+    KeyStore(keys).generate()
+    config = tmp_path / "pushauth.toml"
+    config.write_text(f'[store]\nredis_url = "{redis_url}"\n[keys]\npath = "{keys}"\n', encoding="utf-8")
+    assert main(["-c", str(config), "keys", "generate-kek"]) == 0
+    settings = make_settings(redis_url, free_port(), keys={"path": str(keys), "ephemeral": False})
+    running = await start_server(settings, KeyRingHolder.from_settings(settings.keys))
+    login, admin = LoginFlow(http, running.url), AdminClient(http, running.url)
+
+    async def otp(*args: str) -> tuple[int, str, str]:
+        rc = await asyncio.to_thread(main, ["-c", str(config), "otp", *args])
+        out, err = capsys.readouterr()
+        # what the command prints, without the log lines (structlog writes to stdout on a terminal too)
+        printed = "".join(line for line in out.splitlines(keepends=True) if not LOG_LINE.match(line))
+        return rc, printed, err
+
+    async def verify(code: str) -> dict[str, object]:
+        status, body = await login.call("POST", "/v1/codes/verify", {"user": USER, "code": code})
+        assert status == 200, body
+        return dict(body)
+
+    try:
+        capsys.readouterr()
+        rc, out, _ = await otp("enroll", USER, "--name", "desk app")
+        assert rc == 0
+        uri = re.search(r"^otpauth://\S+$", out, re.MULTILINE)
+        method = re.search(rf"pushauth otp activate {re.escape(USER)} (t\w{{32}}) CODE", out)
+        assert uri is not None, out
+        assert method is not None, out
+        app = pyotp.parse_uri(uri.group(0))
+        assert isinstance(app, pyotp.TOTP)
+        mid = method.group(1)
+        rc, out, _ = await otp("list", USER)
+        assert (rc, out.split()[:4]) == (0, [mid, "app", "pending", "desk"])
+        assert (await verify(app.at(clock.now())))["reason"] == "not_enrolled"  # pending: no sign-in
+        wrong = "000000" if app.at(clock.now()) != "000000" else "111111"
+        rc, _, err = await otp("activate", USER, mid, wrong)
+        assert (rc, "tries left" in err) == (2, True)
+        rc, out, _ = await otp("activate", USER, mid, app.at(clock.now()))
+        assert (rc, out) == (0, f"{mid} is active\n")
+        clock.advance(30)  # the activation spent its step
+        assert (await verify(app.at(clock.now())))["valid"] is True
+
+        tokens = tmp_path / "tokens.csv"
+        tokens.write_text("serial,seed\n555001,GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ\n", encoding="utf-8")
+        rc, out, _ = await otp("import", str(tokens), "--assign", f"555001={USER}")
+        assert rc == 0
+        token = re.fullmatch(rf"555001  {re.escape(USER)}  (t\w{{32}})  pending .*\n", out)
+        assert token is not None, out
+
+        rc, out, _ = await otp("revoke", USER, mid)
+        assert (rc, out) == (0, f"{mid} revoked\n")
+        rc, out, _ = await otp("list", USER)
+        assert (rc, [line.split()[:3] for line in out.splitlines()]) == (0, [[token.group(1), "hardware",
+                                                                               "pending"]])
+        clock.advance(30)
+        assert (await verify(app.at(clock.now())))["reason"] == "not_enrolled"
+        rc, _, err = await otp("revoke", USER, mid)
+        assert rc == 2, err  # gone already
+        trail = [(e["what"], e["who"], e["details"].get("method_id")) for e in await admin.audit(USER)
+                 if e["what"] in ("otp_enrolled", "otp_activated", "otp_imported", "otp_revoked")]
+        assert sorted(trail) == sorted([("otp_enrolled", "cli", mid), ("otp_activated", "cli", mid),
+                                        ("otp_imported", "cli", token.group(1)), ("otp_revoked", "cli", mid)])
     finally:
         await running.close()
 

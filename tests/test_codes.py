@@ -425,6 +425,29 @@ async def test_activation_needs_a_valid_code_and_a_pending_method_signs_nobody_i
     assert_error(status, refused, 409, "expired")
 
 
+async def test_too_many_wrong_activation_codes_discard_the_pending_method(
+        rp: LoginFlow, admin: AdminClient, clock: Clock) -> None:
+    """`codes.activation_attempts` (5) wrong codes: the 5th discards the method (409), and then even its
+    right code activates nothing: enroll again."""
+    clock.freeze()
+    status, body = await admin.call("POST", f"/v1/users/{ALICE}/otp-methods")
+    assert status == 201, body
+    app = pyotp.parse_uri(body["uri"])
+    assert isinstance(app, pyotp.TOTP)
+    path = f"/v1/users/{ALICE}/otp-methods/{body['id']}/activate"
+    wrong = "000000" if app.at(clock.now()) != "000000" else "111111"
+    for tries_left in (4, 3, 2, 1):
+        status, refused = await admin.call("POST", path, {"code": wrong})
+        assert_error(status, refused, 422, "invalid_code")
+        assert f"({tries_left} tries left)" in refused["message"]
+    status, refused = await admin.call("POST", path, {"code": wrong})
+    assert_error(status, refused, 409, "discarded")
+    assert (await admin.user(ALICE))["otp_methods"] == []
+    status, refused = await admin.call("POST", path, {"code": app.at(clock.now())})
+    assert status == 404, refused
+    assert (await verify(rp, ALICE, app.at(clock.now())))[1]["reason"] == "not_enrolled"
+
+
 async def test_a_seed_is_never_readable_back(rp: LoginFlow, admin: AdminClient, clock: Clock,
                                              redis_url: str) -> None:
     clock.freeze()
@@ -492,6 +515,41 @@ async def test_a_right_code_restarts_the_lockout_count(rp: LoginFlow, admin: Adm
         assert (await verify(rp, ALICE, app.at(clock.now())))[1]["valid"] is True
         clock.advance(30)
     assert (await admin.user(ALICE))["consecutive_failures"] == 0
+
+
+async def test_a_suspended_users_code_is_refused_until_the_team_lifts_it(
+        rp: LoginFlow, admin: AdminClient, clock: Clock, http: aiohttp.ClientSession) -> None:
+    """A "not me" suspends the account: its codes are refused as its prompts are, and the refusal spends
+    nothing (the same code works once the security team lifts the suspension)."""
+    clock.freeze()
+    phone = await Phone.enroll(await rp.enroll_uri(ALICE), session=http)
+    _, app = await enroll(admin, clock)
+    created = await rp.create(ALICE)
+    assert await phone.deny(created["id"], reason="not_me") == "denied"
+    assert (await admin.user(ALICE))["suspended"] is True
+    status, body = await verify(rp, ALICE, app.at(clock.now()))
+    assert (status, body["valid"], body["reason"]) == (200, False, "suspended"), body
+    assert body["user_message"]
+    status, _ = await admin.call("POST", f"/v1/users/{ALICE}/unlock")
+    assert status == 200
+    status, body = await verify(rp, ALICE, app.at(clock.now()))
+    assert (status, body["valid"]) == (200, True), body
+    whats = [(e["what"], e["why"]) for e in await admin.audit(ALICE) if e["what"].startswith("otp_")][:2]
+    assert whats == [("otp_used", "valid"), ("otp_refused", "suspended")]
+
+
+async def test_a_pause_stops_prompts_but_not_codes(rp: LoginFlow, admin: AdminClient, clock: Clock,
+                                                   http: aiohttp.ClientSession) -> None:
+    """PROTOCOL.md 17.4: a phone's pause (a holiday) refuses prompts; a code, which prompts nobody and is a
+    second factor of its own, still signs in."""
+    clock.freeze()
+    phone = await Phone.enroll(await rp.enroll_uri(ALICE), session=http)
+    _, app = await enroll(admin, clock)
+    await phone.pause(3600)
+    status, body = await rp.call("POST", "/v1/challenges", {"user": ALICE})
+    assert_error(status, body, 403, "suspended")
+    status, body = await verify(rp, ALICE, app.at(clock.now()))
+    assert (status, body["valid"]) == (200, True), body
 
 
 async def test_a_user_without_codes_is_not_counted(rp: LoginFlow, admin: AdminClient) -> None:
@@ -600,6 +658,47 @@ async def test_rotate_kek_reseals_every_seed_and_a_running_server_follows(
         await running.close()
 
 
+async def test_without_a_kek_a_phone_registers_without_codes_and_check_warns(
+        redis_url: str, tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    """No keys/kek.json: a phone asking for offline codes is registered all the same (its enrollment code is
+    not wasted on a 503 it never learns its device id from), told there are none, and works; /readyz and
+    `pushauth check` warn until `pushauth keys generate-kek` has run."""
+    keys = tmp_path / "keys"
+    KeyStore(keys).generate()
+    settings = make_settings(redis_url, free_port(), keys={"ephemeral": False, "path": str(keys)})
+    running = await start_server(settings, KeyRingHolder.from_settings(settings.keys))
+    try:
+        rp, admin = LoginFlow(http, running.url), AdminClient(http, running.url)
+        async with http.get(running.url + "/readyz") as resp:
+            [warning] = (await resp.json())["warnings"]
+        assert "pushauth keys generate-kek" in warning
+        assert str(keys / "kek.json") in warning
+        uri = await rp.enroll_uri(ALICE)
+        phone = await Phone.enroll(uri, session=http, offline_codes=True)
+        assert (bool(phone.device_id), phone.has_offline_codes) == (True, False)
+        assert phone.offline_codes_unavailable  # the answer said so
+        assert await phone.pending() == []  # registered and active: its signed calls work
+        assert (await admin.user(ALICE))["otp_methods"] == []
+        # a second phone of the same user: pending, and no seed stored for later either
+        second = await Phone.enroll(await rp.enroll_uri(ALICE), session=http, offline_codes=True)
+        assert (second.status, second.offline_codes_unavailable) == ("pending_approval", True)
+        assert (await admin.user(ALICE))["otp_methods"] == []
+        assert cli_main(["-c", str(_config(tmp_path, redis_url, keys)), "keys", "generate-kek"]) == 0
+        async with http.get(running.url + "/readyz") as resp:
+            assert "warnings" not in await resp.json()
+        third = await Phone.enroll(await rp.enroll_uri(BOB), session=http, offline_codes=True)
+        # the running server follows the new file
+        assert (third.has_offline_codes, third.offline_codes_unavailable) == (True, False)
+    finally:
+        await running.close()
+
+
+def _config(tmp_path: Path, redis_url: str, keys: Path) -> Path:
+    config = tmp_path / "config.toml"
+    config.write_text(f'[store]\nredis_url = "{redis_url}"\n[keys]\npath = "{keys}"\n')
+    return config
+
+
 async def test_a_reseal_never_overwrites_a_seed_that_changed_or_a_method_that_went(redis_url: str) -> None:
     """The rotation's compare-and-set: a method revoked (or re-sealed by someone else) between the sweep's
     read and its write is left as it is, and a revoked method is not brought back as a bare seed."""
@@ -639,11 +738,43 @@ async def test_a_pushauth_phone_shows_codes_offline_until_it_is_revoked(
     clock.advance(30)
     assert (await verify(rp, ALICE, phone.offline_code()))[1] == {"valid": False, "user": ALICE,
                                                                    "reason": "invalid"}
-    [method] = (await admin.user(ALICE))["otp_methods"]
-    assert method["status"] == "device_revoked", "the view must not call a revoked phone's codes active"
+    methods = {m["device"]: m for m in (await admin.user(ALICE))["otp_methods"]}
+    assert methods[phone.device_id]["status"] == "device_revoked", \
+        "the view must not call a revoked phone's codes active"
+    assert methods[second.device_id]["status"] == "pending"  # its seed waits for the approval
     # a phone that does not ask gets no seed
     plain = await Phone.enroll(await rp.enroll_uri(BOB), session=http)
     assert not plain.has_offline_codes
+
+
+async def test_a_phone_approved_on_another_gets_its_seed_once_when_active(
+        rp: LoginFlow, admin: AdminClient, clock: Clock, http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    """A further phone that asked for offline codes while it waited for approval gets its seed from its
+    activation once approved: that answer only, and then its codes sign in."""
+    clock.freeze()
+    first = await Phone.enroll(await rp.enroll_uri(ALICE), session=http, offline_codes=True)
+    second = await Phone.enroll(await rp.enroll_uri(ALICE), session=http, offline_codes=True)
+    assert (second.status, second.has_offline_codes) == ("pending_approval", False)
+    waiting = await second.activation()
+    assert (waiting["status"], "otp" in waiting) == ("pending_approval", False)
+    assert not second.has_offline_codes
+    assert second.approval_number is not None
+    await first.approve_new_phone(second.approval_number)
+    approved = await second.activation()
+    assert approved["status"] == "active"
+    assert set(approved["otp"]) == {"secret", "algorithm", "digits", "period"}
+    assert second.has_offline_codes
+    status, again = await second.signed_request("GET", "/v1/device/activation")
+    assert (status, again) == (200, {"status": "active"})  # once: a second read gets no seed
+    second.save(tmp_path / "second.json")
+    second = Phone.load(tmp_path / "second.json", session=http)
+    methods = {m["device"]: m for m in (await admin.user(ALICE))["otp_methods"]}
+    assert methods[second.device_id]["status"] == "active"
+    assert first.offline_code() != second.offline_code()  # a seed of its own
+    status, body = await verify(rp, ALICE, second.offline_code())
+    assert (status, body["valid"], body["method"]) == (200, True, methods[second.device_id]["id"]), body
+    activated = [e for e in await admin.audit(ALICE) if e["what"] == "otp_activated"]
+    assert [(e["who"], e["details"]["device_id"]) for e in activated] == [("device", second.device_id)]
 
 
 async def test_phone_seeds_can_be_turned_off(redis_url: str, keyring: KeyRingHolder,

@@ -77,3 +77,41 @@ async def test_radius_code_typed_at_the_challenge_instead_of_the_phone(gateway: 
     assert again.state
     replay = await ask(gateway.port, request(password=next_code(app), State=again.state))
     assert replay.code == "Access-Reject", replay.output
+
+
+async def test_radius_challenge_asks_a_user_without_a_phone_for_the_code(gateway: Front) -> None:
+    """No phone, an authenticator app: the Access-Challenge asks for the code, and the answer is checked as
+    one (a wrong one is a wrong code); no phone is ever prompted. A lock still refuses at once."""
+    app = await app_for(gateway, "frank@nhs.net")
+    first = await ask(gateway.port, request(user="frank@nhs.net"))
+    assert first.code == "Access-Challenge", first.output
+    assert "code from your authenticator app" in (first.reply_message or "")
+    assert first.state
+    wrong = "000000" if next_code(app) != "000000" else "111111"
+    refused = await ask(gateway.port, request(user="frank@nhs.net", password=wrong, State=first.state))
+    assert refused.code == "Access-Reject", refused.output
+    assert "code is not valid" in (refused.reply_message or "")
+    again = await ask(gateway.port, request(user="frank@nhs.net"))
+    assert again.state
+    right = await ask(gateway.port, request(user="frank@nhs.net", password=next_code(app), State=again.state))
+    assert right.code == "Access-Accept", right.output
+    assert await gateway.prompts() == 0
+    whats = [e["why"] for e in await gateway.admin.audit("frank@nhs.net") if e["what"].startswith("otp_")]
+    assert whats[:2] == ["valid", "invalid"]
+    status, body = await gateway.admin.call("POST", "/v1/users/frank@nhs.net/lock")
+    assert status == 200, body
+    locked = await ask(gateway.port, request(user="frank@nhs.net"))
+    assert locked.code == "Access-Reject", locked.output
+    assert "blocked" in (locked.reply_message or "")
+
+
+async def test_radius_code_after_the_password_for_a_user_without_a_phone(radius: Front) -> None:
+    """Auto mode shows no challenge: a phone-less user types password,code; the password alone is refused
+    with a message that says how."""
+    app = await app_for(radius, "frank@nhs.net")
+    alone = await ask(radius.port, request(user="frank@nhs.net"))
+    assert alone.code == "Access-Reject", alone.output
+    assert "then , and the code" in (alone.reply_message or "")
+    right = await ask(radius.port, request(user="frank@nhs.net", password=f"irrelevant,{next_code(app)}"))
+    assert right.code == "Access-Accept", right.output
+    assert await radius.prompts() == 0

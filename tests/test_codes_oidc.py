@@ -84,3 +84,88 @@ async def test_use_a_code_instead_of_the_phone(op: RunningServer, http: aiohttp.
     assert (claims["sub"], claims["amr"]) == (USER, ["otp"])
     whats = [(e["what"], e["why"]) for e in await admin.audit(USER) if e["what"].startswith("otp_")][:2]
     assert whats == [("otp_used", "valid"), ("otp_refused", "invalid")]
+
+
+async def _app_only(admin: AdminClient, user: str) -> pyotp.TOTP:
+    """An authenticator app enrolled and activated for `user`, who has no phone."""
+    status, body = await admin.call("POST", f"/v1/users/{user}/otp-methods", {})
+    assert status == 201, body
+    app = pyotp.parse_uri(body["uri"])
+    assert isinstance(app, pyotp.TOTP)
+    status, done = await admin.call("POST", f"/v1/users/{user}/otp-methods/{body['id']}/activate",
+                                    {"code": app.now()})
+    assert status == 200, done
+    return app
+
+
+async def _token_claims(op: RunningServer, http: aiohttp.ClientSession, code: str) -> dict[str, object]:
+    basic = base64.b64encode(f"wiki:{SECRET}".encode()).decode()
+    form_data = {"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT}
+    async with http.post(op.url + "/oidc/token", data=form_data,
+                         headers={"Authorization": f"Basic {basic}"}) as resp:
+        assert resp.status == 200, await resp.text()
+        tokens = await resp.json()
+    async with http.get(op.url + "/oidc/jwks") as resp:
+        keys = KeySet.import_key_set(await resp.json())
+    return dict(jwt.decode(tokens["id_token"], keys, algorithms=["ES256"]).claims)
+
+
+async def test_staff_without_a_phone_are_asked_for_a_code(op: RunningServer,
+                                                         http: aiohttp.ClientSession) -> None:
+    """Staff with only an authenticator app: the sign-in page asks for the code instead of saying that no
+    phone is set up; nothing is issued before a valid code, and a wrong one counts as a wrong code."""
+    admin = AdminClient(http, op.url)
+    app = await _app_only(admin, "frank@nhs.net")
+    code = app.at(int(time.time()) + 30)  # the next step: the activation spent this one
+    browser = Browser(op.url)
+    try:
+        params = auth_params()
+        status, page, _ = await browser.authorize(**params)
+        status, page, location = await browser.sign_in(page, "frank@nhs.net")
+        assert status == 303, page
+        assert location.startswith("/oidc/code?signin="), location
+        signin = parse_qs(urlsplit(location).query)["signin"][0]
+        status, _, _ = await browser.get(f"/oidc/wait?signin={signin}")
+        assert status == 400  # no authorization code before the second factor
+        status, form, _ = await browser.get(location)
+        assert status == 200, form
+        fields = {"signin": form_field(form, "signin"), "csrf": form_field(form, "csrf")}
+        assert fields["signin"] == signin
+        wrong = "000000" if code != "000000" else "111111"
+        status, again, _ = await browser.post("/oidc/code", {**fields, "code": wrong})
+        assert status == 400
+        assert "That code is not valid." in again
+        status, _, location = await browser.post("/oidc/code", {**fields, "code": code})
+        assert (status, location) == (303, f"/oidc/wait?signin={signin}")
+        status, _, location = await browser.get(location)
+        assert status == 303, location
+        answer = parse_qs(urlsplit(location).query)
+        assert answer["state"] == [params["state"]]
+        status, _, _ = await browser.post("/oidc/code", {**fields, "code": code})
+        assert status == 400  # the sign-in is over: the form is gone with it
+    finally:
+        await browser.close()
+    claims = await _token_claims(op, http, answer["code"][0])
+    assert (claims["sub"], claims["amr"]) == ("frank@nhs.net", ["otp"])
+    entries = await admin.audit("frank@nhs.net")
+    whats = [(e["what"], e["why"]) for e in entries if e["what"].startswith("otp_")]
+    assert whats[:2] == [("otp_used", "valid"), ("otp_refused", "invalid")]
+
+
+async def test_a_locked_user_without_a_phone_gets_no_code_form(op: RunningServer,
+                                                               http: aiohttp.ClientSession) -> None:
+    """The lock wins over the code form, and a user with neither phone nor code is still told no phone is
+    set up."""
+    admin = AdminClient(http, op.url)
+    await _app_only(admin, "frank@nhs.net")
+    status, body = await admin.call("POST", "/v1/users/frank@nhs.net/lock")
+    assert status == 200, body
+    browser = Browser(op.url)
+    try:
+        for user, words in (("frank@nhs.net", "Sign-in is blocked"), ("gina@nhs.net", "No phone is set up")):
+            status, page, _ = await browser.authorize(**auth_params())
+            status, page, location = await browser.sign_in(page, user)
+            assert (status, location) == (403, ""), location
+            assert words in page
+    finally:
+        await browser.close()

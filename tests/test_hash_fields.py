@@ -51,6 +51,7 @@ FILE_KEY_KINDS: dict[tuple[str, str], str] = {
     ("rate_auth_failure.lua", "KEYS[1]"): "rate_bucket",
     ("activate_code.lua", "key"): "otp",
     ("reseal_seed.lua", "KEYS[1]"): "otp",
+    ("deliver_seed.lua", "KEYS[1]"): "otp",
     ("rate_lease.lua", "KEYS[1]"): "rate_bucket",
 }
 _CALL = re.compile(r"redis\.call\(\s*'(" + "|".join(COMMANDS) + r")'\s*,")

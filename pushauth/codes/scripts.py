@@ -18,6 +18,7 @@ from pushauth.store.scripts import Script
 USE_CODE = Script.load("pushauth.codes", "use_code.lua")
 ACTIVATE_CODE = Script.load("pushauth.codes", "activate_code.lua")
 RESEAL_SEED = Script.load("pushauth.codes", "reseal_seed.lua")
+DELIVER_SEED = Script.load("pushauth.codes", "deliver_seed.lua")
 
 
 class Used(StrEnum):
@@ -58,3 +59,9 @@ async def activate_code(redis: aioredis.Redis, user_key: str, ledger: LedgerCall
 async def reseal_seed(redis: aioredis.Redis, method_key: str, *, old: str, new: str) -> bool:
     """Replace a method's sealed seed with its re-encryption unless it changed meanwhile (reseal_seed.lua)."""
     return bool(await RESEAL_SEED(redis, [method_key], [old, new]))
+
+
+async def deliver_seed(redis: aioredis.Redis, method_key: str, *, device_id: str, now: int,
+                       acks: ReplicaAcks | None) -> bool:
+    """Activate a waiting phone's pending seed, once: True only for the call that did (deliver_seed.lua)."""
+    return bool(await DELIVER_SEED(redis, [method_key], [device_id, now], acks=acks))

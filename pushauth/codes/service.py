@@ -215,19 +215,47 @@ class Codes:
             out.append({"serial": token.serial, "user": user, "id": method_id, "status": "pending"})
         return out
 
-    async def phone_seed(self, uid: str, user: str, device_id: str) -> tuple[str, totp.Params] | None:
-        """A pushauth phone's own seed, active at once (the phone's registration proved it holds its key,
-        and the seed travels in the same answer): its base32 and parameters, or None when turned off."""
+    async def phone_seed(self, uid: str, user: str, device_id: str, *,
+                         approval_expires_at: int | None = None) -> tuple[str, totp.Params] | None:
+        """A pushauth phone's own seed. For an active phone, active at once (the registration proved the
+        phone holds its key, and the seed travels in the same answer): its base32 and parameters. For a phone
+        waiting for approval (`approval_expires_at`), stored pending, to be handed over once by
+        `deliver_phone_seed` when it is approved (gone `pending_ttl_s` after the approval's deadline
+        otherwise): None. None too when turned off. Raises ServiceUnavailable, having stored nothing,
+        without a key-encryption key."""
         if not (self._cfg.enabled and self._cfg.phone_seeds):
             return None
         params = totp.Params()
         seed = totp.Seed.new(params.algorithm)
         method_id = new_method_id(uid)
+        status = "active" if approval_expires_at is None else "pending"
+        # kept a while past the approval's deadline: an approved phone may poll its activation late
+        expires = 0 if approval_expires_at is None else approval_expires_at + self._cfg.pending_ttl_s
         await self._store(uid, method_id, seed, params, kind="phone", by="device", name="pushauth phone",
-                          expires_at=0, status="active", device_id=device_id)
+                          expires_at=expires, status=status, device_id=device_id)
         await self._audit.record("otp_enrolled", user=user, who="device", why="pushauth phone",
-                                 method_id=method_id, device_id=device_id, status="active")
-        return seed.base32(), params
+                                 method_id=method_id, device_id=device_id, status=status)
+        return (seed.base32(), params) if status == "active" else None
+
+    async def deliver_phone_seed(self, uid: str, device_id: str) -> tuple[str, totp.Params] | None:
+        """The seed a phone asked for while it waited for approval, now that it is active: once (the call
+        that activates the method gets it; every later one None), or None when it asked for none."""
+        waiting = [(mid, m) for mid, m in await self._records(uid)
+                   if m.get("did") == device_id and m.get("st") == "pending"]
+        if not waiting:
+            return None
+        method_id, m = waiting[0]
+        try:
+            seed = self._seed(uid, method_id, m["seed"])
+        except ServiceUnavailable:  # no key-encryption key just now: left pending, logged by _ring
+            return None
+        if seed is None or not await lua.deliver_seed(self._redis, self._ks.otp_method(uid, method_id),
+                                                      device_id=device_id, now=clock.now(), acks=self._acks):
+            return None
+        user = await reads.hget(self._redis, self._ks.user(uid), "name") or ""
+        await self._audit.record("otp_activated", user=user, who="device", why="pushauth phone approved",
+                                 method_id=method_id, device_id=device_id)
+        return seed.base32(), _params(m)
 
     async def activate(self, user: str, method_id: str, code: str, *, by: str) -> None:
         uid = await self._method_owner(user, method_id)
@@ -283,6 +311,15 @@ class Codes:
         """What the user view shows of each method: never the seed."""
         uid = await self._devices.uid_for(user)
         return [] if uid is None else await method_views(self._redis, self._ks, uid)
+
+    async def usable(self, user: str) -> bool:
+        """Whether `user` has a method whose codes would be accepted now (active; a pushauth phone's own
+        seed only while that phone is active): the fronts then ask a user with no phone for a code rather
+        than refusing the sign-in. Only a question: lock, suspension and the wrong-code limit are decided
+        when the code is checked (`verify`)."""
+        if not self._cfg.enabled:
+            return False
+        return any(m["status"] == "active" for m in await self.methods(user))
 
     # -- verification --------------------------------------------------------------------------------------
 

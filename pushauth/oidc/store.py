@@ -45,6 +45,9 @@ class SignIn(msgspec.Struct, kw_only=True):
     amr: list[str] = []
     acr: str = ""
     auth_time: int = 0
+    # a user with codes but no phone (pushauth/web/oidc_codes.py): past the first factor and asked for a
+    # code; `user` stays empty until a valid one, so /oidc/wait cannot issue anything before it
+    code_user: str = ""
     # Entra's external-method profile: the hint's sub (the answer's sub), and the answer form-posted
     eam_sub: str = ""
 

@@ -6,7 +6,9 @@
                      user, detection and alerts all apply there, as for any login flow)
        auto          hold the request until the phone answers or the client's deadline passes; the prompt
                      asks approve/deny (no number: the client cannot show one)
-       challenge     Access-Challenge: "Enter 42 in the app", with a State (pushauth/radius/states.py)
+       challenge     Access-Challenge: "Enter 42 in the app", with a State (pushauth/radius/states.py); for
+                     a user with no phone but an active code method, "Enter the code from your
+                     authenticator app", whose answer is checked as a one-time code
        code          the password field ends in a one-time code ("password,123456", `codes.radius_delimiter`):
                      the password is checked without it, then the code; no phone is prompted
     follow-up        (challenge mode: the request carries the State) the user pressed Enter -> wait for the
@@ -142,6 +144,8 @@ class SignIns:
             created = await self._challenges.create(app, user, _context(client, request), client.deadline_s,
                                                     number_matching=not auto)
         except ApiError as exc:  # locked, suspended, paused, not enrolled, push bombing
+            if exc.code == "not_enrolled" and self._codes is not None and await self._codes.usable(user):
+                return await self._ask_for_code(client, user)
             return reject(exc.code or "refused", _message(exc, self._user_message))
         if isinstance(created, Allowed):
             return Answer(Code.ACCEPT, outcome=f"allowed_{created.reason}")
@@ -153,11 +157,30 @@ class SignIns:
                 if created.number else "Approve the sign-in on your phone, then press Enter.")
         return Answer(Code.CHALLENGE, text, state=state, outcome="challenged")
 
+    async def _ask_for_code(self, client: RadiusClient, user: str) -> Answer:
+        """A user with no phone but an authenticator app or a token: in challenge mode the Access-Challenge
+        asks for the code (a State with no prompt behind it); in auto mode the client shows no challenge, so
+        the code must come after the password."""
+        if client.mode != "challenge":
+            if self._delimiter:
+                return reject("not_enrolled", f"No phone is set up for this account: type your password, "
+                                              f"then {self._delimiter} and the code from your "
+                                              "authenticator app.")
+            return reject("not_enrolled", "No phone is set up for this account.")
+        ref = ChallengeRef("", user, client.name, clock.now() + client.deadline_s)
+        state = await self._states.issue(ref)
+        return Answer(Code.CHALLENGE, "Enter the code from your authenticator app or token.", state=state,
+                      outcome="challenged_code")
+
     async def _follow_up(self, client: RadiusClient, app: Application, user: str, request: Request) -> Answer:
         ref = await self._states.take(request.state or b"")
         if ref is None or ref.user != user or ref.client != client.name:
             return reject("unknown_state", "This sign-in has expired. Start again.")
         typed = (request.password or "").strip()
+        if not ref.challenge_id and self._codes is not None:
+            # the challenge asked for a code (no phone): whatever comes back is checked as one, and a wrong
+            # answer is a wrong code (it counts toward the lockout and the wrong-code limit)
+            return await self._one_time_code(client, user, typed)
         if self._codes is not None and normal_code(typed) is not None:
             # A one-time code from an app, a token or the phone's offline codes, typed instead of Enter.
             answer = await self._one_time_code(client, user, typed)

@@ -6,11 +6,12 @@ from typing import Any
 
 from aiohttp import web
 
-from pushauth import ids
+from pushauth import clock, ids
 from pushauth.clock import rfc3339
+from pushauth.codes.totp import Params
 from pushauth.crypto.device_auth import token_from_header
 from pushauth.devices.service import AuthedDevice
-from pushauth.errors import Unprocessable
+from pushauth.errors import ServiceUnavailable, Unprocessable
 from pushauth.web import io
 from pushauth.web.schemas import DeviceAnswer, Pause, RegisterDevice, UpdatePushToken
 from pushauth.web.state import CHALLENGES, CODES, DEVICES, KEYRING
@@ -44,22 +45,39 @@ async def register_device(request: web.Request) -> web.Response:
         # The user types this number on one of their phones to approve this one (number matching).
         out["approval"] = {"number": registered.number,
                            "expires_at": rfc3339(registered.approval_expires_at)}
-    # Offline codes only for a phone that is active: one still waiting for approval must not be able to
-    # sign in with codes before the user has approved it.
+    # Offline codes (PROTOCOL.md 17.5): an active phone gets its seed now; one still waiting for approval
+    # gets it from its activation once approved (it must not sign in with codes before that).
+    # A server without its key-encryption key (a deployment problem: logged, and warned about by `pushauth
+    # check`) stores no seed; the phone is registered all the same and told, rather than answered 503 after
+    # its enrollment code was spent and its device id made (it would never learn that id).
     uid = ids.device_uid(registered.device_id)
-    if body.offline_codes and registered.status == "active" and uid is not None:
-        given = await request.app[CODES].phone_seed(uid, registered.user, registered.device_id)
-        if given is not None:
-            secret, params = given
-            out["otp"] = {"secret": secret, "algorithm": params.algorithm, "digits": params.digits,
-                          "period": params.period}
+    if body.offline_codes and uid is not None:
+        pending = registered.status != "active"
+        try:
+            given = await request.app[CODES].phone_seed(
+                uid, registered.user, registered.device_id,
+                approval_expires_at=(registered.approval_expires_at or clock.now()) if pending else None)
+        except ServiceUnavailable:
+            out["otp_unavailable"] = True
+        else:
+            if given is not None:
+                out["otp"] = _otp(*given)
     return io.json(out, status=201)
+
+
+def _otp(secret: str, params: Params) -> dict[str, Any]:
+    return {"secret": secret, "algorithm": params.algorithm, "digits": params.digits, "period": params.period}
 
 
 @routes.get("/v1/device/activation")
 async def activation(request: web.Request) -> web.Response:
     dev = await _authenticate(request)
-    return io.json(await request.app[DEVICES].activation(dev))
+    out = await request.app[DEVICES].activation(dev)
+    if out.get("status") == "active":  # a seed asked for while this phone waited: handed over once
+        given = await request.app[CODES].deliver_phone_seed(dev.uid, dev.device_id)
+        if given is not None:
+            out["otp"] = _otp(*given)
+    return io.json(out)
 
 
 @routes.get("/v1/device/challenges")

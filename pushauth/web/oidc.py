@@ -43,7 +43,7 @@ from pushauth.oidc.store import Backchannel, Grant, OidcStore, SignIn, new_secre
 from pushauth.web import io, outbox
 from pushauth.web import oidc_pages as pages
 from pushauth.web.outbox import OUTBOX
-from pushauth.web.state import AUDIT, CHALLENGES, KEYRING, LIMITER, RUNTIME, SETTINGS
+from pushauth.web.state import AUDIT, CHALLENGES, CODES, KEYRING, LIMITER, RUNTIME, SETTINGS
 
 log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
@@ -348,6 +348,13 @@ async def signin_post(request: web.Request) -> web.Response:
             provider.settings.prompt_ttl_s, remember_token=request.cookies.get(REMEMBER_COOKIE),
             browser_id=request.cookies.get(BROWSER_COOKIE))
     except ApiError as exc:
+        if exc.code == "not_enrolled" and await request.app[CODES].usable(user):
+            # no phone, but an authenticator app or a token: the code is the second factor (the form of
+            # pushauth/web/oidc_codes.py, where lock, suspension and the wrong-code limit apply)
+            signin.code_user = user
+            await provider.store.update_signin(signin)
+            return web.Response(status=303, headers={**pages.HEADERS,
+                                                     "Location": f"/oidc/code?signin={signin.id}"})
         return pages.respond(pages.message("Sign-in refused", _refusal(exc, request)), status=403)
     signin.user, signin.auth_time = user, clock.now()
     if isinstance(created, Allowed):  # a remembered browser, an exempt account, or before the enforcement
