@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 from joserfc import jwt
 from joserfc.jwk import KeySet, RSAKey
-from support import LoginFlow, RunningServer, free_port, make_settings, start_server
+from support import AdminClient, LoginFlow, RunningServer, free_port, make_settings, start_server
 
 from pushauth.crypto import jws
 from pushauth.crypto.keyring import KeyRingHolder
@@ -206,6 +206,56 @@ async def test_a_denial_is_access_denied(env: Env) -> None:
     await env.phone.deny(pending, "mistake")
     status, body = await poll(env, started["auth_req_id"])
     assert (status, body["error"]) == (400, "access_denied")
+
+
+async def test_not_me_is_access_denied_raises_the_alert_and_suspends_prompts(env: Env) -> None:
+    """A CIBA prompt is a prompt like any other: "not me" is the critical alert and containment, and the
+    client's next request for the user is refused as the REST path refuses it (403 suspended there,
+    CIBA Core 13's 403 access_denied here) before the phone is prompted again."""
+    _, started = await initiate(env)
+    [pending] = await env.phone.pending()
+    assert await env.phone.deny(pending, "not_me") == "denied"
+    status, body = await poll(env, started["auth_req_id"])
+    assert (status, body["error"]) == (400, "access_denied")
+    alerts = await AdminClient(env.http, env.op.url).alerts()
+    assert [(a["kind"], a["severity"], a["user"]) for a in alerts] == [("denied_not_me", "critical", USER)]
+    status, refused = await initiate(env)
+    assert (status, refused["error"]) == (403, "access_denied"), refused
+    assert "blocked" in refused["error_description"]
+    assert await env.phone.pending() == []
+    status, rest = await LoginFlow(env.http, env.op.url).call("POST", "/v1/challenges", {"user": USER})
+    assert (status, rest["error"]) == (403, "suspended")  # the same state, as the REST path words it
+
+
+async def test_a_locked_user_is_refused(env: Env) -> None:
+    status, body = await AdminClient(env.http, env.op.url).call("POST", f"/v1/users/{USER}/lock")
+    assert status == 200, body
+    status, refused = await initiate(env)
+    assert (status, refused["error"]) == (403, "access_denied"), refused
+    assert await env.phone.pending() == []
+
+
+async def test_push_bombing_over_ciba_counts_with_the_rest_paths_prompts(env: Env) -> None:
+    """One count per user, whichever door the prompts came through: three from the REST API and two over
+    CIBA reach the default limit (5 in 5 minutes); the next is refused on both, and it is one incident."""
+    rest = LoginFlow(env.http, env.op.url)
+    for _ in range(3):
+        await rest.create(USER)
+    for _ in range(2):
+        status, started = await initiate(env)
+        assert status == 200, started
+    form = {"scope": "openid", "login_hint": USER}
+    async with env.http.post(env.op.url + "/oidc/bc-authorize", data=form, headers=basic("desk")) as resp:
+        refused = await resp.json()
+        assert (resp.status, refused["error"]) == (403, "access_denied"), refused
+        assert 1 <= int(resp.headers["Retry-After"]) <= 300  # as the REST path tells its callers
+    assert "Too many" in refused["error_description"]
+    status, body = await rest.call("POST", "/v1/challenges", {"user": USER})
+    assert (status, body["error"]) == (429, "rate_limited")
+    [alert] = await AdminClient(env.http, env.op.url).alerts()
+    assert (alert["kind"], alert["severity"]) == ("push_bombing", "high")
+    assert alert["evidence"]["event_count"] == 2
+    assert len(await env.phone.pending()) == 5  # the refused prompts never reached the phone
 
 
 async def test_no_answer_is_expired_token(env: Env) -> None:
