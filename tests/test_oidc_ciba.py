@@ -17,6 +17,8 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from prometheus_client import REGISTRY
+from structlog.testing import capture_logs
 from joserfc import jwt
 from joserfc.jwk import KeySet, RSAKey
 from support import AdminClient, LoginFlow, RunningServer, free_port, make_settings, start_server
@@ -25,6 +27,7 @@ from pushauth.crypto import jws
 from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.crypto.keys import KeyRing
 from pushauth.crypto.secrets import sha256_hex
+from pushauth.oidc import outbox
 from pushauth.phone import Phone
 from testkit.openid_client import RpClient, missing_node_rp, rp_ciba
 
@@ -42,15 +45,27 @@ class Env:
     http: aiohttp.ClientSession
     phone: Phone
     pings: list[dict[str, Any]]
+    ping_times: list[float]  # time.monotonic() of each ping's arrival
+    # What the notification receiver answers next, in order: (status, headers), or "hang" (it answers
+    # nothing for 2 s); 204 once these are used up.
+    answers: list[tuple[int, dict[str, str]] | str]
 
 
 @pytest.fixture
 async def env(redis_url: str, keyring: KeyRingHolder) -> AsyncIterator[Env]:
     pings: list[dict[str, Any]] = []
+    ping_times: list[float] = []
+    answers: list[tuple[int, dict[str, str]] | str] = []
 
     async def notified(request: web.Request) -> web.Response:
         pings.append({"auth": request.headers.get("Authorization"), "body": await request.json()})
-        return web.Response(status=204)
+        ping_times.append(time.monotonic())
+        answer = answers.pop(0) if answers else (204, {})
+        if isinstance(answer, str):  # "hang"
+            await asyncio.sleep(2)
+            answer = (204, {})
+        status, headers = answer
+        return web.Response(status=status, headers=headers)
 
     async def upstream_keys(_request: web.Request) -> web.Response:
         return web.json_response({"keys": [UPSTREAM_KEY.as_dict(private=False)]})
@@ -75,7 +90,7 @@ async def env(redis_url: str, keyring: KeyRingHolder) -> AsyncIterator[Env]:
     try:
         async with aiohttp.ClientSession() as http:
             phone = await Phone.enroll(await LoginFlow(http, op.url).enroll_uri(USER), session=http)
-            yield Env(op, keyring, http, phone, pings)
+            yield Env(op, keyring, http, phone, pings, ping_times, answers)
     finally:
         await op.close()
         await runner.cleanup()
@@ -280,6 +295,66 @@ async def test_ping_mode_notifies_the_client(env: Env) -> None:
     status, tokens = await poll(env, started["auth_req_id"], "kiosk")
     assert status == 200, tokens
     assert "id_token" in tokens
+
+
+def settled(kind: str, result: str) -> float:
+    return REGISTRY.get_sample_value("pushauth_oidc_notifications_total", {"kind": kind, "result": result}) or 0.0
+
+
+async def pinged(env: Env, count: int, within_s: float = 10.0) -> None:
+    async with asyncio.timeout(within_s):
+        while len(env.pings) < count:
+            await asyncio.sleep(0.02)
+
+
+async def approved_ping_request(env: Env) -> dict[str, Any]:
+    status, started = await initiate(env, "kiosk", client_notification_token=PING_TOKEN)
+    assert status == 200, started
+    [pending] = await env.phone.pending()
+    assert await env.phone.approve(pending, number=started["pushauth_number"]) == "approved"
+    return started
+
+
+async def test_a_ping_the_receiver_cannot_take_yet_is_retried_until_taken(env: Env) -> None:
+    env.answers.append((503, {}))
+    taken = settled("ping", "taken")
+    started = await approved_ping_request(env)
+    await pinged(env, 2)
+    want = {"auth": f"Bearer {PING_TOKEN}", "body": {"auth_req_id": started["auth_req_id"]}}
+    assert env.pings == [want, want]  # the 503, then the 204
+    assert 0.9 <= env.ping_times[1] - env.ping_times[0] < 3  # the schedule's first step: 1 s
+    await asyncio.sleep(5.5)  # past the next step: taken means no more
+    assert len(env.pings) == 2
+    assert settled("ping", "taken") == taken + 1
+    status, tokens = await poll(env, started["auth_req_id"], "kiosk")
+    assert status == 200, tokens
+
+
+async def test_a_ping_waits_as_long_as_the_receivers_retry_after(env: Env) -> None:
+    """As the alert webhooks do: a 429 is tried again, after the receiver's Retry-After when that is longer
+    than the schedule's step (1 s here)."""
+    env.answers.append((429, {"Retry-After": "3"}))
+    await approved_ping_request(env)
+    await pinged(env, 2)
+    assert 2.9 <= env.ping_times[1] - env.ping_times[0] < 4.5
+
+
+async def test_a_ping_nobody_takes_ends_counted_and_logged(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(outbox, "RETRY_SCHEDULE_S", (0.2, 0.2))
+    monkeypatch.setattr(outbox, "POST_TIMEOUT_S", 0.5)  # read when the outbox opens its session: first POST
+    env.answers.extend(["hang"] * 3)
+    failed = settled("ping", "failed")
+    with capture_logs() as logs:
+        await approved_ping_request(env)
+        async with asyncio.timeout(10):
+            while settled("ping", "failed") == failed:
+                await asyncio.sleep(0.05)
+    assert len(env.pings) == 3  # the first try and both retries, each timed out
+    [gave_up] = [e for e in logs if e["event"] == "notification_failed"]
+    assert gave_up["log_level"] == "warning"
+    assert (gave_up["kind"], gave_up["sender"], gave_up["reason"], gave_up["attempts"]) == (
+        "ping", "kiosk", "timeout", 3)
+    assert PING_TOKEN not in repr(logs)
 
 
 async def test_a_ping_survives_a_restart_of_the_server(env: Env) -> None:
