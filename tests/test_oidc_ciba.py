@@ -121,6 +121,8 @@ async def test_discovery_lists_ciba(env: Env) -> None:
     assert meta["backchannel_authentication_endpoint"] == env.op.url + "/oidc/bc-authorize"
     assert meta["backchannel_token_delivery_modes_supported"] == ["poll", "ping"]
     assert "urn:openid:params:grant-type:ciba" in meta["grant_types_supported"]
+    # CIBA Core 4: user codes are not supported, and no setting turns them on (a user_code is refused).
+    assert meta["backchannel_user_code_parameter_supported"] is False
 
 
 async def test_poll_mode_pending_slow_down_then_the_tokens(env: Env) -> None:
