@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import time
+from collections.abc import Sequence
 
 
 def rfc3339(ts: int) -> str:
@@ -31,3 +32,11 @@ def retry_after_s(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+def retry_delay_s(schedule: Sequence[float], attempt: int, retry_after: float | None) -> float:
+    """The wait before retry `attempt` (0-based) of a delivery: the schedule's step, or the receiver's
+    Retry-After when that is longer, but never past the schedule's longest step (a receiver cannot park a
+    delivery beyond what the schedule would ever wait). One rule for the alert webhooks
+    (pushauth/alerts/delivery.py) and the OpenID notifications (pushauth/oidc/outbox.py)."""
+    return max(float(schedule[attempt]), min(retry_after or 0.0, float(max(schedule))))

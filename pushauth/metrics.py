@@ -55,6 +55,11 @@ APNS_CERT_EXPIRY = Gauge("pushauth_push_apns_certificate_expiry_timestamp_second
                          "notAfter of the APNs client certificate, Unix seconds", ["topic"])
 ALERT_DELIVERIES = Counter("pushauth_alert_deliveries_total", "Alert deliveries by sink and result",
                            ["sink", "result"])
+# CIBA pings and Keycloak callbacks (pushauth/oidc/outbox.py), once each is settled: taken (2xx), refused
+# (the receiver's final no) or failed (every retry spent: the client never hears of the decision).
+OIDC_NOTIFICATIONS = Counter("pushauth_oidc_notifications_total",
+                             "OpenID notifications settled, by kind (ping, keycloak) and result "
+                             "(taken, refused, failed)", ["kind", "result"])
 
 # -- the RADIUS front (pushauth/radius/) ---------------------------------------------------------------------
 

@@ -34,11 +34,13 @@ from urllib.parse import parse_qs, urlsplit
 __all__ = [
     "RP_DIR",
     "AuthorizationStart",
+    "BackchannelRun",
     "ClientAuthMethod",
     "RpClient",
     "RpError",
     "RpResult",
     "missing_node_rp",
+    "rp_ciba",
     "rp_finish",
     "rp_start",
 ]
@@ -235,13 +237,20 @@ async def rp_finish(client: RpClient, state_file: Path, callback_url: str, *, sk
 
 class BackchannelRun:
     """`node rp.mjs ciba` under way: openid-client's backchannel authentication request answered
-    (`initiation`: auth_req_id, expires_in, interval, pushauth_number), and its polling for the tokens still
-    running until `result()`."""
+    (`initiation`: auth_req_id, expires_in, interval, pushauth_number), and its polling for the tokens (or,
+    in ping mode, its wait for `notify`) still running until `result()`."""
 
     def __init__(self, proc: asyncio.subprocess.Process, initiation: dict[str, Any], started: float) -> None:
         self._proc = proc
         self.initiation = initiation
         self._started = started
+
+    async def notify(self, ping: Mapping[str, Any]) -> None:
+        """Ping mode: hand openid-client the body of the ping the test's notification receiver got; it
+        checks the ping names its request, then asks the token endpoint with the CIBA grant."""
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(json.dumps(dict(ping)).encode() + b"\n")
+        await self._proc.stdin.drain()
 
     async def result(self, timeout_s: float = 60.0) -> RpResult:
         try:
@@ -262,10 +271,21 @@ class BackchannelRun:
                         elapsed_s=elapsed, stderr=stderr)
 
 
-async def rp_ciba(client: RpClient, login_hint: str, *, timeout_s: float = 30.0) -> BackchannelRun:
-    """openid-client's CIBA poll mode (`initiateBackchannelAuthentication`, then
-    `pollBackchannelAuthenticationGrant`, which honours interval and slow_down and validates the ID token):
-    returns once the provider answered the request, with the polling still running."""
+async def rp_ciba(client: RpClient, login_hint: str, *, client_notification_token: str | None = None,
+                  requested_expiry: int | None = None, poll_timeout_s: float | None = None,
+                  timeout_s: float = 30.0) -> BackchannelRun:
+    """openid-client's CIBA (`initiateBackchannelAuthentication`), returning once the provider answered the
+    request. Poll mode by default: `pollBackchannelAuthenticationGrant` (interval, slow_down, the ID token
+    validated) is then running; it gives up by itself at the request's expires_in unless `poll_timeout_s`
+    gives it longer (to hear the provider's expired_token). Ping mode with `client_notification_token`: it
+    waits for `BackchannelRun.notify`, then makes the CIBA grant request once."""
+    args = ["ciba", *client.argv(), "--login-hint", login_hint]
+    if client_notification_token is not None:
+        args += ["--client-notification-token", client_notification_token]
+    if requested_expiry is not None:
+        args += ["--requested-expiry", str(requested_expiry)]
+    if poll_timeout_s is not None:
+        args += ["--poll-timeout", str(poll_timeout_s)]
     reason = missing_node_rp()
     if reason is not None:
         raise FileNotFoundError(reason)
@@ -276,9 +296,8 @@ async def rp_ciba(client: RpClient, login_hint: str, *, timeout_s: float = 30.0)
         env["NODE_EXTRA_CA_CERTS"] = str(client.ca_file)
     started = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
-        node, str(RP_SCRIPT), "ciba", *client.argv(), "--login-hint", login_hint, cwd=RP_DIR, env=env,
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        start_new_session=True)
+        node, str(RP_SCRIPT), *args, cwd=RP_DIR, env=env, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True)
     assert proc.stdout is not None
     try:
         first = await asyncio.wait_for(proc.stdout.readline(), timeout_s)

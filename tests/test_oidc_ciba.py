@@ -19,12 +19,15 @@ import pytest
 from aiohttp import web
 from joserfc import jwt
 from joserfc.jwk import KeySet, RSAKey
-from support import LoginFlow, RunningServer, free_port, make_settings, start_server
+from prometheus_client import REGISTRY
+from structlog.testing import capture_logs
+from support import AdminClient, LoginFlow, RunningServer, free_port, make_settings, start_server
 
 from pushauth.crypto import jws
 from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.crypto.keys import KeyRing
 from pushauth.crypto.secrets import sha256_hex
+from pushauth.oidc import outbox
 from pushauth.phone import Phone
 from testkit.openid_client import RpClient, missing_node_rp, rp_ciba
 
@@ -42,15 +45,27 @@ class Env:
     http: aiohttp.ClientSession
     phone: Phone
     pings: list[dict[str, Any]]
+    ping_times: list[float]  # time.monotonic() of each ping's arrival
+    # What the notification receiver answers next, in order: (status, headers), or "hang" (it answers
+    # nothing for 2 s); 204 once these are used up.
+    answers: list[tuple[int, dict[str, str]] | str]
 
 
 @pytest.fixture
 async def env(redis_url: str, keyring: KeyRingHolder) -> AsyncIterator[Env]:
     pings: list[dict[str, Any]] = []
+    ping_times: list[float] = []
+    answers: list[tuple[int, dict[str, str]] | str] = []
 
     async def notified(request: web.Request) -> web.Response:
         pings.append({"auth": request.headers.get("Authorization"), "body": await request.json()})
-        return web.Response(status=204)
+        ping_times.append(time.monotonic())
+        answer = answers.pop(0) if answers else (204, {})
+        if isinstance(answer, str):  # "hang"
+            await asyncio.sleep(2)
+            answer = (204, {})
+        status, headers = answer
+        return web.Response(status=status, headers=headers)
 
     async def upstream_keys(_request: web.Request) -> web.Response:
         return web.json_response({"keys": [UPSTREAM_KEY.as_dict(private=False)]})
@@ -75,7 +90,7 @@ async def env(redis_url: str, keyring: KeyRingHolder) -> AsyncIterator[Env]:
     try:
         async with aiohttp.ClientSession() as http:
             phone = await Phone.enroll(await LoginFlow(http, op.url).enroll_uri(USER), session=http)
-            yield Env(op, keyring, http, phone, pings)
+            yield Env(op, keyring, http, phone, pings, ping_times, answers)
     finally:
         await op.close()
         await runner.cleanup()
@@ -106,6 +121,8 @@ async def test_discovery_lists_ciba(env: Env) -> None:
     assert meta["backchannel_authentication_endpoint"] == env.op.url + "/oidc/bc-authorize"
     assert meta["backchannel_token_delivery_modes_supported"] == ["poll", "ping"]
     assert "urn:openid:params:grant-type:ciba" in meta["grant_types_supported"]
+    # CIBA Core 4: user codes are not supported, and no setting turns them on (a user_code is refused).
+    assert meta["backchannel_user_code_parameter_supported"] is False
 
 
 async def test_poll_mode_pending_slow_down_then_the_tokens(env: Env) -> None:
@@ -208,6 +225,56 @@ async def test_a_denial_is_access_denied(env: Env) -> None:
     assert (status, body["error"]) == (400, "access_denied")
 
 
+async def test_not_me_is_access_denied_raises_the_alert_and_suspends_prompts(env: Env) -> None:
+    """A CIBA prompt is a prompt like any other: "not me" is the critical alert and containment, and the
+    client's next request for the user is refused as the REST path refuses it (403 suspended there,
+    CIBA Core 13's 403 access_denied here) before the phone is prompted again."""
+    _, started = await initiate(env)
+    [pending] = await env.phone.pending()
+    assert await env.phone.deny(pending, "not_me") == "denied"
+    status, body = await poll(env, started["auth_req_id"])
+    assert (status, body["error"]) == (400, "access_denied")
+    alerts = await AdminClient(env.http, env.op.url).alerts()
+    assert [(a["kind"], a["severity"], a["user"]) for a in alerts] == [("denied_not_me", "critical", USER)]
+    status, refused = await initiate(env)
+    assert (status, refused["error"]) == (403, "access_denied"), refused
+    assert "blocked" in refused["error_description"]
+    assert await env.phone.pending() == []
+    status, rest = await LoginFlow(env.http, env.op.url).call("POST", "/v1/challenges", {"user": USER})
+    assert (status, rest["error"]) == (403, "suspended")  # the same state, as the REST path words it
+
+
+async def test_a_locked_user_is_refused(env: Env) -> None:
+    status, body = await AdminClient(env.http, env.op.url).call("POST", f"/v1/users/{USER}/lock")
+    assert status == 200, body
+    status, refused = await initiate(env)
+    assert (status, refused["error"]) == (403, "access_denied"), refused
+    assert await env.phone.pending() == []
+
+
+async def test_push_bombing_over_ciba_counts_with_the_rest_paths_prompts(env: Env) -> None:
+    """One count per user, whichever door the prompts came through: three from the REST API and two over
+    CIBA reach the default limit (5 in 5 minutes); the next is refused on both, and it is one incident."""
+    rest = LoginFlow(env.http, env.op.url)
+    for _ in range(3):
+        await rest.create(USER)
+    for _ in range(2):
+        status, started = await initiate(env)
+        assert status == 200, started
+    form = {"scope": "openid", "login_hint": USER}
+    async with env.http.post(env.op.url + "/oidc/bc-authorize", data=form, headers=basic("desk")) as resp:
+        refused = await resp.json()
+        assert (resp.status, refused["error"]) == (403, "access_denied"), refused
+        assert 1 <= int(resp.headers["Retry-After"]) <= 300  # as the REST path tells its callers
+    assert "Too many" in refused["error_description"]
+    status, body = await rest.call("POST", "/v1/challenges", {"user": USER})
+    assert (status, body["error"]) == (429, "rate_limited")
+    [alert] = await AdminClient(env.http, env.op.url).alerts()
+    assert (alert["kind"], alert["severity"]) == ("push_bombing", "high")
+    assert alert["evidence"]["event_count"] == 2
+    assert len(await env.phone.pending()) == 5  # the refused prompts never reached the phone
+
+
 async def test_no_answer_is_expired_token(env: Env) -> None:
     _, started = await initiate(env, requested_expiry="10")
     assert started["expires_in"] <= 10
@@ -230,6 +297,71 @@ async def test_ping_mode_notifies_the_client(env: Env) -> None:
     status, tokens = await poll(env, started["auth_req_id"], "kiosk")
     assert status == 200, tokens
     assert "id_token" in tokens
+
+
+def settled(kind: str, result: str) -> float:
+    labels = {"kind": kind, "result": result}
+    return REGISTRY.get_sample_value("pushauth_oidc_notifications_total", labels) or 0.0
+
+
+async def pinged(env: Env, count: int, within_s: float = 10.0) -> None:
+    for _ in range(int(within_s / 0.05)):
+        if len(env.pings) >= count:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{len(env.pings)} pings within {within_s} s, not {count}")
+
+
+async def approved_ping_request(env: Env) -> dict[str, Any]:
+    status, started = await initiate(env, "kiosk", client_notification_token=PING_TOKEN)
+    assert status == 200, started
+    [pending] = await env.phone.pending()
+    assert await env.phone.approve(pending, number=started["pushauth_number"]) == "approved"
+    return started
+
+
+async def test_a_ping_the_receiver_cannot_take_yet_is_retried_until_taken(env: Env) -> None:
+    env.answers.append((503, {}))
+    taken = settled("ping", "taken")
+    started = await approved_ping_request(env)
+    await pinged(env, 2)
+    want = {"auth": f"Bearer {PING_TOKEN}", "body": {"auth_req_id": started["auth_req_id"]}}
+    assert env.pings == [want, want]  # the 503, then the 204
+    assert 0.9 <= env.ping_times[1] - env.ping_times[0] < 3  # the schedule's first step: 1 s
+    await asyncio.sleep(5.5)  # past the next step: taken means no more
+    assert len(env.pings) == 2
+    assert settled("ping", "taken") == taken + 1
+    status, tokens = await poll(env, started["auth_req_id"], "kiosk")
+    assert status == 200, tokens
+
+
+async def test_a_ping_waits_as_long_as_the_receivers_retry_after(env: Env) -> None:
+    """As the alert webhooks do: a 429 is tried again, after the receiver's Retry-After when that is longer
+    than the schedule's step (1 s here)."""
+    env.answers.append((429, {"Retry-After": "3"}))
+    await approved_ping_request(env)
+    await pinged(env, 2)
+    assert 2.9 <= env.ping_times[1] - env.ping_times[0] < 4.5
+
+
+async def test_a_ping_nobody_takes_ends_counted_and_logged(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(outbox, "RETRY_SCHEDULE_S", (0.2, 0.2))
+    monkeypatch.setattr(outbox, "POST_TIMEOUT_S", 0.5)  # read when the outbox opens its session: first POST
+    env.answers.extend(["hang"] * 3)
+    failed = settled("ping", "failed")
+    with capture_logs() as logs:
+        await approved_ping_request(env)
+        for _ in range(200):
+            if settled("ping", "failed") > failed:
+                break
+            await asyncio.sleep(0.05)
+    assert settled("ping", "failed") == failed + 1
+    assert len(env.pings) == 3  # the first try and both retries, each timed out
+    [gave_up] = [e for e in logs if e["event"] == "notification_failed"]
+    assert gave_up["log_level"] == "warning"
+    assert (gave_up["kind"], gave_up["sender"], gave_up["reason"], gave_up["attempts"]) == (
+        "ping", "kiosk", "timeout", 3)
+    assert PING_TOKEN not in repr(logs)
 
 
 async def test_a_ping_survives_a_restart_of_the_server(env: Env) -> None:
@@ -301,3 +433,41 @@ async def test_openid_client_is_told_access_denied(env: Env) -> None:
     result = await run.result()
     assert not result.ok
     assert result.oauth_error == "access_denied", result
+
+
+async def test_openid_client_in_ping_mode(env: Env) -> None:
+    """openid-client sends its client_notification_token; the phone approves; our notification receiver
+    gets the ping with that bearer and hands it to openid-client, which then makes the CIBA grant request
+    and validates the ID token."""
+    if (why := missing_node_rp()) is not None:
+        pytest.skip(why)
+    rp = RpClient(env.op.url, "kiosk", "http://127.0.0.1:9/unused", client_secret=SECRET)
+    run = await rp_ciba(rp, USER, client_notification_token=PING_TOKEN)
+    assert "interval" not in run.initiation  # ping mode: nothing to poll
+    [pending] = await env.phone.pending()
+    assert await env.phone.approve(pending, number=run.initiation["pushauth_number"]) == "approved"
+    await pinged(env, 1)
+    [ping] = env.pings
+    assert ping == {"auth": f"Bearer {PING_TOKEN}", "body": {"auth_req_id": run.initiation["auth_req_id"]}}
+    await run.notify(ping["body"])
+    result = await run.result()
+    assert result.ok, (result.error, result.message)
+    assert result.claims is not None
+    assert (result.claims["sub"], result.claims["aud"], result.claims["iss"]) == (USER, "kiosk", env.op.url)
+    status, again = await poll(env, run.initiation["auth_req_id"], "kiosk")
+    assert (status, again["error"]) == (400, "invalid_grant")  # openid-client took the tokens, once
+
+
+async def test_openid_client_is_told_expired_token(env: Env) -> None:
+    """Nobody answers a request that lives 10 s: openid-client, polling a little past that, is told
+    expired_token by the provider (by default it would stop at expires_in on its own timeout)."""
+    if (why := missing_node_rp()) is not None:
+        pytest.skip(why)
+    rp = RpClient(env.op.url, "desk", "http://127.0.0.1:9/unused", client_secret=SECRET)
+    run = await rp_ciba(rp, USER, requested_expiry=10, poll_timeout_s=25)
+    assert run.initiation["expires_in"] <= 10
+    [_pending] = await env.phone.pending()
+    result = await run.result(timeout_s=40)
+    assert not result.ok
+    assert (result.oauth_error, result.status) == ("expired_token", 400), result
+    assert 10 <= result.elapsed_s < 25  # the provider's verdict, not openid-client giving up

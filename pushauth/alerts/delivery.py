@@ -58,7 +58,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 import structlog
 
-from pushauth import ids, metrics
+from pushauth import clock, ids, metrics
 from pushauth.alerts import scripts as lua
 from pushauth.alerts.settings import SinkSettings
 from pushauth.alerts.sinks import AlertSink, Notification, SinkOutcome, SinkOutcomeKind
@@ -201,8 +201,7 @@ class AlertDelivery:
             log.error("alert_delivery_gave_up", **fields)
             await self._dead(key, uid, aid, version, name, f"retries_exhausted:{outcome.reason}")
             return
-        # A receiver's Retry-After is honoured, but never beyond the longest step of the schedule.
-        delay = max(float(schedule[attempt]), min(outcome.retry_after_s or 0.0, float(max(schedule))))
+        delay = clock.retry_delay_s(schedule, attempt, outcome.retry_after_s)
         retry = {"u": uid, "a": aid, "v": str(version), "s": name, "n": str(attempt + 1)}
         await self.consumer.schedule(retry, time.time() + delay)
         await lua.mark_alert_delivery(self._redis, key, field=f"dls:{name}:{version}",

@@ -1,8 +1,8 @@
 """Keycloak's CIBA HTTP authentication channel: Keycloak is the OpenID Provider (it runs CIBA for its own
 clients) and hands the user's authentication to an external server over HTTP; pushauth is that server.
 
-What Keycloak does, read from its source (github.com/keycloak/keycloak, services/src/main/java/org/keycloak/
-protocol/oidc/grants/ciba/):
+What Keycloak does, read from its source as of Keycloak 26.4 (github.com/keycloak/keycloak, the 26.4.x
+release line; services/src/main/java/org/keycloak/protocol/oidc/grants/ciba/):
 
 - `endpoints/BackchannelAuthenticationEndpoint.java`: a client's backchannel request is checked (its
   `binding_message` against `^[a-zA-Z0-9-._+/!?#]{1,50}$`), the user resolved, and a
@@ -11,13 +11,13 @@ protocol/oidc/grants/ciba/):
   `auth_result_id`.
 - `channel/HttpAuthenticationChannelProvider.java` POSTs, to the URI configured as the provider's
   `httpAuthenticationChannelUri` (`channel/HttpAuthenticationChannelProviderFactory.java`, provider id
-  `ciba-http-auth-channel`), the JSON of `channel/AuthenticationChannelRequest.java`: `login_hint` (what
-  the realm's user resolver names the user by: the username), `scope`, `binding_message`,
-  `is_consent_required`, `acr_values`, and (newer releases) the request's other parameters as further
-  top-level members; with `Authorization: Bearer <token>`, an access token the realm signs with its own key
-  (`session.tokens().encode`: the realm's default signature algorithm, `kid` in the header) whose claims
-  are `typ` "Bearer", `iss`, `aud` (both the realm's issuer), `jti` (= the `auth_result_id`), `azp`,
-  `sub`, `iat`, `exp`. Only a 201 counts; any other status and Keycloak tells its client 503.
+  `ciba-http-auth-channel`), the JSON of `channel/AuthenticationChannelRequest.java`: `login_hint` (what the
+  realm's user resolver names the user by: the username), `scope`, `binding_message`, `is_consent_required`,
+  `acr_values`, and (26.4; older releases sent only those) the request's other parameters as further top-level
+  members; with `Authorization: Bearer <token>`, an access token the realm signs with its own key
+  (`session.tokens().encode`: the realm's default signature algorithm, `kid` in the header) whose claims are
+  `typ` "Bearer", `iss`, `aud` (both the realm's issuer), `jti` (= the `auth_result_id`), `azp`, `sub`, `iat`,
+  `exp`. Only a 201 counts; any other status and Keycloak tells its client 503.
 - `endpoints/BackchannelAuthenticationCallbackEndpoint.java` (at `<issuer>/protocol/openid-connect/ext/ciba/
   auth/callback`) takes the result: JSON `{"status": "SUCCEED" | "UNAUTHORIZED" | "CANCELLED"}`
   (`channel/AuthenticationChannelResponse.java`) with the same bearer, which it verifies (issuer, audience,
@@ -28,7 +28,9 @@ protocol/oidc/grants/ciba/):
 algorithm against the realm's JWKS, `iss` one configured realm, `aud` the same, `typ` "Bearer", `exp` in
 the future, `iat` not in it, and `jti`, `azp`, `sub` present. The result goes to the realm's callback
 through the outbox (pushauth/oidc/outbox.py), as `CALLBACK_STATUS` maps the prompt's outcome, retried while
-the realm is unreachable or failing (5xx); a 4xx is the realm's final word.
+the realm is unreachable or failing (5xx, 408, 429, Retry-After honoured); any other 4xx is the realm's
+final word (a 400 from 26.4's callback can also mean its own ping to a ping-mode client failed, after the
+decision was recorded: final too).
 """
 
 from __future__ import annotations

@@ -5,11 +5,21 @@ survive a restart of the server that took the request.
 Each is written to Redis when its request is taken (`{notify}:n:<id>`, JSON, living as long as the prompt
 and its retries) and its id put in the due set (`{notify}:due`) with a lease: the server that took it follows
 the prompt in a task, renewing the lease while it waits (the challenge's own decision event wakes it, as
-it wakes a login flow's long poll), then POSTs, retried after a failure to connect, a timeout or a 5xx (a
-4xx is the receiver's final word), and deletes both. A server that stops gives its leases back at once; one
-that dies lets them run out. Every server sweeps the due set every few seconds and adopts what is there
-with an ended lease (claim_notifications.lua: the claim and the new lease in one step, so only one server
-adopts each), and follows it the same way: the decision is in the challenge, whenever it came.
+it wakes a login flow's long poll), then POSTs (retried, below), and deletes both. A server that stops
+gives its leases back at once; one that dies lets them run out. Every server sweeps the due set every few
+seconds and adopts what is there with an ended lease (claim_notifications.lua: the claim and the new lease
+in one step, so only one server adopts each), and follows it the same way: the decision is in the
+challenge, whenever it came.
+
+Retries follow the alert webhooks' rules (pushauth/alerts/delivery.py) on a schedule of seconds, not hours:
+a failure to connect, a timeout, a 5xx, a 408 or a 429 is tried again after the next step of
+`RETRY_SCHEDULE_S`, or after the receiver's Retry-After when longer, up to the longest step
+(`clock.retry_delay_s`, the webhooks' own rule). Any other answer is final: a CIBA client's 4xx is its word
+on this request, and Keycloak's 403 means the request is no longer pending. After the last step the
+notification has failed: counted (`pushauth_oidc_notifications_total{result="failed"}`), logged as a
+warning with the last reason and the receiver's origin, and dropped. Unlike an alert's dead letter there
+is nothing worth replaying: the CIBA request lives only a minute past its prompt (a ping client may still
+ask the token endpoint in that time), and Keycloak's own client stops waiting when the bearer expires.
 
 Delivery is at least once: a server that stalls past its lease while another adopts its notification may
 send it twice. Both receivers take that: a CIBA client fetches its tokens once whatever it is told, and
@@ -23,6 +33,7 @@ import contextlib
 import secrets
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 import aiohttp
@@ -30,6 +41,8 @@ import msgspec
 import redis.asyncio as aioredis
 import structlog
 
+from pushauth import clock, metrics
+from pushauth.alerts.settings import url_origin
 from pushauth.challenges.service import Challenges
 from pushauth.config import Application
 from pushauth.errors import PushAuthError
@@ -44,9 +57,13 @@ CLOSE_WAIT_S: Final = 5.0  # a shutdown waits at most this long for its follower
 WAIT_S: Final = 10.0  # one wait on the prompt's decision (the lease is renewed between waits)
 SWEEP_S: Final = 2.0
 SWEEP_BATCH: Final = 100
-ATTEMPTS: Final = (0.0, 1.0, 5.0, 15.0)  # delays before each try
+# Waits before each retry, after a first try at once: 51 s in all, well inside the minute a CIBA request
+# outlives its prompt, and inside RETRY_WINDOW_S with every step stretched by a Retry-After.
+RETRY_SCHEDULE_S: Final = (1.0, 5.0, 15.0, 30.0)
 POST_TIMEOUT_S: Final = 10.0
-RETRY_WINDOW_S: Final = 120  # a record outlives its deadline by this much, for the tries
+RETRY_WINDOW_S: Final = 180  # a record outlives its deadline by this much: every try, at its longest
+# Answers worth another try: the receiver is briefly unable (408 timeout, 429 too many, 5xx).
+_RETRIED: Final = frozenset({408, 429})
 _STORE_DOWN: Final[tuple[type[Exception], ...]] = (PushAuthError, *STORE_DOWN_ERRORS)
 
 CLAIM = Script.load("pushauth.oidc", "claim_notifications.lua")
@@ -73,6 +90,16 @@ class Notification(msgspec.Struct, kw_only=True, frozen=True):
             return {"auth_req_id": self.auth_req_id}
         # Keycloak's AuthenticationChannelResponse; an undecided prompt at the deadline has expired
         return {"status": CALLBACK_STATUS.get(status, "CANCELLED")}
+
+
+@dataclass(slots=True)
+class _Answer:
+    """What the POSTs came to."""
+
+    outcome: str  # "taken", "refused", "retry"; "failed" once the retries are spent
+    reason: str  # short, loggable: "http_503", "timeout", "connection"
+    retry_after_s: float | None = None  # the receiver's Retry-After, when it sent one
+    attempts: int = 0
 
 
 _decode = msgspec.json.Decoder(Notification).decode
@@ -163,24 +190,15 @@ class Outbox:
         except Exception:  # a bug, not an outage (those are waited out): sent as undecided, not re-adopted
             log.exception("notification_follow_failed", kind=notification.kind, sender=notification.sender)
             status = "cancelled"
-        outcome = "failed"
         body = notification.body(status)
-        for attempt, delay in enumerate(ATTEMPTS, start=1):
-            if self._closing:
-                raise asyncio.CancelledError
-            await self._renew(nid, delay + POST_TIMEOUT_S + LEASE_S)
-            await asyncio.sleep(delay)
-            outcome = await self._post(notification, body)
-            if outcome != "retry":
-                break
-            log.info("notification_retry", kind=notification.kind, sender=notification.sender,
-                     attempt=attempt)
-        if outcome == "taken":
-            log.info("notification_taken", kind=notification.kind, sender=notification.sender,
-                     decision=status)
-        else:
-            log.warning(f"notification_{outcome}", kind=notification.kind, sender=notification.sender,
-                        decision=status)
+        answer = await self._send(nid, notification, body)
+        metrics.OIDC_NOTIFICATIONS.labels(notification.kind, answer.outcome).inc()
+        where = {"kind": notification.kind, "sender": notification.sender, "decision": status,
+                 "target": url_origin(notification.url), "reason": answer.reason, "attempts": answer.attempts}
+        if answer.outcome == "taken":
+            log.info("notification_taken", **where)
+        else:  # refused, or every retry spent: the receiver never heard of the decision
+            log.warning(f"notification_{answer.outcome}", **where)
         try:
             pipe = self._redis.pipeline(transaction=True)
             pipe.zrem(self._ks.notify_due, nid)
@@ -209,18 +227,43 @@ class Outbox:
                 await asyncio.sleep(1.0)  # the wait was cut short (Redis down, a shutdown): not in a spin
         return status
 
-    async def _post(self, notification: Notification, body: dict[str, Any]) -> str:
-        """"taken" (2xx), "refused" (4xx: final), or "retry"."""
+    async def _send(self, nid: str, notification: Notification, body: dict[str, Any]) -> _Answer:
+        """Try at once, then after each step of the schedule while the answer is worth another try."""
+        answer = _Answer("failed", "")
+        for attempt in range(len(RETRY_SCHEDULE_S) + 1):
+            delay = 0.0 if attempt == 0 else clock.retry_delay_s(RETRY_SCHEDULE_S, attempt - 1,
+                                                                 answer.retry_after_s)
+            if self._closing:
+                raise asyncio.CancelledError
+            await self._renew(nid, delay + POST_TIMEOUT_S + LEASE_S)
+            await asyncio.sleep(delay)
+            answer = await self._post(notification, body)
+            answer.attempts = attempt + 1
+            if answer.outcome != "retry":
+                return answer
+            log.info("notification_retry", kind=notification.kind, sender=notification.sender,
+                     attempt=attempt + 1, reason=answer.reason, retry_after_s=answer.retry_after_s)
+        answer.outcome = "failed"
+        return answer
+
+    async def _post(self, notification: Notification, body: dict[str, Any]) -> _Answer:
+        """One POST: "taken" (2xx), "refused" (final), or "retry" (see `_RETRIED`)."""
         if self._http is None:
             self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=POST_TIMEOUT_S))
         headers = {"Authorization": f"Bearer {notification.bearer}"}
         try:
-            async with self._http.post(notification.url, json=body, headers=headers) as resp:
-                if resp.status < 300:
-                    return "taken"
-                return "refused" if resp.status < 500 else "retry"
-        except (aiohttp.ClientError, TimeoutError):
-            return "retry"
-
+            # Not redirected: the bearer goes to the configured URL only.
+            async with self._http.post(notification.url, json=body, headers=headers,
+                                       allow_redirects=False) as resp:
+                if 200 <= resp.status < 300:
+                    return _Answer("taken", f"http_{resp.status}")
+                outcome = "retry" if resp.status >= 500 or resp.status in _RETRIED else "refused"
+                wait = clock.retry_after_s(resp.headers.get("Retry-After"))
+                return _Answer(outcome, f"http_{resp.status}", wait)
+        except TimeoutError:
+            return _Answer("retry", "timeout")
+        except aiohttp.ClientError as exc:
+            return _Answer("retry", "connection" if isinstance(exc, aiohttp.ClientConnectionError)
+                           else "bad_response")
 
 __all__ = ["Notification", "Outbox"]

@@ -542,7 +542,11 @@ async def backchannel_authorize(request: web.Request) -> web.Response:
     except ApiError as exc:
         if exc.code in ("not_enrolled", "invalid_user"):
             return _ciba_error("unknown_user_id", "no phone is set up for this user")
-        return _ciba_error("access_denied", _refusal(exc, request), 403 if exc.status == 403 else 400)
+        # CIBA Core 13: access_denied is a 403, whatever refused (a lock, a suspension, push bombing); the
+        # REST path's Retry-After goes along, so a client can tell when to try again.
+        refused = _ciba_error("access_denied", _refusal(exc, request), 403)
+        refused.headers.update(exc.headers)
+        return refused
     if isinstance(created, Allowed):  # an exempt account: nothing to approve, nothing to bind
         return _ciba_error("access_denied", "this account signs in without a phone: not through CIBA")
     auth_req_id = new_secret()

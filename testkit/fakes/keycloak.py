@@ -1,21 +1,23 @@
 """A protocol-faithful fake of one Keycloak realm running CIBA with the HTTP authentication channel.
 
 No Keycloak can run here, so this fake stands in for the two halves of Keycloak that talk to the channel,
-written from Keycloak's public source (github.com/keycloak/keycloak; the paths below are under
-services/src/main/java/org/keycloak/protocol/oidc/grants/ciba/ unless they say otherwise). Read, never
-copied: what follows is what those files do, in Python.
+written from Keycloak's public source as of **Keycloak 26.4** (github.com/keycloak/keycloak, the 26.4.x
+release line: its HttpAuthenticationChannelProvider posts through `org.keycloak.http.simple.SimpleHttp`,
+published in Keycloak's API documentation for 26.4.0 and later, and passes the request's additional
+parameters; the paths below are under services/src/main/java/org/keycloak/protocol/oidc/grants/
+ciba/ unless they say otherwise). Read, never copied: what follows is what those files do, in Python.
 
 1. The channel request (`channel/HttpAuthenticationChannelProvider.java`, `requestAuthentication`): a POST
    to the configured `httpAuthenticationChannelUri` with `Content-Type: application/json`, the JSON of
    `channel/AuthenticationChannelRequest.java` (`login_hint`, `scope`, `binding_message`,
-   `is_consent_required`, `acr_values`, and in newer releases the request's other parameters as further
-   top-level members; null members left out, as core/src/main/java/org/keycloak/util/JsonSerialization.java
-   sets NON_NULL), and `Authorization: Bearer <token>`, where the token (`createBearerToken`) is an
-   AccessToken the realm signs with its active key (`session.tokens().encode`: header `alg`, `typ` "JWT",
-   `kid`) with `typ` "Bearer", `iss` and `aud` the realm's issuer, `jti` the request's `auth_result_id`,
-   `azp` the client's id, `sub` the user's id, `iat` and `exp` (`iat` + the CIBA expiry:
-   `endpoints/BackchannelAuthenticationEndpoint.java`, default 120 s). Anything but 201 and Keycloak gives
-   up (its client gets 503). `request_authentication()` does this.
+   `is_consent_required`, `acr_values`, and (26.4; older releases sent only those) the request's other
+   parameters as further top-level members; null members left out, as
+   core/src/main/java/org/keycloak/util/JsonSerialization.java sets NON_NULL), and `Authorization: Bearer
+   <token>`, where the token (`createBearerToken`) is an AccessToken the realm signs with its active key
+   (`session.tokens().encode`: header `alg`, `typ` "JWT", `kid`) with `typ` "Bearer", `iss` and `aud` the
+   realm's issuer, `jti` the request's `auth_result_id`, `azp` the client's id, `sub` the user's id, `iat` and
+   `exp` (`iat` + the CIBA expiry: `endpoints/BackchannelAuthenticationEndpoint.java`, default 120 s).
+   Anything but 201 and Keycloak gives up (its client gets 503). `request_authentication()` does this.
 2. The callback (`endpoints/BackchannelAuthenticationCallbackEndpoint.java`, at
    `<issuer>/protocol/openid-connect/ext/ciba/auth/callback`): JSON `{"status": "SUCCEED" | "UNAUTHORIZED"
    | "CANCELLED"}` (`channel/AuthenticationChannelResponse.java`). Its checks, in its order: no bearer ->
@@ -29,7 +31,10 @@ copied: what follows is what those files do, in Python.
 
 Not modelled: the client's own CIBA requests and token polling (`CibaGrantType`), the JWE that wraps the
 auth_req_id, the user resolver (the fake sends `login_hint` as given, as the default resolver sends the
-username), events, and Keycloak's refusal of a non-JSON body (JAX-RS: 415) beyond the content type check.
+username), events, Keycloak's refusal of a non-JSON body (JAX-RS: 415) beyond the content type check, and
+the callback's own ping to a ping-mode client (26.4's `sendClientNotificationRequest`): when that client's
+notification endpoint fails, Keycloak answers the callback 400 after it has recorded the decision. A 4xx,
+final for pushauth's outbox, which is right: a retry would find the request no longer pending (403).
 For the tests: `fail_callbacks()` makes the callback answer 503 or drop the connection a few times first.
 """
 

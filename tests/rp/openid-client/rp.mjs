@@ -10,7 +10,10 @@
 //     discovery, a PKCE S256 verifier, a random state and nonce; writes them to F and prints
 //     {"authorization_url": "..."}
 //   node rp.mjs ciba   --issuer URL --client-id ID --client-secret S --login-hint USER
-//     OpenID CIBA poll mode: prints {"initiation": ...} at once, then the tokens as finish does
+//                      [--requested-expiry N] [--poll-timeout SECONDS] [--client-notification-token T]
+//     OpenID CIBA: prints {"initiation": ...} at once, then the tokens as finish does. Poll mode, or ping
+//     mode with --client-notification-token: then it reads the ping from stdin (one line of JSON, the body
+//     the test's notification receiver got) before it asks the token endpoint
 //   node rp.mjs finish --issuer URL --client-id ID [...same client options] --state-file F
 //                      --callback-url URL [--skip-userinfo]
 //     the code grant (PKCE verifier, expected state and nonce, an ID token required), which validates the
@@ -25,18 +28,22 @@
 // only for an issuer on a loopback address (the tests' own servers); anything else must be https, as
 // openid-client requires. A test CA for an https issuer: NODE_EXTRA_CA_CERTS.
 import { readFile, writeFile, rename } from 'node:fs/promises';
+import { createInterface } from 'node:readline';
 import * as client from 'openid-client';
 
 class UsageError extends Error {}
 
-const USAGE = 'usage: rp.mjs start|finish --issuer URL --client-id ID [--client-secret S] '
-  + '[--auth basic|post|none] [--id-token-alg ALG] [--http-timeout SECONDS] --state-file F '
-  + '(start: --redirect-uri URI [--login-hint H] [--scope S] [--max-age N] [--extra k=v ...]; '
-  + 'finish: --callback-url URL [--skip-userinfo])';
+const USAGE = 'usage: rp.mjs start|finish|ciba --issuer URL --client-id ID [--client-secret S] '
+  + '[--auth basic|post|none] [--id-token-alg ALG] [--http-timeout SECONDS] '
+  + '(start: --state-file F --redirect-uri URI [--login-hint H] [--scope S] [--max-age N] [--extra k=v ...]; '
+  + 'finish: --state-file F --callback-url URL [--skip-userinfo]; '
+  + 'ciba: --login-hint H [--scope S] [--requested-expiry N] [--poll-timeout SECONDS] '
+  + '[--client-notification-token T])';
 
 // Options that take a value; --extra may repeat. Flags take none.
 const VALUED = new Set(['issuer', 'client-id', 'client-secret', 'auth', 'redirect-uri', 'state-file',
-  'login-hint', 'scope', 'max-age', 'extra', 'callback-url', 'id-token-alg', 'http-timeout']);
+  'login-hint', 'scope', 'max-age', 'extra', 'callback-url', 'id-token-alg', 'http-timeout',
+  'requested-expiry', 'poll-timeout', 'client-notification-token']);
 const FLAGS = new Set(['skip-userinfo']);
 
 function parseArgs(argv) {
@@ -168,20 +175,58 @@ async function finish(options) {
   };
 }
 
-// OpenID CIBA, poll mode: the backchannel authentication request, its answer printed as a line of its own at
-// once ({"initiation": {...}}: auth_req_id, expires_in, interval and whatever else the provider sent), then
-// openid-client polls the token endpoint (honouring interval and slow_down) until the user has answered,
-// and validates the ID token as in `finish`; that result is the last line.
+// OpenID CIBA: the backchannel authentication request, its answer printed as a line of its own at once
+// ({"initiation": {...}}: auth_req_id, expires_in, interval and whatever else the provider sent), then the
+// tokens, whose ID token is validated as in `finish`; that result is the last line.
+//
+// Poll mode: openid-client polls the token endpoint, honouring interval and slow_down. By default it gives
+// up by itself once the request's expires_in has passed (an AbortSignal of that length, its own
+// TimeoutError) without asking the provider again; --poll-timeout gives it longer, so that it hears the
+// provider's verdict on an expired request (expired_token).
+//
+// Ping mode (CIBA Core 10.2), with --client-notification-token: the provider POSTs the auth_req_id to the
+// client's notification endpoint, which is the test's receiver; the test hands the ping's body to this
+// process on stdin, as a web app's notification handler hands it to its openid-client code. The ping must
+// name this request; then the CIBA grant at the token endpoint, once (genericGrantRequest: openid-client
+// has no ping-mode helper of its own, and validates the ID token of any grant's answer).
 async function ciba(options) {
   const config = await configure(options);
   const parameters = { scope: options.scope ?? 'openid', login_hint: options['login-hint'] };
+  if (options['requested-expiry'] !== undefined) parameters.requested_expiry = options['requested-expiry'];
+  const pingToken = options['client-notification-token'];
+  if (pingToken !== undefined) parameters.client_notification_token = pingToken;
   const response = await client.initiateBackchannelAuthentication(config, parameters);
   process.stdout.write(JSON.stringify({ initiation: response }) + '\n');
-  const tokens = await client.pollBackchannelAuthenticationGrant(config, response);
+  let tokens;
+  if (pingToken === undefined) {
+    const pollOptions = {};
+    if (options['poll-timeout'] !== undefined) {
+      pollOptions.signal = AbortSignal.timeout(Number(options['poll-timeout']) * 1000);
+    }
+    tokens = await client.pollBackchannelAuthenticationGrant(config, response, undefined, pollOptions);
+  } else {
+    const ping = await readPing();
+    if (ping?.auth_req_id !== response.auth_req_id) {
+      throw new Error(`the ping names another request: ${JSON.stringify(ping)}`);
+    }
+    tokens = await client.genericGrantRequest(config, 'urn:openid:params:grant-type:ciba',
+      { auth_req_id: response.auth_req_id });
+    if (tokens.id_token === undefined) throw new Error('the CIBA grant answered without an ID token');
+  }
   const header = JSON.parse(Buffer.from(tokens.id_token.split('.')[0], 'base64url').toString('utf8'));
   return { claims: tokens.claims(), userinfo: null,
     token: { token_type: tokens.token_type, expires_in: tokens.expiresIn() ?? null, scope: tokens.scope ?? null,
       refresh_token: tokens.refresh_token !== undefined, id_token_header: header } };
+}
+
+// The first line on stdin, as JSON; stdin closed first is an error.
+async function readPing() {
+  const lines = createInterface({ input: process.stdin });
+  for await (const line of lines) {
+    lines.close();
+    return JSON.parse(line);
+  }
+  throw new Error('stdin closed before a ping came');
 }
 
 // The error's class, its message with every cause's after it (openid-client wraps the precise reason,
