@@ -35,6 +35,7 @@ import structlog
 from pushauth import metrics
 from pushauth.config import StoreSettings
 from pushauth.errors import StoreUnavailable
+from pushauth.store.connection import is_cluster
 
 if TYPE_CHECKING:
     from pushauth.store.scripts import ArgT, KeyT
@@ -65,7 +66,7 @@ class ReplicaAcks:
         (each an exception if it failed). On Cluster, WAIT goes to the node holding `slot_key`."""
         pipe = redis.pipeline(transaction=False)
         pipe.execute_command(*command)
-        if _is_cluster(redis):
+        if is_cluster(redis):
             node = redis.get_node_from_key(slot_key)  # type: ignore[attr-defined]
             pipe.execute_command("WAIT", self.count, self.timeout_ms, target_nodes=node)
         else:
@@ -89,9 +90,3 @@ class ReplicaAcks:
                     timeout_ms=self.timeout_ms, action=self.on_shortfall)
         if self.on_shortfall == "refuse":
             raise StoreUnavailable(f"{acked} of {self.count} replicas acknowledged the change in time")
-
-
-def _is_cluster(redis: aioredis.Redis) -> bool:
-    from redis.asyncio.cluster import RedisCluster
-
-    return isinstance(redis, RedisCluster)
