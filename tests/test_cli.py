@@ -431,6 +431,38 @@ async def test_phone_deny_and_unenroll(login: LoginFlow, tmp_path: Path,
     assert (status, body["error"]) == (403, "not_enrolled")
 
 
+async def test_phone_status_waits_for_approval_then_keeps_its_codes(
+        login: LoginFlow, http: aiohttp.ClientSession, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A second phone enrolled from the command line waits for the first one's approval; `phone status`
+    shows the number to type there, and after the approval saves the offline-code seed the server hands
+    over once, so `phone code` works offline."""
+    first = await Phone.enroll(await login.enroll_uri(USER), session=http)
+    state = tmp_path / "second.json"
+    assert await asyncio.to_thread(main, ["phone", "enroll", await login.enroll_uri(USER),
+                                          "--state", str(state), "--offline-codes"]) == 0
+    out = capsys.readouterr().out
+    assert "waits for approval" in out, out
+    assert await asyncio.to_thread(main, ["phone", "code", "--state", str(state)]) == 1  # no seed yet
+    capsys.readouterr()
+
+    assert await asyncio.to_thread(main, ["phone", "status", "--state", str(state)]) == 0
+    waiting = re.search(r"waiting for approval until \S+: .* enter (\d+)", capsys.readouterr().out)
+    assert waiting is not None
+    assert await first.approve_new_phone(waiting.group(1)) == "approved"
+
+    assert await asyncio.to_thread(main, ["phone", "status", "--state", str(state)]) == 0
+    assert "offline codes received and saved" in capsys.readouterr().out
+    assert await asyncio.to_thread(main, ["phone", "status", "--state", str(state)]) == 0
+    # the seed came once, and the state file kept it (the server's own log lines share stdout here)
+    assert capsys.readouterr().out.splitlines()[-1] == "active"
+    assert await asyncio.to_thread(main, ["phone", "code", "--state", str(state)]) == 0
+    code = capsys.readouterr().out.splitlines()[-1]
+    assert re.fullmatch(r"\d{6}", code)
+    status, body = await login.call("POST", "/v1/codes/verify", {"user": USER, "code": code})
+    assert (status, body["valid"]) == (200, True), body
+
+
 def test_phone_without_state(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["phone", "list", "--state", str(tmp_path / "none.json")]) == 1
     assert "phone enroll" in capsys.readouterr().err

@@ -22,7 +22,8 @@ DEFAULT_STATE = "phone.json"
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    phone = sub.add_parser("phone", help="simulate a phone: enroll, list, approve, deny, unenroll",
+    phone = sub.add_parser("phone",
+                           help="simulate a phone: enroll, status, code, list, approve, deny, unenroll",
                            description="A simulated phone, the reference device implementation.")
     state = argparse.ArgumentParser(add_help=False)
     state.add_argument("--state", type=Path, default=Path(DEFAULT_STATE), metavar="FILE",
@@ -40,6 +41,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser.add_argument("--offline-codes", action="store_true",
                         help="ask the server for a TOTP seed: offline one-time codes (`pushauth phone code`)")
     parser.set_defaults(func=run_enroll)
+
+    parser = cmds.add_parser("status", parents=[state],
+                             help="this phone's activation: active, or waiting for another phone's approval")
+    parser.set_defaults(func=run_status)
 
     parser = cmds.add_parser("code", parents=[state], help="show the offline one-time code (no network)")
     parser.set_defaults(func=run_code)
@@ -119,6 +124,31 @@ def run_enroll(args: argparse.Namespace) -> int:
         if phone.status == "pending_approval":
             print(f"this phone waits for approval: on one of {phone.user}'s phones, approve adding it and "
                   f"enter {phone.approval_number}")
+        return 0
+
+    return _run(go)
+
+
+def run_status(args: argparse.Namespace) -> int:
+    """A phone added to an account that has one waits for that phone's approval; asked after the approval,
+    the server hands over the offline-code seed the phone asked for at enrollment, once: keep it."""
+    async def go() -> int:
+        async with _load(args) as phone:
+            had_codes = phone.has_offline_codes
+            data = await phone.activation()
+        status = data["status"]
+        if status == "pending_approval":
+            print(f"waiting for approval until {data.get('expires_at', '?')}: on one of {phone.user}'s "
+                  f"phones, approve adding this one and enter {data.get('number', '?')}")
+            return 0
+        if status != "active":
+            print(f"this phone was not approved ({status}): enroll it again")
+            return 1
+        if phone.has_offline_codes and not had_codes:
+            phone.save(args.state)
+            print(f"active; offline codes received and saved to {args.state} (`pushauth phone code`)")
+        else:
+            print("active")
         return 0
 
     return _run(go)
