@@ -23,7 +23,7 @@ from joserfc import jwt
 from joserfc.jwk import KeySet
 from oidc_support import REDIRECT, Browser, approve_on_phone, auth_params, form_field, pkce
 from structlog.testing import capture_logs
-from support import AdminClient, LoginFlow, RunningServer, free_port, make_settings, start_server
+from support import AdminClient, Clock, LoginFlow, RunningServer, free_port, make_settings, start_server
 
 from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.crypto.secrets import sha256_hex
@@ -69,6 +69,11 @@ async def full_signin(op: OP, browser: Browser, phone: Phone, params: dict[str, 
     assert (status, location.split("?")[0]) == (303, "/oidc/wait"), location
     status, page, _ = await browser.get(location)
     assert status == 200, page
+    return parse_qs(urlsplit(await approve_the_number(browser, phone, page)).query)
+
+
+async def approve_the_number(browser: Browser, phone: Phone, page: str) -> str:
+    """The number page -> the phone approves with that number -> the redirect to the client (Location)."""
     number = re.search(r'<p class="number"[^>]*><strong>(\d+)</strong>', page)
     assert number, page
     refresh = re.search(r'http-equiv="refresh" content="1; url=([^"]+)"', page)
@@ -78,7 +83,7 @@ async def full_signin(op: OP, browser: Browser, phone: Phone, params: dict[str, 
     await approving
     assert status == 303, location
     assert location.startswith(REDIRECT + "?"), location
-    return parse_qs(urlsplit(location).query)
+    return location
 
 
 async def token(op: OP, form: dict[str, str], *, basic: tuple[str, str] | None = ("wiki", SECRET)
@@ -318,3 +323,99 @@ async def test_a_signin_logs_no_code_token_or_secret(op: OP, browser: Browser, p
                          "browser cookie": next(c.value for c in browser.session.cookie_jar
                                                 if c.key == "pushauth_oidc")}.items():
         assert secret not in text, f"the {name} reached the logs"
+
+
+# -- prompt, max_age, acr_values against a remembered browser ------------------------------------------------
+
+MFA = "https://refeds.org/profile/mfa"
+
+
+async def exchange(op: OP, location: str, verifier: str) -> dict[str, Any]:
+    """The code in a redirect to the client -> the ID token's claims, verified."""
+    code = parse_qs(urlsplit(location).query)["code"][0]
+    status, body = await token(op, {"grant_type": "authorization_code", "code": code,
+                                    "redirect_uri": REDIRECT, "code_verifier": verifier})
+    assert status == 200, body
+    return dict(jwt.decode(body["id_token"], await jwks(op), algorithms=["ES256"]).claims)
+
+
+async def remember_this_browser(op: OP, browser: Browser, phone: Phone) -> dict[str, Any]:
+    """A sign-in approved on the phone, which makes the browser a remembered one: its ID token's claims."""
+    verifier, challenge = pkce()
+    answer = await full_signin(op, browser, phone, auth_params(code_challenge=challenge,
+                                                               code_challenge_method="S256"))
+    assert any(c.key == "pushauth_oidc_remember" for c in browser.session.cookie_jar)
+    return await exchange(op, f"{REDIRECT}?code={answer['code'][0]}", verifier)
+
+
+async def sign_in_again(browser: Browser, **extra: str) -> tuple[str, str]:
+    """authorize (with `extra`) -> user name -> /oidc/wait: ("prompted", the number page) when the phone is
+    asked, ("skipped", the redirect to the client) when the remembered browser stood for it."""
+    status, page, _ = await browser.authorize(**auth_params(**extra))
+    assert status == 200, page
+    status, _, location = await browser.sign_in(page, USER)
+    assert status == 303, location
+    status, page, location = await browser.get(location)
+    if status == 303:
+        return "skipped", location
+    assert status == 200, page
+    assert "Approve on your phone" in page, page
+    return "prompted", page
+
+
+@pytest.mark.parametrize("extra", [{"prompt": "login"}, {"max_age": "0"}, {"acr_values": MFA},
+                                   {"acr_values": f"urn:example:loa:4 {MFA}"}],
+                         ids=["prompt=login", "max_age=0", "acr mfa", "acr unknown then mfa"])
+async def test_a_remembered_browser_does_not_stand_for_the_phone_when_the_client_asks_for_it(
+        op: OP, browser: Browser, phone: Phone, extra: dict[str, str]) -> None:
+    first = await remember_this_browser(op, browser, phone)
+    verifier, challenge = pkce()
+    pk = {"code_challenge": challenge, "code_challenge_method": "S256"}
+    what, page = await sign_in_again(browser, **extra, **pk)
+    assert what == "prompted"
+    claims = await exchange(op, await approve_the_number(browser, phone, page), verifier)
+    # acr_values is a voluntary claim (OpenID Connect Core 5.5.1.1): the phone alone is one factor, so a
+    # passwordless client asking for mfa still signs in, and is told what it got.
+    assert claims["acr"] == "https://refeds.org/profile/sfa"
+    assert claims["amr"] == ["pop", "swk"]
+    assert claims["auth_time"] >= first["auth_time"]
+
+
+async def test_max_age_lets_a_remembered_browser_stand_for_the_phone_only_while_its_approval_is_younger(
+        op: OP, browser: Browser, phone: Phone, clock: Clock) -> None:
+    first = await remember_this_browser(op, browser, phone)
+    clock.advance(120)
+    verifier, challenge = pkce()
+    what, location = await sign_in_again(browser, max_age="3600", code_challenge=challenge,
+                                          code_challenge_method="S256")
+    assert what == "skipped"
+    claims = await exchange(op, location, verifier)
+    # No one authenticated just now: auth_time is the phone's approval the remembered browser stands for.
+    assert claims["auth_time"] == first["auth_time"]
+    assert "amr" not in claims
+    what, _ = await sign_in_again(browser, max_age="119", **pkce_params())
+    assert what == "prompted"
+
+
+async def test_without_max_age_a_remembered_browser_claims_its_approval_time(
+        op: OP, browser: Browser, phone: Phone, clock: Clock) -> None:
+    first = await remember_this_browser(op, browser, phone)
+    clock.advance(600)
+    verifier, challenge = pkce()
+    what, location = await sign_in_again(browser, code_challenge=challenge, code_challenge_method="S256")
+    assert what == "skipped"
+    assert (await exchange(op, location, verifier))["auth_time"] == first["auth_time"]
+
+
+def pkce_params() -> dict[str, str]:
+    return {"code_challenge": pkce()[1], "code_challenge_method": "S256"}
+
+
+@pytest.mark.parametrize("max_age", ["-1", "1.5", "ten", "", "\u00b2", "1e3"])
+async def test_max_age_must_be_a_non_negative_integer(browser: Browser, max_age: str) -> None:
+    params = auth_params(max_age=max_age, **pkce_params())
+    status, _, location = await browser.authorize(**params)
+    assert status == 303, location
+    query = parse_qs(urlsplit(location).query)
+    assert query["error"] == ["invalid_request"]
+    assert query["state"] == [params["state"]]

@@ -38,13 +38,16 @@ class SignIn(msgspec.Struct, kw_only=True):
     login_hint: str = ""
     browser: str  # sha256 of the browser's cookie value
     csrf: str
+    # prompt, max_age and acr_values, read (provider.remembered_max_age): how old the phone's approval behind
+    # a remembered browser may be for it to stand for the phone; 0: never, None: as the policy allows
+    remembered_max_age: int | None = None
     # set once the first factor passed
     user: str = ""
     challenge_id: str = ""
     number: str = ""
     amr: list[str] = []
     acr: str = ""
-    auth_time: int = 0
+    auth_time: int = 0  # when the user was last actively authenticated (OpenID Connect Core 2)
     # Entra's external-method profile: the hint's sub (the answer's sub), and the answer form-posted
     eam_sub: str = ""
 
