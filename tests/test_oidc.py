@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import html
 import re
 from collections.abc import AsyncIterator
@@ -51,14 +52,23 @@ class OP:
         return self.server.url
 
 
+@contextlib.asynccontextmanager
+async def running_op(redis_url: str, keyring: KeyRingHolder, *, oidc: dict[str, Any] | None = None,
+                     **sections: Any) -> AsyncIterator[OP]:
+    settings = make_settings(redis_url, free_port(), quiet_detection=False,
+                             oidc={"enabled": True, "clients": CLIENTS, **(oidc or {})}, **sections)
+    server = await start_server(settings, keyring)
+    try:
+        async with aiohttp.ClientSession() as http:
+            yield OP(server, http, LoginFlow(http, server.url), AdminClient(http, server.url))
+    finally:
+        await server.close()
+
+
 @pytest.fixture
 async def op(redis_url: str, keyring: KeyRingHolder) -> AsyncIterator[OP]:
-    settings = make_settings(redis_url, free_port(), quiet_detection=False,
-                             oidc={"enabled": True, "clients": CLIENTS})
-    server = await start_server(settings, keyring)
-    async with aiohttp.ClientSession() as http:
-        yield OP(server, http, LoginFlow(http, server.url), AdminClient(http, server.url))
-    await server.close()
+    async with running_op(redis_url, keyring) as running:
+        yield running
 
 
 async def full_signin(op: OP, browser: Browser, phone: Phone, params: dict[str, str]) -> dict[str, list[str]]:
@@ -419,3 +429,21 @@ async def test_max_age_must_be_a_non_negative_integer(browser: Browser, max_age:
     query = parse_qs(urlsplit(location).query)
     assert query["error"] == ["invalid_request"]
     assert query["state"] == [params["state"]]
+
+
+# -- the auth-failure block ----------------------------------------------------------------------------------
+
+
+async def test_a_bad_client_secret_counts_once_toward_the_auth_failure_block(redis_url: str,
+                                                                             keyring: KeyRingHolder) -> None:
+    """client_secret_basic (an Authorization header, which the rate_limit middleware counts on a 401) once
+    counted twice, blocking a relying party with a stale secret at half the limit; client_secret_post (no
+    header) must count too."""
+    async with running_op(redis_url, keyring, rate_limits={"auth_failures": 4}) as op:
+        form = {"grant_type": "authorization_code", "code": "x" * 43, "redirect_uri": REDIRECT}
+        statuses = [(await token(op, form, basic=("wiki", "wrong-secret")))[0] for _ in range(2)]
+        statuses += [(await token(op, {**form, "client_id": "wiki", "client_secret": "wrong-secret"},
+                                  basic=None))[0] for _ in range(2)]
+        assert statuses == [401, 401, 401, 401], statuses
+        status, body = await token(op, form)  # the right secret, but the address is blocked now
+        assert (status, body["error"]) == (429, "rate_limited"), body

@@ -495,7 +495,10 @@ async def token(request: web.Request) -> web.Response:
         answer = await provider.exchange(form, request.headers.get("Authorization"),
                                          request.app[KEYRING].ring, request.app.get(RSA_KEY))
     except TokenError as exc:
-        if exc.status == 401:
+        # A 401 answered to a request with an Authorization header (client_secret_basic) is counted by the
+        # rate_limit middleware (pushauth/web/limits.py), as on every route; one without it
+        # (client_secret_post) is a guessed secret the middleware cannot see: counted here. Once, either way.
+        if exc.status == 401 and "Authorization" not in request.headers:
             await request.app[LIMITER].auth_failed(io.client_ip(request))
         log.info("oidc_token_refused", error=exc.error, why=exc.description)
         return _token_error(exc)
