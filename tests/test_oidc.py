@@ -29,6 +29,7 @@ from support import AdminClient, Clock, LoginFlow, RunningServer, free_port, mak
 from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.crypto.secrets import sha256_hex
 from pushauth.phone import Phone
+from pushauth.web.oidc import PROVIDER
 
 USER = "erin@nhs.net"
 SECRET = "wiki-client-secret-" + "x" * 24
@@ -447,3 +448,41 @@ async def test_a_bad_client_secret_counts_once_toward_the_auth_failure_block(red
         assert statuses == [401, 401, 401, 401], statuses
         status, body = await token(op, form)  # the right secret, but the address is blocked now
         assert (status, body["error"]) == (429, "rate_limited"), body
+
+
+# -- a replayed code ----------------------------------------------------------------------------------------
+
+
+async def test_a_replay_during_the_first_exchange_still_revokes_what_it_gives(op: OP, browser: Browser,
+                                                                              phone: Phone) -> None:
+    """RFC 6749 4.1.2: a code used twice is refused, and what it gave revoked. The replay here arrives while
+    the first exchange is between taking the code and issuing its token (once, nothing remembered the code
+    as used then: the replay was told "unknown code" and the first exchange's token stood)."""
+    verifier, challenge = pkce()
+    answer = await full_signin(op, browser, phone, auth_params(code_challenge=challenge,
+                                                               code_challenge_method="S256"))
+    form = {"grant_type": "authorization_code", "code": answer["code"][0], "redirect_uri": REDIRECT,
+            "code_verifier": verifier}
+    store = op.server.app[PROVIDER].store
+    issuing, replayed = asyncio.Event(), asyncio.Event()
+    issue = store.issue_code_token
+
+    async def issue_after_the_replay(*args: Any, **kwargs: Any) -> Any:
+        issuing.set()
+        await replayed.wait()
+        return await issue(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(store, "issue_code_token", issue_after_the_replay)
+        first = asyncio.create_task(token(op, form))
+        await asyncio.wait_for(issuing.wait(), 5)
+        status, again = await token(op, form)
+        replayed.set()
+        first_status, first_body = await first
+    assert (status, again["error"]) == (400, "invalid_grant")
+    if first_status == 200:  # given out, then it must be dead already
+        async with op.http.get(op.url + "/oidc/userinfo",
+                               headers={"Authorization": f"Bearer {first_body['access_token']}"}) as resp:
+            assert resp.status == 401, "the token of a replayed code still works"
+    else:
+        assert (first_status, first_body["error"]) == (400, "invalid_grant")

@@ -6,7 +6,8 @@ RFC 7636), independent of the web framework. pushauth/web/oidc.py calls it from 
                 (no open redirector, RFC 6749 4.1.2.1); after, it goes back to the client as `error=`
     token       `exchange(form, authorization)`: client authentication (client_secret_basic,
                 client_secret_post, or none for a public client), the code (single use; a replay revokes
-                the token it gave), redirect_uri equal to the authorization's, the PKCE verifier (S256)
+                the token it gave, even while that exchange is under way: store.py), redirect_uri equal to
+                the authorization's, the PKCE verifier (S256)
     ID token    ES256 with the server's current key (the keys at /.well-known/jwks.json), or RS256 with the
                 provider's RSA key for a client that asks (`id_token_alg`): iss, sub, aud, exp, iat,
                 auth_time, nonce, acr, amr (RFC 8176)
@@ -38,7 +39,7 @@ from pushauth.crypto.secrets import equal, sha256_hex
 from pushauth.oidc.hints import CLOCK_SKEW_S, HintRefused
 from pushauth.oidc.rsa import RsaSigningKey
 from pushauth.oidc.settings import ACR_MFA, OidcClient, OidcSettings
-from pushauth.oidc.store import Grant, OidcStore, SignIn, new_secret
+from pushauth.oidc.store import REPLAYED, Grant, OidcStore, SignIn, new_secret
 
 # RFC 7636 4.1: 43-128 characters of [A-Z a-z 0-9 - . _ ~]; a challenge (S256) is 43 of base64url.
 _VERIFIER = re.compile(r"[A-Za-z0-9._~-]{43,128}")
@@ -239,11 +240,11 @@ class Provider:
         client = self.authenticate_client(form, authorization)
         if form.get("grant_type") != "authorization_code":
             raise TokenError("unsupported_grant_type", "only authorization_code is supported")
-        code = form.get("code", "")
-        grant = await self.store.take_code(code)
-        if grant is None:
-            if await self.store.revoke_replayed(code):
-                raise TokenError("invalid_grant", "the code was already used; what it gave is revoked")
+        access_token = new_secret()  # named before the code is taken: a replay can revoke it from then on
+        grant = await self.store.take_code(form.get("code", ""), access_token)
+        if grant is REPLAYED:
+            raise TokenError("invalid_grant", "the code was already used; what it gave is revoked")
+        if not isinstance(grant, Grant):
             raise TokenError("invalid_grant", "unknown or expired code")
         if grant.client_id != client.client_id:
             raise TokenError("invalid_grant", "the code was issued to another client")
@@ -256,8 +257,8 @@ class Provider:
                 raise TokenError("invalid_grant", "PKCE verification failed")
         elif verifier is not None:
             raise TokenError("invalid_grant", "no code_challenge was sent with the authorization request")
-        access_token = await self.store.issue_access_token(grant, self.settings.access_token_ttl_s)
-        await self.store.mark_used(code, access_token)
+        if not await self.store.issue_code_token(access_token, grant, self.settings.access_token_ttl_s):
+            raise TokenError("invalid_grant", "the code was used again meanwhile; nothing is issued for it")
         return {"access_token": access_token, "token_type": "Bearer",
                 "expires_in": self.settings.access_token_ttl_s, "scope": grant.scope,
                 "id_token": self.id_token(grant, keyring, rsa_key if _rsa(client) else None)}
