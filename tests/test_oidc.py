@@ -30,6 +30,7 @@ from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.crypto.secrets import sha256_hex
 from pushauth.phone import Phone
 from pushauth.web.oidc import PROVIDER
+from pushauth.web.state import RUNTIME
 
 USER = "erin@nhs.net"
 SECRET = "wiki-client-secret-" + "x" * 24
@@ -486,3 +487,111 @@ async def test_a_replay_during_the_first_exchange_still_revokes_what_it_gives(op
             assert resp.status == 401, "the token of a replayed code still works"
     else:
         assert (first_status, first_body["error"]) == (400, "invalid_grant")
+
+
+# -- the sign-in page ----------------------------------------------------------------------------------------
+
+
+def user_field(page: str) -> str:
+    found = re.search(r'<input id="user" name="user"[^>]* value="([^"]*)"', page)
+    assert found, page
+    return html.unescape(found.group(1))
+
+
+async def test_login_hint_fills_in_the_user_name(browser: Browser) -> None:
+    status, page, _ = await browser.authorize(**auth_params(login_hint=USER, **pkce_params()))
+    assert status == 200, page
+    assert user_field(page) == USER
+    status, page, _ = await browser.authorize(**auth_params(login_hint='a"><script>x', **pkce_params()))
+    assert user_field(page) == 'a"><script>x'  # escaped into the field, not the page
+    status, page, _ = await browser.authorize(**auth_params(**pkce_params()))
+    assert user_field(page) == ""
+
+
+async def test_an_expired_code_is_refused(redis_url: str, keyring: KeyRingHolder) -> None:
+    async with running_op(redis_url, keyring, oidc={"code_ttl_s": 10}) as op:
+        phone = await Phone.enroll(await op.login.enroll_uri(USER), session=op.http)
+        browser = Browser(op.url)
+        try:
+            verifier, challenge = pkce()
+            answer = await full_signin(op, browser, phone, auth_params(code_challenge=challenge,
+                                                                       code_challenge_method="S256"))
+        finally:
+            await browser.close()
+        code = answer["code"][0]
+        runtime = op.server.app[RUNTIME]
+        key = runtime.keyspace.oidc_code(code)
+        assert 0 < await runtime.redis.ttl(key) <= 10  # the code lives code_ttl_s ...
+        await runtime.redis.pexpire(key, 1)  # ... and here that time has passed
+        await asyncio.sleep(0.05)
+        status, body = await token(op, {"grant_type": "authorization_code", "code": code,
+                                        "redirect_uri": REDIRECT, "code_verifier": verifier})
+        assert (status, body["error"]) == (400, "invalid_grant"), body
+
+
+async def test_the_browser_cookie_is_secure_under_an_https_issuer(op: OP, redis_url: str,
+                                                                   keyring: KeyRingHolder) -> None:
+    async def cookie(url: str) -> str:
+        query = urlencode(auth_params(**pkce_params()))
+        async with aiohttp.ClientSession() as http, \
+                http.get(f"{url}/oidc/authorize?{query}", allow_redirects=False) as resp:
+            assert resp.status == 200
+            [set_cookie] = resp.headers.getall("Set-Cookie")
+            return set_cookie
+
+    async with running_op(redis_url, keyring, oidc={"issuer": "https://signin.nhs.example"}) as https_op:
+        secure = await cookie(https_op.url)
+    plain = await cookie(op.url)  # an http issuer (a test, a laptop): a Secure cookie would never come back
+    for set_cookie in (secure, plain):
+        assert set_cookie.startswith("pushauth_oidc="), set_cookie
+        assert "HttpOnly" in set_cookie
+        assert "SameSite=Lax" in set_cookie
+        assert "Path=/oidc" in set_cookie
+    assert "Secure" in secure
+    assert "Secure" not in plain
+
+
+async def signin_refusal(op: OP, user: str) -> tuple[int, str]:
+    """authorize -> the user name: the page that refuses the sign-in, and its status."""
+    browser = Browser(op.url)
+    try:
+        _, page, _ = await browser.authorize(**auth_params(**pkce_params()))
+        status, page, _ = await browser.sign_in(page, user)
+        found = re.search(r'<p role="alert">([^<]*)</p>', page)
+        assert found, page
+        return status, html.unescape(found.group(1))
+    finally:
+        await browser.close()
+
+
+async def test_locked_and_suspended_say_different_things(redis_url: str, keyring: KeyRingHolder) -> None:
+    desk = "Call the IT service desk on 0300 200 3000."
+    async with running_op(redis_url, keyring, policy={"user_message": desk}) as op:
+        erin = await Phone.enroll(await op.login.enroll_uri(USER), session=op.http)
+        finn = "finn@nhs.net"
+        await Phone.enroll(await op.login.enroll_uri(finn), session=op.http)
+        # Erin says "not me": her prompts are suspended (detection's suspend_on_not_me).
+        browser = Browser(op.url)
+        try:
+            _, page, _ = await browser.authorize(**auth_params(**pkce_params()))
+            _, _, location = await browser.sign_in(page, USER)
+            _, page, _ = await browser.get(location)
+            refresh = re.search(r'url=([^"]+)"', page)
+            assert refresh, page
+            denying = asyncio.create_task(approve_on_phone(erin, None, deny="not_me"))
+            await browser.get(html.unescape(refresh.group(1)))
+            await denying
+        finally:
+            await browser.close()
+        status, suspended = await signin_refusal(op, USER)
+        assert status == 403
+        # The security team locks Finn's account.
+        locked_status, _ = await op.admin.call("POST", f"/v1/users/{finn}/lock")
+        assert locked_status == 200
+        status, locked = await signin_refusal(op, finn)
+        assert status == 403
+    assert suspended != locked
+    assert "locked" in locked.lower()
+    assert "service desk" in locked
+    assert "locked" not in suspended.lower()
+    assert desk in suspended
