@@ -13,7 +13,7 @@ import base64
 import contextlib
 import html
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -31,6 +31,8 @@ from pushauth.crypto.secrets import sha256_hex
 from pushauth.phone import Phone
 from pushauth.web.oidc import PROVIDER
 from pushauth.web.state import RUNTIME
+from testkit import slapd
+from testkit.fakes.sandbox import TestCA
 
 USER = "erin@nhs.net"
 SECRET = "wiki-client-secret-" + "x" * 24
@@ -595,3 +597,79 @@ async def test_locked_and_suspended_say_different_things(redis_url: str, keyring
     assert "service desk" in locked
     assert "locked" not in suspended.lower()
     assert desk in suspended
+
+
+# -- a directory password first (first_factor = "ldap"), against a real slapd --------------------------------
+
+LDAP_USER, LDAP_PASSWORD = "gwen", "Gwen's directory password 1"
+
+
+@pytest.fixture(scope="module")
+def directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[slapd.Slapd]:
+    if (why := slapd.available()) is not None:
+        pytest.skip(why)
+    ca = TestCA.create(tmp_path_factory.mktemp("ldap-ca"))
+    with slapd.Slapd(tmp_path_factory.mktemp("slapd"), ca, {LDAP_USER: LDAP_PASSWORD}) as running:
+        yield running
+
+
+def ldap_client(directory: slapd.Slapd) -> dict[str, Any]:
+    client = {**CLIENTS[0], "client_id": "intranet", "name": "Intranet", "first_factor": "ldap"}
+    ldap = {"url": directory.ldaps_url, "user_dn": directory.user_dn, "ca_file": str(directory.ca.ca_file)}
+    return {"clients": [*CLIENTS, client], "ldap": ldap}
+
+
+async def password_signin(op: OP, user: str, password: str,
+                          browser: Browser | None = None) -> tuple[int, str]:
+    """authorize (the ldap client) -> user name and password: the answer's status and page."""
+    own = browser is None
+    browser = browser or Browser(op.url)
+    try:
+        _, page, _ = await browser.authorize(**auth_params("intranet", **pkce_params()))
+        status, page, _ = await browser.post("/oidc/signin", {
+            "signin": form_field(page, "signin"), "csrf": form_field(page, "csrf"), "user": user,
+            "password": password})
+        return status, page
+    finally:
+        if own:
+            await browser.close()
+
+
+async def test_an_unknown_user_and_a_wrong_password_look_the_same_and_prompt_nothing(
+        redis_url: str, keyring: KeyRingHolder, directory: slapd.Slapd) -> None:
+    async with running_op(redis_url, keyring, oidc=ldap_client(directory)) as op:
+        phone = await Phone.enroll(await op.login.enroll_uri(LDAP_USER), session=op.http)
+        status, wrong = await password_signin(op, LDAP_USER, "not the password")
+        assert status == 400
+        unknown_user = "hugo"  # in no directory, with no phone
+        status, unknown = await password_signin(op, unknown_user, "not the password")
+        assert status == 400
+        assert await phone.pending() == []
+
+    def blank(page: str, user: str) -> str:  # the sign-in's own ids and the name typed differ, nothing else
+        page = re.sub(r'name="(signin|csrf)" value="[^"]*"', r'name="\1" value=""', page)
+        return page.replace(f'value="{user}"', 'value=""')
+
+    assert "Wrong user name or password." in wrong
+    assert blank(wrong, LDAP_USER) == blank(unknown, unknown_user)
+
+
+async def test_the_auth_failure_block_applies_to_the_sign_in_page(redis_url: str, keyring: KeyRingHolder,
+                                                                 directory: slapd.Slapd) -> None:
+    async with running_op(redis_url, keyring, oidc=ldap_client(directory),
+                          rate_limits={"auth_failures": 3}) as op:
+        browser = Browser(op.url)
+        try:
+            _, shown, _ = await browser.authorize(**auth_params("intranet", **pkce_params()))
+            statuses = [(await password_signin(op, LDAP_USER, f"guess {n}", browser))[0] for n in range(3)]
+            assert statuses == [400, 400, 400]
+            # The address is blocked now: the page is refused, and so is the right password in a form shown
+            # before the block (the middleware refuses it before the handler checks a password or prompts).
+            status, _, _ = await browser.authorize(**auth_params("intranet", **pkce_params()))
+            assert status == 429
+            status, _, _ = await browser.post("/oidc/signin", {
+                "signin": form_field(shown, "signin"), "csrf": form_field(shown, "csrf"), "user": LDAP_USER,
+                "password": LDAP_PASSWORD})
+            assert status == 429
+        finally:
+            await browser.close()
