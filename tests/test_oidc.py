@@ -593,9 +593,10 @@ async def test_locked_and_suspended_say_different_things(redis_url: str, keyring
         status, locked = await signin_refusal(op, finn)
         assert status == 403
     assert suspended != locked
-    assert "locked" in locked.lower()
-    assert "service desk" in locked
-    assert "locked" not in suspended.lower()
+    assert re.search(r"\blocked\b", locked)
+    assert "service desk can unlock" in locked
+    assert not re.search(r"\blocked\b", suspended)
+    assert "on hold" in suspended
     assert desk in suspended
 
 

@@ -397,9 +397,10 @@ def _decided_at(view: dict[str, Any], default: int) -> int:
 def _refusal(exc: ApiError, request: web.Request) -> str:
     user_message = request.app[SETTINGS].policy.user_message
     if exc.code == "locked":  # by the security team, or by detection: a person has to look at it
-        return f"This account is locked, and only the IT service desk can unlock it. {user_message}"
+        return ("Sign-in is blocked: this account is locked, and only the IT service desk can unlock it. "
+                + user_message)
     if exc.code == "suspended":  # after a "not me" (detection), or paused from the phone itself
-        return f"Sign-in prompts to your phone are on hold for now, so you cannot sign in. {user_message}"
+        return f"Sign-in is blocked for now: prompts to your phone are on hold. {user_message}"
     if exc.code == "not_enrolled":
         return "No phone is set up for this account. " + user_message
     if exc.status == 429:
