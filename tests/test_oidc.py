@@ -2,8 +2,9 @@
 here by a scripted browser (aiohttp with a cookie jar) and the reference phone, and every negative case the
 specifications name: unknown client, unregistered redirect_uri (shown, never redirected), missing PKCE for a
 public client, wrong verifier, reused code (and what it gave revoked), wrong redirect_uri at the token
-endpoint, bad client secret, state and nonce round trips. Real relying parties (openid-client, Apache
-mod_auth_openidc) are in tests/test_oidc_rp.py.
+endpoint, bad client secret, state and nonce round trips; prompt, max_age and acr_values against a
+remembered browser; the auth-failure block; the sign-in page's words. Real relying parties are in
+tests/test_oidc_rp.py (openid-client) and tests/test_oidc_apache.py (Apache mod_auth_openidc).
 """
 
 from __future__ import annotations

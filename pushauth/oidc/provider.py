@@ -3,7 +3,9 @@ RFC 7636), independent of the web framework. pushauth/web/oidc.py calls it from 
 
     authorize   `check_authorization(params)`: the client, the exact redirect URI, then everything else;
                 until the redirect URI is known to be the client's, an error is shown, never redirected
-                (no open redirector, RFC 6749 4.1.2.1); after, it goes back to the client as `error=`
+                (no open redirector, RFC 6749 4.1.2.1); after, it goes back to the client as `error=`;
+                prompt, max_age and acr_values become how old a remembered browser's approval may be
+                (`remembered_max_age`)
     token       `exchange(form, authorization)`: client authentication (client_secret_basic,
                 client_secret_post, or none for a public client), the code (single use; a replay revokes
                 the token it gave, even while that exchange is under way: store.py), redirect_uri equal to
