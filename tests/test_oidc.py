@@ -675,3 +675,12 @@ async def test_the_auth_failure_block_applies_to_the_sign_in_page(redis_url: str
             assert status == 429
         finally:
             await browser.close()
+
+
+async def test_the_provider_is_off_by_default(server: RunningServer) -> None:
+    async with aiohttp.ClientSession() as http:
+        for path in ("/.well-known/openid-configuration", "/oidc/authorize", "/oidc/jwks"):
+            async with http.get(server.url + path, allow_redirects=False) as resp:
+                assert resp.status == 404, path
+        async with http.post(server.url + "/oidc/token", data={"grant_type": "authorization_code"}) as resp:
+            assert resp.status == 404
