@@ -3,10 +3,13 @@ RFC 7636), independent of the web framework. pushauth/web/oidc.py calls it from 
 
     authorize   `check_authorization(params)`: the client, the exact redirect URI, then everything else;
                 until the redirect URI is known to be the client's, an error is shown, never redirected
-                (no open redirector, RFC 6749 4.1.2.1); after, it goes back to the client as `error=`
+                (no open redirector, RFC 6749 4.1.2.1); after, it goes back to the client as `error=`;
+                prompt, max_age and acr_values become how old a remembered browser's approval may be
+                (`remembered_max_age`)
     token       `exchange(form, authorization)`: client authentication (client_secret_basic,
                 client_secret_post, or none for a public client), the code (single use; a replay revokes
-                the token it gave), redirect_uri equal to the authorization's, the PKCE verifier (S256)
+                the token it gave, even while that exchange is under way: store.py), redirect_uri equal to
+                the authorization's, the PKCE verifier (S256)
     ID token    ES256 with the server's current key (the keys at /.well-known/jwks.json), or RS256 with the
                 provider's RSA key for a client that asks (`id_token_alg`): iss, sub, aud, exp, iat,
                 auth_time, nonce, acr, amr (RFC 8176)
@@ -37,13 +40,14 @@ from pushauth.crypto.keys import KeyRing
 from pushauth.crypto.secrets import equal, sha256_hex
 from pushauth.oidc.hints import CLOCK_SKEW_S, HintRefused
 from pushauth.oidc.rsa import RsaSigningKey
-from pushauth.oidc.settings import OidcClient, OidcSettings
-from pushauth.oidc.store import Grant, OidcStore, SignIn, new_secret
+from pushauth.oidc.settings import ACR_MFA, OidcClient, OidcSettings
+from pushauth.oidc.store import REPLAYED, Grant, OidcStore, SignIn, new_secret
 
 # RFC 7636 4.1: 43-128 characters of [A-Z a-z 0-9 - . _ ~]; a challenge (S256) is 43 of base64url.
 _VERIFIER = re.compile(r"[A-Za-z0-9._~-]{43,128}")
 _CHALLENGE = re.compile(r"[A-Za-z0-9_-]{43}")
-MAX_PARAM = 512  # state, nonce, login_hint: generous, bounded
+_MAX_AGE = re.compile(r"[0-9]+")  # ASCII digits only: str.isdigit() also takes "²", which int() refuses
+MAX_PARAM = 512  # state, nonce, login_hint, acr_values, max_age: generous, bounded
 # A CIBA client's id_token_hint: one of our ID tokens issued to it at most this long ago (a service desk's
 # app holds on to the caller's last sign-in for a working day).
 ID_TOKEN_HINT_MAX_AGE_S = 86400
@@ -95,6 +99,22 @@ def jwt_header_alg(token: str) -> str | None:
         return None
     alg = header.get("alg") if isinstance(header, dict) else None
     return alg if isinstance(alg, str) else None
+
+
+def remembered_max_age(prompt: list[str], max_age: str | None, acr_values: list[str]) -> int | None:
+    """How old the phone's approval behind a remembered browser may be for it to stand for the phone in this
+    sign-in, in seconds; None: as old as the policy's remember_days allow.
+
+    0 (the phone is asked whatever the browser) for `prompt=login` (OpenID Connect Core 3.1.2.1: "SHOULD
+    prompt the End-User for reauthentication"), for `max_age=0` (the same, as most providers read it), and
+    when `acr_values` names the mfa profile: a remembered browser is no factor, so the provider does the
+    most it can, the phone. `acr_values` is otherwise a voluntary claim (Core 5.5.1.1): a value this
+    provider cannot reach (mfa for a passwordless client, an unknown one) is not an error; the ID token's
+    `acr` says what was done. Any other `max_age`: an approval older than that is no longer current
+    (Core 3.1.2.1: "the OP MUST attempt to actively re-authenticate")."""
+    if "login" in prompt or ACR_MFA in acr_values or max_age == "0":
+        return 0
+    return int(max_age) if max_age is not None else None
 
 
 def s256(verifier: str) -> str:
@@ -149,7 +169,8 @@ class Provider:
         def fail(error: str, description: str) -> RedirectError:
             return RedirectError(error, description, redirect_uri, state)
 
-        if any(len(params.get(k, "")) > MAX_PARAM for k in ("state", "nonce", "login_hint", "scope")):
+        if any(len(params.get(k, "")) > MAX_PARAM
+               for k in ("state", "nonce", "login_hint", "scope", "acr_values", "max_age", "prompt")):
             raise fail("invalid_request", "a parameter is too long")
         if "request" in params or "request_uri" in params:
             raise fail("request_not_supported", "request objects are not supported")
@@ -170,13 +191,16 @@ class Provider:
             raise fail("invalid_request", "a public client must use PKCE (S256)")
         prompt = params.get("prompt", "")
         if "none" in prompt.split():
-            # No silent sign-in: every sign-in here is a prompt on the phone.
+            # No silent sign-in: every sign-in here asks for the user name at least.
             raise fail("login_required", "a sign-in needs the user")
-        if "max_age" in params and not params["max_age"].isdigit():
-            raise fail("invalid_request", "max_age must be a number of seconds")
+        max_age = params.get("max_age")
+        if max_age is not None and not _MAX_AGE.fullmatch(max_age):
+            raise fail("invalid_request", "max_age must be a non-negative integer (seconds)")
         signin = SignIn(id=new_secret(), client_id=client.client_id, redirect_uri=redirect_uri, state=state,
                         nonce=params.get("nonce"), code_challenge=challenge, scope=" ".join(scopes),
-                        login_hint=params.get("login_hint", ""), browser=browser, csrf=new_secret())
+                        login_hint=params.get("login_hint", ""), browser=browser, csrf=new_secret(),
+                        remembered_max_age=remembered_max_age(prompt.split(), max_age,
+                                                              params.get("acr_values", "").split()))
         return Authorization(client, signin, prompt)
 
     # -- token --------------------------------------------------------------------------------------------
@@ -218,11 +242,11 @@ class Provider:
         client = self.authenticate_client(form, authorization)
         if form.get("grant_type") != "authorization_code":
             raise TokenError("unsupported_grant_type", "only authorization_code is supported")
-        code = form.get("code", "")
-        grant = await self.store.take_code(code)
-        if grant is None:
-            if await self.store.revoke_replayed(code):
-                raise TokenError("invalid_grant", "the code was already used; what it gave is revoked")
+        access_token = new_secret()  # named before the code is taken: a replay can revoke it from then on
+        grant = await self.store.take_code(form.get("code", ""), access_token)
+        if grant is REPLAYED:
+            raise TokenError("invalid_grant", "the code was already used; what it gave is revoked")
+        if not isinstance(grant, Grant):
             raise TokenError("invalid_grant", "unknown or expired code")
         if grant.client_id != client.client_id:
             raise TokenError("invalid_grant", "the code was issued to another client")
@@ -235,8 +259,8 @@ class Provider:
                 raise TokenError("invalid_grant", "PKCE verification failed")
         elif verifier is not None:
             raise TokenError("invalid_grant", "no code_challenge was sent with the authorization request")
-        access_token = await self.store.issue_access_token(grant, self.settings.access_token_ttl_s)
-        await self.store.mark_used(code, access_token)
+        if not await self.store.issue_code_token(access_token, grant, self.settings.access_token_ttl_s):
+            raise TokenError("invalid_grant", "the code was used again meanwhile; nothing is issued for it")
         return {"access_token": access_token, "token_type": "Bearer",
                 "expires_in": self.settings.access_token_ttl_s, "scope": grant.scope,
                 "id_token": self.id_token(grant, keyring, rsa_key if _rsa(client) else None)}

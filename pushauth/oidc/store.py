@@ -3,12 +3,19 @@ next one: the sign-in in progress, authorization codes (single use) and access t
 
     oidc:signin:<id>        the relying party's validated request, the hash of the browser's cookie it is
                             bound to, the CSRF token of its form, and once the password is in, the prompt
-    oidc:code:<sha256>      what the code gets at the token endpoint; taken with GETDEL: one exchange
-    oidc:used:<sha256>      a code already exchanged and the access token it gave: a second exchange of the
-                            same code (RFC 6749 4.1.2: "the authorization server MUST deny the request and
-                            SHOULD revoke ... all tokens previously issued based on that authorization
-                            code") revokes that token
-    oidc:at:<sha256>        an access token's user and client
+    oidc:code:<sha256>      what the code gets at the token endpoint (JSON); once exchanged, `x:` and the
+                            key of the access token that exchange issues, for USED_CODE_MEMORY_S
+    oidc:at:<sha256>        an access token's user and client (JSON), or `revoked`
+
+A code is used twice (RFC 6749 4.1.2: "the authorization server MUST deny the request and SHOULD revoke
+... all tokens previously issued based on that authorization code") whenever its exchanges overlap, not only
+after the first has answered, so no step leaves a gap between them:
+
+    take     SET code "x:<at key>" XX GET: the grant and the mark "used, and what it gives" in one command;
+             the one exchange that reads the grant goes on, every other reads the mark
+    replay   the mark's access token key is set to `revoked`, whether the token is there yet or not
+    issue    SET <at key> <grant> NX: refused if a replay got there first; otherwise a later replay
+             overwrites it
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from pushauth.store import KeySpace
 
 # A replayed code is caught for this long after its exchange (codes live a minute at most).
 USED_CODE_MEMORY_S = 600
+_USED = "x:"  # an exchanged code's value: this, then its access token's key
+REVOKED = "revoked"  # an access token's value once its code was replayed
 
 
 class SignIn(msgspec.Struct, kw_only=True):
@@ -38,13 +47,16 @@ class SignIn(msgspec.Struct, kw_only=True):
     login_hint: str = ""
     browser: str  # sha256 of the browser's cookie value
     csrf: str
+    # prompt, max_age and acr_values, read (provider.remembered_max_age): how old the phone's approval behind
+    # a remembered browser may be for it to stand for the phone; 0: never, None: as the policy allows
+    remembered_max_age: int | None = None
     # set once the first factor passed
     user: str = ""
     challenge_id: str = ""
     number: str = ""
     amr: list[str] = []
     acr: str = ""
-    auth_time: int = 0
+    auth_time: int = 0  # when the user was last actively authenticated (OpenID Connect Core 2)
     # a user with codes but no phone (pushauth/web/oidc_codes.py): past the first factor and asked for a
     # code; `user` stays empty until a valid one, so /oidc/wait cannot issue anything before it
     code_user: str = ""
@@ -85,6 +97,13 @@ _grant_decode = msgspec.json.Decoder(Grant).decode
 _encode = msgspec.json.Encoder().encode
 
 
+class Replayed:
+    """`take_code`'s answer for a code already exchanged."""
+
+
+REPLAYED = Replayed()
+
+
 def new_secret() -> str:
     return secrets.token_urlsafe(32)
 
@@ -116,27 +135,30 @@ class OidcStore:
         await self._redis.set(self._ks.oidc_code(code), _encode(grant), ex=ttl_s)
         return code
 
-    async def take_code(self, code: str) -> Grant | None:
+    async def take_code(self, code: str, access_token: str) -> Grant | Replayed | None:
+        """The grant of a code not yet exchanged, which is marked used in the same command, and as what
+        gives `access_token`. A code already exchanged: what it gave is revoked (Replayed). None for an
+        unknown or expired code."""
         if not code or len(code) > 128:
             return None
-        raw = await self._redis.getdel(self._ks.oidc_code(code))
-        return None if raw is None else _grant_decode(raw)
+        mark = _USED + self._ks.oidc_access_token(access_token)
+        old = await self._redis.set(self._ks.oidc_code(code), mark, xx=True, get=True, ex=USED_CODE_MEMORY_S)
+        if not isinstance(old, str):  # None: no such code (XX: nothing was written)
+            return None
+        if old.startswith(_USED):
+            # Its token may not be issued yet (the first exchange is still checking the verifier): revoked
+            # in advance, and `issue_code_token` then refuses to write it.
+            await self._redis.set(old[len(_USED):], REVOKED, ex=USED_CODE_MEMORY_S)
+            return REPLAYED
+        return _grant_decode(old)
 
-    async def mark_used(self, code: str, access_token: str) -> None:
-        await self._redis.set(self._ks.oidc_used_code(code), self._ks.oidc_access_token(access_token),
-                              ex=USED_CODE_MEMORY_S)
-
-    async def revoke_replayed(self, code: str) -> bool:
-        """A code presented after its exchange: revoke what that exchange gave. True if it was such a code."""
-        if not code or len(code) > 128:
-            return False
-        token_key = await self._redis.getdel(self._ks.oidc_used_code(code))
-        if token_key is None:
-            return False
-        await self._redis.delete(str(token_key))
-        return True
+    async def issue_code_token(self, access_token: str, grant: Grant, ttl_s: int) -> bool:
+        """Store the token `take_code` named. False if the code was replayed meanwhile: no token."""
+        return bool(await self._redis.set(self._ks.oidc_access_token(access_token), _encode(grant), ex=ttl_s,
+                                          nx=True))
 
     async def issue_access_token(self, grant: Grant, ttl_s: int) -> str:
+        """A new access token for a grant that no code stands for (CIBA)."""
         token = new_secret()
         await self._redis.set(self._ks.oidc_access_token(token), _encode(grant), ex=ttl_s)
         return token
@@ -145,7 +167,7 @@ class OidcStore:
         if not token or len(token) > 128:
             return None
         raw = await self._redis.get(self._ks.oidc_access_token(token))
-        return None if raw is None else _grant_decode(raw)
+        return None if raw is None or raw == REVOKED else _grant_decode(raw)
 
     async def put_backchannel(self, auth_req_id: str, request: Backchannel) -> None:
         # A minute past the prompt's expiry: a poll after it is told expired_token, not an unknown id.

@@ -229,13 +229,12 @@ KEYS: tuple[KeySpec, ...] = (
             "an OpenID sign-in in progress: the relying party's request, the browser it is bound to, its "
             "prompt (JSON)", "KeySpace.oidc_signin"),
     KeySpec("<prefix>:oidc:code:<sha256(code)>", "string", "pushauth.oidc",
-            "oidc.code_ttl_s (EX); taken once",
-            "an authorization code: what its token request gets (JSON)", "KeySpace.oidc_code"),
-    KeySpec("<prefix>:oidc:used:<sha256(code)>", "string", "pushauth.oidc", "10 minutes (EX)",
-            "a code already exchanged, and the access token it gave: a replay revokes that token",
-            "KeySpace.oidc_used_code"),
+            "oidc.code_ttl_s (EX); once exchanged, 10 minutes (EX)",
+            "an authorization code: what its token request gets (JSON); once exchanged, x: and the key of "
+            "the access token it gives, which a replay revokes", "KeySpace.oidc_code"),
     KeySpec("<prefix>:oidc:at:<sha256(token)>", "string", "pushauth.oidc", "oidc.access_token_ttl_s (EX)",
-            "an access token for userinfo (JSON)", "KeySpace.oidc_access_token"),
+            "an access token for userinfo (JSON), or revoked (its code was replayed)",
+            "KeySpace.oidc_access_token"),
     KeySpec("<prefix>:oidc:ciba:<sha256(token)>", "string", "pushauth.oidc",
             "the request's expiry (EX); deleted when its tokens are issued",
             "a backchannel (CIBA) authentication request by its auth_req_id: client, user, prompt (JSON)",
@@ -546,9 +545,6 @@ class KeySpace:
     # Codes and tokens by their hash only: a copy of Redis cannot be exchanged or presented.
     def oidc_code(self, code: str) -> str:
         return f"{self.prefix}:oidc:code:{sha256_hex(code)}"
-
-    def oidc_used_code(self, code: str) -> str:
-        return f"{self.prefix}:oidc:used:{sha256_hex(code)}"
 
     def oidc_access_token(self, token: str) -> str:
         return f"{self.prefix}:oidc:at:{sha256_hex(token)}"

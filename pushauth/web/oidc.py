@@ -17,6 +17,8 @@ passwords count as failed authentications from the address (the rate limiter's b
 
 from __future__ import annotations
 
+import calendar
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -28,8 +30,9 @@ from aiohttp import web
 from pushauth import clock
 from pushauth.accounts.users import canonical
 from pushauth.challenges import context as login_context
-from pushauth.challenges.service import Allowed, Created
+from pushauth.challenges.service import REMEMBER_TYP, Allowed, Created
 from pushauth.config import Application, Settings
+from pushauth.crypto import jws
 from pushauth.crypto.secrets import equal, sha256_hex
 from pushauth.directory import LdapCheck, Verdict
 from pushauth.errors import ApiError, ConfigError
@@ -342,10 +345,11 @@ async def signin_post(request: web.Request) -> web.Response:
             # The same words for an unknown user and a wrong password: nothing says who exists.
             return again("Wrong user name or password.")
     context = {"ip": ip or "", "user_agent": request.headers.get("User-Agent", "")[:512]}
+    remember_token, approved_at = _remember_token(request, signin)
     try:
         created = await request.app[CHALLENGES].create(
             _app(request, client), user, {k: v for k, v in context.items() if v},
-            provider.settings.prompt_ttl_s, remember_token=request.cookies.get(REMEMBER_COOKIE),
+            provider.settings.prompt_ttl_s, remember_token=remember_token,
             browser_id=request.cookies.get(BROWSER_COOKIE))
     except ApiError as exc:
         if exc.code == "not_enrolled" and await request.app[CODES].usable(user):
@@ -360,6 +364,9 @@ async def signin_post(request: web.Request) -> web.Response:
     if isinstance(created, Allowed):  # a remembered browser, an exempt account, or before the enforcement
         # date: no phone asked this time, so no claim of a second factor
         signin.amr, signin.acr = (["pwd"] if ldap else []), ACR_SFA
+        if created.reason == "remembered" and not ldap:
+            # Nobody authenticated just now: the last time was the phone's approval the browser stands for.
+            signin.auth_time = approved_at
     else:
         signin.challenge_id, signin.number = created.id, created.number or ""
         signin.amr = (["pwd", "mfa", *AMR_PHONE] if ldap else list(AMR_PHONE))
@@ -368,10 +375,39 @@ async def signin_post(request: web.Request) -> web.Response:
     return web.Response(status=303, headers={**pages.HEADERS, "Location": f"/oidc/wait?signin={signin.id}"})
 
 
+def _remember_token(request: web.Request, signin: SignIn) -> tuple[str | None, int]:
+    """This browser's remember token if it may stand for the phone in this sign-in (the client's prompt,
+    max_age and acr_values: `SignIn.remembered_max_age`), with the time of the phone's approval it was
+    issued for (its `iat`); (None, 0) if not. Whether it is this user's, this application's and this
+    browser's, and still not revoked, is for Challenges.create to say."""
+    token, limit = request.cookies.get(REMEMBER_COOKIE), signin.remembered_max_age
+    if not token or limit == 0:
+        return None, 0
+    try:
+        header = jws.read_header(token, typ=REMEMBER_TYP)
+        approved_at = jws.verify(token, request.app[KEYRING].ring.verifying_key(header["kid"])).get("iat")
+    except jws.InvalidJWS:
+        return None, 0
+    if type(approved_at) is not int or (limit is not None and clock.now() - approved_at > limit):
+        return None, 0
+    return token, approved_at
+
+
+def _decided_at(view: dict[str, Any], default: int) -> int:
+    """When the phone approved (the status view's RFC 3339 `decided_at`): the sign-in's auth_time."""
+    try:
+        return calendar.timegm(time.strptime(str(view["decided_at"]), "%Y-%m-%dT%H:%M:%SZ"))
+    except (KeyError, ValueError):
+        return default
+
+
 def _refusal(exc: ApiError, request: web.Request) -> str:
     user_message = request.app[SETTINGS].policy.user_message
-    if exc.code in ("locked", "suspended"):
-        return f"Sign-in is blocked for this account. {user_message}"
+    if exc.code == "locked":  # by the security team, or by detection: a person has to look at it
+        return ("Sign-in is blocked: this account is locked, and only the IT service desk can unlock it. "
+                + user_message)
+    if exc.code == "suspended":  # after a "not me" (detection), or paused from the phone itself
+        return f"Sign-in is blocked for now: prompts to your phone are on hold. {user_message}"
     if exc.code == "not_enrolled":
         return "No phone is set up for this account. " + user_message
     if exc.status == 429:
@@ -398,7 +434,9 @@ async def wait(request: web.Request) -> web.Response:
         if status == "pending":
             return pages.respond(pages.number(name, signin.number, poll_url, code_url=code_url))
         remember = view.get("remember_token") if status == "approved" else None
-        if status != "approved":
+        if status == "approved":  # the user authenticated when the phone approved, not when it was asked
+            signin.auth_time = _decided_at(view, signin.auth_time)
+        else:
             if signin.eam_sub and await provider.store.end_signin(signin.id):
                 return _entra_answer(request, signin, {"error": "access_denied",
                                                        "error_description": f"the sign-in was {status}"})
@@ -467,7 +505,10 @@ async def token(request: web.Request) -> web.Response:
         answer = await provider.exchange(form, request.headers.get("Authorization"),
                                          request.app[KEYRING].ring, request.app.get(RSA_KEY))
     except TokenError as exc:
-        if exc.status == 401:
+        # A 401 answered to a request with an Authorization header (client_secret_basic) is counted by the
+        # rate_limit middleware (pushauth/web/limits.py), as on every route; one without it
+        # (client_secret_post) is a guessed secret the middleware cannot see: counted here. Once, either way.
+        if exc.status == 401 and "Authorization" not in request.headers:
             await request.app[LIMITER].auth_failed(io.client_ip(request))
         log.info("oidc_token_refused", error=exc.error, why=exc.description)
         return _token_error(exc)
