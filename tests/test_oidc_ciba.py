@@ -471,3 +471,30 @@ async def test_openid_client_is_told_expired_token(env: Env) -> None:
     assert not result.ok
     assert (result.oauth_error, result.status) == ("expired_token", 400), result
     assert 10 <= result.elapsed_s < 25  # the provider's verdict, not openid-client giving up
+
+
+async def test_a_bad_client_secret_counts_once_at_both_ciba_endpoints(redis_url: str,
+                                                                      keyring: KeyRingHolder) -> None:
+    """A wrong secret in an Authorization header is counted by the rate_limit middleware; the CIBA handlers
+    once counted it again, blocking a client with a stale secret at half the auth-failure limit."""
+    desk = {"client_id": "desk", "name": "Service desk", "application": "webmail", "ciba": "poll",
+            "secret_sha256": [sha256_hex(SECRET)], "first_factor": "passwordless"}
+    op = await start_server(make_settings(redis_url, free_port(), rate_limits={"auth_failures": 4},
+                                          oidc={"enabled": True, "clients": [desk]}), keyring)
+    try:
+        async with aiohttp.ClientSession() as http:
+            env = Env(op, keyring, http, None, [], [], [])  # type: ignore[arg-type]  # no phone needed
+            refused = [await post(env, "/oidc/bc-authorize", {"scope": "openid", "login_hint": USER},
+                                  secret="stale") for _ in range(2)]
+            refused += [await post(env, "/oidc/token", {"grant_type": "urn:openid:params:grant-type:ciba",
+                                                        "auth_req_id": "x" * 43}, secret="stale")
+                        for _ in range(1)]
+            assert [(status, body["error"]) for status, body in refused] == [(401, "invalid_client")] * 3
+            status, body = await post(env, "/oidc/bc-authorize", {"scope": "openid", "login_hint": USER})
+            assert (status, body.get("error")) != (429, "rate_limited"), body  # 3 failures of 4: not blocked
+            await post(env, "/oidc/token", {"grant_type": "urn:openid:params:grant-type:ciba",
+                                            "auth_req_id": "x" * 43}, secret="stale")  # the 4th
+            status, body = await post(env, "/oidc/bc-authorize", {"scope": "openid", "login_hint": USER})
+            assert (status, body["error"]) == (429, "rate_limited"), body
+    finally:
+        await op.close()

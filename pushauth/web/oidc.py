@@ -505,11 +505,7 @@ async def token(request: web.Request) -> web.Response:
         answer = await provider.exchange(form, request.headers.get("Authorization"),
                                          request.app[KEYRING].ring, request.app.get(RSA_KEY))
     except TokenError as exc:
-        # A 401 answered to a request with an Authorization header (client_secret_basic) is counted by the
-        # rate_limit middleware (pushauth/web/limits.py), as on every route; one without it
-        # (client_secret_post) is a guessed secret the middleware cannot see: counted here. Once, either way.
-        if exc.status == 401 and "Authorization" not in request.headers:
-            await request.app[LIMITER].auth_failed(io.client_ip(request))
+        await _count_refused_client(request, exc)
         log.info("oidc_token_refused", error=exc.error, why=exc.description)
         return _token_error(exc)
     response = io.json(answer)
@@ -549,7 +545,7 @@ async def backchannel_authorize(request: web.Request) -> web.Response:
     try:
         client = provider.authenticate_client(form, request.headers.get("Authorization"))
     except TokenError as exc:
-        await request.app[LIMITER].auth_failed(io.client_ip(request))
+        await _count_refused_client(request, exc)
         return _token_error(exc)
     if not client.ciba:
         return _ciba_error("unauthorized_client", "this client may not use CIBA")
@@ -620,13 +616,22 @@ async def _hinted_user(request: web.Request, client: OidcClient, token: str) -> 
                                                request.app.get(RSA_KEY))
 
 
+async def _count_refused_client(request: web.Request, exc: TokenError) -> None:
+    """A 401 answered to a request with an Authorization header (client_secret_basic) is counted toward the
+    address's auth-failure block by the rate_limit middleware (pushauth/web/limits.py), as on every route;
+    one without it (client_secret_post) is a guessed secret the middleware cannot see: counted here. Once,
+    either way."""
+    if exc.status == 401 and "Authorization" not in request.headers:
+        await request.app[LIMITER].auth_failed(io.client_ip(request))
+
+
 async def _ciba_token(request: web.Request, form: dict[str, str]) -> web.Response:
     """CIBA Core 10-11: the token request with an auth_req_id."""
     provider = request.app[PROVIDER]
     try:
         client = provider.authenticate_client(form, request.headers.get("Authorization"))
     except TokenError as exc:
-        await request.app[LIMITER].auth_failed(io.client_ip(request))
+        await _count_refused_client(request, exc)
         return _token_error(exc)
     auth_req_id = form.get("auth_req_id", "")
     pending = await provider.store.backchannel(auth_req_id)
