@@ -498,3 +498,26 @@ async def test_a_bad_client_secret_counts_once_at_both_ciba_endpoints(redis_url:
             assert (status, body["error"]) == (429, "rate_limited"), body
     finally:
         await op.close()
+
+
+async def test_requested_expiry_is_bounded_by_the_deployments_longest_prompt(redis_url: str,
+                                                                           keyring: KeyRingHolder) -> None:
+    """With challenges.max_ttl_s below CIBA's own 600 s, a longer requested_expiry is a malformed request
+    (invalid_request, no prompt), not a refusal of the user (access_denied); the default fits the bound."""
+    desk = {"client_id": "desk", "name": "Service desk", "application": "webmail", "ciba": "poll",
+            "secret_sha256": [sha256_hex(SECRET)], "first_factor": "passwordless"}
+    op = await start_server(make_settings(redis_url, free_port(), challenges={"max_ttl_s": 120},
+                                          oidc={"enabled": True, "clients": [desk]}), keyring)
+    try:
+        async with aiohttp.ClientSession() as http:
+            phone = await Phone.enroll(await LoginFlow(http, op.url).enroll_uri(USER), session=http)
+            env = Env(op, keyring, http, phone, [], [], [])
+            status, body = await initiate(env, requested_expiry="300")
+            assert (status, body["error"]) == (400, "invalid_request"), body
+            assert "10..120" in body["error_description"]
+            assert await phone.pending() == []
+            status, body = await initiate(env)
+            assert status == 200, body
+            assert 0 < body["expires_in"] <= 120
+    finally:
+        await op.close()

@@ -564,9 +564,12 @@ async def backchannel_authorize(request: web.Request) -> web.Response:
     hints = [k for k in ("login_hint", "id_token_hint", "login_hint_token") if form.get(k)]
     if hints not in (["login_hint"], ["id_token_hint"]):
         return _ciba_error("invalid_request", "exactly one hint, login_hint or id_token_hint")
-    raw_expiry = form.get("requested_expiry", str(provider.settings.prompt_ttl_s))
-    if not raw_expiry.isdigit() or not 10 <= int(raw_expiry) <= CIBA_MAX_EXPIRY_S:
-        return _ciba_error("invalid_request", f"requested_expiry must be 10..{CIBA_MAX_EXPIRY_S} seconds")
+    # the deployment's own bound on a prompt's life (challenges.max_ttl_s) is the bound here too: past it,
+    # the request is malformed (invalid_request), not refused (access_denied)
+    longest = min(CIBA_MAX_EXPIRY_S, request.app[SETTINGS].challenges.max_ttl_s)
+    raw_expiry = form.get("requested_expiry", str(min(provider.settings.prompt_ttl_s, longest)))
+    if not (raw_expiry.isascii() and raw_expiry.isdigit()) or not 10 <= int(raw_expiry) <= longest:
+        return _ciba_error("invalid_request", f"requested_expiry must be 10..{longest} seconds")
     try:
         named = form.get("login_hint") or await _hinted_user(request, client, form["id_token_hint"])
     except HintRefused as exc:
