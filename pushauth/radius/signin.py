@@ -140,7 +140,7 @@ class SignIns:
         auto = client.mode == "auto"
         try:
             created = await self._challenges.create(app, user, _context(client, request), client.deadline_s,
-                                                    number_matching=not auto)
+                                                    number_matching=not auto, by=f"radius:{client.name}")
         except ApiError as exc:  # locked, suspended, paused, not enrolled, push bombing
             return reject(exc.code or "refused", _message(exc, self._user_message))
         if isinstance(created, Allowed):
