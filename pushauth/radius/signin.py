@@ -238,7 +238,15 @@ def _context(client: RadiusClient, request: Request) -> dict[str, str]:
     return ctx
 
 
+# How Challenges.create says that the user's own phone paused the prompts (code "suspended" like a suspension;
+# PROTOCOL.md 10.3: "the message says which").
+_PAUSED = "the user's phone has paused sign-in prompts until "
+
+
 def _message(exc: ApiError, user_message: str) -> str:
+    if exc.code == "suspended" and exc.message.startswith(_PAUSED):
+        # The user's own pause (a holiday), not the security team's block: nobody to call, the phone resumes.
+        return f"Sign-in prompts are paused on your phone until {exc.message[len(_PAUSED):]}."
     if exc.code in ("locked", "suspended"):
         return f"Sign-in is blocked for this account. {user_message}"
     if exc.code == "not_enrolled":
