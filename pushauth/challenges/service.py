@@ -138,17 +138,18 @@ class Challenges:
     async def create(self, app: Application, user: str, context: dict[str, str] | None,
                      ttl_s: int | None, *, remember_token: str | None = None,
                      browser_id: str | None = None, number_matching: bool = True,
-                     binding_message: str | None = None) -> Created | Allowed:
+                     binding_message: str | None = None, by: str | None = None) -> Created | Allowed:
         """A prompt for `user`, or the policy's reason why none is needed (pushauth/accounts/policy.py); every
         outcome but a plain prompt is audited. `number_matching=False`: no number even where the settings
         ask for one, for a login flow that cannot show it (a RADIUS client that shows no challenge): the
         phone then asks approve or deny, with the context. `binding_message`: a CIBA client's text for the
-        phone (`ctx.binding_message`), already checked with `login_context.binding_message`."""
+        phone (`ctx.binding_message`), already checked with `login_context.binding_message`. `by`: who asks,
+        for the audit trail, when not the application itself (a RADIUS client: `radius:<name>`)."""
         cfg = self._settings.challenges
         ttl = cfg.default_ttl_s if ttl_s is None else ttl_s
         if not 10 <= ttl <= cfg.max_ttl_s:
             raise Unprocessable(f"ttl_s must be between 10 and {cfg.max_ttl_s}", code="invalid_ttl")
-        who = f"app:{app.id}"
+        who = by or f"app:{app.id}"
         ip = (context or {}).get("ip", "")
         # Shared mailbox or exempt account by the configured patterns (the flags the admin API sets on an
         # account are read by the script). An account never seen (no uid) cannot be locked: no prompt, and
@@ -160,7 +161,7 @@ class Challenges:
             metrics.CHALLENGES.labels(app.id, "allowed_exempt").inc()
             return Allowed("exempt", account=kind)
         if uid is None:
-            return await self._not_enrolled(app, user, ip)
+            return await self._not_enrolled(app, user, who, ip)
         rtid, rbid = self._remembered(app, user, remember_token, browser_id)
         cid = ids.new_challenge_id(uid)
         now = clock.now()
@@ -203,7 +204,7 @@ class Challenges:
                                      reason="remembered", token_id=rtid, ip=ip)
             return Allowed("remembered")
         if what == Creation.NOT_ENROLLED:  # a uid, but no active phone (every one revoked)
-            return await self._not_enrolled(app, user, ip)
+            return await self._not_enrolled(app, user, who, ip)
         if what != Creation.OK:
             await self._audit.record("refused", user=user, who=who, why=what.value, ip=ip)
             metrics.CHALLENGES.labels(app.id, f"refused_{what}").inc()
@@ -232,15 +233,15 @@ class Challenges:
         """Shutdown: write the buffered expiry index."""
         await self._expiry_index.flush()
 
-    async def _not_enrolled(self, app: Application, user: str, ip: str) -> Allowed:
+    async def _not_enrolled(self, app: Application, user: str, who: str, ip: str) -> Allowed:
         """No phone: allowed until the enforcement date that applies (`grace`), refused after it."""
         enforced = self._settings.policy.enforced_from(app.id, user)
         if clock.now() < enforced:
-            await self._audit.record("allowed", user=user, who=f"app:{app.id}", why="before enforcement date",
+            await self._audit.record("allowed", user=user, who=who, why="before enforcement date",
                                      reason="grace", enroll_by=rfc3339(enforced), ip=ip)
             metrics.CHALLENGES.labels(app.id, "allowed_grace").inc()
             return Allowed("grace", enroll_by=enforced)
-        await self._audit.record("refused", user=user, who=f"app:{app.id}", why="not_enrolled", ip=ip)
+        await self._audit.record("refused", user=user, who=who, why="not_enrolled", ip=ip)
         metrics.CHALLENGES.labels(app.id, "refused_not_enrolled").inc()
         raise Forbidden("no phone is enrolled for this user", code="not_enrolled")
 

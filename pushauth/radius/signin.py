@@ -142,7 +142,7 @@ class SignIns:
         auto = client.mode == "auto"
         try:
             created = await self._challenges.create(app, user, _context(client, request), client.deadline_s,
-                                                    number_matching=not auto)
+                                                    number_matching=not auto, by=f"radius:{client.name}")
         except ApiError as exc:  # locked, suspended, paused, not enrolled, push bombing
             if exc.code == "not_enrolled" and self._codes is not None and await self._codes.usable(user):
                 return await self._ask_for_code(client, user)
@@ -261,7 +261,15 @@ def _context(client: RadiusClient, request: Request) -> dict[str, str]:
     return ctx
 
 
+# How Challenges.create says that the user's own phone paused the prompts (code "suspended" like a suspension;
+# PROTOCOL.md 10.3: "the message says which").
+_PAUSED = "the user's phone has paused sign-in prompts until "
+
+
 def _message(exc: ApiError, user_message: str) -> str:
+    if exc.code == "suspended" and exc.message.startswith(_PAUSED):
+        # The user's own pause (a holiday), not the security team's block: nobody to call, the phone resumes.
+        return f"Sign-in prompts are paused on your phone until {exc.message[len(_PAUSED):]}."
     if exc.code in ("locked", "suspended"):
         return f"Sign-in is blocked for this account. {user_message}"
     if exc.code == "not_enrolled":
