@@ -73,6 +73,15 @@ class Forbidden(ApiError):
     default_code = "forbidden"
 
 
+class PromptsPaused(Forbidden):
+    """The user's own phone paused their prompts (a holiday): on the wire a `suspended` refusal, as v1
+    clients know it; the fronts that word it themselves (RADIUS) tell it from the security team's block."""
+
+    def __init__(self, until: str) -> None:
+        super().__init__(f"the user's phone has paused sign-in prompts until {until}", code="suspended")
+        self.until = until
+
+
 class NotFound(ApiError):
     status = 404
     default_code = "not_found"

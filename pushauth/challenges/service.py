@@ -51,7 +51,7 @@ from pushauth.detection.ledger import LedgerReply
 from pushauth.detection.rules import network_of
 from pushauth.devices.scripts import Gated
 from pushauth.devices.service import AuthedDevice, Devices, raise_gate_failure
-from pushauth.errors import Conflict, Forbidden, NotFound, RateLimited, Unprocessable
+from pushauth.errors import Conflict, Forbidden, NotFound, PromptsPaused, RateLimited, Unprocessable
 from pushauth.push.dispatch import PushQueue, delivery_view
 from pushauth.store import KeySpace, reads
 from pushauth.store.durability import ReplicaAcks
@@ -209,8 +209,7 @@ class Challenges:
             await self._audit.record("refused", user=user, who=who, why=what.value, ip=ip)
             metrics.CHALLENGES.labels(app.id, f"refused_{what}").inc()
         if what == Creation.PAUSED:
-            until = rfc3339(int(res.detail[0]))
-            raise Forbidden(f"the user's phone has paused sign-in prompts until {until}", code="suspended")
+            raise PromptsPaused(rfc3339(int(res.detail[0])))
         if what == Creation.LOCKED:
             raise Forbidden(f"this account is locked. {self._user_message}", code="locked")
         if what == Creation.SUSPENDED:

@@ -39,7 +39,7 @@ from pushauth.codes.service import Codes
 from pushauth.codes.totp import normal_code
 from pushauth.config import Application, Settings
 from pushauth.directory import Verdict
-from pushauth.errors import ApiError, RateLimited, StoreUnavailable
+from pushauth.errors import ApiError, PromptsPaused, RateLimited, StoreUnavailable
 from pushauth.radius.primary import PasswordCheck
 from pushauth.radius.settings import RadiusClient
 from pushauth.radius.states import ChallengeRef, ChallengeStates
@@ -263,13 +263,10 @@ def _context(client: RadiusClient, request: Request) -> dict[str, str]:
 
 # How Challenges.create says that the user's own phone paused the prompts (code "suspended" like a suspension;
 # PROTOCOL.md 10.3: "the message says which").
-_PAUSED = "the user's phone has paused sign-in prompts until "
-
-
 def _message(exc: ApiError, user_message: str) -> str:
-    if exc.code == "suspended" and exc.message.startswith(_PAUSED):
+    if isinstance(exc, PromptsPaused):
         # The user's own pause (a holiday), not the security team's block: nobody to call, the phone resumes.
-        return f"Sign-in prompts are paused on your phone until {exc.message[len(_PAUSED):]}."
+        return f"Sign-in prompts are paused on your phone until {exc.until}."
     if exc.code in ("locked", "suspended"):
         return f"Sign-in is blocked for this account. {user_message}"
     if exc.code == "not_enrolled":
