@@ -457,3 +457,49 @@ async def test_a_user_search_cut_short_says_so(srv: RunningServer, http: aiohttp
         cut = await _get(client, srv.url + "/console/users?user=zed")
         assert "No user name contains" not in cut
         assert "Only 2 users were searched: a name that is not listed may still exist." in cut
+
+
+async def test_an_old_critical_alert_leads_however_many_newer_ones_are_open(
+        srv: RunningServer, http: aiohttp.ClientSession) -> None:
+    """The severity order read only the newest 5,000 open alerts: under a flood of newer lesser ones (a
+    push-bombing campaign against many accounts), an older critical "not me" fell off the list altogether.
+    Every open alert is read now, in chunks, and the critical one leads."""
+    from pushauth.alerts.store import OPEN_CHUNK
+    from pushauth.web.state import RUNTIME
+
+    rp, admin = LoginFlow(http, srv.url), AdminClient(http, srv.url)
+    await not_me(rp, http, ALICE)
+    await asyncio.sleep(1.1)  # alert times are whole seconds: strictly older
+    await ignored_prompts(rp, http, "bob@nhs.net")
+    status, body = await admin.call("GET", "/v1/alerts?status=open")
+    assert status == 200, body
+    medium = next(a for a in body["alerts"] if a["severity"] == "medium")
+    # 5,100 more open medium alerts, newer than both: copies of Bob's under new ids in his slot
+    runtime = srv.app[RUNTIME]
+    redis, ks = runtime.redis, runtime.keyspace
+    [member] = [m for m in await redis.zrange(ks.alert_open, 0, -1) if m.endswith("/" + medium["id"])]
+    uid = member.split("/")[0]
+    record = await redis.hgetall(ks.alert(uid, medium["id"]))
+    newest = int(await redis.zscore(ks.alert_open, member) or 0)
+    flood = 5100
+    assert flood > 5000  # past the old cap
+    assert flood > 2 * OPEN_CHUNK  # and more than one chunk
+    pipe = redis.pipeline(transaction=False)
+    for n in range(flood):
+        aid = f"{medium['id']}x{n}"
+        pipe.hset(ks.alert(uid, aid), mapping={**record, "id": aid})
+        pipe.zadd(ks.alert_open, {f"{uid}/{aid}": newest + 1 + n})
+    await pipe.execute()
+
+    status, body = await admin.call("GET", "/v1/alerts?status=open&order=severity&limit=3")
+    assert status == 200, body
+    assert [a["severity"] for a in body["alerts"]] == ["critical", "medium", "medium"], body["alerts"][0]
+    assert body["alerts"][0]["user"] == ALICE
+    seen, start = 0, 0
+    while start is not None:
+        status, body = await admin.call("GET", "/v1/alerts?status=open&order=severity&limit=500"
+                                               f"&start={start}")
+        assert status == 200, body
+        seen += len(body["alerts"])
+        start = body["next"]
+    assert seen == flood + 2

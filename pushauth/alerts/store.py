@@ -40,6 +40,7 @@ log = structlog.get_logger(__name__)
 
 STREAM = "alerts"
 STREAM_MAXLEN = 1_000_000
+OPEN_CHUNK = 2000  # open alerts read per pipelined round trip by the severity-ordered view
 # Outbox entries older than this are announced again by the sweep.
 SWEEP_AGE_S = 60
 
@@ -245,9 +246,20 @@ class AlertStore:
         page is `limit` matches however many records were read to find them, and a new alert moves later
         pages by one, which shows an alert twice at worst, never skips one."""
         if by_severity and query.status == "open" and query.uid is None:
-            page = cast(list[str], await self._redis.zrevrange(self._ks.alert_open, 0, 4999))
-            refs = [_ref(r) for r in page]
-            found = [a for a in await self._read_many(refs, "open", len(refs)) if query.matches(a)]
+            # Every open alert, however many: a cap on the newest N would hide an older critical one under
+            # a flood of newer lesser ones, the very failure this order exists to prevent. The cost is one
+            # pipelined read per OPEN_CHUNK open alerts on each page load (an index by severity is the
+            # step after this one, if open alerts ever number in the tens of thousands).
+            found = []
+            position = 0
+            while True:
+                page = cast(list[str], await self._redis.zrevrange(self._ks.alert_open, position,
+                                                                   position + OPEN_CHUNK - 1))
+                refs = [_ref(r) for r in page]
+                found += [a for a in await self._read_many(refs, "open", len(refs)) if query.matches(a)]
+                if len(page) < OPEN_CHUNK:
+                    break
+                position += len(page)
             found.sort(key=lambda a: (SEVERITY_RANK.get(a["severity"], 0), a["updated_at"]), reverse=True)
             return found[start:start + limit], (start + limit if len(found) > start + limit else None)
         if query.uid is not None:
