@@ -464,6 +464,8 @@ async def test_an_old_critical_alert_leads_however_many_newer_ones_are_open(
     """The severity order read only the newest 5,000 open alerts: under a flood of newer lesser ones (a
     push-bombing campaign against many accounts), an older critical "not me" fell off the list altogether.
     Every open alert is read now, in chunks, and the critical one leads."""
+    from typing import cast
+
     from pushauth.alerts.store import OPEN_CHUNK
     from pushauth.web.state import RUNTIME
 
@@ -477,9 +479,10 @@ async def test_an_old_critical_alert_leads_however_many_newer_ones_are_open(
     # 5,100 more open medium alerts, newer than both: copies of Bob's under new ids in his slot
     runtime = srv.app[RUNTIME]
     redis, ks = runtime.redis, runtime.keyspace
-    [member] = [m for m in await redis.zrange(ks.alert_open, 0, -1) if m.endswith("/" + medium["id"])]
+    members = cast(list[str], await redis.zrange(ks.alert_open, 0, -1))
+    [member] = [m for m in members if m.endswith("/" + medium["id"])]
     uid = member.split("/")[0]
-    record = await redis.hgetall(ks.alert(uid, medium["id"]))
+    record: dict[Any, Any] = dict(await redis.hgetall(ks.alert(uid, medium["id"])))
     newest = int(await redis.zscore(ks.alert_open, member) or 0)
     flood = 5100
     assert flood > 5000  # past the old cap
