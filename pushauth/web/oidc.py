@@ -402,17 +402,26 @@ def _decided_at(view: dict[str, Any], default: int) -> int:
 
 
 def _refusal(exc: ApiError, request: web.Request) -> str:
-    user_message = request.app[SETTINGS].policy.user_message
-    if exc.code == "locked":  # by the security team, or by detection: a person has to look at it
-        return ("Sign-in is blocked: this account is locked, and only the IT service desk can unlock it. "
-                + user_message)
-    if exc.code == "suspended":  # after a "not me" (detection), or paused from the phone itself
-        return f"Sign-in is blocked for now: prompts to your phone are on hold. {user_message}"
+    blocked = _blocked(request, exc.code)
+    if blocked is not None:
+        return blocked
     if exc.code == "not_enrolled":
-        return "No phone is set up for this account. " + user_message
+        return "No phone is set up for this account. " + request.app[SETTINGS].policy.user_message
     if exc.status == 429:
         return "Too many sign-in prompts. Wait a few minutes and try again."
     return "The sign-in was refused."
+
+
+def _blocked(request: web.Request, reason: str) -> str | None:
+    """What a locked or a suspended user is told, on every page that refuses them (the sign-in's, the code
+    form's: pushauth/web/oidc_codes.py); None for any other reason."""
+    user_message = request.app[SETTINGS].policy.user_message
+    if reason == "locked":  # by the security team, or by detection: a person has to look at it
+        return ("Sign-in is blocked: this account is locked, and only the IT service desk can unlock it. "
+                + user_message)
+    if reason == "suspended":  # after a "not me" (detection), or paused from the phone itself
+        return f"Sign-in is blocked for now: prompts to your phone are on hold. {user_message}"
+    return None
 
 
 @routes.get("/oidc/wait")
