@@ -1,6 +1,7 @@
 """Offline codes on the OpenID sign-in page: "use a code" instead of the phone, through to a verified ID
-token whose amr says `otp`; a wrong code shows the form again and counts as a failed authentication; a lock
-and a suspension are worded on the code form as on the sign-in page."""
+token whose amr says `otp`; a wrong code shows the form again and counts as a failed authentication. Staff
+without a phone are asked for the code, behind an upstream identity provider too; a lock and a suspension
+are worded on the code form as on the sign-in page."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from support import AdminClient, LoginFlow, RunningServer, free_port, make_setti
 from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.crypto.secrets import sha256_hex
 from pushauth.phone import Phone
+from testkit.fakes.entra import FakeEntra
 
 USER = "erin@nhs.net"
 SECRET = "wiki-client-secret-" + "x" * 24
@@ -183,6 +185,47 @@ async def test_a_locked_user_without_a_phone_gets_no_code_form(op: RunningServer
             assert words in page
     finally:
         await browser.close()
+
+
+async def test_behind_an_upstream_staff_without_a_phone_are_asked_for_a_code(
+        redis_url: str, keyring: KeyRingHolder, http: aiohttp.ClientSession) -> None:
+    """first_factor = "none": the upstream named the user, who has no phone but an authenticator app; the
+    code form, as on the sign-in page, not "No phone is set up"; the token says only what pushauth did."""
+    async with FakeEntra("72f988bf-86f1-41af-91ab-2d7cd011db47", "pushauth-upstream") as upstream:
+        portal = {"client_id": "portal", "name": "Staff portal", "application": "webmail",
+                  "secret_sha256": [sha256_hex(SECRET)], "redirect_uris": [REDIRECT], "first_factor": "none",
+                  "upstream_issuer": upstream.issuer, "upstream_jwks_url": upstream.jwks_url,
+                  "upstream_audience": "pushauth-upstream"}
+        async with running_op(redis_url, keyring, [*CLIENTS, portal]) as op:
+            app = await _app_only(AdminClient(http, op.url), "frank@nhs.net")
+            code = app.at(int(time.time()) + 30)  # the next step: the activation spent this one
+            browser = Browser(op.url)
+            try:
+                params = auth_params("portal", id_token_hint=upstream.hint("upstream-sub-2", "frank@nhs.net"))
+                status, page, location = await browser.authorize(**params)
+                assert status == 303, page
+                assert location.startswith("/oidc/code?signin="), location
+                status, form, _ = await browser.get(location)
+                assert status == 200, form
+                fields = {"signin": form_field(form, "signin"), "csrf": form_field(form, "csrf")}
+                status, _, location = await browser.post("/oidc/code", {**fields, "code": code})
+                assert (status, location) == (303, f"/oidc/wait?signin={fields['signin']}")
+                status, _, location = await browser.get(location)
+                assert status == 303, location
+                answer = parse_qs(urlsplit(location).query)
+                assert answer["state"] == [params["state"]]
+            finally:
+                await browser.close()
+            basic = base64.b64encode(f"portal:{SECRET}".encode()).decode()
+            async with http.post(op.url + "/oidc/token", headers={"Authorization": f"Basic {basic}"}, data={
+                    "grant_type": "authorization_code", "code": answer["code"][0], "redirect_uri": REDIRECT
+                    }) as resp:
+                assert resp.status == 200, await resp.text()
+                tokens = await resp.json()
+            async with http.get(op.url + "/oidc/jwks") as resp:
+                keys = KeySet.import_key_set(await resp.json())
+    claims = jwt.decode(tokens["id_token"], keys, algorithms=["ES256"]).claims
+    assert (claims["sub"], claims["amr"]) == ("frank@nhs.net", ["otp"])
 
 
 def _alert(page: str) -> str:

@@ -221,6 +221,9 @@ async def _behind_upstream(request: web.Request, signin: SignIn, client: OidcCli
                                                        {k: v for k, v in context.items() if v},
                                                        provider.settings.prompt_ttl_s)
     except ApiError as exc:
+        if await _code_instead(request, exc, signin, user):
+            await provider.store.put_signin(signin, provider.settings.signin_ttl_s)
+            return _to_code_form(signin)
         return pages.respond(pages.message("Sign-in refused", _refusal(exc, request)), status=403)
     # What this token says is what pushauth did: the phone. The upstream vouches for the password.
     signin.user, signin.auth_time, signin.amr, signin.acr = user, clock.now(), list(AMR_PHONE), ACR_SFA
@@ -352,13 +355,9 @@ async def signin_post(request: web.Request) -> web.Response:
             provider.settings.prompt_ttl_s, remember_token=remember_token,
             browser_id=request.cookies.get(BROWSER_COOKIE))
     except ApiError as exc:
-        if exc.code == "not_enrolled" and await request.app[CODES].usable(user):
-            # no phone, but an authenticator app or a token: the code is the second factor (the form of
-            # pushauth/web/oidc_codes.py, where lock, suspension and the wrong-code limit apply)
-            signin.code_user = user
+        if await _code_instead(request, exc, signin, user):
             await provider.store.update_signin(signin)
-            return web.Response(status=303, headers={**pages.HEADERS,
-                                                     "Location": f"/oidc/code?signin={signin.id}"})
+            return _to_code_form(signin)
         return pages.respond(pages.message("Sign-in refused", _refusal(exc, request)), status=403)
     signin.user, signin.auth_time = user, clock.now()
     if isinstance(created, Allowed):  # a remembered browser, an exempt account, or before the enforcement
@@ -373,6 +372,20 @@ async def signin_post(request: web.Request) -> web.Response:
         signin.acr = ACR_MFA if ldap else ACR_SFA
     await provider.store.update_signin(signin)
     return web.Response(status=303, headers={**pages.HEADERS, "Location": f"/oidc/wait?signin={signin.id}"})
+
+
+async def _code_instead(request: web.Request, refused: ApiError, signin: SignIn, user: str) -> bool:
+    """No phone, but an authenticator app or a token: the code is the second factor (the form of
+    pushauth/web/oidc_codes.py, where lock, suspension and the wrong-code limit apply). If so, `signin`
+    now waits for `user`'s code; the caller stores it and sends the browser `_to_code_form`."""
+    if refused.code != "not_enrolled" or not await request.app[CODES].usable(user):
+        return False
+    signin.code_user = user
+    return True
+
+
+def _to_code_form(signin: SignIn) -> web.Response:
+    return web.Response(status=303, headers={**pages.HEADERS, "Location": f"/oidc/code?signin={signin.id}"})
 
 
 def _remember_token(request: web.Request, signin: SignIn) -> tuple[str | None, int]:
