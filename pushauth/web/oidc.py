@@ -18,6 +18,7 @@ passwords count as failed authentications from the address (the rate limiter's b
 from __future__ import annotations
 
 import calendar
+import math
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -35,7 +36,7 @@ from pushauth.config import Application, Settings
 from pushauth.crypto import jws
 from pushauth.crypto.secrets import equal, sha256_hex
 from pushauth.directory import LdapCheck, Verdict
-from pushauth.errors import ApiError, ConfigError
+from pushauth.errors import ApiError, ConfigError, RateLimited
 from pushauth.oidc import entra, rsa
 from pushauth.oidc.entra import EntraHints
 from pushauth.oidc.hints import HintRefused, SignedHints, check_upstream, unverified_issuer
@@ -45,6 +46,7 @@ from pushauth.oidc.settings import ACR_MFA, ACR_SFA, OidcClient
 from pushauth.oidc.store import Backchannel, Grant, OidcStore, SignIn, new_secret
 from pushauth.web import io, outbox
 from pushauth.web import oidc_pages as pages
+from pushauth.web.limits import BROWSER_PAGES
 from pushauth.web.outbox import OUTBOX
 from pushauth.web.state import AUDIT, CHALLENGES, CODES, KEYRING, LIMITER, RUNTIME, SETTINGS
 
@@ -67,6 +69,10 @@ CIBA_MAX_EXPIRY_S = 600
 # RFC 8176: the password (ldap), several factors, proof of possession of the phone's key, a software key
 # (pushauth does not attest where the phone keeps it).
 AMR_PHONE = ["pop", "swk"]
+# The routes a person's browser opens (the sign-in form, the number, the code form): refused by the rate
+# limits, they answer a page (`_rate_limited`). Token, userinfo, CIBA, the keys and discovery are a
+# relying party's and stay the REST contract's JSON.
+BROWSER_ROUTES = ("/oidc/authorize", "/oidc/signin", "/oidc/wait", "/oidc/code")
 
 
 def setup(app: web.Application, settings: Settings) -> None:
@@ -103,6 +109,20 @@ def setup(app: web.Application, settings: Settings) -> None:
     if any(c.ciba == "ping" for c in oidc.clients):
         outbox.setup(app, settings)
     app.add_routes(routes)
+    others = app.get(BROWSER_PAGES, {})  # another module's pages, if any, stay
+    app[BROWSER_PAGES] = {**others, **dict.fromkeys(BROWSER_ROUTES, _rate_limited)}
+
+
+def _rate_limited(request: web.Request, refused: RateLimited) -> web.Response:
+    """A browser whose address is refused (too many requests, or the auth-failure block): how long to wait,
+    in words, and who to call, with the refusal's status and Retry-After."""
+    minutes = max(1, math.ceil(refused.retry_after_s / 60))
+    text = (f"Too many sign-in attempts have come from your network. Wait {minutes} "
+            f"minute{'s' if minutes > 1 else ''} and try again. If you cannot wait: "
+            f"{request.app[SETTINGS].policy.user_message}")
+    response = pages.respond(pages.message("Too many attempts", text), status=429)
+    response.headers.update(refused.headers)
+    return response
 
 
 def _base(request: web.Request) -> str:
