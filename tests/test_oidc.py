@@ -677,6 +677,43 @@ async def test_the_auth_failure_block_applies_to_the_sign_in_page(redis_url: str
             await browser.close()
 
 
+async def test_a_blocked_browser_is_shown_a_page_and_a_blocked_client_json(redis_url: str,
+                                                                           keyring: KeyRingHolder) -> None:
+    """The sign-in pages answer a blocked address with a page a person can read (how long, whom to call),
+    locked down as the provider's other pages; the token endpoint, a relying party's, keeps the JSON."""
+    desk = "Call the IT service desk on 0300 200 3000."
+    async with running_op(redis_url, keyring, policy={"user_message": desk},
+                          rate_limits={"auth_failures": 2, "auth_failures_window_s": 600}) as op:
+        browser = Browser(op.url)
+        try:
+            _, shown, _ = await browser.authorize(**auth_params(**pkce_params()))
+            form = {"grant_type": "authorization_code", "code": "x" * 43, "redirect_uri": REDIRECT}
+            for _ in range(2):  # a relying party with a stale secret, behind the same address
+                assert (await token(op, form, basic=("wiki", "wrong-secret")))[0] == 401
+            answers = []
+            async with browser.session.post(op.url + "/oidc/signin", allow_redirects=False, data={
+                    "signin": form_field(shown, "signin"), "csrf": form_field(shown, "csrf"),
+                    "user": USER}) as resp:
+                answers.append((resp.status, resp.content_type, dict(resp.headers), await resp.text()))
+            async with browser.session.get(op.url + "/oidc/authorize?" + urlencode(auth_params()),
+                                           allow_redirects=False) as resp:
+                answers.append((resp.status, resp.content_type, dict(resp.headers), await resp.text()))
+        finally:
+            await browser.close()
+        for status, content_type, headers, page in answers:
+            assert (status, content_type) == (429, "text/html"), page
+            assert 590 <= int(headers["Retry-After"]) <= 600, headers
+            assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+            assert "script-src 'none'" in headers["Content-Security-Policy"]
+            assert "Wait 10 minutes" in page
+            assert desk in page
+        async with op.http.post(op.url + "/oidc/token", data=form, headers={
+                "Authorization": "Basic " + base64.b64encode(f"wiki:{SECRET}".encode()).decode()}) as resp:
+            assert (resp.status, resp.content_type) == (429, "application/json")
+            assert (await resp.json())["error"] == "rate_limited"
+            assert 590 <= int(resp.headers["Retry-After"]) <= 600
+
+
 async def test_the_provider_is_off_by_default(server: RunningServer) -> None:
     async with aiohttp.ClientSession() as http:
         for path in ("/.well-known/openid-configuration", "/oidc/authorize", "/oidc/jwks"):

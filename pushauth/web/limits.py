@@ -17,16 +17,22 @@ Telling an API key from anything else here costs a SHA-256 and a dict lookup, no
 spends requests leased from the bucket in batches (`RateLimiter.application_batched`, `address_batched`;
 the limiter's docstring says what that costs in accuracy), so a request costs one round trip at most for
 the check, and on a busy bucket almost never one. A failed authentication costs one, after the fact.
+
+A refusal is the REST contract's JSON 429 (the error boundary's), except on the routes a person's browser
+opens: a module that owns such pages registers them in `BROWSER_PAGES` with the page that tells a person
+what to do (the OpenID Provider's sign-in pages, pushauth/web/oidc.py), given the same refusal.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
+import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from pushauth.errors import Unauthorized
+from pushauth.errors import RateLimited, Unauthorized
 from pushauth.web.io import client_ip
 from pushauth.web.ops import UNLIMITED, UNMETERED
 from pushauth.web.state import CREDENTIALS, LIMITER
@@ -35,6 +41,11 @@ from pushauth.web.state import CREDENTIALS, LIMITER
 # key (a wrong clock, a retried request, a phone revoked since, a proxy that rewrites paths). Counting
 # them would let a few such phones behind one NAT address block every phone of a hospital.
 _NOT_A_GUESS: Final = frozenset({"stale_request", "replayed", "device_revoked", "bad_request_signature"})
+
+# route (canonical) -> the page answering a refused browser on it, with the refusal's status and Retry-After.
+# A browser shows JSON as raw text; a relying party's or a phone's endpoint stays JSON by not being here.
+BlockedPage = Callable[[web.Request, RateLimited], web.Response]
+BROWSER_PAGES = web.AppKey("rate_limited_pages", dict[str, BlockedPage])
 
 
 def _failed_authentication(request: web.Request, code: str | None) -> bool:
@@ -52,10 +63,17 @@ async def rate_limit(request: web.Request, handler: Handler) -> web.StreamRespon
     limiter = request.app[LIMITER]
     if route not in UNMETERED:
         application = request.app[CREDENTIALS].application_of(request)
-        if application is not None:
-            await limiter.application_batched(application.id)
-        else:
-            await limiter.address_batched(client_ip(request))
+        try:
+            if application is not None:
+                await limiter.application_batched(application.id)
+            else:
+                await limiter.address_batched(client_ip(request))
+        except RateLimited as exc:
+            page = request.app.get(BROWSER_PAGES, {}).get(route or "")
+            if page is None:
+                raise
+            structlog.contextvars.bind_contextvars(error=exc.code)  # as the error boundary would
+            return page(request, exc)
     try:
         response = await handler(request)
     except Unauthorized as exc:

@@ -18,6 +18,7 @@ passwords count as failed authentications from the address (the rate limiter's b
 from __future__ import annotations
 
 import calendar
+import math
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -35,7 +36,7 @@ from pushauth.config import Application, Settings
 from pushauth.crypto import jws
 from pushauth.crypto.secrets import equal, sha256_hex
 from pushauth.directory import LdapCheck, Verdict
-from pushauth.errors import ApiError, ConfigError
+from pushauth.errors import ApiError, ConfigError, RateLimited
 from pushauth.oidc import entra, rsa
 from pushauth.oidc.entra import EntraHints
 from pushauth.oidc.hints import HintRefused, SignedHints, check_upstream, unverified_issuer
@@ -45,6 +46,7 @@ from pushauth.oidc.settings import ACR_MFA, ACR_SFA, OidcClient
 from pushauth.oidc.store import Backchannel, Grant, OidcStore, SignIn, new_secret
 from pushauth.web import io, outbox
 from pushauth.web import oidc_pages as pages
+from pushauth.web.limits import BROWSER_PAGES
 from pushauth.web.outbox import OUTBOX
 from pushauth.web.state import AUDIT, CHALLENGES, CODES, KEYRING, LIMITER, RUNTIME, SETTINGS
 
@@ -67,6 +69,10 @@ CIBA_MAX_EXPIRY_S = 600
 # RFC 8176: the password (ldap), several factors, proof of possession of the phone's key, a software key
 # (pushauth does not attest where the phone keeps it).
 AMR_PHONE = ["pop", "swk"]
+# The routes a person's browser opens (the sign-in form, the number, the code form): refused by the rate
+# limits, they answer a page (`_rate_limited`). Token, userinfo, CIBA, the keys and discovery are a
+# relying party's and stay the REST contract's JSON.
+BROWSER_ROUTES = ("/oidc/authorize", "/oidc/signin", "/oidc/wait", "/oidc/code")
 
 
 def setup(app: web.Application, settings: Settings) -> None:
@@ -103,6 +109,20 @@ def setup(app: web.Application, settings: Settings) -> None:
     if any(c.ciba == "ping" for c in oidc.clients):
         outbox.setup(app, settings)
     app.add_routes(routes)
+    others = app.get(BROWSER_PAGES, {})  # another module's pages, if any, stay
+    app[BROWSER_PAGES] = {**others, **dict.fromkeys(BROWSER_ROUTES, _rate_limited)}
+
+
+def _rate_limited(request: web.Request, refused: RateLimited) -> web.Response:
+    """A browser whose address is refused (too many requests, or the auth-failure block): how long to wait,
+    in words, and who to call, with the refusal's status and Retry-After."""
+    minutes = max(1, math.ceil(refused.retry_after_s / 60))
+    text = (f"Too many sign-in attempts have come from your network. Wait {minutes} "
+            f"minute{'s' if minutes > 1 else ''} and try again. If you cannot wait: "
+            f"{request.app[SETTINGS].policy.user_message}")
+    response = pages.respond(pages.message("Too many attempts", text), status=429)
+    response.headers.update(refused.headers)
+    return response
 
 
 def _base(request: web.Request) -> str:
@@ -221,6 +241,9 @@ async def _behind_upstream(request: web.Request, signin: SignIn, client: OidcCli
                                                        {k: v for k, v in context.items() if v},
                                                        provider.settings.prompt_ttl_s)
     except ApiError as exc:
+        if await _code_instead(request, exc, signin, user):
+            await provider.store.put_signin(signin, provider.settings.signin_ttl_s)
+            return _to_code_form(signin)
         return pages.respond(pages.message("Sign-in refused", _refusal(exc, request)), status=403)
     # What this token says is what pushauth did: the phone. The upstream vouches for the password.
     signin.user, signin.auth_time, signin.amr, signin.acr = user, clock.now(), list(AMR_PHONE), ACR_SFA
@@ -352,13 +375,9 @@ async def signin_post(request: web.Request) -> web.Response:
             provider.settings.prompt_ttl_s, remember_token=remember_token,
             browser_id=request.cookies.get(BROWSER_COOKIE))
     except ApiError as exc:
-        if exc.code == "not_enrolled" and await request.app[CODES].usable(user):
-            # no phone, but an authenticator app or a token: the code is the second factor (the form of
-            # pushauth/web/oidc_codes.py, where lock, suspension and the wrong-code limit apply)
-            signin.code_user = user
+        if await _code_instead(request, exc, signin, user):
             await provider.store.update_signin(signin)
-            return web.Response(status=303, headers={**pages.HEADERS,
-                                                     "Location": f"/oidc/code?signin={signin.id}"})
+            return _to_code_form(signin)
         return pages.respond(pages.message("Sign-in refused", _refusal(exc, request)), status=403)
     signin.user, signin.auth_time = user, clock.now()
     if isinstance(created, Allowed):  # a remembered browser, an exempt account, or before the enforcement
@@ -373,6 +392,20 @@ async def signin_post(request: web.Request) -> web.Response:
         signin.acr = ACR_MFA if ldap else ACR_SFA
     await provider.store.update_signin(signin)
     return web.Response(status=303, headers={**pages.HEADERS, "Location": f"/oidc/wait?signin={signin.id}"})
+
+
+async def _code_instead(request: web.Request, refused: ApiError, signin: SignIn, user: str) -> bool:
+    """No phone, but an authenticator app or a token: the code is the second factor (the form of
+    pushauth/web/oidc_codes.py, where lock, suspension and the wrong-code limit apply). If so, `signin`
+    now waits for `user`'s code; the caller stores it and sends the browser `_to_code_form`."""
+    if refused.code != "not_enrolled" or not await request.app[CODES].usable(user):
+        return False
+    signin.code_user = user
+    return True
+
+
+def _to_code_form(signin: SignIn) -> web.Response:
+    return web.Response(status=303, headers={**pages.HEADERS, "Location": f"/oidc/code?signin={signin.id}"})
 
 
 def _remember_token(request: web.Request, signin: SignIn) -> tuple[str | None, int]:
@@ -402,17 +435,26 @@ def _decided_at(view: dict[str, Any], default: int) -> int:
 
 
 def _refusal(exc: ApiError, request: web.Request) -> str:
-    user_message = request.app[SETTINGS].policy.user_message
-    if exc.code == "locked":  # by the security team, or by detection: a person has to look at it
-        return ("Sign-in is blocked: this account is locked, and only the IT service desk can unlock it. "
-                + user_message)
-    if exc.code == "suspended":  # after a "not me" (detection), or paused from the phone itself
-        return f"Sign-in is blocked for now: prompts to your phone are on hold. {user_message}"
+    blocked = _blocked(request, exc.code)
+    if blocked is not None:
+        return blocked
     if exc.code == "not_enrolled":
-        return "No phone is set up for this account. " + user_message
+        return "No phone is set up for this account. " + request.app[SETTINGS].policy.user_message
     if exc.status == 429:
         return "Too many sign-in prompts. Wait a few minutes and try again."
     return "The sign-in was refused."
+
+
+def _blocked(request: web.Request, reason: str) -> str | None:
+    """What a locked or a suspended user is told, on every page that refuses them (the sign-in's, the code
+    form's: pushauth/web/oidc_codes.py); None for any other reason."""
+    user_message = request.app[SETTINGS].policy.user_message
+    if reason == "locked":  # by the security team, or by detection: a person has to look at it
+        return ("Sign-in is blocked: this account is locked, and only the IT service desk can unlock it. "
+                + user_message)
+    if reason == "suspended":  # after a "not me" (detection), or paused from the phone itself
+        return f"Sign-in is blocked for now: prompts to your phone are on hold. {user_message}"
+    return None
 
 
 @routes.get("/oidc/wait")

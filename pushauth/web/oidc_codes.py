@@ -24,8 +24,8 @@ from pushauth.oidc.settings import ACR_MFA, ACR_SFA
 from pushauth.oidc.store import SignIn
 from pushauth.web import io
 from pushauth.web import oidc_pages as pages
-from pushauth.web.oidc import PROVIDER, _app, _expired, _own_signin
-from pushauth.web.state import CHALLENGES, CODES, LIMITER, SETTINGS
+from pushauth.web.oidc import PROVIDER, _app, _blocked, _expired, _own_signin
+from pushauth.web.state import CHALLENGES, CODES, LIMITER
 
 routes = web.RouteTableDef()
 
@@ -66,9 +66,9 @@ async def code_post(request: web.Request) -> web.Response:
     except RateLimited:
         return pages.respond(pages.message("Sign-in refused", "Too many wrong codes. Wait a few minutes and "
                                            "try again."), status=429)
-    if checked.reason in ("locked", "suspended"):
-        text = f"Sign-in is blocked for this account. {request.app[SETTINGS].policy.user_message}"
-        return pages.respond(pages.message("Sign-in refused", text), status=403)
+    blocked = _blocked(request, checked.reason)  # in the words of the provider's other pages
+    if blocked is not None:
+        return pages.respond(pages.message("Sign-in refused", blocked), status=403)
     if not checked.valid:
         await request.app[LIMITER].auth_failed(ip)
         return pages.respond(pages.code_form(client.name, signin.id, signin.csrf,
