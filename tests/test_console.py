@@ -35,7 +35,7 @@ from pushauth.crypto.secrets import sha256_hex
 from pushauth.errors import ConfigError
 from pushauth.phone import Phone
 from pushauth.web import console
-from pushauth.web.console_html import CSP
+from pushauth.web.console.html.layout import CSP
 from testkit.redis_server import RedisServer
 
 USER = "alice@nhs.net"

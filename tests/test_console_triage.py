@@ -42,7 +42,7 @@ from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.detection.rules import RULES
 from pushauth.phone import Phone
 from pushauth.web.console import pages
-from pushauth.web.console_html import alert_explanation, alert_title
+from pushauth.web.console.html.alerts import alert_explanation, alert_title
 from pushauth.web.state import AUDIT
 
 ALICE = "alice@nhs.net"
