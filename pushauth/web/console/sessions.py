@@ -62,6 +62,7 @@ class Session:
     who: str  # the audit "who": console:<user> for a person, admin:<token> as the admin API writes it
     csrf: str
     role: str = "owner"
+    user: str = ""  # the person's pushauth user name, the audit "user" of their sign-out ("" for a token)
 
     def __repr__(self) -> str:  # never the id or the CSRF token
         return f"Session(who={self.who!r}, role={self.role!r})"
@@ -98,7 +99,7 @@ class Sessions:
         sid, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         record = {**record, "csrf": csrf, "created": int(time.time())}
         await self._redis.set(self._key(sid), _encode(record), ex=SESSION_IDLE_S)
-        return Session(sid, who, csrf, role)
+        return Session(sid, who, csrf, role, str(record.get("user", "")))
 
     async def get(self, sid: str) -> Session | None:
         if not _SESSION_ID.fullmatch(sid):
@@ -127,7 +128,7 @@ class Sessions:
             if flags.get("locked") == "1" or flags.get("suspended") == "1":
                 log.warning("console_session_ended", who=person(user), reason="account contained")
                 return None
-            return Session(sid, person(user), csrf, role)
+            return Session(sid, person(user), csrf, role, user)
         prefix = str(record.get("tok", ""))
         admin = self._credentials.admin_role(prefix) if prefix else None
         return Session(sid, admin.who, csrf, admin.role) if admin else None
@@ -345,6 +346,9 @@ async def push_wait(request: web.Request) -> web.StreamResponse:
 @signed_in
 async def logout(request: web.Request, session: Session) -> web.StreamResponse:
     await request.app[SESSIONS].delete(session.sid)
+    # Audited like the sign-in, so the trail shows when a person's session ended, not only when it began.
+    await request.app[AUDIT].record("console_signed_out", user=session.user, who=session.who,
+                                    role=session.role)
     log.info("console_signed_out", who=session.who)
     response = redirect("/console/login")
     response.del_cookie(COOKIE, path="/console", secure=secure(request), httponly=True, samesite="Strict")
