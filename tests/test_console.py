@@ -35,7 +35,7 @@ from pushauth.crypto.secrets import sha256_hex
 from pushauth.errors import ConfigError
 from pushauth.phone import Phone
 from pushauth.web import console
-from pushauth.web.console_html import CSP
+from pushauth.web.console.html.layout import CSP
 from testkit.redis_server import RedisServer
 
 USER = "alice@nhs.net"
@@ -144,6 +144,21 @@ async def test_sign_in_refuses_a_wrong_token_then_signs_in_and_out(page: Page, s
     await expect(page.get_by_role("heading", level=1)).to_have_text("Sign in")
     await page.goto(srv.url + "/console")
     assert page.url == srv.url + "/console/login"
+
+
+async def test_an_admin_tokens_sign_out_is_audited(srv: RunningServer, api: AdminApi) -> None:
+    client = await _signed_in_client(srv.url)
+    try:
+        async with client.get(srv.url + "/console") as resp:
+            m = re.search(r'name="csrf" value="([^"]+)"', await resp.text())
+            assert m
+        async with client.post(srv.url + "/console/logout", data={"csrf": m.group(1)},
+                               allow_redirects=False) as resp:
+            assert resp.status == 303
+    finally:
+        await client.close()
+    entries = (await api.get("/v1/audit?what=console_signed_out"))["entries"]
+    assert [(e["user"], e["who"], e["details"]) for e in entries] == [("", WHO, {"role": "owner"})]
 
 
 # -- the live feed, an incident, acknowledging it ------------------------------------------------------

@@ -82,6 +82,34 @@ async def test_approve_signs_in_under_the_persons_name(browser: Browser, srv: Ru
     assert [(e["who"], e["why"]) for e in body["entries"]] == [(f"console:{ANALYST}", "push")]
 
 
+async def test_sign_out_is_audited_under_the_persons_name(srv: RunningServer, sam: Phone,
+                                                        http: aiohttp.ClientSession) -> None:
+    """Sign-out ends the session and is on the trail like the sign-in: under the person's name."""
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as client:
+        async with client.post(srv.url + "/console/login/push", json={"user": ANALYST}) as resp:
+            assert resp.status == 201, await resp.text()
+            number = (await resp.json())["number"]
+        [prompt] = await sam.pending()
+        assert await sam.approve(prompt, number=number) == "approved"
+        async with client.post(srv.url + "/console/login/push/wait") as resp:
+            assert resp.status == 200, await resp.text()
+        async with client.get(srv.url + "/console") as resp:
+            m = re.search(r'name="csrf" value="([^"]+)"', await resp.text())
+            assert m
+        async with client.post(srv.url + "/console/logout", data={"csrf": m.group(1)},
+                               allow_redirects=False) as resp:
+            assert resp.status == 303
+            assert resp.headers["Location"] == "/console/login"
+        async with client.get(srv.url + "/console", allow_redirects=False) as resp:
+            assert resp.headers["Location"] == "/console/login"  # the session is gone
+
+    status, body = await AdminClient(http, srv.url).call(
+        "GET", f"/v1/audit?user={ANALYST}&what=console_signed_out")
+    assert status == 200, body
+    assert [(e["user"], e["who"], e["details"]) for e in body["entries"]] == [
+        (ANALYST, f"console:{ANALYST}", {"role": "responder"})]
+
+
 async def test_not_me_refuses_and_raises_a_critical_alert(browser: Browser, srv: RunningServer, sam: Phone,
                                                          http: aiohttp.ClientSession) -> None:
     async with new_page(browser) as (page, problems):

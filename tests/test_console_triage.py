@@ -42,7 +42,7 @@ from pushauth.crypto.keyring import KeyRingHolder
 from pushauth.detection.rules import RULES
 from pushauth.phone import Phone
 from pushauth.web.console import pages
-from pushauth.web.console_html import alert_explanation, alert_title
+from pushauth.web.console.html.alerts import alert_explanation, alert_title
 from pushauth.web.state import AUDIT
 
 ALICE = "alice@nhs.net"
@@ -434,6 +434,37 @@ async def test_the_audit_pages_on_and_says_when_it_stopped_looking(
         assert on is not None, cut
         resumed = await _get(client, srv.url + on)
         assert shown.findall(resumed) == whys[:50]
+
+
+async def test_the_audit_api_says_when_a_filtered_read_stopped_looking(
+        srv: RunningServer, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`GET /v1/audit`: a filtered read that stops at its scan bound before filling the page answers
+    `complete: false` and where to search on from, instead of an empty page that looks like "no match"."""
+    admin, audit = AdminClient(http, srv.url), srv.app[AUDIT]
+    for i in range(20):
+        await audit.record("noted", user="carol@nhs.net", who="console:sam", why=f"n{i}")
+    status, whole = await admin.call("GET", "/v1/audit?user=carol@nhs.net&limit=10")
+    assert status == 200, whole
+    assert [e["why"] for e in whole["entries"]] == [f"n{i}" for i in range(19, 9, -1)]
+    assert (whole["next"], whole["complete"], whole["resume_before"]) == (
+        whole["entries"][-1]["id"], True, None)
+    assert whole["scanned"] == 20
+
+    # 600 newer entries about someone else, and a read that looks at 500 at most
+    for i in range(600):
+        await audit.record("noted", user="bob@nhs.net", who="console:sam", why=f"b{i}")
+    monkeypatch.setattr(pushauth.audit, "SCAN_LIMIT", 500)
+    status, cut = await admin.call("GET", "/v1/audit?user=carol@nhs.net&limit=10")
+    assert status == 200, cut
+    assert (cut["entries"], cut["next"], cut["complete"], cut["scanned"]) == ([], None, False, 500)
+    status, bob = await admin.call("GET", "/v1/audit?user=bob@nhs.net&limit=500")
+    assert cut["resume_before"] == bob["entries"][-1]["id"]  # the oldest entry the cut read looked at
+
+    status, resumed = await admin.call("GET", f"/v1/audit?user=carol@nhs.net&limit=10"
+                                              f"&before={cut['resume_before']}")
+    assert status == 200, resumed
+    assert resumed["entries"] == whole["entries"]
+    assert (resumed["complete"], resumed["resume_before"]) == (True, None)
 
 
 async def test_a_user_search_cut_short_says_so(srv: RunningServer, http: aiohttp.ClientSession,

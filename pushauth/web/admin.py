@@ -205,14 +205,19 @@ async def revoke_one_remembered(request: web.Request) -> web.Response:
 @routes.get("/v1/audit")
 async def audit_trail(request: web.Request) -> web.Response:
     """Newest first, filtered by user, who (the actor) and what (the action); `before` is the id of the
-    last entry of the previous page."""
+    last entry of the previous page. A filtered read that stopped at its scan bound before filling the page
+    says so (`complete` false) with where to search on from (`resume_before`): a short page is then no
+    proof that nothing older matches."""
     _admin(request, "read")
     limit = io.int_query(request, "limit", default=100, low=1, high=MAX_LIST)
     user = canonical(request.query["user"]) if request.query.get("user") else None
-    entries = await request.app[AUDIT].entries(user=user, limit=limit, who=request.query.get("who") or None,
-                                               what=request.query.get("what") or None,
-                                               before=audit_cursor(request))
-    return io.json({"entries": entries, "next": entries[-1]["id"] if len(entries) == limit else None})
+    found = await request.app[AUDIT].page(user=user, limit=limit, who=request.query.get("who") or None,
+                                          what=request.query.get("what") or None,
+                                          before=audit_cursor(request))
+    entries = found.entries
+    return io.json({"entries": entries, "next": entries[-1]["id"] if len(entries) == limit else None,
+                    "complete": not found.partial, "scanned": found.scanned,
+                    "resume_before": found.older if found.partial else None})
 
 
 # -- console accounts (owners only) ----------------------------------------------------------------------

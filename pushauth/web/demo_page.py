@@ -24,9 +24,9 @@ from pushauth.clock import rfc3339
 from pushauth.config import Application, Settings
 from pushauth.crypto.secrets import equal
 from pushauth.errors import ConfigError, Forbidden
-from pushauth.web import console_html as ui
 from pushauth.web import io
 from pushauth.web.console import same_origin, secure
+from pushauth.web.console.html.layout import SECURITY_HEADERS, Markup, layout, render, respond
 from pushauth.web.state import CHALLENGES, SETTINGS
 
 routes = web.RouteTableDef()
@@ -55,14 +55,32 @@ def setup(app: web.Application, settings: Settings) -> None:
 
 def _json(data: dict[str, Any], status: int = 200) -> web.Response:
     response = io.json(data, status)
-    response.headers.update(ui.SECURITY_HEADERS)
+    response.headers.update(SECURITY_HEADERS)
     return response
+
+
+def _login_html(*, app_name: str, csrf: str, wait_s: int) -> Markup:
+    """The page: the user name form, and where the number and the outcome will show."""
+    main = render(
+        '<h1>Sign in to {app}</h1>'
+        '<p class="hint">A sample login page: it asks pushauth for a prompt on the user\'s phone, as any '
+        'login flow would, from its own server.</p>'
+        '<form id="demo-form" class="stack" data-csrf="{csrf}" data-wait="{wait}">'
+        '<label for="user">User name</label>'
+        '<input id="user" name="user" autocomplete="username" required autofocus>'
+        '<button type="submit" class="primary">Sign in</button></form>'
+        '<section id="demo-prompt" hidden aria-labelledby="demo-prompt-title">'
+        '<h2 id="demo-prompt-title">Approve the sign-in on your phone</h2>'
+        '<p>Type this number in the app:</p><p id="demo-number" class="number"></p></section>'
+        '<p id="demo-result" class="result" role="status" aria-live="assertive"></p>',
+        app=app_name, csrf=csrf, wait=wait_s)
+    return layout(f"Sign in to {app_name}", main, script="demo.js", section="Sample login page")
 
 
 @routes.get("/demo/login")
 async def login_page(request: web.Request) -> web.StreamResponse:
     token = secrets.token_urlsafe(32)
-    response = ui.respond(ui.demo_login_page(
+    response = respond(_login_html(
         app_name=request.app[DEMO_APP].name, csrf=token, wait_s=request.app[SETTINGS].server.max_wait_s))
     response.set_cookie(CSRF_COOKIE, token, path="/demo", httponly=True, samesite="Strict",
                         secure=secure(request))

@@ -4,14 +4,14 @@ No script at all. The number page waits for the phone with a plain navigation: i
 second (`<meta http-equiv="refresh" content="1; url=...&poll=1">`), and the server holds that request (a
 long-poll of up to 25 s) until the phone answers; meanwhile the browser keeps showing the number. One
 request per 25 s per waiting browser, no polling storm, and nothing for the Content-Security-Policy to
-allow (`script-src 'none'`). Every value is escaped (pushauth/web/console_html.py's `render`).
+allow (`script-src 'none'`). Every value is escaped (pushauth/web/console/html/layout.py's `render`).
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from pushauth.web.console_html import SECURITY_HEADERS, STATIC, Markup, render
+from pushauth.web.console.html.layout import SECURITY_HEADERS, STATIC, Markup, render
 
 # The console's policy, with no script at all and forms posting only here.
 CSP = ("default-src 'none'; script-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "

@@ -131,7 +131,8 @@ OPERATIONS: tuple[Op, ...] = (
        ADMIN, errors=(*_COMMON, 403)),
     Op("POST", "/v1/otp-methods/import", "security team", "Import hardware tokens (RFC 6030 PSKC or CSV), "
        "each assigned to a user", ADMIN, s.ImportTokens, 201, (*_COMMON, 403)),
-    Op("GET", "/v1/audit", "security team", "The audit trail (`user`, `who`, `what`, `before`, `limit`)",
+    Op("GET", "/v1/audit", "security team", "The audit trail (`user`, `who`, `what`, `before`, `limit`); "
+       "`complete` false when a filtered read stopped at its scan bound, `resume_before` where to search on",
        ADMIN, errors=(*_COMMON, 403)),
     Op("GET", "/v1/console-accounts", "security team", "Console accounts and their roles (owner)", ADMIN,
        errors=(*_COMMON, 403)),

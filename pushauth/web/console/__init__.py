@@ -7,7 +7,7 @@ as `console:<their user name>`, an admin token as the admin API names it (`admin
 - `sessions`: sign-in with a push to the person's own phone (a console account with a role) or with an
   admin token, the session cookie, the session's role, CSRF and same-origin checks (`signed_in`);
 - `feed`: the live alert feed (`LiveFeed`) and its server-sent-event stream, `/console/events`;
-- `pages`: the pages and their static files.
+- `pages`: the pages and their static files; `html`, the pages' HTML, a module for each thing it renders.
 
 `setup` adds all of it to the server's app.
 """

@@ -19,7 +19,8 @@ from aiohttp import web
 
 from pushauth.alerts.store import AlertStore, alert_view
 from pushauth.store import STORE_DOWN_ERRORS
-from pushauth.web import console_html as ui
+from pushauth.web.console.html.alerts import alert_title
+from pushauth.web.console.html.layout import SECURITY_HEADERS
 from pushauth.web.console.sessions import SESSIONS, current_session
 
 log = structlog.get_logger(__name__)
@@ -126,7 +127,7 @@ class LiveFeed:
         data = {"id": alert["id"], "kind": alert["kind"], "severity": alert["severity"],
                 "user": alert["user"], "status": alert["status"], "created_at": alert["created_at"],
                 "updated_at": alert["updated_at"], "version": alert["version"],
-                "event_count": alert["evidence"]["event_count"], "title": ui.alert_title(alert)}
+                "event_count": alert["evidence"]["event_count"], "title": alert_title(alert)}
         frame = b"id: " + entry_id.encode() + b"\nevent: alert\ndata: " + _encode(data) + b"\n\n"
         return entry_id, frame
 
@@ -147,12 +148,12 @@ FEED = web.AppKey("console_feed", LiveFeed)
 async def events(request: web.Request) -> web.StreamResponse:
     session = await current_session(request)
     if session is None:
-        return web.Response(status=401, text="sign in to the console first\n", headers=ui.SECURITY_HEADERS)
+        return web.Response(status=401, text="sign in to the console first\n", headers=SECURITY_HEADERS)
     since = request.headers.get("Last-Event-ID") or request.query.get("since", "")
     seen = since if _STREAM_ID.fullmatch(since) else ""
     feed, sessions = request.app[FEED], request.app[SESSIONS]
     queue = feed.subscribe()
-    response = web.StreamResponse(headers={**ui.SECURITY_HEADERS, "Content-Type": "text/event-stream",
+    response = web.StreamResponse(headers={**SECURITY_HEADERS, "Content-Type": "text/event-stream",
                                            "X-Accel-Buffering": "no"})
     try:
         await response.prepare(request)

@@ -18,9 +18,13 @@ from pushauth.audit import AuditPage
 from pushauth.clock import rfc3339
 from pushauth.errors import Conflict, NotFound, Unprocessable
 from pushauth.operators import check_role
-from pushauth.web import console_html as ui
 from pushauth.web import io
 from pushauth.web.console.feed import FEED
+from pushauth.web.console.html import accounts as accounts_html
+from pushauth.web.console.html import alerts as alerts_html
+from pushauth.web.console.html import audit as audit_html
+from pushauth.web.console.html import users as users_html
+from pushauth.web.console.html.layout import SECURITY_HEADERS, Markup, json_text, path_part, redirect, respond
 from pushauth.web.console.sessions import Session, form_field, signed_in
 from pushauth.web.queries import alert_query, audit_cursor
 from pushauth.web.state import ACCOUNTS, ALERTS, AUDIT, CODES, DEVICES, OPERATORS
@@ -54,8 +58,8 @@ async def feed_page(request: web.Request, session: Session) -> web.StreamRespons
     since = await request.app[FEED].tail()  # before the list: anything newer is replayed, not lost
     alerts, after = await request.app[ALERTS].search(query, start=start, limit=PAGE,
                                                      by_severity=query.status == "open")
-    return ui.respond(ui.feed_page(alerts, since=since, session=session, filters=dict(request.query),
-                                   after=after, done=DONE.get(request.query.get("done", ""))))
+    return respond(alerts_html.feed_page(alerts, since=since, session=session, filters=dict(request.query),
+                                         after=after, done=DONE.get(request.query.get("done", ""))))
 
 
 @routes.get("/console/history")
@@ -65,15 +69,15 @@ async def history_page(request: web.Request, session: Session) -> web.StreamResp
     query = alert_query(request, uid=None, default_status="acked")
     start = io.int_query(request, "start", default=0, low=0, high=999_999)
     alerts, after = await request.app[ALERTS].search(query, start=start, limit=PAGE)
-    return ui.respond(ui.history_page(alerts, session=session, filters=dict(request.query), start=start,
-                                      after=after))
+    return respond(alerts_html.history_page(alerts, session=session, filters=dict(request.query),
+                                            start=start, after=after))
 
 
 @routes.get("/console/alerts/{id}")
 @signed_in
 async def alert_page(request: web.Request, session: Session) -> web.StreamResponse:
     alert = await request.app[ALERTS].get(request.match_info["id"])
-    return ui.respond(ui.alert_page(alert, session=session))
+    return respond(alerts_html.alert_page(alert, session=session))
 
 
 @routes.post("/console/alerts/{id}/ack")
@@ -86,17 +90,17 @@ async def ack(request: web.Request, session: Session) -> web.StreamResponse:
     try:
         alert = await request.app[ALERTS].ack(request.match_info["id"], session.who, note)
     except Conflict:
-        return ui.redirect("/console?done=already_acked")
+        return redirect("/console?done=already_acked")
     await request.app[AUDIT].record("alert_acked", user=alert["user"], who=session.who, why=note,
                                     alert=alert["id"])
-    return ui.redirect("/console?done=acked")
+    return redirect("/console?done=acked")
 
 
 # -- users -----------------------------------------------------------------------------------------------
 
 
 def _user_url(user: str, done: str | None = None) -> str:
-    return f"/console/users/{ui.path_part(user)}" + (f"?done={done}" if done else "")
+    return f"/console/users/{path_part(user)}" + (f"?done={done}" if done else "")
 
 
 @routes.get("/console/users")
@@ -106,13 +110,14 @@ async def find_user(request: web.Request, session: Session) -> web.StreamRespons
     with it first, then names that contain it."""
     query = request.query.get("user", "").strip()
     if not query:
-        return ui.respond(ui.user_search_page(session=session))
+        return respond(users_html.user_search_page(session=session))
     try:
         user = canonical(query)
     except Unprocessable as exc:
-        return ui.respond(ui.user_search_page(session=session, query=query, error=exc.message), status=422)
+        return respond(users_html.user_search_page(session=session, query=query, error=exc.message),
+                       status=422)
     if await request.app[DEVICES].uid_for(user) is not None:
-        return ui.redirect(_user_url(user))
+        return redirect(_user_url(user))
     found, complete = await request.app[ACCOUNTS].search(user, limit=PAGE + 1, scan_max=USER_SCAN)
     if not complete:  # "no user name contains it" would be a claim about users nobody looked at
         partial = (f"Only {USER_SCAN:,} users were searched: a name that is not listed may still exist. "
@@ -121,7 +126,7 @@ async def find_user(request: web.Request, session: Session) -> web.StreamRespons
         partial = f"More than {PAGE} names match: only the first {PAGE} are shown. Type more of the name."
     else:
         partial = None
-    return ui.respond(ui.user_search_page(
+    return respond(users_html.user_search_page(
         session=session, query=query, found=found[:PAGE], partial=partial,
         error=None if found or not complete else f"No user name contains {query}."))
 
@@ -137,12 +142,13 @@ async def user_page(request: web.Request, session: Session) -> web.StreamRespons
         # access code (staff without the app), or lock the name. The page says there is nothing yet.
         view = {"user": user, "locked": False, "suspended": False, "devices": [], "pending_devices": [],
                 "blocks": [], "recent_challenges": [], "otp_methods": [], "open_alerts": 0}
-        return ui.respond(ui.user_page(view, [], session=session, done=DONE["never_enrolled"]), status=404)
+        return respond(users_html.user_page(view, [], session=session, done=DONE["never_enrolled"]),
+                       status=404)
     # The user's open alerts in words, not ids (a user has few: each is an incident).
     uid = await request.app[DEVICES].uid_for(user) if view.get("open_alerts") else None
     alerts = await request.app[ALERTS].alerts(status="open", uid=uid, limit=20) if uid else []
-    return ui.respond(ui.user_page(view, alerts, session=session,
-                                   done=DONE.get(request.query.get("done", ""))))
+    return respond(users_html.user_page(view, alerts, session=session,
+                                        done=DONE.get(request.query.get("done", ""))))
 
 
 @routes.post("/console/users/{user}/unlock")
@@ -152,7 +158,7 @@ async def unlock(request: web.Request, session: Session) -> web.StreamResponse:
     user = canonical(request.match_info["user"])
     what = await form_field(request, "what") or "all"
     await request.app[ACCOUNTS].unlock(user, by=session.who, what=what)
-    return ui.redirect(_user_url(user, what))
+    return redirect(_user_url(user, what))
 
 
 @routes.post("/console/users/{user}/lock")
@@ -161,7 +167,7 @@ async def lock(request: web.Request, session: Session) -> web.StreamResponse:
     session.require("lock")
     user = canonical(request.match_info["user"])
     await request.app[ACCOUNTS].lock(user, by=session.who)
-    return ui.redirect(_user_url(user, "locked"))
+    return redirect(_user_url(user, "locked"))
 
 
 @routes.post("/console/users/{user}/devices/{device_id}/revoke")
@@ -170,7 +176,7 @@ async def revoke_device(request: web.Request, session: Session) -> web.StreamRes
     session.require("revoke")
     user = canonical(request.match_info["user"])
     await request.app[ACCOUNTS].revoke_device(user, request.match_info["device_id"], by=session.who)
-    return ui.redirect(_user_url(user, "revoked"))
+    return redirect(_user_url(user, "revoked"))
 
 
 @routes.post("/console/users/{user}/access-code")
@@ -180,7 +186,7 @@ async def access_code(request: web.Request, session: Session) -> web.StreamRespo
     user = canonical(request.match_info["user"])
     await request.app[OPERATORS].require_outranks(session.role, user)
     code, expires = await request.app[ACCOUNTS].issue_access_code(user, by=session.who)
-    return ui.respond(ui.access_code_page(user, code, rfc3339(expires), session=session))
+    return respond(users_html.access_code_page(user, code, rfc3339(expires), session=session))
 
 
 @routes.post("/console/users/{user}/enrollment")
@@ -194,8 +200,8 @@ async def enrollment(request: web.Request, session: Session) -> web.StreamRespon
     await request.app[OPERATORS].require_outranks(session.role, user)
     made = await request.app[DEVICES].create_enrollment(user, requested_by=session.who)
     await request.app[AUDIT].record("enrollment_issued", user=user, who=session.who, enrollment=made.id)
-    qr = ui.Markup(segno.make(made.uri, error="m").svg_inline(scale=5, title="Enrollment QR code"))
-    return ui.respond(ui.enrollment_page(user, made.uri, rfc3339(made.expires_at), qr, session=session))
+    qr = Markup(segno.make(made.uri, error="m").svg_inline(scale=5, title="Enrollment QR code"))
+    return respond(users_html.enrollment_page(user, made.uri, rfc3339(made.expires_at), qr, session=session))
 
 
 @routes.post("/console/users/{user}/otp-methods")
@@ -206,10 +212,10 @@ async def otp_enroll(request: web.Request, session: Session) -> web.StreamRespon
     user = canonical(request.match_info["user"])
     await request.app[OPERATORS].require_outranks(session.role, user)
     made = await request.app[CODES].enroll_app(user, by=session.who)
-    qr = ui.Markup(segno.make(made.uri, error="m").svg_inline(scale=5, title="Authenticator app QR code"))
+    qr = Markup(segno.make(made.uri, error="m").svg_inline(scale=5, title="Authenticator app QR code"))
     # the URI (with the key) goes into the QR code only; the page shows the key for typing
-    return ui.respond(ui.otp_enrollment_page(user, made.method_id, made.secret, rfc3339(made.expires_at), qr,
-                                             session=session))
+    return respond(users_html.otp_enrollment_page(user, made.method_id, made.secret,
+                                                  rfc3339(made.expires_at), qr, session=session))
 
 
 @routes.post("/console/users/{user}/otp-methods/{method_id}/activate")
@@ -223,9 +229,9 @@ async def otp_activate(request: web.Request, session: Session) -> web.StreamResp
         await request.app[CODES].activate(user, method_id, code, by=session.who)
     except (Unprocessable, Conflict) as exc:
         status = 422 if isinstance(exc, Unprocessable) else 409
-        page = ui.otp_activation_page(user, method_id, exc.message, session=session)
-        return ui.respond(page, status=status)
-    return ui.redirect(_user_url(user, "otp_active"))
+        page = users_html.otp_activation_page(user, method_id, exc.message, session=session)
+        return respond(page, status=status)
+    return redirect(_user_url(user, "otp_active"))
 
 
 @routes.post("/console/users/{user}/otp-methods/{method_id}/revoke")
@@ -234,7 +240,7 @@ async def otp_revoke(request: web.Request, session: Session) -> web.StreamRespon
     session.require("revoke")
     user = canonical(request.match_info["user"])
     await request.app[CODES].revoke(user, request.match_info["method_id"], by=session.who)
-    return ui.redirect(_user_url(user, "otp_revoked"))
+    return redirect(_user_url(user, "otp_revoked"))
 
 
 # -- console accounts (owners) ----------------------------------------------------------------------------
@@ -244,8 +250,8 @@ async def otp_revoke(request: web.Request, session: Session) -> web.StreamRespon
 @signed_in
 async def accounts_page(request: web.Request, session: Session) -> web.StreamResponse:
     session.require("accounts")
-    return ui.respond(ui.accounts_page(await request.app[OPERATORS].list(), session=session,
-                                       done=DONE.get(request.query.get("done", ""))))
+    return respond(accounts_html.accounts_page(await request.app[OPERATORS].list(), session=session,
+                                               done=DONE.get(request.query.get("done", ""))))
 
 
 @routes.post("/console/accounts")
@@ -255,7 +261,7 @@ async def set_account(request: web.Request, session: Session) -> web.StreamRespo
     user = canonical(await form_field(request, "user") or "")
     role = check_role(await form_field(request, "role") or "")
     await request.app[OPERATORS].set(user, role, by=session.who)
-    return ui.redirect("/console/accounts?done=account_set")
+    return redirect("/console/accounts?done=account_set")
 
 
 @routes.post("/console/accounts/{user}/remove")
@@ -263,7 +269,7 @@ async def set_account(request: web.Request, session: Session) -> web.StreamRespo
 async def remove_account(request: web.Request, session: Session) -> web.StreamResponse:
     session.require("accounts")
     await request.app[OPERATORS].remove(canonical(request.match_info["user"]), by=session.who)
-    return ui.redirect("/console/accounts?done=account_removed")
+    return redirect("/console/accounts?done=account_removed")
 
 
 # -- the audit trail -------------------------------------------------------------------------------------
@@ -281,8 +287,8 @@ async def _audit_read(request: web.Request, limit: int) -> AuditPage:
 async def audit_page(request: web.Request, session: Session) -> web.StreamResponse:
     found = await _audit_read(request, PAGE)
     partial_after = found.scanned if found.partial else None
-    return ui.respond(ui.audit_page(found.entries, session=session, filters=dict(request.query),
-                                    after=found.older, partial_after=partial_after))
+    return respond(audit_html.audit_page(found.entries, session=session, filters=dict(request.query),
+                                         after=found.older, partial_after=partial_after))
 
 
 CSV_MAX = 10_000
@@ -300,9 +306,9 @@ async def audit_csv(request: web.Request, session: Session) -> web.StreamRespons
     for e in entries:
         details = e.get("details")
         writer.writerow([_cell(e.get(k, "")) for k in ("at", "what", "user", "who", "why")]
-                        + [_cell(ui.json_text(details) if details else "")])
+                        + [_cell(json_text(details) if details else "")])
     return web.Response(text=out.getvalue(), content_type="text/csv", charset="utf-8",
-                        headers={**ui.SECURITY_HEADERS,
+                        headers={**SECURITY_HEADERS,
                                  "Content-Disposition": 'attachment; filename="pushauth-audit.csv"'})
 
 
@@ -326,4 +332,4 @@ async def static(request: web.Request) -> web.StreamResponse:
         raise NotFound("no such file")
     kind = _TYPES[name.rsplit(".", 1)[1]]
     return web.Response(body=body, content_type=kind, charset="utf-8" if kind != "image/svg+xml" else None,
-                        headers={**ui.SECURITY_HEADERS, "Cache-Control": "max-age=300"})
+                        headers={**SECURITY_HEADERS, "Cache-Control": "max-age=300"})

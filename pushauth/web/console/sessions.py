@@ -38,9 +38,10 @@ from pushauth.devices.service import Devices
 from pushauth.errors import ApiError, Forbidden, Unauthorized
 from pushauth.operators import Operators, may, person, require
 from pushauth.store import STORE_DOWN_ERRORS, KeySpace
-from pushauth.web import console_html as ui
 from pushauth.web import io
 from pushauth.web.auth import Admin, Credentials
+from pushauth.web.console.html.layout import SECURITY_HEADERS, error_page, redirect, respond
+from pushauth.web.console.html.signin import login_page
 from pushauth.web.state import AUDIT, CHALLENGES, CREDENTIALS, LIMITER, OPERATORS, REDIS, RUNTIME, SETTINGS
 
 log = structlog.get_logger(__name__)
@@ -61,6 +62,7 @@ class Session:
     who: str  # the audit "who": console:<user> for a person, admin:<token> as the admin API writes it
     csrf: str
     role: str = "owner"
+    user: str = ""  # the person's pushauth user name, the audit "user" of their sign-out ("" for a token)
 
     def __repr__(self) -> str:  # never the id or the CSRF token
         return f"Session(who={self.who!r}, role={self.role!r})"
@@ -97,7 +99,7 @@ class Sessions:
         sid, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         record = {**record, "csrf": csrf, "created": int(time.time())}
         await self._redis.set(self._key(sid), _encode(record), ex=SESSION_IDLE_S)
-        return Session(sid, who, csrf, role)
+        return Session(sid, who, csrf, role, str(record.get("user", "")))
 
     async def get(self, sid: str) -> Session | None:
         if not _SESSION_ID.fullmatch(sid):
@@ -126,7 +128,7 @@ class Sessions:
             if flags.get("locked") == "1" or flags.get("suspended") == "1":
                 log.warning("console_session_ended", who=person(user), reason="account contained")
                 return None
-            return Session(sid, person(user), csrf, role)
+            return Session(sid, person(user), csrf, role, user)
         prefix = str(record.get("tok", ""))
         admin = self._credentials.admin_role(prefix) if prefix else None
         return Session(sid, admin.who, csrf, admin.role) if admin else None
@@ -192,26 +194,26 @@ def signed_in(handler: Page) -> Callable[[web.Request], Awaitable[web.StreamResp
             return await _page(request)
         except STORE_DOWN_ERRORS as exc:  # fail closed, as the API does, but as a page
             log.error("store_unavailable", error=type(exc).__name__)
-            return ui.error_page(503, "pushauth cannot reach its store. Try again shortly.")
+            return error_page(503, "pushauth cannot reach its store. Try again shortly.")
 
     async def _page(request: web.Request) -> web.StreamResponse:
         session = await current_session(request)
         if session is None:
             if request.method == "GET":
-                return ui.redirect("/console/login")
-            return ui.error_page(403, "Your console session has ended. Sign in again.")
+                return redirect("/console/login")
+            return error_page(403, "Your console session has ended. Sign in again.")
         if request.method == "POST":
             token = await form_field(request, "csrf")
             if not (same_origin(request) and token is not None and equal(token, session.csrf)):
                 log.warning("console_csrf_refused", who=session.who, route=request.path)
-                return ui.error_page(403, "This form did not come from this console session. Go back, reload "
-                                          "the page and try again.", csrf=session.csrf, who=session.who)
+                return error_page(403, "This form did not come from this console session. Go back, reload "
+                                       "the page and try again.", csrf=session.csrf, who=session.who)
         try:
             return await handler(request, session)
         except ApiError as exc:
             if exc.code == "role_forbidden":
                 log.warning("console_role_refused", who=session.who, role=session.role, route=request.path)
-            return ui.error_page(exc.status, exc.message, csrf=session.csrf, who=session.who)
+            return error_page(exc.status, exc.message, csrf=session.csrf, who=session.who)
 
     return page
 
@@ -222,8 +224,8 @@ def signed_in(handler: Page) -> Callable[[web.Request], Awaitable[web.StreamResp
 @routes.get("/console/login")
 async def login_form(request: web.Request) -> web.StreamResponse:
     if await current_session(request) is not None:
-        return ui.redirect("/console")
-    return ui.respond(ui.login_page())
+        return redirect("/console")
+    return respond(login_page())
 
 
 @routes.post("/console/login")
@@ -232,20 +234,20 @@ async def login(request: web.Request) -> web.StreamResponse:
     so it is checked by the admin API's own `Credentials`, unchanged; and no other site can send this
     header without a CORS preflight that is never granted."""
     if not same_origin(request):
-        return ui.error_page(403, "Sign in from this server's own sign-in page.")
+        return error_page(403, "Sign in from this server's own sign-in page.")
     if "Authorization" not in request.headers:
-        return ui.respond(ui.login_page(error="Signing in needs JavaScript in this browser."), status=400)
+        return respond(login_page(error="Signing in needs JavaScript in this browser."), status=400)
     try:
         admin = request.app[CREDENTIALS].admin(request, "read")
     except (Unauthorized, Forbidden):
         log.warning("console_sign_in_refused", ip=io.client_ip(request))
         return web.Response(status=401, text="That is not an admin token of this server.",
-                            headers=ui.SECURITY_HEADERS)
+                            headers=SECURITY_HEADERS)
     session = await request.app[SESSIONS].create(admin)
     await request.app[AUDIT].record("console_signed_in", user="", who=session.who, why="admin token",
                                     role=admin.role)
     log.info("console_signed_in", who=session.who, ip=io.client_ip(request))
-    response = web.Response(status=204, headers=ui.SECURITY_HEADERS)
+    response = web.Response(status=204, headers=SECURITY_HEADERS)
     response.set_cookie(COOKIE, session.sid, path="/console", httponly=True, samesite="Strict",
                         secure=secure(request))
     return response
@@ -268,7 +270,7 @@ class PushSignIn(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 def _json(data: dict[str, Any], status: int = 200) -> web.Response:
     response = io.json(data, status)
-    response.headers.update(ui.SECURITY_HEADERS)
+    response.headers.update(SECURITY_HEADERS)
     return response
 
 
@@ -344,8 +346,11 @@ async def push_wait(request: web.Request) -> web.StreamResponse:
 @signed_in
 async def logout(request: web.Request, session: Session) -> web.StreamResponse:
     await request.app[SESSIONS].delete(session.sid)
+    # Audited like the sign-in, so the trail shows when a person's session ended, not only when it began.
+    await request.app[AUDIT].record("console_signed_out", user=session.user, who=session.who,
+                                    role=session.role)
     log.info("console_signed_out", who=session.who)
-    response = ui.redirect("/console/login")
+    response = redirect("/console/login")
     response.del_cookie(COOKIE, path="/console", secure=secure(request), httponly=True, samesite="Strict")
     return response
 

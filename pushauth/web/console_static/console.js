@@ -185,7 +185,7 @@ document.querySelectorAll("form[data-confirm]").forEach(function (form) {
     return node;
   }
 
-  // The same markup as the server's (console_html.feed_item).
+  // The same markup as the server's (console/html/alerts.py's feed_item).
   function item(alert) {
     const li = el("li", "alert sev-" + alert.severity + " new");
     li.id = "alert-" + alert.id;
