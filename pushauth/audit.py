@@ -46,18 +46,13 @@ class Audit:
         except STORE_DOWN_ERRORS as exc:
             log.warning("audit_store_unavailable", what=what, error=type(exc).__name__)
 
-    async def entries(self, *, user: str | None, limit: int, who: str | None = None, what: str | None = None,
-                      before: str | None = None) -> list[dict[str, Any]]:
-        """Newest first, up to `limit` records matching every filter given, from before the entry id
-        `before` (the last id of the previous page) when given. A filtered read looks back SCAN_LIMIT
-        records at most."""
-        return (await self.page(user=user, limit=limit, who=who, what=what, before=before)).entries
-
     async def page(self, *, user: str | None, limit: int, who: str | None = None, what: str | None = None,
                    before: str | None = None) -> AuditPage:
-        """`entries`, and where the read stopped: a page that is short because the scan reached SCAN_LIMIT
-        says so (`partial`), with the id to read on from, so a reader is never told "nothing matches"
-        about records that were not looked at."""
+        """Newest first, up to `limit` records matching every filter given, from before the entry id
+        `before` (the last id of the previous page) when given, and where the read stopped: a filtered read
+        looks back SCAN_LIMIT records at most, and a page that is short because the scan reached it says so
+        (`partial`), with the id to read on from, so a reader is never told "nothing matches" about records
+        that were not looked at."""
         out: list[dict[str, Any]] = []
         last = f"({before}" if before else "+"
         scanned = 0
