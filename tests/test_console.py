@@ -712,3 +712,31 @@ async def test_lock_and_revoke_ask_first_and_work_from_the_keyboard(
     await expect(page.get_by_role("status").filter(has_text="Account locked.")).to_be_visible()
     assert [m.split("?")[0] for m in asked] == [f"Lock {USER}", "Revoke Simulated phone", f"Lock {USER}"]
     assert (await api.user())["locked"]
+
+
+async def test_a_refused_browser_is_shown_a_page(redis_url: str, keyring: KeyRingHolder,
+                                                 http: aiohttp.ClientSession) -> None:
+    """A console page refused by the address's request limit answers a page in words with Retry-After (a
+    browser shows the REST contract's JSON as raw text); the push sign-in's script call keeps the JSON."""
+    running = await start_server(make_settings(redis_url, free_port(), rate_limits={"ip_requests": 3}),
+                                 keyring)
+    try:
+        statuses = []
+        for _ in range(8):
+            async with http.get(running.url + "/console/login") as resp:
+                statuses.append(resp.status)
+                if resp.status == 429:
+                    assert resp.content_type == "text/html", resp.content_type
+                    assert int(resp.headers["Retry-After"]) >= 1
+                    assert "Content-Security-Policy" in resp.headers
+                    text = await resp.text()
+                    assert "Too many requests" in text
+                    assert "Wait 1 minute and try again." in text
+                    break
+        assert statuses[-1] == 429, statuses
+        async with http.post(running.url + "/console/login/push", json={"user": USER},
+                             headers={"Origin": running.url}) as resp:
+            assert (resp.status, resp.content_type) == (429, "application/json")
+            assert (await resp.json())["error"] == "rate_limited"
+    finally:
+        await running.close()

@@ -16,14 +16,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from pushauth.errors import RateLimited
 from pushauth.operators import Operators
 from pushauth.web.console import feed, pages, sessions
 from pushauth.web.console.feed import FEED, QUEUE_MAX, REPLAY_MAX, LiveFeed
+from pushauth.web.console.html.layout import error_page
 from pushauth.web.console.sessions import COOKIE, SESSIONS, Session, Sessions, same_origin, secure
+from pushauth.web.limits import BROWSER_PAGES
 from pushauth.web.state import ALERTS, AUDIT, CREDENTIALS, DEVICES, OPERATORS, REDIS, RUNTIME, SETTINGS
 
 __all__ = ["COOKIE", "FEED", "QUEUE_MAX", "REPLAY_MAX", "SESSIONS", "LiveFeed", "Session", "Sessions",
@@ -59,3 +63,22 @@ def setup(app: web.Application) -> None:
     app.add_routes(sessions.routes)
     app.add_routes(pages.routes)
     app.add_routes(feed.routes)
+    # A refused browser on a console page sees a page saying how long to wait, not the REST contract's JSON
+    # (pushauth/web/limits.py); the push sign-in's calls, the CSV, the static files and the event stream are
+    # read by script or saved, and keep the JSON.
+    page_routes = {route.path for route in (*sessions.routes, *pages.routes)
+                   if isinstance(route, web.RouteDef)} - _NOT_PAGES
+    others = app.get(BROWSER_PAGES, {})  # another module's pages, if any, stay
+    app[BROWSER_PAGES] = {**others, **dict.fromkeys(page_routes, _rate_limited)}
+
+
+_NOT_PAGES = frozenset({"/console/login/push", "/console/login/push/wait", "/console/audit.csv",
+                        "/console/static/{name}"})
+
+
+def _rate_limited(request: web.Request, refused: RateLimited) -> web.Response:
+    minutes = max(1, math.ceil(refused.retry_after_s / 60))
+    response = error_page(429, f"Too many requests have come from your address. Wait {minutes} "
+                               f"minute{'s' if minutes > 1 else ''} and try again.")
+    response.headers.update(refused.headers)
+    return response
