@@ -473,14 +473,19 @@ async def test_openid_client_is_told_expired_token(env: Env) -> None:
     assert 10 <= result.elapsed_s < 25  # the provider's verdict, not openid-client giving up
 
 
+async def desk_only(redis_url: str, keyring: KeyRingHolder, **sections: Any) -> RunningServer:
+    """A server whose one OpenID client is the service desk's CIBA poll client, with `sections` set."""
+    desk = {"client_id": "desk", "name": "Service desk", "application": "webmail", "ciba": "poll",
+            "secret_sha256": [sha256_hex(SECRET)], "first_factor": "passwordless"}
+    return await start_server(make_settings(redis_url, free_port(), oidc={"enabled": True, "clients": [desk]},
+                                            **sections), keyring)
+
+
 async def test_a_bad_client_secret_counts_once_at_both_ciba_endpoints(redis_url: str,
                                                                       keyring: KeyRingHolder) -> None:
     """A wrong secret in an Authorization header is counted by the rate_limit middleware; the CIBA handlers
     once counted it again, blocking a client with a stale secret at half the auth-failure limit."""
-    desk = {"client_id": "desk", "name": "Service desk", "application": "webmail", "ciba": "poll",
-            "secret_sha256": [sha256_hex(SECRET)], "first_factor": "passwordless"}
-    op = await start_server(make_settings(redis_url, free_port(), rate_limits={"auth_failures": 4},
-                                          oidc={"enabled": True, "clients": [desk]}), keyring)
+    op = await desk_only(redis_url, keyring, rate_limits={"auth_failures": 4})
     try:
         async with aiohttp.ClientSession() as http:
             env = Env(op, keyring, http, None, [], [], [])  # type: ignore[arg-type]  # no phone needed
@@ -504,10 +509,7 @@ async def test_requested_expiry_is_bounded_by_the_deployments_longest_prompt(red
                                                                            keyring: KeyRingHolder) -> None:
     """With challenges.max_ttl_s below CIBA's own 600 s, a longer requested_expiry is a malformed request
     (invalid_request, no prompt), not a refusal of the user (access_denied); the default fits the bound."""
-    desk = {"client_id": "desk", "name": "Service desk", "application": "webmail", "ciba": "poll",
-            "secret_sha256": [sha256_hex(SECRET)], "first_factor": "passwordless"}
-    op = await start_server(make_settings(redis_url, free_port(), challenges={"max_ttl_s": 120},
-                                          oidc={"enabled": True, "clients": [desk]}), keyring)
+    op = await desk_only(redis_url, keyring, challenges={"max_ttl_s": 120})
     try:
         async with aiohttp.ClientSession() as http:
             phone = await Phone.enroll(await LoginFlow(http, op.url).enroll_uri(USER), session=http)
