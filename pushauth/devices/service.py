@@ -210,6 +210,10 @@ class Devices:
         await pipe.execute()
         query = urlencode({"v": "1", "server": self._settings.server.base_url, "code": code,
                            "jkt": self._keyring().current.kid})
+        if vouch == VOUCH_ADMIN and self._audit is not None:
+            # vouched for by a person or token of the security team (the console, the admin API): on the
+            # record under that name, whichever front issued it
+            await self._audit.record("enrollment_issued", user=user, who=requested_by, enrollment=eid)
         return Enrollment(eid, user, code, f"{ENROLL_URI_SCHEME}?{query}", expires_at, activation)
 
     async def consume_enrollment(self, code: str) -> dict[str, str] | None:

@@ -19,7 +19,7 @@ from pushauth.web.schemas import (
     UserSignal,
     VerifyAccessCode,
 )
-from pushauth.web.state import ACCOUNTS, AUDIT, CHALLENGES, CREDENTIALS, DEVICES, OPERATORS, SETTINGS
+from pushauth.web.state import ACCOUNTS, CHALLENGES, CREDENTIALS, DEVICES, OPERATORS, SETTINGS
 
 routes = web.RouteTableDef()
 
@@ -71,10 +71,7 @@ async def create_enrollment(request: web.Request) -> web.Response:
         require(who.role, "enroll")
         await request.app[OPERATORS].require_outranks(who.role, user)
     by = who.who if isinstance(who, Admin) else f"app:{who.id}"
-    enrollment = await request.app[DEVICES].create_enrollment(user, requested_by=by)
-    if isinstance(who, Admin):
-        # vouched for by the security team: on the record under the token's name, as the console's is
-        await request.app[AUDIT].record("enrollment_issued", user=user, who=by, enrollment=enrollment.id)
+    enrollment = await request.app[DEVICES].create_enrollment(user, requested_by=by)  # (audited there)
     return io.json({"id": enrollment.id, "user": enrollment.user, "code": enrollment.code,
                     "uri": enrollment.uri, "expires_at": rfc3339(enrollment.expires_at),
                     "activation": enrollment.activation}, status=201)

@@ -198,8 +198,7 @@ async def enrollment(request: web.Request, session: Session) -> web.StreamRespon
     session.require("enroll")
     user = canonical(request.match_info["user"])
     await request.app[OPERATORS].require_outranks(session.role, user)
-    made = await request.app[DEVICES].create_enrollment(user, requested_by=session.who)
-    await request.app[AUDIT].record("enrollment_issued", user=user, who=session.who, enrollment=made.id)
+    made = await request.app[DEVICES].create_enrollment(user, requested_by=session.who)  # (audited there)
     qr = Markup(segno.make(made.uri, error="m").svg_inline(scale=5, title="Enrollment QR code"))
     return respond(users_html.enrollment_page(user, made.uri, rfc3339(made.expires_at), qr, session=session))
 
